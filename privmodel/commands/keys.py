@@ -1,0 +1,36 @@
+"""`privmodel keys init`: the signing key pair and the pseudonymization secret."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+
+def register(app: typer.Typer) -> None:
+    keys_app = typer.Typer(help="Create and manage key material.", no_args_is_help=True)
+    keys_app.command("init")(init)
+    app.add_typer(keys_app, name="keys")
+
+
+def init(
+    directory: Path = typer.Argument(..., help="New key directory (must not exist or be empty)."),
+    actor: str = typer.Option(None, "--actor", help="Organisation / node name recorded in ledger entries."),
+    passphrase: bool = typer.Option(
+        False, "--passphrase", help="Encrypt the private key with a passphrase (prompted, or $PRIVMODEL_KEY_PASSPHRASE)."
+    ),
+) -> None:
+    """Create an Ed25519 signing key pair and a pseudonymization secret; never overwrites."""
+    import os
+
+    from privmodel.keys import PASSPHRASE_ENV, init_keys
+
+    secret = None
+    if passphrase:
+        secret = os.environ.get(PASSPHRASE_ENV) or typer.prompt("Passphrase", hide_input=True, confirmation_prompt=True)
+    meta = init_keys(directory, passphrase=secret, actor=actor)
+    Console().print(
+        f"created keys in [bold]{directory}[/bold]: actor {meta['actor']}, key id {meta['key_id']}"
+        f"{' (private key encrypted)' if meta['encrypted'] else ''}"
+    )
