@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import typer
@@ -32,7 +33,8 @@ def verify(
     if result.ok:
         console.print(
             f"[green]OK[/green] {ledger}: {result.entries} entries, chain and signatures intact "
-            f"(trusted: {result.trust}; key ids {', '.join(result.trusted_key_ids)})"
+            f"(trusted: {result.trust}; key ids {', '.join(result.trusted_key_ids)})",
+            soft_wrap=True,
         )
         return
     console.print(f"[red]FAILED[/red] {ledger}: first bad entry: {result.first_problem}", soft_wrap=True)
@@ -53,7 +55,7 @@ def show(
         entries = entries[-limit:]
     table = Table(title=str(ledger), show_lines=False)
     for column in ("seq", "time", "actor", "action", "outcome", "inputs -> outputs", "privacy cost"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for e in entries:
         files = ", ".join(f"{a['name']}:{a['sha256'][:8]}" for a in e.get("inputs", []))
         outs = ", ".join(f"{a['name']}:{a['sha256'][:8]}" for a in e.get("outputs", []))
@@ -66,4 +68,5 @@ def show(
             str(e.get("seq")), str(e.get("time", ""))[:19], str(e.get("actor")), str(e.get("action")),
             outcome, f"{files} -> {outs}" if files or outs else "", cost_text,
         )
-    Console().print(table)
+    # A pipe or file gets the full table, not one squeezed to 80 columns.
+    Console(width=None if sys.stdout.isatty() else 200).print(table)

@@ -1,0 +1,111 @@
+"""Keys and the CLI shell: permissions, refusal to overwrite, light start-up, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from anonymize.errors import InputError
+from privmodel.audit import Ledger
+from privmodel.keys import init_keys, load_pseudonym_secret, load_signer
+from tests.conftest import run_cli
+
+
+def test_init_keys_files_and_modes(tmp_path: Path) -> None:
+    meta = init_keys(tmp_path / "k", actor="bank-a")
+    k = tmp_path / "k"
+    assert sorted(p.name for p in k.iterdir()) == ["keys.json", "pseudonym.secret", "signing.key", "signing.pub"]
+    assert stat.S_IMODE((k / "signing.key").stat().st_mode) == 0o600
+    assert stat.S_IMODE((k / "pseudonym.secret").stat().st_mode) == 0o600
+    assert len(load_pseudonym_secret(k)) == 32
+    signer = load_signer(k)
+    assert signer.actor == "bank-a" and signer.key_id == meta["key_id"]
+    assert json.loads((k / "keys.json").read_text())["encrypted"] is False
+
+
+def test_passphrase_protected_key(tmp_path: Path) -> None:
+    init_keys(tmp_path / "k", passphrase="correct horse")
+    assert b"ENCRYPTED PRIVATE KEY" in (tmp_path / "k" / "signing.key").read_bytes()
+    with pytest.raises(InputError, match="encrypted; set PRIVMODEL_KEY_PASSPHRASE"):
+        load_signer(tmp_path / "k")
+    with pytest.raises(InputError, match="wrong passphrase"):
+        load_signer(tmp_path / "k", passphrase="wrong")
+    assert load_signer(tmp_path / "k", passphrase="correct horse").key_id
+
+
+def test_init_refuses_to_overwrite(tmp_path: Path) -> None:
+    init_keys(tmp_path / "k")
+    before = (tmp_path / "k" / "signing.key").read_bytes()
+    with pytest.raises(InputError, match="refusing to overwrite"):
+        init_keys(tmp_path / "k")
+    assert (tmp_path / "k" / "signing.key").read_bytes() == before
+
+
+def test_cli_startup_imports_nothing_heavy() -> None:
+    code = (
+        "import sys, privmodel.cli; "
+        "heavy = sorted(m for m in ('torch', 'flwr', 'sklearn', 'opacus', 'ray', 'pandas', 'faker') if m in sys.modules); "
+        "print(heavy)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_cli_help_lists_commands() -> None:
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for command in ("keys", "audit"):
+        assert command in result.stdout
+
+
+def test_cli_keys_init_and_refusal(tmp_path: Path) -> None:
+    ok = run_cli("keys", "init", str(tmp_path / "k"), "--actor", "bank-b")
+    assert ok.returncode == 0 and "bank-b" in ok.stdout
+    again = run_cli("keys", "init", str(tmp_path / "k"))
+    assert again.returncode == 2
+    assert again.stderr.strip().splitlines() == [f"error: {tmp_path / 'k'}: key directory already exists; refusing to overwrite keys"]
+
+
+def test_cli_audit_verify_show_and_tamper(tmp_path: Path) -> None:
+    init_keys(tmp_path / "k", actor="bank-a")
+    path = tmp_path / "ledger.jsonl"
+    ledger = Ledger(path, load_signer(tmp_path / "k"))
+    for i in range(3):
+        ledger.append("train", params={"i": i}, privacy_cost={"epsilon": 1.0})
+    ok = run_cli("audit", "verify", str(path), "--keys", str(tmp_path / "k"))
+    assert ok.returncode == 0 and "4 entries" in ok.stdout
+    shown = run_cli("audit", "show", str(path))
+    assert shown.returncode == 0 and "ledger.open" in shown.stdout and "epsilon=1.0" in shown.stdout
+    content = path.read_text().splitlines()
+    content[2] = content[2].replace('"i":1', '"i":7')
+    path.write_text("\n".join(content) + "\n")
+    bad = run_cli("audit", "verify", str(path))
+    assert bad.returncode == 2
+    assert "first bad entry: line 3 (seq 2): content does not match its hash" in " ".join(bad.stdout.split())
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("audit", "verify", "missing.jsonl"), "missing.jsonl: no such ledger file"),
+        (("audit", "show", "missing.jsonl"), "missing.jsonl: no such ledger file"),
+    ],
+)
+def test_cli_bad_input_is_one_line(tmp_path: Path, args: tuple[str, ...], message: str) -> None:
+    result = run_cli(*args, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: {message}"
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_corrupt_ledger_show(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.jsonl"
+    path.write_text('{"seq": 0}\nnot json\n')
+    result = run_cli("audit", "show", str(path))
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: {path}: line 2 is not valid JSON (corrupt ledger)"
