@@ -16,6 +16,8 @@ from pathlib import Path
 from anonymize.errors import InputError
 
 TABLE_SUFFIXES = (".csv", ".parquet")
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 @contextlib.contextmanager
@@ -30,6 +32,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
     os.close(fd)
     tmp = Path(tmp_name)
+    tmp.chmod(0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual mode (keys chmod tighter)
     try:
         yield tmp
         os.replace(tmp, target)

@@ -1,0 +1,62 @@
+"""Small matplotlib charts rendered to inline PNG data URIs (Agg backend, no files, no network)."""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Callable, Sequence
+from typing import Any
+
+
+def png_data_uri(draw: Callable[[Any], None], size: tuple[float, float] = (4.6, 3.2)) -> str:
+    """Call `draw(ax)` on a fresh figure and return it as a base64 PNG data URI."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=size, dpi=90)
+    try:
+        draw(ax)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png")
+    finally:
+        plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def line_chart(
+    series: dict[str, tuple[Sequence[float], Sequence[float]]],
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    diagonal: bool = False,
+    xlog: bool = False,
+) -> str:
+    def draw(ax: Any) -> None:
+        for name, (xs, ys) in series.items():
+            ax.plot(list(xs), list(ys), marker="o" if len(xs) < 25 else None, ms=3, label=name)
+        if diagonal:
+            ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
+        if xlog:
+            ax.set_xscale("log")
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        if len(series) > 1:
+            ax.legend(fontsize=8)
+
+    return png_data_uri(draw)
+
+
+def bar_chart(labels: Sequence[str], values: Sequence[float], title: str, xlabel: str, ylabel: str) -> str:
+    def draw(ax: Any) -> None:
+        ax.bar([str(label) for label in labels], list(values), color="#4a6fa5")
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.tick_params(axis="x", labelrotation=45, labelsize=7)
+
+    return png_data_uri(draw)
