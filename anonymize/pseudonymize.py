@@ -1,0 +1,395 @@
+"""Keyed pseudonymization of direct identifiers: tokens (HMAC-SHA256) and deterministic AES-SIV.
+
+Why keyed: a plain hash of a national ID or e-mail falls to a dictionary attack in minutes; an
+HMAC under a secret key does not. Why deterministic: the same person gets the same token in every
+release for the same purpose and partner, so tables can still be joined.
+
+Key hierarchy (all from the 32-byte master secret of `privmodel keys init`):
+
+    column key = HKDF-SHA256(master, salt=None, info=b"privmodel/<purpose>/<partner>/<column>", 96 bytes)
+                 bytes 0..31  -> HMAC-SHA256 key of `token` columns
+                 bytes 32..95 -> AES-256-SIV key of `encrypt` columns and of token escrow
+
+Two organisations that share the master secret and name the same purpose and partner produce the
+same tokens, so they can link the same person; a holder of a different master cannot. Releases for
+different partners (or purposes) get unrelated tokens even under one master, so two recipients
+cannot join their releases behind the data owner's back.
+
+Token format: lowercase hex of the HMAC-SHA256 digest, truncated to `length` characters (default
+16 = 64 bits). Hex rather than base32 because it is what every SQL engine and spreadsheet can
+compare, sort and validate without surprises about padding or case.
+
+Encrypt format: unpadded base64url of the AES-SIV output (16-byte synthetic IV + ciphertext), with
+the column name as associated data, so a ciphertext moved to another column does not decrypt.
+
+Rotation (`rotate_tokens`): an HMAC cannot be re-keyed without the value it was computed from, so
+`encrypt` columns rotate by decrypt + re-encrypt in memory, and `token` columns rotate only when
+the policy sets `escrow: true`: the release then comes with a separate escrow table (token ->
+AES-SIV ciphertext of the value) that the key holder keeps apart from the release. Rotation
+decrypts the escrow in memory and recomputes tokens, so the result equals tokenizing the raw data
+with the new key. docs/policy.md states the reasoning.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes, hmac
+from cryptography.hazmat.primitives.ciphers.aead import AESSIV
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from anonymize.errors import InputError
+from anonymize.policy import DEFAULT_TOKEN_LENGTH, MAX_TOKEN_LENGTH, MIN_TOKEN_LENGTH
+
+if TYPE_CHECKING:
+    from anonymize.policy import Policy
+
+DEFAULT_PARTNER = "default"
+MASTER_SECRET_BYTES = 32
+ESCROW_COLUMNS = ("column", "token", "ciphertext")
+_PARTNER_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
+
+
+@dataclass(frozen=True)
+class ColumnKey:
+    """The derived keys of one column for one purpose and partner (never printed: repr hides them)."""
+
+    column: str
+    mac: bytes = field(repr=False)
+    siv: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Keys:
+    """The master secret plus the partner a release is made for; derives per-column keys."""
+
+    master: bytes = field(repr=False)
+    partner: str = DEFAULT_PARTNER
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.master, bytes | bytearray) or len(self.master) < MASTER_SECRET_BYTES:
+            raise InputError(f"pseudonymization secret must be at least {MASTER_SECRET_BYTES} bytes")
+        if not self.partner or not set(self.partner) <= _PARTNER_CHARS:
+            raise InputError("partner name must be non-empty and use only letters, digits, '_', '.', '-'")
+
+    def column_key(self, purpose: str, column: str) -> ColumnKey:
+        """HKDF-derive the column's HMAC and AES-SIV keys (see the module docstring)."""
+        info = f"privmodel/{purpose}/{self.partner}/{column}".encode()
+        material = HKDF(algorithm=hashes.SHA256(), length=96, salt=None, info=info).derive(bytes(self.master))
+        return ColumnKey(column=column, mac=material[:32], siv=material[32:])
+
+
+def as_keys(keys: Keys | bytes, partner: str | None = None) -> Keys:
+    """Accept the raw master secret or a Keys object; `partner` overrides the object's partner."""
+    if isinstance(keys, Keys):
+        return keys if partner is None or partner == keys.partner else Keys(keys.master, partner)
+    return Keys(bytes(keys), partner or DEFAULT_PARTNER)
+
+
+# --- value encoding ------------------------------------------------------------------------------
+
+
+def _canonical(value: Any) -> str:
+    """The text that is tokenized: integral floats lose '.0' so that 12 and 12.0 give one token."""
+    if isinstance(value, bool | np.bool_):
+        return "true" if value else "false"
+    if isinstance(value, float | np.floating) and float(value).is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _values(series: pd.Series | Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Object array of values and a boolean mask of missing ones."""
+    s = series if isinstance(series, pd.Series) else pd.Series(list(series), dtype=object)
+    return s.to_numpy(dtype=object, na_value=None), s.isna().to_numpy()
+
+
+def _index(series: pd.Series | Sequence[Any]) -> pd.Index:
+    return series.index if isinstance(series, pd.Series) else pd.RangeIndex(len(series))
+
+
+# --- tokens ----------------------------------------------------------------------------------
+
+
+def tokenize_series(series: pd.Series | Sequence[Any], key: ColumnKey | bytes, length: int = DEFAULT_TOKEN_LENGTH) -> pd.Series:
+    """HMAC-SHA256 tokens (lowercase hex, `length` chars) of every value; missing stays missing.
+
+    Speed: one keyed HMAC state is built once and `.copy()`-ed per value, which skips the per-call
+    key schedule (measured here: cryptography HMAC copy 1.8 M/s vs stdlib `hmac.digest` 0.6 M/s
+    vs pandas.apply 0.2 M/s); the loop is fused (encode, HMAC, hex) to touch each value once.
+    """
+    if not MIN_TOKEN_LENGTH <= length <= MAX_TOKEN_LENGTH:
+        raise InputError(f"token length must be between {MIN_TOKEN_LENGTH} and {MAX_TOKEN_LENGTH} hex characters")
+    mac_key = key.mac if isinstance(key, ColumnKey) else bytes(key)
+    values, missing = _values(series)
+    nbytes = (length + 1) // 2
+    copy = hmac.HMAC(mac_key, hashes.SHA256()).copy
+    out: list[str | None] = []
+    append = out.append
+    if not missing.any() and all(type(v) is str for v in values[:1000]):
+        fast = _tokenize_strings(values, copy, length)
+        if fast is not None:
+            return pd.Series(fast, index=_index(series))
+    for v, gone in zip(values, missing, strict=True):
+        if gone:
+            append(None)
+            continue
+        h = copy()
+        h.update(_canonical(v).encode("utf-8", "surrogatepass"))
+        append(h.finalize()[:nbytes].hex())
+    return _finish(out, length, series)
+
+
+def _tokenize_strings(values: Sequence[Any], copy: Any, length: int) -> Any:
+    """Fast path for all-string columns: encode in one call, HMAC per value, hex in one call.
+
+    Returns an Arrow string array built straight from one hex buffer (no per-token Python string),
+    or None when some value is not a string or holds a NUL (then the general path runs).
+    """
+    import numpy as np
+    import pyarrow as pa
+
+    try:
+        encoded = "\x00".join(values).encode("utf-8")
+    except (TypeError, UnicodeEncodeError):
+        return None
+    messages = encoded.split(b"\x00")
+    n = len(values)
+    if len(messages) != n:
+        return None
+    digests: list[bytes] = []
+    append = digests.append
+    for message in messages:
+        h = copy()
+        h.update(message)
+        append(h.finalize())
+    nbytes = (length + 1) // 2
+    raw = np.frombuffer(b"".join(digests), dtype=np.uint8).reshape(n, 32)[:, :nbytes]
+    text = raw.tobytes().hex().encode("ascii")
+    if length % 2:
+        text = np.frombuffer(text, dtype=np.uint8).reshape(n, 2 * nbytes)[:, :length].tobytes()
+    offsets = pa.py_buffer((np.arange(n + 1, dtype=np.int32) * length).tobytes())
+    # pandas' default string dtype ("str"), built from the Arrow array without copying per value
+    return pd.StringDtype("pyarrow", na_value=np.nan).__from_arrow__(
+        pa.StringArray.from_buffers(n, offsets, pa.py_buffer(text))
+    )
+
+
+def _finish(tokens: list[str | None], length: int, series: pd.Series | Sequence[Any]) -> pd.Series:
+    if length % 2:
+        tokens = [t[:length] if t is not None else None for t in tokens]
+    return pd.Series(tokens, index=_index(series), dtype=object)
+
+
+def token_throughput(n: int = 1_000_000, length: int = DEFAULT_TOKEN_LENGTH) -> float:
+    """Values tokenized per CPU-second (one core) over `n` distinct identifiers (benchmark hook).
+
+    CPU time rather than wall time: on a shared machine wall time measures the neighbours.
+    """
+    import os
+    import time
+
+    series = pd.Series([f"CUST{i:010d}" for i in range(n)], dtype=object)
+    key = os.urandom(32)
+    start = time.process_time()
+    tokenize_series(series, key, length)
+    return n / max(time.process_time() - start, 1e-9)
+
+
+# --- deterministic encryption ------------------------------------------------------------------
+
+
+def encrypt_series(series: pd.Series | Sequence[Any], key: ColumnKey, column: str | None = None) -> pd.Series:
+    """AES-SIV ciphertexts (unpadded base64url); equal values give equal ciphertexts, by design."""
+    column = column or key.column
+    cipher = AESSIV(key.siv)
+    ad = [column.encode("utf-8")]
+    values, missing = _values(series)
+    out = [
+        None if gone else base64.urlsafe_b64encode(cipher.encrypt(_canonical(v).encode("utf-8", "surrogatepass"), ad))
+        .rstrip(b"=")
+        .decode("ascii")
+        for v, gone in zip(values, missing, strict=True)
+    ]
+    return pd.Series(out, index=_index(series), dtype=object)
+
+
+def decrypt_series(series: pd.Series | Sequence[Any], key: ColumnKey, column: str | None = None) -> pd.Series:
+    """Invert `encrypt_series`; a value that is not a ciphertext under this key is an InputError."""
+    column = column or key.column
+    cipher = AESSIV(key.siv)
+    ad = [column.encode("utf-8")]
+    values, missing = _values(series)
+    out: list[str | None] = []
+    for position, (v, gone) in enumerate(zip(values, missing, strict=True)):
+        if gone:
+            out.append(None)
+            continue
+        try:
+            text = str(v)
+            raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+            out.append(cipher.decrypt(raw, ad).decode("utf-8", "surrogatepass"))
+        except (InvalidTag, ValueError, binascii.Error):
+            raise InputError(
+                f"column {column!r}, row {position + 1}: not a ciphertext of this column under this key"
+            ) from None
+    return pd.Series(out, index=_index(series), dtype=object)
+
+
+def reidentify(values: pd.Series | Sequence[Any], key: ColumnKey, column: str) -> pd.Series:
+    """Authorized re-identification of an `encrypt` column: ciphertexts back to the original values.
+
+    Only `encrypt` columns (and token columns through their escrow) are reversible; a token is a
+    one-way HMAC by design. The caller records who re-identified what in the audit ledger.
+    """
+    if key.column != column:
+        raise InputError(f"column {column!r}: key was derived for another column")
+    return decrypt_series(values, key, column)
+
+
+# --- the pipeline step --------------------------------------------------------------------------
+
+
+@dataclass
+class Pseudonymized:
+    """The table with identifiers replaced, the escrow table (or None) and per-column counts."""
+
+    data: pd.DataFrame
+    escrow: pd.DataFrame | None
+    summary: dict[str, dict[str, Any]]
+
+
+def pseudonymize(df: pd.DataFrame, policy: Policy, keys: Keys | bytes, partner: str | None = None) -> Pseudonymized:
+    """Replace every identifier column as the policy says (token / encrypt / drop)."""
+    k = as_keys(keys, partner)
+    out = df.copy()
+    escrow_parts: list[pd.DataFrame] = []
+    summary: dict[str, dict[str, Any]] = {}
+    for name in policy.identifiers:
+        if name not in out.columns:
+            continue
+        col = policy.columns[name]
+        series = out[name]
+        missing = int(series.isna().sum())
+        info: dict[str, Any] = {"method": col.method, "values": int(len(series) - missing), "missing": missing}
+        if col.method == "drop":
+            out = out.drop(columns=[name])
+        else:
+            ckey = k.column_key(policy.purpose.name, name)
+            if col.method == "token":
+                tokens = tokenize_series(series, ckey, col.length or DEFAULT_TOKEN_LENGTH)
+                info["length"] = col.length
+                info["format"] = "hex"
+                if col.escrow:
+                    escrow_parts.append(_escrow_frame(name, series, tokens, ckey))
+                    info["escrow"] = True
+                out[name] = tokens
+            else:
+                out[name] = encrypt_series(series, ckey, name)
+            info["distinct"] = int(out[name].nunique(dropna=True))
+        summary[name] = info
+    escrow = pd.concat(escrow_parts, ignore_index=True) if escrow_parts else None
+    return Pseudonymized(out, escrow, summary)
+
+
+def _escrow_frame(name: str, raw: pd.Series, tokens: pd.Series, key: ColumnKey) -> pd.DataFrame:
+    present = raw.notna().to_numpy()
+    frame = pd.DataFrame({"raw": raw[present].to_numpy(dtype=object), "token": tokens[present].to_numpy(dtype=object)})
+    frame = frame.drop_duplicates(subset="token", ignore_index=True)
+    return _escrow_table(name, frame["token"], encrypt_series(frame["raw"], key, name))
+
+
+def _escrow_table(name: str, tokens: Iterable[Any], ciphertexts: Iterable[Any]) -> pd.DataFrame:
+    """Escrow rows (column, token, ciphertext), plain object columns whatever pandas' string default."""
+    tokens, ciphertexts = list(tokens), list(ciphertexts)
+    return pd.DataFrame(
+        {
+            "column": pd.Series([name] * len(tokens), dtype=object),
+            "token": pd.Series(tokens, dtype=object),
+            "ciphertext": pd.Series(ciphertexts, dtype=object),
+        }
+    )
+
+
+# --- rotation ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Rotated:
+    """A re-keyed release, its re-keyed escrow (or None), and how many values each column changed."""
+
+    data: pd.DataFrame
+    escrow: pd.DataFrame | None
+    rotated: dict[str, int]
+
+
+def rotate_tokens(
+    release_df: pd.DataFrame,
+    old_keys: Keys | bytes,
+    new_keys: Keys | bytes,
+    policy: Policy,
+    *,
+    escrow: pd.DataFrame | None = None,
+) -> Rotated:
+    """Re-key a release without the raw data; equals pseudonymizing the raw data with `new_keys`.
+
+    `encrypt` columns: decrypt with the old key, encrypt with the new one (values exist in memory
+    only). `token` columns need `escrow: true` in the policy and the escrow table written with the
+    release; a token column without escrow cannot be rotated and is an InputError.
+    """
+    old, new = as_keys(old_keys), as_keys(new_keys)
+    purpose = policy.purpose.name
+    data = release_df.copy()
+    rotated: dict[str, int] = {}
+    new_escrow: list[pd.DataFrame] = []
+    if escrow is not None:
+        missing_cols = [c for c in ESCROW_COLUMNS if c not in escrow.columns]
+        if missing_cols:
+            raise InputError(f"escrow table: missing column(s) {', '.join(missing_cols)}")
+    for name in policy.identifiers:
+        col = policy.columns[name]
+        if col.method == "drop" or name not in data.columns:
+            continue
+        old_key, new_key = old.column_key(purpose, name), new.column_key(purpose, name)
+        if col.method == "encrypt":
+            plain = decrypt_series(data[name], old_key, name)
+            data[name] = encrypt_series(plain, new_key, name)
+            rotated[name] = int(plain.notna().sum())
+            continue
+        if not col.escrow:
+            raise InputError(
+                f"column {name!r}: a token column without escrow cannot be rotated without the raw data "
+                "(set escrow: true in the policy, or re-run anonymize on the raw data with the new key)"
+            )
+        if escrow is None:
+            raise InputError(f"column {name!r}: policy keeps an escrow for this column but no escrow table was given")
+        part = escrow[escrow["column"] == name]
+        plain = decrypt_series(part["ciphertext"].reset_index(drop=True), old_key, name)
+        recomputed = tokenize_series(plain, old_key, col.length or DEFAULT_TOKEN_LENGTH)
+        if not recomputed.astype(object).equals(part["token"].reset_index(drop=True).astype(object)):
+            raise InputError(f"column {name!r}: escrow does not match its tokens under the old key")
+        mapping = dict(zip(part["token"], tokenize_series(plain, new_key, col.length or DEFAULT_TOKEN_LENGTH), strict=True))
+        current = data[name]
+        mapped = current.map(mapping)
+        unknown = current.notna() & mapped.isna()
+        if unknown.any():
+            row = int(np.flatnonzero(unknown.to_numpy())[0]) + 1
+            raise InputError(f"column {name!r}, row {row}: token has no escrow entry (escrow belongs to another release?)")
+        data[name] = mapped.astype(object).where(current.notna(), None)
+        new_escrow.append(_escrow_table(name, mapping.values(), encrypt_series(plain, new_key, name)))
+        rotated[name] = int(current.notna().sum())
+    return Rotated(data, pd.concat(new_escrow, ignore_index=True) if new_escrow else None, rotated)
+
+
+def column_keys(policy: Policy, keys: Keys | bytes, columns: Iterable[str] | None = None) -> Mapping[str, ColumnKey]:
+    """Derived keys for the policy's identifier columns (for re-identification tooling)."""
+    k = as_keys(keys)
+    names = list(columns) if columns is not None else policy.identifiers
+    return {n: k.column_key(policy.purpose.name, n) for n in names}

@@ -1,0 +1,231 @@
+"""Steps 1-3 of a release: validate the table against the policy, measure its quality, filter it.
+
+Every message names the file, the column and the first bad row (1-based data row, header not
+counted) and never the value itself: the value may be the personal data we are protecting.
+Nothing is dropped silently: each removed row is counted under a reason, each dropped column is
+listed, and each keep/drop decision is written into the step's `decisions` for the report.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from anonymize.errors import InputError
+from anonymize.hierarchies import Hierarchy, build_hierarchy
+from anonymize.policy import ColumnPolicy, Policy
+from anonymize.spec import CsvHierarchy, TreeHierarchy
+
+_TRUE = {"true", "t", "yes", "y", "1", "1.0"}
+_FALSE = {"false", "f", "no", "n", "0", "0.0"}
+
+
+@dataclass
+class StepResult:
+    """A step's output table and what it did (counts only; no values)."""
+
+    data: pd.DataFrame
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def _first_row(mask: np.ndarray | pd.Series, index: pd.Index) -> int:
+    """Row number of the first True in `mask` (the frame's index holds 1-based data row numbers)."""
+    position = int(np.argmax(np.asarray(mask)))
+    return int(index[position])
+
+
+def hierarchy_of(policy: Policy, name: str) -> Hierarchy:
+    """The ALGO hierarchy of a quasi-identifier; booleans are generalized as the categories true/false."""
+    col = policy.columns[name]
+    column_type = "categorical" if col.type == "boolean" else col.type
+    return build_hierarchy(col.hierarchy, column_type, policy.base_dir, col.categories, column=name)
+
+
+def _text(series: pd.Series) -> pd.Series:
+    """Values as text; integral floats (an int column with gaps, read from CSV) lose the '.0'."""
+    from anonymize.pseudonymize import _canonical
+
+    return series.map(lambda v: v if isinstance(v, str) else _canonical(v), na_action="ignore").astype(object)
+
+
+def _coerce(series: pd.Series, col: ColumnPolicy) -> tuple[pd.Series, np.ndarray, str]:
+    """Convert to the declared type; returns (converted, bad-value mask, what a bad value is)."""
+    present = series.notna().to_numpy()
+    kind = col.type
+    if kind in ("integer", "float"):
+        if series.dtype == bool or str(series.dtype) == "boolean":
+            series = series.astype("Float64")
+        values = pd.to_numeric(series, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+        bad = present & ~np.isfinite(values)
+        if kind == "integer":
+            with np.errstate(invalid="ignore"):
+                bad |= present & np.isfinite(values) & (values != np.round(values))
+            out = pd.Series(np.where(bad, np.nan, values), index=series.index).round().astype("Int64")
+            return out, bad, "not an integer"
+        return pd.Series(np.where(bad, np.nan, values), index=series.index, dtype="float64"), bad, "not a number"
+    if kind == "boolean":
+        if series.dtype == bool or str(series.dtype) == "boolean":
+            return series.astype("boolean"), np.zeros(len(series), dtype=bool), ""
+        lowered = _text(series).str.strip().str.lower()
+        out = pd.Series(pd.NA, index=series.index, dtype="boolean")
+        out[lowered.isin(_TRUE).to_numpy()] = True
+        out[lowered.isin(_FALSE).to_numpy()] = False
+        bad = present & out.isna().to_numpy()
+        return out, bad, "not a boolean (true/false, yes/no, 1/0)"
+    if kind == "date":
+        if pd.api.types.is_datetime64_any_dtype(series):
+            parsed = series
+        else:
+            parsed = pd.to_datetime(_text(series), errors="coerce", format="ISO8601")
+        bad = present & parsed.isna().to_numpy()
+        return parsed.astype("datetime64[ns]"), bad, "not an ISO date"
+    return _text(series), np.zeros(len(series), dtype=bool), ""  # string / categorical
+
+
+def _domain(series: pd.Series, name: str, col: ColumnPolicy, policy: Policy) -> tuple[np.ndarray, str]:
+    """Values outside the column's public domain: bounds, categories, or the hierarchy's leaves."""
+    present = series.notna().to_numpy()
+    bad = np.zeros(len(series), dtype=bool)
+    if col.bounds is not None:
+        values = series.to_numpy(dtype=np.float64, na_value=np.nan)
+        with np.errstate(invalid="ignore"):
+            out = present & ((values < col.bounds[0]) | (values > col.bounds[1]))
+        if out.any():
+            return out, "outside the declared bounds"
+    allowed: set[str] | None = None
+    what = ""
+    if col.categories is not None:
+        allowed, what = {str(c) for c in col.categories}, "not one of the declared categories"
+    elif col.role == "quasi_identifier" and isinstance(col.hierarchy, TreeHierarchy | CsvHierarchy):
+        tree = hierarchy_of(policy, name).tree or ()
+        allowed, what = {leaf for leaf, _ in tree}, "not in the column's hierarchy"
+    if allowed is not None:
+        text = series.astype(object).map(
+            lambda v: ("true" if v else "false") if isinstance(v, bool | np.bool_) else str(v), na_action="ignore"
+        )
+        bad = present & ~text.isin(allowed).to_numpy()
+    return bad, what
+
+
+def validate(df: pd.DataFrame, policy: Policy, source: str = "input") -> StepResult:
+    """Step 1: the table has every declared column, parseable values in the declared domains."""
+    if df.shape[0] == 0:
+        raise InputError(f"{source}: table has no rows")
+    if df.columns.duplicated().any():
+        raise InputError(f"{source}: column {str(df.columns[df.columns.duplicated()][0])!r} appears twice")
+    missing = [name for name in policy.columns if name not in df.columns]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise InputError(f"{source}: policy column {missing[0]!r} is not in the data{more}")
+    data = df.copy()
+    data.index = pd.RangeIndex(1, len(data) + 1)  # row numbers in messages = 1-based data rows
+    undeclared = [str(c) for c in data.columns if c not in policy.columns]
+    removed: dict[str, int] = {}
+    drop_mask = np.zeros(len(data), dtype=bool)
+    coerced: dict[str, str] = {}
+    for name, col in policy.columns.items():
+        if col.role == "drop":
+            continue
+        series = data[name]
+        if series.isna().all():
+            raise InputError(f"{source}: column {name!r} has no values (every row is missing)")
+        converted, bad, what = _coerce(series, col)
+        if not bad.any():
+            out_of_domain, what = _domain(converted, name, col, policy)
+            bad = out_of_domain
+        if bad.any():
+            if col.on_invalid == "error":
+                raise InputError(f"{source}: column {name!r}, row {_first_row(bad, data.index)}: value {what}")
+            removed[f"invalid:{name}"] = int((bad & ~drop_mask).sum())
+            drop_mask |= bad
+        if str(series.dtype) != str(converted.dtype):
+            coerced[name] = col.type or ""
+        data[name] = converted
+    data = data[~drop_mask]
+    if data.empty:
+        raise InputError(f"{source}: no rows left after removing invalid values")
+    info = {
+        "rows_in": len(df),
+        "rows_out": len(data),
+        "removed": removed,
+        "undeclared_columns": undeclared,
+        "coerced_columns": coerced,
+        "decisions": [
+            "values are converted to the declared type; a value that does not convert, or lies outside "
+            "the declared bounds / categories / hierarchy, is an error unless the column says "
+            "on_invalid: drop_row (then the row is removed and counted)",
+        ],
+    }
+    return StepResult(data, info)
+
+
+def quality(df: pd.DataFrame, policy: Policy) -> StepResult:
+    """Step 2: exact duplicates (removed), duplicate identifiers (kept, counted), missing values (counted)."""
+    declared = [c for c in policy.columns if c in df.columns]
+    dup = df.duplicated(subset=declared, keep="first").to_numpy()
+    data = df[~dup]
+    duplicate_ids = {}
+    for name in policy.identifiers:
+        ids = data[name]
+        duplicate_ids[name] = int((ids.notna() & ids.duplicated(keep="first")).sum())
+    missing = {c: int(data[c].isna().sum()) for c in declared if policy.columns[c].role != "drop"}
+    info = {
+        "rows_in": len(df),
+        "rows_out": len(data),
+        "removed": {"exact_duplicates": int(dup.sum())} if dup.any() else {},
+        "exact_duplicates": int(dup.sum()),
+        "duplicate_identifiers": duplicate_ids,
+        "missing_values": {c: n for c, n in missing.items() if n},
+        "rows_with_missing_values": int(data[declared].isna().any(axis=1).sum()),
+        "decisions": [
+            "exact duplicate rows (equal in every declared column) are removed; the first is kept",
+            "rows sharing an identifier value but differing elsewhere are kept and counted "
+            "(one person may hold several records; k counts records)",
+            "missing values are kept; rows missing a released quasi-identifier are removed "
+            "before generalization (counted there)",
+        ],
+    }
+    return StepResult(data, info)
+
+
+def consent_and_purpose(df: pd.DataFrame, policy: Policy, undeclared: list[str]) -> StepResult:
+    """Step 3: remove rows without consent for the purpose; drop columns the purpose does not need."""
+    data = df
+    removed: dict[str, int] = {}
+    consent = policy.purpose.consent
+    if consent is not None:
+        flag = data[consent]
+        no = (flag == False).fillna(False).to_numpy(dtype=bool)  # noqa: E712 - nullable boolean
+        unknown = flag.isna().to_numpy()
+        removed = {k: v for k, v in {"no_consent": int(no.sum()), "consent_missing": int(unknown.sum())}.items() if v}
+        data = data[~(no | unknown)]
+    if data.empty:
+        raise InputError(f"{policy.source}: no rows left after the consent filter for purpose {policy.purpose.name!r}")
+    keep = set(policy.released_columns()) | {n for n in policy.identifiers if policy.columns[n].method == "drop"}
+    dropped = {
+        "undeclared": undeclared,
+        "role_drop": policy.with_role("drop"),
+        "consent": policy.with_role("consent"),
+        "not_in_purpose": [
+            n for n in policy.columns if n not in keep and policy.columns[n].role not in ("drop", "consent")
+        ],
+    }
+    all_dropped = [c for group in dropped.values() for c in group]
+    data = data.drop(columns=[c for c in all_dropped if c in data.columns])
+    info = {
+        "rows_in": len(df),
+        "rows_out": len(data),
+        "removed": removed,
+        "consent_column": consent,
+        "purpose": policy.purpose.name,
+        "dropped_columns": {k: v for k, v in dropped.items() if v},
+        "decisions": [
+            "rows whose consent is false or missing are removed",
+            "columns not needed for the purpose are dropped (data minimization); pseudonymized "
+            "identifiers are kept as linkage keys",
+        ],
+    }
+    return StepResult(data, info)

@@ -1,0 +1,209 @@
+"""The release report: JSON for machines, a readable text summary for the compliance team.
+
+Every figure comes from code that computed it on the released table (k, l, t, risk, utility) or
+counted it during the steps (rows removed by reason, columns dropped). The report holds counts,
+column names and policy settings only: never a raw value, token or key.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+REPORT_FORMAT = 1
+
+
+def jsonable(obj: Any) -> Any:
+    """Plain JSON types: numpy scalars to Python, NaN/inf to None, tuples to lists, keys to str."""
+    if isinstance(obj, Mapping):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple | set | frozenset):
+        items = sorted(obj, key=str) if isinstance(obj, set | frozenset) else obj
+        return [jsonable(v) for v in items]
+    if isinstance(obj, np.ndarray):
+        return [jsonable(v) for v in obj.tolist()]
+    if isinstance(obj, np.bool_ | bool):
+        return bool(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating | float):
+        value = float(obj)
+        return value if math.isfinite(value) else None
+    if obj is None or isinstance(obj, str | int):
+        return obj
+    if obj is pd.NA:
+        return None
+    return str(obj)
+
+
+def to_json(report: Mapping[str, Any]) -> str:
+    return json.dumps(jsonable(report), indent=2, sort_keys=False, allow_nan=False) + "\n"
+
+
+# --- model utility: does the release still predict the label? ----------------------------------
+
+
+def label_auc(
+    raw: pd.DataFrame,
+    release: pd.DataFrame,
+    label: str,
+    features: Sequence[str],
+    seed: int = 0,
+    test_size: float = 0.3,
+) -> dict[str, Any]:
+    """ROC-AUC of a logistic regression trained on the release vs on the raw rows (same split).
+
+    Both models see the same rows (the released ones), the same split and the same preprocessing:
+    numeric columns standardized, everything else one-hot. So the gap measures what generalization
+    cost the model, not a difference in sample. scikit-learn is imported here only, per the layer
+    rules (the rest of `anonymize` does not need it).
+    """
+    from sklearn.compose import ColumnTransformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import train_test_split
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    y_all = pd.to_numeric(release[label].astype("Float64"), errors="coerce")
+    keep = y_all.notna().to_numpy()
+    y = y_all[keep].astype(int).to_numpy()
+    features = [f for f in features if f in release.columns and f in raw.columns and f != label]
+    result: dict[str, Any] = {"label": label, "features": list(features), "rows": int(keep.sum())}
+    if not features:
+        return {**result, "skipped": "no feature columns"}
+    if len(np.unique(y)) < 2 or np.bincount(y).min() < 4:
+        return {**result, "skipped": "label has fewer than 4 rows of each class"}
+    idx = np.arange(len(y))
+    train, test = train_test_split(idx, test_size=test_size, random_state=seed, stratify=y)
+    if len(np.unique(y[test])) < 2:
+        return {**result, "skipped": "test split holds one class only"}
+    result.update({"train_rows": len(train), "test_rows": len(test), "split_seed": seed})
+    for name, frame in (("release", release), ("raw", raw.loc[release.index])):
+        x = _model_frame(frame.loc[keep, features])
+        numeric = [c for c in x.columns if pd.api.types.is_float_dtype(x[c])]
+        other = [c for c in x.columns if c not in numeric]
+        prep = ColumnTransformer(
+            [
+                ("num", StandardScaler(), numeric),
+                ("cat", OneHotEncoder(handle_unknown="ignore", min_frequency=1), other),
+            ]
+        )
+        model = make_pipeline(prep, LogisticRegression(max_iter=500))
+        model.fit(x.iloc[train], y[train])
+        score = model.predict_proba(x.iloc[test])[:, 1]
+        result[f"auc_{name}"] = float(roc_auc_score(y[test], score))
+    result["auc_loss"] = result["auc_raw"] - result["auc_release"]
+    return result
+
+
+def _model_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """Numbers as float with missing -> column mean; everything else as text ('<missing>' for NA)."""
+    out = {}
+    for column in frame.columns:
+        series = frame[column]
+        if pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series):
+            values = series.astype("Float64").astype(float)
+            out[column] = values.fillna(values.mean() if values.notna().any() else 0.0)
+        elif pd.api.types.is_datetime64_any_dtype(series):
+            days = (series - pd.Timestamp("1970-01-01")).dt.days.astype(float)
+            out[column] = days.fillna(days.mean() if days.notna().any() else 0.0)
+        else:
+            out[column] = series.astype(object).where(series.notna(), "<missing>").astype(str)
+    return pd.DataFrame(out, index=frame.index)
+
+
+# --- text ----------------------------------------------------------------------------------------
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def render_text(report: Mapping[str, Any]) -> str:
+    """A readable summary of the JSON report (same figures, no values)."""
+    r = jsonable(report)
+    lines = [
+        f"Release report: policy {r['policy']['name']} (purpose {r['policy']['purpose']}, partner {r['partner']})",
+        f"Rows: {r['rows']['input']} in, {r['rows']['released']} released",
+        "",
+        "Steps",
+    ]
+    for step in r["steps"]:
+        removed = step.get("removed") or {}
+        removed_text = ", ".join(f"{k} {v}" for k, v in removed.items()) or "none"
+        lines.append(f"  {step['step']:<14} rows {step['rows_in']} -> {step['rows_out']}  (removed: {removed_text})")
+    counts = r["counts"]
+    lines += [
+        "",
+        "Data quality",
+        f"  exact duplicates removed: {counts['exact_duplicates']}",
+        f"  duplicate identifiers (kept): {_pairs(counts['duplicate_identifiers'])}",
+        f"  missing values: {_pairs(counts['missing_values'])}",
+        f"  consent-filtered rows: {counts['consent_filtered']}",
+        f"  dropped columns: {', '.join(counts['dropped_columns']) or 'none'}",
+        "",
+        "Pseudonymization",
+    ]
+    for name, info in r["pseudonymization"].items():
+        extra = f", {info['length']} hex chars" if info.get("length") else ""
+        extra += ", escrow kept" if info.get("escrow") else ""
+        lines.append(f"  {name}: {info['method']}{extra} ({info['values']} values, {info['missing']} missing)")
+    privacy = r["privacy"]
+    lines += ["", "Privacy (computed on the release)"]
+    if not privacy.get("applicable", True):
+        lines.append(f"  {privacy['note']}")
+    else:
+        req, got = privacy["required"], privacy["achieved"]
+        req_l = req.get("l") or {}
+        lines += [
+            f"  algorithm: {privacy['algorithm']}",
+            f"  k: required {req['k']}, achieved {_fmt(got.get('k'))}",
+            f"  equivalence classes: {_fmt(got.get('classes'))}",
+        ]
+        l_req = f"{req_l['variant']} {req_l['value']}" if req_l else "none"
+        t_req = _fmt(req.get("t")) if req.get("t") is not None else "none"
+        for column, l_got in (got.get("l") or {}).items():
+            lines.append(
+                f"  l ({column}): required {l_req}; achieved distinct {_fmt(l_got.get('distinct'))}, "
+                f"entropy {_fmt(l_got.get('entropy'), 3)}"
+            )
+        for column, t_got in (got.get("t") or {}).items():
+            lines.append(f"  t ({column}): required {t_req}; achieved {_fmt(t_got, 3)}")
+        if got.get("class_size_histogram"):
+            lines.append(f"  class sizes: {_pairs(got['class_size_histogram'])}")
+        risk = r.get("risk") or {}
+        lines += ["", "Re-identification risk"]
+        lines += [f"  {key}: {_fmt(value)}" for key, value in risk.items() if not isinstance(value, dict | list)]
+        utility = r.get("utility") or {}
+        lines += ["", "Utility"]
+        lines += [f"  {key}: {_fmt(value)}" for key, value in utility.items() if not isinstance(value, dict | list)]
+        if utility.get("levels"):
+            lines.append(f"  generalization levels: {_pairs(utility['levels'])}")
+    if r.get("model_utility"):
+        lines += ["", "Model utility (ROC-AUC, same rows and split)"]
+    for label, auc in (r.get("model_utility") or {}).items():
+        if "skipped" in auc:
+            lines.append(f"  {label}: skipped ({auc['skipped']})")
+        else:
+            lines.append(
+                f"  {label}: release {auc['auc_release']:.3f} vs raw {auc['auc_raw']:.3f} "
+                f"(logistic regression, {auc['test_rows']} test rows)"
+            )
+    lines += ["", "Decisions"]
+    for step in r["steps"]:
+        lines += [f"  - {d}" for d in step.get("decisions", [])]
+    return "\n".join(lines) + "\n"
+
+
+def _pairs(mapping: Mapping[str, Any] | None) -> str:
+    return ", ".join(f"{k} {v}" for k, v in (mapping or {}).items()) or "none"
