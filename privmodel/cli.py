@@ -16,7 +16,7 @@ import click
 import typer
 
 from anonymize.errors import InputError
-from privmodel.commands import audit, keys, report
+from privmodel.commands import anonymize, audit, federate, keys, report, synth, train
 
 app = typer.Typer(
     name="privmodel",
@@ -29,7 +29,7 @@ app = typer.Typer(
 )
 
 # Each command module exposes register(app); add new modules to this tuple.
-for _module in (keys, audit, report):
+for _module in (keys, audit, report, anonymize, synth, train, federate):
     _module.register(app)
 
 

@@ -11,6 +11,7 @@ from rich.console import Console
 def register(app: typer.Typer) -> None:
     keys_app = typer.Typer(help="Create and manage key material.", no_args_is_help=True)
     keys_app.command("init")(init)
+    keys_app.command("tls")(tls)
     app.add_typer(keys_app, name="keys")
 
 
@@ -33,4 +34,24 @@ def init(
     Console().print(
         f"created keys in [bold]{directory}[/bold]: actor {meta['actor']}, key id {meta['key_id']}"
         f"{' (private key encrypted)' if meta['encrypted'] else ''}"
+    )
+
+
+def tls(
+    directory: Path = typer.Argument(..., help="New TLS directory for a federation (CA, SuperLink cert, node keys)."),
+    host: list[str] = typer.Option([], "--host", help="Extra SuperLink host name or IP for the certificate (repeat)."),
+    node: list[str] = typer.Option([], "--node", help="Partner name to create a SuperNode auth key for (repeat)."),
+) -> None:
+    """Create a CA, the SuperLink's TLS certificate and SuperNode authentication keys; never overwrites."""
+    from federated.tls import add_node, make_tls
+
+    if (directory / "ca.key").exists():
+        for name in node:
+            add_node(directory, name)
+        Console().print(f"added node keys for {', '.join(node) or 'no one'} in [bold]{directory}[/bold]")
+        return
+    meta = make_tls(directory, hosts=host, nodes=node)
+    Console().print(
+        f"created CA and SuperLink certificate in [bold]{directory}[/bold] (hosts {', '.join(meta['hosts'])}); "
+        f"node keys: {', '.join(meta['nodes']) or 'none'}"
     )

@@ -1,0 +1,421 @@
+"""Real deployment: SuperLink with TLS + node auth, partners' SuperNodes + workers, run submission.
+
+Every process started here is tracked and stopped by pid (SIGTERM, then SIGKILL after a grace
+period) in `finally` blocks and at interpreter exit: `flwr run` and the SuperLink otherwise leave
+background processes behind. Every wait has a deadline. A run counts as successful only when the
+SuperLink reports it finished with success *and* the coordinator wrote its final ledger entry.
+
+Flower's CLI needs a connection profile; `flwr_home()` writes one into a private temp FLWR_HOME
+(address + CA certificate) so that nothing touches the user's ~/.flwr. Runtime dependency
+installation is always disabled: the partners run the installed privmodel, never a fresh env.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from anonymize.errors import InputError
+from federated.worker import PartnerSpec
+
+CONNECTION = "privmodel"
+_STARTED: list[subprocess.Popen] = []
+
+
+def _bin(name: str) -> str:
+    """An executable of this environment (the venv's flwr, not whatever PATH finds first)."""
+    candidate = Path(sys.executable).with_name(name)
+    return str(candidate) if candidate.exists() else (shutil.which(name) or name)
+
+
+def base_env(flwr_home: Path | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    env["FLWR_TELEMETRY_ENABLED"] = "0"
+    env["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    # SuperExec polls for new ClientApp / ServerApp tasks every second by default.
+    env.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "0.1")
+    # The SuperLink / SuperNode spawn flower-superexec / flwr-clientapp by name: this venv's first.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    if flwr_home is not None:
+        env["FLWR_HOME"] = str(flwr_home)
+    return env
+
+
+def stop(proc: subprocess.Popen | None, grace: float = 5.0) -> None:
+    """Stop one process we started (by pid): SIGTERM, wait, then SIGKILL."""
+    if proc is None or proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=grace)
+
+
+def _stop_all() -> None:
+    for proc in reversed(_STARTED):
+        stop(proc, grace=2.0)
+
+
+atexit.register(_stop_all)
+
+
+def spawn(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start a process with its output in `log`; remembered so that it is stopped at exit."""
+    handle = open(log, "ab")  # noqa: SIM115 - the child owns it for its lifetime
+    proc = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    handle.close()
+    _STARTED.append(proc)
+    return proc
+
+
+def parse_address(text: str, what: str = "--superlink") -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise InputError(f"{what}: expected HOST:PORT, got {text!r}")
+    return host, int(port)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _tail(log: Path, lines: int = 3) -> str:
+    try:
+        text = log.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    interesting = [t for t in text if "ERROR" in t or "error" in t.lower()] or text
+    return " | ".join(t.strip()[:200] for t in interesting[-lines:])
+
+
+def wait_port(host: str, port: int, timeout: float, proc: subprocess.Popen | None = None, log: Path | None = None, who: str = "process") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise InputError(f"{who} exited with code {proc.returncode}: {_tail(log) if log else ''}".rstrip(": "))
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+            return
+        time.sleep(0.2)
+    raise InputError(f"{who} did not open {host}:{port} within {timeout:.0f} s")
+
+
+def write_flwr_home(home: Path, address: str, ca_cert: Path) -> Path:
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "config.toml").write_text(
+        f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
+        f'address = "{address}"\nroot-certificates = "{ca_cert.resolve()}"\n'
+    )
+    return home
+
+
+def flwr_cli(args: list[str], home: Path, timeout: float = 60.0) -> tuple[int, str]:
+    """Run the `flwr` CLI with our private FLWR_HOME; returns (exit code, output)."""
+    try:
+        done = subprocess.run(
+            [_bin("flwr"), *args], env=base_env(home), capture_output=True, text=True, timeout=timeout, check=False
+        )
+    except subprocess.TimeoutExpired:
+        raise InputError(f"`flwr {args[0]}` did not finish within {timeout:.0f} s") from None
+    return done.returncode, (done.stdout or "") + (done.stderr or "")
+
+
+def _json_of(text: str) -> dict[str, Any]:
+    start = text.find("{")
+    if start < 0:
+        return {}
+    try:
+        return json.loads(text[start: text.rfind("}") + 1])
+    except ValueError:
+        return {}
+
+
+# --- SuperLink ----------------------------------------------------------------------------------
+
+
+@dataclass
+class SuperLink:
+    """A running SuperLink (TLS + node auth) and the private flwr CLI home that talks to it."""
+
+    address: str
+    tls_dir: Path
+    workdir: Path
+    proc: subprocess.Popen
+    home: Path
+    log: Path
+
+    def register(self, public_key: Path, name: str) -> int:
+        """Register a partner's SuperNode public key (node authentication)."""
+        if not public_key.is_file():
+            raise InputError(f"partner {name}: public key {public_key} not found")
+        code, out = flwr_cli(["supernode", "register", str(public_key), CONNECTION, "--name", name, "--format", "json"], self.home)
+        info = _json_of(out)
+        if code != 0 or not info.get("success"):
+            raise InputError(f"partner {name}: registration at the SuperLink failed ({_last_line(out)})")
+        return int(info.get("node-id", 0))
+
+    def stop(self) -> None:
+        stop(self.proc)
+
+
+def _last_line(text: str) -> str:
+    lines = [t.strip() for t in text.strip().splitlines() if t.strip()]
+    return lines[-1][:200] if lines else "no output"
+
+
+def start_superlink(tls_dir: Path, workdir: Path, host: str = "127.0.0.1", port: int = 0, timeout: float = 60.0) -> SuperLink:
+    """Start `flower-superlink` with TLS and SuperNode authentication; wait until it listens."""
+    from federated.tls import check_ca
+
+    tls_dir = Path(tls_dir)
+    for name in ("ca.crt", "server.crt"):
+        check_ca(tls_dir / name, "SuperLink")
+    if not (tls_dir / "server.key").is_file():
+        raise InputError(f"SuperLink: {tls_dir / 'server.key'} not found (run `privmodel keys tls {tls_dir}`)")
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = port or free_port(host)
+    log = workdir / "superlink.log"
+    cmd = [
+        _bin("flower-superlink"),
+        "--ssl-ca-certfile", str(tls_dir / "ca.crt"),
+        "--ssl-certfile", str(tls_dir / "server.crt"),
+        "--ssl-keyfile", str(tls_dir / "server.key"),
+        "--enable-supernode-auth",
+        "--host", host, "--port", str(port),
+        "--disable-runtime-dependency-installation",
+    ]
+    home = Path(tempfile.mkdtemp(prefix="flwr-home-", dir=workdir))
+    proc = spawn(cmd, log, base_env(home))
+    try:
+        wait_port(host, port, timeout, proc, log, "SuperLink")
+        address = f"{host}:{port}"
+        write_flwr_home(home, address, tls_dir / "ca.crt")
+        # Ready when the Control API answers through TLS.
+        deadline = time.monotonic() + timeout
+        while True:
+            code, out = flwr_cli(["ls", CONNECTION, "--format", "json"], home, timeout=30)
+            if code == 0:
+                break
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise InputError(f"SuperLink at {address} does not answer ({_last_line(out)})")
+            time.sleep(0.5)
+    except BaseException:
+        stop(proc)
+        raise
+    return SuperLink(address, tls_dir, workdir, proc, home, log)
+
+
+# --- partner side -------------------------------------------------------------------------------
+
+
+@dataclass
+class Partner:
+    """A joined partner: its training worker and its SuperNode."""
+
+    spec: PartnerSpec
+    worker: subprocess.Popen
+    supernode: subprocess.Popen
+    workdir: Path
+    logs: dict[str, Path] = field(default_factory=dict)
+
+    def stop(self) -> None:
+        stop(self.supernode)
+        stop(self.worker)
+
+
+def check_superlink_reachable(address: str, ca_cert: Path, partner: str, timeout: float = 10.0) -> None:
+    """Fail fast, naming the partner, when the SuperLink cannot be reached or its certificate is not ours."""
+    import ssl
+
+    host, port = parse_address(address)
+    context = ssl.create_default_context(cafile=str(ca_cert))
+    context.check_hostname = False  # IP-addressed test deployments; the CA pin is what matters
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as raw, context.wrap_socket(raw, server_hostname=host):
+            return
+    except ssl.SSLCertVerificationError:
+        raise InputError(f"partner {partner}: the SuperLink at {address} presents a certificate not signed by {ca_cert}") from None
+    except ssl.SSLError as exc:
+        raise InputError(f"partner {partner}: TLS handshake with {address} failed ({exc.reason or 'ssl error'})") from None
+    except OSError as exc:
+        raise InputError(f"partner {partner}: SuperLink {address} is unreachable ({exc.strerror or type(exc).__name__})") from None
+
+
+def join(
+    spec: PartnerSpec, superlink: str, ca_cert: Path, auth_key: Path, label: str = "churn",
+    start_timeout: float = 300.0, runtime_port: int = 0,
+) -> Partner:
+    """Start the partner's training worker (data loaded, anonymized) and its SuperNode."""
+    from federated.tls import check_ca
+    from federated.wire import new_token
+
+    check_ca(ca_cert, f"partner {spec.name}")
+    if not Path(auth_key).is_file():
+        raise InputError(f"partner {spec.name}: node key {auth_key} not found")
+    if not Path(spec.data).is_file():
+        raise InputError(f"partner {spec.name}: {spec.data}: no such file")
+    check_superlink_reachable(superlink, ca_cert, spec.name)
+    workdir = Path(spec.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    sock_dir = Path(tempfile.mkdtemp(prefix="pm-worker-"))
+    sock_dir.chmod(0o700)
+    address = str(sock_dir / "worker.sock")
+    token_file = sock_dir / "token"
+    new_token(token_file)
+    spec_file = sock_dir / "spec.json"
+    spec_file.write_text(json.dumps(spec.to_dict()))
+    ready = sock_dir / "ready.json"
+    logs = {"worker": workdir / "worker.log", "supernode": workdir / "supernode.log"}
+    worker = spawn(
+        [sys.executable, "-m", "federated.worker", "--spec", str(spec_file), "--address", address,
+         "--token-file", str(token_file), "--parent-pid", str(os.getpid()), "--ready-file", str(ready)],
+        logs["worker"], base_env(),
+    )
+    supernode = None
+    try:
+        deadline = time.monotonic() + start_timeout
+        while not ready.exists():
+            if worker.poll() is not None:
+                raise InputError(_worker_error(ready, logs["worker"], spec.name))
+            if time.monotonic() > deadline:
+                raise InputError(f"partner {spec.name}: training worker not ready within {start_timeout:.0f} s")
+            time.sleep(0.2)
+        info = json.loads(ready.read_text() or "{}")
+        if "error" in info:
+            raise InputError(info["error"])
+        node_config = (
+            f'partner="{spec.name}" worker-address="{address}" worker-token-file="{token_file}"'
+        )
+        port = runtime_port or free_port()
+        supernode = spawn(
+            [_bin("flower-supernode"), "--superlink", superlink, "--root-certificates", str(ca_cert),
+             "--auth-supernode-private-key", str(auth_key), "--node-config", node_config,
+             "--host", "127.0.0.1", "--port", str(port), "--max-retries", "10", "--max-wait-time", "60"],
+            logs["supernode"], base_env(),
+        )
+        wait_port("127.0.0.1", port, 60.0, supernode, logs["supernode"], f"partner {spec.name}: SuperNode")
+    except BaseException:
+        stop(supernode)
+        stop(worker)
+        raise
+    return Partner(spec, worker, supernode, workdir, logs)
+
+
+def _worker_error(ready: Path, log: Path, name: str) -> str:
+    with contextlib.suppress(OSError, ValueError):
+        info = json.loads(ready.read_text())
+        if "error" in info:
+            return str(info["error"])
+    return f"partner {name}: training worker exited ({_tail(log, 1) or 'see worker.log'})"
+
+
+# --- run submission -----------------------------------------------------------------------------
+
+
+def write_app(directory: Path, record: dict[str, Any]) -> Path:
+    """The Flower app submitted by `federate run`: components point at the installed package, and
+    the run configuration (every setting of the run) is embedded as the app's config."""
+    directory.mkdir(parents=True, exist_ok=True)
+    lines = [
+        "[build-system]", 'requires = ["hatchling"]', 'build-backend = "hatchling.build"', "",
+        "[project]", 'name = "privmodel-federated"', 'version = "1.0.0"',
+        'description = "privmodel federated training (components come from the installed privmodel)"',
+        'license = "Apache-2.0"', "dependencies = []", "",
+        "[tool.flwr.app]", 'publisher = "privmodel"', "",
+        "[tool.flwr.app.components]", 'serverapp = "federated.server_app:app"', 'clientapp = "federated.client_app:app"', "",
+        "[tool.flwr.app.config]",
+    ]
+    for key, value in sorted(record.items()):
+        lines.append(f"{key.replace('_', '-')} = {_toml(value)}")
+    (directory / "pyproject.toml").write_text("\n".join(lines) + "\n")
+    return directory
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return json.dumps(str(value))
+
+
+def submit(link_home: Path, app_dir: Path, out_dir: Path, timeout: float, on_event: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Submit the run, follow the coordinator's progress file, and check the final status.
+
+    `flwr run --stream` exits 0 even when the run failed, so success is decided here: the SuperLink
+    must report the run finished with success and the coordinator must have written its result.
+    """
+    progress = out_dir / "progress.jsonl"
+    progress.unlink(missing_ok=True)  # a previous run's events must not be read as this run's
+    code, out = flwr_cli(["run", str(app_dir), CONNECTION, "--format", "json"], link_home, timeout=120)
+    info = _json_of(out)
+    if code != 0 or not info.get("success"):
+        raise InputError(f"run submission failed ({_last_line(out)})")
+    run_id = int(info["run-id"])
+    seen = 0
+    deadline = time.monotonic() + timeout
+    status = ""
+    while True:
+        if progress.is_file():
+            lines = progress.read_text().splitlines()
+            for line in lines[seen:]:
+                with contextlib.suppress(ValueError):
+                    event = json.loads(line)
+                    if on_event is not None:
+                        on_event(event)
+            seen = len(lines)
+        code, out = flwr_cli(["ls", CONNECTION, "--run-id", str(run_id), "--format", "json"], link_home, timeout=30)
+        runs = _json_of(out).get("runs", [])
+        status = str(runs[0].get("status", "")) if runs else ""
+        if status.startswith("finished"):
+            break
+        if time.monotonic() > deadline:
+            flwr_cli(["stop", str(run_id), CONNECTION], link_home, timeout=30)
+            raise InputError(f"run {run_id} did not finish within {timeout:.0f} s (stopped)")
+        time.sleep(0.5)
+    events = [json.loads(line) for line in progress.read_text().splitlines() if line.strip()] if progress.is_file() else []
+    for event in events[seen:]:
+        if on_event is not None:
+            on_event(event)
+    if status != "finished:completed":
+        _, log_text = flwr_cli(["log", str(run_id), CONNECTION, "--show"], link_home, timeout=60)
+        with contextlib.suppress(OSError):
+            (out_dir / "serverapp.log").write_text(log_text)
+    failed = [e for e in events if e.get("event") == "failed"]
+    if failed:
+        raise InputError(f"run {run_id} failed: {failed[-1]['reason']}")
+    if status != "finished:completed" or not any(e.get("event") == "done" for e in events):
+        raise InputError(f"run {run_id} ended with status {status or 'unknown'}; see {out_dir / 'serverapp.log'}")
+    return {"run_id": run_id, "status": status, "events": events}
+
+
+@contextlib.contextmanager
+def tracked() -> Iterator[list[Any]]:
+    """Stop everything appended to the yielded list when the block ends (error or not)."""
+    items: list[Any] = []
+    try:
+        yield items
+    finally:
+        for item in reversed(items):
+            with contextlib.suppress(Exception):
+                item.stop()

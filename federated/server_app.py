@@ -1,0 +1,393 @@
+"""The coordinator's Flower ServerApp: rounds, robust aggregation, evaluation, model, card, ledger.
+
+One round loop serves simulation and deployment. It is written out here rather than taken from
+`Strategy.start` because the coordinator must (a) wait for partners with a deadline instead of
+forever, (b) check that every partner runs the same policy before any training, (c) see each reply
+to reject bad updates and name failed partners, (d) stop with a clear error when fewer than
+`min_partners` remain, and (e) record every round in its signed ledger. The per-round steps still
+call the stock strategy's `configure_train` / `aggregate_train`, so FedAvg / FedProx / FedAdam and
+Flower's DP wrappers behave exactly as documented by Flower.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.serverapp import Grid, ServerApp
+
+from anonymize.errors import InputError
+from federated.config import FedConfig
+from federated.wire import arrays_hash
+
+POLL_S = 0.5
+
+
+@dataclass
+class ServerSettings:
+    """What the coordinator supplies besides the FedConfig."""
+
+    config: FedConfig
+    policy: str
+    out_dir: str
+    keys: str | None = None
+    eval_data: str | None = None
+    expected_partners: int = 2  # wait until this many partners are connected (with a deadline)
+    wait_timeout: float = 120.0
+    on_round: Callable[[dict[str, Any]], None] | None = None
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            **self.config.to_record(),
+            "policy": self.policy, "out_dir": self.out_dir, "keys_dir": self.keys or "",
+            "eval_data": self.eval_data or "", "expected_partners": self.expected_partners,
+            "wait_timeout": self.wait_timeout,
+        }
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> ServerSettings:
+        record = {str(k).replace("-", "_"): v for k, v in record.items()}
+        return cls(
+            config=FedConfig.from_record(record).validate(),
+            policy=str(record["policy"]),
+            out_dir=str(record["out_dir"]),
+            keys=str(record.get("keys_dir") or "") or None,
+            eval_data=str(record.get("eval_data") or "") or None,
+            expected_partners=int(record.get("expected_partners", 2)),
+            wait_timeout=float(record.get("wait_timeout", 120.0)),
+        )
+
+
+@dataclass
+class RunOutcome:
+    """Returned by `run_server` (simulation reads it directly; deployment reads the files)."""
+
+    model_hash: str
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+    partners: dict[str, dict[str, Any]] = field(default_factory=dict)
+    out_dir: str = ""
+
+
+class _Evaluator:
+    """Server-side evaluation on a held-out table, passed through the same policy as the partners."""
+
+    def __init__(self, settings: ServerSettings, policy: Any, keys_dir: Path) -> None:
+        from anonymize.pipeline import run as anonymize_run
+        from privmodel.features import TabularEncoder, encode_labels
+        from privmodel.fileio import read_table
+        from privmodel.keys import load_pseudonym_secret
+
+        frame = read_table(settings.eval_data)
+        release = anonymize_run(frame, policy, load_pseudonym_secret(keys_dir)).data
+        label = settings.config.label
+        if label not in release.columns:
+            raise InputError(f"{settings.eval_data}: label column {label!r} is missing")
+        from federated.worker import midpoints
+
+        encoded = TabularEncoder.from_policy(policy, label=label).transform(midpoints(release, policy))
+        self.x_num, self.x_cat = encoded.x_num, encoded.x_cat
+        self.y = encode_labels(release[label], label)
+
+    def __call__(self, model: Any) -> dict[str, float]:
+        from federated.worker import _logloss, _predict
+        from privmodel.metrics import roc_auc
+
+        p = _predict(model, self.x_num, self.x_cat)
+        auc = roc_auc(self.y, p)
+        return {"loss": _logloss(self.y, p), "auc": float(auc) if auc is not None else float("nan"), "n": int(len(self.y))}
+
+
+def exchange(grid: Grid, messages: list[Message], timeout: float, poll: float = 0.1) -> list[Message]:
+    """Push messages and pull replies until all arrived or `timeout` passed.
+
+    Same contract as `Grid.send_and_receive`, but polls every `poll` seconds: the deployment grid
+    sleeps 3 s between pulls, which alone would cost up to 3 s per message exchange.
+    """
+    pending = set(grid.push_messages(messages))
+    replies: list[Message] = []
+    deadline = time.monotonic() + timeout
+    while pending:
+        got = list(grid.pull_messages(pending))
+        replies.extend(got)
+        pending -= {m.metadata.reply_to_message_id for m in got}
+        if not pending or time.monotonic() > deadline:
+            break
+        time.sleep(poll)
+    return replies
+
+
+def _query(grid: Grid, nodes: list[int], content: dict[str, Any], timeout: float, arrays: ArrayRecord | None = None) -> list[Message]:
+    records: dict[str, Any] = {"config": ConfigRecord(content)}
+    if arrays is not None:
+        records["arrays"] = arrays
+    messages = [Message(content=RecordDict(records), message_type=MessageType.QUERY, dst_node_id=n) for n in nodes]
+    return exchange(grid, messages, timeout)
+
+
+def _wait_for_nodes(grid: Grid, expected: int, deadline_s: float) -> list[int]:
+    deadline = time.monotonic() + deadline_s
+    while True:
+        nodes = sorted(grid.get_node_ids())
+        if len(nodes) >= expected:
+            return nodes
+        if time.monotonic() > deadline:
+            raise InputError(
+                f"only {len(nodes)} of {expected} partners connected within {deadline_s:.0f} s; "
+                "check that every partner ran `privmodel federate join`"
+            )
+        time.sleep(POLL_S)
+
+
+def _build_model(config: FedConfig, n_num: int, cards: list[int]):
+    import torch
+
+    from privmodel.models import build_model
+
+    torch.manual_seed(config.seed)
+    return build_model(config.model, n_num, cards)
+
+
+def run_server(grid: Grid, settings: ServerSettings) -> RunOutcome:
+    """The whole federated run, from partner check to final model; raises InputError on failure."""
+    from anonymize.policy import load_policy
+    from federated.card import write_card
+    from federated.robust import RobustStrategy, build_strategy
+    from federated.worker import _load_arrays, _model_arrays, policy_hash
+    from privmodel.audit import Ledger, artifact
+    from privmodel.fileio import atomic_write_bytes, atomic_write_text, ensure_output_dir
+    from privmodel.keys import ensure_keys, load_signer
+
+    config = settings.config.validate()
+    out = ensure_output_dir(settings.out_dir)
+    keys_dir = ensure_keys(settings.keys)
+    ledger = Ledger(out / "ledger.jsonl", load_signer(keys_dir))
+    progress_path = out / "progress.jsonl"
+    progress_path.write_text("")
+    run_id = str(grid.run.run_id)
+    started = time.monotonic()
+
+    def fail(reason: str) -> None:
+        ledger.append("federate.run", params={"run_id": run_id}, outcome="failed", reason=reason)
+        _emit(progress_path, settings.on_round, {"event": "failed", "reason": reason})
+        raise InputError(reason)
+
+    try:
+        policy = load_policy(settings.policy)
+    except InputError as exc:
+        fail(str(exc))
+    my_policy_hash = policy_hash(policy)
+    record = config.to_record()
+    query_timeout = min(config.round_timeout, max(30.0, settings.wait_timeout))
+
+    nodes = _wait_for_nodes(grid, max(settings.expected_partners, config.min_partners), settings.wait_timeout)
+    # 1. Who is there, and do they all run the coordinator's policy?
+    partner_of: dict[int, str] = {n: f"node {n}" for n in nodes}
+    infos: dict[int, dict[str, Any]] = {}
+    failures: list[str] = []
+    replies = _query(grid, nodes, {**record, "op": "hello"}, timeout=query_timeout)
+    answered = set()
+    for msg in replies:
+        node = msg.metadata.src_node_id
+        answered.add(node)
+        if msg.has_error():
+            failures.append((msg.error.reason or f"node {node}: failed").strip().splitlines()[-1])
+            continue
+        info = dict(msg.content.config_records["info"])
+        partner_of[node] = str(info["partner"])
+        infos[node] = info
+    for node in set(nodes) - answered:
+        failures.append(f"node {node}: no answer within {query_timeout:.0f} s")
+    mismatched = [
+        f"partner {info['partner']}: policy hash {str(info['policy_hash'])[:12]} differs from the coordinator's {my_policy_hash[:12]}"
+        for info in infos.values() if info["policy_hash"] != my_policy_hash
+    ]
+    if mismatched:
+        fail("; ".join(mismatched))
+    names = [str(i["partner"]) for i in infos.values()]
+    if len(set(names)) != len(names):
+        fail("two partners use the same name: " + ", ".join(sorted({n for n in names if names.count(n) > 1})))
+    dims = {(int(i["n_num"]), str(i["cards"])) for i in infos.values()}
+    if len(dims) > 1:
+        fail("partners encode different feature layouts despite one policy (different privmodel versions?)")
+    for line in failures:
+        _emit(progress_path, settings.on_round, {"event": "partner_failed", "reason": line})
+        ledger.append("federate.partner", params={"run_id": run_id, "stage": "hello"}, outcome="failed", reason=line)
+    active = set(infos)
+    if len(active) < config.min_partners:
+        fail(f"only {len(active)} partners ready, at least {config.min_partners} needed: " + "; ".join(failures))
+
+    n_num, cards_text = dims.pop()
+    cards = [int(c) for c in cards_text.split(",") if c]
+    model = _build_model(config, n_num, cards)
+    arrays = ArrayRecord({k: Array(v) for k, v in _model_arrays(model).items()})
+    evaluator = _Evaluator(settings, policy, keys_dir) if settings.eval_data else None
+    ledger.append(
+        "federate.start",
+        inputs=[artifact(settings.policy)] + ([artifact(settings.eval_data)] if settings.eval_data else []),
+        params={
+            "run_id": run_id, "policy_hash": my_policy_hash, "partners": sorted(partner_of[n] for n in active),
+            "config": {k: v for k, v in record.items() if k not in ("extra",)},
+        },
+    )
+    inner = build_strategy(config, len(active))
+    strategy = RobustStrategy(inner, config, lambda n: partner_of.get(n, f"node {n}"), lambda: active)
+
+    rounds: list[dict[str, Any]] = []
+    joined: dict[str, list[int]] = {partner_of[n]: [] for n in active}
+    epsilon: dict[str, float] = {partner_of[n]: 0.0 for n in active}
+    rejected_total: list[dict[str, Any]] = []
+    train_config = ConfigRecord(record)
+    initial_per_silo: dict[str, dict[str, float]] = {}
+    for server_round in range(1, config.rounds + 1):
+        t0 = time.monotonic()
+        messages = list(strategy.configure_train(server_round, arrays, train_config, grid))
+        train_replies = exchange(grid, messages, timeout=config.round_timeout)
+        new_arrays, _ = strategy.aggregate_train(server_round, train_replies)
+        report = strategy.reports[server_round]
+        for item in report.failed:
+            if item.get("code") not in ("4001",):  # a refusal keeps the partner; a failure drops it
+                active.discard(next((n for n, p in partner_of.items() if p == item["partner"]), -1))
+            ledger.append("federate.partner", params={"run_id": run_id, "round": server_round}, outcome="failed", reason=item["reason"])
+        for item in report.rejected:
+            ledger.append(
+                "federate.update_rejected", params={"run_id": run_id, "round": server_round, "partner": item["partner"]},
+                outcome="failed", reason=item["reason"],
+            )
+            rejected_total.append({"round": server_round, **item})
+        if new_arrays is None:
+            who = "; ".join(i["reason"] for i in report.failed) or "none"
+            bad = "; ".join(f"partner {i['partner']}: {i['reason']}" for i in report.rejected) or "none"
+            fail(
+                f"round {server_round}: only {len(report.accepted)} acceptable updates, at least "
+                f"{config.min_partners} needed (failed: {who}; rejected: {bad})"
+            )
+        arrays = new_arrays
+        for partner in report.accepted:
+            joined[partner].append(server_round)
+        epsilon.update(report.epsilon)
+
+        # Partners evaluate the model they receive before training on it (one message per round),
+        # so the per-silo metrics of round r's model arrive with round r + 1 (the last with "final").
+        if server_round == 1:
+            initial_per_silo = dict(report.evaluation)
+        else:
+            rounds[-1]["per_silo"] = dict(report.evaluation)
+        per_silo: dict[str, dict[str, float]] = {}
+        glob: dict[str, float] | None = None
+        if evaluator is not None:
+            _load_arrays(model, {k: v.numpy() for k, v in arrays.items()})
+            glob = evaluator(model)
+        entry = {
+            "event": "round", "round": server_round, "rounds": config.rounds, "seconds": round(time.monotonic() - t0, 3),
+            "accepted": report.accepted, "rejected": report.rejected, "failed": report.failed,
+            "train_loss": report.train_loss, "global": glob, "per_silo": per_silo,
+            "per_silo_previous": dict(report.evaluation), "epsilon": dict(epsilon),
+        }
+        rounds.append(entry)
+        _emit(progress_path, settings.on_round, entry)
+        ledger.append(
+            "federate.round",
+            params={
+                "run_id": run_id, "round": server_round, "accepted": report.accepted,
+                "rejected": [i["partner"] for i in report.rejected], "failed": [i["partner"] for i in report.failed],
+                "model_hash": arrays_hash({k: v.numpy() for k, v in arrays.items()}),
+                "global_auc": _finite(glob["auc"]) if glob else None,
+            },
+        )
+
+    # Final model, partners' confirmation of its hash, card, ledger.
+    final = {k: v.numpy() for k, v in arrays.items()}
+    digest = arrays_hash(final)
+    confirmations: dict[str, str] = {}
+    final_silos: dict[str, dict[str, float]] = {}
+    for msg in _query(grid, sorted(active), {**record, "op": "final"}, timeout=query_timeout, arrays=arrays):
+        if not msg.has_error():
+            info = dict(msg.content.config_records["info"])
+            confirmations[str(info["partner"])] = str(info["model_hash"])
+            final_silos[str(info["partner"])] = {
+                "auc": float(info["eval_auc"]), "loss": float(info["eval_loss"]), "n": int(info["eval_n"])
+            }
+    rounds[-1]["per_silo"] = final_silos
+    for entry in rounds:
+        if entry["global"] is None and entry["per_silo"]:
+            total = sum(v["n"] for v in entry["per_silo"].values())
+            entry["global"] = {
+                "auc": sum(v["auc"] * v["n"] for v in entry["per_silo"].values()) / total,
+                "loss": sum(v["loss"] * v["n"] for v in entry["per_silo"].values()) / total,
+                "n": total, "source": "weighted mean of silos",
+            }
+    disagree = [p for p, h in confirmations.items() if h != digest]
+    if disagree:
+        fail("model hash differs at partner(s) " + ", ".join(sorted(disagree)))
+    buffer = _npz_bytes(final)
+    atomic_write_bytes(out / "model.npz", buffer)
+    meta = {
+        "model": config.model, "label": config.label, "n_num": n_num, "cat_cardinalities": cards,
+        "policy_hash": my_policy_hash, "model_hash": digest, "run_id": run_id,
+    }
+    atomic_write_text(out / "model.json", json.dumps(meta, indent=2) + "\n")
+    partners = {
+        name: {"rounds": joined.get(name, []), "epsilon": _finite(epsilon.get(name, 0.0)), "confirmed_hash": name in confirmations}
+        for name in sorted(joined)
+    }
+    delta = policy.budget.delta if policy.budget is not None else config.delta
+    card_paths = write_card(
+        out, config=config, policy_hash=my_policy_hash, model_hash=digest, partners=partners, rounds=rounds,
+        rejected=rejected_total, delta=delta, run_id=run_id, seconds=time.monotonic() - started,
+    )
+    ledger.append(
+        "federate.final_model",
+        inputs=[artifact(settings.policy)],
+        outputs=[artifact(out / "model.npz"), artifact(out / "model.json")] + [artifact(p) for p in card_paths],
+        params={"run_id": run_id, "model_hash": digest, "rounds": config.rounds, "partners": partners},
+        privacy_cost=None,
+    )
+    _emit(progress_path, settings.on_round, {
+        "event": "done", "model_hash": digest, "partners": partners, "per_silo": final_silos,
+        "initial_per_silo": initial_per_silo, "global": rounds[-1]["global"],
+    })
+    return RunOutcome(model_hash=digest, rounds=rounds, partners=partners, out_dir=str(out))
+
+
+def _finite(value: Any) -> Any:
+    return value if not isinstance(value, float) or math.isfinite(value) else None
+
+
+def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    np.savez(buffer, **{k.replace(".", "__"): v for k, v in sorted(arrays.items())})
+    return buffer.getvalue()
+
+
+def _emit(path: Path, callback: Callable[[dict[str, Any]], None] | None, entry: dict[str, Any]) -> None:
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(entry, default=_finite) + "\n")
+    if callback is not None:
+        callback(entry)
+
+
+def make_server_app(settings: ServerSettings | None = None, result: list[RunOutcome] | None = None) -> ServerApp:
+    """A ServerApp bound to `settings` (simulation), or reading them from the run config (deployment)."""
+    server = ServerApp()
+
+    @server.main()
+    def main(grid: Grid, context: Context) -> None:
+        current = settings if settings is not None else ServerSettings.from_record(dict(context.run_config))
+        outcome = run_server(grid, current)
+        if result is not None:
+            result.append(outcome)
+
+    return server
+
+
+# The deployment entry point (`serverapp = "federated.server_app:app"` in the generated app).
+app = make_server_app()

@@ -1,0 +1,238 @@
+"""`privmodel federate simulate | superlink | join | run`: federated training across partners.
+
+simulate   synthetic non-IID silos on Flower's Ray simulation engine, progress per round
+superlink  the coordinator's SuperLink with TLS and SuperNode authentication (foreground)
+join       all a partner runs: its training worker (data, policy, keys, budget) and its SuperNode
+run        the coordinator submits the training and follows it; non-zero exit when the run failed
+
+Nothing heavy at import: flwr, torch and pandas load inside the commands.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from anonymize.errors import InputError
+
+
+def register(app: typer.Typer) -> None:
+    fed = typer.Typer(help="Federated training across partners (Flower).", no_args_is_help=True)
+    fed.command("simulate")(simulate)
+    fed.command("superlink")(superlink)
+    fed.command("join")(join)
+    fed.command("run")(run)
+    app.add_typer(fed, name="federate")
+
+
+def _config(**values: Any):
+    from federated.config import FedConfig
+
+    return FedConfig(**values).validate()
+
+
+def _printer(console: Any) -> Any:
+    def show(event: dict[str, Any]) -> None:
+        kind = event.get("event")
+        if kind == "round":
+            g = event.get("global") or {}
+            silos = event.get("per_silo_previous") or {}
+            eps = event.get("epsilon") or {}
+            bad = [f"{i['partner']} rejected ({i['reason']})" for i in event.get("rejected", [])]
+            bad += [i["reason"] for i in event.get("failed", [])]
+            auc = f"{g['auc']:.4f}" if g.get("auc") is not None else "-"
+            silo_text = " ".join(f"{k}={v['auc']:.3f}" for k, v in sorted(silos.items()))
+            eps_text = f" ε max {max(eps.values()):.3f}" if eps and max(eps.values()) > 0 else ""
+            console.print(
+                f"round {event['round']}/{event['rounds']}  {event['seconds']:.1f}s  accepted {len(event['accepted'])}"
+                f"  global AUC {auc}{eps_text}  silos(prev) {silo_text}"
+            )
+            for line in bad:
+                console.print(f"  [yellow]{line}[/yellow]")
+        elif kind == "partner_failed":
+            console.print(f"  [yellow]{event['reason']}[/yellow]")
+        elif kind == "done":
+            silos = event.get("per_silo") or {}
+            console.print("final per-silo AUC: " + " ".join(f"{k}={v['auc']:.3f}" for k, v in sorted(silos.items())))
+    return show
+
+
+def simulate(
+    out: Path = typer.Option(Path("federated-sim"), "--out", help="Output directory (silos, partners, coordinator)."),
+    silos: int = typer.Option(5, "--silos", min=2, help="Number of synthetic partners."),
+    rounds: int = typer.Option(10, "--rounds", min=1),
+    customers: int = typer.Option(20000, "--customers", min=100, help="Customers over all silos."),
+    heterogeneity: float = typer.Option(0.6, "--heterogeneity", help="0 = IID silos, 1 = strongly non-IID."),
+    epsilon: float = typer.Option(1.0, "--epsilon", help="Target ε per partner over all rounds; 0 = non-private."),
+    strategy: str = typer.Option("fedavg", "--strategy", help="fedavg, fedprox or fedadam."),
+    proximal_mu: float = typer.Option(0.0, "--proximal-mu"),
+    local_steps: int = typer.Option(20, "--local-steps"),
+    batch_size: int = typer.Option(256, "--batch-size"),
+    lr: float = typer.Option(0.05, "--lr"),
+    min_partners: int = typer.Option(2, "--min-partners"),
+    max_update_norm: float = typer.Option(50.0, "--max-update-norm", help="Robust aggregation bound."),
+    client_dp_noise: float = typer.Option(0.0, "--client-dp-noise", help="Client-level DP noise (Flower wrapper)."),
+    client_dp_clip: float = typer.Option(0.0, "--client-dp-clip"),
+    model: str = typer.Option("logreg", "--model"),
+    label: str = typer.Option("churn", "--label"),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Simulate partners on synthetic non-IID silos (Flower simulation engine, Ray backend)."""
+    from rich.console import Console
+
+    from federated.simulate import partner_specs, run_simulation, synth_silos
+    from privmodel.fileio import ensure_output_dir
+
+    console = Console()
+    if not 0.0 <= heterogeneity <= 1.0:
+        raise InputError("--heterogeneity: must be between 0 and 1")
+    config = _config(
+        rounds=rounds, epsilon=epsilon, strategy=strategy, proximal_mu=proximal_mu, local_steps=local_steps,
+        batch_size=batch_size, lr=lr, min_partners=min_partners, max_update_norm=max_update_norm,
+        client_dp_noise=client_dp_noise, client_dp_clip=client_dp_clip, model=model, label=label, seed=seed,
+    )
+    base = ensure_output_dir(out)
+    started = time.monotonic()
+    paths, holdout, policy = synth_silos(base, silos, customers, heterogeneity, seed, holdout=max(1000, customers // 10))
+    specs = partner_specs(base, paths, policy)
+    console.print(f"{silos} silos, {customers} customers, {rounds} rounds, {strategy}, ε={epsilon or 'off'}: starting Ray")
+    outcome = run_simulation(base, specs, config, policy, eval_data=holdout, on_round=_printer(console))
+    console.print(
+        f"done in {time.monotonic() - started:.1f}s; model {outcome.model_hash[:16]}; "
+        f"card {base / 'coordinator' / 'federated_card.md'}"
+    )
+
+
+def superlink(
+    tls: Path = typer.Option(..., "--tls", help="Directory from `privmodel keys tls`."),
+    host: str = typer.Option("127.0.0.1", "--host"),
+    port: int = typer.Option(9093, "--port"),
+    register_node: list[str] = typer.Option([], "--register", help="NAME=PUBKEY of a partner's SuperNode (repeat)."),
+    workdir: Path = typer.Option(Path("superlink"), "--workdir"),
+) -> None:
+    """Start the SuperLink (TLS + node authentication); runs until interrupted, then stops it."""
+    from rich.console import Console
+
+    from federated.deployment import start_superlink
+
+    console = Console()
+    link = start_superlink(tls, workdir, host, port)
+    try:
+        for item in register_node:
+            name, sep, key = item.partition("=")
+            if not sep:
+                raise InputError(f"--register: expected NAME=PUBKEY, got {item!r}")
+            node_id = link.register(Path(key), name)
+            console.print(f"registered partner {name} (node {node_id})")
+        console.print(f"SuperLink listening on {link.address} (TLS, node auth); Ctrl-C stops it")
+        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+        while link.proc.poll() is None:
+            time.sleep(1)
+        raise InputError(f"SuperLink exited with code {link.proc.returncode}; see {link.log}")
+    except KeyboardInterrupt:
+        pass
+    finally:
+        link.stop()
+
+
+def join(
+    superlink_address: str = typer.Option(..., "--superlink", help="HOST:PORT of the coordinator's SuperLink."),
+    data: Path = typer.Option(..., "--data", help="This partner's customer table (CSV / Parquet); never leaves."),
+    policy: Path = typer.Option(..., "--policy", help="The federation's policy (must match the coordinator's)."),
+    name: str = typer.Option(..., "--name", help="Partner name (appears in ledgers and the model card)."),
+    ca: Path = typer.Option(..., "--ca", help="CA certificate of the federation."),
+    auth_key: Path = typer.Option(..., "--auth-key", help="This node's private auth key (from `keys tls`)."),
+    keys: Path = typer.Option(None, "--keys", help="Key directory (signing key, pseudonym secret)."),
+    workdir: Path = typer.Option(Path("partner"), "--workdir", help="Ledger, privacy state, release cache."),
+    epsilon_cap: float = typer.Option(0.0, "--epsilon-cap", help="ε cap for this data (default: the policy's budget)."),
+) -> None:
+    """Join a federation as a partner: start the local training worker and the SuperNode."""
+    from rich.console import Console
+
+    from federated.deployment import join as start_partner
+    from federated.tls import check_name
+    from federated.worker import PartnerSpec
+    from privmodel.keys import ensure_keys
+
+    console = Console()
+    check_name(name)
+    spec = PartnerSpec(
+        name=name, data=str(data.resolve()), policy=str(policy.resolve()), keys=str(ensure_keys(keys, actor=name).resolve()),
+        workdir=str(workdir.resolve()), epsilon_cap=epsilon_cap,
+    )
+    partner = start_partner(spec, superlink_address, ca, auth_key)
+    try:
+        console.print(f"partner {name} joined {superlink_address}; Ctrl-C leaves the federation")
+        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+        while partner.supernode.poll() is None and partner.worker.poll() is None:
+            time.sleep(1)
+        which = "SuperNode" if partner.supernode.poll() is not None else "training worker"
+        raise InputError(f"partner {name}: {which} stopped; see {workdir}")
+    except KeyboardInterrupt:
+        pass
+    finally:
+        partner.stop()
+
+
+def run(
+    superlink_address: str = typer.Option(..., "--superlink", help="HOST:PORT of the SuperLink."),
+    ca: Path = typer.Option(..., "--ca", help="CA certificate of the federation."),
+    policy: Path = typer.Option(..., "--policy"),
+    out: Path = typer.Option(Path("federated-run"), "--out", help="Coordinator output (model, card, ledger)."),
+    partners: int = typer.Option(..., "--partners", min=1, help="Partners to wait for before round 1."),
+    eval_data: Path = typer.Option(None, "--eval-data", help="Held-out table for server-side evaluation."),
+    keys: Path = typer.Option(None, "--keys"),
+    rounds: int = typer.Option(10, "--rounds", min=1),
+    epsilon: float = typer.Option(1.0, "--epsilon"),
+    strategy: str = typer.Option("fedavg", "--strategy"),
+    proximal_mu: float = typer.Option(0.0, "--proximal-mu"),
+    local_steps: int = typer.Option(20, "--local-steps"),
+    batch_size: int = typer.Option(256, "--batch-size"),
+    lr: float = typer.Option(0.05, "--lr"),
+    min_partners: int = typer.Option(2, "--min-partners"),
+    max_update_norm: float = typer.Option(50.0, "--max-update-norm"),
+    client_dp_noise: float = typer.Option(0.0, "--client-dp-noise"),
+    client_dp_clip: float = typer.Option(0.0, "--client-dp-clip"),
+    label: str = typer.Option("churn", "--label"),
+    round_timeout: float = typer.Option(300.0, "--round-timeout"),
+    timeout: float = typer.Option(3600.0, "--timeout", help="Whole-run deadline (the run is stopped after it)."),
+) -> None:
+    """Submit the federated training to the SuperLink and follow it round by round."""
+    import tempfile
+
+    from rich.console import Console
+
+    from federated.deployment import flwr_cli, submit, write_app, write_flwr_home
+    from federated.server_app import ServerSettings
+    from federated.tls import check_ca
+    from privmodel.fileio import ensure_output_dir
+    from privmodel.keys import ensure_keys
+
+    console = Console()
+    config = _config(
+        rounds=rounds, epsilon=epsilon, strategy=strategy, proximal_mu=proximal_mu, local_steps=local_steps,
+        batch_size=batch_size, lr=lr, min_partners=min_partners, max_update_norm=max_update_norm,
+        client_dp_noise=client_dp_noise, client_dp_clip=client_dp_clip, label=label, round_timeout=round_timeout,
+    )
+    check_ca(ca, "coordinator")
+    if not policy.is_file():
+        raise InputError(f"{policy}: no such policy file")
+    if eval_data is not None and not eval_data.is_file():
+        raise InputError(f"{eval_data}: no such file")
+    base = ensure_output_dir(out).resolve()
+    settings = ServerSettings(
+        config=config, policy=str(policy.resolve()), out_dir=str(base), keys=str(ensure_keys(keys).resolve()),
+        eval_data=str(eval_data.resolve()) if eval_data else None, expected_partners=partners, wait_timeout=120.0,
+    )
+    with tempfile.TemporaryDirectory(prefix="privmodel-run-") as tmp:
+        home = write_flwr_home(Path(tmp) / "flwr", superlink_address, ca)
+        code, text = flwr_cli(["ls", "privmodel", "--format", "json"], home, timeout=30)
+        if code != 0:
+            raise InputError(f"SuperLink {superlink_address} is not reachable or not trusted ({text.strip().splitlines()[-1][:160] if text.strip() else 'no answer'})")
+        app_dir = write_app(Path(tmp) / "app", settings.to_record())
+        result = submit(home, app_dir, base, timeout, on_event=_printer(console))
+    console.print(f"run {result['run_id']} {result['status']}; model and card in {base}")

@@ -1,0 +1,151 @@
+"""Save and load a trained model directory: weights, encoder, config, privacy record.
+
+Layout of a model directory (created whole or not at all):
+  model.pt       state_dict (torch.save), loaded with weights_only=True (no pickle code execution)
+  encoder.json   the TabularEncoder (public bounds / categories, missing-value rules)
+  model.json     architecture, training config, privacy record, caller's `extra`, and the SHA-256
+                 of model.pt and encoder.json (checked on load: a swapped weights file is refused)
+
+Atomicity: everything is written into a temp directory beside the target, then renamed onto it;
+a crash leaves no half-written model directory. An existing target is refused (InputError): a
+model that has been scored or audited must not be silently replaced.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from anonymize.errors import InputError
+from privmodel.features import EncodedData, TabularEncoder
+from privmodel.fileio import sha256_file
+
+WEIGHTS = "model.pt"
+ENCODER = "encoder.json"
+MANIFEST = "model.json"
+FORMAT = 1
+
+
+def _json_safe(obj: Any) -> Any:
+    """JSON with no NaN/inf: non-finite floats become None (strict JSON, like the ledger)."""
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, float | np.floating):
+        value = float(obj)
+        return value if np.isfinite(value) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+def save_model(directory: str | os.PathLike[str], fit_result: Any, encoder: TabularEncoder,
+               extra: dict[str, Any] | None = None) -> Path:
+    """Write a new model directory atomically; refuse if it exists. Returns its path."""
+    import torch
+
+    from privmodel.models import model_spec
+
+    target = Path(directory)
+    if target.exists():
+        raise InputError(f"{target}: model directory already exists; refusing to overwrite")
+    parent = target.parent if str(target.parent) else Path(".")
+    if not parent.is_dir():
+        raise InputError(f"{parent}: output directory does not exist")
+    if not os.access(parent, os.W_OK):
+        raise InputError(f"{parent}: output directory is not writable")
+    spec = model_spec(fit_result.model)
+    if spec["n_num"] != encoder.n_num or spec["cat_cardinalities"] != encoder.cat_cardinalities:
+        raise InputError("save_model: the encoder does not match the model's inputs")
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=parent))
+    try:
+        torch.save(fit_result.model.state_dict(), staging / WEIGHTS)
+        (staging / ENCODER).write_text(json.dumps(_json_safe(encoder.to_dict()), indent=2, allow_nan=False) + "\n")
+        manifest = {
+            "format": FORMAT,
+            "architecture": spec,
+            "config": fit_result.config.model_dump(mode="json"),
+            "privacy": fit_result.privacy,
+            "extra": extra or {},
+            "sha256": {WEIGHTS: sha256_file(staging / WEIGHTS), ENCODER: sha256_file(staging / ENCODER)},
+        }
+        (staging / MANIFEST).write_text(json.dumps(_json_safe(manifest), indent=2, allow_nan=False) + "\n")
+        try:
+            os.rename(staging, target)  # atomic; fails if the target appeared meanwhile
+        except OSError:
+            raise InputError(f"{target}: model directory already exists; refusing to overwrite") from None
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+@dataclass
+class ScoringModel:
+    """A loaded model: encodes a DataFrame with its saved encoder and returns P(y = 1)."""
+
+    model: Any
+    encoder: TabularEncoder
+    manifest: dict[str, Any]
+    path: Path
+
+    @property
+    def privacy(self) -> dict[str, Any]:
+        return self.manifest["privacy"]
+
+    @property
+    def extra(self) -> dict[str, Any]:
+        return self.manifest.get("extra", {})
+
+    def predict_proba(self, df: Any) -> np.ndarray:
+        """P(y = 1) per row of `df` (a DataFrame with the encoder's columns), float64 [n]."""
+        return self.predict_proba_encoded(self.encoder.transform(df))
+
+    def predict_proba_encoded(self, data: EncodedData) -> np.ndarray:
+        from privmodel.dpsgd import predict_proba
+
+        return predict_proba(self.model, data)
+
+
+def load_model(directory: str | os.PathLike[str]) -> ScoringModel:
+    """Load a model directory written by save_model, checking file hashes first."""
+    import torch
+
+    from privmodel.models import build_model
+
+    src = Path(directory)
+    if not src.is_dir():
+        raise InputError(f"{src}: no such model directory")
+    try:
+        manifest = json.loads((src / MANIFEST).read_text())
+    except (OSError, json.JSONDecodeError):
+        raise InputError(f"{src / MANIFEST}: missing or unreadable model manifest") from None
+    if manifest.get("format") != FORMAT:
+        raise InputError(f"{src / MANIFEST}: unknown model format")
+    for name in (WEIGHTS, ENCODER):
+        path = src / name
+        if not path.is_file():
+            raise InputError(f"{path}: missing")
+        if sha256_file(path) != manifest.get("sha256", {}).get(name):
+            raise InputError(f"{path}: content does not match the hash in {MANIFEST} (altered file)")
+    try:
+        encoder = TabularEncoder.from_dict(json.loads((src / ENCODER).read_text()))
+    except json.JSONDecodeError:
+        raise InputError(f"{src / ENCODER}: not valid JSON") from None
+    arch = manifest["architecture"]
+    model = build_model(arch["kind"], arch["n_num"], arch["cat_cardinalities"], tuple(arch["hidden"]) or (64, 32))
+    try:
+        state = torch.load(src / WEIGHTS, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    except Exception as exc:  # torch raises several types for corrupt archives
+        raise InputError(f"{src / WEIGHTS}: cannot load weights ({type(exc).__name__})") from None
+    model.eval()
+    return ScoringModel(model, encoder, manifest, src)

@@ -1,0 +1,207 @@
+"""`fit`: target (epsilon, delta) -> calibrated noise -> DP-SGD -> model plus an honest privacy record.
+
+DP is a wrapper around one trainer (as Flower wraps strategies): with `epsilon=None` the same
+`train_dp` runs with no noise and no clipping, which is the non-private baseline a model card
+puts side by side.
+
+Calibration: sample_rate q = batch_size / n (the EXPECTED logical batch), steps = round(epochs / q)
+Poisson-sampled steps; the noise multiplier is the smallest the accountant allows for the target;
+the reported epsilon is the accountant's figure for what was actually run (at or below the target).
+
+delta: when not given, min(1e-5, 1 / (10 n)), well below 1/n (a mechanism that publishes one
+random row outright satisfies delta = 1/n). A given delta must be below 1/n.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from anonymize.errors import InputError
+from privmodel import accounting
+
+DELTA_RULE = "min(1e-5, 1/(10 n))"
+
+
+class TrainConfig(BaseModel):
+    """Hyper-parameters and the privacy target of one training run."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: Literal["logreg", "mlp"] = "logreg"
+    epsilon: float | None = 1.0  # None = non-private baseline (no clipping, no noise)
+    delta: float | None = None  # None = min(1e-5, 1/(10 n))
+    epochs: int = 20
+    batch_size: int = 1024  # expected logical batch size q n
+    lr: float = 0.02
+    max_grad_norm: float = 1.0
+    clipping: Literal["flat", "per_layer"] = "flat"
+    accountant: Literal["prv", "rdp"] = "prv"
+    seed: int = 0
+    hidden: tuple[int, ...] = (64, 32)
+    optimizer: Literal["adam", "sgd"] = "adam"
+    physical_batch_size: int = 8192
+    average_from: float | None = 0.5  # tail-average iterates from this fraction of steps (None = off)
+
+    @property
+    def private(self) -> bool:
+        return self.epsilon is not None
+
+
+@dataclass
+class FitResult:
+    """The trained model and what its training cost in privacy."""
+
+    model: Any  # torch.nn.Module
+    privacy: dict[str, Any]
+    config: TrainConfig
+    stats: dict[str, Any] = field(default_factory=dict)
+    _history: list[dict[str, float]] | None = field(default=None, repr=False)
+
+    @property
+    def epsilon_history(self) -> list[dict[str, float]]:
+        """Epsilon spent after each epoch: [{epoch, steps, epsilon}] (computed once, on first use).
+
+        Lazy because each point is a PRV evaluation (~0.1 s); training never needs it.
+        """
+        if self._history is None:
+            p = self.privacy
+            if not p.get("private"):
+                self._history = []
+            else:
+                epochs = self.config.epochs
+                self._history = []
+                for e in range(1, epochs + 1):
+                    s = round(p["steps"] * e / epochs)
+                    eps = accounting.epsilon_for(p["noise_multiplier"], p["sample_rate"], s, p["delta"],
+                                                 p["accountant"])
+                    self._history.append({"epoch": e, "steps": s, "epsilon": eps})
+        return self._history
+
+    def predict_proba(self, data: Any) -> np.ndarray:
+        """P(y = 1) for encoded data."""
+        from privmodel.dpsgd import predict_proba
+
+        return predict_proba(self.model, data)
+
+
+def check_labels(y: Any, n: int) -> np.ndarray:
+    """0/1 float32 labels of length n with both classes; InputError naming the first bad row."""
+    arr = np.asarray(y, dtype=np.float64).ravel()
+    if arr.shape[0] != n:
+        raise InputError(f"train: {n} feature rows but {arr.shape[0]} labels")
+    if np.isnan(arr).any():
+        raise InputError(f"label, row {int(np.flatnonzero(np.isnan(arr))[0]) + 1}: missing label")
+    bad = ~np.isin(arr, (0.0, 1.0))
+    if bad.any():
+        raise InputError(f"label, row {int(np.flatnonzero(bad)[0]) + 1}: label is not binary 0/1")
+    if arr.min() == arr.max():
+        raise InputError("label has a single class; a propensity model needs both")
+    return arr.astype(np.float32)
+
+
+def _check_features(data: Any) -> None:
+    x = np.asarray(data.x_num)
+    bad = ~np.isfinite(x)
+    if bad.any():
+        row, col = (int(v) for v in np.argwhere(bad)[0])
+        name = data.num_names[col] if col < len(data.num_names) else f"#{col}"
+        raise InputError(f"column {name!r}, row {row + 1}: missing or non-finite numeric value")
+    for j, card in enumerate(data.cat_cardinalities):
+        codes = np.asarray(data.x_cat[:, j])
+        out = (codes < 0) | (codes >= card)
+        if out.any():
+            raise InputError(f"column {data.cat_names[j]!r}, row {int(np.flatnonzero(out)[0]) + 1}: category code out of range")
+
+
+def resolve_delta(delta: float | None, n: int) -> float:
+    """The delta to use for n rows: the given one (checked < 1/n) or min(1e-5, 1/(10 n))."""
+    if delta is None:
+        return min(1e-5, 1.0 / (10.0 * n))
+    if not (0.0 < delta < 1.0 / n):
+        raise InputError(f"delta must be in (0, 1/n) = (0, {1.0 / n:.3g}) for n = {n} rows")
+    return float(delta)
+
+
+def plan(n: int, config: TrainConfig) -> dict[str, Any]:
+    """Sampling rate, steps, delta and noise multiplier for n rows; validates the config."""
+    if n < 2:
+        raise InputError("train: need at least two rows")
+    if config.epochs < 1:
+        raise InputError("epochs must be at least 1")
+    if config.batch_size < 1:
+        raise InputError("batch_size must be at least 1")
+    if not (config.lr > 0 and math.isfinite(config.lr)):
+        raise InputError("lr must be positive")
+    if not (config.max_grad_norm > 0 and math.isfinite(config.max_grad_norm)):
+        raise InputError("max_grad_norm must be positive")
+    q = min(1.0, config.batch_size / n)
+    steps = max(1, round(config.epochs / q))
+    if config.epsilon is None:
+        return {"private": False, "sample_rate": q, "steps": steps, "noise_multiplier": 0.0, "delta": None,
+                "epsilon": None}
+    if not (config.epsilon > 0 and math.isfinite(config.epsilon)):
+        raise InputError("epsilon must be a positive finite number (or None for the non-private baseline)")
+    delta = resolve_delta(config.delta, n)
+    sigma = accounting.noise_for(config.epsilon, delta, q, steps, config.accountant)
+    return {"private": True, "sample_rate": q, "steps": steps, "noise_multiplier": sigma, "delta": delta,
+            "epsilon": config.epsilon}
+
+
+def fit(data: Any, y: Any, config: TrainConfig | None = None) -> FitResult:
+    """Train a propensity model on encoded data at the config's (epsilon, delta)."""
+    import torch
+
+    from privmodel.dpsgd import train_dp
+    from privmodel.models import build_model
+
+    config = config or TrainConfig()
+    n = len(data)
+    labels = check_labels(y, n)
+    _check_features(data)
+    p = plan(n, config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        model = build_model(config.model, data.x_num.shape[1], data.cat_cardinalities, config.hidden)
+    stats = train_dp(
+        model, data, labels,
+        noise_multiplier=p["noise_multiplier"],
+        sample_rate=p["sample_rate"],
+        steps=p["steps"],
+        max_grad_norm=config.max_grad_norm if p["private"] else None,
+        clipping=config.clipping,
+        lr=config.lr,
+        seed=config.seed,
+        optimizer=config.optimizer,
+        physical_batch_size=config.physical_batch_size,
+        average_from=config.average_from,
+    )
+    privacy: dict[str, Any] = {
+        "private": p["private"],
+        "epsilon": None,
+        "target_epsilon": config.epsilon,
+        "delta": p["delta"],
+        "delta_rule": None,
+        "noise_multiplier": p["noise_multiplier"],
+        "sample_rate": p["sample_rate"],
+        "expected_batch_size": p["sample_rate"] * n,
+        "steps": p["steps"],
+        "empty_steps": stats.empty_steps,
+        "epochs": config.epochs,
+        "n": n,
+        "accountant": config.accountant if p["private"] else None,
+        "clipping": config.clipping if p["private"] else "none",
+        "max_grad_norm": config.max_grad_norm if p["private"] else None,
+        "sampling": "Poisson (Bernoulli mask per step)",
+        "composition": "accountant over all Poisson-sampled steps, empty steps included",
+    }
+    if p["private"]:
+        privacy["epsilon"] = accounting.epsilon_for(
+            p["noise_multiplier"], p["sample_rate"], p["steps"], p["delta"], config.accountant
+        )
+        privacy["delta_rule"] = "given" if config.delta is not None else DELTA_RULE
+    return FitResult(model=model, privacy=privacy, config=config, stats=stats.as_dict())

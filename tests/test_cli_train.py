@@ -1,0 +1,287 @@
+"""`privmodel train | score | evaluate | curve` end to end, the budget refusal and every bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from privmodel.audit import read_entries, verify
+from tests.conftest import run_cli
+
+POLICY = """\
+version: 1
+name: test-churn
+purpose:
+  name: churn_modeling
+  columns: [age, gender, tenure_months, channel, complaints_12m, churn]
+privacy: {k: 5}
+budget: {epsilon: %(cap)s, delta: 1.0e-4}
+fairness_groups: [gender]
+columns:
+  customer_id: {role: identifier, type: string, method: token, length: 16}
+  full_name: {role: identifier, type: string, method: drop}
+  age: {role: quasi_identifier, type: integer, bounds: [18, 100]}
+  gender: {role: quasi_identifier, type: categorical, categories: [F, M, X]}
+  tenure_months: {role: feature, type: integer, bounds: [0, 480]}
+  channel: {role: feature, type: categorical, categories: [branch, app, web]}
+  complaints_12m: {role: feature, type: integer, bounds: [0, 10]}
+  churn: {role: label, type: boolean}
+"""
+FAST = ["--epochs", "4", "--batch-size", "64", "--lr", "0.5", "--seed", "1"]
+
+
+def make_table(n: int = 600, seed: int = 0) -> pd.DataFrame:
+    """Customers whose churn depends on tenure, complaints and channel (a learnable signal)."""
+    rng = np.random.default_rng(seed)
+    tenure = rng.integers(0, 240, n)
+    complaints = rng.poisson(1.5, n).clip(0, 10)
+    channel = rng.choice(["branch", "app", "web"], n)
+    logit = -0.5 - tenure / 60 + 0.8 * complaints + np.where(channel == "web", 0.7, 0.0)
+    churn = (rng.uniform(size=n) < 1 / (1 + np.exp(-logit))).astype(int)
+    return pd.DataFrame({
+        "customer_id": [f"CUST-{100000 + i}" for i in range(n)],
+        "full_name": [f"Person Surname{i:05d}" for i in range(n)],
+        "age": rng.integers(18, 90, n),
+        "gender": rng.choice(["F", "M", "X"], n, p=[0.48, 0.48, 0.04]),
+        "tenure_months": tenure,
+        "channel": channel,
+        "complaints_12m": complaints,
+        "churn": churn,
+    })
+
+
+def write_inputs(tmp: Path, cap: float = 3.0, frame: pd.DataFrame | None = None) -> tuple[Path, Path]:
+    data, policy = tmp / "customers.csv", tmp / "policy.yaml"
+    (make_table() if frame is None else frame).to_csv(data, index=False)
+    policy.write_text(POLICY % {"cap": cap})
+    return data, policy
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    tmp = tmp_path_factory.mktemp("train")
+    data, policy = write_inputs(tmp)
+    out = tmp / "model"
+    result = run_cli("train", str(data), "--label", "churn", "--epsilon", "1", "--delta", "1e-5", "--model",
+                     "logreg", "--policy", str(policy), "--out", str(out), *FAST)
+    return {"tmp": tmp, "data": data, "policy": policy, "out": out, "result": result}
+
+
+def test_train_writes_model_card_metrics_and_ledger(trained: dict) -> None:
+    result, out, tmp = trained["result"], trained["out"], trained["tmp"]
+    assert result.returncode == 0, result.stderr
+    names = {p.name for p in out.iterdir()}
+    assert {"model_card.json", "model_card.md", "metrics.json"} <= names
+    card = json.loads((out / "model_card.json").read_text())
+    privacy = card["privacy"]
+    assert privacy["private"] is True and privacy["accountant"] == "prv"
+    assert 0 < privacy["epsilon"] <= 1.0 + 1e-9 and privacy["delta"] == 1e-5
+    assert privacy["noise_multiplier"] > 0 and privacy["steps"] > 0 and 0 < privacy["sample_rate"] < 1
+    assert privacy["max_grad_norm"] == 1.0 and privacy["clipping"] == "flat"
+    # the accountant, re-run independently on the recorded (noise, rate, steps), agrees with the card
+    from privmodel.accounting import epsilon_for
+
+    recomputed = epsilon_for(privacy["noise_multiplier"], privacy["sample_rate"], privacy["steps"], 1e-5, "rdp")
+    assert privacy["epsilon"] <= recomputed + 1e-6 and recomputed < 1.5
+    assert card["data"]["training_rows"] == 450 and card["data"]["held_out_rows"] == 150
+    assert card["total_privacy_cost"] == {"epsilon": privacy["epsilon"], "delta": 1e-5}
+    assert card["hyperparameter_selection"]["method"] == "fixed"
+    comparison = card["metrics"]["comparison"]
+    assert comparison["roc_auc"]["private"] > 0.6 and comparison["roc_auc"]["baseline"] > 0.6
+    assert card["fairness"]["columns"]["gender"]["demographic_parity_difference"] is not None
+    mia = card["membership_inference"]
+    assert set(mia["attacks"]) == {"loss", "calibrated"} and mia["consistent"] is True
+    assert mia["epsilon_lower_bound"] <= privacy["epsilon"]
+    # never raw values: no name or customer id of the table in the card
+    text = (out / "model_card.md").read_text() + (out / "model_card.json").read_text()
+    assert "Surname" not in text and "CUST-" not in text
+    assert "differentially private" in text and "Membership-inference audit" in text
+    # ledger: chain intact; one budget charge and one model.train entry with matching cost
+    ledger = tmp / "ledger.jsonl"
+    assert verify(ledger).ok
+    entries = read_entries(ledger)
+    train_entry = next(e for e in entries if e["action"] == "model.train")
+    assert train_entry["outcome"] == "ok"
+    assert train_entry["privacy_cost"]["epsilon"] == pytest.approx(privacy["epsilon"])
+    assert {a["name"] for a in train_entry["inputs"]} == {"customers.csv", "policy.yaml"}
+    assert any(a["name"] == "model/model_card.json" for a in train_entry["outputs"])
+    assert any(e["action"] == "budget.charge" and e["outcome"] == "ok" for e in entries)
+    assert "CUST-" not in ledger.read_text()
+
+
+def test_score_and_evaluate(trained: dict) -> None:
+    assert trained["result"].returncode == 0, trained["result"].stderr
+    tmp, out, data = trained["tmp"], trained["out"], trained["data"]
+    scores = tmp / "scores.csv"
+    result = run_cli("score", str(out), str(data), "--out", str(scores))
+    assert result.returncode == 0, result.stderr
+    table = pd.read_csv(scores)
+    assert list(table.columns) == ["row", "customer_id_token", "propensity", "decile", "tier"]
+    assert len(table) == 600 and table["row"].tolist() == list(range(1, 601))
+    assert table["customer_id_token"].str.fullmatch(r"[0-9a-f]{16}").all()
+    assert table["customer_id_token"].nunique() == 600
+    assert "CUST-" not in scores.read_text() and "Surname" not in scores.read_text()
+    assert table["decile"].value_counts().sort_index().tolist() == [60] * 10
+    top = table[table["decile"] == 1]["propensity"]
+    assert top.min() >= table[table["decile"] > 1]["propensity"].max()
+    assert (table["tier"] == "high-risk").sum() == 60 and (table["tier"] == "watch").sum() == 120
+    assert set(table.loc[table["decile"] >= 4, "tier"]) == {"stable"}
+
+    metrics_path = tmp / "eval.json"
+    result = run_cli("evaluate", str(out), str(data), "--out", str(metrics_path))
+    assert result.returncode == 0, result.stderr
+    assert "roc_auc" in result.stdout
+    metrics = json.loads(metrics_path.read_text())
+    labels = pd.read_csv(data)["churn"]
+    assert metrics["roc_auc"] == pytest.approx(roc_auc_score(labels, table["propensity"]), abs=1e-6)
+    assert metrics["n"] == 600 and len(metrics["lift"]) == 10
+
+
+def _run_inprocess(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    """Run the CLI in this process (imports already paid); exit code and stderr."""
+    from privmodel.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    return int(exc.value.code), capsys.readouterr().err
+
+
+def test_budget_refusal_is_exit_2_and_a_failed_ledger_entry(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data, policy = write_inputs(tmp_path, cap=1.5)
+    base = ["train", str(data), "--label", "churn", "--delta", "1e-5", "--policy", str(policy),
+            "--no-baseline", "--no-mia", *FAST]
+    code, err = _run_inprocess([*base, "--epsilon", "1", "--out", str(tmp_path / "m1")], capsys)
+    assert code == 0, err
+    code, err = _run_inprocess([*base, "--epsilon", "1", "--out", str(tmp_path / "m2")], capsys)
+    assert code == 2
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
+    assert "privacy budget exceeded" in err
+    assert not (tmp_path / "m2").exists()
+    entries = read_entries(tmp_path / "ledger.jsonl")
+    assert [e["outcome"] for e in entries[-2:]] == ["failed", "failed"]
+    assert entries[-2]["action"] == "budget.charge" and entries[-1]["action"] == "model.train"
+    assert "budget" in entries[-1]["reason"]
+    charged = [e for e in entries if e["action"] == "budget.charge" and e["outcome"] == "ok"]
+    assert len(charged) == 1 and charged[0]["privacy_cost"]["epsilon"] <= 1.0
+    assert verify(tmp_path / "ledger.jsonl").ok
+
+
+def test_curve_writes_table_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data, policy = write_inputs(tmp_path)
+    out = tmp_path / "curve"
+    code, err = _run_inprocess(["curve", str(data), "--label", "churn", "--policy", str(policy), "--out", str(out),
+                                "--grid", "1,inf", *FAST], capsys)
+    assert code == 0, err
+    rows = json.loads((out / "curve.json").read_text())["rows"]
+    assert [r["epsilon"] for r in rows] == [1.0, "inf"]
+    assert rows[0]["noise_multiplier"] > 0 and rows[1]["noise_multiplier"] in (0, 0.0, None)
+    assert 0 < rows[0]["epsilon_spent"] <= 1.0 and rows[1]["epsilon_spent"] is None
+    assert all(0.5 < r["roc_auc"] <= 1 for r in rows)
+    csv = pd.read_csv(out / "curve.csv")
+    assert len(csv) == 2 and math.isinf(float(csv["epsilon"].iloc[1]))
+    assert (out / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert read_entries(out / "ledger.jsonl")[-1]["action"] == "model.curve"
+
+
+# --- bad input: exit 2, one line, nothing written (run in-process for speed) ------------------------
+
+
+def _bad_frames() -> dict[str, pd.DataFrame]:
+    ok = make_table(200)
+    not_binary = ok.copy()
+    not_binary.loc[5, "churn"] = 2
+    single = ok.copy()
+    single["churn"] = 1
+    nan_feature = ok.copy()
+    nan_feature["tenure_months"] = nan_feature["tenure_months"].astype(float)
+    nan_feature.loc[7, "tenure_months"] = np.nan
+    return {"label missing": ok.drop(columns=["churn"]), "not binary": not_binary, "single class": single,
+            "nan feature": nan_feature}
+
+
+@pytest.mark.parametrize(
+    ("case", "extra", "message"),
+    [
+        ("label missing", [], "label column churn is missing"),
+        ("not binary", [], "row 6: label is not binary"),
+        ("single class", [], "single class"),
+        ("nan feature", [], "tenure_months"),
+        ("ok", ["--epsilon", "0"], "--epsilon must be a positive"),
+        ("ok", ["--epsilon", "-1"], "--epsilon must be a positive"),
+        ("ok", ["--delta", "0.01"], "not below 1/n"),
+        ("empty", [], "empty file"),
+        ("exists", [], "already exists"),
+    ],
+)
+def test_train_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str, extra: list[str],
+                         message: str) -> None:
+    frame = _bad_frames().get(case, make_table(200))
+    data, policy = write_inputs(tmp_path, frame=frame)
+    if case == "empty":
+        data.write_text("")
+    out = tmp_path / "model"
+    if case == "exists":
+        out.mkdir()
+    before = sorted(p.name for p in tmp_path.iterdir())
+    code, err = _run_inprocess(["train", str(data), "--label", "churn", "--policy", str(policy), "--out", str(out),
+                                "--no-mia", "--no-baseline", *FAST, *extra], capsys)
+    assert code == 2, err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
+    assert message in err
+    assert "CUST-" not in err and "Surname" not in err
+    after = sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("ledger.jsonl"))
+    assert after == before  # no model directory, no staging leftovers
+    if case == "exists":
+        assert list(out.iterdir()) == []
+
+
+def test_score_refuses_a_non_model_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data, _ = write_inputs(tmp_path)
+    code, err = _run_inprocess(["score", str(tmp_path), str(data), "--out", str(tmp_path / "s.csv")], capsys)
+    assert code == 2 and "model manifest" in err
+    assert not (tmp_path / "s.csv").exists()
+
+
+def test_tuning_charges_the_whole_search(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data, policy = write_inputs(tmp_path)
+    out = tmp_path / "tuned"
+    code, err = _run_inprocess(["train", str(data), "--label", "churn", "--policy", str(policy), "--out", str(out),
+                                "--epsilon", "1", "--delta", "1e-5", "--no-baseline", "--no-mia",
+                                "--tune-lr", "0.1,0.5", *FAST], capsys)
+    assert code == 0, err
+    card = json.loads((out / "model_card.json").read_text())
+    selection = card["hyperparameter_selection"]
+    assert selection["method"] == "basic_composition" and selection["trials"] == 2
+    assert [c["epsilon"] for c in selection["candidates"]] == [0.5, 0.5]
+    assert selection["selected"]["lr"] in (0.1, 0.5) and card["training"]["lr"] == selection["selected"]["lr"]
+    assert 0 < card["privacy"]["epsilon"] <= 0.5  # the released model's own run ...
+    assert card["total_privacy_cost"] == {"epsilon": 1.0, "delta": 1e-5}  # ... but the search costs it all
+    charged = [e for e in read_entries(tmp_path / "ledger.jsonl") if e["action"] == "budget.charge"]
+    assert charged[-1]["privacy_cost"]["epsilon"] == 1.0 and charged[-1]["outcome"] == "ok"
+    assert "basic_composition" in (out / "model_card.md").read_text()
+
+
+def test_score_id_column_is_never_raw(tmp_path: Path) -> None:
+    from privmodel.commands.train import _id_column, deciles, tier_of
+    from privmodel.keys import init_keys
+
+    init_keys(tmp_path / "keys")
+    meta = {"purpose": "churn_modeling", "identifiers": {"national_id": {"method": "encrypt", "length": None},
+                                                         "customer_id": {"method": "token", "length": 16}}}
+    release = pd.DataFrame({"customer_id": ["0123456789abcdef", "fedcba9876543210"], "national_id": ["x", "y"]})
+    name, values = _id_column(release, meta, tmp_path / "keys")
+    assert name == "customer_id" and list(values) == ["0123456789abcdef", "fedcba9876543210"]  # a release's tokens
+    raw = pd.DataFrame({"customer_id": ["CUST-1", "CUST-2"], "national_id": ["123-45-6789", "987-65-4321"]})
+    name, values = _id_column(raw, meta, tmp_path / "keys")
+    assert name == "customer_id_token" and all(len(v) == 16 and "CUST" not in v for v in values)
+    assert _id_column(raw, meta, tmp_path / "keys")[1].tolist() == values.tolist()  # keyed, deterministic
+    assert _id_column(raw[["national_id"]], meta, tmp_path / "keys") is None  # encrypt ids are never carried
+    d = deciles([0.9, 0.1, 0.5, 0.7, 0.3, 0.2, 0.8, 0.6, 0.4, 0.05])
+    assert d.tolist() == [1, 9, 5, 3, 7, 8, 2, 4, 6, 10]
+    assert [tier_of(k) for k in (1, 2, 3, 4, 10)] == ["high-risk", "watch", "watch", "stable", "stable"]

@@ -1,0 +1,142 @@
+"""DPPropensityClassifier under the scikit-learn contract, and model save/load round trips."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.base import clone
+from sklearn.compose import ColumnTransformer
+from sklearn.model_selection import cross_val_score
+from sklearn.pipeline import Pipeline
+
+from anonymize.errors import InputError
+from privmodel.estimator import DPPropensityClassifier
+from privmodel.features import TabularEncoder
+from privmodel.persist import load_model, save_model
+from privmodel.training import TrainConfig, fit
+
+BOUNDS = {"tenure": (0, 120), "spend": (0, 1000)}
+CATS = {"channel": ["app", "web", "branch"]}
+
+
+def _customers(n: int = 3000, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame({
+        "tenure": rng.integers(0, 120, n).astype(float),
+        "spend": rng.gamma(2.0, 150.0, n),
+        "channel": rng.choice(["app", "web", "branch"], n),
+    })
+    logit = -0.03 * frame["tenure"] + 0.004 * frame["spend"] + 0.8 * (frame["channel"] == "app") - 0.5
+    y = np.where(rng.random(n) < 1 / (1 + np.exp(-logit)), "churn", "stay")
+    return frame, y
+
+
+FAST = {"epochs": 4, "batch_size": 300, "lr": 0.1, "accountant": "rdp"}
+
+
+def test_sklearn_contract_pipeline_and_clone() -> None:
+    X, y = _customers()
+    clf = DPPropensityClassifier(epsilon=1.0, bounds=BOUNDS, categories=CATS, **FAST)
+    assert clf.get_params()["epsilon"] == 1.0 and clf.get_params()["bounds"] is BOUNDS
+    pipe = Pipeline([("select", ColumnTransformer([("keep", "passthrough", ["tenure", "spend", "channel"])],
+                                                  verbose_feature_names_out=False).set_output(transform="pandas")),
+                     ("clf", clf)])
+    pipe.fit(X.iloc[:2000], y[:2000])
+    fitted = pipe.named_steps["clf"]
+    assert list(fitted.classes_) == ["churn", "stay"]
+    proba = pipe.predict_proba(X.iloc[2000:])
+    assert proba.shape == (1000, 2) and np.allclose(proba.sum(1), 1.0)
+    assert set(pipe.predict(X.iloc[2000:])) <= {"churn", "stay"}
+    assert pipe.score(X.iloc[2000:], y[2000:]) > 0.7  # ROC-AUC
+    assert 0.98 <= fitted.epsilon_spent_ <= 1.0 and fitted.delta_ == pytest.approx(min(1e-5, 1 / 20000))
+    assert fitted.noise_multiplier_ > 0
+    twin = clone(pipe)
+    assert not hasattr(twin.named_steps["clf"], "model_")
+    assert twin.named_steps["clf"].get_params() == clf.get_params()
+    twin.set_params(clf__epsilon=2.0)
+    assert twin.named_steps["clf"].epsilon == 2.0 and clf.epsilon == 1.0
+    scores = cross_val_score(DPPropensityClassifier(epsilon=1.0, bounds=BOUNDS, categories=CATS, **FAST), X, y, cv=2)
+    assert scores.min() > 0.65
+
+
+def test_same_seed_same_model() -> None:
+    X, y = _customers(n=1000)
+    a = DPPropensityClassifier(epsilon=1.0, bounds=BOUNDS, categories=CATS, seed=3, **FAST).fit(X, y)
+    b = DPPropensityClassifier(epsilon=1.0, bounds=BOUNDS, categories=CATS, seed=3, **FAST).fit(X, y)
+    np.testing.assert_array_equal(a.predict_proba(X), b.predict_proba(X))
+
+
+def test_ndarray_needs_public_bounds_or_a_dp_share() -> None:
+    X, y = _customers(n=2000)
+    arr = X[["tenure", "spend"]].to_numpy()
+    with pytest.raises(InputError, match="x0"):
+        DPPropensityClassifier(**FAST).fit(arr, y)
+    clf = DPPropensityClassifier(bounds=[(0, 120), (0, 1000)], **FAST).fit(arr, y)
+    assert clf.privacy_["epsilon_preprocessing"] == 0.0
+    shared = DPPropensityClassifier(dp_stats_share=0.2, **FAST).fit(arr, y)
+    assert shared.privacy_["epsilon_preprocessing"] == pytest.approx(0.2)
+    assert shared.epsilon_spent_ <= 1.0 and shared.epsilon_spent_ == pytest.approx(
+        shared.privacy_["epsilon"] + 0.2)
+    assert {s.source for s in shared.encoder_.numeric} == {"dp"}
+
+
+@pytest.mark.parametrize(
+    ("params", "mutate"),
+    [
+        ({"epsilon": 0.0}, None),
+        ({"epsilon": -2.0}, None),
+        ({"delta": 1e-3}, None),  # >= 1/n for n = 1000
+        ({}, "single_class"),
+        ({}, "three_classes"),
+        ({}, "missing_label"),
+        ({}, "nan_feature"),
+    ],
+)
+def test_bad_input(params: dict, mutate: str | None) -> None:
+    X, y = _customers(n=1000)
+    y = y.astype(object)
+    if mutate == "single_class":
+        y[:] = "stay"
+    elif mutate == "three_classes":
+        y[3] = "maybe"
+    elif mutate == "missing_label":
+        y = np.where(y == "churn", 1.0, 0.0)
+        y[4] = np.nan
+    elif mutate == "nan_feature":
+        X.loc[17, "spend"] = np.nan
+    clf = DPPropensityClassifier(bounds=BOUNDS, categories=CATS, **{**FAST, **params})
+    with pytest.raises(InputError) as err:
+        clf.fit(X, y)
+    if mutate == "nan_feature":
+        assert "column 'spend', row 18" in str(err.value)
+
+
+def test_save_load_round_trip_gives_identical_scores(tmp_path: Path) -> None:
+    X, y = _customers(n=1500)
+    enc = TabularEncoder.from_public(BOUNDS, CATS)
+    labels = (y == "churn").astype(np.float32)
+    for kind in ("logreg", "mlp"):
+        result = fit(enc.transform(X), labels, TrainConfig(model=kind, hidden=(8, 4), **FAST))
+        target = tmp_path / kind
+        save_model(target, result, enc, {"dataset_sha256": "0" * 64})
+        loaded = load_model(target)
+        np.testing.assert_array_equal(loaded.predict_proba(X), result.predict_proba(enc.transform(X)))
+        assert loaded.privacy["epsilon"] == result.privacy["epsilon"]
+        assert loaded.extra == {"dataset_sha256": "0" * 64}
+        with pytest.raises(InputError, match="already exists"):
+            save_model(target, result, enc, {})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["logreg", "mlp"]  # no temp leftovers
+
+
+def test_load_refuses_altered_weights(tmp_path: Path) -> None:
+    X, y = _customers(n=800)
+    enc = TabularEncoder.from_public(BOUNDS, CATS)
+    result = fit(enc.transform(X), (y == "churn").astype(np.float32), TrainConfig(**FAST))
+    save_model(tmp_path / "m", result, enc, {})
+    weights = tmp_path / "m" / "model.pt"
+    weights.write_bytes(weights.read_bytes() + b"x")
+    with pytest.raises(InputError, match="altered"):
+        load_model(tmp_path / "m")

@@ -1,0 +1,159 @@
+"""Encoder: public bounds and categories only, released ranges, missing values, DP statistics."""
+
+from __future__ import annotations
+
+import math
+import textwrap
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from anonymize.errors import InputError
+from anonymize.policy import Policy
+from privmodel.features import TabularEncoder, dp_bounds, dp_categories, encode_labels
+
+POLICY = textwrap.dedent(
+    """
+    version: 1
+    name: churn
+    purpose: {name: churn_modeling, columns: [age, gender, zip_code, tenure_months, channel, vip, churn]}
+    privacy: {k: 5}
+    columns:
+      customer_id: {role: identifier, type: string}
+      age: {role: quasi_identifier, type: integer, bounds: [18, 98], hierarchy: {type: intervals, widths: [10]}}
+      gender: {role: quasi_identifier, type: categorical, categories: [F, M, X]}
+      zip_code: {role: quasi_identifier, type: string, hierarchy: {type: prefix, keep: [3]}}
+      tenure_months: {role: feature, type: integer, bounds: [0, 480]}
+      channel: {role: feature, type: categorical, categories: [branch, app, web]}
+      vip: {role: feature, type: boolean}
+      churn: {role: label, type: boolean}
+    """
+)
+
+
+def _policy() -> Policy:
+    return Policy.from_yaml_text(POLICY, "policy.yaml")
+
+
+def _frame() -> pd.DataFrame:
+    return pd.DataFrame({
+        "age": ["[30, 39]", "58", "*", "18"],
+        "gender": ["F", "M", "{F,M}", None],
+        "zip_code": ["021**", "021**", "100**", "100**"],
+        "tenure_months": [0, 240, 600, 12],
+        "channel": ["app", "web", "branch", "fax"],
+        "vip": [True, False, True, False],
+        "churn": ["yes", "no", "no", "yes"],
+    })
+
+
+def test_from_policy_uses_public_metadata_and_lists_skipped_columns() -> None:
+    enc = TabularEncoder.from_policy(_policy())
+    assert enc.label == "churn"
+    assert [s.name for s in enc.numeric] == ["age", "tenure_months", "vip"]
+    assert [s.name for s in enc.categorical] == ["gender", "channel"]
+    assert enc.skipped == [{"name": "zip_code", "reason": "string column without public categories"}]
+    data = enc.transform(_frame())
+    # age: range midpoint 34.5, plain 58, suppressed -> midpoint of bounds 58, 18 -> 0
+    np.testing.assert_allclose(data.x_num[:, 0], [(34.5 - 18) / 80, 0.5, 0.5, 0.0], rtol=1e-6)
+    # tenure clipped to the public bound 480
+    np.testing.assert_allclose(data.x_num[:, 1], [0.0, 0.5, 1.0, 12 / 480], rtol=1e-6)
+    np.testing.assert_array_equal(data.x_num[:, 2], [1, 0, 1, 0])
+    # gender: F=1, M=2, generalized set and missing -> unknown 0; channel: fax -> unknown
+    np.testing.assert_array_equal(data.x_cat, [[1, 2], [2, 3], [0, 1], [0, 0]])
+    assert data.cat_cardinalities == [4, 4]
+
+
+def test_encoder_never_reads_data_statistics() -> None:
+    """Same encoder output whatever else is in the data: scaling depends on the bounds only."""
+    enc = TabularEncoder.from_public({"x": (0, 100)})
+    a = enc.transform(pd.DataFrame({"x": [50.0, 10.0]})).x_num
+    b = enc.transform(pd.DataFrame({"x": [50.0, 1e9]})).x_num
+    assert a[0, 0] == b[0, 0] == pytest.approx(0.5)
+    assert b[1, 0] == 1.0
+
+
+def test_explicit_columns_without_metadata_are_an_error() -> None:
+    with pytest.raises(InputError, match="zip_code"):
+        TabularEncoder.from_policy(_policy(), columns=["age", "zip_code"])
+
+
+def test_missing_numeric_value_names_column_and_row() -> None:
+    enc = TabularEncoder.from_policy(_policy())
+    frame = _frame()
+    frame.loc[2, "tenure_months"] = np.nan
+    with pytest.raises(InputError, match=r"column 'tenure_months', row 3"):
+        enc.transform(frame)
+    frame = _frame()
+    frame["age"] = ["[30, 39]", "old", "*", "18"]
+    with pytest.raises(InputError, match=r"column 'age', row 2") as err:
+        enc.transform(frame)
+    assert "old" not in str(err.value)  # never a raw value
+
+
+def test_round_trip_to_dict() -> None:
+    enc = TabularEncoder.from_policy(_policy())
+    again = TabularEncoder.from_dict(enc.to_dict())
+    a, b = enc.transform(_frame()), again.transform(_frame())
+    np.testing.assert_array_equal(a.x_num, b.x_num)
+    np.testing.assert_array_equal(a.x_cat, b.x_cat)
+    assert again.skipped == enc.skipped
+    assert "numeric" in enc.to_dict()["missing_values"]
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [([True, False], [1, 0]), (["Yes", "no"], [1, 0]), ([0, 1], [0, 1]), (["TRUE", "false"], [1, 0])],
+)
+def test_encode_labels(values: list, expected: list) -> None:
+    np.testing.assert_array_equal(encode_labels(pd.Series(values), "y"), expected)
+
+
+def test_encode_labels_with_named_positive_class() -> None:
+    y = encode_labels(pd.Series(["<=50K", ">50K", "<=50K"]), "Salary", positive=">50K")
+    np.testing.assert_array_equal(y, [0, 1, 0])
+
+
+@pytest.mark.parametrize(
+    "values", [["yes", "no", None], ["a", "b", "c"], [1, 1, 1], [0, 2, 1], ["<=50K", ">50K"]]
+)
+def test_encode_labels_rejects(values: list) -> None:
+    with pytest.raises(InputError):
+        encode_labels(pd.Series(values), "churn")
+
+
+def test_dp_bounds_cover_the_bulk_and_are_powers_of_two() -> None:
+    rng = np.random.default_rng(0)
+    values = rng.uniform(18, 90, 20_000)
+    lo, hi = dp_bounds(values, 0.5, np.random.default_rng(1))
+    assert lo == 16.0 and hi == 128.0
+    with pytest.raises(InputError):
+        dp_bounds(values[:5], 0.1, np.random.default_rng(1))
+
+
+def test_dp_category_selection_releases_a_singleton_with_probability_delta() -> None:
+    """Independent check of the threshold: P(count 1 + Laplace(1/eps) > T) = delta."""
+    eps, delta = 1.0, 0.05
+    rng = np.random.default_rng(0)
+    series = pd.Series(["common"] * 500 + ["rare"])
+    trials = 4000
+    kept = sum("rare" in dp_categories(series, eps, delta, rng) for _ in range(trials))
+    assert kept / trials == pytest.approx(delta, abs=4 * math.sqrt(delta * (1 - delta) / trials))
+    assert "common" in dp_categories(series, eps, delta, rng)
+
+
+def test_fit_dp_records_its_cost_and_respects_public_metadata() -> None:
+    rng = np.random.default_rng(2)
+    frame = pd.DataFrame({"income": rng.lognormal(10, 0.5, 5000), "age": rng.integers(18, 90, 5000),
+                          "city": rng.choice(["a", "b", "c"], 5000)})
+    enc = TabularEncoder.fit_dp(frame, ["income", "age"], ["city"], epsilon=0.3, delta=1e-6,
+                                bounds={"age": (18, 100)}, seed=0)
+    assert enc.dp_stats["epsilon"] == 0.3 and enc.dp_stats["delta"] == 1e-6
+    assert enc.dp_stats["columns"] == ["income", "city"]
+    spec = {s.name: s for s in enc.numeric}
+    assert (spec["age"].lo, spec["age"].hi, spec["age"].source) == (18.0, 100.0, "public")
+    assert spec["income"].source == "dp" and spec["income"].lo <= 8_000 and spec["income"].hi >= 60_000
+    assert enc.categorical[0].categories == ("a", "b", "c")
+    with pytest.raises(InputError):
+        TabularEncoder.fit_dp(frame, ["income"], epsilon=0.0)
