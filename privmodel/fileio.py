@@ -10,7 +10,7 @@ import contextlib
 import hashlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from anonymize.errors import InputError
@@ -77,8 +77,11 @@ def ensure_output_dir(path: str | os.PathLike[str]) -> Path:
     return out
 
 
-def read_table(path: str | os.PathLike[str]):  # -> pandas.DataFrame (pandas imported lazily)
-    """Read a CSV or Parquet file; every failure becomes one InputError line naming the file."""
+def read_table(path: str | os.PathLike[str], text_columns: Iterable[str] = ()):  # -> pandas.DataFrame
+    """Read a CSV or Parquet file; every failure becomes one InputError line naming the file.
+
+    `text_columns` are read from CSV as text, so zip codes and ID numbers keep their leading zeros.
+    """
     import pandas as pd
 
     src = Path(path)
@@ -105,7 +108,9 @@ def read_table(path: str | os.PathLike[str]):  # -> pandas.DataFrame (pandas imp
         line = raw[: exc.start].count(b"\n") + 1
         raise InputError(f"{src}: not UTF-8 text (invalid byte at line {line})") from None
     try:
-        frame = pd.read_csv(src, skipinitialspace=True)
+        header = pd.read_csv(src, nrows=0, skipinitialspace=True).columns
+        dtype = {c: "str" for c in text_columns if c in header}
+        frame = pd.read_csv(src, skipinitialspace=True, dtype=dtype or None)
     except pd.errors.EmptyDataError:
         raise InputError(f"{src}: empty file (no header row)") from None
     except pd.errors.ParserError as exc:

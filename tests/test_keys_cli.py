@@ -109,3 +109,30 @@ def test_cli_corrupt_ledger_show(tmp_path: Path) -> None:
     result = run_cli("audit", "show", str(path))
     assert result.returncode == 2
     assert result.stderr.strip() == f"error: {path}: line 2 is not valid JSON (corrupt ledger)"
+
+
+def test_read_table_keeps_leading_zeros_of_text_columns(tmp_path: Path) -> None:
+    from privmodel.fileio import read_table
+
+    src = tmp_path / "t.csv"
+    src.write_text("zip_code,age\n02139,30\n00501,41\n")
+    frame = read_table(src, text_columns=["zip_code", "not_there"])
+    assert frame["zip_code"].tolist() == ["02139", "00501"]
+    assert frame["age"].tolist() == [30, 41]
+    assert read_table(src)["zip_code"].tolist() == [2139, 501]
+
+
+def test_read_table_errors_name_the_file(tmp_path: Path) -> None:
+    from privmodel.fileio import read_table
+
+    (tmp_path / "latin1.csv").write_bytes("name\nJos\xe9\n".encode("latin-1"))
+    with pytest.raises(InputError, match=r"latin1.csv: not UTF-8 text \(invalid byte at line 2\)"):
+        read_table(tmp_path / "latin1.csv")
+    (tmp_path / "empty.csv").write_text("")
+    with pytest.raises(InputError, match="empty.csv: empty file"):
+        read_table(tmp_path / "empty.csv")
+    (tmp_path / "header.csv").write_text("a,b\n")
+    with pytest.raises(InputError, match="header.csv: table has a header but no rows"):
+        read_table(tmp_path / "header.csv")
+    with pytest.raises(InputError, match="nope.csv: no such file"):
+        read_table(tmp_path / "nope.csv")

@@ -159,7 +159,8 @@ def anonymize(
 
         _check_format(fmt)
         loaded = load_policy(policy)
-        table = read_table(input)
+        text = [name for name, col in loaded.columns.items() if col.type in ("string", "categorical")]
+        table = read_table(input, text_columns=text)
         pop = read_table(population) if population is not None else None
         secret = load_pseudonym_secret(ensure_keys(keys))
         status, step = _progress()
