@@ -71,6 +71,17 @@ def _population_counts_raw(
     return F[rel_cls]
 
 
+RISK_BINS = (0.0, 0.01, 0.05, 0.1, 0.2, 0.5, 1.0)
+
+
+def risk_histogram(risk: np.ndarray) -> dict[str, int]:
+    """Records per prosecutor-risk band, e.g. {"(0.05, 0.1]": 1200}: the distribution behind max/avg."""
+    # bands are (lo, hi]: a risk of exactly 0.1 (class of 10) belongs to (0.05, 0.1]
+    edges = np.searchsorted(RISK_BINS, risk, side="left")
+    counts = np.bincount(np.clip(edges, 1, len(RISK_BINS) - 1) - 1, minlength=len(RISK_BINS) - 1)
+    return {f"({lo:g}, {hi:g}]": int(c) for lo, hi, c in zip(RISK_BINS[:-1], RISK_BINS[1:], counts, strict=True)}
+
+
 def reidentification_risk(
     release: pd.DataFrame,
     qis: Sequence[str],
@@ -108,6 +119,7 @@ def reidentification_risk(
         "records_at_risk": int((risk > threshold).sum()),
         "share_at_risk": float((risk > threshold).mean()),
         "threshold": threshold,
+        "risk_histogram": risk_histogram(risk),
     }
     if population is not None:
         if hierarchies is None:

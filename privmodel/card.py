@@ -75,7 +75,7 @@ def feature_statements(policy: Any, features: Sequence[str]) -> list[dict[str, A
         elif col is not None and col.categories is not None:
             entry["categories"] = len(col.categories)
             entry["preprocessing"] = (f"one code per public category ({len(col.categories)} declared in the policy); "
-                                      "values outside them share an 'other' code")
+                                      "values outside them (or missing) share the unknown code")
         elif col is not None and col.type == "boolean":
             entry["preprocessing"] = "0/1"
         else:
@@ -156,7 +156,10 @@ def build_card(
         "training": dict(training),
         "metrics": {"private": _strip_tables(metrics), "baseline": _strip_tables(baseline_metrics),
                     "comparison": dict(comparison), "caveat": METRICS_CAVEAT,
-                    "lift": metrics.get("lift"), "reliability": metrics.get("reliability")},
+                    "lift": metrics.get("lift"), "reliability": metrics.get("reliability"),
+                    "baseline_reliability": (baseline_metrics or {}).get("reliability"),
+                    "roc_curve": {"private": metrics.get("roc_curve"),
+                                  "baseline": (baseline_metrics or {}).get("roc_curve")}},
         "fairness": public_fairness(metrics.get("fairness"), categories),
         "baseline_fairness": public_fairness((baseline_metrics or {}).get("fairness"), categories),
         "membership_inference": dict(mia) if mia else None,
@@ -168,7 +171,7 @@ def _strip_tables(m: Mapping[str, Any] | None) -> dict[str, Any] | None:
     """Scalar metrics only (the lift / reliability tables are stored once, fairness separately)."""
     if m is None:
         return None
-    return {k: v for k, v in m.items() if k not in ("lift", "reliability", "fairness")}
+    return {k: v for k, v in m.items() if k not in ("lift", "reliability", "fairness", "roc_curve")}
 
 
 def _fmt(value: Any, digits: int = 4) -> str:

@@ -1,7 +1,8 @@
 """`privmodel demo`: the whole framework on synthetic partners, through the real commands.
 
-Each step calls the same command function a user would type (synth, anonymize, train, federate,
-report), so the demo exercises exactly the CLI's code paths, ledgers and outputs. Layout of --out:
+Each step runs the same command a user would type (synth, anonymize, train, federate, report),
+in-process through the CLI's own argument parsing, so the demo exercises exactly the CLI's code
+paths, defaults, ledgers and outputs. Layout of --out:
 
     keys/<actor>/                 signing key + pseudonymization secret per organisation
     data/                         synthetic silos (one per partner) and the starter policy
@@ -47,6 +48,11 @@ class DemoResult:
     seconds: float = 0.0
 
 
+def stage_count(settings: DemoSettings) -> int:
+    """Stages announced through `step` (synth, one per partner, pool, central, curve, federated, report)."""
+    return settings.partners + 6
+
+
 def prepare_out(out: Path) -> None:
     """A fresh output directory; only a previous demo's directory (marked) is ever cleared."""
     if out.exists():
@@ -66,10 +72,6 @@ def partner_names(n: int) -> list[str]:
 
 def run_demo(settings: DemoSettings, step: Callable[[str], None]) -> DemoResult:
     """Run every stage; `step(description)` is called as each stage starts (progress display)."""
-    from privmodel.commands.anonymize import anonymize
-    from privmodel.commands.report import report
-    from privmodel.commands.synth import synth
-    from privmodel.commands.train import train
     from privmodel.keys import init_keys
 
     started = time.perf_counter()
@@ -84,9 +86,8 @@ def run_demo(settings: DemoSettings, step: Callable[[str], None]) -> DemoResult:
     central_ledger = central / "ledger.jsonl"
 
     step(f"synthesizing {settings.customers:,} customers over {settings.partners} partner silos")
-    synth(out=out / "data", customers=settings.customers, silos=settings.partners, seed=settings.seed,
-          fmt="parquet", heterogeneity=0.5, locale=["en_US"], one_file=False, mess_rate=0.0,
-          ledger=central_ledger, keys=coordinator_keys)
+    command("synth", "--out", out / "data", "--customers", settings.customers, "--silos", settings.partners,
+            "--seed", settings.seed, "--format", "parquet", "--ledger", central_ledger, "--keys", coordinator_keys)
     policy = out / "data" / "policy.yaml"
 
     releases = []
@@ -94,25 +95,37 @@ def run_demo(settings: DemoSettings, step: Callable[[str], None]) -> DemoResult:
         step(f"{partner}: validating, pseudonymizing and k-anonymizing its silo under the policy")
         partner_dir = out / "partners" / partner
         partner_dir.mkdir(parents=True)
-        anonymize(input=out / "data" / f"silo_{i}.parquet", policy=policy, keys=out / "keys" / partner,
-                  out=partner_dir / "release", partner=partner, fmt="parquet", population=None,
-                  ledger=partner_dir / "ledger.jsonl")
+        command("anonymize", out / "data" / f"silo_{i}.parquet", "--policy", policy, "--keys", out / "keys" / partner,
+                "--out", partner_dir / "release", "--partner", partner, "--ledger", partner_dir / "ledger.jsonl")
         releases.append(partner_dir / "release" / "release.parquet")
 
     step("pooling the partners' releases for centralized training")
     pooled = pool_releases(releases, central / "pooled_release.parquet", central_ledger, coordinator_keys)
 
     step(f"training a centralized DP model (ε={settings.epsilon}) and its non-private baseline")
-    train(data=pooled, label="churn", policy_path=policy, out=central / "model", epsilon=settings.epsilon,
-          delta=1e-6, model=settings.model, epochs=settings.epochs, batch_size=512, lr=0.1, clip=1.0,
-          clipping="flat", accountant="prv", seed=settings.seed, test_size=0.25, baseline=True, mia=True,
-          ledger=central_ledger, keys=coordinator_keys)
+    command("train", pooled, "--label", "churn", "--policy", policy, "--out", central / "model",
+            "--epsilon", settings.epsilon, "--delta", 1e-6, "--model", settings.model, "--epochs", settings.epochs,
+            "--seed", settings.seed, "--ledger", central_ledger, "--keys", coordinator_keys)
+
+    step("privacy-utility curve of the centralized model over an ε grid")
+    command("curve", pooled, "--label", "churn", "--policy", policy, "--out", central / "curve",
+            "--grid", "0.25,1,4,inf", "--model", settings.model, "--epochs", settings.epochs,
+            "--seed", settings.seed, "--ledger", central_ledger, "--keys", coordinator_keys)
 
     step("verifying every ledger and writing the HTML report")
-    report(source=out, out=out / "report.html")
+    command("report", out, "--out", out / "report.html")
     result = DemoResult(out=out, seconds=time.perf_counter() - started)
     result.headline, result.ledgers_ok = headline(out, partners)
     return result
+
+
+def command(*args: object) -> None:
+    """Run one `privmodel` command in-process; its InputError propagates like any failure."""
+    import typer
+
+    from privmodel.cli import app
+
+    typer.main.get_command(app).main([str(a) for a in args], prog_name="privmodel", standalone_mode=False)
 
 
 def pool_releases(releases: list[Path], target: Path, ledger_path: Path, keys: Path) -> Path:
@@ -135,22 +148,22 @@ def pool_releases(releases: list[Path], target: Path, ledger_path: Path, keys: P
 def headline(out: Path, partners: list[str]) -> tuple[dict[str, Any], bool]:
     """The figures the demo prints, read back from the artifacts it wrote."""
     from privmodel.report.evidence import collect
-    from privmodel.report.sections import find
 
     evidence = collect(out)
     figures: dict[str, Any] = {"partners": {}}
     for partner in partners:
         report = json.loads((out / "partners" / partner / "release" / "report.json").read_text())
         figures["partners"][partner] = {
-            "k": find(report, "k"),
-            "prosecutor_max": find(report, "prosecutor_max"),
-            "rows_released": find(report, "released"),
+            "k": report["privacy"]["achieved"]["k"],
+            "prosecutor_max": report["risk"]["prosecutor_max"],
+            "rows_released": report["rows"]["released"],
         }
     card = json.loads((out / "central" / "model" / "model_card.json").read_text())
+    auc = card["metrics"]["comparison"]["roc_auc"]
     figures["central"] = {
-        "epsilon": find(card.get("privacy", {}), "epsilon"),
-        "roc_auc_private": find(card.get("metrics", {}), "roc_auc"),
-        "roc_auc_baseline": find(card.get("baseline_metrics", {}) or {}, "roc_auc"),
-        "mia_auc": find(card.get("membership_inference", card.get("mia", {})) or {}, "attack_auc"),
+        "epsilon": card["privacy"]["epsilon"],
+        "roc_auc_private": auc["private"],
+        "roc_auc_baseline": auc["baseline"],
+        "mia_auc": (card.get("membership_inference") or {}).get("attack_auc"),
     }
     return figures, evidence.verified

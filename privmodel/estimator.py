@@ -38,7 +38,7 @@ class DPPropensityClassifier(ClassifierMixin, BaseEstimator):
         delta: float | None = None,
         epochs: int = 20,
         batch_size: int = 1024,
-        lr: float = 0.02,
+        lr: float | None = None,
         max_grad_norm: float = 1.0,
         clipping: str = "flat",
         accountant: str = "prv",

@@ -73,6 +73,18 @@ def roc_auc(y: Any, p: Any) -> float | None:
     return float(roc_auc_score(y_arr, p_arr)) if _both_classes(y_arr) else None
 
 
+def roc_points(y: Any, p: Any, max_points: int = 60) -> dict[str, list[float]] | None:
+    """The ROC curve thinned to at most `max_points` (for charts); None with a single class."""
+    from sklearn.metrics import roc_curve
+
+    y_arr, p_arr = _as_labels_scores(y, p)
+    if not _both_classes(y_arr):
+        return None
+    fpr, tpr, _ = roc_curve(y_arr, p_arr, drop_intermediate=True)
+    keep = np.unique(np.linspace(0, fpr.size - 1, min(max_points, fpr.size)).round().astype(int))
+    return {"fpr": [round(float(v), 5) for v in fpr[keep]], "tpr": [round(float(v), 5) for v in tpr[keep]]}
+
+
 def pr_auc(y: Any, p: Any) -> float | None:
     """Average precision (step-wise PR-AUC, no optimistic interpolation); None without positives."""
     from sklearn.metrics import average_precision_score
@@ -248,7 +260,7 @@ def evaluate(
 ) -> dict[str, Any]:
     """All metrics of one model on one labelled set, as a JSON-ready dict.
 
-    Keys: n, positives, base_rate, roc_auc, pr_auc, brier, log_loss, ece, reliability, lift,
+    Keys: n, positives, base_rate, roc_auc, roc_curve (thinned points), pr_auc, brier, log_loss, ece, reliability, lift,
     top_decile_lift, top_decile_gain, fairness (None when no group columns are given).
     """
     y_arr, p_arr = _as_labels_scores(y, p)
@@ -260,6 +272,7 @@ def evaluate(
         "positives": int(y_arr.sum()),
         "base_rate": float(y_arr.mean()),
         "roc_auc": roc_auc(y_arr, p_arr),
+        "roc_curve": roc_points(y_arr, p_arr),
         "pr_auc": pr_auc(y_arr, p_arr),
         "brier": brier(y_arr, p_arr),
         "log_loss": log_loss(y_arr, p_arr),

@@ -129,6 +129,7 @@ def test_bad_input_subprocess(tmp_path: Path) -> None:
         (["--format", "xlsx"], "error: --format must be one of parquet, csv"),
         (["--heterogeneity", "1.5"], "error: --heterogeneity must be between 0 and 1"),
         (["--mess-rate", "0.5"], "error: --mess-rate must be between 0 and 0.2"),
+        (["--ledger", "/nonexistent-dir/ledger.jsonl"], "error: --ledger: /nonexistent-dir: directory does not exist"),
     ],
 )
 def test_bad_input_exit_2_no_files(

@@ -141,6 +141,10 @@ def test_score_and_evaluate(trained: dict) -> None:
     labels = pd.read_csv(data)["churn"]
     assert metrics["roc_auc"] == pytest.approx(roc_auc_score(labels, table["propensity"]), abs=1e-6)
     assert metrics["n"] == 600 and len(metrics["lift"]) == 10
+    entries = read_entries(tmp / "ledger.jsonl")
+    actions = [e["action"] for e in entries]
+    assert "model.score" in actions and actions[-1] == "model.evaluate"
+    assert verify(tmp / "ledger.jsonl").ok and "CUST-" not in (tmp / "ledger.jsonl").read_text()
 
 
 def _run_inprocess(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:

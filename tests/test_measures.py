@@ -140,3 +140,14 @@ def test_utility_on_adult_matches_class_structure(adult_release) -> None:
     sizes = g.data.groupby(names).size().to_numpy()
     assert u["discernibility"] == int((sizes**2).sum())
     assert 0 < u["ncp"] < 0.5 and u["avg_class_size"] == pytest.approx(len(df) / len(sizes) / sizes.min())
+
+
+def test_risk_histogram_counts_records_per_band() -> None:
+    import numpy as np
+
+    from anonymize.risk import risk_histogram
+
+    sizes = np.array([1] * 1 + [2] * 2 + [10] * 10 + [200] * 200)
+    hist = risk_histogram(1.0 / sizes)
+    assert hist == {"(0, 0.01]": 200, "(0.01, 0.05]": 0, "(0.05, 0.1]": 10, "(0.1, 0.2]": 0,
+                    "(0.2, 0.5]": 2, "(0.5, 1]": 1}

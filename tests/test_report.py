@@ -25,10 +25,14 @@ def make_run(root: Path) -> Path:
     release_dir.mkdir()
     (release_dir / "release.csv").write_text("age\n[30, 39]\n")
     (release_dir / "report.json").write_text(json.dumps({
-        "privacy": {"k": 12, "l": {"occupation": {"distinct": 3}}},
-        "steps": {"consent_filtered": 7},
-        "dropped_columns": ["email", "phone"],
-        "class_size_histogram": {"12-19": 40, "20-49": 9},
+        "partner": "bank-a",
+        "rows": {"input": 120, "released": 100},
+        "privacy": {"algorithm": "mondrian", "required": {"k": 10},
+                    "achieved": {"k": 12, "l": {"occupation": {"distinct": 3}},
+                                 "class_size_histogram": {"10-19": 5, "20-49": 1}}},
+        "risk": {"prosecutor_max": 1 / 12, "prosecutor_avg": 0.05, "risk_histogram": {"(0.05, 0.1]": 100}},
+        "counts": {"consent_filtered": 7, "dropped_columns": ["email", "phone"]},
+        "utility": {"ncp": 0.11},
     }))
     ledger.append("anonymize", inputs=[artifact(raw)],
                   outputs=[artifact(release_dir / "release.csv"), artifact(release_dir / "report.json")],
@@ -36,9 +40,12 @@ def make_run(root: Path) -> Path:
     model_dir = root / "model"
     model_dir.mkdir()
     (model_dir / "model_card.json").write_text(json.dumps({
-        "privacy": {"epsilon": 1.0, "delta": 1e-6},
-        "metrics": {"roc_auc": 0.81, "roc_curve": {"fpr": [0, 0.2, 1], "tpr": [0, 0.7, 1]}},
-        "epsilon_history": [0.4, 0.7, 1.0],
+        "model": {"type": "logreg", "label": "churn"},
+        "privacy": {"epsilon": 1.0, "delta": 1e-6, "accountant": "prv"},
+        "metrics": {"comparison": {"roc_auc": {"private": 0.81, "baseline": 0.83, "difference": -0.02}},
+                    "roc_curve": {"private": {"fpr": [0, 0.2, 1], "tpr": [0, 0.7, 1]}}},
+        "epsilon_history": [{"epoch": 1, "epsilon": 0.4}, {"epoch": 2, "epsilon": 0.7}, {"epoch": 3, "epsilon": 1.0}],
+        "membership_inference": {"attack_auc": 0.52, "epsilon_lower_bound": 0.0, "consistent": True},
     }))
     ledger.append("budget.charge", inputs=[artifact(release_dir / "release.csv")],
                   outputs=[artifact(model_dir / "model_card.json")], privacy_cost={"epsilon": 1.0, "delta": 1e-6})
@@ -52,9 +59,11 @@ def test_report_shows_verified_run(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     html = (tmp_path / "r.html").read_text()
     assert '<header class="ok" id="status"><h1>All ledgers verified' in html
-    assert "privacy.k" in html and ">12<" in html
+    assert "<tr><td>k-anonymity</td><td>10</td><td>12</td></tr>" in html
+    assert "<tr><td>roc_auc</td><td>0.81</td><td>0.83</td><td>-0.02</td></tr>" in html
+    assert "attack ROC-AUC (0.5 = guessing)</td><td>0.52" in html
     assert "achieved k = 12" in html and "email, phone" in html and "rows removed for missing consent: 7" in html
-    assert html.count("data:image/png;base64,") >= 3  # class sizes, ROC, ε over training
+    assert html.count("data:image/png;base64,") == 4  # class sizes, risk bands, ROC, ε over training
     assert "http://" not in html and "https://" not in html
 
 

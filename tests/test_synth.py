@@ -116,6 +116,16 @@ def test_every_supported_locale_works() -> None:
     data = generate(len(SUPPORTED_LOCALES) * 40, 1, seed=3, heterogeneity=0, locales=list(SUPPORTED_LOCALES))
     assert data["phone"].str.match(PHONE_PATTERN).all()
     assert data["email"].map(lambda e: bool(EMAIL.match(e))).all()
+    assert data["customer_id"].is_unique and data["email"].is_unique
+    from dataclasses import replace
+
+    from privmodel.synth.core import _distinct_cities
+    from privmodel.synth.locales import build_pools
+
+    us = build_pools("en_US", 3)
+    gb = replace(build_pools("en_GB", 3), cities=[us.cities[0], *build_pools("en_GB", 3).cities[1:]])
+    names = _distinct_cities([us, gb])
+    assert len(set(names)) == 80 and names[40] == f"{us.cities[0]} (GB)"  # same name, two countries
     codes = data["phone"].str.extract(r"^\+(\d+) ")[0]
     assert {"1", "44", "91", "49", "33", "34", "39", "31", "55", "48", "81", "86", "886", "82"} <= set(codes)
     assert (data["full_name"].str.len() >= 2).all() and (data["street_address"].str.len() >= 3).all()
@@ -135,6 +145,7 @@ def test_unknown_locale_is_input_error(bad: str) -> None:
         ({"n_customers": 5, "n_silos": 6}, "--silos must not exceed --customers"),
         ({"n_customers": 5, "heterogeneity": 1.5}, "--heterogeneity must be between 0 and 1"),
         ({"n_customers": 5, "mess_rate": 0.3}, "--mess-rate must be between 0 and 0.2"),
+        ({"n_customers": 5, "seed": -1}, "--seed must be a non-negative integer"),
     ],
 )
 def test_bad_parameters(kwargs: dict, message: str) -> None:
@@ -279,10 +290,19 @@ def test_true_probabilities_follow_documented_model() -> None:
     worse = row.assign(complaints_12m=[2])
     q = true_probabilities(worse)["p_churn"].iloc[0]
     assert np.log(q / (1 - q)) - np.log(p / (1 - p)) == pytest.approx(2.0)  # complaints threshold
-    variants = pd.concat([row, row.assign(age=[75]), row.assign(age=[15]), row.assign(tenure_months=[0]),
-                          row.assign(channel=["app"], recency_days=[int(np.expm1(3.5).round())])])
+    variants = pd.concat(
+        [
+            row,
+            row.assign(age=[75]),
+            row.assign(age=[15]),
+            row.assign(tenure_months=[0]),
+            row.assign(channel=["app"], recency_days=[int(np.expm1(3.5).round())]),
+        ]
+    )
     logit = np.log(true_probabilities(variants)["p_churn"].pipe(lambda s: s / (1 - s))).to_numpy()
-    np.testing.assert_allclose(logit[1:] - logit[0], [0.8 * 4, 0.8 * 4, 1.8, 1.6], atol=0.01)  # U-shape, tenure, app x recency
+    np.testing.assert_allclose(
+        logit[1:] - logit[0], [0.8 * 4, 0.8 * 4, 1.8, 1.6], atol=0.01
+    )  # U-shape, tenure, app x recency
     df, truth = generate(3000, 3, seed=4, heterogeneity=1.0, return_truth=True)
     profiles = silo_profiles(3, 1.0, 4)
     assert np.allclose(true_probabilities(df, profiles), truth[["p_churn", "p_will_purchase"]])

@@ -52,6 +52,8 @@ def synth(
         raise _bad(f"--format must be one of {', '.join(FORMATS)}")
     locales = check_locales(list(locale) if locale else ["en_US"])
     check_params(customers, silos, heterogeneity, mess_rate)
+    if ledger is not None and not ledger.parent.is_dir():  # fail before writing anything
+        raise _bad(f"--ledger: {ledger.parent}: directory does not exist")
     out_dir = ensure_output_dir(out)
     book = open_ledger(ledger, out_dir, keys)
     params = {

@@ -253,7 +253,8 @@ def train(
 
     Console().print(
         f"[green]trained[/green] {out}: ε = {summary['epsilon']:.3f}, δ = {delta:g} ({accountant}); "
-        f"held-out ROC-AUC {summary['auc']}; budget spent {summary['spent']}"
+        f"held-out ROC-AUC {summary['auc']}; budget spent {summary['spent']}",
+        soft_wrap=True,
     )
 
 
@@ -581,6 +582,8 @@ def evaluate(
     model_dir: Path = typer.Argument(..., help="Model directory from `privmodel train`."),
     data: Path = typer.Argument(..., help="Labelled customers (CSV / Parquet)."),
     out: Path | None = typer.Option(None, "--out", help="Also write the metrics as JSON."),
+    ledger: Path | None = LEDGER_OPTION,
+    keys: Path | None = KEYS_OPTION,
 ) -> None:
     """Metrics of a trained model on labelled data: AUCs, Brier, ECE, lift, fairness gaps."""
     import json
@@ -616,6 +619,14 @@ def evaluate(
     Console().print(table)
     if out is not None:
         atomic_write_text(out, json.dumps(card._clean(result), indent=2, allow_nan=False) + "\n")
+    from privmodel.audit import artifact
+    from privmodel.commands.common import open_ledger
+
+    book = open_ledger(ledger, model_dir.parent if str(model_dir.parent) else Path("."), keys)
+    book.append("model.evaluate", inputs=[artifact(data), artifact(model_dir / card.CARD_JSON,
+                                                                   f"{model_dir.name}/{card.CARD_JSON}")],
+                outputs=[artifact(out)] if out is not None else [],
+                params={"rows": result["n"], "roc_auc": result["roc_auc"], "brier": result["brier"]})
 
 
 # --- curve -----------------------------------------------------------------------------------------

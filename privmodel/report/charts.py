@@ -41,7 +41,13 @@ def line_chart(
         if diagonal:
             ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
         if xlog:
+            from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter
+
             ax.set_xscale("log")
+            ticks = sorted({float(x) for xs, _ in series.values() for x in xs})
+            ax.xaxis.set_major_locator(FixedLocator(ticks))
+            ax.xaxis.set_major_formatter(ScalarFormatter())
+            ax.xaxis.set_minor_locator(NullLocator())
         ax.set_title(title, fontsize=10)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)

@@ -21,6 +21,7 @@ LEDGER_NAME = "ledger.jsonl"
 RELEASE_REPORT = "report.json"
 MODEL_CARD = "model_card.json"
 FEDERATED_CARD = "federated_card.json"
+CURVE = "curve.json"
 
 
 @dataclass
@@ -45,6 +46,7 @@ class Evidence:
     releases: list[Artifact] = field(default_factory=list)
     models: list[Artifact] = field(default_factory=list)
     federated: list[Artifact] = field(default_factory=list)
+    curves: list[Artifact] = field(default_factory=list)
 
     @property
     def verified(self) -> bool:
@@ -84,7 +86,8 @@ def collect(path: str | Path) -> Evidence:
         raise InputError(f"{target}: run directory holds no {LEDGER_NAME}")
     evidence = Evidence(target, [_load_ledger(p) for p in ledger_paths])
     recorded = _recorded_outputs(evidence.ledgers)
-    buckets = {RELEASE_REPORT: evidence.releases, MODEL_CARD: evidence.models, FEDERATED_CARD: evidence.federated}
+    buckets = {RELEASE_REPORT: evidence.releases, MODEL_CARD: evidence.models, FEDERATED_CARD: evidence.federated,
+               CURVE: evidence.curves}
     for name, bucket in buckets.items():
         for file in sorted(target.rglob(name)):
             digest = sha256_file(file)

@@ -12,7 +12,7 @@ from typing import Any
 
 from privmodel.report.evidence import Evidence, LedgerEvidence
 from privmodel.report.flow import flow_svg
-from privmodel.report.sections import controls_rows, federated_section, model_section, release_section
+from privmodel.report.sections import controls_rows, curve_section, federated_section, model_section, release_section
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#1d2330;background:#f6f7f9}
@@ -89,17 +89,20 @@ def render(evidence: Evidence) -> str:
         + "".join(_ledger_status(le) for le in evidence.ledgers)
         + "</table></section>",
     ]
+    everything = sorted((e for le in evidence.ledgers for e in le.entries), key=lambda e: str(e.get("time", "")))
+    body.append(
+        "<section><h2>Data flow across all ledgers</h2>"
+        '<p class="note">One lane per actor (organisation / node); an arrow wherever a file written by one step '
+        "(matched by SHA-256) is read by a later step, also across organisations.</p>"
+        f"<div style='overflow-x:auto'>{flow_svg(everything)}</div></section>"
+    )
     for le in evidence.ledgers:
         body.append(
-            f"<section><h2>Data flow: <code>{escape(le.path.name)}</code> in "
-            f"<code>{escape(str(le.path.parent))}</code></h2>"
-            '<p class="note">One lane per actor; an arrow wherever a file written by one step '
-            "(matched by SHA-256) is read by a later step.</p>"
-            f"<div style='overflow-x:auto'>{flow_svg(le.entries)}</div>"
-            f"<h3>Steps</h3>{_steps_table(le.entries)}</section>"
+            f"<section><h2>Steps in <code>{escape(str(le.path))}</code></h2>{_steps_table(le.entries)}</section>"
         )
     body.extend(release_section(a) for a in evidence.releases)
     body.extend(model_section(a) for a in evidence.models)
+    body.extend(curve_section(a) for a in evidence.curves)
     body.extend(federated_section(a) for a in evidence.federated)
     body.append(
         "<section><h2>Controls</h2>"

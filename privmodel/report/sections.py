@@ -86,66 +86,161 @@ def _img(uri: str, alt: str) -> str:
     return f'<img src="{uri}" alt="{escape(alt)}">'
 
 
+def _table(header: Iterable[str], rows: Iterable[Iterable[Any]]) -> str:
+    head = "".join(f"<th>{escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{_fmt(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
 def release_section(artifact: Artifact) -> str:
+    """k / l / t achieved, risk distribution, class sizes, utility loss, filtered rows, dropped columns."""
     data = artifact.data
+    privacy = data.get("privacy") or {}
+    achieved = privacy.get("achieved") or {}
+    required = privacy.get("required") or {}
+    risk = data.get("risk") or {}
+    utility = data.get("utility") or {}
+    counts = data.get("counts") or {}
+    rows = data.get("rows") or {}
     charts = []
-    hist = find(data, "class_size_histogram")
-    if isinstance(hist, dict) and hist:
-        charts.append(_img(bar_chart(list(hist), list(hist.values()), "Equivalence-class sizes", "class size", "classes"),
-                           "class size histogram"))
-    risk_hist = find(data, "risk_histogram")
-    if isinstance(risk_hist, dict) and risk_hist:
-        charts.append(_img(bar_chart(list(risk_hist), list(risk_hist.values()), "Re-identification risk", "risk",
-                                     "records"), "risk histogram"))
-    groups = [k for k in data if k not in ("class_size_histogram", "risk_histogram")]
+    if achieved.get("class_size_histogram"):
+        hist = achieved["class_size_histogram"]
+        charts.append(_img(bar_chart(list(hist), list(hist.values()), "Equivalence-class sizes", "class size",
+                                     "classes"), "class size histogram"))
+    if risk.get("risk_histogram"):
+        hist = risk["risk_histogram"]
+        charts.append(_img(bar_chart(list(hist), list(hist.values()), "Re-identification risk (prosecutor)",
+                                     "risk band", "records"), "risk histogram"))
+    l_text = "; ".join(f"{col}: {_fmt(v)}" for col, v in (achieved.get("l") or {}).items()) or "not asked"
+    t_text = "; ".join(f"{col}: {_fmt(v)}" for col, v in (achieved.get("t") or {}).items()) or "not asked"
+    figures = _table(("figure", "required", "achieved (computed on the release)"), [
+        ("k-anonymity", required.get("k"), achieved.get("k")),
+        ("l-diversity", required.get("l") or "-", l_text),
+        ("t-closeness", required.get("t") or "-", t_text),
+        ("algorithm", required.get("algorithm"), privacy.get("algorithm")),
+        ("quasi-identifiers", "", privacy.get("quasi_identifiers")),
+    ])
+    risk_table = _table(("re-identification risk", "value"), [
+        ("prosecutor max / avg", f"{_fmt(risk.get('prosecutor_max'))} / {_fmt(risk.get('prosecutor_avg'))}"),
+        ("journalist max / avg", f"{_fmt(risk.get('journalist_max'))} / {_fmt(risk.get('journalist_avg'))}"),
+        ("marketer", risk.get("marketer")),
+        (f"records above risk {_fmt(risk.get('threshold'))}", risk.get("records_at_risk")),
+    ])
+    utility_table = _table(("utility", "value"), [
+        ("NCP (information loss)", utility.get("ncp")),
+        ("discernibility", utility.get("discernibility")),
+        ("average class size (C_avg)", utility.get("avg_class_size")),
+        ("suppressed rows", utility.get("suppressed")),
+        *[(f"model utility: {label} ROC-AUC raw -> release",
+           f"{_fmt(m.get('auc_raw'))} -> {_fmt(m.get('auc_release'))}")
+          for label, m in (data.get("model_utility") or {}).items() if isinstance(m, dict)],
+    ])
+    flow_table = _table(("rows", "count"), [
+        ("input", rows.get("input")),
+        ("exact duplicates removed", counts.get("exact_duplicates")),
+        ("invalid rows removed", counts.get("invalid_rows_removed")),
+        ("removed: no consent for the purpose", counts.get("consent_filtered")),
+        ("released", rows.get("released")),
+        ("columns dropped (minimisation)", counts.get("dropped_columns")),
+    ])
+    title = f"{data.get('partner') or artifact.path.parent.name}"
     return (
-        f"<section><h2>Release: {escape(artifact.path.parent.name)}</h2>{_recorded(artifact)}"
-        f'<div class="charts">{"".join(charts)}</div>{figures_table(data, groups)}</section>'
+        f"<section><h2>Release: {escape(str(title))}</h2>{_recorded(artifact)}"
+        f'<div class="charts">{"".join(charts)}</div><div class="charts">{figures}{risk_table}</div>'
+        f'<div class="charts">{utility_table}{flow_table}</div></section>'
     )
+
+
+def _history_points(history: Any) -> tuple[list[float], list[float]]:
+    points = [(h.get("epoch", i + 1), h.get("epsilon")) for i, h in enumerate(history or []) if isinstance(h, dict)]
+    return [p[0] for p in points], [p[1] for p in points]
 
 
 def model_section(artifact: Artifact) -> str:
-    data = artifact.data
+    """ROC, calibration, lift, ε over training, fairness gaps and the membership-inference audit."""
+    card = artifact.data
+    metrics = card.get("metrics") or {}
+    privacy = card.get("privacy") or {}
     charts = []
-    roc = find(data, "roc_curve")
-    if isinstance(roc, dict) and "fpr" in roc:
-        charts.append(_img(line_chart({"model": (roc["fpr"], roc["tpr"])}, "ROC", "false positive rate",
-                                      "true positive rate", diagonal=True), "ROC curve"))
-    calibration = find(data, "calibration_curve")
-    if isinstance(calibration, dict) and "predicted" in calibration:
-        charts.append(_img(line_chart({"model": (calibration["predicted"], calibration["observed"])}, "Calibration",
-                                      "predicted", "observed", diagonal=True), "calibration curve"))
-    lift = find(data, "lift")
-    if isinstance(lift, list) and lift and isinstance(lift[0], dict):
-        charts.append(_img(bar_chart([str(r.get("decile")) for r in lift], [r.get("lift", 0) for r in lift],
-                                     "Lift by decile", "decile", "lift"), "lift by decile"))
-    history = find(data, "epsilon_history")
-    if isinstance(history, list) and history:
-        charts.append(_img(line_chart({"ε": (list(range(1, len(history) + 1)), history)}, "ε spent over training",
-                                      "epoch", "ε"), "epsilon over training"))
-    curve = find(data, "privacy_utility_curve")
-    if isinstance(curve, list) and curve and isinstance(curve[0], dict):
-        finite = [r for r in curve if isinstance(r.get("epsilon"), int | float)]
-        charts.append(_img(line_chart({"ROC-AUC": ([r["epsilon"] for r in finite], [r.get("roc_auc") for r in finite])},
-                                      "Privacy-utility curve", "ε", "ROC-AUC", xlog=True), "privacy utility curve"))
-    groups = [k for k in data if k not in ("roc_curve", "calibration_curve", "epsilon_history")]
+    roc = {name: (c["fpr"], c["tpr"]) for name, c in (metrics.get("roc_curve") or {}).items() if c}
+    if roc:
+        charts.append(_img(line_chart(roc, "ROC (held-out)", "false positive rate", "true positive rate",
+                                      diagonal=True), "ROC curve"))
+    calibration = {}
+    for name, key in (("private", "reliability"), ("baseline", "baseline_reliability")):
+        table = [r for r in metrics.get(key) or [] if r.get("n")]
+        if table:
+            calibration[name] = ([r["mean_predicted"] for r in table], [r["observed_rate"] for r in table])
+    if calibration:
+        charts.append(_img(line_chart(calibration, "Calibration (held-out)", "mean predicted", "observed rate",
+                                      diagonal=True), "calibration curve"))
+    lift = metrics.get("lift") or []
+    if lift:
+        charts.append(_img(bar_chart([str(r["decile"]) for r in lift], [r["lift"] for r in lift],
+                                     "Lift by decile (1 = highest scores)", "decile", "lift"), "lift by decile"))
+    xs, ys = _history_points(card.get("epsilon_history"))
+    if xs:
+        charts.append(_img(line_chart({"ε": (xs, ys)}, "ε spent over training", "epoch", "ε"), "epsilon over training"))
+    comparison = metrics.get("comparison") or {}
+    metric_table = _table(("metric (held-out)", "private", "non-private baseline", "difference"), [
+        (name, c.get("private"), c.get("baseline"), c.get("difference")) for name, c in comparison.items()
+    ])
+    privacy_table = _table(("privacy", "value"), [
+        ("ε (accountant) / δ", f"{_fmt(privacy.get('epsilon'))} / {_fmt(privacy.get('delta'))}"),
+        ("accountant", privacy.get("accountant")),
+        ("noise multiplier", privacy.get("noise_multiplier")),
+        ("clipping / bound", f"{privacy.get('clipping')} / {_fmt(privacy.get('max_grad_norm'))}"),
+        ("sampling rate / steps", f"{_fmt(privacy.get('sample_rate'))} / {privacy.get('steps')}"),
+        ("hyper-parameter selection", (card.get("hyperparameter_selection") or {}).get("description")),
+        ("budget after this run", (card.get("budget") or {}).get("spent_after")),
+    ])
+    mia = card.get("membership_inference") or {}
+    mia_table = _table(("membership-inference audit", "value"), [
+        ("strongest attack", mia.get("strongest_attack")),
+        ("attack ROC-AUC (0.5 = guessing)", mia.get("attack_auc")),
+        (f"empirical ε lower bound ({_fmt(mia.get('confidence'))} confidence)", mia.get("epsilon_lower_bound")),
+        ("ε guarantee of the model", mia.get("epsilon_guarantee")),
+        ("consistent with the guarantee", mia.get("consistent")),
+    ]) if mia else ""
+    fairness_rows = []
+    for column, block in ((card.get("fairness") or {}).get("columns") or {}).items():
+        fairness_rows.append((column, block.get("demographic_parity_difference"),
+                              block.get("equal_opportunity_difference"), ", ".join(block.get("groups") or {})))
+    fairness_table = _table(("fairness group column", "demographic parity gap", "equal opportunity gap", "groups"),
+                            fairness_rows) if fairness_rows else ""
+    model = card.get("model") or {}
     return (
-        f"<section><h2>Model: {escape(artifact.path.parent.name)}</h2>{_recorded(artifact)}"
-        f'<div class="charts">{"".join(charts)}</div>{figures_table(data, groups)}</section>'
+        f"<section><h2>Model: {escape(artifact.path.parent.name)} ({escape(str(model.get('type')))}, "
+        f"label {escape(str(model.get('label')))})</h2>{_recorded(artifact)}"
+        f'<div class="charts">{"".join(charts)}</div><div class="charts">{metric_table}{privacy_table}</div>'
+        f'<div class="charts">{mia_table}{fairness_table}</div></section>'
     )
+
+
+def curve_section(artifact: Artifact) -> str:
+    rows = [r for r in artifact.data.get("rows") or [] if isinstance(r, dict)]
+    finite = [r for r in rows if isinstance(r.get("epsilon"), int | float) and r.get("roc_auc") is not None]
+    chart = ""
+    if finite:
+        chart = _img(line_chart({"ROC-AUC": ([r["epsilon"] for r in finite], [r["roc_auc"] for r in finite])},
+                                "Privacy-utility curve", "ε (log scale)", "held-out ROC-AUC", xlog=True),
+                     "privacy utility curve")
+    table = _table(("ε", "ROC-AUC", "± std", "Brier"),
+                   [(r.get("epsilon"), r.get("roc_auc"), r.get("roc_auc_std"), r.get("brier")) for r in rows])
+    return (f"<section><h2>Privacy-utility curve: {escape(artifact.path.parent.name)}</h2>{_recorded(artifact)}"
+            f'<div class="charts">{chart}{table}</div></section>')
 
 
 def federated_section(artifact: Artifact) -> str:
     data = artifact.data
     charts = []
-    rounds = find(data, "rounds")
-    if isinstance(rounds, list) and rounds and isinstance(rounds[0], dict):
+    rounds = data.get("rounds") or []
+    if rounds and isinstance(rounds[0], dict):
         xs = [r.get("round") for r in rounds]
-        series = {"global ROC-AUC": (xs, [r.get("roc_auc") for r in rounds])}
-        silos = rounds[-1].get("per_silo_auc") or {}
-        for silo in silos:
+        series = {"global": (xs, [r.get("roc_auc") for r in rounds])}
+        for silo in rounds[-1].get("per_silo_auc") or {}:
             series[f"silo {silo}"] = (xs, [(r.get("per_silo_auc") or {}).get(silo) for r in rounds])
-        charts.append(_img(line_chart(series, "Federated rounds", "round", "ROC-AUC"), "federated rounds"))
+        charts.append(_img(line_chart(series, "Federated rounds: ROC-AUC", "round", "ROC-AUC"), "federated rounds"))
     groups = [k for k in data if k != "rounds"]
     return (
         f"<section><h2>Federated model: {escape(artifact.path.parent.name)}</h2>{_recorded(artifact)}"
@@ -165,11 +260,15 @@ def controls_rows(evidence: Evidence) -> list[tuple[str, str, str]]:
     def across(key: str) -> list[Any]:
         return [v for a in evidence.releases if (v := find(a.data, key)) is not None]
 
-    ks = across("k")
-    dropped = across("dropped_columns")
+    ks = [((a.data.get("privacy") or {}).get("achieved") or {}).get("k") for a in evidence.releases]
+    ks = [k for k in ks if k is not None]
+    dropped = [(a.data.get("counts") or {}).get("dropped_columns") for a in evidence.releases]
+    dropped = [d for d in dropped if d is not None]
     consent = across("consent_filtered")
+    # budget.charge entries are the charges (model.train repeats the same cost for the record)
     eps = [c["epsilon"] for le in evidence.ledgers for e in le.entries
-           if isinstance(c := e.get("privacy_cost"), dict) and isinstance(c.get("epsilon"), int | float)]
+           if e.get("action") == "budget.charge" and e.get("outcome") == "ok"
+           and isinstance(c := e.get("privacy_cost"), dict) and isinstance(c.get("epsilon"), int | float)]
     verified = evidence.verified
     return [
         ("Pseudonymisation of direct identifiers (keyed HMAC tokens, AES-SIV)",
@@ -184,7 +283,7 @@ def controls_rows(evidence: Evidence) -> list[tuple[str, str, str]]:
         ("Consent and purpose filter", "GDPR Art. 5(1)(b) purpose limitation, Art. 6(1)(a)",
          f"rows removed for missing consent: {', '.join(_fmt(c) for c in consent)}" if consent else none),
         ("Differential privacy budget", "Accountability for model training on personal data",
-         f"{len(eps)} step(s) with a privacy cost; ε each: {', '.join(f'{e:.3g}' for e in eps)}" if eps else none),
+         f"{len(eps)} budget charge(s) in the ledgers; ε each: {', '.join(f'{e:.3g}' for e in eps)}" if eps else none),
         ("Tamper-evident audit trail", "GDPR Art. 5(2) accountability, Art. 30 records of processing",
          '<span class="good">ledger verified</span>' if verified else '<span class="bad">ledger verification failed</span>'),
     ]

@@ -100,6 +100,8 @@ def generate_data(
 ) -> SynthData:
     """The full generator; `generate` wraps it for pandas users."""
     check_params(n_customers, n_silos, heterogeneity, mess_rate)
+    if not isinstance(seed, int | np.integer) or seed < 0:
+        raise InputError("--seed must be a non-negative integer")
     locs = check_locales(locales if isinstance(locales, str) else list(locales))
     n, n_loc = int(n_customers), len(locs)
     streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(8)]
@@ -116,11 +118,11 @@ def generate_data(
     zip_idx = city * ZIPS_PER_CITY + streams[0].integers(0, ZIPS_PER_CITY, size=n)
     people = population.draw_people(streams[1], silo, profiles)
 
-    cities = [c for p in pools for c in p.cities]
+    cities = _distinct_cities(pools)
     regions = [f"{LOCALES[loc].country} {r}" for loc in locs for r in REGIONS]
     cols: dict[str, pa.Array | np.ndarray] = {}
     cols["customer_id"] = identity.customer_ids(streams[2], n)
-    cols.update(_identity_columns(streams[3], pools, loc_idx, people, np.array(zips)[zip_idx]))
+    cols.update(_identity_columns(streams[3], pools, loc_idx, people, np.array(zips, dtype=np.int64)[zip_idx]))
     cols["birth_date"] = pa.array(people["birth_date"], type=pa.date32())
     cols["age"] = people["age"]
     cols["gender"] = _labels(GENDERS, people["gender"])
@@ -192,6 +194,19 @@ def true_probabilities(frame, profiles: Sequence[SiloProfile] | None = None):  #
     )
 
 
+def _distinct_cities(pools: list[Pools]) -> list[str]:
+    """All locales' cities; a name another locale already uses gets its country appended, so the
+    city -> region tree of the policy stays a function."""
+    seen: set[str] = set()
+    out = []
+    for pool in pools:
+        for city in pool.cities:
+            name = city if city not in seen else f"{city} ({LOCALES[pool.locale].country})"
+            seen.add(name)
+            out.append(name)
+    return out
+
+
 def _labels(names: tuple[str, ...], codes: np.ndarray) -> pa.Array:
     return pa.array(list(names), type=pa.string()).take(pa.array(codes.astype(np.int64)))
 
@@ -215,7 +230,7 @@ def _identity_columns(
         fmt = LOCALES[pool.locale]
         if fmt.national_id == "cn18":
             block["national_id"] = identity.cn_resident_ids(
-                rng, zip_codes[rows].astype(np.int64), people["birth_date"][rows], people["gender"][rows] == 0
+                rng, zip_codes[rows], people["birth_date"][rows], people["gender"][rows] == 0
             )
         else:
             block["national_id"] = identity.render_template(fmt.national_id, rng, len(rows), unique=True)

@@ -166,7 +166,8 @@ def draw_people(rng: np.random.Generator, silo: np.ndarray, profiles: list[SiloP
         age_f[bad] = rng.normal(45.0 + age_shift[bad], 15.0)
     age_f = np.clip(age_f, AGE_MIN, AGE_MAX + 0.999)
     as_of = np.datetime64(AS_OF, "D")
-    birth = as_of - np.floor(age_f * 365.2425).astype(np.int64).astype("timedelta64[D]")
+    # ceil: a birth date at least age_f years back, so the exact age never drops below AGE_MIN
+    birth = as_of - np.ceil(age_f * 365.2425).astype(np.int64).astype("timedelta64[D]")
     by = birth.astype("datetime64[Y]").astype(np.int64) + 1970
     # minus one where the birthday has not come yet in the AS_OF year
     md_birth = _month_day(birth)
