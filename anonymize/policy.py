@@ -11,7 +11,8 @@ Semantics the rest of `anonymize` relies on (docs/policy.md explains them for re
   always part of the release (they are the linkage keys), whatever `purpose.columns` says;
 * `purpose.columns` (data minimization) selects among the other columns; anything not listed,
   and any data column the policy does not declare, is dropped and listed in the report;
-* `bounds` / `categories` are public metadata (DP preprocessing uses them instead of the data).
+* `bounds` / `categories` are public metadata (DP preprocessing uses them instead of the data);
+  so is `transform` (log1p before scaling to the bounds, which stay in the column's own units).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from anonymize.spec import (
 Role = Literal["identifier", "quasi_identifier", "sensitive", "feature", "label", "consent", "drop"]
 ColumnType = Literal["string", "integer", "float", "boolean", "date", "categorical"]
 Method = Literal["drop", "token", "encrypt"]
+Transform = Literal["none", "log1p"]
 
 NUMERIC_TYPES = ("integer", "float")
 DEFAULT_TOKEN_LENGTH = 16  # hex characters = 64 bits: collision-free in practice below ~10^8 people
@@ -79,6 +81,9 @@ class ColumnPolicy(_Strict):
     bounds: tuple[float, float] | None = None  # public range of a numeric column
     categories: list[str] | None = Field(default=None, min_length=1)  # public domain of a column
     on_invalid: Literal["error", "drop_row"] = "error"  # out-of-domain value: fail, or remove the row (counted)
+    # public per-column transform the DP encoder applies before scaling to the bounds; log1p spreads a
+    # skewed non-negative column (tenure, spend) over [0, 1] instead of squeezing its bulk into a sliver
+    transform: Transform = "none"
 
     @model_validator(mode="after")
     def _consistent(self) -> ColumnPolicy:
@@ -108,6 +113,11 @@ class ColumnPolicy(_Strict):
                 raise _Located(("bounds",), "bounds apply to integer and float columns only")
             if not self.bounds[0] < self.bounds[1]:
                 raise _Located(("bounds",), "bounds must be [low, high] with low < high")
+        if self.transform == "log1p":
+            if self.type not in NUMERIC_TYPES:
+                raise _Located(("transform",), "transform log1p applies to integer and float columns only")
+            if self.bounds is not None and self.bounds[0] < 0:
+                raise _Located(("transform",), "transform log1p needs non-negative bounds (low >= 0)")
         if self.categories is not None:
             if self.type not in ("categorical", "string", "boolean", "integer"):
                 raise _Located(("categories",), f"categories do not apply to a {self.type} column")

@@ -28,7 +28,7 @@ ERR_INPUT = 4002  # bad local input: data file, policy, model mismatch
 ERR_FAILED = 4003  # the local worker crashed or could not be reached
 KIND_CODES = {"refused": ERR_REFUSED, "input": ERR_INPUT}
 
-_LOCAL_WORKERS: dict[int, Any] = {}  # simulation: partition-id -> PartnerWorker (per Ray actor)
+_LOCAL_WORKERS: dict[tuple[int, str], Any] = {}  # simulation: (partition-id, spec) -> PartnerWorker (per Ray actor)
 
 
 def _config_of(msg: Message) -> dict[str, Any]:
@@ -59,7 +59,8 @@ def _forward(partners: list[dict[str, Any]] | None, op: str, msg: Message, conte
     node = context.node_config
     if partners is not None:
         pid = int(node.get("partition-id", 0))
-        worker = _LOCAL_WORKERS.get(pid)
+        key = (pid, repr(sorted(partners[pid].items())))
+        worker = _LOCAL_WORKERS.get(key)
         if worker is None:
             from federated.worker import PartnerSpec, PartnerWorker
 
@@ -68,7 +69,7 @@ def _forward(partners: list[dict[str, Any]] | None, op: str, msg: Message, conte
             except Exception as exc:  # noqa: BLE001 - the message names the partner already
                 name = partners[pid].get("name", f"partition {pid}")
                 return {"ok": False, "kind": "input", "error": str(exc) if str(exc).startswith("partner ") else f"partner {name}: {type(exc).__name__}"}, {}
-            _LOCAL_WORKERS[pid] = worker
+            _LOCAL_WORKERS[key] = worker
         return worker.handle(op, header, arrays)
 
     from federated.wire import WireError, call, read_token

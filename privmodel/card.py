@@ -72,6 +72,10 @@ def feature_statements(policy: Any, features: Sequence[str]) -> list[dict[str, A
             lo, hi = col.bounds
             entry["bounds"] = [lo, hi]
             entry["preprocessing"] = f"clipped to the public bounds [{lo:g}, {hi:g}] from the policy and scaled to [0, 1]"
+            if getattr(col, "transform", "none") == "log1p":
+                entry["transform"] = "log1p"
+                entry["preprocessing"] = (f"clipped to the public bounds [{lo:g}, {hi:g}] from the policy, log1p "
+                                          "applied to the value and the bounds alike, then scaled to [0, 1]")
         elif col is not None and col.categories is not None:
             entry["categories"] = len(col.categories)
             entry["preprocessing"] = (f"one code per public category ({len(col.categories)} declared in the policy); "

@@ -6,6 +6,9 @@ maximum income *is* one person's income) and would void the guarantee. So the en
 from PUBLIC metadata only:
 
 * numeric column: public bounds [lo, hi] -> clip to the bounds, min-max scale to [0, 1];
+  an optional public transform (`log1p`, declared in the policy) is applied after clipping, to the
+  value and to both bounds alike, so a skewed non-negative column (tenure in months, spend) is
+  spread over [0, 1] instead of squeezed into a sliver of it that DP noise drowns;
   released ranges from anonymization ("[30, 39]") are encoded by their midpoint, a fully
   suppressed "*" by the midpoint of the public bounds;
 * categorical column: public category list -> index 1..K; index 0 is the "unknown" slot for any
@@ -45,6 +48,7 @@ ENCODER_FORMAT = 1
 UNKNOWN = "<unknown>"  # name of the categorical slot 0 in feature names
 NUMERIC_TYPES = ("integer", "float")
 CATEGORICAL_TYPES = ("categorical", "string")
+TRANSFORMS = ("none", "log1p")
 FEATURE_ROLES = ("feature", "quasi_identifier", "sensitive")
 MISSING_RULES = {
     "numeric": "error: a missing numeric value is rejected (InputError naming column and row)",
@@ -70,6 +74,15 @@ class NumericSpec:
     hi: float
     source: str = "public"  # "policy" | "public" | "dp"
     boolean: bool = False
+    transform: str = "none"  # one of TRANSFORMS, applied to values and bounds before scaling
+
+    def scale(self, values: np.ndarray) -> np.ndarray:
+        """Clip to [lo, hi], apply the transform, map the transformed bounds to 0 and 1."""
+        clipped = np.clip(values, self.lo, self.hi)
+        if self.transform == "log1p":
+            lo, hi = math.log1p(self.lo), math.log1p(self.hi)
+            return (np.log1p(clipped) - lo) / (hi - lo)
+        return (clipped - self.lo) / (self.hi - self.lo)
 
 
 @dataclass(frozen=True)
@@ -171,6 +184,17 @@ def _numeric_values(series: Any, name: str, bounds: tuple[float, float] | None) 
     return values
 
 
+def _check_transforms(transforms: Mapping[str, str] | None, numeric: Mapping[str, Any]) -> dict[str, str]:
+    """Given transforms as {column: name}; each must name a numeric column and a known transform."""
+    out = {str(k): str(v) for k, v in (transforms or {}).items()}
+    for name, transform in out.items():
+        if name not in {str(n) for n in numeric}:
+            raise InputError(f"column {name!r}: a transform applies to declared numeric columns only")
+        if transform not in TRANSFORMS:
+            raise InputError(f"column {name!r}: transform must be one of {', '.join(TRANSFORMS)}")
+    return out
+
+
 def _require_columns(df: Any, names: Iterable[str]) -> None:
     missing = [n for n in names if n not in df.columns]
     if missing:
@@ -203,6 +227,12 @@ class TabularEncoder:
         for spec in self.numeric:
             if not (math.isfinite(spec.lo) and math.isfinite(spec.hi) and spec.lo < spec.hi):
                 raise InputError(f"column {spec.name!r}: bounds must be finite with low < high")
+            if spec.transform not in TRANSFORMS:
+                raise InputError(f"column {spec.name!r}: transform must be one of {', '.join(TRANSFORMS)}")
+            if spec.transform != "none" and spec.boolean:
+                raise InputError(f"column {spec.name!r}: a boolean column takes no transform")
+            if spec.transform == "log1p" and spec.lo < 0:
+                raise InputError(f"column {spec.name!r}: transform log1p needs non-negative bounds (low >= 0)")
 
     # ------------------------------------------------------------------ constructors
     @classmethod
@@ -212,13 +242,19 @@ class TabularEncoder:
         categories: Mapping[str, Iterable[Any]] | None = None,
         label: str | None = None,
         booleans: Iterable[str] = (),
+        transforms: Mapping[str, str] | None = None,
     ) -> TabularEncoder:
-        """Encoder from explicitly given public metadata (domain knowledge, a data dictionary)."""
+        """Encoder from explicitly given public metadata (domain knowledge, a data dictionary).
+
+        `transforms` maps numeric columns (keys of `bounds`) to a public transform ("log1p").
+        """
+        transforms = _check_transforms(transforms, bounds or {})
         numeric = []
         for name, b in (bounds or {}).items():
             if len(b) != 2:
                 raise InputError(f"column {name!r}: bounds must be [low, high]")
-            numeric.append(NumericSpec(str(name), float(b[0]), float(b[1]), "public"))
+            numeric.append(NumericSpec(str(name), float(b[0]), float(b[1]), "public",
+                                       transform=transforms.get(str(name), "none")))
         numeric += [NumericSpec(str(n), 0.0, 1.0, "public", boolean=True) for n in booleans]
         cats = [CategoricalSpec(str(n), _as_str_list(c), "public") for n, c in (categories or {}).items()]
         return cls(numeric, cats, label)
@@ -262,7 +298,8 @@ class TabularEncoder:
             elif categories is not None:
                 categorical.append(CategoricalSpec(name, _as_str_list(categories), "policy"))
             elif ctype in NUMERIC_TYPES and bounds is not None:
-                numeric.append(NumericSpec(name, float(bounds[0]), float(bounds[1]), "policy"))
+                numeric.append(NumericSpec(name, float(bounds[0]), float(bounds[1]), "policy",
+                                           transform=getattr(col, "transform", "none")))
             elif ctype in NUMERIC_TYPES:
                 reason = "numeric column without public bounds"
             else:
@@ -286,14 +323,18 @@ class TabularEncoder:
         categories: Mapping[str, Iterable[Any]] | None = None,
         label: str | None = None,
         seed: int | None = None,
+        transforms: Mapping[str, str] | None = None,
     ) -> TabularEncoder:
         """Encoder whose missing metadata is estimated with DP statistics, spending (epsilon, delta).
 
         Columns with public `bounds` / `categories` use them and cost nothing. The budget is split
         evenly (basic composition) over the columns that need statistics: epsilon over all of them,
         delta over the categorical ones (numeric bounds are pure epsilon-DP). The total spent is
-        recorded in `dp_stats` and must be added to the training cost.
+        recorded in `dp_stats` and must be added to the training cost. A column declared `log1p`
+        in `transforms` is non-negative by that declaration, so its DP lower bound (which may reach
+        just below zero, the bin around zero) is raised to 0.
         """
+        transforms = _check_transforms(transforms, {n: None for n in numeric})
         bounds = dict(bounds or {})
         categories = dict(categories or {})
         need_num = [n for n in numeric if n not in bounds]
@@ -309,11 +350,17 @@ class TabularEncoder:
         delta_col = delta / len(need_cat) if need_cat else 0.0
         num_specs = []
         for name in numeric:
+            transform = transforms.get(name, "none")
             if name in bounds:
-                num_specs.append(NumericSpec(name, float(bounds[name][0]), float(bounds[name][1]), "public"))
+                num_specs.append(NumericSpec(name, float(bounds[name][0]), float(bounds[name][1]), "public",
+                                             transform=transform))
             else:
                 lo, hi = dp_bounds(_numeric_values(df[name], name, None), eps_col, rng, name)
-                num_specs.append(NumericSpec(name, lo, hi, "dp"))
+                if transform == "log1p":
+                    lo = max(lo, 0.0)
+                    if hi <= lo:
+                        raise InputError(f"column {name!r}: transform log1p but the DP bounds are all negative")
+                num_specs.append(NumericSpec(name, lo, hi, "dp", transform=transform))
         cat_specs = []
         for name in categorical:
             if name in categories:
@@ -354,7 +401,7 @@ class TabularEncoder:
                 x_num[:, j] = _bool_values(df[spec.name], spec.name)
                 continue
             values = _numeric_values(df[spec.name], spec.name, (spec.lo, spec.hi))
-            x_num[:, j] = (np.clip(values, spec.lo, spec.hi) - spec.lo) / (spec.hi - spec.lo)
+            x_num[:, j] = spec.scale(values)
         x_cat = np.zeros((n, len(self.categorical)), dtype=np.int64)
         for j, spec in enumerate(self.categorical):
             series = df[spec.name]
@@ -380,7 +427,8 @@ class TabularEncoder:
             "format": ENCODER_FORMAT,
             "label": self.label,
             "numeric": [
-                {"name": s.name, "lo": s.lo, "hi": s.hi, "source": s.source, "boolean": s.boolean}
+                {"name": s.name, "lo": s.lo, "hi": s.hi, "source": s.source, "boolean": s.boolean,
+                 "transform": s.transform}
                 for s in self.numeric
             ],
             "categorical": [{"name": s.name, "categories": list(s.categories), "source": s.source}
@@ -396,7 +444,8 @@ class TabularEncoder:
             raise InputError("encoder.json: unknown encoder format")
         try:
             numeric = [NumericSpec(d["name"], float(d["lo"]), float(d["hi"]), d.get("source", "public"),
-                                   bool(d.get("boolean", False))) for d in data["numeric"]]
+                                   bool(d.get("boolean", False)), str(d.get("transform", "none")))
+                       for d in data["numeric"]]
             categorical = [CategoricalSpec(d["name"], tuple(d["categories"]), d.get("source", "public"))
                            for d in data["categorical"]]
         except (KeyError, TypeError, ValueError):

@@ -80,8 +80,13 @@ def simulate(
     model: str = typer.Option("logreg", "--model"),
     label: str = typer.Option("churn", "--label"),
     seed: int = typer.Option(0, "--seed"),
+    data: list[Path] = typer.Option(
+        None, "--data", help="A partner's own table (repeat per partner) instead of synthetic silos; needs --policy."
+    ),
+    policy_path: Path = typer.Option(None, "--policy", help="The federation's policy for --data partners."),
+    eval_data: Path = typer.Option(None, "--eval-data", help="Held-out table for server-side evaluation."),
 ) -> None:
-    """Simulate partners on synthetic non-IID silos (Flower simulation engine, Ray backend)."""
+    """Simulate partners (synthetic non-IID silos, or --data files) on Flower's simulation engine (Ray)."""
     from rich.console import Console
 
     from federated.simulate import partner_specs, run_simulation, synth_silos
@@ -97,9 +102,22 @@ def simulate(
     )
     base = ensure_output_dir(out)
     started = time.monotonic()
-    paths, holdout, policy = synth_silos(base, silos, customers, heterogeneity, seed, holdout=max(1000, customers // 10))
+    if data:
+        if policy_path is None:
+            raise InputError("--data needs --policy (the policy every partner applies locally)")
+        if len(data) < 2:
+            raise InputError("--data: a federation needs at least two partners")
+        for path in (*data, policy_path, *([eval_data] if eval_data else [])):
+            if not path.is_file():
+                raise InputError(f"{path}: no such file")
+        paths, holdout, policy, silos = list(data), eval_data, policy_path, len(data)
+        customers = 0
+    else:
+        paths, holdout, policy = synth_silos(base, silos, customers, heterogeneity, seed,
+                                             holdout=max(1000, customers // 10))
     specs = partner_specs(base, paths, policy)
-    console.print(f"{silos} silos, {customers} customers, {rounds} rounds, {strategy}, ε={epsilon or 'off'}: starting Ray")
+    source = f"{customers} synthetic customers" if customers else "partner files"
+    console.print(f"{silos} partners ({source}), {rounds} rounds, {strategy}, ε={epsilon or 'off'}: starting Ray")
     outcome = run_simulation(base, specs, config, policy, eval_data=holdout, on_round=_printer(console))
     console.print(
         f"done in {time.monotonic() - started:.1f}s; model {outcome.model_hash[:16]}; "

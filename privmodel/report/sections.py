@@ -6,29 +6,12 @@ federated card); figures are shown as recorded there, which is what the ledger's
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from html import escape
 from typing import Any
 
 from privmodel.report.charts import bar_chart, line_chart
 from privmodel.report.evidence import Artifact, Evidence
-
-
-def find(data: Any, key: str) -> Any:
-    """First value stored under `key` anywhere in a nested dict/list (depth-first)."""
-    if isinstance(data, dict):
-        if key in data:
-            return data[key]
-        children: Iterable[Any] = data.values()
-    elif isinstance(data, list):
-        children = data
-    else:
-        return None
-    for child in children:
-        found = find(child, key)
-        if found is not None:
-            return found
-    return None
 
 
 def _fmt(value: Any) -> str:
@@ -45,32 +28,6 @@ def _fmt(value: Any) -> str:
 
 def _plain(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-def _scalars(data: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and len(value) <= 12 and all(not isinstance(v, dict | list) for v in value.values()):
-            yield name, value
-        elif isinstance(value, dict):
-            yield from _scalars(value, f"{name}.")
-        elif isinstance(value, list) and len(value) > 12:
-            continue
-        else:
-            yield name, value
-
-
-def figures_table(data: dict[str, Any], groups: Iterable[str]) -> str:
-    rows = []
-    for group in groups:
-        block = data.get(group)
-        if isinstance(block, dict):
-            rows.extend(
-                f"<tr><td>{escape(name)}</td><td>{_fmt(value)}</td></tr>" for name, value in _scalars(block, f"{group}.")
-            )
-        elif block is not None:
-            rows.append(f"<tr><td>{escape(group)}</td><td>{_fmt(block)}</td></tr>")
-    return "<table><tr><th>figure</th><th>value</th></tr>" + "".join(rows) + "</table>" if rows else ""
 
 
 def _recorded(artifact: Artifact) -> str:
@@ -232,19 +189,37 @@ def curve_section(artifact: Artifact) -> str:
 
 
 def federated_section(artifact: Artifact) -> str:
-    data = artifact.data
+    """Per-round global and per-silo ROC-AUC, each partner's ε and rounds, rejected updates."""
+    card = artifact.data
+    rounds = [r for r in card.get("rounds_detail") or [] if isinstance(r, dict)]
     charts = []
-    rounds = data.get("rounds") or []
-    if rounds and isinstance(rounds[0], dict):
+    if rounds:
         xs = [r.get("round") for r in rounds]
-        series = {"global": (xs, [r.get("roc_auc") for r in rounds])}
-        for silo in rounds[-1].get("per_silo_auc") or {}:
-            series[f"silo {silo}"] = (xs, [(r.get("per_silo_auc") or {}).get(silo) for r in rounds])
-        charts.append(_img(line_chart(series, "Federated rounds: ROC-AUC", "round", "ROC-AUC"), "federated rounds"))
-    groups = [k for k in data if k != "rounds"]
+        series = {"global": (xs, [(r.get("global") or {}).get("auc") for r in rounds])}
+        for silo in sorted(rounds[-1].get("per_silo") or {}):
+            series[silo] = (xs, [((r.get("per_silo") or {}).get(silo) or {}).get("auc") for r in rounds])
+        charts.append(_img(line_chart(series, "Federated rounds: ROC-AUC of the model each round received",
+                                      "round", "ROC-AUC"), "federated rounds"))
+    final = card.get("final_metrics") or {}
+    partners = _table(("partner", "rounds joined", "ε spent (local DP)", "final local ROC-AUC", "confirmed model hash"), [
+        (name, len(p.get("rounds") or []), p.get("epsilon"), ((final.get("per_silo") or {}).get(name) or {}).get("auc"),
+         p.get("confirmed_hash")) for name, p in (card.get("partners") or {}).items()
+    ])
+    privacy = card.get("privacy") or {}
+    summary = _table(("federated run", "value"), [
+        ("strategy / rounds", f"{card.get('strategy')} / {card.get('rounds')}"),
+        ("final global ROC-AUC", f"{_fmt((final.get('global') or {}).get('auc'))} "
+                                 f"({(final.get('global') or {}).get('source', '')})"),
+        ("privacy unit", privacy.get("unit")),
+        ("target ε per partner / δ", f"{_fmt(privacy.get('target_epsilon_per_partner'))} / {_fmt(privacy.get('delta'))}"),
+        ("client-level DP / secure aggregation", f"{privacy.get('client_level_dp')} / {privacy.get('secure_aggregation')}"),
+        ("rejected updates", len(card.get("rejected_updates") or [])),
+        ("model hash", str((card.get("model") or {}).get("hash", ""))[:16]),
+    ])
     return (
-        f"<section><h2>Federated model: {escape(artifact.path.parent.name)}</h2>{_recorded(artifact)}"
-        f'<div class="charts">{"".join(charts)}</div>{figures_table(data, groups)}</section>'
+        f"<section><h2>Federated model ({escape(str((card.get('model') or {}).get('kind')))})</h2>{_recorded(artifact)}"
+        f'<div class="charts">{"".join(charts)}{summary}</div>{partners}'
+        f'<p class="note">{escape(str(card.get("caveat", "")))}</p></section>'
     )
 
 
@@ -257,14 +232,11 @@ def controls_rows(evidence: Evidence) -> list[tuple[str, str, str]]:
     anonymized = _actions(evidence, "anonymize")
     none = '<span class="note">not shown in this run</span>'
 
-    def across(key: str) -> list[Any]:
-        return [v for a in evidence.releases if (v := find(a.data, key)) is not None]
-
     ks = [((a.data.get("privacy") or {}).get("achieved") or {}).get("k") for a in evidence.releases]
     ks = [k for k in ks if k is not None]
     dropped = [(a.data.get("counts") or {}).get("dropped_columns") for a in evidence.releases]
     dropped = [d for d in dropped if d is not None]
-    consent = across("consent_filtered")
+    consent = [c for a in evidence.releases if (c := (a.data.get("counts") or {}).get("consent_filtered")) is not None]
     # budget.charge entries are the charges (model.train repeats the same cost for the record)
     eps = [c["epsilon"] for le in evidence.ledgers for e in le.entries
            if e.get("action") == "budget.charge" and e.get("outcome") == "ok"

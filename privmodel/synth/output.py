@@ -86,6 +86,11 @@ POLICY_HEADER = (
 )
 
 
+# Skewed non-negative behaviour columns (exponential / log-normal in the generator): the DP encoder
+# takes log1p before scaling, else most customers sit in the bottom few percent of [0, 1].
+LOG1P_COLUMNS = ("annual_income", "tenure_months", "recency_days", "frequency", "monetary", "monthly_balance")
+
+
 def starter_policy(data: SynthData, one_file: bool = False) -> dict[str, Any]:
     """The policy document (architecture.md format) for the generated columns."""
     cities = sorted(data.city_region)
@@ -144,6 +149,8 @@ def starter_policy(data: SynthData, one_file: bool = False) -> dict[str, Any]:
         columns[name] = {"role": "feature", "type": "float", "bounds": list(BOUNDS[name])}
     for name in ("tenure_months", "recency_days", "frequency", "num_products", "complaints_12m"):
         columns[name] = {"role": "feature", "type": "integer", "bounds": list(BOUNDS[name])}
+    for name in LOG1P_COLUMNS:
+        columns[name]["transform"] = "log1p"
     columns["channel"] = {"role": "feature", "type": "categorical", "categories": list(CHANNELS)}
     ordered = {name: columns[name] for name in data.table.column_names if name in columns}
     for name in ("consent_marketing", "consent_analytics"):

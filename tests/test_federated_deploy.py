@@ -1,0 +1,156 @@
+"""Deployment on loopback: SuperLink with TLS + node auth, three SuperNodes with lean ClientApps and
+long-lived workers; a partner killed mid-run; bad input (unreachable, wrong CA, missing data)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from federated import deployment as dep
+from federated.config import FedConfig
+from federated.server_app import ServerSettings
+from federated.simulate import partner_specs, synth_silos
+from federated.tls import make_tls
+from privmodel.audit import read_entries, verify
+from privmodel.keys import init_keys
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    env = dict(os.environ, FLWR_TELEMETRY_ENABLED="0")
+    return subprocess.run([sys.executable, "-m", "privmodel.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO, env=env, check=False)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory):
+    out = tmp_path_factory.mktemp("fedep")
+    paths, holdout, policy = synth_silos(out, silos=3, customers=4500, heterogeneity=0.5, seed=5, holdout=1000)
+    specs = partner_specs(out, paths, policy)
+    tls = out / "tls"
+    make_tls(tls, nodes=[s.name for s in specs])
+    return out, specs, holdout, policy, tls
+
+
+@pytest.mark.slow
+def test_loopback_deployment_tls_auth_kill_and_ledgers(setup) -> None:
+    out, specs, holdout, policy, tls = setup
+    config = FedConfig(rounds=3, epsilon=1.0, local_steps=6, batch_size=128, min_partners=2, round_timeout=40)
+    coordinator = out / "coordinator"
+    coordinator.mkdir()
+    init_keys(coordinator / "keys", actor="coordinator")
+    settings = ServerSettings(config, str(policy), str(coordinator), str(coordinator / "keys"), str(holdout),
+                              expected_partners=3, wait_timeout=90)
+    events: list[dict] = []
+    killed: list[str] = []
+    with dep.tracked() as items:
+        link = dep.start_superlink(tls, out / "link")
+        items.append(link)
+        for spec in specs:
+            link.register(tls / "nodes" / spec.name / "auth.pub", spec.name)
+        partners = []
+        for spec in specs:
+            partners.append(dep.join(spec, link.address, tls / "ca.crt", tls / "nodes" / spec.name / "auth.key"))
+            items.append(partners[-1])
+
+        def on_event(event: dict) -> None:
+            events.append(event)
+            if event.get("event") == "round" and event["round"] == 1 and not killed:
+                partners[2].worker.send_signal(signal.SIGKILL)  # silo-2's training process dies mid-run
+                killed.append(specs[2].name)
+
+        app = dep.write_app(out / "app", settings.to_record())
+        result = dep.submit(link.home, app, coordinator, timeout=400, on_event=on_event)
+        assert partners[2].worker.poll() is not None
+    # every process we started is gone
+    for item in items:
+        procs = [item.proc] if hasattr(item, "proc") else [item.worker, item.supernode]
+        assert all(p.poll() is not None for p in procs)
+
+    assert result["status"] == "finished:completed"
+    rounds = [e for e in result["events"] if e["event"] == "round"]
+    assert [r["round"] for r in rounds] == [1, 2, 3]
+    assert sorted(rounds[0]["accepted"]) == ["silo-0", "silo-1", "silo-2"]
+    assert any(i["partner"] == "silo-2" and "silo-2" in i["reason"] for i in rounds[1]["failed"])
+    assert sorted(rounds[2]["accepted"]) == ["silo-0", "silo-1"]
+    times = [r["seconds"] for r in rounds[1:]]
+    print("deployment seconds per round after the first:", times)
+
+    # same setup without Flower: round 1 by hand (same seeds) must give the same global AUC
+    from federated.server_app import _build_model, _Evaluator
+    from federated.worker import PartnerSpec, PartnerWorker, _load_arrays, _model_arrays
+    ref_specs = [PartnerSpec(**{**s.to_dict(), "workdir": str(out / "ref" / s.name)}) for s in specs]
+    workers = [PartnerWorker(s) for s in ref_specs]
+    hello = workers[0].hello(config)
+    model = _build_model(config, int(hello["n_num"]), [int(c) for c in hello["cards"].split(",")])
+    start = _model_arrays(model)
+    updates = [w.train(start, config, "ref", 1) for w in workers]
+    total = sum(m["num-examples"] for _, m in updates)
+    avg = {k: sum(u[k] * (m["num-examples"] / total) for u, m in updates) for k in start}
+    _load_arrays(model, avg)
+    from anonymize.policy import load_policy
+    ref_auc = _Evaluator(settings, load_policy(policy), coordinator / "keys")(model)["auc"]
+    assert rounds[0]["global"]["auc"] == pytest.approx(ref_auc, abs=1e-4)
+
+    coord_entries = read_entries(coordinator / "ledger.jsonl")
+    digest = [e for e in coord_entries if e["action"] == "federate.final_model"][-1]["params"]["model_hash"]
+    assert verify(coordinator / "ledger.jsonl").ok
+    for spec in specs[:2]:
+        ledger = Path(spec.workdir) / "ledger.jsonl"
+        assert verify(ledger).ok
+        mine = [e for e in read_entries(ledger) if e["action"] == "federate.final_model"][-1]
+        assert mine["params"]["model_hash"] == digest
+    card = json.loads((coordinator / "federated_card.json").read_text())
+    assert card["partners"]["silo-2"]["rounds"] == [1]
+    assert np.isfinite(card["final_metrics"]["global"]["auc"])
+
+
+def test_join_refuses_missing_data_unreachable_and_wrong_ca(setup, tmp_path: Path) -> None:
+    out, specs, holdout, policy, tls = setup
+    spec = specs[0]
+    base = ["federate", "join", "--policy", str(policy), "--name", "silo-0", "--ca", str(tls / "ca.crt"),
+            "--auth-key", str(tls / "nodes" / "silo-0" / "auth.key"), "--keys", spec.keys, "--workdir", str(tmp_path / "w")]
+    # missing data file
+    t0 = time.monotonic()
+    done = _cli(*base, "--superlink", "127.0.0.1:9", "--data", str(tmp_path / "nope.parquet"))
+    assert done.returncode == 2 and "partner silo-0" in done.stderr and "no such file" in done.stderr
+    # unreachable SuperLink (closed port)
+    port = dep.free_port()
+    done = _cli(*base, "--superlink", f"127.0.0.1:{port}", "--data", spec.data)
+    assert done.returncode == 2 and "partner silo-0" in done.stderr and "unreachable" in done.stderr
+    # a TLS server whose certificate is not from our CA
+    other = tmp_path / "other-tls"
+    make_tls(other)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(other / "server.crt", other / "server.key")
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(20)
+    port = server.getsockname()[1]
+
+    def serve() -> None:
+        try:
+            conn, _ = server.accept()
+            with contextlib.suppress(ssl.SSLError, OSError):
+                ctx.wrap_socket(conn, server_side=True)
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    done = _cli(*base, "--superlink", f"127.0.0.1:{port}", "--data", spec.data)
+    server.close()
+    assert done.returncode == 2 and "partner silo-0" in done.stderr and "certificate" in done.stderr
+    assert time.monotonic() - t0 < 60
