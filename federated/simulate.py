@@ -50,13 +50,14 @@ def synth_silos(
     return paths, holdout_path, policy_path
 
 
-def partner_specs(out_dir: Path, data: list[Path], policy: Path, epsilon_caps: dict[str, float] | None = None) -> list[PartnerSpec]:
-    """One spec (and, on first use, one key directory) per simulated partner."""
+def partner_specs(out_dir: Path, data: list[Path], policy: Path, epsilon_caps: dict[str, float] | None = None,
+                  names: list[str] | None = None) -> list[PartnerSpec]:
+    """One spec (and, on first use, one key directory) per simulated partner (named silo-i by default)."""
     from privmodel.keys import init_keys
 
     specs = []
     for i, path in enumerate(data):
-        name = f"silo-{i}"
+        name = names[i] if names else f"silo-{i}"
         home = out_dir / "partners" / name
         keys = home / "keys"
         if not (keys / "keys.json").exists():

@@ -113,7 +113,8 @@ def run_demo(settings: DemoSettings, step: Callable[[str], None]) -> DemoResult:
             "--seed", settings.seed, "--ledger", central_ledger, "--keys", coordinator_keys)
 
     step(f"federated DP training across the {settings.partners} partners ({settings.rounds} rounds, Flower + Ray)")
-    silos = [arg for i in range(settings.partners) for arg in ("--data", out / "data" / f"silo_{i}.parquet")]
+    silos = [arg for i, name in enumerate(partners)
+             for arg in ("--data", out / "data" / f"silo_{i}.parquet", "--partner", name)]
     command("federate", "simulate", "--out", out / "federated", *silos, "--policy", policy,
             "--rounds", settings.rounds, "--epsilon", settings.epsilon, "--model", settings.model,
             "--seed", settings.seed)

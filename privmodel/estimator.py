@@ -6,7 +6,9 @@ BaseEstimator; it works as the last step of a `Pipeline`.
 
 Preprocessing never looks at the data unless told to spend privacy on it:
 * `bounds` (public): {column: (lo, hi)} for a DataFrame, or a list of (lo, hi) per column, or one
-  (lo, hi) for every column of an ndarray; `categories` (public): {column: [values]}.
+  (lo, hi) for every column of an ndarray; `categories` (public): {column: [values]};
+  `transforms` (public): {column: "log1p"} for skewed non-negative numeric columns, applied to the
+  values and the bounds before scaling (spreads them over [0, 1] so DP noise drowns less).
 * `dp_stats_share` in (0, 1): that share of epsilon (and of delta, for categories) buys DP
   statistics for the columns without public metadata (`TabularEncoder.fit_dp`); the rest trains.
   The total reported in `epsilon_spent_` / `delta_` is the sum (basic composition).
@@ -48,6 +50,7 @@ class DPPropensityClassifier(ClassifierMixin, BaseEstimator):
         categories: Mapping[str, Sequence[Any]] | None = None,
         booleans: Sequence[str] = (),
         dp_stats_share: float = 0.0,
+        transforms: Mapping[str, str] | None = None,
     ) -> None:
         self.model = model
         self.epsilon = epsilon
@@ -64,6 +67,7 @@ class DPPropensityClassifier(ClassifierMixin, BaseEstimator):
         self.categories = categories
         self.booleans = booleans
         self.dp_stats_share = dp_stats_share
+        self.transforms = transforms
 
     # ------------------------------------------------------------------ helpers
     def _frame(self, X: Any, fitting: bool) -> Any:
@@ -105,7 +109,8 @@ class DPPropensityClassifier(ClassifierMixin, BaseEstimator):
         bounds = self._public_bounds(columns)
         categories = {str(k): list(v) for k, v in (self.categories or {}).items()}
         booleans = [str(c) for c in self.booleans]
-        unknown = [c for c in (*bounds, *categories, *booleans) if c not in columns]
+        transforms = {str(k): str(v) for k, v in (self.transforms or {}).items()}
+        unknown = [c for c in (*bounds, *categories, *booleans, *transforms) if c not in columns]
         if unknown:
             raise InputError(f"column {unknown[0]!r} has public metadata but is not in X")
         numeric, categorical = [], []
@@ -126,10 +131,12 @@ class DPPropensityClassifier(ClassifierMixin, BaseEstimator):
             )
         if missing:
             enc = TabularEncoder.fit_dp(frame, numeric, categorical, epsilon=eps_stats, delta=delta_stats,
-                                        bounds=bounds, categories=categories, seed=self.seed)
+                                        bounds=bounds, categories=categories, seed=self.seed,
+                                        transforms=transforms)
         else:
             enc = TabularEncoder.from_public(bounds={c: bounds[c] for c in numeric},
-                                             categories={c: categories[c] for c in categorical})
+                                             categories={c: categories[c] for c in categorical},
+                                             transforms=transforms)
         if booleans:
             enc = TabularEncoder([*enc.numeric, *TabularEncoder.from_public(booleans=booleans).numeric],
                                  enc.categorical, None, enc.skipped, enc.dp_stats)

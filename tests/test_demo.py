@@ -21,8 +21,13 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
         assert report["privacy"]["achieved"]["k"] >= 10
     card = json.loads((out / "central" / "model" / "model_card.json").read_text())
     assert 0 < card["privacy"]["epsilon"] <= 1.0
+    fed = json.loads((out / "federated" / "coordinator" / "federated_card.json").read_text())
+    assert sorted(fed["partners"]) == ["partner_0", "partner_1", "partner_2"]
+    assert all(0 < p["epsilon"] <= 1.0 and p["confirmed_hash"] for p in fed["partners"].values())
+    assert len(fed["rounds_detail"]) == 2
     html = (out / "report.html").read_text()
     assert "All ledgers verified" in html and "Release: partner_2" in html and "Privacy-utility curve" in html
+    assert "Federated model (logreg)" in html
     summary = " ".join(result.stdout.split())
     assert "all verified" in summary and "partner_0: release │ k = " in summary
 

@@ -114,9 +114,21 @@ def test_bad_input(params: dict, mutate: str | None) -> None:
         assert "column 'spend', row 18" in str(err.value)
 
 
+def test_transforms_param_reaches_the_encoder() -> None:
+    X, y = _customers(n=1500)
+    clf = DPPropensityClassifier(bounds=BOUNDS, categories=CATS, transforms={"spend": "log1p"}, **FAST).fit(X, y)
+    specs = {s.name: s for s in clf.encoder_.numeric}
+    assert specs["spend"].transform == "log1p" and specs["tenure"].transform == "none"
+    assert clf.encoder_.transform(X.iloc[:1].assign(spend=[99.0])).x_num[0, 1] == pytest.approx(
+        np.log1p(99.0) / np.log1p(1000.0), rel=1e-6)
+    assert clone(clf).get_params()["transforms"] == {"spend": "log1p"}
+    with pytest.raises(InputError, match="column 'income' has public metadata but is not in X"):
+        DPPropensityClassifier(bounds=BOUNDS, categories=CATS, transforms={"income": "log1p"}, **FAST).fit(X, y)
+
+
 def test_save_load_round_trip_gives_identical_scores(tmp_path: Path) -> None:
     X, y = _customers(n=1500)
-    enc = TabularEncoder.from_public(BOUNDS, CATS)
+    enc = TabularEncoder.from_public(BOUNDS, CATS, transforms={"spend": "log1p"})  # saved with the model
     labels = (y == "churn").astype(np.float32)
     for kind in ("logreg", "mlp"):
         result = fit(enc.transform(X), labels, TrainConfig(model=kind, hidden=(8, 4), **FAST))
@@ -124,6 +136,7 @@ def test_save_load_round_trip_gives_identical_scores(tmp_path: Path) -> None:
         save_model(target, result, enc, {"dataset_sha256": "0" * 64})
         loaded = load_model(target)
         np.testing.assert_array_equal(loaded.predict_proba(X), result.predict_proba(enc.transform(X)))
+        assert {s.name: s.transform for s in loaded.encoder.numeric}["spend"] == "log1p"
         assert loaded.privacy["epsilon"] == result.privacy["epsilon"]
         assert loaded.extra == {"dataset_sha256": "0" * 64}
         with pytest.raises(InputError, match="already exists"):

@@ -36,6 +36,11 @@ def _policy() -> Policy:
     return Policy.from_yaml_text(POLICY, "policy.yaml")
 
 
+def _log1p_policy() -> Policy:
+    text = POLICY.replace("bounds: [0, 480]}", "bounds: [0, 480], transform: log1p}")
+    return Policy.from_yaml_text(text, "policy.yaml")
+
+
 def _frame() -> pd.DataFrame:
     return pd.DataFrame({
         "age": ["[30, 39]", "58", "*", "18"],
@@ -100,6 +105,53 @@ def test_round_trip_to_dict() -> None:
     np.testing.assert_array_equal(a.x_cat, b.x_cat)
     assert again.skipped == enc.skipped
     assert "numeric" in enc.to_dict()["missing_values"]
+
+
+def test_log1p_transform_applies_to_values_and_bounds() -> None:
+    enc = TabularEncoder.from_policy(_log1p_policy())
+    assert [(s.name, s.transform) for s in enc.numeric] == [("age", "none"), ("tenure_months", "log1p"), ("vip", "none")]
+    tenure = enc.transform(_frame()).x_num[:, 1]
+    # log1p(v) / log1p(480) with the bound 480 transformed too; 600 is clipped to 480 first
+    expected = [0.0, math.log1p(240) / math.log1p(480), 1.0, math.log1p(12) / math.log1p(480)]
+    np.testing.assert_allclose(tenure, expected, rtol=1e-6)
+    assert tenure[3] > 0.4  # a 1-year customer is no longer squeezed next to 0 (12 / 480 = 0.025)
+    # released range: midpoint in the column's units, then the transform; "*" -> midpoint of the bounds
+    released = enc.transform(_frame().assign(tenure_months=["[10, 20]", "*", "6", "0"])).x_num[:, 1]
+    np.testing.assert_allclose(released[:2], [math.log1p(15) / math.log1p(480), math.log1p(240) / math.log1p(480)],
+                               rtol=1e-6)
+
+
+def test_log1p_round_trips_through_to_dict() -> None:
+    enc = TabularEncoder.from_policy(_log1p_policy())
+    saved = enc.to_dict()
+    assert {d["name"]: d["transform"] for d in saved["numeric"]}["tenure_months"] == "log1p"
+    again = TabularEncoder.from_dict(saved)
+    np.testing.assert_array_equal(enc.transform(_frame()).x_num, again.transform(_frame()).x_num)
+    # an encoder.json written before transforms existed still loads, untransformed
+    old = {**saved, "numeric": [{k: v for k, v in d.items() if k != "transform"} for d in saved["numeric"]]}
+    assert all(s.transform == "none" for s in TabularEncoder.from_dict(old).numeric)
+
+
+def test_from_public_transforms_and_their_errors() -> None:
+    enc = TabularEncoder.from_public({"spend": (0, 999)}, transforms={"spend": "log1p"})
+    np.testing.assert_allclose(enc.transform(pd.DataFrame({"spend": [0.0, 999.0, 99.0]})).x_num[:, 0],
+                               [0.0, 1.0, math.log1p(99) / math.log1p(999)], rtol=1e-6)
+    with pytest.raises(InputError, match="'spend': transform log1p needs non-negative bounds"):
+        TabularEncoder.from_public({"spend": (-5, 999)}, transforms={"spend": "log1p"})
+    with pytest.raises(InputError, match="'spend': transform must be one of none, log1p"):
+        TabularEncoder.from_public({"spend": (0, 999)}, transforms={"spend": "sqrt"})
+    with pytest.raises(InputError, match="'other': a transform applies to declared numeric columns only"):
+        TabularEncoder.from_public({"spend": (0, 999)}, transforms={"other": "log1p"})
+
+
+def test_fit_dp_log1p_raises_the_dp_lower_bound_to_zero() -> None:
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"spend": np.floor(rng.exponential(50.0, 5000))})  # zeros present: DP lo < 0
+    plain = TabularEncoder.fit_dp(df, ["spend"], epsilon=1.0, seed=0)
+    logged = TabularEncoder.fit_dp(df, ["spend"], epsilon=1.0, seed=0, transforms={"spend": "log1p"})
+    assert plain.numeric[0].lo < 0 and logged.numeric[0].lo == 0.0
+    assert logged.numeric[0].hi == plain.numeric[0].hi and logged.numeric[0].transform == "log1p"
+    assert logged.transform(df).x_num.min() == 0.0
 
 
 @pytest.mark.parametrize(

@@ -94,6 +94,12 @@ def test_identifier_defaults_to_token_of_default_length() -> None:
         ("method: encrypt}", "method: scramble}", "national_id:", "columns.national_id.method", "Input should be"),
         ("length: 16,", "length: 4,", "customer_id:", "columns.customer_id.length", "greater than or equal to 8"),
         ("bounds: [0, 480]", "bounds: [480, 0]", "tenure_months:", "columns.tenure_months.bounds", "low < high"),
+        ("bounds: [0, 480]}", "bounds: [-1, 480], transform: log1p}", "tenure_months:",
+         "columns.tenure_months.transform", "non-negative bounds"),
+        ("type: string, hierarchy: {type: prefix", "type: string, transform: log1p, hierarchy: {type: prefix",
+         "zip_code:", "columns.zip_code.transform", "integer and float columns only"),
+        ("bounds: [0, 480]}", "bounds: [0, 480], transform: sqrt}", "tenure_months:",
+         "columns.tenure_months.transform", "Input should be"),
         ("occupation:  {role: sensitive, type: categorical}", "occupation:  {role: sensitive}", "occupation:",
          "columns.occupation.type", "needs a type"),
         ("email:       {role: drop}", "email:       {role: drop, colour: red}", "email:", "columns.email.colour",
@@ -114,6 +120,14 @@ def test_policy_errors_name_line_and_field(old: str, new: str, line_needle: str,
     message = _error(bad)
     assert message.startswith(f"policy.yaml line {_line_of(bad, line_needle)}, {field}: "), message
     assert words in message
+
+
+def test_transform_is_public_metadata_with_a_default() -> None:
+    text = _text().replace("bounds: [0, 480]}", "bounds: [0, 480], transform: log1p}", 1)
+    policy = Policy.from_yaml_text(text, "policy.yaml")
+    assert policy.columns["tenure_months"].transform == "log1p"
+    assert policy.columns["tenure_months"].bounds == (0, 480)  # bounds stay in the column's own units
+    assert policy.columns["age"].transform == "none"
 
 
 def test_missing_required_section_names_the_field() -> None:

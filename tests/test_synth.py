@@ -345,6 +345,9 @@ def test_starter_policy_loads_and_covers_the_data(tmp_path) -> None:
     assert {city_tree[c][1] for c in df["city"]} == {"US", "JP"}
     assert policy.columns["age"].hierarchy.widths == [5, 10, 20]
     assert policy.columns["birth_date"].hierarchy.levels == ["month", "year", "decade"]
+    logged = {n for n, c in policy.columns.items() if c.transform == "log1p"}
+    assert logged == {"annual_income", "tenure_months", "recency_days", "frequency", "monetary", "monthly_balance"}
+    assert policy.columns["age"].transform == "none" and policy.columns["num_products"].transform == "none"
 
 
 def test_birth_dates_are_dates() -> None:

@@ -85,6 +85,7 @@ def simulate(
     ),
     policy_path: Path = typer.Option(None, "--policy", help="The federation's policy for --data partners."),
     eval_data: Path = typer.Option(None, "--eval-data", help="Held-out table for server-side evaluation."),
+    partner: list[str] = typer.Option(None, "--partner", help="Name of each --data partner, in the same order."),
 ) -> None:
     """Simulate partners (synthetic non-IID silos, or --data files) on Flower's simulation engine (Ray)."""
     from rich.console import Console
@@ -110,12 +111,14 @@ def simulate(
         for path in (*data, policy_path, *([eval_data] if eval_data else [])):
             if not path.is_file():
                 raise InputError(f"{path}: no such file")
+        if partner and len(partner) != len(data):
+            raise InputError(f"--partner: {len(partner)} names for {len(data)} --data files")
         paths, holdout, policy, silos = list(data), eval_data, policy_path, len(data)
         customers = 0
     else:
         paths, holdout, policy = synth_silos(base, silos, customers, heterogeneity, seed,
                                              holdout=max(1000, customers // 10))
-    specs = partner_specs(base, paths, policy)
+    specs = partner_specs(base, paths, policy, names=list(partner) if data and partner else None)
     source = f"{customers} synthetic customers" if customers else "partner files"
     console.print(f"{silos} partners ({source}), {rounds} rounds, {strategy}, ε={epsilon or 'off'}: starting Ray")
     outcome = run_simulation(base, specs, config, policy, eval_data=holdout, on_round=_printer(console))

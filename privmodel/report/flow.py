@@ -23,20 +23,35 @@ def _cost_label(entry: dict[str, Any]) -> str:
     return f" ε={eps:.3g}" if isinstance(eps, int | float) else ""
 
 
-def flow_svg(entries: list[dict[str, Any]]) -> str:
-    """SVG of steps (skipping the ledger.open bookkeeping entry) and their file lineage."""
+def flow_svg(entries: list[dict[str, Any]], max_width: int = 1150) -> str:
+    """SVG of steps (skipping the ledger.open bookkeeping entry) and their file lineage.
+
+    Rows are a topological layering: a step sits one row below the previous step of its actor and
+    below every step whose output it reads, so work done in parallel by different actors shares rows.
+    """
     steps = [e for e in entries if e.get("action") != "ledger.open"]
     if not steps:
         return "<p>No steps recorded.</p>"
     actors = list(dict.fromkeys(str(e.get("actor")) for e in steps))
     lane = {a: i for i, a in enumerate(actors)}
-    positions: list[tuple[float, float]] = []
+    lane_width = max(150, min(LANE_WIDTH, (max_width - 40) // len(actors)))
+    node_width = lane_width - 20
     producers: dict[str, int] = {}
-    parts: list[str] = []
+    rows: list[int] = []
+    last_row: dict[str, int] = {}
     for i, entry in enumerate(steps):
-        x = 20 + lane[str(entry.get("actor"))] * LANE_WIDTH
-        y = TOP + i * ROW_HEIGHT
-        positions.append((x, y))
+        actor = str(entry.get("actor"))
+        row = last_row.get(actor, -1) + 1
+        for art in entry.get("inputs") or []:
+            j = producers.get(art.get("sha256", ""))
+            if j is not None:
+                row = max(row, rows[j] + 1)
+        rows.append(row)
+        last_row[actor] = row
+        for art in entry.get("outputs") or []:
+            producers[art.get("sha256", "")] = i
+    positions = [(20 + lane[str(e.get("actor"))] * lane_width, TOP + rows[i] * ROW_HEIGHT) for i, e in enumerate(steps)]
+    producers.clear()
     edges: list[str] = []
     for i, entry in enumerate(steps):
         for art in entry.get("inputs") or []:
@@ -44,7 +59,7 @@ def flow_svg(entries: list[dict[str, Any]]) -> str:
             if j is None:
                 continue
             (x1, y1), (x2, y2) = positions[j], positions[i]
-            sx, sy, ex, ey = x1 + NODE_WIDTH / 2, y1 + NODE_HEIGHT, x2 + NODE_WIDTH / 2, y2
+            sx, sy, ex, ey = x1 + node_width / 2, y1 + NODE_HEIGHT, x2 + node_width / 2, y2
             edges.append(
                 f'<path d="M{sx},{sy} C{sx},{(sy + ey) / 2} {ex},{(sy + ey) / 2} {ex},{ey}" '
                 f'class="edge" marker-end="url(#arrow)"><title>{escape(str(art.get("name")))} '
@@ -52,6 +67,8 @@ def flow_svg(entries: list[dict[str, Any]]) -> str:
             )
         for art in entry.get("outputs") or []:
             producers[art.get("sha256", "")] = i
+    parts: list[str] = []
+    chars = max(12, node_width // 7)
     for i, entry in enumerate(steps):
         x, y = positions[i]
         failed = entry.get("outcome") == "failed"
@@ -59,15 +76,15 @@ def flow_svg(entries: list[dict[str, Any]]) -> str:
         outs = ", ".join(str(a.get("name")) for a in entry.get("outputs") or [])
         parts.append(
             f'<g class="node{" failed" if failed else ""}"><title>seq {entry.get("seq")} by '
-            f'{escape(str(entry.get("actor")))}: {escape(outs) or "no files"}</title>'
-            f'<rect x="{x}" y="{y}" width="{NODE_WIDTH}" height="{NODE_HEIGHT}" rx="6"/>'
-            f'<text x="{x + 8}" y="{y + 21}">{escape(label[:34])}</text></g>'
+            f'{escape(str(entry.get("actor")))}: {escape(label)}; {escape(outs) or "no files"}</title>'
+            f'<rect x="{x}" y="{y}" width="{node_width}" height="{NODE_HEIGHT}" rx="6"/>'
+            f'<text x="{x + 8}" y="{y + 21}">{escape(label[:chars])}</text></g>'
         )
     heads = "".join(
-        f'<text x="{20 + lane[a] * LANE_WIDTH}" y="22" class="lane">{escape(a[:30])}</text>' for a in actors
+        f'<text x="{20 + lane[a] * lane_width}" y="22" class="lane">{escape(a[:chars])}</text>' for a in actors
     )
-    width = 40 + len(actors) * LANE_WIDTH
-    height = TOP + len(steps) * ROW_HEIGHT + 10
+    width = 40 + len(actors) * lane_width
+    height = TOP + (max(rows) + 1) * ROW_HEIGHT + 10
     return (
         f'<svg width="{width}" height="{height}" '
         f'viewBox="0 0 {width} {height}" role="img" aria-label="data flow">'
