@@ -1,6 +1,6 @@
 """DP propensity models: utility against anchors, speed against the plain Opacus loop, synthetic scale.
 
-Run from the project root:  .venv/bin/python benchmarks/bench_dp.py [--seeds 5] [--threads 1] [--skip-c]
+Run from the project root:  .venv/bin/python benchmarks/bench_dp.py [--seeds 5] [--threads 1] [--skip-c] [--only a|b|c]
 
 (a) Telco churn (../shared/data/telco-churn.csv), 75/25 stratified split (random_state=0),
     epsilon = 1, delta = 1e-5: our DP logistic regression and MLP (mean ROC-AUC over seeds) next to
@@ -53,7 +53,11 @@ TELCO_BOUNDS = {"tenure": (0, 72), "MonthlyCharges": (18, 120), "TotalCharges": 
 OURS_LOGREG = {"model": "logreg", "batch_size": 1024, "epochs": 40, "lr": 0.2, "max_grad_norm": 2.0}
 OURS_MLP = {"model": "mlp", "batch_size": 1024, "epochs": 40, "lr": 0.02, "max_grad_norm": 2.0, "hidden": (16,)}
 OURS_45K = {"model": "logreg", "batch_size": 1024, "epochs": 20, "lr": 0.1, "max_grad_norm": 2.0}
-SYNTH_MLP = {"model": "mlp", "batch_size": 4096, "epochs": 20, "lr": 0.01, "max_grad_norm": 2.0, "hidden": (64, 32)}
+# (c): with log1p on the skewed columns the DP MLP sits at 0.823-0.824 (seed 0) for every batch size
+# tried (1024-8192, 20-100 epochs, lr 0.003-0.02, clip 1-4); the NON-private MLP is strongest at small
+# batches (1024: 0.8325, 4096: 0.830, 8192: 0.828), so (c) uses the settings where the baseline is
+# strongest: the comparison is the strictest of those tried, not the one most flattering to DP.
+SYNTH_MLP = {"model": "mlp", "batch_size": 1024, "epochs": 60, "lr": 0.003, "max_grad_norm": 2.0, "hidden": (64, 32)}
 SYNTH_LOGREG = {"model": "logreg", "batch_size": 4096, "epochs": 10, "lr": 0.05, "max_grad_norm": 1.0}
 
 
@@ -148,6 +152,17 @@ def run_plain_opacus(x_train: np.ndarray, y_train, x_test: np.ndarray, y_test, e
     with torch.no_grad():
         p = torch.sigmoid(model(torch.from_numpy(x_test)).squeeze(1)).numpy()
     return {"auc": roc_auc_score(y_test, p), "wall": wall, "train": wall, "eps": eps, "sigma": None, "steps": None}
+
+
+def sklearn_logreg(train, y_train, test, y_test) -> dict:
+    """scikit-learn's LogisticRegression on the same encoded features (one-hot), a converged anchor."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+
+    t0 = time.perf_counter()
+    model = LogisticRegression(max_iter=5000).fit(one_hot(train), y_train)
+    auc = roc_auc_score(y_test, model.predict_proba(one_hot(test))[:, 1])
+    return {"auc": auc, "wall": time.perf_counter() - t0, "train": 0.0, "eps": None, "sigma": None, "steps": None}
 
 
 def summarize(name: str, runs: list[dict]) -> dict:
@@ -291,11 +306,12 @@ def section_c(seeds: list[int]) -> dict:
         "logreg_dp": summarize("ours, logreg, DP",
                                [run_ours(train, y[tr], test, y[te], 1.0, s, SYNTH_LOGREG, None) for s in seeds]),
     }
+    rows["sklearn"] = summarize("scikit-learn LogisticRegression (non-private)", [sklearn_logreg(train, y[tr], test, y[te])])
     gap = rows["mlp"]["auc"] - rows["mlp_dp"]["auc"]
-    above = rows["mlp_dp"]["auc"] - rows["logreg"]["auc"]
+    above = rows["mlp_dp"]["auc"] - max(rows["logreg"]["auc"], rows["sklearn"]["auc"])
     print(f"  settings: MLP {SYNTH_MLP}; logreg {SYNTH_LOGREG}")
     print(f"  non-private MLP - DP MLP: {gap:.4f} (target <= 0.01) -> {'PASS' if gap <= 0.01 else 'FAIL'}")
-    print(f"  DP MLP - non-private logreg: {above:+.4f} (target > 0) -> {'PASS' if above > 0 else 'FAIL'}")
+    print(f"  DP MLP - best non-private logreg: {above:+.4f} (target > 0) -> {'PASS' if above > 0 else 'FAIL'}")
     print()
     return rows
 
@@ -316,7 +332,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     header(args)
     seeds = list(range(args.seeds))
-    telco = load_telco()
+    telco = load_telco() if args.only != "c" else None
     if args.only in (None, "a"):
         section_a(seeds, telco)
     if args.only in (None, "b"):

@@ -348,6 +348,13 @@ def test_starter_policy_loads_and_covers_the_data(tmp_path) -> None:
     logged = {n for n, c in policy.columns.items() if c.transform == "log1p"}
     assert logged == {"annual_income", "tenure_months", "recency_days", "frequency", "monetary", "monthly_balance"}
     assert policy.columns["age"].transform == "none" and policy.columns["num_products"].transform == "none"
+    from privmodel.features import TabularEncoder
+
+    encoder = TabularEncoder.from_policy(policy, label="churn")
+    tenure = [s for s in encoder.numeric if s.name == "tenure_months"][0]
+    assert tenure.transform == "log1p" and (tenure.lo, tenure.hi) == (0.0, 480.0)
+    x = encoder.transform(df).x_num[:, encoder.numeric.index(tenure)]
+    np.testing.assert_allclose(x, np.log1p(df["tenure_months"].to_numpy()) / np.log1p(480.0), rtol=1e-5)
 
 
 def test_birth_dates_are_dates() -> None:
