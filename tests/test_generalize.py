@@ -37,7 +37,7 @@ def _bench():
 @pytest.fixture(scope="module")
 def adult():
     if not ADULT_PATH.is_file():
-        pytest.skip("reference data ../shared/data/adult.csv not present")
+        pytest.fail("reference data ../shared/data/adult.csv not present (it must sit beside the project)")
     bench = _bench()
     df = bench.load_adult().sample(4000, random_state=0)
     return df, bench.adult_hierarchies(), bench.ADULT_QIS
@@ -45,7 +45,7 @@ def adult():
 
 def test_adult_full_table_has_the_usual_30162_rows() -> None:
     if not ADULT_PATH.is_file():
-        pytest.skip("reference data not present")
+        pytest.fail("reference data ../shared/data not present (it must sit beside the project)")
     assert len(_bench().load_adult()) == 30162
 
 

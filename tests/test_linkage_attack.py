@@ -47,7 +47,7 @@ def _covers(label: str, column: str, raw: pd.Series, trees: dict) -> np.ndarray:
 @pytest.mark.parametrize("k,algorithm", [(5, "mondrian"), (10, "mondrian_relaxed"), (5, "lattice")])
 def test_linkage_attack_success_is_at_most_one_over_k(k, algorithm) -> None:
     if not ADULT_PATH.is_file():
-        pytest.skip("reference data not present")
+        pytest.fail("reference data ../shared/data not present (it must sit beside the project)")
     bench = _bench()
     population = bench.load_adult().sample(2000, random_state=7)
     qis = bench.ADULT_QIS

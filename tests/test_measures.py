@@ -53,7 +53,7 @@ def _check_against_pycanon(release: pd.DataFrame, qis: list[str], sens: list[str
 @pytest.fixture(scope="module")
 def adult_release():
     if not ADULT_PATH.is_file():
-        pytest.skip("reference data not present")
+        pytest.fail("reference data ../shared/data not present (it must sit beside the project)")
     spec = importlib.util.spec_from_file_location("bench_anonymize", ROOT / "benchmarks" / "bench_anonymize.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
