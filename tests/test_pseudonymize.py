@@ -172,3 +172,18 @@ def test_rotation_refuses_what_it_cannot_do_soundly() -> None:
 
 def test_token_throughput_hook_runs() -> None:
     assert token_throughput(20_000) > 10_000
+
+
+def test_fast_and_general_token_paths_agree() -> None:
+    """All-string columns take a vectorized path; one missing value sends the column the general way."""
+    from anonymize.pseudonymize import tokenize_series
+
+    key = b"k" * 32
+    values = ["Ann", "Bob", "Zoë", " x ", "12"]
+    fast = tokenize_series(pd.Series(values), key, 15)
+    general = tokenize_series(pd.Series([*values, None]), key, 15)
+    assert list(fast) == list(general[:5])
+    assert pd.isna(general.iloc[5])
+    assert all(len(t) == 15 for t in fast)
+    with_nul = tokenize_series(pd.Series(["a\x00b", "c"]), key, 16)  # NUL breaks the joined encoding
+    assert list(with_nul) == list(tokenize_series(pd.Series(["a\x00b", "c", None]), key, 16)[:2])
