@@ -33,7 +33,9 @@ def _num(value: Any, digits: int = 4) -> str:
 def build_card(
     *, config: FedConfig, policy_hash: str, model_hash: str, partners: dict[str, dict[str, Any]],
     rounds: list[dict[str, Any]], rejected: list[dict[str, Any]], delta: float, run_id: str, seconds: float,
+    secure_aggregation: str | None = None,
 ) -> dict[str, Any]:
+    """The card as a dict; `secure_aggregation` describes the SecAgg+ parameters when the run used it."""
     last = rounds[-1] if rounds else {}
     dp = config.private
     return {
@@ -53,7 +55,7 @@ def build_card(
                 {"noise_multiplier": config.client_dp_noise, "clipping_norm": config.client_dp_clip}
                 if config.client_dp_noise > 0 else None
             ),
-            "secure_aggregation": "SecAgg+" if config.secagg else None,
+            "secure_aggregation": secure_aggregation or ("SecAgg+" if config.secagg else None),
         },
         "partners": partners,
         "final_metrics": {"global": last.get("global"), "per_silo": last.get("per_silo")},
@@ -75,6 +77,7 @@ def render_markdown(card: dict[str, Any]) -> str:
         f"- model hash: `{card['model']['hash']}`",
         f"- policy hash: `{card['policy_hash']}`",
         f"- local DP: {'yes' if card['privacy']['local_dp'] else 'no (non-private baseline)'}; δ = {card['privacy']['delta']:g}",
+        f"- secure aggregation: {card['privacy'].get('secure_aggregation') or 'no (the coordinator sees each update)'}",
         "",
         "## Partners",
         "",

@@ -86,6 +86,11 @@ def simulate(
     policy_path: Path = typer.Option(None, "--policy", help="The federation's policy for --data partners."),
     eval_data: Path = typer.Option(None, "--eval-data", help="Held-out table for server-side evaluation."),
     partner: list[str] = typer.Option(None, "--partner", help="Name of each --data partner, in the same order."),
+    secagg: bool = typer.Option(
+        False, "--secagg", help="Secure aggregation (SecAgg+): the coordinator only sees the sum of the updates."
+    ),
+    secagg_shares: int = typer.Option(3, "--secagg-shares", help="SecAgg+ shares per partner key (at most the partners)."),
+    secagg_threshold: int = typer.Option(2, "--secagg-threshold", help="SecAgg+ shares needed to unmask a dropout."),
 ) -> None:
     """Simulate partners (synthetic non-IID silos, or --data files) on Flower's simulation engine (Ray)."""
     from rich.console import Console
@@ -100,7 +105,12 @@ def simulate(
         rounds=rounds, epsilon=epsilon, strategy=strategy, proximal_mu=proximal_mu, local_steps=local_steps,
         batch_size=batch_size, lr=lr, min_partners=min_partners, max_update_norm=max_update_norm,
         client_dp_noise=client_dp_noise, client_dp_clip=client_dp_clip, model=model, label=label, seed=seed,
+        secagg=secagg, secagg_shares=secagg_shares, secagg_threshold=secagg_threshold,
     )
+    if secagg:
+        from federated.secagg import check_options
+
+        check_options(config, len(data) if data else silos)
     base = ensure_output_dir(out)
     started = time.monotonic()
     if data:
@@ -120,8 +130,14 @@ def simulate(
                                              holdout=max(1000, customers // 10))
     specs = partner_specs(base, paths, policy, names=list(partner) if data and partner else None)
     source = f"{customers} synthetic customers" if customers else "partner files"
-    console.print(f"{silos} partners ({source}), {rounds} rounds, {strategy}, ε={epsilon or 'off'}: starting Ray")
-    outcome = run_simulation(base, specs, config, policy, eval_data=holdout, on_round=_printer(console))
+    secure = ", SecAgg+" if secagg else ""
+    console.print(f"{silos} partners ({source}), {rounds} rounds, {strategy}{secure}, ε={epsilon or 'off'}: starting Ray")
+    if secagg:
+        from federated.secagg import run_secagg_simulation
+
+        outcome = run_secagg_simulation(base, specs, config, policy, eval_data=holdout, on_round=_printer(console))
+    else:
+        outcome = run_simulation(base, specs, config, policy, eval_data=holdout, on_round=_printer(console))
     console.print(
         f"done in {time.monotonic() - started:.1f}s; model {outcome.model_hash[:16]}; "
         f"card {base / 'coordinator' / 'federated_card.md'}"
