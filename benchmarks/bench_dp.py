@@ -52,7 +52,8 @@ TELCO_BOUNDS = {"tenure": (0, 72), "MonthlyCharges": (18, 120), "TotalCharges": 
 # Our settings (chosen on Telco seeds 0-2; reported over seeds 0-4).
 OURS_LOGREG = {"model": "logreg", "batch_size": 1024, "epochs": 40, "lr": 0.2, "max_grad_norm": 2.0}
 OURS_MLP = {"model": "mlp", "batch_size": 1024, "epochs": 40, "lr": 0.02, "max_grad_norm": 2.0, "hidden": (16,)}
-OURS_45K = {"model": "logreg", "batch_size": 1024, "epochs": 20, "lr": 0.1, "max_grad_norm": 2.0}
+# large logical batches: fewer, vectorized steps (the per-step overhead, not the arithmetic, is the cost)
+OURS_45K = {"model": "logreg", "batch_size": 4096, "epochs": 20, "lr": 0.4, "max_grad_norm": 2.0}
 # (c): with log1p on the skewed columns the DP MLP sits at 0.823-0.824 (seed 0) for every batch size
 # tried (1024-8192, 20-100 epochs, lr 0.003-0.02, clip 1-4); the NON-private MLP is strongest at small
 # batches (1024: 0.8325, 4096: 0.830, 8192: 0.828), so (c) uses the settings where the baseline is
