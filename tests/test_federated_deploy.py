@@ -154,3 +154,47 @@ def test_join_refuses_missing_data_unreachable_and_wrong_ca(setup, tmp_path: Pat
     server.close()
     assert done.returncode == 2 and "partner silo-0" in done.stderr and "certificate" in done.stderr
     assert time.monotonic() - t0 < 60
+
+
+@pytest.mark.slow
+def test_deployment_final_model_matches_simulation(setup) -> None:
+    """The same partners, policy, config and seeds, run once over TLS on loopback and once in the
+    Flower simulation: the final models' metrics agree (only aggregation order may differ)."""
+    from federated.simulate import run_simulation
+    from federated.worker import PartnerSpec
+
+    out, specs, holdout, policy, tls = setup
+    config = FedConfig(rounds=2, epsilon=1.0, local_steps=6, batch_size=128, min_partners=3, round_timeout=40)
+
+    def fresh(kind: str) -> list[PartnerSpec]:
+        return [PartnerSpec(**{**s.to_dict(), "workdir": str(out / kind / s.name)}) for s in specs]
+
+    deployed_dir = out / "match-deployed"
+    (deployed_dir / "coordinator").mkdir(parents=True)
+    init_keys(deployed_dir / "coordinator" / "keys", actor="coordinator")
+    settings = ServerSettings(config, str(policy), str(deployed_dir / "coordinator"),
+                              str(deployed_dir / "coordinator" / "keys"), str(holdout), expected_partners=3,
+                              wait_timeout=90)
+    with dep.tracked() as items:
+        link = dep.start_superlink(tls, out / "match-link")
+        items.append(link)
+        for spec in specs:
+            link.register(tls / "nodes" / spec.name / "auth.pub", spec.name)
+        for spec in fresh("match-deployed-partners"):
+            items.append(dep.join(spec, link.address, tls / "ca.crt", tls / "nodes" / spec.name / "auth.key"))
+        result = dep.submit(link.home, dep.write_app(out / "match-app", settings.to_record()),
+                            deployed_dir / "coordinator", timeout=300)
+    assert result["status"] == "finished:completed"
+    deployed = json.loads((deployed_dir / "coordinator" / "federated_card.json").read_text())
+
+    simulated_dir = out / "match-simulated"
+    run_simulation(simulated_dir, fresh("match-simulated-partners"), config, policy, eval_data=holdout)
+    simulated = json.loads((simulated_dir / "coordinator" / "federated_card.json").read_text())
+
+    assert deployed["rounds"] == simulated["rounds"] == 2
+    d, s = deployed["final_metrics"]["global"], simulated["final_metrics"]["global"]
+    assert d["n"] == s["n"]
+    assert d["auc"] == pytest.approx(s["auc"], abs=2e-3)
+    assert d["loss"] == pytest.approx(s["loss"], abs=2e-3)
+    for name, p in deployed["partners"].items():
+        assert p["epsilon"] == pytest.approx(simulated["partners"][name]["epsilon"], rel=1e-6)
