@@ -43,6 +43,7 @@ def make_run(root: Path) -> Path:
         "model": {"type": "logreg", "label": "churn"},
         "privacy": {"epsilon": 1.0, "delta": 1e-6, "accountant": "prv"},
         "metrics": {"comparison": {"roc_auc": {"private": 0.81, "baseline": 0.83, "difference": -0.02}},
+                    "lift": [{"decile": d, "lift": 2.0 - d / 10, "cumulative_gain": min(1.0, d * 0.2)} for d in (1, 2, 3, 4, 5)],
                     "roc_curve": {"private": {"fpr": [0, 0.2, 1], "tpr": [0, 0.7, 1]}}},
         "epsilon_history": [{"epoch": 1, "epsilon": 0.4}, {"epoch": 2, "epsilon": 0.7}, {"epoch": 3, "epsilon": 1.0}],
         "membership_inference": {"attack_auc": 0.52, "epsilon_lower_bound": 0.0, "consistent": True},
@@ -63,7 +64,9 @@ def test_report_shows_verified_run(tmp_path: Path) -> None:
     assert "<tr><td>roc_auc</td><td>0.81</td><td>0.83</td><td>-0.02</td></tr>" in html
     assert "attack ROC-AUC (0.5 = guessing)</td><td>0.52" in html
     assert "achieved k = 12" in html and "email, phone" in html and "rows removed for missing consent: 7" in html
-    assert html.count("data:image/png;base64,") == 4  # class sizes, risk bands, ROC, ε over training
+    # class sizes, risk bands, ROC, lift, cumulative gain, ε over training
+    assert html.count("data:image/png;base64,") == 6
+    assert 'alt="cumulative gain by decile"' in html
     assert "http://" not in html and "https://" not in html
 
 

@@ -135,6 +135,12 @@ def model_section(artifact: Artifact) -> str:
     if lift:
         charts.append(_img(bar_chart([str(r["decile"]) for r in lift], [r["lift"] for r in lift],
                                      "Lift by decile (1 = highest scores)", "decile", "lift"), "lift by decile"))
+        if all("cumulative_gain" in r for r in lift):
+            deciles = [0.0] + [r["decile"] / len(lift) for r in lift]
+            gains = [0.0] + [r["cumulative_gain"] for r in lift]
+            charts.append(_img(line_chart({"model": (deciles, gains)}, "Cumulative gain (share of positives found)",
+                                          "share of customers contacted", "share of positives", diagonal=True),
+                               "cumulative gain by decile"))
     xs, ys = _history_points(card.get("epsilon_history"))
     if xs:
         charts.append(_img(line_chart({"ε": (xs, ys)}, "ε spent over training", "epoch", "ε"), "epsilon over training"))
