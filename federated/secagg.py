@@ -30,7 +30,6 @@ dropped partner's masks from its neighbours' shares, as long as `secagg_threshol
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import time
@@ -374,7 +373,7 @@ def run_secagg_server(grid: Any, context: Any, settings: ServerSettings) -> RunO
 
     from anonymize.policy import load_policy
     from federated.card import write_card
-    from federated.server_app import _build_model, _emit, _Evaluator, _finite, _npz_bytes, _wait_for_nodes
+    from federated.server_app import _build_model, _emit, _Evaluator, _finite, _npz_bytes, _wait_for_nodes, vet_partners
     from federated.wire import arrays_hash
     from federated.worker import _model_arrays, policy_hash
     from privmodel.audit import Ledger, artifact
@@ -426,21 +425,7 @@ def run_secagg_server(grid: Any, context: Any, settings: ServerSettings) -> RunO
         infos[node] = info
     for node in set(nodes) - answered:
         failures.append(f"node {node}: no answer within {query_timeout:.0f} s")
-    mismatched = [
-        f"partner {info['partner']}: policy hash {str(info['policy_hash'])[:12]} differs from the coordinator's {my_policy_hash[:12]}"
-        for info in infos.values() if info["policy_hash"] != my_policy_hash
-    ]
-    if mismatched:
-        fail("; ".join(mismatched))
-    names_seen = [str(i["partner"]) for i in infos.values()]
-    if len(set(names_seen)) != len(names_seen):
-        fail("two partners use the same name: " + ", ".join(sorted({n for n in names_seen if names_seen.count(n) > 1})))
-    dims = {(int(i["n_num"]), str(i["cards"])) for i in infos.values()}
-    if len(dims) > 1:
-        fail("partners encode different feature layouts despite one policy (different privmodel versions?)")
-    for line in failures:
-        _emit(progress_path, settings.on_round, {"event": "partner_failed", "reason": line})
-        ledger.append("federate.partner", params={"run_id": run_id, "stage": "hello"}, outcome="failed", reason=line)
+    layouts = vet_partners(infos, failures, my_policy_hash, fail, progress_path, settings.on_round, ledger, run_id)
     active = set(infos)
     if len(active) < max(config.min_partners, config.secagg_shares):
         fail(
@@ -448,7 +433,7 @@ def run_secagg_server(grid: Any, context: Any, settings: ServerSettings) -> RunO
             f"(--min-partners / --secagg-shares): " + "; ".join(failures)
         )
 
-    n_num, cards_text = dims.pop()
+    n_num, cards_text = layouts.pop()
     cards = [int(c) for c in cards_text.split(",") if c]
     model = _build_model(config, n_num, cards)
     initial_arrays = _model_arrays(model)
@@ -567,53 +552,10 @@ def run_secagg_simulation(
     record_updates: str | os.PathLike[str] | None = None,
 ) -> RunOutcome:
     """`federate simulate --secagg`: the same partners and outputs as `run_simulation`, aggregated by SecAgg+."""
-    from flwr.simulation import run_simulation as flwr_run_simulation
-
-    from federated.simulate import _shutdown_ray
-    from privmodel.keys import init_keys
+    from federated.simulate import run_on_ray
 
     config.validate()
     check_options(config, len(specs))
-    out = Path(out_dir)
-    coordinator = out / "coordinator"
-    coordinator.mkdir(parents=True, exist_ok=True)
-    keys = coordinator / "keys"
-    if not (keys / "keys.json").exists():
-        init_keys(keys, actor="coordinator")
-    settings = ServerSettings(
-        config=config, policy=str(policy), out_dir=str(coordinator), keys=str(keys),
-        eval_data=str(eval_data) if eval_data else None, expected_partners=len(specs), wait_timeout=60.0, on_round=on_round,
-    )
-    result: list[RunOutcome] = []
     client_app = make_client_app([s.to_dict() for s in specs], str(record_updates) if record_updates else None)
-    cpus = num_cpus or max(1, min(len(specs), os.cpu_count() or 1))
-    backend = {
-        "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-        "init_args": {"num_cpus": cpus, "include_dashboard": False, "logging_level": "error", "log_to_driver": verbose},
-    }
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
-    flwr_logger = logging.getLogger("flwr")
-    level = flwr_logger.level
-    if not verbose:
-        flwr_logger.setLevel(logging.WARNING)
-    try:
-        flwr_run_simulation(
-            server_app=make_server_app(settings, result), client_app=client_app,
-            num_supernodes=len(specs), backend_config=backend,
-        )
-    except InputError:
-        raise
-    except Exception as exc:  # the ServerApp thread's InputError may come back wrapped
-        cause: BaseException | None = exc
-        while cause is not None and not isinstance(cause, InputError):
-            cause = cause.__cause__ or cause.__context__
-        if isinstance(cause, InputError):
-            raise InputError(str(cause)) from None
-        raise
-    finally:
-        flwr_logger.setLevel(level)
-        _shutdown_ray()
-    if not result:
-        raise InputError(f"simulation ended without a result; see {coordinator / 'progress.jsonl'}")
-    return result[0]
+    return run_on_ray(out_dir, specs, config, policy, make_server_app, client_app, eval_data, on_round, num_cpus,
+                      verbose)

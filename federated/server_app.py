@@ -204,26 +204,12 @@ def run_server(grid: Grid, settings: ServerSettings) -> RunOutcome:
         infos[node] = info
     for node in set(nodes) - answered:
         failures.append(f"node {node}: no answer within {query_timeout:.0f} s")
-    mismatched = [
-        f"partner {info['partner']}: policy hash {str(info['policy_hash'])[:12]} differs from the coordinator's {my_policy_hash[:12]}"
-        for info in infos.values() if info["policy_hash"] != my_policy_hash
-    ]
-    if mismatched:
-        fail("; ".join(mismatched))
-    names = [str(i["partner"]) for i in infos.values()]
-    if len(set(names)) != len(names):
-        fail("two partners use the same name: " + ", ".join(sorted({n for n in names if names.count(n) > 1})))
-    dims = {(int(i["n_num"]), str(i["cards"])) for i in infos.values()}
-    if len(dims) > 1:
-        fail("partners encode different feature layouts despite one policy (different privmodel versions?)")
-    for line in failures:
-        _emit(progress_path, settings.on_round, {"event": "partner_failed", "reason": line})
-        ledger.append("federate.partner", params={"run_id": run_id, "stage": "hello"}, outcome="failed", reason=line)
+    layouts = vet_partners(infos, failures, my_policy_hash, fail, progress_path, settings.on_round, ledger, run_id)
     active = set(infos)
     if len(active) < config.min_partners:
         fail(f"only {len(active)} partners ready, at least {config.min_partners} needed: " + "; ".join(failures))
 
-    n_num, cards_text = dims.pop()
+    n_num, cards_text = layouts.pop()
     cards = [int(c) for c in cards_text.split(",") if c]
     model = _build_model(config, n_num, cards)
     arrays = ArrayRecord({k: Array(v) for k, v in _model_arrays(model).items()})
@@ -373,6 +359,31 @@ def _emit(path: Path, callback: Callable[[dict[str, Any]], None] | None, entry: 
         handle.write(json.dumps(entry, default=_finite) + "\n")
     if callback is not None:
         callback(entry)
+
+
+def vet_partners(
+    infos: dict[Any, dict[str, Any]], failures: list[str], my_policy_hash: str, fail: Callable[[str], Any],
+    progress_path: Path, on_round: Callable[[dict[str, Any]], None] | None, ledger: Any, run_id: str,
+) -> set[tuple[int, str]]:
+    """Refuse a federation whose partners differ in policy, name or feature layout (naming them), and
+    record every partner that failed to say hello (plain and SecAgg+ servers alike). Returns the
+    feature layouts (n_num, categorical cardinalities) the partners reported: at most one."""
+    mismatched = [
+        f"partner {info['partner']}: policy hash {str(info['policy_hash'])[:12]} differs from the coordinator's {my_policy_hash[:12]}"
+        for info in infos.values() if info["policy_hash"] != my_policy_hash
+    ]
+    if mismatched:
+        fail("; ".join(mismatched))
+    names = [str(i["partner"]) for i in infos.values()]
+    if len(set(names)) != len(names):
+        fail("two partners use the same name: " + ", ".join(sorted({n for n in names if names.count(n) > 1})))
+    dims = {(int(i["n_num"]), str(i["cards"])) for i in infos.values()}
+    if len(dims) > 1:
+        fail("partners encode different feature layouts despite one policy (different privmodel versions?)")
+    for line in failures:
+        _emit(progress_path, on_round, {"event": "partner_failed", "reason": line})
+        ledger.append("federate.partner", params={"run_id": run_id, "stage": "hello"}, outcome="failed", reason=line)
+    return dims
 
 
 def make_server_app(settings: ServerSettings | None = None, result: list[RunOutcome] | None = None) -> ServerApp:

@@ -84,12 +84,38 @@ def run_simulation(
     behaviours: dict[int, str] | None = None,
 ) -> RunOutcome:
     """Run the federated job on Flower's simulation engine (Ray) and return the coordinator's outcome."""
-    from flwr.simulation import run_simulation as flwr_run_simulation
-
     from federated.client_app import make_client_app
-    from privmodel.keys import init_keys
 
     config.validate()
+    partners = [s.to_dict() for s in specs]
+    if behaviours:
+        from federated.adversary import make_adversarial_client_app
+
+        client_app = make_adversarial_client_app(partners, behaviours)
+    else:
+        client_app = make_client_app(partners)
+    return run_on_ray(out_dir, specs, config, policy, make_server_app, client_app, eval_data, on_round, num_cpus,
+                      verbose)
+
+
+def run_on_ray(
+    out_dir: str | os.PathLike[str],
+    specs: list[PartnerSpec],
+    config: FedConfig,
+    policy: Path,
+    server_app_factory: Callable[[ServerSettings, list[RunOutcome]], Any],
+    client_app: Any,
+    eval_data: Path | None = None,
+    on_round: Callable[[dict[str, Any]], None] | None = None,
+    num_cpus: int | None = None,
+    verbose: bool = False,
+) -> RunOutcome:
+    """What every simulation shares (plain and SecAgg+): coordinator keys, the Ray backend, quiet
+    logs, unwrapping the ServerApp thread's InputError, and stopping Ray afterwards."""
+    from flwr.simulation import run_simulation as flwr_run_simulation
+
+    from privmodel.keys import init_keys
+
     out = Path(out_dir)
     coordinator = out / "coordinator"
     coordinator.mkdir(parents=True, exist_ok=True)
@@ -102,13 +128,6 @@ def run_simulation(
         wait_timeout=60.0, on_round=on_round,
     )
     result: list[RunOutcome] = []
-    partners = [s.to_dict() for s in specs]
-    if behaviours:
-        from federated.adversary import make_adversarial_client_app
-
-        client_app = make_adversarial_client_app(partners, behaviours)
-    else:
-        client_app = make_client_app(partners)
     cpus = num_cpus or max(1, min(len(specs), os.cpu_count() or 1))
     backend = {
         "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
@@ -122,7 +141,7 @@ def run_simulation(
         flwr_logger.setLevel(logging.WARNING)
     try:
         flwr_run_simulation(
-            server_app=make_server_app(settings, result),
+            server_app=server_app_factory(settings, result),
             client_app=client_app,
             num_supernodes=len(specs),
             backend_config=backend,
@@ -130,7 +149,7 @@ def run_simulation(
     except InputError:
         raise
     except Exception as exc:  # the ServerApp thread's InputError may come back wrapped
-        cause = exc
+        cause: BaseException | None = exc
         while cause is not None and not isinstance(cause, InputError):
             cause = cause.__cause__ or cause.__context__
         if isinstance(cause, InputError):
