@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -46,7 +47,8 @@ def demo(
     _print_summary(console, result)
 
 
-def _print_summary(console, result) -> None:  # noqa: ANN001 - rich Console and DemoResult, imported lazily
+def _print_summary(console: Any, result: Any) -> None:
+    """The headline figures (rich Console and DemoResult are imported lazily, hence Any)."""
     from rich.table import Table
 
     h = result.headline
@@ -68,5 +70,5 @@ def _print_summary(console, result) -> None:  # noqa: ANN001 - rich Console and 
     console.print(table)
 
 
-def _r(value) -> str:  # noqa: ANN001
+def _r(value: Any) -> str:
     return f"{value:.3f}" if isinstance(value, float) else str(value)
