@@ -16,28 +16,14 @@ import pyarrow.compute as pc
 
 from anonymize.errors import InputError
 from privmodel.fileio import atomic_path
-from privmodel.synth.core import SynthData
+from privmodel.synth.core import BEHAVIOUR, SynthData
 from privmodel.synth.population import BOUNDS, CHANNELS, GENDERS, MARITAL, OCCUPATIONS
 
 FORMATS = ("parquet", "csv")
 POLICY_NAME = "policy.yaml"
 ONE_FILE_STEM = "customers"
-CHURN_FEATURES = (
-    "age",
-    "gender",
-    "zip_code",
-    "occupation",
-    "marital_status",
-    "annual_income",
-    "tenure_months",
-    "recency_days",
-    "frequency",
-    "monetary",
-    "num_products",
-    "channel",
-    "complaints_12m",
-    "monthly_balance",
-)
+# the quasi-identifiers the churn purpose may use, then every behaviour column
+CHURN_FEATURES = ("age", "gender", "zip_code", "occupation", "marital_status", *BEHAVIOUR)
 
 
 def silo_files(data: SynthData, fmt: str, one_file: bool) -> dict[str, pa.Table]:
