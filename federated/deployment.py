@@ -32,6 +32,8 @@ from anonymize.errors import InputError
 from federated.worker import PartnerSpec
 
 CONNECTION = "privmodel"
+PROGRESS_EVERY_S = 0.1
+STATUS_EVERY_S = 5.0
 _STARTED: list[subprocess.Popen] = []
 
 
@@ -373,31 +375,46 @@ def submit(link_home: Path, app_dir: Path, out_dir: Path, timeout: float, on_eve
     if code != 0 or not info.get("success"):
         raise InputError(f"run submission failed ({_last_line(out)})")
     run_id = int(info["run-id"])
-    seen = 0
+    events: list[dict[str, Any]] = []
+
+    def drain(final: bool) -> None:
+        """Pass on the progress lines not seen yet; a half-written last line waits unless final."""
+        if not progress.is_file():
+            return
+        text = progress.read_text()
+        lines = text.splitlines()[len(events):]
+        if lines and not final and not text.endswith("\n"):
+            lines = lines[:-1]
+        for line in lines:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                event = {"event": "unreadable"}  # kept so the line count stays aligned with the file
+            events.append(event)
+            if on_event is not None:
+                on_event(event)
+
     deadline = time.monotonic() + timeout
+    next_status_check = time.monotonic() + STATUS_EVERY_S
     status = ""
     while True:
-        if progress.is_file():
-            lines = progress.read_text().splitlines()
-            for line in lines[seen:]:
-                with contextlib.suppress(ValueError):
-                    event = json.loads(line)
-                    if on_event is not None:
-                        on_event(event)
-            seen = len(lines)
-        code, out = flwr_cli(["ls", CONNECTION, "--run-id", str(run_id), "--format", "json"], link_home, timeout=30)
-        runs = _json_of(out).get("runs", [])
-        status = str(runs[0].get("status", "")) if runs else ""
-        if status.startswith("finished"):
-            break
+        # Progress is read every PROGRESS_EVERY_S; `flwr ls` (a CLI start-up of about a second) runs
+        # only every STATUS_EVERY_S or once the coordinator has written its last event, so callers
+        # see each round promptly.
+        drain(final=False)
+        ended = any(e.get("event") in ("done", "failed") for e in events[-2:])
+        if ended or time.monotonic() >= next_status_check:
+            next_status_check = time.monotonic() + STATUS_EVERY_S
+            code, out = flwr_cli(["ls", CONNECTION, "--run-id", str(run_id), "--format", "json"], link_home, timeout=30)
+            runs = _json_of(out).get("runs", [])
+            status = str(runs[0].get("status", "")) if runs else ""
+            if status.startswith("finished"):
+                break
         if time.monotonic() > deadline:
             flwr_cli(["stop", str(run_id), CONNECTION], link_home, timeout=30)
             raise InputError(f"run {run_id} did not finish within {timeout:.0f} s (stopped)")
-        time.sleep(0.5)
-    events = [json.loads(line) for line in progress.read_text().splitlines() if line.strip()] if progress.is_file() else []
-    for event in events[seen:]:
-        if on_event is not None:
-            on_event(event)
+        time.sleep(PROGRESS_EVERY_S)
+    drain(final=True)
     if status != "finished:completed":
         _, log_text = flwr_cli(["log", str(run_id), CONNECTION, "--show"], link_home, timeout=60)
         with contextlib.suppress(OSError):

@@ -48,7 +48,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory):
 @pytest.mark.slow
 def test_loopback_deployment_tls_auth_kill_and_ledgers(setup) -> None:
     out, specs, holdout, policy, tls = setup
-    config = FedConfig(rounds=3, epsilon=1.0, local_steps=6, batch_size=128, min_partners=2, round_timeout=40)
+    config = FedConfig(rounds=4, epsilon=1.0, local_steps=6, batch_size=128, min_partners=2, round_timeout=40)
     coordinator = out / "coordinator"
     coordinator.mkdir()
     init_keys(coordinator / "keys", actor="coordinator")
@@ -82,10 +82,15 @@ def test_loopback_deployment_tls_auth_kill_and_ledgers(setup) -> None:
 
     assert result["status"] == "finished:completed"
     rounds = [e for e in result["events"] if e["event"] == "round"]
-    assert [r["round"] for r in rounds] == [1, 2, 3]
+    assert [r["round"] for r in rounds] == [1, 2, 3, 4]
     assert sorted(rounds[0]["accepted"]) == ["silo-0", "silo-1", "silo-2"]
-    assert any(i["partner"] == "silo-2" and "silo-2" in i["reason"] for i in rounds[1]["failed"])
-    assert sorted(rounds[2]["accepted"]) == ["silo-0", "silo-1"]
+    # The kill lands while round 2 is under way; on a loaded machine silo-2 may already have sent its
+    # round-2 update, and then the failure shows in round 3. Either way it fails once, by name, and
+    # is never asked again.
+    failed_in = [r["round"] for r in rounds if any(i["partner"] == "silo-2" and "silo-2" in i["reason"] for i in r["failed"])]
+    assert failed_in in ([2], [3])
+    for later in rounds[failed_in[0] - 1:]:
+        assert sorted(later["accepted"]) == ["silo-0", "silo-1"]
     times = [r["seconds"] for r in rounds[1:]]
     print("deployment seconds per round after the first:", times)
 
@@ -114,7 +119,7 @@ def test_loopback_deployment_tls_auth_kill_and_ledgers(setup) -> None:
         mine = [e for e in read_entries(ledger) if e["action"] == "federate.final_model"][-1]
         assert mine["params"]["model_hash"] == digest
     card = json.loads((coordinator / "federated_card.json").read_text())
-    assert card["partners"]["silo-2"]["rounds"] == [1]
+    assert card["partners"]["silo-2"]["rounds"] == list(range(1, failed_in[0]))
     assert np.isfinite(card["final_metrics"]["global"]["auc"])
 
 
