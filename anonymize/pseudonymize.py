@@ -122,21 +122,21 @@ def tokenize_series(series: pd.Series | Sequence[Any], key: ColumnKey | bytes, l
     """HMAC-SHA256 tokens (lowercase hex, `length` chars) of every value; missing stays missing.
 
     Speed: one keyed HMAC state is built once and `.copy()`-ed per value, which skips the per-call
-    key schedule (measured here: cryptography HMAC copy 1.8 M/s vs stdlib `hmac.digest` 0.6 M/s
-    vs pandas.apply 0.2 M/s); the loop is fused (encode, HMAC, hex) to touch each value once.
+    key schedule (measured here: cryptography HMAC copy + update + finalize 0.54 us per value vs
+    stdlib `hmac.digest` 1.6 us vs pandas.apply 4.8 us). Columns of plain strings take the batch
+    path of `_tokenize_joined`; anything else (numbers, missing values, NUL bytes) the general loop.
     """
     if not MIN_TOKEN_LENGTH <= length <= MAX_TOKEN_LENGTH:
         raise InputError(f"token length must be between {MIN_TOKEN_LENGTH} and {MAX_TOKEN_LENGTH} hex characters")
     mac_key = key.mac if isinstance(key, ColumnKey) else bytes(key)
+    copy = hmac.HMAC(mac_key, hashes.SHA256()).copy
+    joined = _joined_utf8(series)
+    if joined is not None:
+        return pd.Series(_tokenize_joined(joined, len(series), copy, length), index=_index(series))
     values, missing = _values(series)
     nbytes = (length + 1) // 2
-    copy = hmac.HMAC(mac_key, hashes.SHA256()).copy
     out: list[str | None] = []
     append = out.append
-    if not missing.any() and all(type(v) is str for v in values[:1000]):
-        fast = _tokenize_strings(values, copy, length)
-        if fast is not None:
-            return pd.Series(fast, index=_index(series))
     for v, gone in zip(values, missing, strict=True):
         if gone:
             append(None)
@@ -147,36 +147,63 @@ def tokenize_series(series: pd.Series | Sequence[Any], key: ColumnKey | bytes, l
     return _finish(out, length, series)
 
 
-def _tokenize_strings(values: Sequence[Any], copy: Any, length: int) -> Any:
-    """Fast path for all-string columns: encode in one call, HMAC per value, hex in one call.
+def _joined_utf8(series: pd.Series | Sequence[Any]) -> bytes | None:
+    """All values as UTF-8, separated by NUL bytes, when every value is a present string without NUL.
 
-    Returns an Arrow string array built straight from one hex buffer (no per-token Python string),
-    or None when some value is not a string or holds a NUL (then the general path runs).
+    An Arrow-backed string column (what `read_table` gives) already holds its UTF-8 bytes: the
+    separators are inserted with numpy instead of making a Python string per value. An object
+    column is joined by `str.join`, which itself refuses non-strings (numbers, None, NaN).
+    Returns None when the general path must run.
     """
     import numpy as np
     import pyarrow as pa
 
-    try:
-        encoded = "\x00".join(values).encode("utf-8")
-    except (TypeError, UnicodeEncodeError):
+    n = len(series)
+    if n == 0:
         return None
-    messages = encoded.split(b"\x00")
-    n = len(values)
-    if len(messages) != n:
-        return None
-    digests: list[bytes] = []
-    append = digests.append
-    for message in messages:
-        h = copy()
-        h.update(message)
-        append(h.finalize())
+    joined: bytes | None = None
+    if isinstance(series, pd.Series) and isinstance(series.dtype, pd.StringDtype) and series.dtype.storage == "pyarrow":
+        chunked = pa.chunked_array(pa.array(series.array))
+        array = chunked.combine_chunks() if chunked.num_chunks != 1 else chunked.chunk(0)
+        if array.null_count or not (pa.types.is_string(array.type) or pa.types.is_large_string(array.type)):
+            return None
+        offset_type = np.int32 if pa.types.is_string(array.type) else np.int64
+        offsets = np.frombuffer(array.buffers()[1], dtype=offset_type)[array.offset : array.offset + n + 1]
+        data = np.frombuffer(array.buffers()[2] or b"", dtype=np.uint8)[offsets[0] : offsets[-1]]
+        joined = np.insert(data, (offsets[1:-1] - offsets[0]).astype(np.intp), 0).tobytes()
+    else:
+        values = series.to_numpy(dtype=object) if isinstance(series, pd.Series) else list(series)
+        try:
+            joined = "\x00".join(values).encode("utf-8")
+        except (TypeError, UnicodeEncodeError):
+            return None
+    return joined if joined.count(b"\x00") == n - 1 else None  # a NUL inside a value
+
+
+_TOKEN_CHUNK = 4096
+
+
+def _tokenize_joined(joined: bytes, n: int, copy: Any, length: int) -> Any:
+    """HMAC per value in chunks; hex and the Arrow string array are made once for the whole column.
+
+    Chunks of 4,096: the digests of a chunk are joined while they are still in the CPU cache
+    (measured: joining 1M digests after the loop costs 57 ms, chunk by chunk it is nearly free).
+    The result is pandas' default string dtype built from one hex buffer, with no Python string
+    per token.
+    """
+    import numpy as np
+    import pyarrow as pa
+
+    messages = joined.split(b"\x00")
     nbytes = (length + 1) // 2
-    raw = np.frombuffer(b"".join(digests), dtype=np.uint8).reshape(n, 32)[:, :nbytes]
+    raw = np.empty((n, nbytes), dtype=np.uint8)
+    for start in range(0, n, _TOKEN_CHUNK):
+        digests = b"".join([(h := copy()).update(m) or h.finalize() for m in messages[start : start + _TOKEN_CHUNK]])
+        raw[start : start + _TOKEN_CHUNK] = np.frombuffer(digests, dtype=np.uint8).reshape(-1, 32)[:, :nbytes]
     text = raw.tobytes().hex().encode("ascii")
     if length % 2:
         text = np.frombuffer(text, dtype=np.uint8).reshape(n, 2 * nbytes)[:, :length].tobytes()
     offsets = pa.py_buffer((np.arange(n + 1, dtype=np.int32) * length).tobytes())
-    # pandas' default string dtype ("str"), built from the Arrow array without copying per value
     return pd.StringDtype("pyarrow", na_value=np.nan).__from_arrow__(
         pa.StringArray.from_buffers(n, offsets, pa.py_buffer(text))
     )
@@ -186,21 +213,6 @@ def _finish(tokens: list[str | None], length: int, series: pd.Series | Sequence[
     if length % 2:
         tokens = [t[:length] if t is not None else None for t in tokens]
     return pd.Series(tokens, index=_index(series), dtype=object)
-
-
-def token_throughput(n: int = 1_000_000, length: int = DEFAULT_TOKEN_LENGTH) -> float:
-    """Values tokenized per CPU-second (one core) over `n` distinct identifiers (benchmark hook).
-
-    CPU time rather than wall time: on a shared machine wall time measures the neighbours.
-    """
-    import os
-    import time
-
-    series = pd.Series([f"CUST{i:010d}" for i in range(n)], dtype=object)
-    key = os.urandom(32)
-    start = time.process_time()
-    tokenize_series(series, key, length)
-    return n / max(time.process_time() - start, 1e-9)
 
 
 # --- deterministic encryption ------------------------------------------------------------------
