@@ -15,6 +15,7 @@ random row outright satisfies delta = 1/n). A given delta must be below 1/n.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -154,8 +155,12 @@ def plan(n: int, config: TrainConfig) -> dict[str, Any]:
             "epsilon": config.epsilon}
 
 
-def fit(data: Any, y: Any, config: TrainConfig | None = None) -> FitResult:
-    """Train a propensity model on encoded data at the config's (epsilon, delta)."""
+def fit(data: Any, y: Any, config: TrainConfig | None = None,
+        on_step: Callable[[int, int], None] | None = None) -> FitResult:
+    """Train a propensity model on encoded data at the config's (epsilon, delta).
+
+    on_step(done, total) is called after every DP-SGD step (for progress displays).
+    """
     import torch
 
     from privmodel.dpsgd import train_dp
@@ -181,6 +186,7 @@ def fit(data: Any, y: Any, config: TrainConfig | None = None) -> FitResult:
         optimizer=config.optimizer,
         physical_batch_size=config.physical_batch_size,
         average_from=config.average_from,
+        on_step=None if on_step is None else lambda step, _model: on_step(step + 1, int(p["steps"])),
     )
     privacy: dict[str, Any] = {
         "private": p["private"],

@@ -124,30 +124,39 @@ def _public_categories(policy: Any) -> dict[str, list[str]]:
 
 
 @contextmanager
-def _progress(label: str, total: int) -> Iterator[Callable[[int], None]]:
-    """A rich progress bar on stderr that appears only once the work has taken more than 1 s."""
+def _progress(label: str, total: int) -> Iterator[Callable[..., None]]:
+    """A rich progress bar on stderr that appears only once the work has taken more than 1 s.
+
+    The yielded advance(done, description=None) takes fractional `done` (phase 1.5 of 3) and an
+    optional new description (which phase, which step).
+    """
     import time
 
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
     start = time.monotonic()
     state: dict[str, Any] = {"bar": None, "task": None}
 
-    def advance(done: int) -> None:
+    def advance(done: float, description: str | None = None) -> None:
         if state["bar"] is None and time.monotonic() - start > 1.0:
-            bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            bar = Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(),
                            console=Console(stderr=True), transient=True)
             bar.start()
             state["bar"], state["task"] = bar, bar.add_task(label, total=total)
         if state["bar"] is not None:
-            state["bar"].update(state["task"], completed=done)
+            state["bar"].update(state["task"], completed=done, description=description or label)
 
     try:
         yield advance
     finally:
         if state["bar"] is not None:
             state["bar"].stop()
+
+
+def _steps(advance: Callable[..., None], phase: int, label: str) -> Callable[[int, int], None]:
+    """on_step for training.fit: moves the bar through `phase` and names the step."""
+    return lambda done, total: advance(phase + done / total, f"{label}: step {done}/{total}")
 
 
 def _config(model: str, epsilon: float | None, delta: float, epochs: int, batch_size: int, lr: float, clip: float,
@@ -171,10 +180,10 @@ def _config(model: str, epsilon: float | None, delta: float, epochs: int, batch_
         raise InputError(f"--{where.replace('_', '-')}: {err['msg']}") from None
 
 
-def _fit(encoder: Any, frame: Any, y: Any, config: Any) -> Any:
+def _fit(encoder: Any, frame: Any, y: Any, config: Any, on_step: Callable[[int, int], None] | None = None) -> Any:
     from privmodel.training import fit
 
-    return fit(encoder.transform(frame), y, config)
+    return fit(encoder.transform(frame), y, config, on_step=on_step)
 
 
 def _predictor(fit_result: Any, encoder: Any) -> Callable[[Any], Any]:
@@ -293,7 +302,7 @@ def _train(data: Path, policy_path: Path, policy: Any, label: str, out: Path, ep
                       params={"command": "train", "target_epsilon": epsilon, "out": out.name})
 
     phases = 1 + int(baseline) + int(mia)
-    with _progress("training: private model, baseline, membership audit", phases) as advance:
+    with _progress("training", phases) as advance:
         selection = None
         members, y_members = df_train, y_train  # the rows the released model was trained on
         if space:
@@ -303,8 +312,8 @@ def _train(data: Path, policy_path: Path, policy: Any, label: str, out: Path, ep
             members, y_members = df_train.iloc[fit_pos].reset_index(drop=True), y_train[fit_pos]
             lr, clip = selection.best_params.get("lr", lr), selection.best_params.get("clip", clip)
         else:
-            fit_result = _fit(encoder, df_train, y_train, config)
-        advance(1)
+            fit_result = _fit(encoder, df_train, y_train, config, on_step=_steps(advance, 0, "private model"))
+        advance(1, "private model trained")
         # what the released model is guaranteed, and what the budget is charged: the run, or the search
         total_eps = selection.epsilon if selection else float(fit_result.privacy["epsilon"])
         total_delta = selection.delta if selection else float(fit_result.privacy["delta"])
@@ -316,16 +325,16 @@ def _train(data: Path, policy_path: Path, policy: Any, label: str, out: Path, ep
         baseline_metrics = None
         baseline_config = _config(model, None, delta, epochs, batch_size, lr, clip, clipping, accountant, seed)
         if baseline:
-            base_fit = _fit(encoder, df_train, y_train, baseline_config)
+            base_fit = _fit(encoder, df_train, y_train, baseline_config, on_step=_steps(advance, 1, "non-private baseline"))
             baseline_metrics = metrics.evaluate(y_test, np.asarray(_predictor(base_fit, encoder)(df_test)), groups)
-            advance(2)
+            advance(2, "baseline trained")
         comparison = metrics.compare(private_metrics, baseline_metrics)
 
         audit = None
         if mia:
             audit = _membership_audit(encoder, predict, members, y_members, df_test, y_test, baseline_config, delta,
                                       total_eps, seed)
-            advance(phases)
+            advance(phases, "membership audit done")
 
     public_cats = _public_categories(policy)
     features = card.feature_statements(policy, _feature_columns(encoder))
