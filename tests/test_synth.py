@@ -188,6 +188,13 @@ def test_written_files_read_back(tmp_path) -> None:
     assert whole["silo"].tolist() == frame["silo"].tolist() and len(whole) == 900
 
 
+def test_rerun_with_fewer_silos_removes_the_earlier_silo_files(tmp_path) -> None:
+    write_outputs(generate_data(400, 4, seed=1), tmp_path, "csv")
+    (tmp_path / "silo_notes.csv").write_text("mine")  # not a name synth writes: left alone
+    write_outputs(generate_data(400, 2, seed=1), tmp_path, "csv")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["policy.yaml", "silo_0.csv", "silo_1.csv", "silo_notes.csv"]
+
+
 def test_write_failure_leaves_no_partial_files(tmp_path) -> None:
     data = generate_data(60, 2, seed=1)
     with pytest.raises(InputError, match="output directory does not exist"):

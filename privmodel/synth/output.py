@@ -63,7 +63,20 @@ def write_outputs(
             )
             tmp.write_text(POLICY_HEADER + text, encoding="utf-8")
             written.append(out / POLICY_NAME)
+    _remove_stale_silos(out, written)
     return written
+
+
+def _remove_stale_silos(out: Path, written: list[Path]) -> None:
+    """Delete silo files of an earlier run with more silos, so the directory holds one dataset.
+
+    Only names this module writes (silo_<number>.parquet / .csv) are touched.
+    """
+    keep = {p.name for p in written}
+    for path in out.glob("silo_*.*"):
+        stem, _, ext = path.name.partition(".")
+        if ext in ("parquet", "csv") and stem[5:].isdigit() and path.name not in keep:
+            path.unlink()
 
 
 POLICY_HEADER = (
