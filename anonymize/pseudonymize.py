@@ -258,12 +258,51 @@ def decrypt_series(series: pd.Series | Sequence[Any], key: ColumnKey, column: st
 def reidentify(values: pd.Series | Sequence[Any], key: ColumnKey, column: str) -> pd.Series:
     """Authorized re-identification of an `encrypt` column: ciphertexts back to the original values.
 
-    Only `encrypt` columns (and token columns through their escrow) are reversible; a token is a
-    one-way HMAC by design. The caller records who re-identified what in the audit ledger.
+    Token columns are one-way HMACs by design; only those kept with an escrow can be reversed, by
+    `reidentify_tokens`. The caller records who re-identified what in the audit ledger.
     """
     if key.column != column:
         raise InputError(f"column {column!r}: key was derived for another column")
     return decrypt_series(values, key, column)
+
+
+def reidentify_tokens(tokens: pd.Series, escrow: pd.DataFrame, key: ColumnKey, column: str, length: int) -> pd.Series:
+    """Authorized re-identification of a token column through its escrow: tokens back to values.
+
+    The escrow entries are decrypted and checked against their tokens under `key` first, so an
+    escrow from another release or key is refused rather than trusted. Missing tokens stay missing.
+    """
+    if key.column != column:
+        raise InputError(f"column {column!r}: key was derived for another column")
+    mapping = _escrow_mapping(column, escrow, key, length, "the key")
+    return _mapped(tokens, mapping, column)
+
+
+def _escrow_mapping(column: str, escrow: pd.DataFrame, key: ColumnKey, length: int, which: str) -> dict[Any, Any]:
+    """token -> value for one column of an escrow, after checking every entry's token under `key`."""
+    missing_cols = [c for c in ESCROW_COLUMNS if c not in escrow.columns]
+    if missing_cols:
+        raise InputError(f"escrow table: missing column(s) {', '.join(missing_cols)}")
+    part = escrow[escrow["column"] == column]
+    try:
+        plain = decrypt_series(part["ciphertext"].reset_index(drop=True), key, column)
+    except InputError:
+        raise InputError(f"column {column!r}: escrow does not match its tokens under {which} "
+                         "(its entries do not decrypt)") from None
+    recomputed = tokenize_series(plain, key, length)
+    if not recomputed.astype(object).equals(part["token"].reset_index(drop=True).astype(object)):
+        raise InputError(f"column {column!r}: escrow does not match its tokens under {which}")
+    return dict(zip(part["token"], plain, strict=True))
+
+
+def _mapped(current: pd.Series, mapping: Mapping[Any, Any], column: str) -> pd.Series:
+    """Each present token replaced through `mapping`; a token without an entry is an InputError by row."""
+    mapped = current.map(mapping)
+    unknown = current.notna() & mapped.isna()
+    if unknown.any():
+        row = int(np.flatnonzero(unknown.to_numpy())[0]) + 1
+        raise InputError(f"column {column!r}, row {row}: token has no escrow entry (escrow belongs to another release?)")
+    return mapped.astype(object).where(current.notna(), None)
 
 
 # --- the pipeline step --------------------------------------------------------------------------
@@ -361,10 +400,6 @@ def rotate_tokens(
     data = release_df.copy()
     rotated: dict[str, int] = {}
     new_escrow: list[pd.DataFrame] = []
-    if escrow is not None:
-        missing_cols = [c for c in ESCROW_COLUMNS if c not in escrow.columns]
-        if missing_cols:
-            raise InputError(f"escrow table: missing column(s) {', '.join(missing_cols)}")
     for name in policy.identifiers:
         col = policy.columns[name]
         if col.method == "drop" or name not in data.columns:
@@ -382,19 +417,12 @@ def rotate_tokens(
             )
         if escrow is None:
             raise InputError(f"column {name!r}: policy keeps an escrow for this column but no escrow table was given")
-        part = escrow[escrow["column"] == name]
-        plain = decrypt_series(part["ciphertext"].reset_index(drop=True), old_key, name)
-        recomputed = tokenize_series(plain, old_key, col.length or DEFAULT_TOKEN_LENGTH)
-        if not recomputed.astype(object).equals(part["token"].reset_index(drop=True).astype(object)):
-            raise InputError(f"column {name!r}: escrow does not match its tokens under the old key")
-        mapping = dict(zip(part["token"], tokenize_series(plain, new_key, col.length or DEFAULT_TOKEN_LENGTH), strict=True))
+        length = col.length or DEFAULT_TOKEN_LENGTH
+        old_values = _escrow_mapping(name, escrow, old_key, length, "the old key")
+        plain = pd.Series(list(old_values.values()), dtype=object)
+        mapping = dict(zip(old_values, tokenize_series(plain, new_key, length), strict=True))
         current = data[name]
-        mapped = current.map(mapping)
-        unknown = current.notna() & mapped.isna()
-        if unknown.any():
-            row = int(np.flatnonzero(unknown.to_numpy())[0]) + 1
-            raise InputError(f"column {name!r}, row {row}: token has no escrow entry (escrow belongs to another release?)")
-        data[name] = mapped.astype(object).where(current.notna(), None)
+        data[name] = _mapped(current, mapping, name)
         new_escrow.append(_escrow_table(name, mapping.values(), encrypt_series(plain, new_key, name)))
         rotated[name] = int(current.notna().sum())
     return Rotated(data, pd.concat(new_escrow, ignore_index=True) if new_escrow else None, rotated)

@@ -207,22 +207,26 @@ def _parse_rows(spec: str | None, n: int) -> list[int]:
 
 def reidentify(
     release: Path = typer.Argument(..., help="A release written by `privmodel anonymize`."),
-    column: str = typer.Option(..., "--column", help="An identifier column with method encrypt."),
+    column: str = typer.Option(..., "--column", help="An identifier column with method encrypt, or token with escrow."),
     keys: Path = typer.Option(..., "--keys", help="Key directory holding the pseudonymization secret."),
     policy: Path = typer.Option(..., "--policy", help="The policy the release was made with."),
     out: Path = typer.Option(..., "--out", help="Output table (CSV or Parquet): release row number and value."),
     rows: str = typer.Option(None, "--rows", help="Release rows to re-identify, e.g. 1,4,10-20 (default: all)."),
     partner: str = typer.Option(None, "--partner", help="Partner the release was made for."),
+    escrow: Path = typer.Option(None, "--escrow", help="Token escrow of the release (default: beside the release)."),
     ledger: Path = LEDGER_OPTION,
 ) -> None:
-    """Authorized re-identification: decrypt an encrypt column; the ledger records who, which column, how many rows."""
+    """Authorized re-identification of an encrypt column, or of a token column through its escrow.
+
+    The ledger records who, which column and how many rows, never a value.
+    """
     out_dir = out.parent if str(out.parent) else Path(".")
     with _recorded("anonymize.reidentify", ledger, out_dir, keys, [release, policy]):
         import pandas as pd
 
         from anonymize.errors import InputError
         from anonymize.policy import load_policy
-        from anonymize.pseudonymize import Keys
+        from anonymize.pseudonymize import DEFAULT_TOKEN_LENGTH, Keys, reidentify_tokens
         from anonymize.pseudonymize import reidentify as decrypt
         from privmodel.fileio import read_table, write_table
         from privmodel.keys import load_pseudonym_secret
@@ -231,22 +235,33 @@ def reidentify(
         spec = loaded.columns.get(column)
         if spec is None or spec.role != "identifier":
             raise InputError(f"{policy}: column {column!r} is not an identifier of this policy")
-        if spec.method != "encrypt":
-            raise InputError(f"{policy}: column {column!r} has method {spec.method}; only encrypt columns are reversible")
+        if spec.method == "drop" or (spec.method == "token" and not spec.escrow):
+            raise InputError(f"{policy}: column {column!r} has method {spec.method}"
+                             f"{' without escrow' if spec.method == 'token' else ''}; only encrypt columns and "
+                             "token columns kept with an escrow are reversible")
         table = read_table(release)
         if column not in table.columns:
             raise InputError(f"{release}: column {column!r} is not in the release")
         positions = _parse_rows(rows, len(table))
         key = Keys(load_pseudonym_secret(keys), partner or "default").column_key(loaded.purpose.name, column)
-        values = decrypt(table[column].iloc[positions].reset_index(drop=True), key, column)
+        selected = table[column].iloc[positions].reset_index(drop=True)
+        inputs = [release, policy]
+        if spec.method == "encrypt":
+            values = decrypt(selected, key, column)
+        else:
+            escrow_in = escrow if escrow is not None else escrow_path(release)
+            if not escrow_in.is_file():
+                raise InputError(f"{escrow_in}: no such file (the token escrow of {release.name})")
+            inputs.append(escrow_in)
+            values = reidentify_tokens(selected, read_table(escrow_in), key, column, spec.length or DEFAULT_TOKEN_LENGTH)
         result = pd.DataFrame({"row": [p + 1 for p in positions], column: values})
         with _all_or_nothing(out_dir) as written:
             written.append(out)
             write_table(result, out)
             out.chmod(0o600)
-            params = {"column": column, "rows": len(positions), "purpose": loaded.purpose.name,
+            params = {"column": column, "method": spec.method, "rows": len(positions), "purpose": loaded.purpose.name,
                       "partner": partner or "default", "selection": "given rows" if rows else "all rows"}
-            _append("anonymize.reidentify", ledger, out_dir, keys, [release, policy], written, params)
+            _append("anonymize.reidentify", ledger, out_dir, keys, inputs, written, params)
     typer.echo(f"re-identified {len(positions)} rows of column {column} into {out}")
 
 
