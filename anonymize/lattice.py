@@ -10,6 +10,7 @@ smallest loss, where loss = mean NCP over all input rows and QIs, a suppressed r
 Hand-written because no maintained Python library does it (anjana's full-domain search is pandas
 per node and re-anonymizes heavily). Search, exact for this loss:
 
+- nodes are checked by roll-up from the class table of a node below (see `_Evaluator`);
 - a lower bound per node without touching the rows: LB(node) = mean NCP had no row been suppressed,
   a sum of per-column constants; a suppressed row costs 1 >= any generalization, so loss >= LB;
 - nodes are visited by increasing LB and the search stops once LB >= the best loss found;
@@ -17,7 +18,8 @@ per node and re-anonymizes heavily). Search, exact for this loss:
   it not anonymous, so those are never evaluated; before touching the rows, single-column
   projections on one and two columns give a cheap necessary condition for k (rows in a too-small
   class of a projection stay in too-small classes of the whole node).
-t-closeness is not monotone, so with t the tagging is switched off (every candidate is evaluated).
+Tagging is on only for criteria that are monotone under suppression (`_monotone`): k, distinct l,
+and entropy / recursive l without suppression; otherwise every candidate is evaluated.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from anonymize.errors import InputError
 from anonymize.hierarchies import Domain, LevelTable
 from anonymize.models import Criterion, all_satisfied
 from anonymize.models.k_anonymity import KAnonymity
-from anonymize.models.t_closeness import TCloseness
+from anonymize.models.l_diversity import LDiversityCriterion
 
 MAX_NODES = 500_000
 
@@ -51,7 +53,15 @@ class LatticeResult:
 
 
 class _Evaluator:
-    """Evaluates lattice nodes on the rows: classes, failing rows, loss."""
+    """Evaluates lattice nodes: failing-row counts by roll-up, and on the rows for the final answer.
+
+    Roll-up (as in ARX): generalizing a node only merges its equivalence classes, so the class
+    table of a more general node can be computed from the class table (codes, sizes, sensitive
+    histograms) of any node below it instead of from every row. The evaluator keeps a few recent
+    class tables and rolls up from the smallest one below the node asked for.
+    """
+
+    CACHE = 16
 
     def __init__(
         self,
@@ -70,21 +80,22 @@ class _Evaluator:
         self.ms = list(sensitive_sizes)
         self.criteria = criteria
         self.need_hist = any(c.needs_sensitive for c in criteria)
+        self.up = [_level_maps(tabs) for tabs in self.tables]
+        # (levels, code columns, class sizes, sensitive histograms) of recently checked nodes
+        self.cache: list[tuple[np.ndarray, list[np.ndarray], np.ndarray, list[np.ndarray]]] = []
+        if all(m is not None for m in self.up):
+            bottom = np.zeros(self.d, dtype=np.int64)
+            cls, n_cls = self.classes(bottom)
+            rep = _representatives(cls, n_cls)
+            sizes, hists = _merge(cls, n_cls, np.ones(self.n, dtype=np.int64), self._row_hists())
+            self.cache.append((bottom, [self.gen[j][0][rep] for j in range(self.d)], sizes, hists))
+
+    def cards(self, levels: Sequence[int]) -> list[int]:
+        return [len(self.tables[j][lvl].labels) for j, lvl in enumerate(levels)]
 
     def classes(self, levels: Sequence[int]) -> tuple[np.ndarray, int]:
-        """Class id per row for a node (mixed-radix key, re-compressed before it could overflow)."""
-        key = np.zeros(self.n, dtype=np.int64)
-        radix = 1
-        for j, lvl in enumerate(levels):
-            card = len(self.tables[j][lvl].labels)
-            if radix * card >= 2**62:
-                key = pd.factorize(key)[0].astype(np.int64)
-                radix = int(key.max()) + 1
-            key = key * card + self.gen[j][lvl]
-            radix *= card
-        # hash-based factorize is O(n); class ids need no order
-        inv, uniq = pd.factorize(key)
-        return inv.astype(np.int64), len(uniq)
+        """Class id per row for a node."""
+        return _class_ids([self.gen[j][lvl] for j, lvl in enumerate(levels)], self.cards(levels))
 
     def failing_rows(self, levels: Sequence[int]) -> tuple[np.ndarray, int]:
         cls, n_cls = self.classes(levels)
@@ -97,12 +108,98 @@ class _Evaluator:
         ok = all_satisfied(self.criteria, sizes, hists)
         return ~ok[cls], int(ok.sum())
 
+    def failing_count(self, levels: np.ndarray) -> int:
+        """Rows in classes that fail the criteria, by roll-up from a cached node below (same figure
+        as failing_rows(levels)[0].sum(); a test checks that on every node of a lattice)."""
+        below = [c for c in self.cache if (c[0] <= levels).all()]
+        if not below:
+            return int(self.failing_rows(levels)[0].sum())
+        base, codes, counts, hists = min(below, key=lambda c: len(c[2]))
+        cols = [self.up[j][int(base[j])][int(levels[j])][codes[j]] for j in range(self.d)]
+        cls, n_cls = _class_ids(cols, self.cards(levels))
+        sizes, new_hists = _merge(cls, n_cls, counts, hists)
+        ok = all_satisfied(self.criteria, sizes, new_hists)
+        if n_cls < len(counts):
+            rep = _representatives(cls, n_cls)
+            if len(self.cache) >= self.CACHE:
+                del self.cache[max(range(1, len(self.cache)), key=lambda i: len(self.cache[i][2]))]
+            self.cache.append((levels.copy(), [c[rep] for c in cols], sizes, new_hists))
+        return int(sizes[~ok].sum())
+
+    def _row_hists(self) -> list[np.ndarray]:
+        """Per-row one-hot sensitive histograms, merged into the bottom node's class table."""
+        if not self.need_hist:
+            return []
+        return [np.eye(m, dtype=np.int64)[s] for s, m in zip(self.sens, self.ms, strict=True)]
+
     def loss(self, levels: Sequence[int], failing: np.ndarray) -> float:
         total = np.zeros(self.n)
         for j, lvl in enumerate(levels):
             total += self.row_ncp[j][lvl]
         n_sup = int(failing.sum())
         return float((total.sum() - total[failing].sum() + n_sup * self.d) / (self.n * self.d))
+
+
+def _monotone(criterion: Criterion, max_sup: int) -> bool:
+    """Whether "anonymous within the suppression limit" can only improve as nodes generalize.
+
+    k and distinct-l: merging a failing class into a passing one gives a passing class. Entropy and
+    recursive l: merged passing classes pass (concavity), but a failing class merged into a passing
+    one can make both fail, so only without suppression. t-closeness: never assumed.
+    """
+    if isinstance(criterion, KAnonymity):
+        return True
+    if isinstance(criterion, LDiversityCriterion):
+        return criterion.variant == "distinct" or max_sup == 0
+    return False
+
+
+def _class_ids(columns: Sequence[np.ndarray], cards: Sequence[int]) -> tuple[np.ndarray, int]:
+    """Class id per entry of equal-length code columns (mixed-radix key, re-compressed before it
+    could overflow); hash-based factorize is O(n) and class ids need no order."""
+    key = np.zeros(len(columns[0]), dtype=np.int64)
+    radix = 1
+    for col, card in zip(columns, cards, strict=True):
+        if radix * card >= 2**62:
+            key = pd.factorize(key)[0].astype(np.int64)
+            radix = int(key.max()) + 1
+        key = key * card + col
+        radix *= card
+    inv, uniq = pd.factorize(key)
+    return inv.astype(np.int64), len(uniq)
+
+
+def _representatives(cls: np.ndarray, n_cls: int) -> np.ndarray:
+    """One entry index per class (the last one: any member carries the class's codes)."""
+    rep = np.empty(n_cls, dtype=np.int64)
+    rep[cls] = np.arange(len(cls))
+    return rep
+
+
+def _merge(cls: np.ndarray, n_cls: int, counts: np.ndarray, hists: Sequence[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Sizes and sensitive histograms of merged classes."""
+    sizes = np.bincount(cls, weights=counts, minlength=n_cls).astype(np.int64)
+    merged = [
+        np.stack([np.bincount(cls, weights=h[:, c], minlength=n_cls) for c in range(h.shape[1])], axis=1).astype(np.int64)
+        for h in hists
+    ]
+    return sizes, merged
+
+
+def _level_maps(tables: Sequence[LevelTable]) -> list[list[np.ndarray]] | None:
+    """maps[a][b][code at level a] = code at level b (b >= a), or None when the levels do not nest
+    (then roll-up is off and every node is evaluated on the rows)."""
+    maps: list[list[np.ndarray]] = []
+    for a, ta in enumerate(tables):
+        row: list[np.ndarray] = [np.empty(0, dtype=np.int64)] * a
+        for tb in tables[a:]:
+            m = np.zeros(len(ta.labels), dtype=np.int64)
+            m[ta.gen] = tb.gen
+            if not np.array_equal(m[ta.gen], tb.gen):
+                return None
+            row.append(m)
+        maps.append(row)
+    return maps
 
 
 def lattice_search(
@@ -147,23 +244,60 @@ def lattice_search(
                     table[la, lb_] = int(counts[(counts > 0) & (counts < k)].sum())
             lower_sup = np.maximum(lower_sup, table[nodes[:, a], nodes[:, b]])
     not_anon = lower_sup > max_sup
-    monotone = not any(isinstance(c, TCloseness) for c in criteria)
+    monotone = all(_monotone(c, max_sup) for c in criteria)
 
     order = np.lexsort((nodes.sum(axis=1), lb))
-    best: tuple[float, int, np.ndarray] | None = None
+    dims = tuple(h + 1 for h in heights)
+    anon = np.zeros(len(nodes), dtype=bool)  # known anonymous (tagged upward from an anonymous node)
     evaluated = 0
+
+    def is_anonymous(levels: np.ndarray) -> bool:
+        """Checked once per node; the answer is spread by monotonicity (k, l) to the nodes above
+        (anonymous) or below (not anonymous)."""
+        nonlocal evaluated
+        i = int(np.ravel_multi_index(tuple(levels), dims))
+        if anon[i] or not_anon[i]:
+            return bool(anon[i])
+        evaluated += 1
+        ok = ev.failing_count(levels) <= max_sup
+        if monotone:
+            if ok:
+                anon[(nodes >= levels).all(axis=1)] = True
+            else:
+                not_anon[(nodes <= levels).all(axis=1)] = True
+        return ok
+
+    climb_order = sorted(range(len(heights)), key=lambda j: -heights[j])  # tallest first: fewer checks measured on Adult
+
+    def climb(levels: np.ndarray) -> None:
+        """From a node that is not anonymous, raise one QI after another as far as the node stays
+        not anonymous (binary search per QI, as Flash searches paths): the maximal node reached
+        tags its whole down-set in one go."""
+        cur = levels.copy()
+        for j in climb_order:
+            lo, hi = int(cur[j]), heights[j]
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                cand = cur.copy()
+                cand[j] = mid
+                if is_anonymous(cand):
+                    hi = mid - 1
+                else:
+                    lo = mid
+            cur[j] = lo
+
+    best: tuple[float, int, np.ndarray] | None = None
     for idx in order.tolist():
         if best is not None and lb[idx] >= best[0] - 1e-15:
             break
         if not_anon[idx]:
             continue
         levels = nodes[idx]
-        failing, _ = ev.failing_rows(levels)
-        evaluated += 1
-        if int(failing.sum()) > max_sup:
+        if not is_anonymous(levels):
             if monotone:
-                not_anon |= (nodes <= levels).all(axis=1)
+                climb(levels)
             continue
+        failing, _ = ev.failing_rows(levels)
         loss = ev.loss(levels, failing)
         if best is None or loss < best[0] - 1e-15:
             best = (loss, idx, failing)
