@@ -68,6 +68,8 @@ class FedConfig:
             value = float(getattr(self, name))
             if not math.isfinite(value) or value < 0:
                 raise InputError(f"--{name.replace('_', '-')}: must be zero or a positive number")
+        if self.delta >= 1e-3:
+            raise InputError("--delta: must be well below 1/n (at most 1e-3); the default is 1e-6")
         if not 0.0 < self.eval_fraction < 0.9:
             raise InputError("--eval-fraction: must be between 0 and 0.9")
         if self.client_dp_noise > 0 and self.client_dp_clip <= 0:

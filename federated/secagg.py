@@ -507,7 +507,7 @@ def run_secagg_server(grid: Any, context: Any, settings: ServerSettings) -> RunO
         name: {"rounds": strategy.joined.get(name, []), "epsilon": _finite(strategy.epsilon.get(name, 0.0)), "confirmed_hash": name in confirmations}
         for name in sorted(strategy.joined)
     }
-    delta = policy.budget.delta if policy.budget is not None else config.delta
+    delta = config.delta  # the δ every partner calibrated and charged its run with
     card_paths = write_card(
         out, config=config, policy_hash=my_policy_hash, model_hash=digest, partners=partners, rounds=rounds,
         rejected=[], delta=delta, run_id=run_id, seconds=time.monotonic() - started, secure_aggregation=secure,

@@ -8,11 +8,13 @@ as its own process and the lean ClientApp talks to it over an authenticated loca
 
 Privacy accounting is per partner and per run: each round adds `local_steps` DP-SGD steps at the
 partner's own noise multiplier; the ε of the run so far comes from `privmodel.accounting.epsilon_for`
-over all steps of all rounds the partner joined, and only the increment of the round is charged to the
-partner's budget (`privmodel.budget`), so the charges of one run add up to its ε exactly. A round that
-would take the partner past its cap is refused before any training happens. The run state lives in
-a file beside the ledger, because in simulation successive rounds of one partner may run in
-different Ray actors.
+(PRV) over all steps of all rounds the partner joined. Before a round trains, its increment of ε (and
+the run's δ, on the run's first round) is charged to the partner's budget with `privmodel.budget`:
+the same signed `budget.charge` entries, keyed by the SHA-256 of the partner's data file, that
+`privmodel train` charges. So centralized and federated training of one table share one budget, and
+the charges of a run add up to its ε exactly. A round that would pass the cap is refused before any
+training happens. The run's progress (steps, noise multiplier, rounds) lives in a state file beside
+the ledger, because in simulation successive rounds of one partner may run in different Ray actors.
 """
 
 from __future__ import annotations
@@ -129,6 +131,7 @@ class PartnerWorker:
         signer = _named(self.name, load_signer, spec.keys)
         self.ledger = Ledger(self.workdir / "ledger.jsonl", signer)
         self._prepared: dict[str, Any] | None = None
+        self._data_sha256: str | None = None
         self._lock = threading.Lock()
 
     # --- data ----------------------------------------------------------------------------------
@@ -175,8 +178,8 @@ class PartnerWorker:
             frame = read_table(data)
         except InputError as exc:
             raise InputError(f"partner {self.name}: {exc}") from None
-        digest = sha256_file(data)[:16]
-        cache = self.workdir / f"release-{digest}-{self.policy_hash[:16]}.parquet"
+        self._data_sha256 = sha256_file(data)
+        cache = self.workdir / f"release-{self._data_sha256[:16]}-{self.policy_hash[:16]}.parquet"
         with _locked(cache):
             if cache.is_file():
                 return pd.read_parquet(cache)
@@ -222,16 +225,20 @@ class PartnerWorker:
         atomic_write_text(self._state_path(), json.dumps(state, indent=1, sort_keys=True) + "\n")
 
     def cap(self) -> tuple[float, float]:
-        """(ε cap, δ) of this partner: its own cap if given, else the policy's budget."""
+        """(ε cap, δ cap) of this partner's data: its own ε cap if given, else the policy's budget
+        (0 = none set)."""
         budget = self.policy.budget
         cap = self.spec.epsilon_cap or (budget.epsilon if budget is not None else 0.0)
-        delta = budget.delta if budget is not None else 1e-6
-        return float(cap), float(delta)
+        cap_delta = budget.delta if budget is not None else 0.0
+        return float(cap), float(cap_delta)
 
     def spent(self) -> float:
-        """ε this partner has spent on its data over all federated runs (from its own state file)."""
-        state = self._read_state()
-        return float(sum(run.get("epsilon", 0.0) for run in state.get("runs", {}).values()))
+        """ε charged so far to this partner's data file in its ledger (federated and centralized)."""
+        from privmodel import budget
+
+        if self._data_sha256 is None:
+            return 0.0
+        return budget.spent(self.ledger.path, self._data_sha256).epsilon
 
     # --- requests ------------------------------------------------------------------------------
 
@@ -260,29 +267,33 @@ class PartnerWorker:
             n = len(y)
             sample_rate = min(1.0, config.batch_size / n)
             total_steps = config.rounds * config.local_steps
-            cap, delta = self.cap()
+            cap, cap_delta = self.cap()
             with _locked(self._state_path()):
                 state = self._read_state()
-                runs = state.setdefault("runs", {})
-                run = runs.setdefault(run_id, {"steps": 0, "epsilon": 0.0, "rounds": []})
+                run = state.setdefault("runs", {}).setdefault(run_id, {"steps": 0, "epsilon": 0.0, "rounds": []})
                 if config.private:
-                    if "noise_multiplier" not in run:
-                        run["noise_multiplier"] = float(noise_for(config.epsilon, delta, sample_rate, total_steps))
-                    sigma = run["noise_multiplier"]
-                    eps_after = float(epsilon_for(sigma, sample_rate, run["steps"] + config.local_steps, delta))
-                else:
-                    sigma, eps_after = 0.0, math.inf
-                spent_elsewhere = sum(r.get("epsilon", 0.0) for k, r in runs.items() if k != run_id)
-                total_after = spent_elsewhere + eps_after
-                if cap > 0 and total_after > cap + 1e-9:
-                    reason = (
-                        f"privacy budget exhausted: round {server_round} would bring ε to {total_after:.3f} "
-                        f"(cap {cap:.3f})" if config.private else f"non-private training refused: ε cap {cap:.3f} is set"
-                    )
+                    if config.delta >= 1.0 / n:
+                        raise InputError(f"partner {self.name}: δ {config.delta:g} is not below 1/n = {1.0 / n:.3g} "
+                                         "for its training rows")
+                    sigma = float(run.get("noise_multiplier") or noise_for(config.epsilon, config.delta, sample_rate, total_steps))
+                    eps_before = float(run["epsilon"])
+                    eps_after = float(epsilon_for(sigma, sample_rate, run["steps"] + config.local_steps, config.delta))
+                    # without a δ cap in the policy, one run's δ is the cap
+                    self._charge(eps_after - eps_before, config.delta if run["steps"] == 0 else 0.0, cap, cap_delta or config.delta,
+                                 {"command": "federate", "run_id": run_id, "round": server_round, "accountant": "prv",
+                                  "noise_multiplier": sigma, "sample_rate": sample_rate, "steps": config.local_steps,
+                                  "target_epsilon": config.epsilon, "epsilon_run": eps_after})
+                    # charged before training: the budget is spent once the round may release an update
+                    run.update(steps=run["steps"] + config.local_steps, epsilon=eps_after, noise_multiplier=sigma)
+                    self._write_state(state)
+                elif cap > 0:
+                    reason = f"non-private training refused: ε cap {cap:.3f} is set"
                     self.ledger.append(
                         "federate.round", params={"run_id": run_id, "round": server_round}, outcome="failed", reason=reason
                     )
                     raise Refused(f"partner {self.name} refused: {reason}")
+                else:
+                    sigma, eps_after = 0.0, math.inf
 
             model = self._model(config, prep)
             _load_arrays(model, arrays)
@@ -302,17 +313,12 @@ class PartnerWorker:
             )
             new = _model_arrays(model)
             loss = _loss(model, x_num, x_cat, y)
-            privacy_cost = None
             with _locked(self._state_path()):
                 state = self._read_state()
                 run = state.setdefault("runs", {}).setdefault(run_id, {"steps": 0, "epsilon": 0.0, "rounds": []})
-                eps_before = float(run.get("epsilon", 0.0))
-                run["steps"] += config.local_steps
                 run["rounds"].append(server_round)
-                if config.private:
-                    run["noise_multiplier"] = sigma
-                    run["epsilon"] = eps_after
-                    privacy_cost = {"epsilon": eps_after - eps_before, "delta": delta}
+                if not config.private:
+                    run["steps"] += config.local_steps
                 self._write_state(state)
             self.ledger.append(
                 "federate.round",
@@ -323,7 +329,6 @@ class PartnerWorker:
                     "epsilon_run": eps_after if config.private else None,
                     "model_in": arrays_hash(arrays), "update_out": arrays_hash(new),
                 },
-                privacy_cost=privacy_cost,
             )
             metrics = {
                 "num-examples": n,
@@ -335,6 +340,23 @@ class PartnerWorker:
                 "eval_n": incoming["num-examples"],
             }
             return new, metrics
+
+    def _charge(self, epsilon: float, delta: float, cap: float, cap_delta: float, params: dict[str, Any]) -> None:
+        """Charge one round to the partner's data budget; past the cap the round is Refused (the
+        refusal is a failed `budget.charge` entry)."""
+        from privmodel import budget
+
+        if cap <= 0:
+            raise InputError(f"partner {self.name}: DP training needs a privacy budget cap "
+                             "(a budget in the policy, or the partner's epsilon cap)")
+        if self._data_sha256 is None:
+            raise InputError(f"partner {self.name}: data not loaded")
+        try:
+            budget.charge(self.ledger, self._data_sha256, epsilon, delta, cap, cap_delta, params)
+        except InputError as exc:
+            if "privacy budget exceeded" not in str(exc):
+                raise InputError(f"partner {self.name}: {exc}") from None
+            raise Refused(f"partner {self.name} refused: {exc}") from None
 
     def evaluate(self, arrays: dict[str, np.ndarray], config: FedConfig) -> dict[str, Any]:
         """Loss and ROC-AUC of the global model on the partner's local held-out split."""
@@ -358,12 +380,13 @@ class PartnerWorker:
         digest = arrays_hash(arrays)
         metrics = self.evaluate(arrays, config)
         run = self._read_state().get("runs", {}).get(run_id, {})
-        cap, delta = self.cap()
+        cap, _ = self.cap()
         self.ledger.append(
             "federate.final_model",
             params={
                 "run_id": run_id, "model_hash": digest, "rounds": run.get("rounds", []),
-                "epsilon_run": run.get("epsilon", 0.0), "delta": delta, "epsilon_cap": cap,
+                "epsilon_run": run.get("epsilon", 0.0), "delta": config.delta if config.private else None,
+                "epsilon_cap": cap,
             },
         )
         return {

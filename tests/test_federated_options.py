@@ -123,7 +123,7 @@ def test_all_partners_over_budget_stops_the_run(world, tmp_path: Path) -> None:
     settings = ServerSettings(config, str(policy), str(tmp_path / "coord"), str(keys), None, expected_partners=3, wait_timeout=5)
     from anonymize.errors import InputError
 
-    with pytest.raises(InputError, match=r"round \d: only 0 acceptable updates.*partner silo-0 refused: privacy budget exhausted"):
+    with pytest.raises(InputError, match=r"round \d: only 0 acceptable updates.*partner silo-0 refused: privacy budget exceeded"):
         run_server(LocalGrid(make_client_app([s.to_dict() for s in specs]), 3), settings)
 
 
@@ -135,3 +135,50 @@ def test_client_app_module_stays_lean() -> None:
     code = "import sys, federated.client_app; print(sorted(m for m in ('torch', 'sklearn', 'pandas', 'opacus') if m in sys.modules))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_centralized_and_federated_training_share_one_budget_per_data_file(world, tmp_path: Path) -> None:
+    """A partner whose data file was already charged by a centralized run (same ledger, same file
+    hash) is refused once a federated round would pass the cap, and its charges add up."""
+    from privmodel import budget
+    from privmodel.audit import Ledger, read_entries
+    from privmodel.fileio import sha256_file
+    from privmodel.keys import load_signer
+
+    out, paths, holdout, policy, keys = world
+    spec = partner_specs(tmp_path, paths[:1], policy)[0]
+    ledger = Ledger(Path(spec.workdir) / "ledger.jsonl", load_signer(spec.keys))
+    digest = sha256_file(paths[0])
+    budget.charge(ledger, digest, 2.1, 1e-7, 3.0, 1e-6, {"command": "train"})  # the policy's cap is (3, 1e-6)
+
+    from federated.server_app import _build_model
+    from federated.worker import PartnerWorker, Refused, _model_arrays
+
+    worker = PartnerWorker(spec)
+    config = FedConfig(rounds=2, epsilon=1.0, local_steps=6, batch_size=128, delta=5e-7)
+    hello = worker.hello(config)
+    assert hello["epsilon_spent"] == pytest.approx(2.1)
+    start = _model_arrays(_build_model(config, int(hello["n_num"]), [int(c) for c in hello["cards"].split(",")]))
+    _, metrics = worker.train(start, config, "run-1", 1)  # round 1 (ε 0.75 of the run's 1.0) fits under 3.0
+    first = budget.spent(ledger.path, digest)
+    assert first.epsilon == pytest.approx(2.1 + metrics["epsilon"]) and first.delta == pytest.approx(1e-7 + 5e-7)
+    with pytest.raises(Refused, match=r"partner silo-0 refused: privacy budget exceeded for dataset .*> cap 3 \(epsilon\)"):
+        worker.train(start, config, "run-1", 2)  # the whole run's ε = 1 would bring it past 3.0
+    assert budget.spent(ledger.path, digest) == first
+    charges = [e for e in read_entries(ledger.path) if e["action"] == "budget.charge"]
+    assert [e["outcome"] for e in charges] == ["ok", "ok", "failed"]
+    assert charges[1]["params"]["command"] == "federate" and charges[1]["privacy_cost"]["delta"] == pytest.approx(5e-7)
+
+
+@pytest.mark.parametrize("values,message", [
+    ({"delta": 0.01}, "--delta: must be well below 1/n"),
+    ({"delta": 0.0}, "--delta: must be a positive number"),
+    ({"rounds": 0}, "--rounds: must be at least 1"),
+    ({"epsilon": -1.0}, "--epsilon: must be zero or a positive number"),
+    ({"client_dp_noise": 0.5}, "--client-dp-clip: client-level DP needs a positive clipping norm"),
+])
+def test_bad_federated_options_are_one_line_input_errors(values: dict, message: str) -> None:
+    from anonymize.errors import InputError
+
+    with pytest.raises(InputError, match=message):
+        FedConfig(**values).validate()

@@ -41,7 +41,7 @@ def test_secagg_run_equals_plain_weighted_average_with_dp_and_refusal(tmp_path: 
     assert [r["round"] for r in rounds] == [1, 2]
     assert rounds[0]["accepted"] == ["silo-0", "silo-1", "silo-2"]
     assert rounds[1]["accepted"] == ["silo-0", "silo-1"]
-    assert any(i["partner"] == "silo-2" and "budget exhausted" in i["reason"] for i in rounds[1]["failed"])
+    assert any(i["partner"] == "silo-2" and "privacy budget exceeded" in i["reason"] for i in rounds[1]["failed"])
 
     # The unmasked aggregate is the example-weighted mean of the deltas each partner handed to SecAgg+.
     final = dict(np.load(out / "coordinator" / "model.npz"))
@@ -77,12 +77,12 @@ def test_secagg_run_equals_plain_weighted_average_with_dp_and_refusal(tmp_path: 
         assert verify(ledger).ok, (ledger, verify(ledger).first_problem)
     for i in range(3):
         entries = read_entries(out / "partners" / f"silo-{i}" / "ledger.jsonl")
-        charged = sum(e["privacy_cost"]["epsilon"] for e in entries if e["action"] == "federate.round" and e["privacy_cost"])
+        charged = sum(e["privacy_cost"]["epsilon"] for e in entries if e["action"] == "budget.charge" and e["outcome"] == "ok")
         assert charged == pytest.approx(outcome.partners[f"silo-{i}"]["epsilon"], rel=1e-6)
         mine = [e for e in entries if e["action"] == "federate.final_model"][-1]
         assert mine["params"]["model_hash"] == outcome.model_hash
-    refusals = [e for e in read_entries(out / "partners" / "silo-2" / "ledger.jsonl") if e["outcome"] == "failed"]
-    assert refusals and "budget exhausted" in refusals[0]["reason"]
+    refusals = [e for e in read_entries(out / "partners" / "silo-2" / "ledger.jsonl") if e["outcome"] == "failed" and e["action"] == "budget.charge"]
+    assert refusals and "privacy budget exceeded" in refusals[0]["reason"]
 
     coord_entries = read_entries(coord / "ledger.jsonl")
     assert [e["params"]["round"] for e in coord_entries if e["action"] == "federate.round"] == [1, 2]

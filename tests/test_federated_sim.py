@@ -45,7 +45,7 @@ def test_simulation_end_to_end_with_dp_adversary_cap_and_bad_partner(silos) -> N
     # silo-3 (cap 0.6) joined round 1 and was refused afterwards, never above its cap
     assert outcome.partners["silo-3"]["rounds"] == [1]
     assert 0 < outcome.partners["silo-3"]["epsilon"] <= 0.6
-    assert any(i["partner"] == "silo-3" and "budget exhausted" in i["reason"] for i in rounds[1]["failed"])
+    assert any(i["partner"] == "silo-3" and "privacy budget exceeded" in i["reason"] for i in rounds[1]["failed"])
     # ε of full partners: accounted over all 3 rounds, at or below the target
     for name in ("silo-0", "silo-1"):
         assert outcome.partners[name]["rounds"] == [1, 2, 3]
@@ -62,10 +62,10 @@ def test_simulation_end_to_end_with_dp_adversary_cap_and_bad_partner(silos) -> N
         entries = read_entries(out / "partners" / f"silo-{i}" / "ledger.jsonl")
         mine = [e for e in entries if e["action"] == "federate.final_model"][-1]
         assert mine["params"]["model_hash"] == outcome.model_hash
-        charged = sum(e["privacy_cost"]["epsilon"] for e in entries if e["action"] == "federate.round" and e["privacy_cost"])
+        charged = sum(e["privacy_cost"]["epsilon"] for e in entries if e["action"] == "budget.charge" and e["outcome"] == "ok")
         assert charged == pytest.approx(outcome.partners[f"silo-{i}"]["epsilon"], rel=1e-6)
-    refusals = [e for e in read_entries(out / "partners" / "silo-3" / "ledger.jsonl") if e["outcome"] == "failed"]
-    assert refusals and "budget exhausted" in refusals[0]["reason"]
+    refusals = [e for e in read_entries(out / "partners" / "silo-3" / "ledger.jsonl") if e["outcome"] == "failed" and e["action"] == "budget.charge"]
+    assert refusals and "privacy budget exceeded" in refusals[0]["reason"]
     rejected = [e for e in read_entries(coord / "ledger.jsonl") if e["action"] == "federate.update_rejected"]
     assert rejected and rejected[0]["params"]["partner"] == "silo-2"
     card = json.loads((coord / "federated_card.json").read_text())

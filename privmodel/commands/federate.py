@@ -68,6 +68,7 @@ def simulate(
     customers: int = typer.Option(20000, "--customers", min=100, help="Customers over all silos."),
     heterogeneity: float = typer.Option(0.6, "--heterogeneity", help="0 = IID silos, 1 = strongly non-IID."),
     epsilon: float = typer.Option(1.0, "--epsilon", help="Target ε per partner over all rounds; 0 = non-private."),
+    delta: float = typer.Option(1e-6, "--delta", help="δ of each partner's run (charged once per run)."),
     strategy: str = typer.Option("fedavg", "--strategy", help="fedavg, fedprox or fedadam."),
     proximal_mu: float = typer.Option(0.0, "--proximal-mu"),
     local_steps: int = typer.Option(20, "--local-steps"),
@@ -102,7 +103,7 @@ def simulate(
     if not 0.0 <= heterogeneity <= 1.0:
         raise InputError("--heterogeneity: must be between 0 and 1")
     config = _config(
-        rounds=rounds, epsilon=epsilon, strategy=strategy, proximal_mu=proximal_mu, local_steps=local_steps,
+        rounds=rounds, epsilon=epsilon, delta=delta, strategy=strategy, proximal_mu=proximal_mu, local_steps=local_steps,
         batch_size=batch_size, lr=lr, min_partners=min_partners, max_update_norm=max_update_norm,
         client_dp_noise=client_dp_noise, client_dp_clip=client_dp_clip, model=model, label=label, seed=seed,
         secagg=secagg, secagg_shares=secagg_shares, secagg_threshold=secagg_threshold,
@@ -225,6 +226,7 @@ def run(
     keys: Path = typer.Option(None, "--keys"),
     rounds: int = typer.Option(10, "--rounds", min=1),
     epsilon: float = typer.Option(1.0, "--epsilon"),
+    delta: float = typer.Option(1e-6, "--delta", help="δ of each partner's run (charged once per run)."),
     strategy: str = typer.Option("fedavg", "--strategy"),
     proximal_mu: float = typer.Option(0.0, "--proximal-mu"),
     local_steps: int = typer.Option(20, "--local-steps"),
@@ -251,7 +253,7 @@ def run(
 
     console = Console()
     config = _config(
-        rounds=rounds, epsilon=epsilon, strategy=strategy, proximal_mu=proximal_mu, local_steps=local_steps,
+        rounds=rounds, epsilon=epsilon, delta=delta, strategy=strategy, proximal_mu=proximal_mu, local_steps=local_steps,
         batch_size=batch_size, lr=lr, min_partners=min_partners, max_update_norm=max_update_norm,
         client_dp_noise=client_dp_noise, client_dp_clip=client_dp_clip, label=label, round_timeout=round_timeout,
     )
