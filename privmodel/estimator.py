@@ -12,7 +12,10 @@ Preprocessing never looks at the data unless told to spend privacy on it:
 * `dp_stats_share` in (0, 1): that share of epsilon (and of delta, for categories) buys DP
   statistics for the columns without public metadata (`TabularEncoder.fit_dp`); the rest trains.
   The total reported in `epsilon_spent_` / `delta_` is the sum (basic composition).
-Without either, a column with no public metadata is an InputError naming it.
+* `policy` (a loaded policy or the path of a policy file) instead of the three above: the public
+  bounds, categories, booleans and transforms the policy declares for X's columns, exactly as
+  `privmodel train` encodes them.
+Without any of these, a column with no public metadata is an InputError naming it.
 
 `score` is ROC-AUC (not accuracy as in ClassifierMixin): a propensity model ranks customers, and
 accuracy at 0.5 says little when churners are 10-30 % of rows.
@@ -51,6 +54,7 @@ class DPPropensityClassifier(ClassifierMixin, BaseEstimator):
         booleans: Sequence[str] = (),
         dp_stats_share: float = 0.0,
         transforms: Mapping[str, str] | None = None,
+        policy: Any = None,
     ) -> None:
         self.model = model
         self.epsilon = epsilon
@@ -68,6 +72,7 @@ class DPPropensityClassifier(ClassifierMixin, BaseEstimator):
         self.booleans = booleans
         self.dp_stats_share = dp_stats_share
         self.transforms = transforms
+        self.policy = policy
 
     # ------------------------------------------------------------------ helpers
     def _frame(self, X: Any, fitting: bool) -> Any:
@@ -102,10 +107,24 @@ class DPPropensityClassifier(ClassifierMixin, BaseEstimator):
             return {c: (float(lo), float(hi)) for c, (lo, hi) in zip(columns, arr, strict=True)}
         raise InputError("bounds must be a mapping, one (lo, hi) pair, or one pair per column")
 
+    def _policy_encoder(self, columns: list[str]) -> TabularEncoder:
+        """The encoder `privmodel train` builds from the policy, for exactly X's columns."""
+        from anonymize.policy import load_policy
+
+        if self.bounds is not None or self.categories or self.transforms or self.booleans or self.dp_stats_share:
+            raise InputError("give either policy= or bounds= / categories= / booleans= / transforms= / dp_stats_share=")
+        policy = self.policy
+        if not hasattr(policy, "columns"):
+            policy = load_policy(policy)
+        labels = [n for n, c in policy.columns.items() if getattr(c, "role", None) == "label"]
+        return TabularEncoder.from_policy(policy, label=labels[0] if len(labels) == 1 else "", columns=columns)
+
     def _encoder(self, frame: Any, eps_stats: float, delta_stats: float) -> TabularEncoder:
         import pandas as pd
 
         columns = list(frame.columns)
+        if self.policy is not None:
+            return self._policy_encoder(columns)
         bounds = self._public_bounds(columns)
         categories = {str(k): list(v) for k, v in (self.categories or {}).items()}
         booleans = [str(c) for c in self.booleans]

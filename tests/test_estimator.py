@@ -153,3 +153,31 @@ def test_load_refuses_altered_weights(tmp_path: Path) -> None:
     weights.write_bytes(weights.read_bytes() + b"x")
     with pytest.raises(InputError, match="altered"):
         load_model(tmp_path / "m")
+
+
+POLICY_YAML = """
+version: 1
+name: estimator-test
+purpose: {name: churn_modeling, columns: [tenure, spend, channel, churn]}
+privacy: {k: 2}
+budget: {epsilon: 3.0, delta: 1.0e-6}
+columns:
+  tenure:  {role: feature, type: float, bounds: [0, 120]}
+  spend:   {role: feature, type: float, bounds: [0, 1000], transform: log1p}
+  channel: {role: feature, type: categorical, categories: [app, web, branch]}
+  churn:   {role: label, type: categorical, categories: [churn, stay]}
+"""
+
+
+def test_policy_param_encodes_like_the_same_metadata_given_by_hand(tmp_path: Path) -> None:
+    X, y = _customers(n=1500)
+    path = tmp_path / "policy.yaml"
+    path.write_text(POLICY_YAML)
+    by_policy = DPPropensityClassifier(policy=str(path), **FAST).fit(X, y)
+    by_hand = DPPropensityClassifier(bounds=BOUNDS, categories=CATS, transforms={"spend": "log1p"}, **FAST).fit(X, y)
+    np.testing.assert_array_equal(by_policy.predict_proba(X), by_hand.predict_proba(X))
+    assert clone(by_policy).get_params()["policy"] == str(path)
+    with pytest.raises(InputError, match="give either policy= or bounds="):
+        DPPropensityClassifier(policy=str(path), bounds=BOUNDS, **FAST).fit(X, y)
+    with pytest.raises(InputError, match="'region' is not declared in the policy"):
+        DPPropensityClassifier(policy=str(path), **FAST).fit(X.assign(region="north"), y)
