@@ -184,7 +184,9 @@ def run_server(grid: Grid, settings: ServerSettings) -> RunOutcome:
         fail(str(exc))
     my_policy_hash = policy_hash(policy)
     record = config.to_record()
-    query_timeout = min(config.round_timeout, max(30.0, settings.wait_timeout))
+    # a partner's first answer includes loading, anonymizing and encoding its data (and, in a Ray
+    # actor, importing torch): allow it a round's time, not just the wait for nodes to appear
+    query_timeout = max(config.round_timeout, settings.wait_timeout)
 
     nodes = _wait_for_nodes(grid, max(settings.expected_partners, config.min_partners), settings.wait_timeout)
     # 1. Who is there, and do they all run the coordinator's policy?

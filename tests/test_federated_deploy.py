@@ -48,7 +48,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory):
 @pytest.mark.slow
 def test_loopback_deployment_tls_auth_kill_and_ledgers(setup) -> None:
     out, specs, holdout, policy, tls = setup
-    config = FedConfig(rounds=4, epsilon=1.0, local_steps=6, batch_size=128, min_partners=2, round_timeout=40)
+    config = FedConfig(rounds=4, epsilon=1.0, local_steps=6, batch_size=128, min_partners=2, round_timeout=120)
     coordinator = out / "coordinator"
     coordinator.mkdir()
     init_keys(coordinator / "keys", actor="coordinator")
@@ -184,7 +184,7 @@ def test_deployment_final_model_matches_simulation(setup) -> None:
     from federated.worker import PartnerSpec
 
     out, specs, holdout, policy, tls = setup
-    config = FedConfig(rounds=2, epsilon=1.0, local_steps=6, batch_size=128, min_partners=3, round_timeout=40)
+    config = FedConfig(rounds=2, epsilon=1.0, local_steps=6, batch_size=128, min_partners=3, round_timeout=120)
 
     def fresh(kind: str) -> list[PartnerSpec]:
         return [PartnerSpec(**{**s.to_dict(), "workdir": str(out / kind / s.name)}) for s in specs]
