@@ -184,7 +184,7 @@ def test_deployment_final_model_matches_simulation(setup) -> None:
     from federated.worker import PartnerSpec
 
     out, specs, holdout, policy, tls = setup
-    config = FedConfig(rounds=2, epsilon=1.0, local_steps=6, batch_size=128, min_partners=3, round_timeout=120)
+    config = FedConfig(rounds=2, epsilon=1.0, local_steps=6, batch_size=128, min_partners=3, round_timeout=300)
 
     def fresh(kind: str) -> list[PartnerSpec]:
         return [PartnerSpec(**{**s.to_dict(), "workdir": str(out / kind / s.name)}) for s in specs]

@@ -31,7 +31,7 @@ def test_secagg_run_equals_plain_weighted_average_with_dp_and_refusal(tmp_path: 
     # silo-2's cap admits round 1 only: its round-2 refusal is a SecAgg+ dropout the others survive.
     specs = partner_specs(out, paths, policy, epsilon_caps={"silo-2": 0.85})
     config = FedConfig(rounds=2, epsilon=1.0, local_steps=4, batch_size=64, lr=0.1, min_partners=2,
-                       secagg=True, secagg_shares=3, secagg_threshold=2, round_timeout=120)
+                       secagg=True, secagg_shares=3, secagg_threshold=2, round_timeout=300)
     record = tmp_path / "sent"
     record.mkdir()
     events: list[dict] = []

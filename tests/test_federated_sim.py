@@ -26,7 +26,7 @@ def test_simulation_end_to_end_with_dp_adversary_cap_and_bad_partner(silos) -> N
     paths = list(paths)
     paths[4] = out / "missing.parquet"  # silo-4: its data file does not exist
     specs = partner_specs(out, paths, policy, epsilon_caps={"silo-3": 0.6})
-    config = FedConfig(rounds=3, epsilon=1.0, local_steps=8, batch_size=128, min_partners=2, round_timeout=120)
+    config = FedConfig(rounds=3, epsilon=1.0, local_steps=8, batch_size=128, min_partners=2, round_timeout=300)
     events: list[dict] = []
     outcome = run_simulation(
         out, specs, config, policy, eval_data=holdout, on_round=events.append,
