@@ -123,7 +123,7 @@ def tokenize_series(series: pd.Series | Sequence[Any], key: ColumnKey | bytes, l
 
     Speed: one keyed HMAC state is built once and `.copy()`-ed per value, which skips the per-call
     key schedule (measured here: cryptography HMAC copy + update + finalize 0.54 us per value vs
-    stdlib `hmac.digest` 1.6 us vs pandas.apply 4.8 us). Columns of plain strings take the batch
+    stdlib `hmac.digest` 1.6 us vs pandas.apply + hmac.new 2.0 us). Columns of plain strings take the batch
     path of `_tokenize_joined`; anything else (numbers, missing values, NUL bytes) the general loop.
     """
     if not MIN_TOKEN_LENGTH <= length <= MAX_TOKEN_LENGTH:
