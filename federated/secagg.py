@@ -41,7 +41,7 @@ import numpy as np
 
 from anonymize.errors import InputError
 from federated.config import FedConfig
-from federated.server_app import RunOutcome, ServerSettings
+from federated.server_app import RunOutcome, ServerSettings, answer_timeout
 
 SECAGG_CLIPPING_RANGE = 8.0  # every coordinate of a weighted delta is clipped to ±this at the partner
 QUANTIZATION_RANGE = 2**22  # levels per coordinate (Flower's default)
@@ -402,9 +402,7 @@ def run_secagg_server(grid: Any, context: Any, settings: ServerSettings) -> RunO
         fail(str(exc))
     my_policy_hash = policy_hash(policy)
     record = config.to_record()
-    # a partner's first answer includes loading, anonymizing and encoding its data (and, in a Ray
-    # actor, importing torch): allow it a round's time, not just the wait for nodes to appear
-    query_timeout = max(config.round_timeout, settings.wait_timeout)
+    query_timeout = answer_timeout(config, settings)
 
     # 1. Who is there, and do they all run the coordinator's policy? (legacy get_properties)
     nodes = _wait_for_nodes(grid, max(settings.expected_partners, config.min_partners), settings.wait_timeout)

@@ -184,9 +184,7 @@ def run_server(grid: Grid, settings: ServerSettings) -> RunOutcome:
         fail(str(exc))
     my_policy_hash = policy_hash(policy)
     record = config.to_record()
-    # a partner's first answer includes loading, anonymizing and encoding its data (and, in a Ray
-    # actor, importing torch): allow it a round's time, not just the wait for nodes to appear
-    query_timeout = max(config.round_timeout, settings.wait_timeout)
+    query_timeout = answer_timeout(config, settings)
 
     nodes = _wait_for_nodes(grid, max(settings.expected_partners, config.min_partners), settings.wait_timeout)
     # 1. Who is there, and do they all run the coordinator's policy?
@@ -361,6 +359,13 @@ def _emit(path: Path, callback: Callable[[dict[str, Any]], None] | None, entry: 
         handle.write(json.dumps(entry, default=_finite) + "\n")
     if callback is not None:
         callback(entry)
+
+
+def answer_timeout(config: FedConfig, settings: ServerSettings) -> float:
+    """How long the hello and final queries wait for a partner. Its first answer includes loading,
+    anonymizing and encoding its data (and, in a Ray actor, importing torch): a round's time, not
+    just the wait for nodes to appear."""
+    return max(config.round_timeout, settings.wait_timeout)
 
 
 def vet_partners(
