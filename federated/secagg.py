@@ -373,27 +373,27 @@ def run_secagg_server(grid: Any, context: Any, settings: ServerSettings) -> RunO
 
     from anonymize.policy import load_policy
     from federated.card import write_card
-    from federated.server_app import _build_model, _emit, _Evaluator, _finite, _npz_bytes, _wait_for_nodes, vet_partners
+    from federated.server_app import (
+        _build_model,
+        _emit,
+        _Evaluator,
+        _finite,
+        _npz_bytes,
+        _wait_for_nodes,
+        begin_run,
+        vet_partners,
+    )
     from federated.wire import arrays_hash
     from federated.worker import _model_arrays, policy_hash
-    from privmodel.audit import Ledger, artifact
-    from privmodel.fileio import atomic_write_bytes, atomic_write_text, ensure_output_dir
-    from privmodel.keys import ensure_keys, load_signer
+    from privmodel.audit import artifact
+    from privmodel.fileio import atomic_write_bytes, atomic_write_text
 
-    config = settings.config.validate()
-    out = ensure_output_dir(settings.out_dir)
-    keys_dir = ensure_keys(settings.keys)
-    ledger = Ledger(out / "ledger.jsonl", load_signer(keys_dir))
-    progress_path = out / "progress.jsonl"
-    progress_path.write_text("")
-    run_id = str(grid.run.run_id)
+    start = begin_run(grid, settings)
+    config, out, keys_dir, ledger, progress_path, run_id = (
+        start.config, start.out, start.keys_dir, start.ledger, start.progress_path, start.run_id)
+    fail = start.fail
     coordinator = _Coordinator(settings, ledger, progress_path, run_id)
     started = time.monotonic()
-
-    def fail(reason: str) -> None:
-        ledger.append("federate.run", params={"run_id": run_id}, outcome="failed", reason=reason)
-        _emit(progress_path, settings.on_round, {"event": "failed", "reason": reason})
-        raise InputError(reason)
 
     try:
         check_options(config, settings.expected_partners)

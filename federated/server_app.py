@@ -154,14 +154,29 @@ def _build_model(config: FedConfig, n_num: int, cards: list[int]):
     return build_model(config.model, n_num, cards)
 
 
-def run_server(grid: Grid, settings: ServerSettings) -> RunOutcome:
-    """The whole federated run, from partner check to final model; raises InputError on failure."""
-    from anonymize.policy import load_policy
-    from federated.card import write_card
-    from federated.robust import RobustStrategy, build_strategy
-    from federated.worker import _load_arrays, _model_arrays, policy_hash
-    from privmodel.audit import Ledger, artifact
-    from privmodel.fileio import atomic_write_bytes, atomic_write_text, ensure_output_dir
+@dataclass
+class RunStart:
+    """What both server loops (Message API and SecAgg+) set up before anything else."""
+
+    config: FedConfig
+    out: Path
+    keys_dir: Path
+    ledger: Any
+    progress_path: Path
+    run_id: str
+    on_round: Callable[[dict[str, Any]], None] | None
+
+    def fail(self, reason: str) -> None:
+        """Record the failure in the coordinator's ledger and progress file, then raise it."""
+        self.ledger.append("federate.run", params={"run_id": self.run_id}, outcome="failed", reason=reason)
+        _emit(self.progress_path, self.on_round, {"event": "failed", "reason": reason})
+        raise InputError(reason)
+
+
+def begin_run(grid: Grid, settings: ServerSettings) -> RunStart:
+    """Validated config, output directory, coordinator keys and ledger, an empty progress file."""
+    from privmodel.audit import Ledger
+    from privmodel.fileio import ensure_output_dir
     from privmodel.keys import ensure_keys, load_signer
 
     config = settings.config.validate()
@@ -170,13 +185,23 @@ def run_server(grid: Grid, settings: ServerSettings) -> RunOutcome:
     ledger = Ledger(out / "ledger.jsonl", load_signer(keys_dir))
     progress_path = out / "progress.jsonl"
     progress_path.write_text("")
-    run_id = str(grid.run.run_id)
-    started = time.monotonic()
+    return RunStart(config, out, keys_dir, ledger, progress_path, str(grid.run.run_id), settings.on_round)
 
-    def fail(reason: str) -> None:
-        ledger.append("federate.run", params={"run_id": run_id}, outcome="failed", reason=reason)
-        _emit(progress_path, settings.on_round, {"event": "failed", "reason": reason})
-        raise InputError(reason)
+
+def run_server(grid: Grid, settings: ServerSettings) -> RunOutcome:
+    """The whole federated run, from partner check to final model; raises InputError on failure."""
+    from anonymize.policy import load_policy
+    from federated.card import write_card
+    from federated.robust import RobustStrategy, build_strategy
+    from federated.worker import _load_arrays, _model_arrays, policy_hash
+    from privmodel.audit import artifact
+    from privmodel.fileio import atomic_write_bytes, atomic_write_text
+
+    start = begin_run(grid, settings)
+    config, out, keys_dir, ledger, progress_path, run_id = (
+        start.config, start.out, start.keys_dir, start.ledger, start.progress_path, start.run_id)
+    fail = start.fail
+    started = time.monotonic()
 
     try:
         policy = load_policy(settings.policy)

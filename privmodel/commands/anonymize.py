@@ -236,8 +236,8 @@ def reidentify(
         if spec is None or spec.role != "identifier":
             raise InputError(f"{policy}: column {column!r} is not an identifier of this policy")
         if spec.method == "drop" or (spec.method == "token" and not spec.escrow):
-            raise InputError(f"{policy}: column {column!r} has method {spec.method}"
-                             f"{' without escrow' if spec.method == 'token' else ''}; only encrypt columns and "
+            method = "token without escrow" if spec.method == "token" else spec.method
+            raise InputError(f"{policy}: column {column!r} has method {method}; only encrypt columns and "
                              "token columns kept with an escrow are reversible")
         table = read_table(release)
         if column not in table.columns:
