@@ -26,7 +26,15 @@ CHROMIUM := /usr/bin/chromium
 $(CHROMIUM):
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
 
-test: $(STAMP) $(CHROMIUM)
+# The budget store's tests run a throwaway PostgreSQL server (tests/conftest.py: initdb + pg_ctl in a temp
+# directory); they fail, never skip, when it is missing, so install Debian's package when initdb is absent.
+PG_INITDB = $(firstword $(wildcard /usr/lib/postgresql/*/bin/initdb))
+.PHONY: postgresql
+postgresql:
+	@if [ -z "$(PG_INITDB)" ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; fi
+
+test: $(STAMP) $(CHROMIUM) postgresql
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q -n 2 --dist loadfile
 

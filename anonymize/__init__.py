@@ -2,7 +2,9 @@
 
 Imports pandas, numpy, cryptography, pydantic and PyYAML only: never torch or Flower.
 
-The safe path is the short one: `load_policy` then `run(df, policy, keys)`. Everything but
+The safe path is the short one: `load_policy` then `run(df, policy, keys)` for a release, or
+`minimise(df, policy, keys)` for the rows a model may train on (consent-filtered, identifiers
+keyed or dropped, nothing generalized from the data). Everything but
 `InputError` loads lazily: every layer imports `anonymize.errors`, and that must not pull pandas
 into the CLI's start-up (`privmodel --help` answers at once).
 """
@@ -15,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from anonymize.errors import InputError
 
 if TYPE_CHECKING:
-    from anonymize.pipeline import Release, run
+    from anonymize.pipeline import Minimised, Release, minimise, run
     from anonymize.policy import ColumnPolicy, Policy, load_policy
     from anonymize.pseudonymize import (
         ColumnKey,
@@ -30,7 +32,9 @@ if TYPE_CHECKING:
     )
 
 _LAZY = {
+    "Minimised": "anonymize.pipeline",
     "Release": "anonymize.pipeline",
+    "minimise": "anonymize.pipeline",
     "run": "anonymize.pipeline",
     "ColumnPolicy": "anonymize.policy",
     "Policy": "anonymize.policy",
@@ -51,12 +55,14 @@ __all__ = [
     "ColumnPolicy",
     "InputError",
     "Keys",
+    "Minimised",
     "Policy",
     "Release",
     "Rotated",
     "decrypt_series",
     "encrypt_series",
     "load_policy",
+    "minimise",
     "pseudonymize",
     "reidentify",
     "rotate_tokens",

@@ -1,11 +1,16 @@
-"""`anonymize.run`: the six steps from a raw table to a release and its report, in order.
+"""`anonymize.run`: the seven steps from a raw table to a release and its report, in order.
 
 1. validate   - declared columns present, values of the declared type and domain
 2. quality    - exact duplicates removed, duplicate identifiers and missing values counted
 3. purpose    - rows without consent for the purpose removed; columns it does not need dropped
 4. pseudonymize identifiers (HMAC tokens / AES-SIV / drop), keys derived per purpose and partner
 5. generalize quasi-identifiers (k / l / t), then measure privacy, risk and utility on the output
-6. report     - JSON-ready dict of every count and figure; never a raw value or key
+6. gate       - every criterion of the policy (k, l, t, suppression limit, token uniqueness)
+                re-checked on the final table (`anonymize.gate`); a failure raises, nothing is released
+7. report     - JSON-ready dict of every count and figure; never a raw value or key
+
+Steps 1-4 are `minimise`, which every model path calls too (train, curve, score, estimator,
+federated partners): one consent filter, one way identifiers leave, for the whole project.
 
 Each step hands its table to the next and records what it removed, by reason, so the rows of the
 input always add up to the rows of the release plus the counted removals.
@@ -14,16 +19,18 @@ input always add up to the rows of the release plus the counted removals.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from anonymize.errors import InputError
+from anonymize.gate import Check, enforce, privacy_checks, suppression_check, token_check
 from anonymize.generalize import generalize
 from anonymize.measures import privacy_measures, reidentification_risk, utility_loss
 from anonymize.policy import Policy
-from anonymize.pseudonymize import Keys, as_keys, pseudonymize
+from anonymize.pseudonymize import DEFAULT_PARTNER, Keys, Pseudonymized, as_keys, pseudonymize
 from anonymize.quality import StepResult, consent_and_purpose, hierarchy_of, quality, validate
 from anonymize.report import REPORT_FORMAT, label_auc
 
@@ -48,18 +55,76 @@ def _generalization_input(data: pd.DataFrame, policy: Policy, qis: list[str]) ->
     return frame
 
 
-def run(
+def _pseudonymize_step(data: pd.DataFrame, policy: Policy, key_set: Keys) -> tuple[Pseudonymized, dict[str, Any]]:
+    """Step 4 and its record; the record says "not applicable" when the policy names no identifier."""
+    pseudo = pseudonymize(data, policy, key_set)
+    dropped_ids = [n for n, info in pseudo.summary.items() if info["method"] == "drop"]
+    record: dict[str, Any] = {
+        "step": "pseudonymize",
+        "rows_in": len(data),
+        "rows_out": len(pseudo.data),
+        "removed": {},
+        "applicable": bool(pseudo.summary),
+        "columns": pseudo.summary,
+        "dropped_columns": dropped_ids,
+        "decisions": [
+            "tokens are HMAC-SHA256 under a key derived (HKDF) from the master secret, the purpose, "
+            "the partner and the column; encrypt columns use deterministic AES-SIV under a key derived "
+            "the same way; missing identifiers stay missing"
+            if pseudo.summary
+            else "not applicable: the policy declares no identifier column present in the data",
+        ],
+    }
+    return pseudo, record
+
+
+@dataclass
+class Minimised:
+    """Customer rows as a model may see them: validated, quality-checked, consent-filtered,
+    identifiers dropped or keyed exactly as a release keys them, with no data-dependent
+    generalization. `data.index` holds the input's 1-based data row numbers (for messages).
+
+    `removed` counts removed rows by reason ({"no_consent": 3007, ...}); `rows_in` is the input's
+    row count, so `rows_in == len(data) + sum(removed.values())` always holds.
+    """
+
+    data: pd.DataFrame
+    steps: list[dict[str, Any]]
+    removed: dict[str, int]
+    rows_in: int
+    pseudonymization: dict[str, dict[str, Any]] = field(default_factory=dict)
+    escrow: pd.DataFrame | None = None
+    partner: str = DEFAULT_PARTNER
+    colliding: dict[str, frozenset[str]] = field(default_factory=dict, repr=False)  # token column -> shared tokens
+
+    @property
+    def positions(self) -> np.ndarray:
+        """0-based positions in the input table of the rows kept (the index minus one)."""
+        return self.data.index.to_numpy(dtype=np.int64) - 1
+
+
+def minimise(
     df: pd.DataFrame,
     policy: Policy,
     keys: Keys | bytes,
     *,
-    population: pd.DataFrame | None = None,
-    partner: str | None = None,
     source: str = "input",
-    seed: int = 0,
+    partner: str | None = None,
     progress: Callable[[str], None] | None = None,
-) -> Release:
-    """Run the release pipeline on `df` as `policy` says; bad input raises one-line InputError."""
+    fixed_recoding: bool = True,
+) -> Minimised:
+    """Steps 1-4 of a release, shared by the release path and every model path (train, curve,
+    score, estimator, federated partners): the one consent filter of the project.
+
+    validate -> quality -> consent & purpose (rows without consent removed, columns the purpose
+    does not need dropped) -> identifiers dropped / tokenized / encrypted as the policy says.
+    Nothing here depends on other customers' values (no Mondrian, no lattice): one customer's row
+    comes out the same whoever else is in the table, so DP on these rows is per customer.
+    Then, with `fixed_recoding`, each quasi-identifier that declares `recode: N` is replaced by its
+    interval at level N of its intervals hierarchy (fixed bins, the same for any table). `run`
+    passes False: a release generalizes from the exact values under k / l / t instead.
+    Bad input raises a one-line InputError naming `source`, the column and the row.
+    """
     key_set = as_keys(keys, partner)
     say = progress or (lambda _step: None)
     steps: list[dict[str, Any]] = []
@@ -75,26 +140,84 @@ def run(
     data = record("quality", quality(data, policy))
     say("consent and purpose")
     data = record("purpose", consent_and_purpose(data, policy, undeclared))
-
     say("pseudonymize")
-    pseudo = pseudonymize(data, policy, key_set)
+    pseudo, pseudo_record = _pseudonymize_step(data, policy, key_set)
+    steps.append(pseudo_record)
     data = pseudo.data
-    dropped_ids = [n for n, info in pseudo.summary.items() if info["method"] == "drop"]
-    steps.append(
-        {
-            "step": "pseudonymize",
-            "rows_in": len(data),
-            "rows_out": len(data),
-            "removed": {},
-            "columns": pseudo.summary,
-            "dropped_columns": dropped_ids,
-            "decisions": [
-                "tokens are HMAC-SHA256 under a key derived (HKDF) from the master secret, the purpose, "
-                "the partner and the column; encrypt columns use deterministic AES-SIV under a key derived "
-                "the same way; missing identifiers stay missing",
-            ],
-        }
+    recode = {n: policy.columns[n].recode for n in policy.quasi_identifiers if n in data.columns}
+    recode = {n: level for n, level in recode.items() if level is not None}
+    if fixed_recoding and recode:
+        say("fixed recoding")
+        data = _fixed_recoding(data, policy, recode)
+        steps.append(
+            {
+                "step": "recode",
+                "rows_in": len(data),
+                "rows_out": len(data),
+                "removed": {},
+                "columns": recode,
+                "decisions": [
+                    "quasi-identifiers with `recode` are replaced by their interval at that level of their "
+                    "hierarchy: fixed bins, data-independent (no Mondrian, no lattice)",
+                ],
+            }
+        )
+    return Minimised(
+        data=data,
+        steps=steps,
+        removed=_removed(steps),
+        rows_in=int(len(df)),
+        pseudonymization=pseudo.summary,
+        escrow=pseudo.escrow,
+        partner=key_set.partner,
+        colliding=pseudo.colliding,
     )
+
+
+def _fixed_recoding(data: pd.DataFrame, policy: Policy, levels: dict[str, int]) -> pd.DataFrame:
+    """Each value replaced by its release label at `levels[column]` of the column's hierarchy.
+
+    A value's label depends on the value and the policy alone (bins of fixed width from a fixed
+    origin), never on other rows; missing values stay missing.
+    """
+    out = data.copy()
+    for name, level in levels.items():
+        present = out[name].notna().to_numpy()
+        labels = pd.Series(None, index=out.index, dtype=object)
+        if present.any():
+            domain = hierarchy_of(policy, name).encode(out.loc[present, name], name)
+            table = domain.level_table(level)
+            labels[present] = np.asarray(table.labels, dtype=object)[table.gen[domain.codes]]
+        out[name] = labels
+    return out
+
+
+def _removed(steps: list[dict[str, Any]]) -> dict[str, int]:
+    """Rows removed by reason over `steps` (a reason met in two steps is summed)."""
+    removed: dict[str, int] = {}
+    for s in steps:
+        for reason, n in (s.get("removed") or {}).items():
+            removed[reason] = removed.get(reason, 0) + int(n)
+    return removed
+
+
+def run(
+    df: pd.DataFrame,
+    policy: Policy,
+    keys: Keys | bytes,
+    *,
+    population: pd.DataFrame | None = None,
+    partner: str | None = None,
+    source: str = "input",
+    seed: int = 0,
+    progress: Callable[[str], None] | None = None,
+) -> Release:
+    """Run the release pipeline on `df` as `policy` says; bad input raises one-line InputError."""
+    say = progress or (lambda _step: None)
+    minimised = minimise(df, policy, keys, source=source, partner=partner, progress=say, fixed_recoding=False)
+    steps = minimised.steps
+    data = minimised.data
+    pseudo_summary = minimised.pseudonymization
 
     say("generalize")
     qis = [n for n in policy.quasi_identifiers if n in data.columns]
@@ -103,6 +226,8 @@ def run(
     report_privacy: dict[str, Any]
     risk: dict[str, Any] = {}
     utility: dict[str, Any] = {}
+    emd_kinds: dict[str, str] = {}
+    offered = 0
     if qis:
         before = len(data)
         missing_qi = data[qis].isna().any(axis=1).to_numpy()
@@ -121,6 +246,7 @@ def run(
         # t-closeness distance: ordered EMD for numeric sensitive columns, equal distance otherwise
         emd_kinds = {n: ("ordered" if policy.columns[n].numeric else "equal") for n in sensitive}
         result = generalize(original, hierarchies, privacy, sensitive, emd_kinds)
+        offered = len(original)  # rows handed to the algorithm; what it did not release was suppressed
         release = data.loc[result.data.index].copy()
         for name in qis:
             release[name] = result.data[name].astype(object)
@@ -148,7 +274,6 @@ def run(
             }
         )
         say("measure")
-        achieved = privacy_measures(release, qis, sensitive, emd_kinds)
         pop = None
         if population is not None:  # raw QI values, matched to release classes by containment
             pop = _generalization_input(population, policy, [q for q in qis if q in population.columns])
@@ -167,7 +292,6 @@ def run(
             "quasi_identifiers": qis,
             "sensitive": sensitive,
             "required": privacy.model_dump(),
-            "achieved": achieved,
         }
     else:
         release = data
@@ -180,7 +304,21 @@ def run(
     source_rows = release.index  # input row numbers of the released rows, for the raw-vs-release AUC
     release = release.reset_index(drop=True)
 
-    escrow = pseudo.escrow
+    say("release gate")
+    checks: list[Check] = []
+    if qis:  # k / l / t measured on the very table that is written, by the code the report prints
+        recursive_l = privacy.l.value if privacy.l is not None and privacy.l.variant == "recursive" else None
+        achieved = privacy_measures(release, qis, sensitive, emd_kinds, recursive_l=recursive_l)
+        report_privacy["achieved"] = achieved
+        checks += privacy_checks(privacy, achieved, sensitive)
+        checks.append(suppression_check(privacy, offered - len(release), offered))
+    for name, shared in minimised.colliding.items():
+        if name in release.columns:
+            released_shared = int(release[name].dropna().drop_duplicates().isin(shared).sum()) if shared else 0
+            checks.append(token_check(name, released_shared, int(pseudo_summary[name]["bits"])))
+    gate = enforce(checks)
+
+    escrow = minimised.escrow
     if escrow is not None:  # escrow only for people who are in the release
         present = pd.concat(
             [pd.DataFrame({"column": n, "token": release[n]}) for n in escrow["column"].unique()], ignore_index=True
@@ -202,13 +340,14 @@ def run(
     report = {
         "format": REPORT_FORMAT,
         "policy": {"name": policy.name, "purpose": policy.purpose.name, "version": policy.version},
-        "partner": key_set.partner,
+        "partner": minimised.partner,
         "rows": {"input": int(len(df)), "released": int(len(release))},
         "columns": list(release.columns),
         "steps": steps,
         "counts": counts,
-        "pseudonymization": pseudo.summary,
+        "pseudonymization": pseudo_summary,
         "privacy": report_privacy,
+        "gate": gate,
         "risk": risk,
         "utility": utility,
         "model_utility": model_utility,
@@ -220,10 +359,7 @@ def run(
 
 def _counts(steps: list[dict[str, Any]], rows_in: int, rows_out: int) -> dict[str, Any]:
     by = {s["step"]: s for s in steps}
-    removed: dict[str, int] = {}
-    for s in steps:
-        for reason, n in (s.get("removed") or {}).items():
-            removed[reason] = removed.get(reason, 0) + int(n)
+    removed = _removed(steps)
     dropped = [c for group in by["purpose"]["dropped_columns"].values() for c in group]
     dropped += by["pseudonymize"]["dropped_columns"]
     return {
@@ -231,8 +367,11 @@ def _counts(steps: list[dict[str, Any]], rows_in: int, rows_out: int) -> dict[st
         "invalid_rows_removed": sum(n for r, n in removed.items() if r.startswith("invalid:")),
         "exact_duplicates": by["quality"]["exact_duplicates"],
         "duplicate_identifiers": by["quality"]["duplicate_identifiers"],
+        # tokens shared by different identifier values (truncated HMAC); the gate refuses any released
+        "token_collisions": {n: int(i["collisions"]) for n, i in by["pseudonymize"]["columns"].items() if "collisions" in i},
         "missing_values": by["quality"]["missing_values"],
         "consent_filtered": sum((by["purpose"].get("removed") or {}).values()),
+        "consent_applicable": bool(by["purpose"].get("consent_applicable", True)),
         "dropped_columns": dropped,
         "suppressed": removed.get("suppressed", 0),
         "removed_by_reason": removed,

@@ -12,7 +12,13 @@ Semantics the rest of `anonymize` relies on (docs/policy.md explains them for re
 * `purpose.columns` (data minimization) selects among the other columns; anything not listed,
   and any data column the policy does not declare, is dropped and listed in the report;
 * `bounds` / `categories` are public metadata (DP preprocessing uses them instead of the data);
-  so is `transform` (log1p before scaling to the bounds, which stay in the column's own units).
+  so is `transform` (log1p before scaling to the bounds, which stay in the column's own units);
+* `recode` is the one generalization the model path applies: fixed interval bins (`minimise`);
+* token `length` is at least 16 hex characters (64 bits), 32 (128 bits) by default.
+
+Hostile files: YAML anchors / aliases and nesting deeper than `MAX_NESTING` are refused before
+anything is built (an alias bomb of 6 KB otherwise hangs every walk over it), and every number
+must be finite (`.inf` / `.nan` are refused with the field's name).
 """
 
 from __future__ import annotations
@@ -42,8 +48,12 @@ Method = Literal["drop", "token", "encrypt"]
 Transform = Literal["none", "log1p"]
 
 NUMERIC_TYPES = ("integer", "float")
-DEFAULT_TOKEN_LENGTH = 16  # hex characters = 64 bits: collision-free in practice below ~10^8 people
-MIN_TOKEN_LENGTH = 8
+# Token lengths are in hex characters (4 bits each). Birthday bound: n people share some token with
+# probability about n^2 / 2^(bits+1); 32-bit tokens collided within a second of searching (issue 10,
+# finding 7). 64 bits is the floor (1e6 people: ~3e-8), 128 bits the default (no collision in practice
+# for any population); the release gate still refuses a collision if one ever happens.
+DEFAULT_TOKEN_LENGTH = 32  # hex characters = 128 bits
+MIN_TOKEN_LENGTH = 16  # hex characters = 64 bits
 MAX_TOKEN_LENGTH = 64  # a full HMAC-SHA256 digest in hex
 
 # Which hierarchy kinds fit which column types: a prefix on a date or an interval on a string is
@@ -57,6 +67,14 @@ _HIERARCHY_TYPES: dict[type, tuple[str, ...]] = {
 }
 
 
+def token_length_problem(length: int) -> str:
+    """Why a token length is refused, in bits (what the collision risk depends on)."""
+    return (
+        f"token length {length} hex characters = {4 * length} bits is below the minimum of "
+        f"{4 * MIN_TOKEN_LENGTH} bits ({MIN_TOKEN_LENGTH} hex characters): short tokens collide"
+    )
+
+
 class _Located(ValueError):
     """A validation error that knows which field (path below the validated model) it is about."""
 
@@ -66,7 +84,8 @@ class _Located(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: YAML's .inf / .nan are floats, and an infinite epsilon or bound is no policy
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class ColumnPolicy(_Strict):
@@ -75,7 +94,7 @@ class ColumnPolicy(_Strict):
     role: Role
     type: ColumnType | None = None  # required for every role except drop
     method: Method | None = None  # identifiers only; default token
-    length: int | None = Field(default=None, ge=MIN_TOKEN_LENGTH, le=MAX_TOKEN_LENGTH)  # token only
+    length: int | None = Field(default=None, le=MAX_TOKEN_LENGTH)  # token only, hex characters (checked below)
     escrow: bool = False  # token only: keep AES-SIV ciphertext in a separate file so keys can rotate
     hierarchy: HierarchySpec | None = None  # quasi-identifiers only
     bounds: tuple[float, float] | None = None  # public range of a numeric column
@@ -84,6 +103,10 @@ class ColumnPolicy(_Strict):
     # public per-column transform the DP encoder applies before scaling to the bounds; log1p spreads a
     # skewed non-negative column (tenure, spend) over [0, 1] instead of squeezing its bulk into a sliver
     transform: Transform = "none"
+    # fixed recoding on the model path (`minimise`): every value replaced by its interval at this
+    # level of the column's intervals hierarchy. Data-independent (the bins are fixed by widths and
+    # origin), so DP training on the recoded rows still protects customers; see docs/policy.md
+    recode: int | None = Field(default=None, ge=1)
 
     @model_validator(mode="after")
     def _consistent(self) -> ColumnPolicy:
@@ -99,6 +122,8 @@ class ColumnPolicy(_Strict):
             raise _Located((field,), "length and escrow apply to method token only")
         if self.method == "token" and self.length is None:
             object.__setattr__(self, "length", DEFAULT_TOKEN_LENGTH)
+        if self.length is not None and self.length < MIN_TOKEN_LENGTH:
+            raise _Located(("length",), token_length_problem(self.length))
         if self.hierarchy is not None:
             if self.role != "quasi_identifier":
                 raise _Located(("hierarchy",), "hierarchy applies to quasi_identifier columns only")
@@ -107,6 +132,17 @@ class ColumnPolicy(_Strict):
                 raise _Located(
                     ("hierarchy", "type"),
                     f"a {self.hierarchy.type} hierarchy does not fit a {self.type} column (fits {', '.join(allowed)})",
+                )
+        if self.recode is not None:
+            if self.role != "quasi_identifier" or not isinstance(self.hierarchy, IntervalsHierarchy):
+                raise _Located(
+                    ("recode",),
+                    "recode applies to quasi_identifier columns with an intervals hierarchy (the DP encoder "
+                    "reads a recoded value as its range; other hierarchies' node names are not public categories)",
+                )
+            if self.recode > len(self.hierarchy.widths):
+                raise _Located(
+                    ("recode",), f"recode level {self.recode} is above the hierarchy's {len(self.hierarchy.widths)} levels"
                 )
         if self.bounds is not None:
             if self.type not in NUMERIC_TYPES:
@@ -158,6 +194,7 @@ class Policy(_Strict):
 
     version: Literal[1]
     name: str = Field(min_length=1)
+    dataset: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")  # budget identity (privmodel.budget)
     purpose: Purpose
     privacy: PrivacyModel
     budget: Budget | None = None
@@ -197,6 +234,7 @@ class Policy(_Strict):
     def from_yaml_text(cls, text: str, source: str = "policy", base_dir: str | os.PathLike[str] | None = None) -> Policy:
         """Parse and validate YAML text; `source` names the file in every error line."""
         try:
+            _refuse_hostile_structure(text, source)
             node = yaml.compose(text, Loader=yaml.SafeLoader)
         except yaml.MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark
@@ -288,6 +326,34 @@ def _children(node: yaml.Node) -> Iterator[tuple[Any, yaml.Node, yaml.Node]]:
     if isinstance(node, yaml.MappingNode):
         for key, value in node.value:
             yield key.value, key, value
+
+
+MAX_NESTING = 32  # a policy is columns -> column -> hierarchy -> levels: a handful of levels deep
+
+
+def _refuse_hostile_structure(text: str, source: str) -> None:
+    """Anchors / aliases and deep nesting are refused before anything is built from the YAML.
+
+    An alias repeats a node without repeating its text, so a 6 KB file of nested aliases stands for
+    billions of values and every walk over the result (duplicate keys, validation) hangs (issue 11,
+    finding 6). A policy is meant to be read line by line by a compliance officer, so every value
+    has to be written out where it applies: there is nothing an alias is needed for. Deep nesting
+    would exhaust the recursive YAML composer. One pass over the parser's events, linear in the text.
+    """
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            what = "alias" if isinstance(event, yaml.AliasEvent) else "anchor"
+            raise InputError(
+                f"{source} line {event.start_mark.line + 1}: YAML {what} found; anchors and aliases are not "
+                "allowed in a policy (write each value out)"
+            )
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_NESTING:
+                raise InputError(f"{source} line {event.start_mark.line + 1}: nested more than {MAX_NESTING} levels deep")
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
 
 
 def _check_duplicate_keys(node: yaml.Node, source: str) -> None:

@@ -16,7 +16,9 @@ different partners (or purposes) get unrelated tokens even under one master, so 
 cannot join their releases behind the data owner's back.
 
 Token format: lowercase hex of the HMAC-SHA256 digest, truncated to `length` characters (default
-16 = 64 bits). Hex rather than base32 because it is what every SQL engine and spreadsheet can
+32 = 128 bits, at least 16 = 64 bits). A truncated HMAC can collide; `pseudonymize` finds every
+token shared by two different values (`Pseudonymized.colliding`), the report counts them and the
+release gate refuses a release that carries one. Hex rather than base32 because it is what every SQL engine and spreadsheet can
 compare, sort and validate without surprises about padding or case.
 
 Encrypt format: unpadded base64url of the AES-SIV output (16-byte synthetic IV + ciphertext), with
@@ -46,7 +48,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESSIV
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from anonymize.errors import InputError
-from anonymize.policy import DEFAULT_TOKEN_LENGTH, MAX_TOKEN_LENGTH, MIN_TOKEN_LENGTH
+from anonymize.policy import DEFAULT_TOKEN_LENGTH, MAX_TOKEN_LENGTH, MIN_TOKEN_LENGTH, token_length_problem
 
 if TYPE_CHECKING:
     from anonymize.policy import Policy
@@ -126,8 +128,10 @@ def tokenize_series(series: pd.Series | Sequence[Any], key: ColumnKey | bytes, l
     stdlib `hmac.digest` 1.6 us vs pandas.apply + hmac.new 2.0 us). Columns of plain strings take the batch
     path of `_tokenize_joined`; anything else (numbers, missing values, NUL bytes) the general loop.
     """
-    if not MIN_TOKEN_LENGTH <= length <= MAX_TOKEN_LENGTH:
-        raise InputError(f"token length must be between {MIN_TOKEN_LENGTH} and {MAX_TOKEN_LENGTH} hex characters")
+    if length < MIN_TOKEN_LENGTH:
+        raise InputError(token_length_problem(length))
+    if length > MAX_TOKEN_LENGTH:
+        raise InputError(f"token length {length} is above {MAX_TOKEN_LENGTH} hex characters (a full HMAC-SHA256)")
     mac_key = key.mac if isinstance(key, ColumnKey) else bytes(key)
     copy = hmac.HMAC(mac_key, hashes.SHA256()).copy
     joined = _joined_utf8(series)
@@ -315,6 +319,23 @@ class Pseudonymized:
     data: pd.DataFrame
     escrow: pd.DataFrame | None
     summary: dict[str, dict[str, Any]]
+    colliding: dict[str, frozenset[str]] = field(default_factory=dict)  # token column -> shared tokens
+
+
+def colliding_tokens(raw: pd.Series, tokens: pd.Series) -> frozenset[str]:
+    """Tokens that stand for more than one distinct identifier value (as tokenized: 12 and 12.0
+    are one value). Fast path: as many distinct tokens as distinct values means none collide."""
+    present = raw.notna().to_numpy()
+    if len(pd.unique(tokens[present])) == len(pd.unique(raw[present])):  # pd.unique: 2x nunique's speed
+        return frozenset()
+    frame = pd.DataFrame(
+        {
+            "value": [_canonical(v) for v in raw[present].to_numpy(dtype=object)],
+            "token": tokens[present].to_numpy(dtype=object),
+        }
+    ).drop_duplicates()
+    shared = frame["token"].duplicated(keep=False).to_numpy()
+    return frozenset(str(t) for t in frame["token"][shared])
 
 
 def pseudonymize(df: pd.DataFrame, policy: Policy, keys: Keys | bytes, partner: str | None = None) -> Pseudonymized:
@@ -323,6 +344,7 @@ def pseudonymize(df: pd.DataFrame, policy: Policy, keys: Keys | bytes, partner: 
     out = df.copy()
     escrow_parts: list[pd.DataFrame] = []
     summary: dict[str, dict[str, Any]] = {}
+    colliding: dict[str, frozenset[str]] = {}
     for name in policy.identifiers:
         if name not in out.columns:
             continue
@@ -337,7 +359,10 @@ def pseudonymize(df: pd.DataFrame, policy: Policy, keys: Keys | bytes, partner: 
             if col.method == "token":
                 tokens = tokenize_series(series, ckey, col.length or DEFAULT_TOKEN_LENGTH)
                 info["length"] = col.length
+                info["bits"] = 4 * (col.length or DEFAULT_TOKEN_LENGTH)
                 info["format"] = "hex"
+                colliding[name] = colliding_tokens(series, tokens)
+                info["collisions"] = len(colliding[name])
                 if col.escrow:
                     escrow_parts.append(_escrow_frame(name, series, tokens, ckey))
                     info["escrow"] = True
@@ -347,7 +372,7 @@ def pseudonymize(df: pd.DataFrame, policy: Policy, keys: Keys | bytes, partner: 
             info["distinct"] = int(out[name].nunique(dropna=True))
         summary[name] = info
     escrow = pd.concat(escrow_parts, ignore_index=True) if escrow_parts else None
-    return Pseudonymized(out, escrow, summary)
+    return Pseudonymized(out, escrow, summary, colliding)
 
 
 def _escrow_frame(name: str, raw: pd.Series, tokens: pd.Series, key: ColumnKey) -> pd.DataFrame:
@@ -420,7 +445,14 @@ def rotate_tokens(
         length = col.length or DEFAULT_TOKEN_LENGTH
         old_values = _escrow_mapping(name, escrow, old_key, length, "the old key")
         plain = pd.Series(list(old_values.values()), dtype=object)
-        mapping = dict(zip(old_values, tokenize_series(plain, new_key, length), strict=True))
+        new_tokens = tokenize_series(plain, new_key, length)
+        shared = colliding_tokens(plain, new_tokens)
+        if shared:  # two customers would become one under the new key: refuse, as the release gate does
+            raise InputError(
+                f"column {name!r}: under the new key {len(shared)} token(s) would stand for two different "
+                f"identifiers ({4 * length}-bit tokens); rotation not written"
+            )
+        mapping = dict(zip(old_values, new_tokens, strict=True))
         current = data[name]
         data[name] = _mapped(current, mapping, name)
         new_escrow.append(_escrow_table(name, mapping.values(), encrypt_series(plain, new_key, name)))

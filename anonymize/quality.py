@@ -165,7 +165,9 @@ def validate(df: pd.DataFrame, policy: Policy, source: str = "input") -> StepRes
 def quality(df: pd.DataFrame, policy: Policy) -> StepResult:
     """Step 2: exact duplicates (removed), duplicate identifiers (kept, counted), missing values (counted)."""
     declared = [c for c in policy.columns if c in df.columns]
-    dup = df.duplicated(subset=declared, keep="first").to_numpy()
+    # every input column, not only the declared ones: with few declared columns (age, churn) two
+    # different customers would otherwise count as one record and lose a row
+    dup = df.duplicated(keep="first").to_numpy()
     data = df[~dup]
     duplicate_ids = {}
     for name in policy.identifiers:
@@ -181,7 +183,7 @@ def quality(df: pd.DataFrame, policy: Policy) -> StepResult:
         "missing_values": {c: n for c, n in missing.items() if n},
         "rows_with_missing_values": int(data[declared].isna().any(axis=1).sum()),
         "decisions": [
-            "exact duplicate rows (equal in every declared column) are removed; the first is kept",
+            "exact duplicate rows (equal in every column of the input) are removed; the first is kept",
             "rows sharing an identifier value but differing elsewhere are kept and counted "
             "(one person may hold several records; k counts records)",
             "missing values are kept; rows missing a released quasi-identifier are removed "
@@ -220,10 +222,13 @@ def consent_and_purpose(df: pd.DataFrame, policy: Policy, undeclared: list[str])
         "rows_out": len(data),
         "removed": removed,
         "consent_column": consent,
+        "consent_applicable": consent is not None,
         "purpose": policy.purpose.name,
         "dropped_columns": {k: v for k, v in dropped.items() if v},
         "decisions": [
-            "rows whose consent is false or missing are removed",
+            "rows whose consent is false or missing are removed"
+            if consent is not None
+            else "consent filter not applicable: the purpose names no consent column, no row was checked",
             "columns not needed for the purpose are dropped (data minimization); pseudonymized "
             "identifiers are kept as linkage keys",
         ],

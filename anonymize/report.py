@@ -148,12 +148,17 @@ def render_text(report: Mapping[str, Any]) -> str:
         "Data quality",
         f"  exact duplicates removed: {counts['exact_duplicates']}",
         f"  duplicate identifiers (kept): {_pairs(counts['duplicate_identifiers'])}",
+        f"  token collisions: {_pairs(counts.get('token_collisions'))}",
         f"  missing values: {_pairs(counts['missing_values'])}",
-        f"  consent-filtered rows: {counts['consent_filtered']}",
+        f"  consent-filtered rows: {counts['consent_filtered']}"
+        if counts.get("consent_applicable", True)
+        else "  consent filter: not applicable (the purpose names no consent column)",
         f"  dropped columns: {', '.join(counts['dropped_columns']) or 'none'}",
         "",
         "Pseudonymization",
     ]
+    if not r["pseudonymization"]:
+        lines.append("  not applicable: the policy declares no identifier column")
     for name, info in r["pseudonymization"].items():
         extra = f", {info['length']} hex chars" if info.get("length") else ""
         extra += ", escrow kept" if info.get("escrow") else ""
@@ -189,6 +194,13 @@ def render_text(report: Mapping[str, Any]) -> str:
         lines += [f"  {key}: {_fmt(value)}" for key, value in utility.items() if not isinstance(value, dict | list)]
         if utility.get("levels"):
             lines.append(f"  generalization levels: {_pairs(utility['levels'])}")
+    gate = r.get("gate")
+    if gate:
+        lines += ["", "Release gate (every criterion re-checked on the final table)"]
+        lines += [
+            f"  {c['criterion']}: required {c['required']}; achieved {c['achieved']} -- {'passed' if c['passed'] else 'FAILED'}"
+            for c in gate["checks"]
+        ] or ["  not applicable: the policy states no criterion that applies to this table"]
     if r.get("model_utility"):
         lines += ["", "Model utility (ROC-AUC, same rows and split)"]
     for label, auc in (r.get("model_utility") or {}).items():

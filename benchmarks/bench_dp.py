@@ -1,6 +1,6 @@
 """DP propensity models: utility against anchors, speed against the plain Opacus loop, synthetic scale.
 
-Run from the project root:  .venv/bin/python benchmarks/bench_dp.py [--seeds 5] [--threads 1] [--skip-c] [--only a|b|c]
+Run from the project root:  .venv/bin/python benchmarks/bench_dp.py [--seeds 5] [--threads 1] [--skip-c] [--only a|b|c|d]
 
 (a) Telco churn (../shared/data/telco-churn.csv), 75/25 stratified split (random_state=0),
     epsilon = 1, delta = 1e-5: our DP logistic regression and MLP (mean ROC-AUC over seeds) next to
@@ -10,6 +10,12 @@ Run from the project root:  .venv/bin/python benchmarks/bench_dp.py [--seeds 5] 
     replacement (seed 0), same epsilon and epochs; AUC on the Telco test split.
 (c) Synthetic: 200,000 customers from privmodel.synth.generate (seed 0), churn label: DP MLP at
     epsilon = 1 (delta = 1/(10 n), since 1e-5 is not below 1/n here) against the non-private MLP and the non-private logistic regression.
+(d) Secure sampler cost: the same DP training (train_dp, 45,000 rows of (b), epsilon = 1) with the
+    secret sampler (privmodel.secure_noise: AES-256-CTR keystream, four-normal Gaussian) against the
+    sampler it replaced (a torch.Generator seeded with --seed: torch.rand masks, torch.randn noise),
+    alternating the two, median wall time of the training loop; logreg (b's settings) and a
+    (64, 32) MLP (the architecture of (c), whose noise vector is the largest here).
+    All DP rows of (a)-(c) use the secret sampler: their AUCs are fresh draws each run.
 
 Preprocessing uses PUBLIC metadata only (never data min/max): Telco's categories and ranges come
 from its data dictionary (tenure 0-72 months, MonthlyCharges 18-120, TotalCharges 0-9000 USD,
@@ -317,6 +323,79 @@ def section_c(seeds: list[int]) -> dict:
     return rows
 
 
+class SeededTorchNoise:
+    """The sampler `train_dp` used before issue 10 (torch.Generator seeded with --seed), for (d) only.
+
+    Reproducible from the card's seed, hence NOT differentially private; kept here only to measure
+    what the secret sampler costs. Same interface as `privmodel.secure_noise.NoiseSource`.
+    """
+
+    kind = "INSECURE-reproducible"
+
+    def __init__(self, seed: int) -> None:
+        import torch
+
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def bernoulli_mask(self, n: int, p: float):
+        import torch
+
+        return torch.rand(n, generator=self.gen) < p
+
+    def gaussian(self, shape, std: float):
+        import torch
+
+        return torch.randn(shape, generator=self.gen) * std
+
+
+def section_d(telco, repeats: int = 5) -> dict:
+    """Wall time of the same DP training loop with the secret sampler vs the old seeded one."""
+    import torch
+    from sklearn.metrics import roc_auc_score
+
+    from privmodel.dpsgd import predict_proba, train_dp
+    from privmodel.models import build_model
+    from privmodel.secure_noise import NoiseSource
+    from privmodel.training import TrainConfig, plan
+
+    df, y, tr, te, enc = telco
+    up = np.random.default_rng(0).choice(tr, size=45_000, replace=True)
+    train, test = enc.take(up), enc.take(te)
+    print(f"(d) Secure sampler cost: 45,000 rows of (b), epsilon = 1, training loop only, median of {repeats} "
+          "alternating runs each")
+    print(f"  {'model':<40} {'steps':>5} {'params':>6} {'seeded torch':>13} {'secure':>9} {'ratio':>6}  "
+          f"{'AUC seeded':>10} {'AUC secure':>10}")
+    mlp = {"model": "mlp", "batch_size": 1024, "epochs": 5, "lr": 0.003, "max_grad_norm": 2.0, "hidden": (64, 32)}
+    rows = {}
+    for key, label, settings in (("logreg", "logreg (settings of (b))", OURS_45K),
+                                 ("mlp", "MLP (64, 32), batch 1024, 5 epochs", mlp)):
+        config = TrainConfig(epsilon=1.0, delta=1e-5, **settings)
+        p = plan(len(up), config)
+        times: dict[str, list[float]] = {"seeded": [], "secure": []}
+        aucs: dict[str, list[float]] = {"seeded": [], "secure": []}
+        n_params = 0
+        for r in range(repeats):
+            for kind in (("seeded", "secure") if r % 2 == 0 else ("secure", "seeded")):
+                torch.manual_seed(r)
+                model = build_model(config.model, train.x_num.shape[1], train.cat_cardinalities, config.hidden)
+                n_params = sum(t.numel() for t in model.parameters())
+                noise = SeededTorchNoise(r) if kind == "seeded" else NoiseSource.secure()
+                stats = train_dp(model, train, y[up], p["noise_multiplier"], p["sample_rate"], p["steps"],
+                                 config.max_grad_norm, lr=config.lr, noise=noise)
+                times[kind].append(stats.seconds)
+                aucs[kind].append(roc_auc_score(y[te], predict_proba(model, test)))
+        seeded, secure = statistics.median(times["seeded"]), statistics.median(times["secure"])
+        ratio = secure / seeded
+        rows[key] = {"seeded": seeded, "secure": secure, "ratio": ratio}
+        print(f"  {label:<40} {p['steps']:>5} {n_params:>6} {seeded:>11.2f} s {secure:>7.2f} s {ratio:>6.2f}  "
+              f"{statistics.mean(aucs['seeded']):>10.4f} {statistics.mean(aucs['secure']):>10.4f}")
+    worst = max(r["ratio"] for r in rows.values())
+    print(f"  secure sampler cost: worst ratio secure / seeded = {worst:.2f} (target <= 1.10) -> "
+          f"{'PASS' if worst <= 1.10 else 'FAIL'}")
+    print()
+    return rows
+
+
 def main() -> None:
     import warnings
 
@@ -327,7 +406,7 @@ def main() -> None:
     parser.add_argument("--seeds-bc", type=int, default=2, help="seeds of (b) speed and (c) 200k synthetic (slow)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 = quiet-machine comparable)")
     parser.add_argument("--skip-c", action="store_true", help="skip the 200k synthetic section")
-    parser.add_argument("--only", choices=["a", "b", "c"], help="run one section")
+    parser.add_argument("--only", choices=["a", "b", "c", "d"], help="run one section")
     args = parser.parse_args()
     import torch
 
@@ -342,6 +421,8 @@ def main() -> None:
         section_b(seeds_bc, telco)
     if args.only == "c" or (args.only is None and not args.skip_c):
         section_c(seeds_bc)
+    if args.only in (None, "d"):
+        section_d(telco)
 
 
 if __name__ == "__main__":

@@ -2,14 +2,21 @@
 
 Rows: centralized non-private, FedAvg non-private, centralized DP at ε, FedAvg with local DP at ε per
 partner (every partner's ε accounted over all rounds). All AUCs are on the same pooled held-out set,
-anonymized and encoded with the run's policy.
+minimised (consent-filtered, identifiers dropped) and encoded with the run's policy.
+
+Section "raw-vs-release" (issue 10): FedAvg with local DP at ε on the same silos, once with every
+partner training on its own minimised raw rows (what partners do now: ε per customer) and once on its
+anonymized Mondrian release with ranges as midpoints (the old path, `PartnerSpec.training_rows =
+"release"`, kept for this measurement only: ε per release row). Same learning-rate grid, picked per
+path on its partners' local held-out splits; AUC on the same pooled held-out rows.
+Run only it: `python benchmarks/bench_federated.py --only raw-vs-release`.
 
 Why the baselines look the way they do (a comparison is only honest when both sides are trained
 well and tuned with the same effort):
 
 * Same records: the centralized baselines train on the pooled training splits of exactly the
-  anonymized releases the partners trained on (the partners' cached releases of the same run), with
-  the same encoder and model type.
+  minimised rows the partners trained on (made the same way, same split seed), with the same
+  encoder and model type.
 * Same engine as a data owner would use alone: `privmodel.training.fit` (Adam, Poisson sampling,
   tail averaging, batch 1024 by default); non-private = `epsilon=None` (no clipping, no noise) on
   the same code path; DP = ε with the accountant's δ rule, min(1e-5, 1/(10 n)), which for the pooled
@@ -59,25 +66,22 @@ class Trial:
 
 
 def pooled_data(specs: list[Any], config: Any) -> Pooled:
-    """Pool the partners' encoded splits exactly as `PartnerWorker` made them for the run (cached releases)."""
+    """Pool the partners' encoded splits exactly as `PartnerWorker` makes them for a run."""
     import numpy as np
 
     from federated.worker import PartnerWorker
     from privmodel.features import EncodedData
 
     parts = [PartnerWorker(s)._prepare(config) for s in specs]
-    encoder = parts[0]["encoder"]
-    num_names = [s.name for s in encoder.numeric]
-    cat_names = [s.name for s in encoder.categorical]
+    first = parts[0].train
 
-    def pool(split: str) -> tuple[Any, Any]:
-        x_num = np.concatenate([p[split][0] for p in parts])
-        x_cat = np.concatenate([p[split][1] for p in parts])
-        y = np.concatenate([p[split][2] for p in parts])
-        return EncodedData(x_num, x_cat, list(parts[0]["cards"]), num_names, cat_names), y
+    def pool(datas: list[Any], labels: list[Any]) -> tuple[Any, Any]:
+        x_num = np.concatenate([d.x_num for d in datas])
+        x_cat = np.concatenate([d.x_cat for d in datas])
+        return EncodedData(x_num, x_cat, list(first.cat_cardinalities), first.num_names, first.cat_names), np.concatenate(labels)
 
-    train, y_train = pool("train")
-    valid, y_valid = pool("test")
+    train, y_train = pool([p.train for p in parts], [p.y_train for p in parts])
+    valid, y_valid = pool([p.test for p in parts], [p.y_test for p in parts])
     return Pooled(train, y_train, valid, y_valid)
 
 
@@ -106,8 +110,10 @@ def centralized(pooled: Pooled, evaluator: Any, model: str, epsilon: float, lr: 
                  {"steps": p["steps"]})
 
 
-def federated(out: Path, paths: list[Path], policy: Path, holdout: Path, config: Any) -> tuple[Trial, Any, float]:
-    """One simulated FedAvg run; its final model is also scored on the pooled local held-out splits."""
+def federated(out: Path, paths: list[Path], policy: Path, holdout: Path, config: Any,
+              training_rows: str = "minimised") -> tuple[Trial, Any, float]:
+    """One simulated FedAvg run; its final model is also scored on the pooled local held-out splits.
+    `training_rows="release"` reproduces the old path (partners train on their anonymized release)."""
     import numpy as np
 
     from federated.server_app import _build_model
@@ -115,6 +121,8 @@ def federated(out: Path, paths: list[Path], policy: Path, holdout: Path, config:
     from federated.worker import _load_arrays
 
     specs = partner_specs(out, paths, policy)
+    for spec in specs:
+        spec.training_rows = training_rows
     started = time.monotonic()
     outcome = run_simulation(out, specs, config, policy, eval_data=holdout)
     wall = time.monotonic() - started
@@ -136,6 +144,39 @@ def federated(out: Path, paths: list[Path], policy: Path, holdout: Path, config:
     trial = Trial(config.lr, model_auc(model, pooled.valid, pooled.y_valid), outcome.rounds[-1]["global"]["auc"], settings,
                   {"steps": len(specs) * config.rounds * config.local_steps})
     return trial, outcome, wall
+
+
+def raw_vs_release(out: Path, paths: list[Path], policy: Path, holdout: Path, args: argparse.Namespace,
+                   lrs: list[float]) -> None:
+    """Issue 10: FedAvg with local DP at ε on the partners' minimised raw rows vs on their anonymized
+    release (the old path), same silos, same grid; prints the table."""
+    from federated.config import FedConfig
+
+    chosen: dict[str, tuple[Trial, int, float]] = {}
+    for rows in ("release", "minimised"):
+        trials = []
+        for lr in lrs:
+            config = FedConfig(rounds=args.rounds, epsilon=args.epsilon, local_steps=args.local_steps,
+                               batch_size=args.batch_size, lr=lr, model=args.model, min_partners=2, round_timeout=600)
+            run_dir = out / f"rows-{rows}-lr{lr:g}"
+            trial, _, wall = federated(run_dir, paths, policy, holdout, config, training_rows=rows)
+            card = json.loads((run_dir / "coordinator" / "federated_card.json").read_text())
+            n_train = sum(int(p["declared_train_rows"]) for p in card["partners"].values())
+            trials.append((trial, n_train, wall))
+            print(f"[{rows} rows, ε={args.epsilon:g}] FedAvg lr {lr:g}: valid {trial.valid_auc:.4f} "
+                  f"held-out {trial.holdout_auc:.4f} ({wall:.0f} s)", flush=True)
+        chosen[rows] = max(trials, key=lambda t: t[0].valid_auc)
+    print(f"\nFedAvg with local DP, ε={args.epsilon:g} per partner: what partners train on "
+          f"({args.silos} silos, {args.customers} customers, {args.rounds}x{args.local_steps} steps; "
+          "AUC on the same pooled held-out rows, minimised)")
+    print(f"{'partners train on':<44}{'rows':>8}{'lr':>6}{'valid AUC':>11}{'held-out AUC':>14}  ε unit")
+    labels = {"release": "anonymized release (Mondrian k=10, midpoints)", "minimised": "own minimised raw rows"}
+    units = {"release": "per release row", "minimised": "per customer"}
+    for rows in ("release", "minimised"):
+        trial, n_train, _ = chosen[rows]
+        print(f"{labels[rows]:<44}{n_train:>8}{trial.lr:>6g}{trial.valid_auc:>11.4f}{trial.holdout_auc:>14.4f}  {units[rows]}")
+    gain = chosen["minimised"][0].holdout_auc - chosen["release"][0].holdout_auc
+    print(f"gain from training on minimised raw rows: {gain:+.4f} AUC (held-out)")
 
 
 def simulation_wall(out: Path, paths: list[Path], policy: Path, holdout: Path, rounds: int) -> float:
@@ -193,6 +234,7 @@ def main() -> None:
     parser.add_argument("--heterogeneity", type=float, default=0.6)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--skip-deployment", action="store_true", help="skip the loopback deployment timing")
+    parser.add_argument("--only", choices=("raw-vs-release",), default=None, help="run only this section")
     args = parser.parse_args()
     lrs = [float(v) for v in args.lrs.split(",") if v.strip()]
 
@@ -204,6 +246,9 @@ def main() -> None:
 
     out = args.out or Path(tempfile.mkdtemp(prefix="bench-fed-"))
     paths, holdout, policy = synth_silos(out, args.silos, args.customers, args.heterogeneity, 0, holdout=args.customers // 10)
+    if args.only == "raw-vs-release":
+        raw_vs_release(out, paths, policy, holdout, args, lrs)
+        return
     coord_keys = out / "bench-keys"
     if not coord_keys.exists():
         init_keys(coord_keys, actor="bench")
@@ -226,7 +271,7 @@ def main() -> None:
             fed_trials.append((trial, outcome, wall))
             print(f"[{tag}] FedAvg lr {lr:g}: valid {trial.valid_auc:.4f} held-out {trial.holdout_auc:.4f} ({wall:.0f} s)", flush=True)
         fed, outcome, wall = max(fed_trials, key=lambda t: t[0].valid_auc)
-        # the centralized side trains on the releases of the chosen federated run (identical for every lr)
+        # the centralized side trains on the minimised rows of the chosen federated run (identical for every lr)
         specs = partner_specs(out / f"run-{tag}-lr{fed.lr:g}", paths, run_policy)
         pooled = pooled_data(specs, config)
         settings = ServerSettings(config, str(run_policy), "", str(coord_keys), str(holdout))
@@ -245,7 +290,7 @@ def main() -> None:
 
     n_train = len(pooled.y_train)
     print(f"\n{args.silos} non-IID silos (h={args.heterogeneity}), {args.customers} customers "
-          f"({n_train} pooled training rows: anonymized releases less the partners' {config.eval_fraction:.0%} local "
+          f"({n_train} pooled training rows: minimised rows less the partners' {config.eval_fraction:.0%} local "
           f"held-out splits), model {args.model}; AUC on the pooled held-out set ({args.customers // 10} customers)")
     print(f"{'setting':<14}{'centralized AUC':>16}{'FedAvg AUC':>12}{'gap':>9}{'sim wall s':>12}")
     for tag, central, fed, wall in rows:
@@ -263,6 +308,9 @@ def main() -> None:
     print("\nfinal per-silo AUC (chosen FedAvg run)")
     for tag, silos in silo_auc.items():
         print(f"{tag:<14}" + " ".join(f"{k}={v:.4f}" for k, v in sorted(silos.items())))
+
+    print()
+    raw_vs_release(out, paths, policy, holdout, args, lrs)
 
     sim_wall = simulation_wall(out / "speed-sim", paths, policy, holdout, rounds=10)
     print("\nspeed                                            ours        target / anchor")

@@ -6,7 +6,7 @@ message and forwards it to the partner's training worker:
 
 * deployment (`privmodel federate join`): node config names a local socket (`worker-address`) and a
   token file (`worker-token-file`); the long-lived worker process holds torch, the data, the
-  anonymized release, the encoder and the privacy state (see `federated.worker`).
+  minimised rows, the encoder and the privacy state (see `federated.worker`).
 * simulation (`federated.simulate`): `make_client_app(partners)` maps the node's `partition-id` to a
   partner spec and keeps one in-process worker per partner in the Ray actor that runs it.
 

@@ -16,6 +16,9 @@ from anonymize.errors import InputError
 
 STRATEGIES = ("fedavg", "fedprox", "fedadam")
 MODELS = ("logreg", "mlp")
+# What a partner trains on: its own minimised rows (per-customer ε), or -- benchmarks only -- its
+# anonymized release (ε per release row). Partners state it at hello; the card reports it.
+TRAINING_ROWS = ("minimised", "release")
 
 
 @dataclass
@@ -45,7 +48,10 @@ class FedConfig:
     secagg_threshold: int = 2
     eval_fraction: float = 0.2  # each partner's local held-out share (per-silo AUC)
     round_timeout: float = 300.0
-    seed: int = 0
+    seed: int = 0  # weight initialisation and each partner's held-out split only; never the DP noise
+    # TEST ONLY: >= 0 asks partners for reproducible noise (NOT differentially private). A partner
+    # refuses unless its own spec allows it (`PartnerSpec.insecure_noise`); the card says so first.
+    insecure_seed: int = -1
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> FedConfig:
@@ -76,6 +82,8 @@ class FedConfig:
             raise InputError("--client-dp-clip: client-level DP needs a positive clipping norm")
         if self.strategy == "fedprox" and self.proximal_mu <= 0:
             raise InputError("--proximal-mu: FedProx needs a positive proximal term")
+        if int(self.insecure_seed) < -1:
+            raise InputError("--insecure-seed: must be -1 (off) or a non-negative test seed")
         if self.secagg and self.secagg_threshold > self.secagg_shares:
             raise InputError("--secagg-threshold: cannot exceed --secagg-shares")
         return self

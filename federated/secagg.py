@@ -14,8 +14,9 @@ What the coordinator can and cannot see:
   it to `QUANTIZATION_RANGE` levels (stochastic rounding) and masks it. The coordinator unmasks only
   the sum, i.e. the example-weighted FedAvg of the deltas, and adds it to the global model. Deltas
   instead of full weights keep the clip range meaningful and the quantization error small.
-* In the clear: the number of training examples (the FedAvg weight) and the scalar metrics the
-  normal path also reports (ε spent, training loss, the per-silo metrics of the incoming model).
+* In the clear: the number of training examples (the FedAvg weight, bounded by what the partner
+  declared at hello) and the scalar metrics the normal path also reports (ε spent, the per-silo
+  held-out metrics of the incoming model); nothing computed on training rows.
 * Robust per-update filtering is impossible (no individual update exists server-side). What still
   applies: SecAgg+'s per-coordinate clip at every partner, and a check of the *aggregate* (NaN/inf,
   L2 norm above `max_update_norm`), which stops the run instead of dropping one partner.
@@ -202,7 +203,7 @@ class _Coordinator:
 
 def _make_strategy(
     coordinator: _Coordinator, names: list[str], initial: list[np.ndarray], partner_of: dict[int, str],
-    active: set[int], model: Any, evaluator: Any,
+    active: set[int], model: Any, evaluator: Any, declared: dict[int, int],
 ) -> Any:
     """The legacy strategy that SecAggPlusWorkflow drives: it sees only the unmasked aggregate delta."""
     from flwr.common import EvaluateIns, FitIns, FitRes, Parameters, ndarrays_to_parameters, parameters_to_ndarrays
@@ -210,6 +211,8 @@ def _make_strategy(
     from flwr.server.client_proxy import ClientProxy
     from flwr.server.strategy import Strategy
 
+    from federated.client_app import ERR_REFUSED
+    from federated.robust import metrics_problem
     from federated.server_app import _emit, _finite
     from federated.wire import arrays_hash
     from federated.worker import _load_arrays
@@ -255,22 +258,26 @@ def _make_strategy(
                 partner = partner_of.get(node, f"node {node}")
                 reason, code = next(((r, c) for r, c in reasons if r.startswith(f"partner {partner}")), (f"partner {partner}: dropped out of the secure aggregation", ""))
                 failed.append({"partner": partner, "reason": reason, "code": code})
-                if code != "4001":  # a refusal keeps the partner; a failure drops it (as in the normal path)
+                if code != str(ERR_REFUSED):  # a refusal keeps the partner; a failure drops it (as in the normal path)
                     active.discard(node)
                 coordinator.ledger.append(
                     "federate.partner", params={"run_id": coordinator.run_id, "round": server_round}, outcome="failed", reason=reason
                 )
             evaluation: dict[str, dict[str, float]] = {}
-            losses: list[tuple[float, int]] = []
-            for _, res in results:
-                m = res.metrics
-                partner = str(m.get("partner", ""))
-                if "epsilon" in m:
-                    self.epsilon[partner] = float(m["epsilon"])
-                if "eval_auc" in m:
-                    evaluation[partner] = {"auc": float(m["eval_auc"]), "loss": float(m["eval_loss"]), "n": int(m["eval_n"])}
-                if "train_loss" in m:
-                    losses.append((float(m["train_loss"]), int(res.num_examples)))
+            for proxy, res in results:
+                # The masked update is already in the sum; a bad weight or metric record is recorded,
+                # never read (no per-update filtering exists under SecAgg+).
+                partner = partner_of.get(proxy.node_id, f"node {proxy.node_id}")
+                m = {**res.metrics, "num-examples": res.num_examples}
+                problem = metrics_problem(m, declared.get(proxy.node_id))
+                if problem is not None:
+                    coordinator.ledger.append(
+                        "federate.update_rejected", params={"run_id": coordinator.run_id, "round": server_round, "partner": partner},
+                        outcome="failed", reason=f"partner {partner} rejected: {problem} (its masked update is in the sum)",
+                    )
+                    continue
+                self.epsilon[partner] = float(m["epsilon"])
+                evaluation[partner] = {"auc": float(m["eval_auc"]), "loss": float(m["eval_loss"]), "n": int(m["eval_n"])}
             if len(results) < config.min_partners:
                 self._fail(server_round, accepted, failed)
                 return None, {}
@@ -298,12 +305,10 @@ def _make_strategy(
             if evaluator is not None:
                 _load_arrays(model, arrays)
                 glob = evaluator(model)
-            total = sum(n for _, n in losses)
             entry = {
                 "event": "round", "round": server_round, "rounds": config.rounds,
                 "seconds": round(time.monotonic() - self.started, 3), "accepted": accepted, "rejected": [],
-                "failed": failed, "train_loss": sum(v * n for v, n in losses) / total if total else None,
-                "global": glob, "per_silo": {}, "per_silo_previous": dict(evaluation), "epsilon": dict(self.epsilon),
+                "failed": failed, "global": glob, "per_silo": {}, "per_silo_previous": dict(evaluation), "epsilon": dict(self.epsilon),
                 "aggregate_update_norm": norm,
             }
             self.rounds.append(entry)
@@ -381,6 +386,9 @@ def run_secagg_server(grid: Any, context: Any, settings: ServerSettings) -> RunO
         _npz_bytes,
         _wait_for_nodes,
         begin_run,
+        declarations,
+        take_final,
+        take_hello,
         vet_partners,
     )
     from federated.wire import arrays_hash
@@ -420,9 +428,11 @@ def run_secagg_server(grid: Any, context: Any, settings: ServerSettings) -> RunO
         if msg.has_error():
             failures.append(_error_reason(msg, f"node {node}: failed"))
             continue
-        info = dict(compat.recorddict_to_getpropertiesres(msg.content).properties)
-        partner_of[node] = str(info["partner"])
-        infos[node] = info
+        try:
+            info = dict(compat.recorddict_to_getpropertiesres(msg.content).properties)
+        except Exception:  # noqa: BLE001 - a hostile reply that is not a legacy properties record
+            info = {}
+        take_hello(node, info, partner_of, infos, failures)
     for node in set(nodes) - answered:
         failures.append(f"node {node}: no answer within {query_timeout:.0f} s")
     layouts = vet_partners(infos, failures, my_policy_hash, fail, progress_path, settings.on_round, ledger, run_id)
@@ -448,11 +458,13 @@ def run_secagg_server(grid: Any, context: Any, settings: ServerSettings) -> RunO
         params={
             "run_id": run_id, "policy_hash": my_policy_hash, "partners": sorted(partner_of[n] for n in active),
             "config": {k: v for k, v in record.items() if k not in ("extra",)}, "secure_aggregation": secure,
+            **declarations(infos),
         },
     )
 
     # 2. Rounds: DefaultWorkflow with SecAggPlusWorkflow as its fit step.
-    strategy = _make_strategy(coordinator, names, [initial_arrays[k] for k in names], partner_of, active, model, evaluator)
+    strategy = _make_strategy(coordinator, names, [initial_arrays[k] for k in names], partner_of, active, model, evaluator,
+                              {n: int(i["n_train"]) for n, i in infos.items()})
     legacy = LegacyContext(context, config=ServerConfig(num_rounds=config.rounds, round_timeout=config.round_timeout), strategy=strategy)
     workflow = DefaultWorkflow(
         fit_workflow=SecAggPlusWorkflow(
@@ -482,9 +494,11 @@ def run_secagg_server(grid: Any, context: Any, settings: ServerSettings) -> RunO
     for msg in replies:
         if msg.has_error():
             continue
-        info = compat.recorddict_to_evaluateres(msg.content).metrics
-        confirmations[str(info["partner"])] = str(info["model_hash"])
-        final_silos[str(info["partner"])] = {"auc": float(info["eval_auc"]), "loss": float(info["eval_loss"]), "n": int(info["eval_n"])}
+        try:
+            info = dict(compat.recorddict_to_evaluateres(msg.content).metrics)
+        except Exception:  # noqa: BLE001 - a hostile reply that is not a legacy evaluate record
+            info = {}
+        take_final(partner_of.get(msg.metadata.src_node_id, ""), info, confirmations, final_silos, ledger, run_id)
     rounds[-1]["per_silo"] = final_silos
     for entry in rounds:
         if entry["global"] is None and entry["per_silo"]:
@@ -511,6 +525,7 @@ def run_secagg_server(grid: Any, context: Any, settings: ServerSettings) -> RunO
     card_paths = write_card(
         out, config=config, policy_hash=my_policy_hash, model_hash=digest, partners=partners, rounds=rounds,
         rejected=[], delta=delta, run_id=run_id, seconds=time.monotonic() - started, secure_aggregation=secure,
+        declared={partner_of[n]: info for n, info in infos.items()}, eval_data=settings.eval_data,
     )
     ledger.append(
         "federate.final_model",

@@ -76,32 +76,29 @@ class RunOutcome:
 
 
 class _Evaluator:
-    """Server-side evaluation on a held-out table, passed through the same policy as the partners."""
+    """Server-side evaluation on the coordinator's own held-out table, minimised by the same policy
+    as the partners' rows (consent-filtered, identifiers dropped, no generalization). Its figures are
+    listed on the card as released without differential privacy."""
 
     def __init__(self, settings: ServerSettings, policy: Any, keys_dir: Path) -> None:
-        from anonymize.pipeline import run as anonymize_run
+        from anonymize.pipeline import minimise
         from privmodel.features import TabularEncoder, encode_labels
         from privmodel.fileio import read_table
         from privmodel.keys import load_pseudonym_secret
 
-        frame = read_table(settings.eval_data)
-        release = anonymize_run(frame, policy, load_pseudonym_secret(keys_dir)).data
+        source = str(settings.eval_data)
+        rows = minimise(read_table(source), policy, load_pseudonym_secret(keys_dir), source=Path(source).name).data
         label = settings.config.label
-        if label not in release.columns:
+        if label not in rows.columns:
             raise InputError(f"{settings.eval_data}: label column {label!r} is missing")
-        from federated.worker import midpoints
-
-        encoded = TabularEncoder.from_policy(policy, label=label).transform(midpoints(release, policy))
-        self.x_num, self.x_cat = encoded.x_num, encoded.x_cat
-        self.y = encode_labels(release[label], label)
+        self.data = TabularEncoder.from_policy(policy, label=label).transform(rows)
+        self.y = encode_labels(rows[label], label)
 
     def __call__(self, model: Any) -> dict[str, float]:
-        from federated.worker import _logloss, _predict
-        from privmodel.metrics import roc_auc
+        from federated.worker import evaluate_model
 
-        p = _predict(model, self.x_num, self.x_cat)
-        auc = roc_auc(self.y, p)
-        return {"loss": _logloss(self.y, p), "auc": float(auc) if auc is not None else float("nan"), "n": int(len(self.y))}
+        metrics = evaluate_model(model, self.data, self.y)
+        return {"loss": metrics["loss"], "auc": metrics["auc"], "n": metrics["num-examples"]}
 
 
 def exchange(grid: Grid, messages: list[Message], timeout: float, poll: float = 0.1) -> list[Message]:
@@ -192,6 +189,7 @@ def run_server(grid: Grid, settings: ServerSettings) -> RunOutcome:
     """The whole federated run, from partner check to final model; raises InputError on failure."""
     from anonymize.policy import load_policy
     from federated.card import write_card
+    from federated.client_app import ERR_REFUSED
     from federated.robust import RobustStrategy, build_strategy
     from federated.worker import _load_arrays, _model_arrays, policy_hash
     from privmodel.audit import artifact
@@ -224,9 +222,8 @@ def run_server(grid: Grid, settings: ServerSettings) -> RunOutcome:
         if msg.has_error():
             failures.append((msg.error.reason or f"node {node}: failed").strip().splitlines()[-1])
             continue
-        info = dict(msg.content.config_records["info"])
-        partner_of[node] = str(info["partner"])
-        infos[node] = info
+        records = msg.content.config_records
+        take_hello(node, dict(records["info"]) if "info" in records else {}, partner_of, infos, failures)
     for node in set(nodes) - answered:
         failures.append(f"node {node}: no answer within {query_timeout:.0f} s")
     layouts = vet_partners(infos, failures, my_policy_hash, fail, progress_path, settings.on_round, ledger, run_id)
@@ -244,11 +241,12 @@ def run_server(grid: Grid, settings: ServerSettings) -> RunOutcome:
         inputs=[artifact(settings.policy)] + ([artifact(settings.eval_data)] if settings.eval_data else []),
         params={
             "run_id": run_id, "policy_hash": my_policy_hash, "partners": sorted(partner_of[n] for n in active),
-            "config": {k: v for k, v in record.items() if k not in ("extra",)},
+            "config": {k: v for k, v in record.items() if k not in ("extra",)}, **declarations(infos),
         },
     )
     inner = build_strategy(config, len(active))
-    strategy = RobustStrategy(inner, config, lambda n: partner_of.get(n, f"node {n}"), lambda: active)
+    strategy = RobustStrategy(inner, config, lambda n: partner_of.get(n, f"node {n}"), lambda: active,
+                              declared=lambda n: int(infos[n]["n_train"]) if n in infos else None)
 
     rounds: list[dict[str, Any]] = []
     joined: dict[str, list[int]] = {partner_of[n]: [] for n in active}
@@ -263,18 +261,18 @@ def run_server(grid: Grid, settings: ServerSettings) -> RunOutcome:
         new_arrays, _ = strategy.aggregate_train(server_round, train_replies)
         report = strategy.reports[server_round]
         for item in report.failed:
-            if item.get("code") not in ("4001",):  # a refusal keeps the partner; a failure drops it
+            if item.get("code") != str(ERR_REFUSED):  # a refusal keeps the partner; a failure drops it
                 active.discard(next((n for n, p in partner_of.items() if p == item["partner"]), -1))
             ledger.append("federate.partner", params={"run_id": run_id, "round": server_round}, outcome="failed", reason=item["reason"])
         for item in report.rejected:
             ledger.append(
                 "federate.update_rejected", params={"run_id": run_id, "round": server_round, "partner": item["partner"]},
-                outcome="failed", reason=item["reason"],
+                outcome="failed", reason=f"partner {item['partner']} rejected: {item['reason']}",
             )
             rejected_total.append({"round": server_round, **item})
         if new_arrays is None:
             who = "; ".join(i["reason"] for i in report.failed) or "none"
-            bad = "; ".join(f"partner {i['partner']}: {i['reason']}" for i in report.rejected) or "none"
+            bad = "; ".join(f"partner {i['partner']} rejected: {i['reason']}" for i in report.rejected) or "none"
             fail(
                 f"round {server_round}: only {len(report.accepted)} acceptable updates, at least "
                 f"{config.min_partners} needed (failed: {who}; rejected: {bad})"
@@ -298,7 +296,7 @@ def run_server(grid: Grid, settings: ServerSettings) -> RunOutcome:
         entry = {
             "event": "round", "round": server_round, "rounds": config.rounds, "seconds": round(time.monotonic() - t0, 3),
             "accepted": report.accepted, "rejected": report.rejected, "failed": report.failed,
-            "train_loss": report.train_loss, "global": glob, "per_silo": per_silo,
+            "global": glob, "per_silo": per_silo,
             "per_silo_previous": dict(report.evaluation), "epsilon": dict(epsilon),
         }
         rounds.append(entry)
@@ -319,12 +317,9 @@ def run_server(grid: Grid, settings: ServerSettings) -> RunOutcome:
     confirmations: dict[str, str] = {}
     final_silos: dict[str, dict[str, float]] = {}
     for msg in _query(grid, sorted(active), {**record, "op": "final"}, timeout=query_timeout, arrays=arrays):
-        if not msg.has_error():
-            info = dict(msg.content.config_records["info"])
-            confirmations[str(info["partner"])] = str(info["model_hash"])
-            final_silos[str(info["partner"])] = {
-                "auc": float(info["eval_auc"]), "loss": float(info["eval_loss"]), "n": int(info["eval_n"])
-            }
+        if not msg.has_error() and "info" in msg.content.config_records:
+            take_final(partner_of.get(msg.metadata.src_node_id, ""), dict(msg.content.config_records["info"]),
+                       confirmations, final_silos, ledger, run_id)
     rounds[-1]["per_silo"] = final_silos
     for entry in rounds:
         if entry["global"] is None and entry["per_silo"]:
@@ -352,6 +347,7 @@ def run_server(grid: Grid, settings: ServerSettings) -> RunOutcome:
     card_paths = write_card(
         out, config=config, policy_hash=my_policy_hash, model_hash=digest, partners=partners, rounds=rounds,
         rejected=rejected_total, delta=delta, run_id=run_id, seconds=time.monotonic() - started,
+        declared={partner_of[n]: info for n, info in infos.items()}, eval_data=settings.eval_data,
     )
     ledger.append(
         "federate.final_model",
@@ -391,6 +387,52 @@ def answer_timeout(config: FedConfig, settings: ServerSettings) -> float:
     anonymizing and encoding its data (and, in a Ray actor, importing torch): a round's time, not
     just the wait for nodes to appear."""
     return max(config.round_timeout, settings.wait_timeout)
+
+
+def take_hello(node: int, info: dict[str, Any], partner_of: dict[int, str], infos: dict[int, dict[str, Any]],
+               failures: list[str]) -> None:
+    """Accept one hello (plain and SecAgg+ loops alike) or refuse that node by name, never crash."""
+    from federated.robust import hello_problem
+
+    problem = hello_problem(info)
+    if problem is not None:
+        name = info.get("partner")
+        who = f"partner {name}" if isinstance(name, str) and _valid_name(name) else f"node {node}"
+        failures.append(f"{who} rejected: malformed hello ({problem})")
+        return
+    partner_of[node] = info["partner"]
+    infos[node] = info
+
+
+def _valid_name(name: str) -> bool:
+    from federated.tls import NAME_RE
+
+    return bool(NAME_RE.match(name))
+
+
+def take_final(partner: str, info: dict[str, Any], confirmations: dict[str, str],
+               final_silos: dict[str, dict[str, Any]], ledger: Any, run_id: str) -> None:
+    """Record one partner's final confirmation (model hash, held-out metrics) if it is well-formed;
+    the partner is the node's name from its hello, never a name the reply claims."""
+    from federated.robust import _kind_ok
+
+    kinds = {"model_hash": "text", "eval_auc": "real", "eval_loss": "real", "eval_n": "count"}
+    bad = [k for k, kind in kinds.items() if k not in info or not _kind_ok(info[k], kind)]
+    if not partner or bad:
+        ledger.append("federate.partner", params={"run_id": run_id, "stage": "final"}, outcome="failed",
+                      reason=f"partner {partner or '?'} rejected: malformed final reply ({', '.join(bad) or 'unknown node'})")
+        return
+    confirmations[partner] = info["model_hash"]
+    final_silos[partner] = {"auc": float(info["eval_auc"]), "loss": float(info["eval_loss"]), "n": int(info["eval_n"])}
+
+
+def declarations(infos: dict[Any, dict[str, Any]]) -> dict[str, Any]:
+    """What each partner declared at hello, for the coordinator's ledger: the training and held-out
+    row counts (the bound on its FedAvg weight) and what it trains on."""
+    return {"declared": {
+        str(i["partner"]): {"n_train": int(i["n_train"]), "n_test": int(i["n_test"]), "training_rows": i["training_rows"]}
+        for i in infos.values()
+    }}
 
 
 def vet_partners(

@@ -1,7 +1,7 @@
 """`privmodel federate simulate`: the same ServerApp and ClientApp on Flower's Ray simulation engine.
 
 Every simulated partner is a real partner in miniature: its own data file (a synthetic non-IID silo),
-its own signing key, ledger, privacy state and anonymized release under OUT/partners/NAME. The
+its own signing key, ledger and privacy state under OUT/partners/NAME. The
 coordinator writes to OUT/coordinator. The ClientApp runs in Ray actors with one in-process worker
 per partner (torch is imported once per actor, not once per message).
 """

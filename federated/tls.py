@@ -27,6 +27,7 @@ from typing import Any
 from anonymize.errors import InputError
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+HOST_LABEL_RE = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 VALID_DAYS = 825
 
 
@@ -61,23 +62,47 @@ def check_name(name: str) -> str:
     return name
 
 
+def check_host(host: str) -> str:
+    """An IP address or a DNS name (ASCII labels) for the certificate; anything else is one line."""
+    try:
+        ipaddress.ip_address(host)
+        return host
+    except ValueError:
+        pass
+    labels = host.rstrip(".").split(".")
+    if not host or len(host) > 253 or not all(HOST_LABEL_RE.match(label) for label in labels):
+        raise InputError(f"--host {host[:64]!r}: not an IP address or a DNS name")
+    return host
+
+
 def make_tls(directory: str | os.PathLike[str], hosts: list[str] | None = None, nodes: list[str] | None = None) -> dict[str, Any]:
     """Create the CA, the SuperLink certificate and one auth key pair per node; refuse to overwrite."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    from privmodel.fileio import outputs
 
     target = Path(directory)
     if (target / "ca.key").exists():
         raise InputError(f"{target}: already holds a CA; refusing to overwrite TLS material")
     for node in nodes or []:
         check_name(node)
-    try:
-        target.mkdir(parents=True, exist_ok=True)
-        target.chmod(0o700)
-    except OSError as exc:
-        raise InputError(f"{target}: cannot create directory ({exc.strerror})") from None
+    for host in hosts or []:
+        check_host(host)
+    # Staged, published together; a directory this run creates is 0700, an existing one keeps its mode.
+    node_dirs = [target / "nodes" / node for node in dict.fromkeys(nodes or [])]
+    files = [target / name for name in ("ca.key", "ca.crt", "server.key", "server.crt", "tls.json")]
+    private = [target / "ca.key", target / "server.key", target, *node_dirs]
+    with outputs(files + node_dirs, secret=private, dirs=node_dirs) as stage:
+        meta = _make_tls(stage, target, hosts, node_dirs)
+        stage.publish()
+    return meta
+
+
+def _make_tls(stage: Any, target: Path, hosts: list[str] | None, node_dirs: list[Path]) -> dict[str, Any]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
     now = dt.datetime.now(dt.UTC)
     ca_key = ec.generate_private_key(ec.SECP384R1())
     ca_name = _name("privmodel federation CA")
@@ -113,33 +138,67 @@ def make_tls(directory: str | os.PathLike[str], hosts: list[str] | None = None, 
     pem = serialization.Encoding.PEM
     pkcs8 = serialization.PrivateFormat.PKCS8
     plain = serialization.NoEncryption()
-    _write_private(target / "ca.key", ca_key.private_bytes(pem, pkcs8, plain))
-    _write_public(target / "ca.crt", ca.public_bytes(pem))
-    _write_private(target / "server.key", server_key.private_bytes(pem, pkcs8, plain))
-    _write_public(target / "server.crt", server.public_bytes(pem))
-    meta = {
+    stage.write_bytes(target / "ca.key", ca_key.private_bytes(pem, pkcs8, plain))  # staged 0600
+    stage.write_bytes(target / "ca.crt", ca.public_bytes(pem))
+    stage.write_bytes(target / "server.key", server_key.private_bytes(pem, pkcs8, plain))
+    stage.write_bytes(target / "server.crt", server.public_bytes(pem))
+    meta: dict[str, Any] = {
         "ca_sha256": _fingerprint(ca), "server_sha256": _fingerprint(server), "hosts": list(dict.fromkeys(names)),
         "created": now.isoformat(timespec="seconds"), "valid_days": VALID_DAYS, "nodes": {},
     }
-    (target / "tls.json").write_text(json.dumps(meta, indent=2) + "\n")
-    for node in nodes or []:
-        add_node(target, node)
-    return json.loads((target / "tls.json").read_text())
+    for node_dir in node_dirs:
+        meta["nodes"][node_dir.name] = _node_keys(stage.dir(node_dir), ca.public_bytes(pem))
+    stage.write_text(target / "tls.json", json.dumps(meta, indent=2) + "\n")
+    return meta
 
 
 def add_node(directory: str | os.PathLike[str], name: str) -> Path:
     """One partner's SuperNode auth key pair (EC P-384, OpenSSH format) and a copy of the CA cert."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
+    return add_nodes(directory, [name])[0]
 
-    check_name(name)
+
+def add_nodes(directory: str | os.PathLike[str], names: list[str]) -> list[Path]:
+    """Key pairs for several partners at once: all are added, or (on any error) none."""
+    from privmodel.fileio import outputs
+
+    for name in names:
+        check_name(name)
+    if len(set(names)) != len(names):
+        raise InputError("--node: a partner name is given twice")
     target = Path(directory)
     if not (target / "ca.crt").is_file():
         raise InputError(f"{target}: no CA here (run `privmodel keys tls {target}` first)")
-    node_dir = target / "nodes" / name
-    if node_dir.exists():
-        raise InputError(f"{node_dir}: node {name} already has keys; refusing to overwrite")
-    node_dir.mkdir(parents=True, mode=0o700)
+    node_dirs = [target / "nodes" / name for name in names]
+    for node_dir in node_dirs:
+        if node_dir.exists():
+            raise InputError(f"{node_dir}: node {node_dir.name} already has keys; refusing to overwrite")
+    meta_path = target / "tls.json"
+    try:
+        meta = json.loads(meta_path.read_text())
+        nodes = meta["nodes"]
+        if not isinstance(nodes, dict):
+            raise TypeError
+    except (OSError, ValueError, KeyError, TypeError):
+        raise InputError(f"{meta_path}: missing or not a tls.json written by `privmodel keys tls`") from None
+    if not node_dirs:
+        return []
+    # tls.json is this tool's own file (replaced); the node directories are new and 0700.
+    with outputs([*node_dirs, meta_path], secret=node_dirs, dirs=node_dirs, replace=[meta_path]) as stage:
+        ca_pem = (target / "ca.crt").read_bytes()
+        for node_dir in node_dirs:
+            nodes[node_dir.name] = _node_keys(stage.dir(node_dir), ca_pem)
+        stage.write_text(meta_path, json.dumps(meta, indent=2) + "\n")
+        stage.publish()
+    return node_dirs
+
+
+def _node_keys(node_dir: Path, ca_pem: bytes) -> dict[str, str]:
+    """Write auth.key (0600), auth.pub and ca.crt into a (staged, 0700) node directory."""
+    import hashlib
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     key = ec.generate_private_key(ec.SECP384R1())
     _write_private(
         node_dir / "auth.key",
@@ -147,14 +206,8 @@ def add_node(directory: str | os.PathLike[str], name: str) -> Path:
     )
     public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
     _write_public(node_dir / "auth.pub", public + b"\n")
-    _write_public(node_dir / "ca.crt", (target / "ca.crt").read_bytes())
-    meta_path = target / "tls.json"
-    meta = json.loads(meta_path.read_text())
-    import hashlib
-
-    meta["nodes"][name] = {"public_key_sha256": hashlib.sha256(public).hexdigest()}
-    meta_path.write_text(json.dumps(meta, indent=2) + "\n")
-    return node_dir
+    _write_public(node_dir / "ca.crt", ca_pem)
+    return {"public_key_sha256": hashlib.sha256(public).hexdigest()}
 
 
 def check_ca(path: str | os.PathLike[str], who: str) -> Path:

@@ -1,10 +1,21 @@
 """A partner's local training worker: its data, policy, keys, privacy budget and ledger.
 
-Why a separate long-lived object: the data, the anonymized release, the encoder and torch are loaded
+Why a separate long-lived object: the data, the minimised rows, the encoder and torch are loaded
 once per partner, not once per Flower message. In simulation the worker lives inside the Ray actor
 that runs the ClientApp (cached per partition); in a deployment `privmodel federate join` starts it
 as its own process and the lean ClientApp talks to it over an authenticated local socket
 (`federated.wire`).
+
+The customer is the unit of privacy: a partner trains on its own MINIMISED rows
+(`anonymize.pipeline.minimise`: validated, consent-filtered, identifiers dropped or keyed, no
+data-dependent generalization), never on a Mondrian / lattice release, whose generalizations depend
+on other customers (DP-SGD on it would protect release rows, not customers). The release path
+survives only behind `PartnerSpec.training_rows = "release"`, for the benchmark that measures what
+it costs; the coordinator's card then says that ε is per release row for that partner.
+
+Training goes through the one DP core (`privmodel.training.fit_round`). A train reply carries the DP
+update, the FedAvg weight (the training row count declared at hello), the run's ε and the metrics of
+the INCOMING global model on the partner's held-out rows; nothing computed on its training rows.
 
 Privacy accounting is per partner and per run: each round adds `local_steps` DP-SGD steps at the
 partner's own noise multiplier; the ε of the run so far comes from `privmodel.accounting.epsilon_for`
@@ -22,7 +33,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-import math
 import os
 import signal
 import socket
@@ -30,13 +40,20 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from anonymize.errors import InputError
-from federated.config import FedConfig
+from federated.config import TRAINING_ROWS, FedConfig
 from federated.wire import WireError, accept_authenticated, arrays_hash, read_token, recv_frame, send_frame
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from anonymize.policy import Policy
+    from privmodel.features import EncodedData, TabularEncoder
+    from privmodel.training import TrainConfig
 
 STATE_FILE = "federated-state.json"
 
@@ -63,17 +80,32 @@ class PartnerSpec:
     keys: str
     workdir: str
     epsilon_cap: float = 0.0  # 0 = the policy's budget cap
+    # "minimised" (always, in the commands): the partner's own consent-filtered, minimised rows.
+    # "release": its anonymized release, as before issue 10 -- benchmarks only, to measure the cost.
+    training_rows: str = "minimised"
+    # TEST ONLY: accept a coordinator's request for reproducible noise (FedConfig.insecure_seed).
+    # Off by default, so no coordinator can make a partner's noise predictable.
+    insecure_noise: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
 
-def midpoints(frame, policy: Any):  # -> pandas.DataFrame
-    """Released numeric ranges ("[30, 39]") as their midpoints, as the DP encoder reads them.
+@dataclass
+class Prepared:
+    """A partner's encoded rows for one (label, model, seed, eval share): training and held-out."""
 
-    The encoder does the same; doing it here first keeps the federated path independent of how the
-    encoder handles pandas copy-on-write arrays.
-    """
+    key: str
+    encoder: TabularEncoder
+    train: EncodedData
+    y_train: np.ndarray
+    test: EncodedData
+    y_test: np.ndarray
+    removed: dict[str, int]
+
+
+def _release_midpoints(frame: pd.DataFrame, policy: Policy) -> pd.DataFrame:
+    """Released numeric ranges ("[30, 39]") as their midpoints (the old release path; benchmarks only)."""
     import pandas as pd
 
     from anonymize.hierarchies import parse_range
@@ -130,80 +162,81 @@ class PartnerWorker:
         self.policy_hash = policy_hash(self.policy)
         signer = _named(self.name, load_signer, spec.keys)
         self.ledger = Ledger(self.workdir / "ledger.jsonl", signer)
-        self._prepared: dict[str, Any] | None = None
-        self._data_sha256: str | None = None
+        if spec.training_rows not in TRAINING_ROWS:
+            raise InputError(f"partner {self.name}: training_rows must be one of {', '.join(TRAINING_ROWS)}")
+        self._prepared: Prepared | None = None
         self._lock = threading.Lock()
 
     # --- data ----------------------------------------------------------------------------------
 
-    def _prepare(self, config: FedConfig) -> dict[str, Any]:
-        """Read, anonymize (cached per data+policy hash), encode and split the partner's data."""
+    def _prepare(self, config: FedConfig) -> Prepared:
+        """Read, minimise (consent, identifiers), encode and split the partner's data, once per config."""
         key = f"{config.label}:{config.model}:{config.seed}:{config.eval_fraction}"
-        if self._prepared is not None and self._prepared["key"] == key:
+        if self._prepared is not None and self._prepared.key == key:
             return self._prepared
         from privmodel.features import TabularEncoder, encode_labels
 
-        release = self._release()
-        if config.label not in release.columns:
-            raise InputError(f"partner {self.name}: label column {config.label!r} is not in the released data")
+        rows, removed = self._rows()
+        if config.label not in rows.columns:
+            raise InputError(f"partner {self.name}: label column {config.label!r} is not in its minimised rows")
         encoder = TabularEncoder.from_policy(self.policy, label=config.label)
-        encoded = encoder.transform(midpoints(release, self.policy))
-        y = encode_labels(release[config.label], config.label)
+        encoded = _named(self.name, encoder.transform, rows)
+        y = _named(self.name, encode_labels, rows[config.label], config.label)
         n = len(y)
-        rng = np.random.default_rng(config.seed)
-        order = rng.permutation(n)
         n_test = max(1, int(round(n * config.eval_fraction)))
+        if n - n_test < 2:
+            raise InputError(f"partner {self.name}: only {n} usable rows after minimisation")
+        # The split depends only on the public seed and the row count (a data-independent choice).
+        order = np.random.default_rng(config.seed).permutation(n)
         test, train = order[:n_test], order[n_test:]
-        self._prepared = {
-            "key": key,
-            "encoder": encoder,
-            "train": (encoded.x_num[train], encoded.x_cat[train], y[train]),
-            "test": (encoded.x_num[test], encoded.x_cat[test], y[test]),
-            "cards": list(encoded.cat_cardinalities),
-            "n_num": int(encoded.x_num.shape[1]),
-        }
+        self._prepared = Prepared(key, encoder, encoded.take(train), y[train], encoded.take(test), y[test], removed)
         return self._prepared
 
-    def _release(self):  # -> pandas.DataFrame
-        """The anonymized release of the partner's table, made once and reused across runs."""
-        import pandas as pd
-
-        from anonymize.pipeline import run as anonymize_run
+    def _rows(self) -> tuple[pd.DataFrame, dict[str, int]]:
+        """The partner's training table: its minimised rows (or, benchmarks only, its release),
+        and the rows removed by reason; the counts go to the partner's own ledger, never out."""
+        from anonymize.pipeline import minimise
         from privmodel.audit import artifact
-        from privmodel.fileio import read_table, sha256_file, write_table
+        from privmodel.fileio import read_table
         from privmodel.keys import load_pseudonym_secret
 
         data = Path(self.spec.data)
+        frame = _named(self.name, read_table, data)
+        secret = _named(self.name, load_pseudonym_secret, self.spec.keys)
+        action = "federate.minimise" if self.spec.training_rows == "minimised" else "federate.anonymize"
         try:
-            frame = read_table(data)
+            if self.spec.training_rows == "release":
+                rows, removed = self._release(frame, secret)
+            else:
+                done = minimise(frame, self.policy, secret, source=data.name, partner=self.name)
+                rows, removed = done.data, {k: int(v) for k, v in done.removed.items()}
         except InputError as exc:
+            self.ledger.append(action, inputs=[artifact(data)], outcome="failed", reason=str(exc))
             raise InputError(f"partner {self.name}: {exc}") from None
-        self._data_sha256 = sha256_file(data)
-        cache = self.workdir / f"release-{self._data_sha256[:16]}-{self.policy_hash[:16]}.parquet"
-        with _locked(cache):
-            if cache.is_file():
-                return pd.read_parquet(cache)
-            secret = _named(self.name, load_pseudonym_secret, self.spec.keys)
-            try:
-                release = anonymize_run(frame, self.policy, secret)
-            except InputError as exc:
-                self.ledger.append("federate.anonymize", inputs=[artifact(data)], outcome="failed", reason=str(exc))
-                raise InputError(f"partner {self.name}: {exc}") from None
-            write_table(release.data, cache)
-            self.ledger.append(
-                "federate.anonymize",
-                inputs=[artifact(data)],
-                outputs=[artifact(cache)],
-                params={"policy_hash": self.policy_hash, "rows_in": int(len(frame)), "rows_out": int(len(release.data))},
-            )
-            return release.data
+        self.ledger.append(
+            action, inputs=[artifact(data)],
+            params={"policy_hash": self.policy_hash, "rows_in": int(len(frame)), "rows_out": int(len(rows)),
+                    "removed": removed, "training_rows": self.spec.training_rows},
+        )
+        return rows, removed
+
+    def _release(self, frame: pd.DataFrame, secret: bytes) -> tuple[pd.DataFrame, dict[str, int]]:
+        """The old path (benchmarks only): the partner's Mondrian / lattice release, ranges as midpoints."""
+        from anonymize.pipeline import run as anonymize_run
+
+        release = anonymize_run(frame, self.policy, secret, partner=self.name)
+        removed: dict[str, int] = {}
+        for step in release.report.get("steps", []):
+            for reason, count in (step.get("removed") or {}).items():
+                removed[reason] = removed.get(reason, 0) + int(count)
+        return _release_midpoints(release.data, self.policy), removed
 
     # --- model ---------------------------------------------------------------------------------
 
-    def _model(self, config: FedConfig, prep: dict[str, Any]):
+    def _model(self, config: FedConfig, prep: Prepared):
         from privmodel.models import build_model
 
-        return build_model(config.model, prep["n_num"], prep["cards"])
+        return build_model(config.model, prep.train.x_num.shape[1], prep.encoder.cat_cardinalities)
 
     # --- privacy state -------------------------------------------------------------------------
 
@@ -233,108 +266,93 @@ class PartnerWorker:
         return float(cap), float(cap_delta)
 
     def spent(self) -> float:
-        """ε charged so far to this partner's data file in its ledger (federated and centralized)."""
+        """ε charged so far to this partner's dataset in its organisation's budget store (beside its
+        keys): shared by centralized training, every federated run and every workdir."""
         from privmodel import budget
 
-        if self._data_sha256 is None:
-            return 0.0
-        return budget.spent(self.ledger.path, self._data_sha256).epsilon
+        if getattr(self, "_budget_dataset", None) is None:  # the policy's dataset id, lineage root, or content hash
+            self._budget_dataset = _named(self.name, budget.dataset_of, self.policy, Path(self.spec.data), Path(self.spec.keys))
+        return _named(self.name, budget.spent, self._budget_dataset, Path(self.spec.keys)).epsilon
 
     # --- requests ------------------------------------------------------------------------------
 
     def hello(self, config: FedConfig) -> dict[str, Any]:
+        """Who this partner is and what it will contribute; `n_train` bounds its FedAvg weight."""
         prep = self._prepare(config)
         cap, _ = self.cap()
         return {
             "partner": self.name,
             "policy_hash": self.policy_hash,
-            "n_train": int(len(prep["train"][2])),
-            "n_test": int(len(prep["test"][2])),
+            "n_train": len(prep.y_train),
+            "n_test": len(prep.y_test),
             "epsilon_cap": cap,
             "epsilon_spent": self.spent(),
-            "n_num": prep["n_num"],
-            "cards": ",".join(str(c) for c in prep["cards"]),
+            "n_num": int(prep.train.x_num.shape[1]),
+            "cards": ",".join(str(c) for c in prep.encoder.cat_cardinalities),
+            "training_rows": self.spec.training_rows,
         }
 
     def train(self, arrays: dict[str, np.ndarray], config: FedConfig, run_id: str, server_round: int) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        """One round of local DP-SGD from the global model; refuses past the partner's ε cap."""
-        from privmodel.accounting import epsilon_for, noise_for
-        from privmodel.dpsgd import train_dp
+        """One round of local DP-SGD from the global model (`privmodel.training.fit_round`); refuses
+        past the partner's ε cap, before any training row is touched."""
+        from privmodel.training import fit_round
 
         with self._lock:
             prep = self._prepare(config)
-            x_num, x_cat, y = prep["train"]
-            n = len(y)
-            sample_rate = min(1.0, config.batch_size / n)
-            total_steps = config.rounds * config.local_steps
             cap, cap_delta = self.cap()
-            with _locked(self._state_path()):
-                state = self._read_state()
-                run = state.setdefault("runs", {}).setdefault(run_id, {"steps": 0, "epsilon": 0.0, "rounds": []})
-                if config.private:
-                    if config.delta >= 1.0 / n:
-                        raise InputError(f"partner {self.name}: δ {config.delta:g} is not below 1/n = {1.0 / n:.3g} "
-                                         "for its training rows")
-                    sigma = float(run.get("noise_multiplier") or noise_for(config.epsilon, config.delta, sample_rate, total_steps))
-                    eps_before = float(run["epsilon"])
-                    eps_after = float(epsilon_for(sigma, sample_rate, run["steps"] + config.local_steps, config.delta))
-                    # without a δ cap in the policy, one run's δ is the cap
-                    self._charge(eps_after - eps_before, config.delta if run["steps"] == 0 else 0.0, cap, cap_delta or config.delta,
-                                 {"command": "federate", "run_id": run_id, "round": server_round, "accountant": "prv",
-                                  "noise_multiplier": sigma, "sample_rate": sample_rate, "steps": config.local_steps,
-                                  "target_epsilon": config.epsilon, "epsilon_run": eps_after})
-                    # charged before training: the budget is spent once the round may release an update
-                    run.update(steps=run["steps"] + config.local_steps, epsilon=eps_after, noise_multiplier=sigma)
-                    self._write_state(state)
-                elif cap > 0:
-                    reason = f"non-private training refused: ε cap {cap:.3f} is set"
-                    self.ledger.append(
-                        "federate.round", params={"run_id": run_id, "round": server_round}, outcome="failed", reason=reason
-                    )
-                    raise Refused(f"partner {self.name} refused: {reason}")
-                else:
-                    sigma, eps_after = 0.0, math.inf
-
+            if not config.private and cap > 0:
+                reason = f"non-private training refused: ε cap {cap:.3f} is set"
+                self.ledger.append(
+                    "federate.round", params={"run_id": run_id, "round": server_round}, outcome="failed", reason=reason
+                )
+                raise Refused(f"partner {self.name} refused: {reason}")
             model = self._model(config, prep)
             _load_arrays(model, arrays)
-            # Evaluate the incoming global model first: one message per round instead of two.
+            # Evaluate the incoming global model first (held-out rows): one message per round instead of two.
             incoming = self._evaluate_model(model, prep)
-            global_params = {k: v.copy() for k, v in arrays.items()}
-            data = _Encoded(x_num, x_cat, prep["cards"])
-            seed = (config.seed * 1_000_003 + server_round * 7919 + _stable(self.name)) % (2**31)
             on_step = None
             if config.strategy == "fedprox" and config.proximal_mu > 0:
-                on_step = _proximal_step(model, global_params, config.proximal_mu * config.lr)
-            train_dp(
-                model, data, y,
-                noise_multiplier=sigma, sample_rate=sample_rate, steps=config.local_steps,
-                max_grad_norm=config.max_grad_norm if config.private else None,
-                lr=config.lr, seed=seed, optimizer=config.optimizer, on_step=on_step,
-            )
-            new = _model_arrays(model)
-            loss = _loss(model, x_num, x_cat, y)
+                on_step = _proximal_step(model, {k: v.copy() for k, v in arrays.items()}, config.proximal_mu * config.lr)
             with _locked(self._state_path()):
                 state = self._read_state()
                 run = state.setdefault("runs", {}).setdefault(run_id, {"steps": 0, "epsilon": 0.0, "rounds": []})
-                run["rounds"].append(server_round)
-                if not config.private:
+
+                def charge(privacy: dict[str, Any]) -> None:
+                    """Charged before training: the budget is spent once the round may release an update."""
+                    if config.private:
+                        # without a δ cap in the policy, one run's δ is the cap
+                        self._charge(privacy["epsilon"] - float(run["epsilon"]), config.delta if run["steps"] == 0 else 0.0,
+                                     cap, cap_delta or config.delta,
+                                     {"command": "federate", "run_id": run_id, "round": server_round, "accountant": "prv",
+                                      "noise_multiplier": privacy["noise_multiplier"], "sample_rate": privacy["sample_rate"],
+                                      "steps": config.local_steps, "target_epsilon": config.epsilon,
+                                      "epsilon_run": privacy["epsilon"]})
+                        run.update(epsilon=privacy["epsilon"], noise_multiplier=privacy["noise_multiplier"])
                     run["steps"] += config.local_steps
+                    self._write_state(state)
+
+                result = fit_round(
+                    model, prep.train, prep.y_train, self._train_config(config, server_round), steps=config.local_steps,
+                    run_steps=config.rounds * config.local_steps, done_steps=int(run["steps"]),
+                    noise_multiplier=run.get("noise_multiplier"), before_training=charge, on_step=on_step,
+                )
+                run["rounds"].append(server_round)
                 self._write_state(state)
+            new = _model_arrays(model)
+            privacy = result.privacy
             self.ledger.append(
                 "federate.round",
                 params={
                     "run_id": run_id, "round": server_round, "steps": config.local_steps,
-                    "sample_rate": sample_rate, "noise_multiplier": sigma,
-                    "max_grad_norm": config.max_grad_norm if config.private else None,
-                    "epsilon_run": eps_after if config.private else None,
-                    "model_in": arrays_hash(arrays), "update_out": arrays_hash(new),
+                    "sample_rate": privacy["sample_rate"], "noise_multiplier": privacy["noise_multiplier"],
+                    "max_grad_norm": privacy["max_grad_norm"], "epsilon_run": privacy["epsilon"],
+                    "noise": privacy.get("noise"), "model_in": arrays_hash(arrays), "update_out": arrays_hash(new),
                 },
             )
+            # The DP update and its FedAvg weight; the held-out metrics are of the INCOMING model.
             metrics = {
-                "num-examples": n,
-                "train_loss": loss,
-                "epsilon": eps_after if config.private else 0.0,
-                "noise_multiplier": sigma,
+                "num-examples": len(prep.y_train),
+                "epsilon": privacy["epsilon"] if config.private else 0.0,
                 "eval_auc": incoming["auc"],
                 "eval_loss": incoming["loss"],
                 "eval_n": incoming["num-examples"],
@@ -342,21 +360,41 @@ class PartnerWorker:
             return new, metrics
 
     def _charge(self, epsilon: float, delta: float, cap: float, cap_delta: float, params: dict[str, Any]) -> None:
-        """Charge one round to the partner's data budget; past the cap the round is Refused (the
-        refusal is a failed `budget.charge` entry)."""
+        """Charge one round to the partner's dataset budget (`privmodel.budget.charge`, the store beside
+        its keys); past the cap the round is Refused (recorded in the store and as a failed
+        `budget.charge` entry in the partner's ledger)."""
         from privmodel import budget
 
         if cap <= 0:
             raise InputError(f"partner {self.name}: DP training needs a privacy budget cap "
                              "(a budget in the policy, or the partner's epsilon cap)")
-        if self._data_sha256 is None:
-            raise InputError(f"partner {self.name}: data not loaded")
+        if getattr(self, "_budget_dataset", None) is None:
+            self._budget_dataset = _named(self.name, budget.dataset_of, self.policy, Path(self.spec.data), Path(self.spec.keys))
         try:
-            budget.charge(self.ledger, self._data_sha256, epsilon, delta, cap, cap_delta, params)
-        except InputError as exc:
-            if "privacy budget exceeded" not in str(exc):
-                raise InputError(f"partner {self.name}: {exc}") from None
+            budget.charge(self._budget_dataset, epsilon, delta, budget.Cap(cap, cap_delta), keys=Path(self.spec.keys),
+                          ledger=self.ledger, params=params)
+        except budget.BudgetExceeded as exc:
             raise Refused(f"partner {self.name} refused: {exc}") from None
+        except InputError as exc:
+            raise InputError(f"partner {self.name}: {exc}") from None
+
+    def _train_config(self, config: FedConfig, server_round: int) -> TrainConfig:
+        """The federation's local-training settings as the one training core's config. Noise is
+        secret unless the coordinator asks for the test-only insecure seed AND this partner allows it."""
+        import zlib
+
+        from privmodel.training import TrainConfig
+
+        insecure = None
+        if config.insecure_seed >= 0:
+            if not self.spec.insecure_noise:
+                raise InputError(f"partner {self.name}: refuses reproducible (insecure) noise asked by the coordinator")
+            insecure = (config.insecure_seed * 1_000_003 + server_round * 7919 + zlib.crc32(self.name.encode())) % 2**31
+        return TrainConfig(
+            model=config.model, epsilon=config.epsilon if config.private else None,
+            delta=config.delta if config.private else None, batch_size=config.batch_size, lr=config.lr,
+            max_grad_norm=config.max_grad_norm, optimizer=config.optimizer, seed=config.seed, insecure_seed=insecure,
+        )
 
     def evaluate(self, arrays: dict[str, np.ndarray], config: FedConfig) -> dict[str, Any]:
         """Loss and ROC-AUC of the global model on the partner's local held-out split."""
@@ -366,13 +404,9 @@ class PartnerWorker:
             _load_arrays(model, arrays)
             return self._evaluate_model(model, prep)
 
-    def _evaluate_model(self, model, prep: dict[str, Any]) -> dict[str, Any]:
-        from privmodel.metrics import roc_auc
-
-        x_num, x_cat, y = prep["test"]
-        p = _predict(model, x_num, x_cat)
-        auc = roc_auc(y, p)
-        return {"num-examples": int(len(y)), "loss": _logloss(y, p), "auc": float(auc) if auc is not None else float("nan")}
+    def _evaluate_model(self, model, prep: Prepared) -> dict[str, Any]:
+        """Held-out rows only (never the training rows): listed on the card as released without DP."""
+        return evaluate_model(model, prep.test, prep.y_test)
 
     def final(self, arrays: dict[str, np.ndarray], config: FedConfig, run_id: str) -> dict[str, Any]:
         """Record the final global model's hash in the partner's ledger (both sides must agree),
@@ -427,17 +461,14 @@ class PartnerWorker:
 # --- torch helpers (imported lazily: only the worker pays for torch) ------------------------------
 
 
-@dataclass
-class _Encoded:
-    x_num: np.ndarray
-    x_cat: np.ndarray
-    cat_cardinalities: list[int]
+def evaluate_model(model, data: EncodedData, y: np.ndarray) -> dict[str, Any]:
+    """ROC-AUC and log-loss of a model on encoded rows (the project's one predict / metric path)."""
+    from privmodel.dpsgd import predict_proba
+    from privmodel.metrics import log_loss, roc_auc
 
-
-def _stable(text: str) -> int:
-    import zlib
-
-    return zlib.crc32(text.encode("utf-8"))
+    p = predict_proba(model, data)
+    auc = roc_auc(y, p)
+    return {"num-examples": int(len(y)), "loss": log_loss(y, p), "auc": float(auc) if auc is not None else float("nan")}
 
 
 def _named(partner: str, fn, *args):
@@ -486,24 +517,6 @@ def _load_arrays(model, arrays: dict[str, np.ndarray]) -> None:
             raise InputError(f"global model parameter {key} has shape {arr.shape}, expected {tuple(value.shape)}")
         new_state[key] = torch.from_numpy(arr.astype(np.float32)).to(value.dtype)
     model.load_state_dict(new_state)
-
-
-def _predict(model, x_num: np.ndarray, x_cat: np.ndarray) -> np.ndarray:
-    import torch
-
-    model.eval()
-    with torch.no_grad():
-        logits = model(torch.from_numpy(np.asarray(x_num, dtype=np.float32)), torch.from_numpy(np.asarray(x_cat, dtype=np.int64)))
-    return torch.sigmoid(logits).cpu().numpy().astype(np.float64)
-
-
-def _logloss(y: np.ndarray, p: np.ndarray) -> float:
-    p = np.clip(p, 1e-7, 1 - 1e-7)
-    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
-
-
-def _loss(model, x_num: np.ndarray, x_cat: np.ndarray, y: np.ndarray) -> float:
-    return _logloss(y, _predict(model, x_num, x_cat))
 
 
 # --- the deployment worker process ----------------------------------------------------------------

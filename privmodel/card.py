@@ -25,6 +25,7 @@ from typing import Any
 
 from anonymize.errors import InputError
 from privmodel.fileio import atomic_write_text
+from privmodel.secure_noise import INSECURE_WARNING, SECURE
 
 CARD_JSON = "model_card.json"
 CARD_MD = "model_card.md"
@@ -124,6 +125,8 @@ def build_card(
     public_categories: Mapping[str, Iterable[str]] | None = None,
     epsilon_history: Sequence[Any] | None = None,
     created: str | None = None,
+    guarantee: str | None = None,
+    released_without_dp: Sequence[Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Assemble the card dict. `privacy` is FitResult.privacy, copied field for field.
 
@@ -167,7 +170,11 @@ def build_card(
         "fairness": public_fairness(metrics.get("fairness"), categories),
         "baseline_fairness": public_fairness((baseline_metrics or {}).get("fairness"), categories),
         "membership_inference": dict(mia) if mia else None,
+        "guarantee": guarantee,
+        "released_without_dp": [dict(item) for item in released_without_dp or []],
     }
+    if privacy.get("noise", SECURE) != SECURE:  # test-only reproducible noise: say so before anything else
+        card = {"warning": INSECURE_WARNING, **card}
     return _clean(card)
 
 
@@ -188,12 +195,21 @@ def _fmt(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
+def _md(value: Any) -> str:
+    """A name or value from data or policy as inert Markdown text: no raw HTML, link or table break."""
+    out = _fmt(value).replace("\\", "\\\\").replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    for char in "|`[]":
+        out = out.replace(char, "\\" + char)
+    return " ".join(out.splitlines())
+
+
 def render_markdown(card: Mapping[str, Any]) -> str:
     """The card as Markdown a reviewer can read top to bottom."""
     p, model, data = card["privacy"], card["model"], card["data"]
     total, sel = card["total_privacy_cost"], card["hyperparameter_selection"]
-    lines = [
-        f"# Model card: {model['type']} propensity model for `{model['label']}`",
+    lines = [f"**{card['warning']}**", ""] if card.get("warning") else []
+    lines += [
+        f"# Model card: {_md(model['type'])} propensity model for **{_md(model['label'])}**",
         "",
         f"Created {card['created']}.",
         "",
@@ -203,14 +219,16 @@ def render_markdown(card: Mapping[str, Any]) -> str:
     if p["private"]:
         lines += [
             f"The model was trained with DP-SGD and is **({_fmt(p['epsilon'])}, {_fmt(p['delta'])})-differentially "
-            f"private** for each training row, as computed by the {p['accountant']} accountant.",
+            f"private**, as computed by the {_md(p['accountant'])} accountant.",
             "",
         ]
+        if card.get("guarantee"):
+            lines += [f"**{card['guarantee']}**", ""]
     else:
         lines += ["**This model is not differentially private** (no noise was added).", ""]
     lines += ["| parameter | value |", "|---|---|"]
     for key in PRIVACY_FIELDS:
-        lines.append(f"| {key} | {_fmt(p.get(key))} |")
+        lines.append(f"| {key} | {_md(p.get(key))} |")
     lines += [
         "",
         f"Total privacy cost charged to the dataset's budget: ε = {_fmt(total['epsilon'])}, "
@@ -218,8 +236,8 @@ def render_markdown(card: Mapping[str, Any]) -> str:
         "",
         "## Hyper-parameter selection",
         "",
-        f"Method: **{sel.get('method')}** ({sel.get('trials', 1)} trial(s)); privacy cost ε = "
-        f"{_fmt(sel.get('epsilon'))}, δ = {_fmt(sel.get('delta'))}. {sel.get('description', '')}",
+        f"Method: **{_md(sel.get('method'))}** ({_md(sel.get('trials', 1))} trial(s)); privacy cost ε = "
+        f"{_fmt(sel.get('epsilon'))}, δ = {_fmt(sel.get('delta'))}. {_md(sel.get('description', ''))}",
         "",
     ]
     if card.get("budget"):
@@ -234,7 +252,7 @@ def render_markdown(card: Mapping[str, Any]) -> str:
         "",
         "| field | value |",
         "|---|---|",
-        *[f"| {k} | {_fmt(v)} |" for k, v in data.items()],
+        *[f"| {_md(k)} | {_md(v)} |" for k, v in data.items()],
         "",
         "## Features and preprocessing",
         "",
@@ -242,7 +260,8 @@ def render_markdown(card: Mapping[str, Any]) -> str:
         "",
         "| feature | type | preprocessing |",
         "|---|---|---|",
-        *[f"| {f['name']} | {f.get('type') or ''} | {f.get('preprocessing', '')} |" for f in card["features"]],
+        *[f"| {_md(f['name'])} | {_md(f.get('type') or '')} | {_md(f.get('preprocessing', ''))} |"
+          for f in card["features"]],
         "",
         "## Metrics (held-out split) beside the non-private baseline",
         "",
@@ -253,7 +272,7 @@ def render_markdown(card: Mapping[str, Any]) -> str:
     ]
     for name, row in card["metrics"]["comparison"].items():
         diff = row.get("difference")
-        lines.append(f"| {name} | {_fmt(row.get('private'))} | {_fmt(row.get('baseline'))} | "
+        lines.append(f"| {_md(name)} | {_fmt(row.get('private'))} | {_fmt(row.get('baseline'))} | "
                      f"{'n/a' if diff is None else f'{diff:+.4f}'} |")
     lift = card["metrics"].get("lift") or []
     if lift:
@@ -271,30 +290,31 @@ def render_markdown(card: Mapping[str, Any]) -> str:
         for column, stats in fair["columns"].items():
             b = base.get(column, {})
             lines += [
-                f"**{column}**: demographic parity difference {_fmt(stats['demographic_parity_difference'])} "
+                f"**{_md(column)}**: demographic parity difference {_fmt(stats['demographic_parity_difference'])} "
                 f"(baseline {_fmt(b.get('demographic_parity_difference'))}), equal opportunity difference "
                 f"{_fmt(stats['equal_opportunity_difference'])} (baseline {_fmt(b.get('equal_opportunity_difference'))}).",
                 "",
                 "| group | rows | base rate | selection rate | true positive rate |",
                 "|---|---|---|---|---|",
-                *[f"| {g} | {r['n']} | {_fmt(r['base_rate'])} | {_fmt(r['selection_rate'])} | "
+                *[f"| {_md(g)} | {r['n']} | {_fmt(r['base_rate'])} | {_fmt(r['selection_rate'])} | "
                   f"{_fmt(r['true_positive_rate'])} |" for g, r in stats["groups"].items()],
                 "",
             ]
             if stats.get("small_groups"):
                 lines += [f"{len(stats['small_groups'])} group(s) below {fair['min_group_size']} rows are left out.", ""]
+    lines += _not_dp_lines(card.get("released_without_dp") or [])
     lines += ["## Membership-inference audit", ""]
     audit = card.get("membership_inference")
     if not audit:
         lines.append("Not run.")
     else:
         lines += [
-            f"{audit['method']}. Members: {audit['members']} training rows; non-members: "
+            f"{_md(audit['method'])}. Members: {audit['members']} training rows; non-members: "
             f"{audit['non_members']} held-out rows.",
             "",
             "| attack | ROC-AUC | TPR at 1% FPR | TPR at 10% FPR | empirical ε lower bound |",
             "|---|---|---|---|---|",
-            *[f"| {name} | {_fmt(a['auc'])} | {_fmt(a['tpr_at_1pct_fpr'])} | {_fmt(a['tpr_at_10pct_fpr'])} | "
+            *[f"| {_md(name)} | {_fmt(a['auc'])} | {_fmt(a['tpr_at_1pct_fpr'])} | {_fmt(a['tpr_at_10pct_fpr'])} | "
               f"{_fmt(a['epsilon_lower_bound']['epsilon_lower_bound'])} |" for name, a in audit["attacks"].items()],
             "",
             f"Empirical ε lower bound (all attacks, {audit['confidence']:.0%} confidence): "
@@ -306,6 +326,17 @@ def render_markdown(card: Mapping[str, Any]) -> str:
             "",
         ]
     return "\n".join(lines) + "\n"
+
+
+def _not_dp_lines(items: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The card's list of figures computed from private rows WITHOUT differential privacy."""
+    lines = ["## Released without differential privacy", ""]
+    if not items:
+        return [*lines, "Nothing: every figure on this card computed from private rows is DP-accounted.", ""]
+    lines += ["These figures were computed from private rows and are NOT covered by the ε above; they are for "
+              "the data owner, not for publication.", "", "| figure | computed from |", "|---|---|"]
+    lines += [f"| {item['figure']} | {item['source']} |" for item in items]
+    return [*lines, ""]
 
 
 def check_no_raw_values(text: str, frame: Any, columns: Iterable[str], min_length: int = 4) -> None:

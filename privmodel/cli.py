@@ -16,7 +16,7 @@ import click
 import typer
 
 from anonymize.errors import InputError
-from privmodel.commands import anonymize, audit, demo, federate, keys, report, synth, train
+from privmodel.commands import anonymize, audit, budget, demo, federate, keys, report, synth, train
 
 app = typer.Typer(
     name="privmodel",
@@ -29,7 +29,7 @@ app = typer.Typer(
 )
 
 # Each command module exposes register(app); add new modules to this tuple.
-for _module in (demo, synth, anonymize, train, federate, report, audit, keys):
+for _module in (demo, synth, anonymize, train, federate, report, audit, keys, budget):
     _module.register(app)
 
 

@@ -4,8 +4,9 @@ Why not Opacus' DataLoader + GradSampleModule loop: on small tabular models its 
 and DataLoader overhead dominates (and Poisson batches can come out empty and trip it). The data
 already sits in memory as two tensors, so one step is:
 
-1. Poisson sampling: each row joins the logical batch independently with probability q (a torch
-   Bernoulli mask); an empty batch is a legal outcome and yields a noise-only step, still counted.
+1. Poisson sampling: each row joins the logical batch independently with probability q (a
+   Bernoulli mask from `privmodel.secure_noise`); an empty batch is a legal outcome and yields a
+   noise-only step, still counted.
 2. Forward/backward on the batch (split into physical chunks when large), recording each
    `nn.Linear` / `nn.Embedding` layer's input A and output gradient G (hooks + autograd.grad
    w.r.t. the layer outputs; the loss is a sum, so row i of G is sample i's own gradient).
@@ -18,6 +19,12 @@ already sits in memory as two tensors, so one step is:
 4. The clipped sum is one matmul per Linear ((c * G)^T A) and one index_add per Embedding; add
    N(0, (sigma C)^2) noise per coordinate, divide by the EXPECTED batch size q n (not the realized
    one, which would leak the batch size), and take an optimizer step.
+
+Secret randomness: the masks and the noise come from one `secure_noise.NoiseSource` per call, by
+default keyed with fresh OS entropy that nothing written down can reproduce (a seeded generator
+would let anyone who knows the other rows replay training and read off membership). Weight
+initialisation is the caller's business (seeded: it is data-independent). A reproducible source
+(`NoiseSource.insecure`) exists for tests only and makes the model NOT differentially private.
 
 The accountant must be told exactly this: `steps` Poisson-sampled Gaussian steps at rate q with
 noise multiplier sigma. noise_multiplier=0 with max_grad_norm=None is the non-private baseline on
@@ -42,6 +49,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from anonymize.errors import InputError
+from privmodel import secure_noise
 
 CLIPPING_MODES = ("flat", "per_layer")
 OPTIMIZERS = ("adam", "sgd")
@@ -61,6 +69,7 @@ class TrainStats:
     max_grad_norm: float | None
     clipping: str
     seconds: float
+    noise: str = secure_noise.SECURE  # the NoiseSource kind: "secure" or "INSECURE-reproducible"
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -187,8 +196,8 @@ def train_dp(
     max_grad_norm: float | None,
     clipping: str = "flat",
     lr: float = 0.01,
-    seed: int = 0,
     *,
+    noise: secure_noise.NoiseSource | None = None,
     optimizer: str = "adam",
     physical_batch_size: int = 8192,
     average_from: float | None = 0.5,
@@ -198,6 +207,8 @@ def train_dp(
 
     data: an `EncodedData` (x_num float [n, d], x_cat int [n, c]); y: 0/1 labels [n].
     The accountant's inputs are exactly (noise_multiplier, sample_rate, steps).
+    noise: where the Poisson masks and the Gaussian noise come from; None = a fresh secure source.
+    There is deliberately no seed: reproducible noise must be asked for by name (tests only).
     """
     if clipping not in CLIPPING_MODES:
         raise InputError(f"clipping {clipping!r} is not one of {', '.join(CLIPPING_MODES)}")
@@ -236,7 +247,9 @@ def train_dp(
     opt: torch.optim.Optimizer = (
         torch.optim.Adam(params, lr=lr) if optimizer == "adam" else torch.optim.SGD(params, lr=lr)
     )
-    gen = torch.Generator().manual_seed(int(seed))
+    source = noise if noise is not None else secure_noise.NoiseSource.secure()
+    shapes = [p.shape for p in params]
+    numels = [p.numel() for p in params]
     sums = [torch.zeros_like(p) for p in params]
     # Polyak-Ruppert tail averaging: the returned weights are the mean of the iterates after
     # `average_from * steps`. Pure post-processing of the private iterates (no privacy cost); it
@@ -251,7 +264,7 @@ def train_dp(
     model.train()
     try:
         for step in range(int(steps)):
-            mask = torch.rand(n, generator=gen) < sample_rate
+            mask = source.bernoulli_mask(n, sample_rate)
             idx = mask.nonzero().squeeze(1)
             rows = int(idx.shape[0])
             total_rows += rows
@@ -262,9 +275,11 @@ def train_dp(
                 empty += 1
             for chunk in idx.split(physical_batch_size):
                 clipper.accumulate(model, x_num[chunk], x_cat[chunk], y_t[chunk], sums, bounds)
+            if noise_std > 0.0:  # one draw for every coordinate of the step
+                for acc, z, shape in zip(sums, source.gaussian(sum(numels), noise_std).split(numels),
+                                         shapes, strict=True):
+                    acc.add_(z.view(shape))
             for p, acc in zip(params, sums, strict=True):
-                if noise_std > 0.0:
-                    acc.add_(torch.randn(acc.shape, generator=gen), alpha=noise_std)
                 p.grad = acc / expected_batch
             opt.step()
             if step >= avg_start:
@@ -293,6 +308,7 @@ def train_dp(
         max_grad_norm=None if max_grad_norm is None else float(max_grad_norm),
         clipping=clipping if max_grad_norm is not None else "none",
         seconds=time.perf_counter() - started,
+        noise=source.kind,
     )
 
 

@@ -55,6 +55,7 @@ class DPPropensityClassifier(ClassifierMixin, BaseEstimator):
         dp_stats_share: float = 0.0,
         transforms: Mapping[str, str] | None = None,
         policy: Any = None,
+        insecure_seed: int | None = None,
     ) -> None:
         self.model = model
         self.epsilon = epsilon
@@ -73,6 +74,7 @@ class DPPropensityClassifier(ClassifierMixin, BaseEstimator):
         self.dp_stats_share = dp_stats_share
         self.transforms = transforms
         self.policy = policy
+        self.insecure_seed = insecure_seed  # TEST ONLY: reproducible DP noise -> NOT differentially private
 
     # ------------------------------------------------------------------ helpers
     def _frame(self, X: Any, fitting: bool) -> Any:
@@ -150,7 +152,7 @@ class DPPropensityClassifier(ClassifierMixin, BaseEstimator):
             )
         if missing:
             enc = TabularEncoder.fit_dp(frame, numeric, categorical, epsilon=eps_stats, delta=delta_stats,
-                                        bounds=bounds, categories=categories, seed=self.seed,
+                                        bounds=bounds, categories=categories, insecure_seed=self.insecure_seed,
                                         transforms=transforms)
         else:
             enc = TabularEncoder.from_public(bounds={c: bounds[c] for c in numeric},
@@ -201,6 +203,7 @@ class DPPropensityClassifier(ClassifierMixin, BaseEstimator):
             delta=None if not private else total_delta - used_delta,
             epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, max_grad_norm=self.max_grad_norm,
             clipping=self.clipping, accountant=self.accountant, seed=self.seed, hidden=tuple(self.hidden),
+            insecure_seed=self.insecure_seed,
         )
         result = fit(self.encoder_.transform(frame), y01, config)
         self.model_ = result.model

@@ -29,6 +29,10 @@ categories, delta) on differentially private statistics instead:
   (epsilon, delta)-DP when each row holds one value.
 They are hand-written in numpy (about forty lines) because neither Opacus nor dp-accounting ships
 DP statistics, and OpenDP / PyDP would be a heavy dependency for two textbook mechanisms.
+Their Laplace noise comes from `privmodel.secure_noise` (fresh OS entropy, a sampler hardened
+against floating-point attacks): a seeded generator would let anyone replay the noise and read the
+exact counts. `fit_dp(insecure_seed=...)` is the test-only reproducible switch (recorded in
+`dp_stats["noise"]`; such statistics are NOT differentially private).
 
 This module imports numpy and pandas only (no torch): the CLI and Flower clients import it cheaply.
 """
@@ -43,6 +47,7 @@ from typing import Any
 import numpy as np
 
 from anonymize.errors import InputError
+from privmodel import secure_noise
 
 ENCODER_FORMAT = 1
 UNKNOWN = "<unknown>"  # name of the categorical slot 0 in feature names
@@ -322,7 +327,7 @@ class TabularEncoder:
         bounds: Mapping[str, Sequence[float]] | None = None,
         categories: Mapping[str, Iterable[Any]] | None = None,
         label: str | None = None,
-        seed: int | None = None,
+        insecure_seed: int | None = None,
         transforms: Mapping[str, str] | None = None,
     ) -> TabularEncoder:
         """Encoder whose missing metadata is estimated with DP statistics, spending (epsilon, delta).
@@ -332,7 +337,8 @@ class TabularEncoder:
         delta over the categorical ones (numeric bounds are pure epsilon-DP). The total spent is
         recorded in `dp_stats` and must be added to the training cost. A column declared `log1p`
         in `transforms` is non-negative by that declaration, so its DP lower bound (which may reach
-        just below zero, the bin around zero) is raised to 0.
+        just below zero, the bin around zero) is raised to 0. The noise is secret; `insecure_seed`
+        (tests only) makes it reproducible and the statistics NOT differentially private.
         """
         transforms = _check_transforms(transforms, {n: None for n in numeric})
         bounds = dict(bounds or {})
@@ -345,7 +351,7 @@ class TabularEncoder:
             raise InputError("DP statistics need a positive epsilon share (or give public bounds/categories)")
         if need_cat and not 0.0 < delta < 1.0:
             raise InputError("DP category selection needs a delta share in (0, 1) (or give public categories)")
-        rng = np.random.default_rng(seed)
+        noise = secure_noise.source(insecure_seed)
         eps_col = epsilon / n_need if n_need else 0.0
         delta_col = delta / len(need_cat) if need_cat else 0.0
         num_specs = []
@@ -355,7 +361,7 @@ class TabularEncoder:
                 num_specs.append(NumericSpec(name, float(bounds[name][0]), float(bounds[name][1]), "public",
                                              transform=transform))
             else:
-                lo, hi = dp_bounds(_numeric_values(df[name], name, None), eps_col, rng, name)
+                lo, hi = dp_bounds(_numeric_values(df[name], name, None), eps_col, noise, name)
                 if transform == "log1p":
                     lo = max(lo, 0.0)
                     if hi <= lo:
@@ -366,7 +372,7 @@ class TabularEncoder:
             if name in categories:
                 cat_specs.append(CategoricalSpec(name, _as_str_list(categories[name]), "public"))
             else:
-                kept = dp_categories(df[name], eps_col, delta_col, rng, name)
+                kept = dp_categories(df[name], eps_col, delta_col, noise, name)
                 cat_specs.append(CategoricalSpec(name, kept, "dp"))
         stats = None
         if n_need:
@@ -375,6 +381,7 @@ class TabularEncoder:
                 "composition": "basic (sum over columns)", "columns": [*need_num, *need_cat],
                 "numeric_mechanism": "Laplace histogram over power-of-two bins (approximate bounds)",
                 "categorical_mechanism": "Laplace partition selection with threshold",
+                "noise": noise.kind,
             }
         return cls(num_specs, cat_specs, label, dp_stats=stats)
 
@@ -505,7 +512,7 @@ def _magnitude_bins(values: np.ndarray) -> np.ndarray:
     return np.where(values < 0, -idx, idx)
 
 
-def dp_bounds(values: np.ndarray, epsilon: float, rng: np.random.Generator, name: str = "column") -> tuple[float, float]:
+def dp_bounds(values: np.ndarray, epsilon: float, noise: secure_noise.NoiseSource, name: str = "column") -> tuple[float, float]:
     """epsilon-DP (lo, hi) covering the bulk of `values`: noisy power-of-two histogram + threshold.
 
     Sensitivity 1 (adding or removing one row moves one count by one) -> Laplace(1/epsilon). Bins
@@ -515,7 +522,7 @@ def dp_bounds(values: np.ndarray, epsilon: float, rng: np.random.Generator, name
     n_side = _K_MAX - _K_MIN + 1
     bins = _magnitude_bins(values) + n_side  # shift to 0 .. 2 n_side
     counts = np.bincount(bins, minlength=2 * n_side + 1).astype(np.float64)
-    noisy = counts + rng.laplace(0.0, 1.0 / epsilon, size=counts.size)
+    noisy = counts + noise.laplace(1.0 / epsilon, counts.size)
     threshold = math.log(counts.size / (2 * _BOUNDS_BETA)) / epsilon
     kept = np.flatnonzero(noisy > threshold)
     if kept.size == 0:
@@ -534,7 +541,7 @@ def dp_bounds(values: np.ndarray, epsilon: float, rng: np.random.Generator, name
     return float(edges(int(kept[0]))[0]), float(edges(int(kept[-1]))[1])
 
 
-def dp_categories(series: Any, epsilon: float, delta: float, rng: np.random.Generator,
+def dp_categories(series: Any, epsilon: float, delta: float, noise: secure_noise.NoiseSource,
                   name: str = "column") -> tuple[str, ...]:
     """(epsilon, delta)-DP category list: Laplace partition selection, one value per row.
 
@@ -545,7 +552,7 @@ def dp_categories(series: Any, epsilon: float, delta: float, rng: np.random.Gene
     counts = text.value_counts(sort=False)
     names = sorted(counts.index)
     raw = counts.reindex(names).to_numpy(dtype=np.float64)
-    noisy = raw + rng.laplace(0.0, 1.0 / epsilon, size=raw.size)
+    noisy = raw + noise.laplace(1.0 / epsilon, raw.size)
     threshold = 1.0 + math.log(1.0 / (2.0 * delta)) / epsilon
     kept = tuple(n for n, v in zip(names, noisy, strict=True) if v > threshold)
     if not kept:

@@ -10,6 +10,8 @@ The directory is created atomically (built beside the target, then renamed) and 
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime as dt
 import hashlib
 import json
@@ -20,6 +22,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -46,10 +49,10 @@ def public_key_pem(public_key: Ed25519PublicKey) -> str:
 
 
 def load_public_key_pem(pem: str | bytes, source: str = "public key") -> Ed25519PublicKey:
-    data = pem.encode("ascii") if isinstance(pem, str) else pem
     try:
+        data = pem.encode("ascii") if isinstance(pem, str) else pem
         key = serialization.load_pem_public_key(data)
-    except ValueError:
+    except (ValueError, TypeError, UnsupportedAlgorithm):  # UnicodeEncodeError is a ValueError
         raise InputError(f"{source}: not a PEM public key") from None
     if not isinstance(key, Ed25519PublicKey):
         raise InputError(f"{source}: not an Ed25519 public key")
@@ -98,6 +101,7 @@ def init_keys(directory: str | os.PathLike[str], passphrase: str | None = None, 
     if not os.access(parent, os.W_OK):
         raise InputError(f"{parent}: directory is not writable")
     actor = actor or f"{socket.gethostname()}"
+    _check_actor(actor)
     private_key = Ed25519PrivateKey.generate()
     encryption: serialization.KeySerializationEncryption = (
         serialization.BestAvailableEncryption(passphrase.encode("utf-8"))
@@ -128,6 +132,16 @@ def init_keys(directory: str | os.PathLike[str], passphrase: str | None = None, 
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     return meta
+
+
+def _check_actor(actor: str) -> None:
+    """Refuse, before any key is written, an actor name that a ledger or terminal cannot carry."""
+    try:
+        actor.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputError("--actor: not valid UTF-8 text") from None
+    if not actor.strip() or len(actor) > 200 or not actor.isprintable():
+        raise InputError("--actor: must be 1-200 printable characters (no control characters)")
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -183,6 +197,72 @@ def load_public_key(directory_or_file: str | os.PathLike[str]) -> Ed25519PublicK
     except OSError:
         raise InputError(f"{path}: missing or unreadable public key") from None
     return load_public_key_pem(pem, str(path))
+
+
+def keyring_line(public_key: Ed25519PublicKey, label: str = "") -> str:
+    """One keyring line: `<key id> <base64 of the raw 32-byte key> [label]`."""
+    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return " ".join(part for part in (key_id_of(public_key), base64.b64encode(raw).decode(), label) if part)
+
+
+def load_keyring(path: str | os.PathLike[str]) -> list[Ed25519PublicKey]:
+    """Trusted Ed25519 public keys from a keyring file (what a verifier trusts, not what a ledger says).
+
+    The file holds, in any mix: PEM public key blocks (so `cat a/signing.pub b/signing.pub` is a
+    keyring), and lines `<key id> <base64 raw key> [label]` (the key id must match the key, so a
+    typo cannot trust the wrong key). Blank lines and lines starting with `#` are ignored.
+    """
+    src = Path(path)
+    if not src.is_file():
+        raise InputError(f"{src}: no such keyring file")
+    try:
+        with open(src, "rb") as handle:
+            data = handle.read((1 << 20) + 1)
+    except OSError as exc:
+        raise InputError(f"{src}: cannot read keyring ({exc.strerror})") from None
+    if len(data) > 1 << 20:
+        raise InputError(f"{src}: keyring is larger than 1 MiB")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{src}: keyring is not UTF-8 (invalid byte at offset {exc.start})") from None
+    keys: dict[str, Ed25519PublicKey] = {}
+    pem: list[str] | None = None
+    for number, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        if pem is not None:
+            pem.append(stripped)
+            if stripped.startswith("-----END "):
+                key = load_public_key_pem("\n".join(pem) + "\n", f"{src}: PEM block ending at line {number}")
+                keys[key_id_of(key)] = key
+                pem = None
+            continue
+        if not stripped or stripped.startswith("#"):
+            continue
+        if stripped.startswith("-----BEGIN "):
+            pem = [stripped]
+            continue
+        key = _keyring_entry(stripped, f"{src}: line {number}")
+        keys[key_id_of(key)] = key
+    if pem is not None:
+        raise InputError(f"{src}: PEM block is not terminated (no -----END line)")
+    if not keys:
+        raise InputError(f"{src}: keyring holds no keys")
+    return list(keys.values())
+
+
+def _keyring_entry(line: str, where: str) -> Ed25519PublicKey:
+    parts = line.split()
+    if len(parts) < 2:
+        raise InputError(f"{where}: expected `<key id> <base64 Ed25519 public key> [label]`")
+    try:
+        raw = base64.b64decode(parts[1], validate=True)
+        key = Ed25519PublicKey.from_public_bytes(raw)
+    except (binascii.Error, ValueError):
+        raise InputError(f"{where}: not a base64 Ed25519 public key (32 bytes)") from None
+    if key_id_of(key) != parts[0].lower():
+        raise InputError(f"{where}: key id does not match the key (expected {key_id_of(key)})")
+    return key
 
 
 def load_pseudonym_secret(directory: str | os.PathLike[str]) -> bytes:

@@ -10,6 +10,12 @@ the reported epsilon is the accountant's figure for what was actually run (at or
 
 delta: when not given, min(1e-5, 1 / (10 n)), well below 1/n (a mechanism that publishes one
 random row outright satisfies delta = 1/n). A given delta must be below 1/n.
+
+Randomness: `seed` fixes only the weight initialisation (data-independent, safe to publish). The
+Poisson masks and the noise come from `privmodel.secure_noise`, keyed with fresh OS entropy, so a
+replay with the card's settings reproduces nothing. `insecure_seed` is the one test-only switch for
+reproducible noise; the run is then recorded as `privacy["noise"] = "INSECURE-reproducible"` and is
+NOT differentially private (the model card says so in its first line).
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from anonymize.errors import InputError
-from privmodel import accounting
+from privmodel import accounting, secure_noise
 
 DELTA_RULE = "min(1e-5, 1/(10 n))"
 # Adam step sizes that worked for DP training on Telco and the synthetic data (tail-averaged).
@@ -44,7 +50,8 @@ class TrainConfig(BaseModel):
     max_grad_norm: float = 1.0
     clipping: Literal["flat", "per_layer"] = "flat"
     accountant: Literal["prv", "rdp"] = "prv"
-    seed: int = 0
+    seed: int = 0  # weight initialisation only (data-independent); never the DP noise
+    insecure_seed: int | None = None  # TEST ONLY: reproducible masks and noise -> NOT differentially private
     hidden: tuple[int, ...] = (64, 32)
     optimizer: Literal["adam", "sgd"] = "adam"
     physical_batch_size: int = 8192
@@ -174,6 +181,7 @@ def fit(data: Any, y: Any, config: TrainConfig | None = None,
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         model = build_model(config.model, data.x_num.shape[1], data.cat_cardinalities, config.hidden)
+    noise = secure_noise.source(config.insecure_seed)
     stats = train_dp(
         model, data, labels,
         noise_multiplier=p["noise_multiplier"],
@@ -182,7 +190,7 @@ def fit(data: Any, y: Any, config: TrainConfig | None = None,
         max_grad_norm=config.max_grad_norm if p["private"] else None,
         clipping=config.clipping,
         lr=config.lr if config.lr is not None else DEFAULT_LR[config.model],
-        seed=config.seed,
+        noise=noise,
         optimizer=config.optimizer,
         physical_batch_size=config.physical_batch_size,
         average_from=config.average_from,
@@ -206,10 +214,54 @@ def fit(data: Any, y: Any, config: TrainConfig | None = None,
         "max_grad_norm": config.max_grad_norm if p["private"] else None,
         "sampling": "Poisson (Bernoulli mask per step)",
         "composition": "accountant over all Poisson-sampled steps, empty steps included",
+        "noise": noise.kind,
     }
     if p["private"]:
         privacy["epsilon"] = accounting.epsilon_for(
             p["noise_multiplier"], p["sample_rate"], p["steps"], p["delta"], config.accountant
         )
         privacy["delta_rule"] = "given" if config.delta is not None else DELTA_RULE
+    return FitResult(model=model, privacy=privacy, config=config, stats=stats.as_dict())
+
+
+def fit_round(model: Any, data: Any, y: Any, config: TrainConfig, *, steps: int, run_steps: int, done_steps: int = 0,
+              noise_multiplier: float | None = None, before_training: Callable[[dict[str, Any]], None] | None = None,
+              on_step: Callable[[int, Any], None] | None = None) -> FitResult:
+    """One round of a multi-round DP-SGD run, on `model` in place (a federated partner's local round).
+
+    Why a round and not `fit`: a partner trains the global model it received for `steps` steps, and
+    its run's noise multiplier is calibrated once for all `run_steps` of the run (pass it back as
+    `noise_multiplier` on later rounds). privacy["epsilon"] is the accountant's figure for the run's
+    first done_steps + steps steps. `before_training(privacy)` runs before any row is touched: the
+    partner charges its budget there and refuses the round by raising.
+    """
+    from privmodel.dpsgd import train_dp
+
+    n = len(data)
+    labels = check_labels(y, n)
+    _check_features(data)
+    q = min(1.0, config.batch_size / n)
+    sigma, delta, epsilon = 0.0, None, None
+    if config.private:
+        if not (config.epsilon > 0 and math.isfinite(config.epsilon)):
+            raise InputError("epsilon must be a positive finite number (or None for the non-private baseline)")
+        delta = resolve_delta(config.delta, n)
+        sigma = noise_multiplier or accounting.noise_for(config.epsilon, delta, q, run_steps, config.accountant)
+        epsilon = accounting.epsilon_for(sigma, q, done_steps + steps, delta, config.accountant)
+    privacy: dict[str, Any] = {
+        "private": config.private, "epsilon": epsilon, "target_epsilon": config.epsilon, "delta": delta,
+        "noise_multiplier": sigma, "sample_rate": q, "steps": steps, "run_steps": run_steps,
+        "steps_done": done_steps + steps, "n": n, "accountant": config.accountant if config.private else None,
+        "max_grad_norm": config.max_grad_norm if config.private else None,
+        "noise": secure_noise.INSECURE if config.insecure_seed is not None else secure_noise.SECURE,
+    }
+    if before_training is not None:
+        before_training(privacy)
+    stats = train_dp(
+        model, data, labels, noise_multiplier=sigma, sample_rate=q, steps=steps,
+        noise=secure_noise.source(config.insecure_seed),
+        max_grad_norm=config.max_grad_norm if config.private else None, clipping=config.clipping,
+        lr=config.lr if config.lr is not None else DEFAULT_LR[config.model], optimizer=config.optimizer,
+        physical_batch_size=config.physical_batch_size, average_from=config.average_from, on_step=on_step,
+    )
     return FitResult(model=model, privacy=privacy, config=config, stats=stats.as_dict())

@@ -20,6 +20,11 @@ trials are only approximately DP and the simple split is easy to check.
 
 Assumption: the train / validation split is made by a seeded permutation of row positions,
 independent of the row contents (the usual convention when accounting for a split).
+
+The Laplace noise on the scores is secret (`privmodel.secure_noise`, fresh OS entropy): the `seed`
+of `select` only numbers the trials' weight initialisations. `insecure_seed` makes the score noise
+reproducible for tests; the selection is then NOT differentially private and says so
+(`card_entry()["noise"]`).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from anonymize.errors import InputError
+from privmodel import secure_noise
 
 METHOD = "basic_composition"
 REFERENCES = [
@@ -41,7 +47,8 @@ REFERENCES = [
     "Papernot & Steinke 2022, Hyperparameter tuning with Renyi differential privacy",
 ]
 
-#: Trainer contract: (hyper-parameters, epsilon, delta, seed) -> (fit result, predict_proba on rows)
+#: Trainer contract: (hyper-parameters, epsilon, delta, init seed) -> (fit result, predict_proba on rows).
+#: The seed is for weight initialisation only; the trainer's DP noise must be its own secret noise.
 Trainer = Callable[[Mapping[str, Any], float, float, int], tuple[Any, Callable[[Any], np.ndarray]]]
 
 
@@ -70,6 +77,7 @@ class Selection:
     trials: list[Trial] = field(default_factory=list)
     epsilon: float = 0.0
     delta: float = 0.0
+    noise: str = secure_noise.SECURE  # kind of the score noise: "secure" or "INSECURE-reproducible"
 
     def card_entry(self) -> dict[str, Any]:
         """What the model card records under `hyperparameter_selection`."""
@@ -86,6 +94,7 @@ class Selection:
             "selected": self.best_params,
             "candidates": [t.to_dict() for t in self.trials],
             "references": REFERENCES,
+            "noise": self.noise,
         }
 
 
@@ -100,15 +109,15 @@ def grid(space: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
     return [dict(zip(names, combo, strict=True)) for combo in itertools.product(*(space[n] for n in names))]
 
 
-def noisy_brier_sum(y: Any, p: Any, epsilon: float, rng: np.random.Generator) -> float:
-    """Σ (p - y)² over rows plus Laplace(1/ε): ε-DP under adding or removing one row."""
+def noisy_brier_sum(y: Any, p: Any, epsilon: float, noise: secure_noise.NoiseSource) -> float:
+    """Σ (p - y)² over rows plus Laplace(1/ε) from `noise`: ε-DP under adding or removing one row."""
     if not epsilon > 0:
         raise InputError("tuning: each trial needs a positive epsilon")
     y_arr, p_arr = np.asarray(y, float).ravel(), np.asarray(p, float).ravel()
     if y_arr.shape != p_arr.shape:
         raise InputError("tuning: validation labels and scores differ in length")
     loss = np.clip((p_arr - y_arr) ** 2, 0.0, 1.0)  # each row contributes at most 1: sensitivity 1
-    return float(loss.sum() + rng.laplace(0.0, 1.0 / epsilon))
+    return float(loss.sum() + noise.laplace(1.0 / epsilon, 1)[0])
 
 
 def select(
@@ -120,11 +129,13 @@ def select(
     epsilon: float,
     delta: float,
     seed: int = 0,
+    insecure_seed: int | None = None,
 ) -> Selection:
     """Train every candidate with (ε/T, δ/T), score it privately, keep the best; cost (ε, δ).
 
     `train` must train on rows disjoint from (x_val, y_val) and must return a fit whose own
-    privacy guarantee is at most the (ε/T, δ/T) it was given.
+    privacy guarantee is at most the (ε/T, δ/T) it was given. Trial i gets init seed `seed + i`;
+    the score noise is secret unless the test-only `insecure_seed` is given.
     """
     if not candidates:
         raise InputError("tuning: no candidates to try")
@@ -134,7 +145,7 @@ def select(
         raise InputError("tuning: delta must be in (0, 1)")
     count = len(candidates)
     eps_each, delta_each = epsilon / count, delta / count
-    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x7E57]))
+    noise = secure_noise.source(insecure_seed)
     trials: list[Trial] = []
     fits: list[tuple[Any, Callable[[Any], np.ndarray]]] = []
     for index, params in enumerate(candidates):
@@ -142,10 +153,11 @@ def select(
         spent = _spent_epsilon(fit)
         if spent is not None and spent > eps_each * (1 + 1e-6):
             raise InputError(f"tuning: trial {index + 1} spent ε={spent:.4g} above its share {eps_each:.4g}")
-        trials.append(Trial(dict(params), eps_each, delta_each, noisy_brier_sum(y_val, predict(x_val), eps_each, rng)))
+        trials.append(Trial(dict(params), eps_each, delta_each, noisy_brier_sum(y_val, predict(x_val), eps_each, noise)))
         fits.append((fit, predict))
     best = int(np.argmin([t.noisy_brier_sum for t in trials]))
-    return Selection(best, dict(candidates[best]), fits[best][0], fits[best][1], trials, epsilon, delta)
+    return Selection(best, dict(candidates[best]), fits[best][0], fits[best][1], trials, epsilon, delta,
+                     noise.kind)
 
 
 def _spent_epsilon(fit: Any) -> float | None:

@@ -36,3 +36,127 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = No
         [sys.executable, "-m", "privmodel.cli", *args],
         capture_output=True, text=True, cwd=cwd, env=full_env, timeout=timeout,
     )
+
+
+# --- a throwaway PostgreSQL server for the budget store's shared-database tests ------------------
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _pg_bin() -> Path | None:
+    import glob
+
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parts[-3]) if Path(p).parts[-3].isdigit() else 0)
+    return Path(found[-1]).parent if found else None
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """Start PostgreSQL (Debian's package: initdb + pg_ctl) on 127.0.0.1 and a free port, in a temp
+    directory, for this test session; stop and remove it afterwards. Yields the admin URL
+    `postgresql+psycopg://USER@127.0.0.1:PORT/postgres`. A server that cannot start FAILS the test
+    (the Makefile installs the package), it never skips."""
+    import shutil
+    import tempfile
+    import time
+
+    bindir = _pg_bin()
+    if bindir is None:
+        pytest.fail("PostgreSQL is not installed (/usr/lib/postgresql/*/bin/initdb missing); `make test` installs "
+                    "Debian's postgresql package")
+    run_as: list[str] = []
+    user = None
+    if os.geteuid() == 0:  # initdb and postgres refuse to run as root
+        import pwd
+
+        for candidate in ("postgres", "nobody"):
+            try:
+                pwd.getpwnam(candidate)
+            except KeyError:
+                continue
+            user = candidate
+            break
+        if user is None:
+            pytest.fail("running as root and neither a 'postgres' nor a 'nobody' user exists to run PostgreSQL")
+        run_as = ["runuser", "-u", user, "--"]
+    base = Path(tempfile.mkdtemp(prefix="privmodel-pg-"))
+    data = base / "data"
+    if user is not None:
+        import pwd
+
+        entry = pwd.getpwnam(user)
+        os.chown(base, entry.pw_uid, entry.pw_gid)
+    base.chmod(0o700)
+    db_user = "privmodel"
+    port = _free_port()
+
+    def run(*cmd: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        return subprocess.run([*run_as, *cmd], capture_output=True, text=True, timeout=timeout, cwd=base)
+
+    done = run(str(bindir / "initdb"), "-D", str(data), "-U", db_user, "--auth=trust", "-E", "UTF8",
+               "--no-locale", "--no-sync")
+    if done.returncode != 0:
+        shutil.rmtree(base, ignore_errors=True)
+        pytest.fail(f"PostgreSQL initdb failed: {(done.stderr or done.stdout).strip().splitlines()[-1:]}")
+    options = f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={base} -c fsync=off"
+    done = run(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(base / "server.log"), "-o", options, "-w",
+               "-t", "60", "start")
+    if done.returncode != 0:
+        log = (base / "server.log").read_text(errors="replace") if (base / "server.log").exists() else ""
+        shutil.rmtree(base, ignore_errors=True)
+        pytest.fail(f"PostgreSQL did not start: {(log or done.stderr).strip().splitlines()[-3:]}")
+    url = f"postgresql+psycopg://{db_user}@127.0.0.1:{port}/postgres"
+    try:
+        import psycopg
+
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                psycopg.connect(f"host=127.0.0.1 port={port} user={db_user} dbname=postgres", connect_timeout=5).close()
+                break
+            except psycopg.OperationalError:
+                if time.monotonic() > deadline:
+                    pytest.fail("PostgreSQL started but accepts no connection")
+                time.sleep(0.2)
+        yield url
+    finally:
+        run(str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop")
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_database(postgres_server: str) -> str:
+    """A fresh, empty database on the session's server for one test (dropped afterwards)."""
+    import uuid
+
+    import psycopg
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = postgres_server.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield postgres_server.rsplit("/", 1)[0] + f"/{name}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_shared_budget_store() -> None:
+    """A developer's $PRIVMODEL_BUDGET_URL (the team's real budget database) is never touched by tests."""
+    os.environ.pop("PRIVMODEL_BUDGET_URL", None)
+
+
+@pytest.fixture
+def isolated_budget(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh default keys dir ($PRIVMODEL_KEYS) for one test, hence a fresh budget store: the session's
+    default keys dir is one organisation, whose budget every test that trains the same table shares."""
+    keys = tmp_path_factory.mktemp("org") / "keys"
+    monkeypatch.setenv("PRIVMODEL_KEYS", str(keys))
+    monkeypatch.delenv("PRIVMODEL_BUDGET_URL", raising=False)
+    return keys

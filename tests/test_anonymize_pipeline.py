@@ -204,7 +204,7 @@ name: dates
 purpose: {name: retention}
 privacy: {k: 4, l: {value: 2}, algorithm: mondrian}
 columns:
-  member_no:  {role: identifier, type: integer, method: token, length: 12}
+  member_no:  {role: identifier, type: integer, method: token, length: 20}
   birth_date: {role: quasi_identifier, type: date, hierarchy: {type: date, levels: [month, year, decade]}}
   vip:        {role: quasi_identifier, type: boolean}
   balance:    {role: sensitive, type: float}
@@ -235,6 +235,31 @@ def test_dates_booleans_integer_ids_and_text_booleans() -> None:
     token_key = Keys(MASTER).column_key("retention", "member_no")
     from anonymize.pseudonymize import tokenize_series
 
-    assert set(released["member_no"]) <= set(tokenize_series(pd.Series([str(i) for i in df["member_no"]]), token_key, 12))
+    assert set(released["member_no"]) <= set(tokenize_series(pd.Series([str(i) for i in df["member_no"]]), token_key, 20))
     bad = df.assign(birth_date=df["birth_date"].where(df.index != 4, "31/02/1990"))
     assert _error(bad, policy) == "t.csv: column 'birth_date', row 5: value not an ISO date"
+
+
+def test_controls_that_did_not_run_read_not_applicable() -> None:
+    """Issue 10 finding 8: no identifier, no consent column -> 'not applicable', never 'passed' / '0'."""
+    text = """
+version: 1
+name: bare
+purpose: {name: study}
+privacy: {k: 3}
+columns:
+  age: {role: quasi_identifier, type: integer, hierarchy: {type: intervals, widths: [10, 20]}}
+  churn: {role: label, type: boolean}
+"""
+    df = make_table(60)[["age", "churn"]]
+    release = run(df, Policy.from_yaml_text(text, "bare.yaml"), MASTER)
+    steps = {s["step"]: s for s in release.report["steps"]}
+    assert steps["pseudonymize"]["applicable"] is False
+    assert steps["purpose"]["consent_applicable"] is False
+    assert release.report["counts"]["consent_applicable"] is False
+    rendered = render_text(release.report)
+    assert "consent filter: not applicable (the purpose names no consent column)" in rendered
+    assert "consent-filtered rows" not in rendered
+    assert "Pseudonymization\n  not applicable: the policy declares no identifier column" in rendered
+    with_ids = render_text(run(crafted(), load_policy(POLICY), MASTER).report)
+    assert "consent-filtered rows: 7" in with_ids and "not applicable" not in with_ids

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from privmodel.audit import read_entries, verify
-from privmodel.keys import init_keys
+from privmodel.keys import init_keys, load_public_key
 from tests.conftest import run_cli
 from tests.test_anonymize_pipeline import crafted, make_table
 
@@ -49,8 +49,8 @@ def test_release_report_and_ledger_written(workspace: dict[str, Path]) -> None:
     assert {a["name"] for a in entry["outputs"]} == {"release.parquet", "release.escrow.parquet", "report.json", "report.txt"}
     assert entry["params"]["k"] == report["privacy"]["achieved"]["k"] >= 3
     assert entry["params"]["counts"]["consent_filtered"] == 7
-    assert verify(out / "ledger.jsonl").ok
-    check = run_cli("audit", "verify", str(out / "ledger.jsonl"))
+    assert verify(out / "ledger.jsonl", [load_public_key(workspace["keys"])]).ok
+    check = run_cli("audit", "verify", str(out / "ledger.jsonl"), "--keys", str(workspace["keys"]))
     assert check.returncode == 0, check.stdout + check.stderr
 
 
@@ -191,4 +191,4 @@ def test_failure_is_recorded_in_a_known_ledger(tmp_path: Path, workspace: dict[s
     entry = read_entries(ledger)[-1]
     assert entry["action"] == "anonymize.release" and entry["outcome"] == "failed"
     assert "is larger than the 2 rows left" in entry["reason"] and entry["outputs"] == []
-    assert verify(ledger).ok
+    assert verify(ledger, [load_public_key(workspace["keys"])]).ok

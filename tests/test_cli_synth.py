@@ -13,6 +13,7 @@ import pytest
 from privmodel.audit import read_entries, verify
 from privmodel.cli import main
 from privmodel.fileio import read_table, sha256_file
+from privmodel.keys import load_public_key
 
 
 def _run(*args: str, keys: Path) -> subprocess.CompletedProcess:
@@ -63,7 +64,7 @@ def test_synth_end_to_end(tmp_path: Path) -> None:
     assert "Bayes AUC churn 0.8" in result.stdout
     assert "silo_0.csv, silo_1.csv, silo_2.csv, policy.yaml" in result.stdout
 
-    check = verify(out / "ledger.jsonl")
+    check = verify(out / "ledger.jsonl", [load_public_key(tmp_path / "keys")])  # the key synth signed with
     assert check.ok, check.problems
     entry = read_entries(out / "ledger.jsonl")[-1]
     assert entry["action"] == "synth" and entry["outcome"] == "ok"

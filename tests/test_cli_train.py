@@ -12,6 +12,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from privmodel.audit import read_entries, verify
+from privmodel.keys import load_public_key
 from tests.conftest import run_cli
 
 POLICY = """\
@@ -68,9 +69,10 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
     tmp = tmp_path_factory.mktemp("train")
     data, policy = write_inputs(tmp)
     out = tmp / "model"
+    env = {"PRIVMODEL_KEYS": str(tmp / "keys")}
     result = run_cli("train", str(data), "--label", "churn", "--epsilon", "1", "--delta", "1e-5", "--model",
-                     "logreg", "--policy", str(policy), "--out", str(out), *FAST)
-    return {"tmp": tmp, "data": data, "policy": policy, "out": out, "result": result}
+                     "logreg", "--policy", str(policy), "--out", str(out), "--baseline", "--mia", *FAST, env=env)
+    return {"tmp": tmp, "data": data, "policy": policy, "out": out, "result": result, "env": env}
 
 
 def test_train_writes_model_card_metrics_and_ledger(trained: dict) -> None:
@@ -90,7 +92,10 @@ def test_train_writes_model_card_metrics_and_ledger(trained: dict) -> None:
     recomputed = epsilon_for(privacy["noise_multiplier"], privacy["sample_rate"], privacy["steps"], 1e-5, "rdp")
     assert privacy["epsilon"] <= recomputed + 1e-6 and recomputed < 1.5
     assert card["data"]["training_rows"] == 450 and card["data"]["held_out_rows"] == 150
-    assert card["total_privacy_cost"] == {"epsilon": privacy["epsilon"], "delta": 1e-5}
+    assert card["total_privacy_cost"] == {"epsilon": 1.0, "delta": 1e-5}  # the target, charged before training
+    assert privacy["noise"] == "secure" and card["data"]["unit_of_privacy"] == "customer"
+    not_dp = " ".join(item["figure"] for item in card["released_without_dp"])
+    assert "non-private baseline" in not_dp and "membership-inference" in not_dp and "held-out metrics" in not_dp
     assert card["hyperparameter_selection"]["method"] == "fixed"
     comparison = card["metrics"]["comparison"]
     assert comparison["roc_auc"]["private"] > 0.6 and comparison["roc_auc"]["baseline"] > 0.6
@@ -104,11 +109,12 @@ def test_train_writes_model_card_metrics_and_ledger(trained: dict) -> None:
     assert "differentially private" in text and "Membership-inference audit" in text
     # ledger: chain intact; one budget charge and one model.train entry with matching cost
     ledger = tmp / "ledger.jsonl"
-    assert verify(ledger).ok
+    assert verify(ledger, [load_public_key(tmp / "keys")]).ok
     entries = read_entries(ledger)
     train_entry = next(e for e in entries if e["action"] == "model.train")
     assert train_entry["outcome"] == "ok"
-    assert train_entry["privacy_cost"]["epsilon"] == pytest.approx(privacy["epsilon"])
+    assert train_entry["privacy_cost"]["epsilon"] == 1.0
+    assert train_entry["privacy_cost"]["accountant_epsilon"] == pytest.approx(privacy["epsilon"])
     assert {a["name"] for a in train_entry["inputs"]} == {"customers.csv", "policy.yaml"}
     assert any(a["name"] == "model/model_card.json" for a in train_entry["outputs"])
     assert any(e["action"] == "budget.charge" and e["outcome"] == "ok" for e in entries)
@@ -119,13 +125,13 @@ def test_score_and_evaluate(trained: dict) -> None:
     assert trained["result"].returncode == 0, trained["result"].stderr
     tmp, out, data = trained["tmp"], trained["out"], trained["data"]
     scores = tmp / "scores.csv"
-    result = run_cli("score", str(out), str(data), "--out", str(scores))
+    result = run_cli("score", str(out), str(data), "--out", str(scores), env=trained["env"])
     assert result.returncode == 0, result.stderr
-    table = pd.read_csv(scores)
-    assert list(table.columns) == ["row", "customer_id_token", "propensity", "decile", "tier"]
+    table = pd.read_csv(scores, dtype={"customer_id": str})
+    assert list(table.columns) == ["row", "customer_id", "propensity", "decile", "tier"]
     assert len(table) == 600 and table["row"].tolist() == list(range(1, 601))
-    assert table["customer_id_token"].str.fullmatch(r"[0-9a-f]{16}").all()
-    assert table["customer_id_token"].nunique() == 600
+    assert table["customer_id"].str.fullmatch(r"[0-9a-f]{16}").all()
+    assert table["customer_id"].nunique() == 600
     assert "CUST-" not in scores.read_text() and "Surname" not in scores.read_text()
     assert table["decile"].value_counts().sort_index().tolist() == [60] * 10
     top = table[table["decile"] == 1]["propensity"]
@@ -134,7 +140,7 @@ def test_score_and_evaluate(trained: dict) -> None:
     assert set(table.loc[table["decile"] >= 4, "tier"]) == {"stable"}
 
     metrics_path = tmp / "eval.json"
-    result = run_cli("evaluate", str(out), str(data), "--out", str(metrics_path))
+    result = run_cli("evaluate", str(out), str(data), "--out", str(metrics_path), env=trained["env"])
     assert result.returncode == 0, result.stderr
     assert "roc_auc" in result.stdout
     metrics = json.loads(metrics_path.read_text())
@@ -144,7 +150,8 @@ def test_score_and_evaluate(trained: dict) -> None:
     entries = read_entries(tmp / "ledger.jsonl")
     actions = [e["action"] for e in entries]
     assert "model.score" in actions and actions[-1] == "model.evaluate"
-    assert verify(tmp / "ledger.jsonl").ok and "CUST-" not in (tmp / "ledger.jsonl").read_text()
+    assert verify(tmp / "ledger.jsonl", [load_public_key(tmp / "keys")]).ok
+    assert "CUST-" not in (tmp / "ledger.jsonl").read_text()
 
 
 def _run_inprocess(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
@@ -156,7 +163,8 @@ def _run_inprocess(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple
     return int(exc.value.code), capsys.readouterr().err
 
 
-def test_budget_refusal_is_exit_2_and_a_failed_ledger_entry(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_budget_refusal_is_exit_2_and_a_failed_ledger_entry(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                           isolated_budget: Path) -> None:
     data, policy = write_inputs(tmp_path, cap=1.5)
     base = ["train", str(data), "--label", "churn", "--delta", "1e-5", "--policy", str(policy),
             "--no-baseline", "--no-mia", *FAST]
@@ -172,11 +180,11 @@ def test_budget_refusal_is_exit_2_and_a_failed_ledger_entry(tmp_path: Path, caps
     assert entries[-2]["action"] == "budget.charge" and entries[-1]["action"] == "model.train"
     assert "budget" in entries[-1]["reason"]
     charged = [e for e in entries if e["action"] == "budget.charge" and e["outcome"] == "ok"]
-    assert len(charged) == 1 and charged[0]["privacy_cost"]["epsilon"] <= 1.0
-    assert verify(tmp_path / "ledger.jsonl").ok
+    assert len(charged) == 1 and charged[0]["privacy_cost"]["epsilon"] == 1.0
+    assert verify(tmp_path / "ledger.jsonl", [load_public_key(isolated_budget)]).ok
 
 
-def test_curve_writes_table_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_curve_writes_table_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str], isolated_budget: Path) -> None:
     data, policy = write_inputs(tmp_path)
     out = tmp_path / "curve"
     code, err = _run_inprocess(["curve", str(data), "--label", "churn", "--policy", str(policy), "--out", str(out),
@@ -190,7 +198,20 @@ def test_curve_writes_table_and_plot(tmp_path: Path, capsys: pytest.CaptureFixtu
     csv = pd.read_csv(out / "curve.csv")
     assert len(csv) == 2 and math.isinf(float(csv["epsilon"].iloc[1]))
     assert (out / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert read_entries(out / "ledger.jsonl")[-1]["action"] == "model.curve"
+    entries = read_entries(out / "ledger.jsonl")
+    assert entries[-1]["action"] == "model.curve" and entries[-1]["privacy_cost"]["epsilon"] == 1.0
+    assert any("non-private point" in item for item in entries[-1]["params"]["released_without_dp"])
+    charge = next(e for e in entries if e["action"] == "budget.charge")
+    assert charge["outcome"] == "ok" and charge["privacy_cost"]["epsilon"] == 1.0  # the grid's finite points
+
+
+def test_curve_charges_every_point_and_is_refused_past_the_cap(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                                isolated_budget: Path) -> None:
+    data, policy = write_inputs(tmp_path, cap=3.0)
+    code, err = _run_inprocess(["curve", str(data), "--label", "churn", "--policy", str(policy), "--out",
+                                str(tmp_path / "curve"), "--grid", "1,2,4", *FAST], capsys)
+    assert code == 2 and "privacy budget exceeded" in err and "cap 3" in err
+    assert not (tmp_path / "curve" / "curve.json").exists()
 
 
 # --- bad input: exit 2, one line, nothing written (run in-process for speed) ------------------------
@@ -212,8 +233,8 @@ def _bad_frames() -> dict[str, pd.DataFrame]:
 @pytest.mark.parametrize(
     ("case", "extra", "message"),
     [
-        ("label missing", [], "label column churn is missing"),
-        ("not binary", [], "row 6: label is not binary"),
+        ("label missing", [], "'churn' is not in the data"),
+        ("not binary", [], "column 'churn', row 6"),
         ("single class", [], "single class"),
         ("nan feature", [], "tenure_months"),
         ("ok", ["--epsilon", "0"], "--epsilon must be a positive"),
@@ -224,7 +245,7 @@ def _bad_frames() -> dict[str, pd.DataFrame]:
     ],
 )
 def test_train_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str, extra: list[str],
-                         message: str) -> None:
+                         message: str, isolated_budget: Path) -> None:
     frame = _bad_frames().get(case, make_table(200))
     data, policy = write_inputs(tmp_path, frame=frame)
     if case == "empty":
@@ -252,7 +273,8 @@ def test_score_refuses_a_non_model_directory(tmp_path: Path, capsys: pytest.Capt
     assert not (tmp_path / "s.csv").exists()
 
 
-def test_tuning_charges_the_whole_search(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_tuning_charges_the_whole_search(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                         isolated_budget: Path) -> None:
     data, policy = write_inputs(tmp_path)
     out = tmp_path / "tuned"
     code, err = _run_inprocess(["train", str(data), "--label", "churn", "--policy", str(policy), "--out", str(out),
@@ -271,21 +293,9 @@ def test_tuning_charges_the_whole_search(tmp_path: Path, capsys: pytest.CaptureF
     assert "basic_composition" in (out / "model_card.md").read_text()
 
 
-def test_score_id_column_is_never_raw(tmp_path: Path) -> None:
-    from privmodel.commands.train import _id_column, deciles, tier_of
-    from privmodel.keys import init_keys
+def test_deciles_and_tiers() -> None:
+    from privmodel.workflows.score import deciles, tier_of
 
-    init_keys(tmp_path / "keys")
-    meta = {"purpose": "churn_modeling", "identifiers": {"national_id": {"method": "encrypt", "length": None},
-                                                         "customer_id": {"method": "token", "length": 16}}}
-    release = pd.DataFrame({"customer_id": ["0123456789abcdef", "fedcba9876543210"], "national_id": ["x", "y"]})
-    name, values = _id_column(release, meta, tmp_path / "keys")
-    assert name == "customer_id" and list(values) == ["0123456789abcdef", "fedcba9876543210"]  # a release's tokens
-    raw = pd.DataFrame({"customer_id": ["CUST-1", "CUST-2"], "national_id": ["123-45-6789", "987-65-4321"]})
-    name, values = _id_column(raw, meta, tmp_path / "keys")
-    assert name == "customer_id_token" and all(len(v) == 16 and "CUST" not in v for v in values)
-    assert _id_column(raw, meta, tmp_path / "keys")[1].tolist() == values.tolist()  # keyed, deterministic
-    assert _id_column(raw[["national_id"]], meta, tmp_path / "keys") is None  # encrypt ids are never carried
     d = deciles([0.9, 0.1, 0.5, 0.7, 0.3, 0.2, 0.8, 0.6, 0.4, 0.05])
     assert d.tolist() == [1, 9, 5, 3, 7, 8, 2, 4, 6, 10]
     assert [tier_of(k) for k in (1, 2, 3, 4, 10)] == ["high-risk", "watch", "watch", "stable", "stable"]

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from privmodel.audit import verify
+from privmodel.keys import load_public_key
 from tests.conftest import run_cli
 
 
@@ -15,7 +16,8 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-2000:]
     ledgers = sorted(out.rglob("ledger.jsonl"))
     assert {p.parent.name for p in ledgers} >= {"central", "partner_0", "partner_1", "partner_2"}
-    assert all(verify(p).ok for p in ledgers)
+    trusted = [load_public_key(d) for d in sorted((out / "keys").iterdir())]
+    assert all(verify(p, trusted).ok for p in ledgers)
     for i in range(3):
         report = json.loads((out / "partners" / f"partner_{i}" / "release" / "report.json").read_text())
         assert report["privacy"]["achieved"]["k"] >= 10

@@ -62,11 +62,17 @@ def test_sklearn_contract_pipeline_and_clone() -> None:
     assert scores.min() > 0.65
 
 
-def test_same_seed_same_model() -> None:
+def test_same_seed_same_model_only_with_the_insecure_switch() -> None:
+    """The seed fixes weight init only; DP noise is secret unless the test-only insecure_seed is set."""
     X, y = _customers(n=1000)
-    a = DPPropensityClassifier(epsilon=1.0, bounds=BOUNDS, categories=CATS, seed=3, **FAST).fit(X, y)
-    b = DPPropensityClassifier(epsilon=1.0, bounds=BOUNDS, categories=CATS, seed=3, **FAST).fit(X, y)
+    a = DPPropensityClassifier(epsilon=1.0, bounds=BOUNDS, categories=CATS, seed=3, insecure_seed=3, **FAST).fit(X, y)
+    b = DPPropensityClassifier(epsilon=1.0, bounds=BOUNDS, categories=CATS, seed=3, insecure_seed=3, **FAST).fit(X, y)
     np.testing.assert_array_equal(a.predict_proba(X), b.predict_proba(X))
+    assert a.privacy_["noise"] == "INSECURE-reproducible"
+    c = DPPropensityClassifier(epsilon=1.0, bounds=BOUNDS, categories=CATS, seed=3, **FAST).fit(X, y)
+    d = DPPropensityClassifier(epsilon=1.0, bounds=BOUNDS, categories=CATS, seed=3, **FAST).fit(X, y)
+    assert c.privacy_["noise"] == "secure"
+    assert not np.array_equal(c.predict_proba(X), d.predict_proba(X))
 
 
 def test_ndarray_needs_public_bounds_or_a_dp_share() -> None:
@@ -173,8 +179,10 @@ def test_policy_param_encodes_like_the_same_metadata_given_by_hand(tmp_path: Pat
     X, y = _customers(n=1500)
     path = tmp_path / "policy.yaml"
     path.write_text(POLICY_YAML)
-    by_policy = DPPropensityClassifier(policy=str(path), **FAST).fit(X, y)
-    by_hand = DPPropensityClassifier(bounds=BOUNDS, categories=CATS, transforms={"spend": "log1p"}, **FAST).fit(X, y)
+    # the same test-only reproducible noise for both, so only the encoding could differ
+    by_policy = DPPropensityClassifier(policy=str(path), insecure_seed=1, **FAST).fit(X, y)
+    by_hand = DPPropensityClassifier(bounds=BOUNDS, categories=CATS, transforms={"spend": "log1p"}, insecure_seed=1,
+                                     **FAST).fit(X, y)
     np.testing.assert_array_equal(by_policy.predict_proba(X), by_hand.predict_proba(X))
     assert clone(by_policy).get_params()["policy"] == str(path)
     with pytest.raises(InputError, match="give either policy= or bounds="):

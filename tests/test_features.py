@@ -12,6 +12,7 @@ import pytest
 from anonymize.errors import InputError
 from anonymize.policy import Policy
 from privmodel.features import TabularEncoder, dp_bounds, dp_categories, encode_labels
+from privmodel.secure_noise import NoiseSource
 
 POLICY = textwrap.dedent(
     """
@@ -147,8 +148,9 @@ def test_from_public_transforms_and_their_errors() -> None:
 def test_fit_dp_log1p_raises_the_dp_lower_bound_to_zero() -> None:
     rng = np.random.default_rng(0)
     df = pd.DataFrame({"spend": np.floor(rng.exponential(50.0, 5000))})  # zeros present: DP lo < 0
-    plain = TabularEncoder.fit_dp(df, ["spend"], epsilon=1.0, seed=0)
-    logged = TabularEncoder.fit_dp(df, ["spend"], epsilon=1.0, seed=0, transforms={"spend": "log1p"})
+    # the same (test-only, reproducible) noise for both, so only the transform differs
+    plain = TabularEncoder.fit_dp(df, ["spend"], epsilon=1.0, insecure_seed=0)
+    logged = TabularEncoder.fit_dp(df, ["spend"], epsilon=1.0, insecure_seed=0, transforms={"spend": "log1p"})
     assert plain.numeric[0].lo < 0 and logged.numeric[0].lo == 0.0
     assert logged.numeric[0].hi == plain.numeric[0].hi and logged.numeric[0].transform == "log1p"
     assert logged.transform(df).x_num.min() == 0.0
@@ -178,21 +180,21 @@ def test_encode_labels_rejects(values: list) -> None:
 def test_dp_bounds_cover_the_bulk_and_are_powers_of_two() -> None:
     rng = np.random.default_rng(0)
     values = rng.uniform(18, 90, 20_000)
-    lo, hi = dp_bounds(values, 0.5, np.random.default_rng(1))
+    lo, hi = dp_bounds(values, 0.5, NoiseSource.insecure(1))
     assert lo == 16.0 and hi == 128.0
     with pytest.raises(InputError):
-        dp_bounds(values[:5], 0.1, np.random.default_rng(1))
+        dp_bounds(values[:5], 0.1, NoiseSource.insecure(1))
 
 
 def test_dp_category_selection_releases_a_singleton_with_probability_delta() -> None:
     """Independent check of the threshold: P(count 1 + Laplace(1/eps) > T) = delta."""
     eps, delta = 1.0, 0.05
-    rng = np.random.default_rng(0)
+    noise = NoiseSource.secure()
     series = pd.Series(["common"] * 500 + ["rare"])
     trials = 4000
-    kept = sum("rare" in dp_categories(series, eps, delta, rng) for _ in range(trials))
+    kept = sum("rare" in dp_categories(series, eps, delta, noise) for _ in range(trials))
     assert kept / trials == pytest.approx(delta, abs=4 * math.sqrt(delta * (1 - delta) / trials))
-    assert "common" in dp_categories(series, eps, delta, rng)
+    assert "common" in dp_categories(series, eps, delta, noise)
 
 
 def test_fit_dp_records_its_cost_and_respects_public_metadata() -> None:
@@ -200,8 +202,9 @@ def test_fit_dp_records_its_cost_and_respects_public_metadata() -> None:
     frame = pd.DataFrame({"income": rng.lognormal(10, 0.5, 5000), "age": rng.integers(18, 90, 5000),
                           "city": rng.choice(["a", "b", "c"], 5000)})
     enc = TabularEncoder.fit_dp(frame, ["income", "age"], ["city"], epsilon=0.3, delta=1e-6,
-                                bounds={"age": (18, 100)}, seed=0)
+                                bounds={"age": (18, 100)})
     assert enc.dp_stats["epsilon"] == 0.3 and enc.dp_stats["delta"] == 1e-6
+    assert enc.dp_stats["noise"] == "secure"
     assert enc.dp_stats["columns"] == ["income", "city"]
     spec = {s.name: s for s in enc.numeric}
     assert (spec["age"].lo, spec["age"].hi, spec["age"].source) == (18.0, 100.0, "public")
@@ -209,3 +212,35 @@ def test_fit_dp_records_its_cost_and_respects_public_metadata() -> None:
     assert enc.categorical[0].categories == ("a", "b", "c")
     with pytest.raises(InputError):
         TabularEncoder.fit_dp(frame, ["income"], epsilon=0.0)
+
+
+def _edge_frame() -> pd.DataFrame:
+    """One categorical column whose four rare values sit at the DP selection threshold (kept with
+    probability about 0.3 or 0.7 each), so the released category list is a visible coin toss."""
+    rng = np.random.default_rng(3)
+    city = ["common"] * 1000 + ["edge-a"] * 12 + ["edge-b"] * 12 + ["edge-c"] * 13 + ["edge-d"] * 13
+    frame = pd.DataFrame({"city": city, "tenure": rng.integers(0, 72, len(city))})
+    return frame.sample(frac=1.0, random_state=0).reset_index(drop=True)
+
+
+def test_dp_statistics_with_the_same_seed_differ_across_runs() -> None:
+    """Finding 1 (DP statistics): the estimator's seed used to seed the DP category selection, so a
+    replay released the same list. Now the list is a fresh draw each run; insecure_seed replays it."""
+    from privmodel.estimator import DPPropensityClassifier
+
+    frame = _edge_frame()
+    y = (np.arange(len(frame)) % 3 == 0).astype(int)
+    # eps_stats = 0.5 * 2 = 1 on one column; delta_stats = 0.5 * 1e-5 -> threshold 1 + ln(1e5) = 12.5
+    settings = {"epsilon": 2.0, "dp_stats_share": 0.5, "bounds": {"tenure": (0, 72)}, "epochs": 1,
+                "batch_size": 128, "seed": 3}
+
+    def released(**extra: object) -> tuple[tuple[str, ...], str]:
+        clf = DPPropensityClassifier(**settings, **extra).fit(frame, y)
+        return clf.encoder_.categorical[0].categories, clf.encoder_.dp_stats["noise"]
+
+    draws = [released() for _ in range(8)]
+    assert {kind for _, kind in draws} == {"secure"}
+    assert len({cats for cats, _ in draws}) > 1
+    assert all("common" in cats for cats, _ in draws)
+    first, second = released(insecure_seed=4), released(insecure_seed=4)
+    assert first == second and first[1] == "INSECURE-reproducible"

@@ -24,7 +24,7 @@ from federated.server_app import ServerSettings
 from federated.simulate import partner_specs, synth_silos
 from federated.tls import make_tls
 from privmodel.audit import read_entries, verify
-from privmodel.keys import init_keys
+from privmodel.keys import init_keys, load_public_key
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,6 +40,8 @@ def setup(tmp_path_factory: pytest.TempPathFactory):
     out = tmp_path_factory.mktemp("fedep")
     paths, holdout, policy = synth_silos(out, silos=3, customers=4500, heterogeneity=0.5, seed=5, holdout=1000)
     specs = partner_specs(out, paths, policy)
+    for spec in specs:  # the by-hand and simulation comparisons below need reproducible (test-only) noise
+        spec.insecure_noise = True
     tls = out / "tls"
     make_tls(tls, nodes=[s.name for s in specs])
     return out, specs, holdout, policy, tls
@@ -48,7 +50,8 @@ def setup(tmp_path_factory: pytest.TempPathFactory):
 @pytest.mark.slow
 def test_loopback_deployment_tls_auth_kill_and_ledgers(setup) -> None:
     out, specs, holdout, policy, tls = setup
-    config = FedConfig(rounds=4, epsilon=1.0, local_steps=6, batch_size=128, min_partners=2, round_timeout=120)
+    config = FedConfig(rounds=4, epsilon=1.0, local_steps=6, batch_size=128, min_partners=2, round_timeout=120,
+                       insecure_seed=0)
     coordinator = out / "coordinator"
     coordinator.mkdir()
     init_keys(coordinator / "keys", actor="coordinator")
@@ -127,10 +130,10 @@ def test_loopback_deployment_tls_auth_kill_and_ledgers(setup) -> None:
 
     coord_entries = read_entries(coordinator / "ledger.jsonl")
     digest = [e for e in coord_entries if e["action"] == "federate.final_model"][-1]["params"]["model_hash"]
-    assert verify(coordinator / "ledger.jsonl").ok
+    assert verify(coordinator / "ledger.jsonl", [load_public_key(coordinator / "keys")]).ok
     for spec in specs[:2]:
         ledger = Path(spec.workdir) / "ledger.jsonl"
-        assert verify(ledger).ok
+        assert verify(ledger, [load_public_key(spec.keys)]).ok
         mine = [e for e in read_entries(ledger) if e["action"] == "federate.final_model"][-1]
         assert mine["params"]["model_hash"] == digest
     card = json.loads((coordinator / "federated_card.json").read_text())
@@ -184,7 +187,8 @@ def test_deployment_final_model_matches_simulation(setup) -> None:
     from federated.worker import PartnerSpec
 
     out, specs, holdout, policy, tls = setup
-    config = FedConfig(rounds=2, epsilon=1.0, local_steps=6, batch_size=128, min_partners=3, round_timeout=300)
+    config = FedConfig(rounds=2, epsilon=1.0, local_steps=6, batch_size=128, min_partners=3, round_timeout=300,
+                       insecure_seed=0)
 
     def fresh(kind: str) -> list[PartnerSpec]:
         return [PartnerSpec(**{**s.to_dict(), "workdir": str(out / kind / s.name)}) for s in specs]

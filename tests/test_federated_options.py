@@ -16,7 +16,7 @@ from federated.config import FedConfig
 from federated.server_app import ServerSettings, run_server
 from federated.simulate import partner_specs, synth_silos
 from privmodel.audit import verify
-from privmodel.keys import init_keys
+from privmodel.keys import init_keys, load_public_key
 
 
 class _Run:
@@ -112,7 +112,7 @@ def test_strategy_and_dp_options(world, tmp_path: Path, options: dict) -> None:
     assert math.isfinite(outcome.rounds[-1]["global"]["auc"])
     if "client_dp_noise" not in options:
         assert outcome.rounds[-1]["global"]["auc"] > 0.5
-    assert verify(tmp_path / "coord" / "ledger.jsonl").ok
+    assert verify(tmp_path / "coord" / "ledger.jsonl", [load_public_key(keys)]).ok
     assert all(r["rejected"] == [] and r["failed"] == [] for r in outcome.rounds)
 
 
@@ -138,18 +138,20 @@ def test_client_app_module_stays_lean() -> None:
 
 
 def test_centralized_and_federated_training_share_one_budget_per_data_file(world, tmp_path: Path) -> None:
-    """A partner whose data file was already charged by a centralized run (same ledger, same file
-    hash) is refused once a federated round would pass the cap, and its charges add up."""
+    """A partner whose dataset was already charged by a centralized run (same organisation's budget
+    store, beside its keys) is refused once a federated round would pass the cap, and its charges add up."""
     from privmodel import budget
     from privmodel.audit import Ledger, read_entries
-    from privmodel.fileio import sha256_file
     from privmodel.keys import load_signer
 
     out, paths, holdout, policy, keys = world
     spec = partner_specs(tmp_path, paths[:1], policy)[0]
     ledger = Ledger(Path(spec.workdir) / "ledger.jsonl", load_signer(spec.keys))
-    digest = sha256_file(paths[0])
-    budget.charge(ledger, digest, 2.1, 1e-7, 3.0, 1e-6, {"command": "train"})  # the policy's cap is (3, 1e-6)
+    from anonymize.policy import load_policy
+
+    digest = budget.dataset_of(load_policy(policy), paths[0], Path(spec.keys))
+    budget.charge(digest, 2.1, 1e-7, budget.Cap(3.0, 1e-6), keys=Path(spec.keys), ledger=ledger,
+                  params={"command": "train"})  # the policy's cap is (3, 1e-6)
 
     from federated.server_app import _build_model
     from federated.worker import PartnerWorker, Refused, _model_arrays
@@ -160,11 +162,11 @@ def test_centralized_and_federated_training_share_one_budget_per_data_file(world
     assert hello["epsilon_spent"] == pytest.approx(2.1)
     start = _model_arrays(_build_model(config, int(hello["n_num"]), [int(c) for c in hello["cards"].split(",")]))
     _, metrics = worker.train(start, config, "run-1", 1)  # round 1 (ε 0.75 of the run's 1.0) fits under 3.0
-    first = budget.spent(ledger.path, digest)
+    first = budget.spent(digest, Path(spec.keys))
     assert first.epsilon == pytest.approx(2.1 + metrics["epsilon"]) and first.delta == pytest.approx(1e-7 + 5e-7)
     with pytest.raises(Refused, match=r"partner silo-0 refused: privacy budget exceeded for dataset .*> cap 3 \(epsilon\)"):
         worker.train(start, config, "run-1", 2)  # the whole run's ε = 1 would bring it past 3.0
-    assert budget.spent(ledger.path, digest) == first
+    assert budget.spent(digest, Path(spec.keys)) == first
     charges = [e for e in read_entries(ledger.path) if e["action"] == "budget.charge"]
     assert [e["outcome"] for e in charges] == ["ok", "ok", "failed"]
     assert charges[1]["params"]["command"] == "federate" and charges[1]["privacy_cost"]["delta"] == pytest.approx(5e-7)

@@ -15,6 +15,7 @@ from federated.config import FedConfig
 from federated.secagg import check_options, run_secagg_simulation
 from federated.simulate import partner_specs, synth_silos
 from privmodel.audit import read_entries, verify
+from privmodel.keys import load_public_key
 from tests.conftest import run_cli
 
 
@@ -73,8 +74,9 @@ def test_secagg_run_equals_plain_weighted_average_with_dp_and_refusal(tmp_path: 
         assert outcome.partners[name]["rounds"] == [1, 2]
         assert 0.5 < outcome.partners[name]["epsilon"] <= 1.0
     coord = out / "coordinator"
-    for ledger in [coord / "ledger.jsonl"] + [out / "partners" / f"silo-{i}" / "ledger.jsonl" for i in range(3)]:
-        assert verify(ledger).ok, (ledger, verify(ledger).first_problem)
+    for home in [coord] + [out / "partners" / f"silo-{i}" for i in range(3)]:
+        result = verify(home / "ledger.jsonl", [load_public_key(home / "keys")])
+        assert result.ok, (home, result.first_problem)
     for i in range(3):
         entries = read_entries(out / "partners" / f"silo-{i}" / "ledger.jsonl")
         charged = sum(e["privacy_cost"]["epsilon"] for e in entries if e["action"] == "budget.charge" and e["outcome"] == "ok")

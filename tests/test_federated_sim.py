@@ -6,12 +6,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from anonymize.errors import InputError
+from federated.card import PER_CUSTOMER
 from federated.config import FedConfig
 from federated.simulate import partner_specs, run_simulation, synth_silos
 from privmodel.audit import read_entries, verify
+from privmodel.keys import load_public_key
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +57,9 @@ def test_simulation_end_to_end_with_dp_adversary_cap_and_bad_partner(silos) -> N
     assert set(rounds[-1]["per_silo"]) == {"silo-0", "silo-1", "silo-2", "silo-3"}
 
     coord = out / "coordinator"
-    for ledger in [coord / "ledger.jsonl"] + [out / "partners" / f"silo-{i}" / "ledger.jsonl" for i in range(4)]:
-        assert verify(ledger).ok, (ledger, verify(ledger).first_problem)
+    for home in [coord] + [out / "partners" / f"silo-{i}" for i in range(4)]:
+        result = verify(home / "ledger.jsonl", [load_public_key(home / "keys")])
+        assert result.ok, (home, result.first_problem)
     final = [e for e in read_entries(coord / "ledger.jsonl") if e["action"] == "federate.final_model"][-1]
     assert final["params"]["model_hash"] == outcome.model_hash
     for i in range(4):
@@ -70,6 +74,14 @@ def test_simulation_end_to_end_with_dp_adversary_cap_and_bad_partner(silos) -> N
     assert rejected and rejected[0]["params"]["partner"] == "silo-2"
     card = json.loads((coord / "federated_card.json").read_text())
     assert card["partners"]["silo-3"]["epsilon"] <= 0.6 and card["model"]["hash"] == outcome.model_hash
+    # issue 10: ε per customer (partners trained on their own minimised rows), nothing from training rows
+    assert card["privacy_unit"] == PER_CUSTOMER and set(card["privacy"]["training_rows"].values()) == {"minimised"}
+    assert (coord / "federated_card.md").read_text().splitlines()[2] == f"**{PER_CUSTOMER}.**"
+    assert "train_loss" not in json.dumps(card) and card["released_without_dp"]
+    for i in range(4):
+        raw = pd.read_parquet(paths[i])
+        minimised = [e for e in read_entries(out / "partners" / f"silo-{i}" / "ledger.jsonl") if e["action"] == "federate.minimise"]
+        assert minimised and minimised[-1]["params"]["removed"]["no_consent"] == int((~raw["consent_analytics"].astype(bool)).sum())
     assert (coord / "model.npz").is_file()
 
 

@@ -84,7 +84,7 @@ def test_cli_audit_verify_show_and_tamper(tmp_path: Path) -> None:
     content = path.read_text().splitlines()
     content[2] = content[2].replace('"i":1', '"i":7')
     path.write_text("\n".join(content) + "\n")
-    bad = run_cli("audit", "verify", str(path))
+    bad = run_cli("audit", "verify", str(path), "--keys", str(tmp_path / "k"))
     assert bad.returncode == 2
     assert "first bad entry: line 3 (seq 2): content does not match its hash" in " ".join(bad.stdout.split())
 
@@ -108,7 +108,8 @@ def test_cli_corrupt_ledger_show(tmp_path: Path) -> None:
     path.write_text('{"seq": 0}\nnot json\n')
     result = run_cli("audit", "show", str(path))
     assert result.returncode == 2
-    assert result.stderr.strip() == f"error: {path}: line 2 is not valid JSON (corrupt ledger)"
+    assert result.stderr.strip() == f"error: {path}: line 1 is corrupt: missing field(s) action, actor, hash, inputs, " \
+        "key_id, outcome, outputs, params, prev_hash, privacy_cost, reason, signature, time"
 
 
 def test_read_table_keeps_leading_zeros_of_text_columns(tmp_path: Path) -> None:
@@ -136,3 +137,86 @@ def test_read_table_errors_name_the_file(tmp_path: Path) -> None:
         read_table(tmp_path / "header.csv")
     with pytest.raises(InputError, match="nope.csv: no such file"):
         read_table(tmp_path / "nope.csv")
+
+
+def test_cli_markup_in_actor_names_is_printed_not_parsed(tmp_path: Path) -> None:
+    ok = run_cli("keys", "init", str(tmp_path / "[bold]k"), "--actor", "[/x] bank [bold]a")
+    assert ok.returncode == 0, ok.stderr
+    printed = " ".join(ok.stdout.split())
+    assert f"created keys in {tmp_path / '[bold]k'}: actor [/x] bank [bold]a, key id" in printed
+    assert json.loads((tmp_path / "[bold]k" / "keys.json").read_text())["actor"] == "[/x] bank [bold]a"
+    bad = run_cli("keys", "init", str(tmp_path / "k2"), "--actor", "evil\x1b]0;pwned\x07")
+    assert bad.returncode == 2 and not (tmp_path / "k2").exists()
+    assert bad.stderr.strip() == "error: --actor: must be 1-200 printable characters (no control characters)"
+
+
+def test_cli_show_and_verify_escape_ledger_text(tmp_path: Path) -> None:
+    init_keys(tmp_path / "k", actor="bank-a")
+    path = tmp_path / "[bold]l.jsonl"
+    ledger = Ledger(path, load_signer(tmp_path / "k"))
+    ledger.append("train[/x]", actor="[/x]\x1b[31m", outcome="failed", reason="[red]boom[/] \x1b]0;t\x07",
+                  inputs=[{"name": "[/b]in.csv", "sha256": "ab" * 32}])
+    shown = run_cli("audit", "show", str(path))
+    assert shown.returncode == 0, shown.stderr
+    text = shown.stdout
+    assert "[/x]?[31m" in text and "train[/x]" in text and "failed: [red]boom[/] ?]0;t?" in text
+    assert "[/b]in.csv:abababab" in text and "\x1b" not in text
+    checked = run_cli("audit", "verify", str(path), "--keys", str(tmp_path / "k"))
+    assert checked.returncode == 0 and checked.stdout.startswith(f"OK {path}: 2 entries")
+
+
+def test_cli_verify_trust_modes(tmp_path: Path) -> None:
+    init_keys(tmp_path / "k", actor="bank-a")
+    init_keys(tmp_path / "evil", actor="bank-a")
+    path = tmp_path / "ledger.jsonl"
+    Ledger(path, load_signer(tmp_path / "evil")).append("train")  # entirely signed by an attacker key
+    evil_id = json.loads((tmp_path / "evil" / "keys.json").read_text())["key_id"]
+    no_store = {"PRIVMODEL_KEYS": str(tmp_path / "no-store")}
+
+    refused = run_cli("audit", "verify", str(path), env=no_store)
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert refused.stderr.strip().splitlines() == [
+        "error: no trusted keys: give --trust KEYRING or --keys DIR (or --tofu to trust the key the ledger carries, "
+        "which proves nothing about who wrote it)"
+    ]
+    tofu = run_cli("audit", "verify", str(path), "--tofu", env=no_store)
+    assert tofu.returncode == 0 and "trust on first use" in tofu.stdout
+
+    ring = tmp_path / "trusted.pem"
+    ring.write_text((tmp_path / "k" / "signing.pub").read_text())
+    for args, env in ((["--trust", str(ring)], no_store), (["--keys", str(tmp_path / "k")], no_store),
+                      ([], {"PRIVMODEL_KEYS": str(tmp_path / "k")})):
+        bad = run_cli("audit", "verify", str(path), *args, env=env)
+        assert bad.returncode == 2
+        assert " ".join(bad.stdout.split()).startswith(
+            f"FAILED {path}: first bad entry: line 1 (seq 0): signed by an untrusted key {evil_id}")
+        assert bad.stdout.count("\n") == 1
+    good = run_cli("audit", "verify", str(path), "--keys", str(tmp_path / "evil"), env=no_store)
+    assert good.returncode == 0 and "trusted: given keys; key ids " + evil_id in " ".join(good.stdout.split())
+    both = run_cli("audit", "verify", str(path), "--tofu", "--keys", str(tmp_path / "k"))
+    assert both.returncode == 2 and "--tofu cannot be combined" in both.stderr
+
+
+def test_cli_anchor_then_rollback_is_caught(tmp_path: Path) -> None:
+    init_keys(tmp_path / "k", actor="bank-a")
+    path, head = tmp_path / "ledger.jsonl", tmp_path / "ledger.jsonl.head"
+    ledger = Ledger(path, load_signer(tmp_path / "k"))
+    ledger.append("train", params={"i": 0})
+    saved = path.read_bytes(), head.read_bytes()
+    ledger.append("train", params={"i": 1})
+    witness = tmp_path / "elsewhere" / "witness.jsonl"
+    witness.parent.mkdir()
+    anchored = run_cli("audit", "anchor", str(path), "--witness", str(witness), "--keys", str(tmp_path / "k"))
+    assert anchored.returncode == 0, anchored.stderr
+    assert "anchored" in anchored.stdout and "3 entries" in anchored.stdout
+    args = ("audit", "verify", str(path), "--keys", str(tmp_path / "k"), "--witness", str(witness))
+    assert run_cli(*args).returncode == 0
+    path.write_bytes(saved[0])
+    head.write_bytes(saved[1])
+    assert run_cli("audit", "verify", str(path), "--keys", str(tmp_path / "k")).returncode == 0  # alone: fine
+    rolled = run_cli(*args)
+    assert rolled.returncode == 2
+    assert "rolled back: witness witness.jsonl line 1" in rolled.stdout and "saw 3 entries, the ledger has 2" in rolled.stdout
+    again = run_cli("audit", "anchor", str(path), "--witness", str(witness), "--keys", str(tmp_path / "k"))
+    assert again.returncode == 2 and "refusing to anchor" in again.stderr
+    assert len(witness.read_bytes().splitlines()) == 1

@@ -45,7 +45,8 @@ def test_token_is_hmac_sha256_hex_of_derived_key() -> None:
     assert tokens[7] == h.finalize().hex()[:16]
     assert all(len(t) == 16 and int(t, 16) >= 0 for t in tokens.dropna())
     assert tokens[201] is None  # missing stays missing
-    assert tokenize_series(IDS, key, 9)[7] == tokens[7][:9]
+    longer = tokenize_series(IDS, key, 17)  # odd lengths: one more hex digit of the same digest
+    assert longer[7][:16] == tokens[7] and len(longer[7]) == 17
 
 
 def test_same_input_same_token_other_key_unrelated_never_a_plain_hash() -> None:
@@ -123,7 +124,8 @@ def test_pseudonymize_applies_each_method_and_keeps_escrow() -> None:
     out = pseudonymize(raw, policy, Keys(MASTER_A))
     assert "full_name" not in out.data.columns
     assert out.summary["customer_id"] == {
-        "method": "token", "values": 30, "missing": 1, "length": 16, "format": "hex", "escrow": True, "distinct": 30,
+        "method": "token", "values": 30, "missing": 1, "length": 16, "bits": 64, "format": "hex", "escrow": True,
+        "distinct": 30, "collisions": 0,
     }
     assert out.summary["national_id"]["method"] == "encrypt"
     assert out.escrow is not None and list(out.escrow.columns) == ["column", "token", "ciphertext"]
@@ -175,11 +177,11 @@ def test_fast_and_general_token_paths_agree() -> None:
 
     key = b"k" * 32
     values = ["Ann", "Bob", "Zoë", " x ", "12"]
-    fast = tokenize_series(pd.Series(values), key, 15)
-    general = tokenize_series(pd.Series([*values, None]), key, 15)
+    fast = tokenize_series(pd.Series(values), key, 17)
+    general = tokenize_series(pd.Series([*values, None]), key, 17)
     assert list(fast) == list(general[:5])
     assert pd.isna(general.iloc[5])
-    assert all(len(t) == 15 for t in fast)
+    assert all(len(t) == 17 for t in fast)
     with_nul = tokenize_series(pd.Series(["a\x00b", "c"]), key, 16)  # NUL breaks the joined encoding
     assert list(with_nul) == list(tokenize_series(pd.Series(["a\x00b", "c", None]), key, 16)[:2])
 
@@ -209,9 +211,33 @@ def test_batch_token_path_matches_stdlib_hmac_on_every_column_layout() -> None:
         "list": values,
     }
     for name, column in layouts.items():
-        for length in (16, 9):
+        for length in (16, 17):
             got = tokenize_series(column, key, length)
             vals = list(column)
             assert list(got) == expected(vals, length), name
             if isinstance(column, pd.Series):
                 assert got.index.equals(column.index), name
+
+
+def test_rotation_refuses_a_collision_under_the_new_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rotation must not merge two customers either (issue 10, finding 7)."""
+    import anonymize.pseudonymize as module
+
+    policy = _policy()
+    old = pseudonymize(_raw_table(), policy, Keys(MASTER_A, "insurer"))
+    new_mac = Keys(MASTER_B, "insurer").column_key(policy.purpose.name, "customer_id").mac
+    real = module.tokenize_series
+
+    def colliding(series, key, length=16):
+        tokens = real(series, key, length).astype(object)
+        if getattr(key, "mac", None) == new_mac:
+            tokens.iloc[1] = tokens.iloc[0]
+        return tokens
+
+    monkeypatch.setattr(module, "tokenize_series", colliding)
+    with pytest.raises(InputError) as info:
+        rotate_tokens(old.data, Keys(MASTER_A, "insurer"), Keys(MASTER_B, "insurer"), policy, escrow=old.escrow)
+    assert str(info.value) == (
+        "column 'customer_id': under the new key 1 token(s) would stand for two different identifiers "
+        "(64-bit tokens); rotation not written"
+    )

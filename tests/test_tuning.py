@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from anonymize.errors import InputError
-from privmodel import tuning
+from privmodel import secure_noise, tuning
 
 
 def _fake_trainer(log: list[tuple[dict, float, float, int]]) -> tuning.Trainer:
@@ -46,14 +46,32 @@ def test_every_trial_gets_an_equal_share_and_total_is_the_budget() -> None:
     assert entry["method"] == "basic_composition" and entry["trials"] == 4
     assert entry["epsilon"] == 8.0 and len(entry["candidates"]) == 4
     assert all(c["epsilon"] == 2.0 for c in entry["candidates"])
+    assert entry["noise"] == "secure"
+
+
+def test_score_noise_is_secret_unless_the_insecure_switch_is_used() -> None:
+    """Same seed, same candidates, same data: the noisy scores differ run to run (the seed numbers
+    only the trials' weight initialisations); insecure_seed reproduces them and is labelled so."""
+    y = np.random.default_rng(0).integers(0, 2, 200).astype(float)
+    candidates = tuning.grid({"error": [0.3, 0.5]})
+
+    def scores(**kw: Any) -> tuple[list[float], str]:
+        sel = tuning.select(candidates, _fake_trainer([]), y, y, epsilon=1.0, delta=1e-5, seed=3, **kw)
+        return [t.noisy_brier_sum for t in sel.trials], sel.card_entry()["noise"]
+
+    first, second = scores(), scores()
+    assert first[1] == second[1] == "secure"
+    assert first[0][0] != second[0][0] and first[0][1] != second[0][1]
+    a, b = scores(insecure_seed=9), scores(insecure_seed=9)
+    assert a == b and a[1] == "INSECURE-reproducible"
 
 
 def test_laplace_noise_has_the_calibrated_scale() -> None:
     # sensitivity 1, ε = 0.5 -> Laplace scale 2: E|noise| = 2, Var = 8
-    rng = np.random.default_rng(1)
+    source = secure_noise.NoiseSource.secure()
     y, p = np.array([0.0, 1.0, 1.0]), np.array([0.2, 0.7, 1.0])
     true_sum = 0.04 + 0.09 + 0.0
-    noise = np.array([tuning.noisy_brier_sum(y, p, 0.5, rng) - true_sum for _ in range(20000)])
+    noise = np.array([tuning.noisy_brier_sum(y, p, 0.5, source) - true_sum for _ in range(20000)])
     assert abs(noise.mean()) < 0.1
     assert np.abs(noise).mean() == pytest.approx(2.0, rel=0.05)
     assert noise.var() == pytest.approx(8.0, rel=0.08)

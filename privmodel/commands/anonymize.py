@@ -1,22 +1,24 @@
 """`privmodel anonymize | reidentify | rotate-keys`: make a release, reverse it with authority, re-key it.
 
 Start-up stays light: pandas, the anonymize pipeline and scikit-learn load inside the commands.
-Each command writes its outputs atomically and only after everything is computed, then records a
-signed ledger entry naming the outputs by hash. A failure removes whatever this run wrote, and
-appends a `failed` entry when the ledger is known (given with --ledger, or already present in the
-output directory) - a bad-input run into a fresh directory leaves that directory untouched.
+Each command declares its outputs to `privmodel.fileio.outputs` before any work: an output that is
+an input (symlinks and hard links included), or an existing file that no earlier run of the same
+command recorded in the ledger, is refused with one line. Outputs are staged beside their targets,
+the signed ledger entry names them by hash, and only then are they published. A failure removes
+only what this run staged or created, and appends a `failed` entry when the ledger is known (given
+with --ledger, or already present in the output directory) - a bad-input run into a fresh directory
+leaves nothing behind. Escrows and re-identified values are 0600 from their first byte.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import typer
 
-from privmodel.commands.common import KEYS_OPTION, LEDGER_OPTION
+from privmodel.commands.common import KEYS_OPTION, LEDGER_OPTION, ledger_path, recorded_failure
 
 RELEASE_STEM = "release"
 FORMATS = ("parquet", "csv")
@@ -36,37 +38,13 @@ def escrow_path(release: Path) -> Path:
 # --- shared plumbing ----------------------------------------------------------------------------
 
 
-def _known_ledger(ledger: Path | None, out_dir: Path) -> Path | None:
-    """The ledger a failure is recorded in: the one named, or one already in the output directory."""
-    if ledger is not None:
-        return ledger
-    default = out_dir / "ledger.jsonl"
-    return default if default.is_file() else None
-
-
-@contextlib.contextmanager
-def _recorded(action: str, ledger: Path | None, out_dir: Path, keys: Path | None, inputs: list[Path]) -> Iterator[None]:
-    """Turn any failure into a `failed` ledger entry (if the ledger is known) and re-raise it."""
-    from anonymize.errors import InputError
-
-    try:
-        yield
-    except Exception as exc:
-        known = _known_ledger(ledger, out_dir)
-        if known is not None:
-            reason = str(exc).splitlines()[0] if isinstance(exc, InputError) else f"internal error ({type(exc).__name__})"
-            with contextlib.suppress(Exception):  # the original error matters more than the record
-                _append(action, known, out_dir, keys, inputs, [], {}, outcome="failed", reason=reason)
-        raise
-
-
 def _append(
     action: str,
     ledger: Path | None,
     out_dir: Path,
     keys: Path | None,
     inputs: list[Path],
-    outputs: list[Path],
+    outputs: list[dict[str, str]],
     params: dict[str, Any],
     outcome: str = "ok",
     reason: str | None = None,
@@ -78,27 +56,12 @@ def _append(
     book = open_ledger(ledger, out_dir, keys)
     book.append(
         action,
-        inputs=[artifact(p) for p in inputs if p.is_file()],
-        outputs=[artifact(p) for p in outputs],
+        inputs=[artifact(p) for p in inputs if p is not None and p.is_file()],
+        outputs=outputs,
         params=jsonable(params),
         outcome=outcome,
         reason=reason,
     )
-
-
-@contextlib.contextmanager
-def _all_or_nothing(out_dir: Path) -> Iterator[list[Path]]:
-    """Collect written paths; on failure remove them (and the directory if this run created it)."""
-    created = not out_dir.exists()
-    written: list[Path] = []
-    try:
-        yield written
-    except BaseException:
-        for path in written:
-            path.unlink(missing_ok=True)
-        if created and out_dir.is_dir() and not any(out_dir.iterdir()):
-            out_dir.rmdir()
-        raise
 
 
 def _progress() -> tuple[Any, Callable[[str], None]]:
@@ -150,35 +113,39 @@ def anonymize(
     ledger: Path = LEDGER_OPTION,
 ) -> None:
     """Validate, filter, pseudonymize and generalize INPUT as the policy says; write release + report."""
-    with _recorded("anonymize.release", ledger, out, keys, [input, policy]):
+    action = "anonymize.release"
+    inputs = [input, policy] + ([population] if population is not None else [])
+    with recorded_failure(action, ledger, out, keys, inputs):
         from anonymize.pipeline import run
         from anonymize.policy import load_policy
         from anonymize.report import render_text, to_json
-        from privmodel.fileio import atomic_write_text, ensure_output_dir, read_table, write_table
+        from privmodel.fileio import outputs, read_table
         from privmodel.keys import ensure_keys, load_pseudonym_secret
 
         _check_format(fmt)
-        loaded = load_policy(policy)
-        text = [name for name, col in loaded.columns.items() if col.type in ("string", "categorical")]
-        table = read_table(input, text_columns=text)
-        pop = read_table(population) if population is not None else None
-        secret = load_pseudonym_secret(ensure_keys(keys))
-        status, step = _progress()
-        with status:
-            release = run(table, loaded, secret, population=pop, partner=partner, source=str(input), progress=step)
-        with _all_or_nothing(out) as written:
-            out_dir = ensure_output_dir(out)
-            target = out_dir / f"{RELEASE_STEM}.{fmt}"
-            written.append(target)
-            write_table(release.data, target)
+        target = out / f"{RELEASE_STEM}.{fmt}"
+        escrow_out = escrow_path(target)
+        reports = {out / "report.json": to_json, out / "report.txt": render_text}
+        book = ledger_path(ledger, out)
+        with outputs([target, escrow_out, *reports], inputs=inputs, secret=[escrow_out], replace=True,
+                     ledger=book, action=action) as stage:
+            loaded = load_policy(policy)
+            text = [name for name, col in loaded.columns.items() if col.type in ("string", "categorical")]
+            table = read_table(input, text_columns=text)
+            pop = read_table(population) if population is not None else None
+            secret = load_pseudonym_secret(ensure_keys(keys))
+            status, step = _progress()
+            with status:
+                release = run(table, loaded, secret, population=pop, partner=partner, source=str(input), progress=step)
+            stage.write_table(target, release.data)
             if release.escrow is not None:
-                written.append(escrow_path(target))
-                write_table(release.escrow, escrow_path(target))
-                escrow_path(target).chmod(0o600)
-            for name, text in (("report.json", to_json(release.report)), ("report.txt", render_text(release.report))):
-                written.append(out_dir / name)
-                atomic_write_text(out_dir / name, text)
-            _append("anonymize.release", ledger, out_dir, keys, [input, policy], written, _figures(release.report))
+                stage.write_table(escrow_out, release.escrow)
+            else:
+                stage.retire(escrow_out)  # an earlier release's escrow must not sit beside this one
+            for path, render in reports.items():
+                stage.write_text(path, render(release.report))
+            _append(action, book, out, keys, inputs, stage.artifacts(), _figures(release.report))
+            stage.publish()
     typer.echo(
         f"released {release.report['rows']['released']} of {release.report['rows']['input']} rows to {target} "
         f"(report: {out / 'report.txt'})"
@@ -218,50 +185,54 @@ def reidentify(
 ) -> None:
     """Authorized re-identification of an encrypt column, or of a token column through its escrow.
 
-    The ledger records who, which column and how many rows, never a value.
+    The ledger records who, which column and how many rows, never a value. OUT is created 0600.
     """
+    action = "anonymize.reidentify"
     out_dir = out.parent if str(out.parent) else Path(".")
-    with _recorded("anonymize.reidentify", ledger, out_dir, keys, [release, policy]):
+    escrow_in = escrow if escrow is not None else escrow_path(release)
+    inputs = [release, policy, escrow_in]
+    with recorded_failure(action, ledger, out_dir, keys, inputs):
         import pandas as pd
 
         from anonymize.errors import InputError
         from anonymize.policy import load_policy
         from anonymize.pseudonymize import DEFAULT_TOKEN_LENGTH, Keys, reidentify_tokens
         from anonymize.pseudonymize import reidentify as decrypt
-        from privmodel.fileio import read_table, write_table
+        from privmodel.fileio import TABLE_SUFFIXES, outputs, read_table
         from privmodel.keys import load_pseudonym_secret
 
-        loaded = load_policy(policy)
-        spec = loaded.columns.get(column)
-        if spec is None or spec.role != "identifier":
-            raise InputError(f"{policy}: column {column!r} is not an identifier of this policy")
-        if spec.method == "drop" or (spec.method == "token" and not spec.escrow):
-            method = "token without escrow" if spec.method == "token" else spec.method
-            raise InputError(f"{policy}: column {column!r} has method {method}; only encrypt columns and "
-                             "token columns kept with an escrow are reversible")
-        table = read_table(release)
-        if column not in table.columns:
-            raise InputError(f"{release}: column {column!r} is not in the release")
-        positions = _parse_rows(rows, len(table))
-        key = Keys(load_pseudonym_secret(keys), partner or "default").column_key(loaded.purpose.name, column)
-        selected = table[column].iloc[positions].reset_index(drop=True)
-        inputs = [release, policy]
-        if spec.method == "encrypt":
-            values = decrypt(selected, key, column)
-        else:
-            escrow_in = escrow if escrow is not None else escrow_path(release)
-            if not escrow_in.is_file():
-                raise InputError(f"{escrow_in}: no such file (the token escrow of {release.name})")
-            inputs.append(escrow_in)
-            values = reidentify_tokens(selected, read_table(escrow_in), key, column, spec.length or DEFAULT_TOKEN_LENGTH)
-        result = pd.DataFrame({"row": [p + 1 for p in positions], column: values})
-        with _all_or_nothing(out_dir) as written:
-            written.append(out)
-            write_table(result, out)
-            out.chmod(0o600)
+        if out.suffix.lower() not in TABLE_SUFFIXES:
+            raise InputError(f"{out}: unsupported table format {out.suffix!r} (use .csv or .parquet)")
+        book = ledger_path(ledger, out_dir)
+        with outputs([out], inputs=inputs, secret=[out], replace=True, ledger=book, action=action) as stage:
+            loaded = load_policy(policy)
+            spec = loaded.columns.get(column)
+            if spec is None or spec.role != "identifier":
+                raise InputError(f"{policy}: column {column!r} is not an identifier of this policy")
+            if spec.method == "drop" or (spec.method == "token" and not spec.escrow):
+                method = "token without escrow" if spec.method == "token" else spec.method
+                raise InputError(f"{policy}: column {column!r} has method {method}; only encrypt columns and "
+                                 "token columns kept with an escrow are reversible")
+            table = read_table(release)
+            if column not in table.columns:
+                raise InputError(f"{release}: column {column!r} is not in the release")
+            positions = _parse_rows(rows, len(table))
+            key = Keys(load_pseudonym_secret(keys), partner or "default").column_key(loaded.purpose.name, column)
+            selected = table[column].iloc[positions].reset_index(drop=True)
+            used = [release, policy]
+            if spec.method == "encrypt":
+                values = decrypt(selected, key, column)
+            else:
+                if not escrow_in.is_file():
+                    raise InputError(f"{escrow_in}: no such file (the token escrow of {release.name})")
+                used.append(escrow_in)
+                values = reidentify_tokens(selected, read_table(escrow_in), key, column,
+                                           spec.length or DEFAULT_TOKEN_LENGTH)
+            stage.write_table(out, pd.DataFrame({"row": [p + 1 for p in positions], column: values}))
             params = {"column": column, "method": spec.method, "rows": len(positions), "purpose": loaded.purpose.name,
                       "partner": partner or "default", "selection": "given rows" if rows else "all rows"}
-            _append("anonymize.reidentify", ledger, out_dir, keys, inputs, written, params)
+            _append(action, book, out_dir, keys, used, stage.artifacts(), params)
+            stage.publish()
     typer.echo(f"re-identified {len(positions)} rows of column {column} into {out}")
 
 
@@ -277,29 +248,37 @@ def rotate_keys(
     ledger: Path = LEDGER_OPTION,
 ) -> None:
     """Re-key tokens and ciphertexts of a release without the raw data (see docs/policy.md)."""
+    action = "anonymize.rotate_keys"
     out_dir = out.parent if str(out.parent) else Path(".")
     escrow_in = escrow if escrow is not None else escrow_path(release)
-    with _recorded("anonymize.rotate_keys", ledger, out_dir, keys, [release, policy]):
+    escrow_out = escrow_path(out)
+    inputs = [release, policy, escrow_in]
+    with recorded_failure(action, ledger, out_dir, keys, inputs):
+        from anonymize.errors import InputError
         from anonymize.policy import load_policy
         from anonymize.pseudonymize import Keys, rotate_tokens
-        from privmodel.fileio import read_table, write_table
+        from privmodel.fileio import TABLE_SUFFIXES, outputs, read_table
         from privmodel.keys import load_pseudonym_secret
 
-        loaded = load_policy(policy)
-        table = read_table(release)
-        escrow_table = read_table(escrow_in) if escrow_in.is_file() or escrow is not None else None
-        name = partner or "default"
-        old = Keys(load_pseudonym_secret(old_keys), name)
-        new = Keys(load_pseudonym_secret(new_keys), name)
-        rotated = rotate_tokens(table, old, new, loaded, escrow=escrow_table)
-        with _all_or_nothing(out_dir) as written:
-            written.append(out)
-            write_table(rotated.data, out)
+        if out.suffix.lower() not in TABLE_SUFFIXES:
+            raise InputError(f"{out}: unsupported table format {out.suffix!r} (use .csv or .parquet)")
+        book = ledger_path(ledger, out_dir)
+        with outputs([out, escrow_out], inputs=inputs, secret=[escrow_out], replace=True, ledger=book,
+                     action=action) as stage:
+            loaded = load_policy(policy)
+            table = read_table(release)
+            escrow_table = read_table(escrow_in) if escrow_in.is_file() or escrow is not None else None
+            name = partner or "default"
+            old = Keys(load_pseudonym_secret(old_keys), name)
+            new = Keys(load_pseudonym_secret(new_keys), name)
+            rotated = rotate_tokens(table, old, new, loaded, escrow=escrow_table)
+            stage.write_table(out, rotated.data)
             if rotated.escrow is not None:
-                written.append(escrow_path(out))
-                write_table(rotated.escrow, escrow_path(out))
-                escrow_path(out).chmod(0o600)
-            inputs = [release, policy] + ([escrow_in] if escrow_table is not None else [])
-            _append("anonymize.rotate_keys", ledger, out_dir, keys, inputs, written,
+                stage.write_table(escrow_out, rotated.escrow)
+            else:
+                stage.retire(escrow_out)
+            used = [release, policy] + ([escrow_in] if escrow_table is not None else [])
+            _append(action, book, out_dir, keys, used, stage.artifacts(),
                     {"rotated": rotated.rotated, "purpose": loaded.purpose.name, "partner": name})
+            stage.publish()
     typer.echo(f"re-keyed {', '.join(f'{c} ({n})' for c, n in rotated.rotated.items()) or 'no columns'} into {out}")

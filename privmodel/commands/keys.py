@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 
 def register(app: typer.Typer) -> None:
@@ -31,8 +32,9 @@ def init(
     if passphrase:
         secret = os.environ.get(PASSPHRASE_ENV) or typer.prompt("Passphrase", hide_input=True, confirmation_prompt=True)
     meta = init_keys(directory, passphrase=secret, actor=actor)
-    Console().print(
-        f"created keys in [bold]{directory}[/bold]: actor {meta['actor']}, key id {meta['key_id']}"
+    # The actor name and path are user text: escaped, so `[/x]` is printed, not parsed as markup.
+    Console(highlight=False).print(
+        f"created keys in [bold]{escape(str(directory))}[/bold]: actor {escape(meta['actor'])}, key id {meta['key_id']}"
         f"{' (private key encrypted)' if meta['encrypted'] else ''}"
     )
 
@@ -43,15 +45,16 @@ def tls(
     node: list[str] = typer.Option([], "--node", help="Partner name to create a SuperNode auth key for (repeat)."),
 ) -> None:
     """Create a CA, the SuperLink's TLS certificate and SuperNode authentication keys; never overwrites."""
-    from federated.tls import add_node, make_tls
+    from federated.tls import add_nodes, make_tls
 
     if (directory / "ca.key").exists():
-        for name in node:
-            add_node(directory, name)
-        Console().print(f"added node keys for {', '.join(node) or 'no one'} in [bold]{directory}[/bold]")
+        add_nodes(directory, list(node))  # all or none
+        Console(highlight=False).print(
+            f"added node keys for {escape(', '.join(node)) or 'no one'} in [bold]{escape(str(directory))}[/bold]"
+        )
         return
     meta = make_tls(directory, hosts=host, nodes=node)
-    Console().print(
-        f"created CA and SuperLink certificate in [bold]{directory}[/bold] (hosts {', '.join(meta['hosts'])}); "
-        f"node keys: {', '.join(meta['nodes']) or 'none'}"
+    Console(highlight=False).print(
+        f"created CA and SuperLink certificate in [bold]{escape(str(directory))}[/bold] "
+        f"(hosts {escape(', '.join(meta['hosts']))}); node keys: {escape(', '.join(meta['nodes'])) or 'none'}"
     )

@@ -39,13 +39,12 @@ def synth(
     from rich.console import Console
     from rich.table import Table
 
-    from privmodel.audit import artifact
-    from privmodel.commands.common import open_ledger
-    from privmodel.fileio import ensure_output_dir
+    from privmodel.commands.common import ledger_path, open_ledger, recorded_failure
+    from privmodel.fileio import outputs
     from privmodel.synth import bayes_auc, generate_data
     from privmodel.synth.core import check_params
     from privmodel.synth.locales import check_locales
-    from privmodel.synth.output import FORMATS, write_outputs
+    from privmodel.synth.output import FORMATS, planned_names, stage_outputs, stale_silos
 
     fmt = fmt.lower()
     if fmt not in FORMATS:
@@ -54,8 +53,12 @@ def synth(
     check_params(customers, silos, heterogeneity, mess_rate)
     if ledger is not None and not ledger.parent.is_dir():  # fail before writing anything
         raise _bad(f"--ledger: {ledger.parent}: directory does not exist")
-    out_dir = ensure_output_dir(out)
-    book = open_ledger(ledger, out_dir, keys)
+    if out.exists() and not out.is_dir():
+        raise _bad(f"{out}: exists and is not a directory")
+    out_dir = out
+    book_path = ledger_path(ledger, out_dir)
+    names = planned_names(silos, fmt, one_file)
+    targets = [out_dir / n for n in names] + stale_silos(out_dir, names)
     params = {
         "customers": customers,
         "silos": silos,
@@ -67,17 +70,17 @@ def synth(
         "mess_rate": mess_rate,
     }
     err = Console(stderr=True)
-    try:
+    with recorded_failure("synth", ledger, out_dir, keys), \
+            outputs(targets, replace=True, ledger=book_path, action="synth") as stage:
+        book = open_ledger(book_path, out_dir, keys)
         with err.status(f"generating {customers:,} customers over {silos} silo(s)..."):
             data = generate_data(
                 customers, silos, seed=seed, heterogeneity=heterogeneity, locales=locales, mess_rate=mess_rate
             )
         with err.status("writing files..."):
-            files = write_outputs(data, out_dir, fmt, one_file)
-    except Exception as exc:
-        book.append("synth", params=params, outcome="failed", reason=type(exc).__name__)
-        raise
-    book.append("synth", outputs=[artifact(p) for p in files], params=params)
+            files = stage_outputs(stage, data, out_dir, fmt, one_file)
+        book.append("synth", outputs=stage.artifacts(), params=params)
+        stage.publish()
 
     table = Table(title=f"{data.table.num_rows:,} customers in {out_dir}")
     for column in ("silo", "rows", "churn rate", "purchase rate", "mean age", "home region"):
@@ -107,7 +110,7 @@ def synth(
         console.print(
             "mess injected (rows each): " + ", ".join(f"{k} {v}" for k, v in data.mess.items() if k != "rate")
         )
-    console.print("files: " + ", ".join(p.name for p in files) + f"; ledger: {book.path}")
+    console.print("files: " + ", ".join(p.name for p in files) + f"; ledger: {book_path}")
 
 
 def _bad(message: str) -> Exception:

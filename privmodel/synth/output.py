@@ -1,13 +1,14 @@
 """Writing silos (Parquet or CSV) and the starter policy, all or nothing.
 
-Every file goes to a temp name first and is renamed only after all of them were written, so an
-error leaves no partial output. pyarrow writes both formats: it is several times faster than
-pandas and its bytes depend only on the table (same seed, same bytes).
+Every file is staged through `privmodel.fileio.outputs` and published only after all of them were
+written (and, from the CLI, after the ledger entry), so an error leaves no partial output and never
+removes a file this run did not create. pyarrow writes both formats: it is several times faster
+than pandas and its bytes depend only on the table (same seed, same bytes).
 """
 
 from __future__ import annotations
 
-import contextlib
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from anonymize.errors import InputError
-from privmodel.fileio import atomic_path
+from privmodel.fileio import Staging, outputs
 from privmodel.synth.core import BEHAVIOUR, SynthData
 from privmodel.synth.population import BOUNDS, CHANNELS, GENDERS, MARITAL, OCCUPATIONS
 
@@ -37,46 +38,67 @@ def silo_files(data: SynthData, fmt: str, one_file: bool) -> dict[str, pa.Table]
     return {f"silo_{p.silo}.{fmt}": table.filter(pc.equal(silo, p.silo)).drop_columns(["silo"]) for p in data.profiles}
 
 
-def write_outputs(
-    data: SynthData, out_dir: str | Path, fmt: str = "parquet", one_file: bool = False, policy: bool = True
-) -> list[Path]:
-    """Write the silo files (and policy.yaml); returns their paths in writing order."""
+def planned_names(n_silos: int, fmt: str, one_file: bool, policy: bool = True) -> list[str]:
+    """The file names a run writes, known before generating anything (so they can be checked first)."""
+    if fmt not in FORMATS:
+        raise InputError(f"--format must be one of {', '.join(FORMATS)}")
+    names = [f"{ONE_FILE_STEM}.{fmt}"] if one_file else [f"silo_{s}.{fmt}" for s in range(n_silos)]
+    return names + ([POLICY_NAME] if policy else [])
+
+
+def stale_silos(out: Path, keep: Iterable[str]) -> list[Path]:
+    """Silo files of an earlier run with more silos or another format (only names this module writes)."""
+    kept = set(keep)
+    found = []
+    for path in sorted(out.glob("silo_*.*")) if out.is_dir() else []:
+        stem, _, ext = path.name.partition(".")
+        if ext in FORMATS and stem[5:].isdigit() and path.name not in kept:
+            found.append(path)
+    return found
+
+
+def stage_outputs(stage: Staging, data: SynthData, out: Path, fmt: str = "parquet", one_file: bool = False,
+                  policy: bool = True) -> list[Path]:
+    """Write the silo files (and policy.yaml) into `stage`; retire stale silos. Returns the final paths."""
     import pyarrow.csv as pcsv
     import pyarrow.parquet as pq
     import yaml
 
-    out = Path(out_dir)
-    files = silo_files(data, fmt, one_file)
     written: list[Path] = []
-    with contextlib.ExitStack() as stack:
-        for name, table in files.items():
-            tmp = stack.enter_context(atomic_path(out / name))
-            if fmt == "parquet":
-                pq.write_table(table, tmp, compression="snappy")
-            else:
-                pcsv.write_csv(table, tmp, pcsv.WriteOptions(quoting_style="needed"))
-            written.append(out / name)
-        if policy:
-            tmp = stack.enter_context(atomic_path(out / POLICY_NAME))
-            text = yaml.safe_dump(
-                starter_policy(data, one_file), sort_keys=False, allow_unicode=True, width=120, default_flow_style=None
-            )
-            tmp.write_text(POLICY_HEADER + text, encoding="utf-8")
-            written.append(out / POLICY_NAME)
-    _remove_stale_silos(out, written)
+    for name, table in silo_files(data, fmt, one_file).items():
+        tmp = stage.path(out / name)
+        if fmt == "parquet":
+            pq.write_table(table, tmp, compression="snappy")
+        else:
+            pcsv.write_csv(table, tmp, pcsv.WriteOptions(quoting_style="needed"))
+        written.append(out / name)
+    if policy:
+        text = yaml.safe_dump(
+            starter_policy(data, one_file), sort_keys=False, allow_unicode=True, width=120, default_flow_style=None
+        )
+        stage.write_text(out / POLICY_NAME, POLICY_HEADER + text)
+        written.append(out / POLICY_NAME)
+    for path in stale_silos(out, (p.name for p in written)):
+        stage.retire(path)  # one dataset per directory: an earlier run's extra silos go at publish
     return written
 
 
-def _remove_stale_silos(out: Path, written: list[Path]) -> None:
-    """Delete silo files of an earlier run with more silos, so the directory holds one dataset.
+def write_outputs(
+    data: SynthData, out_dir: str | Path, fmt: str = "parquet", one_file: bool = False, policy: bool = True
+) -> list[Path]:
+    """Library use (no ledger): write the silo files (and policy.yaml) into an existing directory.
 
-    Only names this module writes (silo_<number>.parquet / .csv) are touched.
+    Replaces this module's own file names only; returns the paths in writing order.
     """
-    keep = {p.name for p in written}
-    for path in out.glob("silo_*.*"):
-        stem, _, ext = path.name.partition(".")
-        if ext in ("parquet", "csv") and stem[5:].isdigit() and path.name not in keep:
-            path.unlink()
+    out = Path(out_dir)
+    names = planned_names(len(data.profiles), fmt, one_file, policy)
+    if not out.is_dir():
+        raise InputError(f"{out}: output directory does not exist")
+    targets = [out / n for n in names] + stale_silos(out, names)
+    with outputs(targets, replace=True) as stage:
+        written = stage_outputs(stage, data, out, fmt, one_file, policy)
+        stage.publish()
+    return written
 
 
 POLICY_HEADER = (
@@ -163,7 +185,7 @@ def starter_policy(data: SynthData, one_file: bool = False) -> dict[str, Any]:
         "name": "synthetic-customers-churn",
         "purpose": {"name": "churn_modeling", "consent": "consent_analytics", "columns": [*CHURN_FEATURES, "churn"]},
         "privacy": {"k": 10, "suppression_limit": 0.02, "algorithm": "mondrian"},
-        "budget": {"epsilon": 3.0, "delta": 1.0e-6},
+        "budget": {"epsilon": 3.0, "delta": 1.0e-5},
         "fairness_groups": ["gender"],
         "columns": ordered,
     }

@@ -1,0 +1,15 @@
+"""Workflows: what a user asks privmodel to do, written once and called by every door.
+
+The CLI (`privmodel/commands`), the demo, the estimator and federated partners call these; the
+CLI only parses arguments, calls one workflow and prints. Each privacy rule has one owner here or
+below: consent and minimisation (`rows.model_rows`), the budget (`privmodel.budget.charge`),
+secret DP noise (`privmodel.training.fit`), the held-out split (`prepare.split`).
+
+| module | workflow |
+|---|---|
+| `rows` | the rows a model path may read, and the unit of privacy they give |
+| `prepare` | labels, the policy's encoder, feature checks, the split, δ < 1/n |
+| `train` | train + card + budget + ledger + publish (`TrainRequest` holds the defaults) |
+| `score` | score and evaluate a trained model (consenting customers only) |
+| `curve` | privacy-utility curve, every private point charged |
+"""

@@ -1,0 +1,108 @@
+"""Privacy-utility curve: the same model trained at each ε of a grid, every private point charged.
+
+Each finite ε of the grid (times `repeats`) is a DP training run on the same customers, so the whole
+curve costs their sum (basic composition) and is charged to the dataset's budget through
+`budget.charge` BEFORE any training. `inf` on the grid is the non-private baseline: a figure from
+private rows without DP, allowed only when the grid names it (opt-in), and listed as such in
+curve.json and the ledger.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from anonymize.errors import InputError
+from privmodel.workflows import prepare as prep
+from privmodel.workflows.rows import model_rows
+from privmodel.workflows.train import TrainRequest, config_for, fit_rows, load_policy_with_cap, predictor
+
+if TYPE_CHECKING:
+    from privmodel.audit import Ledger
+
+DEFAULT_GRID = "0.25,0.5,1"
+
+
+@dataclass
+class Curve:
+    rows: list[dict[str, Any]]
+    paths: dict[str, Path]
+    charged_epsilon: float
+    not_dp: list[str]
+
+
+def cost(grid: list[float], repeats: int) -> float:
+    """ε the curve spends: every finite grid point, every repeat (basic composition)."""
+    return float(sum(e for e in grid if math.isfinite(e)) * repeats)
+
+
+def curve(req: TrainRequest, grid: list[float], repeats: int, book: Ledger, keys: Path | None,
+          tick: Callable[[float], None] | None = None) -> Curve:
+    """Charge the whole grid, then train and measure at each ε; write curve.json / .csv / .png."""
+    from privmodel import budget, utility_curve
+
+    if repeats < 1:
+        raise InputError("--repeats must be at least 1")
+    policy = load_policy_with_cap(req.policy)
+    rows = model_rows(req.data, policy, keys)
+    ready = prep.prepare(rows.frame, policy, req.label, str(req.data))
+    train_idx, test_idx = prep.split(ready.y, req.test_size, req.seed)
+    prep.check_delta(req.delta, int(train_idx.size))
+    frame, y, encoder = ready.frame, ready.y, ready.encoder
+    df_train, df_test = frame.iloc[train_idx].reset_index(drop=True), frame.iloc[test_idx].reset_index(drop=True)
+    spend = cost(grid, repeats)
+    finite = sum(1 for e in grid if math.isfinite(e)) * repeats
+    not_dp = ["the non-private point (ε = inf): trained without DP on the training rows"] if any(
+        math.isinf(e) for e in grid) else []
+    not_dp.append("every metric of the curve: measured on the held-out split without DP")
+    if finite:
+        dataset = budget.dataset_of(policy, req.data, keys)
+        budget.charge(dataset, spend, req.delta * finite, budget.Cap(policy.budget.epsilon, policy.budget.delta),
+                      keys=keys, ledger=book, params={"command": "curve", "grid": [str(e) for e in grid],
+                                                      "repeats": repeats, "unit": rows.unit})
+
+    def train_at(eps: float, run_seed: int) -> tuple[Any, Callable[[Any], np.ndarray]]:
+        config = config_for(req, None if math.isinf(eps) else eps, seed=run_seed)
+        result = fit_rows(encoder, df_train, y[train_idx], config)
+        return result, predictor(result, encoder)
+
+    points = utility_curve.compute_curve(train_at, df_test, y[test_idx], grid, repeats, req.seed, tick)
+    privacy_cost = {"epsilon": spend, "delta": req.delta * finite, "unit": rows.unit} if finite else None
+    params = {"label": req.label, "model": req.model, "grid": [str(e) for e in grid], "delta": req.delta,
+              "epochs": req.epochs, "repeats": repeats, "seed": req.seed, "rows": rows.as_record(),
+              "released_without_dp": not_dp}
+    paths = _publish(req, points, book, params, privacy_cost)
+    return Curve(rows=points, paths=paths, charged_epsilon=spend, not_dp=not_dp)
+
+
+def _publish(req: TrainRequest, points: list[dict[str, Any]], book: Ledger, params: dict[str, Any],
+             privacy_cost: dict[str, Any] | None) -> dict[str, Path]:
+    """Write the curve files into a staging directory, record them, then move them into --out."""
+    import os
+    import shutil
+    import tempfile
+
+    from privmodel import utility_curve
+    from privmodel.audit import artifact
+    from privmodel.fileio import ensure_output_dir
+
+    out = ensure_output_dir(req.out)
+    staging = Path(tempfile.mkdtemp(prefix=".curve.", dir=out))
+    try:
+        staged = utility_curve.write_curve(points, staging, title=f"{req.model} for {req.label}")
+        targets = {kind: out / path.name for kind, path in staged.items()}
+        existing = [str(t) for t in targets.values() if t.exists()]
+        if existing:
+            raise InputError(f"{existing[0]}: already exists; refusing to overwrite")
+        book.append("model.curve", inputs=[artifact(req.data), artifact(req.policy)],
+                    outputs=[artifact(p, p.name) for p in staged.values()], params=params, privacy_cost=privacy_cost)
+        for kind, path in staged.items():
+            os.rename(path, targets[kind])
+        return targets
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

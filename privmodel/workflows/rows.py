@@ -1,0 +1,132 @@
+"""The rows a model path may read, and what one of its privacy units is.
+
+Every path that trains, curves or scores on customer rows (CLI, demo, estimator, federated partner)
+calls `model_rows`: it is the one place where the policy's consent and purpose rules apply to the
+MODEL path. Two kinds of input are accepted:
+
+- raw customer rows: run through `anonymize.pipeline.minimise` (validate, quality, consent and
+  purpose filter, identifiers dropped or keyed, fixed recodings only). The customer is the unit of
+  privacy: DP-SGD on these rows gives ε per customer.
+- an anonymize release (recognised by the `report.json` the release path writes beside it, for the
+  same policy and row count): consent was applied when the release was made, but the release's
+  generalization was chosen from the data (Mondrian / lattice search), so removing one customer can
+  change other released rows. DP-SGD on it protects release rows, not customers, and the card says so.
+
+A raw table without the consent column a policy requires is refused: consent cannot be checked.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from anonymize.errors import InputError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+
+    from anonymize.policy import Policy
+
+UNIT_CUSTOMER = "customer"
+UNIT_RELEASE_ROW = "release row"
+
+
+@dataclass(frozen=True)
+class ReleaseSource:
+    """An anonymize release a model was trained on (named on the card)."""
+
+    name: str
+    k: int | None
+    algorithm: str | None
+
+
+@dataclass
+class ModelRows:
+    """Rows a model path may use, the unit of privacy they give, and what was removed (by reason)."""
+
+    frame: pd.DataFrame
+    unit: str
+    rows_in: int
+    positions: np.ndarray  # 0-based row of the input file each kept row came from
+    removed: dict[str, int] = field(default_factory=dict)
+    release: ReleaseSource | None = None
+
+    @property
+    def guarantee(self) -> str:
+        """One sentence for the first lines of a card: what ε is per."""
+        if self.release is None:
+            return ("ε is per customer: the model was trained on the customers' own rows after the policy's "
+                    "consent filter and data minimisation, with no data-dependent generalization.")
+        k = "unknown" if self.release.k is None else str(self.release.k)
+        return (f"ε is per RELEASE ROW, not per customer: the model was trained on the anonymize release "
+                f"{self.release.name} (k = {k}, {self.release.algorithm or 'unknown algorithm'}), whose "
+                "generalization was chosen from the data; this is not a per-customer guarantee.")
+
+    def as_record(self) -> dict[str, object]:
+        """JSON-ready counts for the card and the ledger (numbers and names only)."""
+        return {"unit": self.unit, "rows_in": self.rows_in, "rows_used": int(len(self.frame)),
+                "removed": dict(self.removed),
+                "release": None if self.release is None else {"name": self.release.name, "k": self.release.k,
+                                                              "algorithm": self.release.algorithm}}
+
+
+def text_columns(policy: Policy) -> list[str]:
+    """Columns read as text from CSV (zip codes and ids keep their leading zeros)."""
+    return [name for name, col in policy.columns.items() if col.type in ("string", "categorical")]
+
+
+def release_beside(path: Path, rows: int, policy: Policy) -> ReleaseSource | None:
+    """The release that `path` is, when the release path's report.json beside it says so."""
+    from anonymize.report import REPORT_FORMAT
+
+    report_path = path.parent / "report.json"
+    if not report_path.is_file():
+        return None
+    try:
+        report = json.loads(report_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(report, dict) or report.get("format") != REPORT_FORMAT:
+        return None
+    released = (report.get("rows") or {}).get("released")
+    if released != rows or (report.get("policy") or {}).get("name") != policy.name:
+        return None
+    privacy = report.get("privacy") or {}
+    k = (privacy.get("achieved") or {}).get("k")
+    return ReleaseSource(name=path.name, k=k if isinstance(k, int) else None,
+                         algorithm=privacy.get("algorithm") if isinstance(privacy.get("algorithm"), str) else None)
+
+
+def model_rows(path: Path, policy: Policy, keys: Path | None) -> ModelRows:
+    """Read `path` and return the rows a model may use under `policy` (see the module docstring)."""
+    from privmodel.fileio import read_table
+
+    frame = read_table(path, text_columns=text_columns(policy))
+    release = release_beside(path, len(frame), policy)
+    if release is not None:
+        import numpy as np
+
+        return ModelRows(frame=frame, unit=UNIT_RELEASE_ROW, rows_in=int(len(frame)),
+                         positions=np.arange(len(frame)), release=release)
+    return minimised_rows(frame, policy, keys, source=str(path))
+
+
+def minimised_rows(frame: pd.DataFrame, policy: Policy, keys: Path | None, *, source: str,
+                   partner: str | None = None) -> ModelRows:
+    """Raw customer rows through the policy's consent filter and minimisation (one function for all paths)."""
+    from anonymize.pipeline import minimise
+    from privmodel.keys import ensure_keys, load_pseudonym_secret
+
+    consent = policy.purpose.consent
+    if consent is not None and consent not in frame.columns:
+        raise InputError(f"{source}: consent column {consent} is missing; purpose {policy.purpose.name!r} needs it "
+                         "to remove customers without consent (or train on an anonymize release)")
+    secret = load_pseudonym_secret(ensure_keys(keys))
+    result = minimise(frame, policy, secret, source=source, partner=partner)
+    # validate() numbers the rows 1..n (the file's data rows) and later steps keep that index
+    positions = result.data.index.to_numpy(dtype="int64") - 1
+    return ModelRows(frame=result.data.reset_index(drop=True), unit=UNIT_CUSTOMER, rows_in=int(result.rows_in),
+                     positions=positions, removed={k: int(v) for k, v in result.removed.items()})

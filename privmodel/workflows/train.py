@@ -1,0 +1,384 @@
+"""Train and release a DP propensity model: the one owner of "train", called by the CLI and the demo.
+
+Order of a run (each rule in one place):
+1. rows     - `rows.model_rows`: consent and purpose filter, minimisation; the unit of privacy
+2. budget   - `budget.charge` of the TARGET ε (or the whole search) before any training: a run that
+              would pass the organisation's cap for this dataset never touches the data
+3. training - `privmodel.training.fit` (secret DP noise), optional private hyper-parameter search
+4. evidence - held-out metrics; the non-private baseline and the membership-inference audit only
+              when asked (`baseline=True`, `mia=True`); every figure not covered by ε is listed
+              on the card under "released without differential privacy"
+5. publish  - the model directory is staged, the ledger entry written, then the directory renamed
+              into place: a failure leaves nothing behind and nothing unrecorded
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from anonymize.errors import InputError
+from privmodel.workflows import prepare as prep
+from privmodel.workflows.rows import ModelRows, model_rows
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from anonymize.policy import Policy
+    from privmodel.audit import Ledger
+    from privmodel.features import TabularEncoder
+    from privmodel.training import FitResult, TrainConfig
+    from privmodel.tuning import Selection
+
+#: advance(done, description): progress through the phases of a run (fractional `done` allowed)
+Progress = Callable[[float, str], None]
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    """Everything a training run is asked to do. These defaults are THE defaults (CLI, demo, API)."""
+
+    data: Path
+    label: str
+    policy: Path
+    out: Path
+    epsilon: float = 1.0
+    delta: float = 1e-6
+    model: str = "logreg"
+    epochs: int = 10
+    batch_size: int = 256
+    lr: float = 0.1
+    clip: float = 1.0
+    clipping: str = "flat"
+    accountant: str = "prv"
+    seed: int = 0
+    test_size: float = 0.25
+    baseline: bool = False
+    mia: bool = False
+    tune: Mapping[str, list[float]] = field(default_factory=dict)
+
+
+@dataclass
+class TrainOutcome:
+    """What the CLI prints."""
+
+    epsilon: float
+    roc_auc: float | None
+    spent_epsilon: float
+    spent_delta: float
+    rows: dict[str, Any]
+
+
+def check_request(req: TrainRequest) -> None:
+    """Arguments alone: refuse before reading anything."""
+    check_privacy_args(req.epsilon, req.delta)
+    if req.model not in ("logreg", "mlp"):
+        raise InputError("--model must be logreg or mlp")
+    if req.out.exists():
+        raise InputError(f"{req.out}: model directory already exists; refusing to overwrite")
+    if not _parent(req.out).is_dir():
+        raise InputError(f"{_parent(req.out)}: output directory does not exist")
+    if not req.data.is_file():
+        raise InputError(f"{req.data}: no such file")
+
+
+def check_privacy_args(epsilon: float, delta: float) -> None:
+    if not (epsilon > 0) or not np.isfinite(epsilon):
+        raise InputError("--epsilon must be a positive finite number")
+    if not 0.0 < delta < 1.0:
+        raise InputError("--delta must be in (0, 1)")
+
+
+def _parent(path: Path) -> Path:
+    return path.parent if str(path.parent) else Path(".")
+
+
+def config_for(req: TrainRequest, epsilon: float | None, *, seed: int | None = None, lr: float | None = None,
+               clip: float | None = None) -> TrainConfig:
+    """A TrainConfig for this request; epsilon None = the non-private baseline (no clipping, no noise)."""
+    from pydantic import ValidationError
+
+    from privmodel.training import TrainConfig
+
+    fields = {"model": req.model, "epochs": req.epochs, "batch_size": req.batch_size,
+              "lr": req.lr if lr is None else lr, "max_grad_norm": req.clip if clip is None else clip,
+              "clipping": req.clipping, "accountant": req.accountant, "seed": req.seed if seed is None else seed,
+              "delta": req.delta, "epsilon": epsilon}
+    try:
+        return TrainConfig(**fields)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "config"
+        raise InputError(f"--{where.replace('_', '-')}: {err['msg']}") from None
+
+
+def fit_rows(encoder: TabularEncoder, frame: pd.DataFrame, y: np.ndarray, config: TrainConfig,
+             on_step: Callable[[int, int], None] | None = None) -> FitResult:
+    from privmodel.training import fit
+
+    return fit(encoder.transform(frame), y, config, on_step=on_step)
+
+
+def predictor(result: FitResult, encoder: TabularEncoder) -> Callable[[pd.DataFrame], np.ndarray]:
+    """predict_proba on a DataFrame for a FitResult that is not saved yet."""
+    return lambda df: np.asarray(result.predict_proba(encoder.transform(df)), dtype=float)
+
+
+def train(req: TrainRequest, book: Ledger, keys: Path | None, advance: Progress | None = None) -> TrainOutcome:
+    """Run the whole training workflow; records a failed `model.train` entry when it fails."""
+    from privmodel.audit import artifact
+
+    check_request(req)
+    inputs = [artifact(req.data), artifact(req.policy)]
+    try:
+        return _train(req, book, keys, advance or (lambda _d, _s: None), inputs)
+    except Exception as exc:
+        record_failure(book, "model.train", inputs, _params(req), exc)
+        raise
+
+
+def record_failure(book: Ledger, action: str, inputs: list, params: dict, exc: Exception) -> None:
+    """A failed step in the ledger: an InputError's one line, else only the error's type (never data)."""
+    reason = str(exc).splitlines()[0] if isinstance(exc, InputError) and str(exc) else f"internal error ({type(exc).__name__})"
+    book.append(action, inputs=inputs, params=params, outcome="failed", reason=reason)
+
+
+def _params(req: TrainRequest) -> dict[str, Any]:
+    return {"label": req.label, "model": req.model, "epsilon": req.epsilon, "delta": req.delta,
+            "epochs": req.epochs, "batch_size": req.batch_size, "lr": req.lr, "max_grad_norm": req.clip,
+            "clipping": req.clipping, "accountant": req.accountant, "seed": req.seed, "test_size": req.test_size,
+            "baseline": req.baseline, "mia": req.mia, "out": req.out.name}
+
+
+def load_policy_with_cap(path: Path) -> Policy:
+    from anonymize.policy import load_policy
+
+    policy = load_policy(path)
+    if policy.budget is None:
+        raise InputError(f"{path}: the policy declares no budget cap (budget: {{epsilon, delta}}); DP training needs one")
+    return policy
+
+
+def _train(req: TrainRequest, book: Ledger, keys: Path | None, advance: Progress, inputs: list) -> TrainOutcome:
+    from privmodel import budget
+
+    policy = load_policy_with_cap(req.policy)
+    rows = model_rows(req.data, policy, keys)
+    ready = prep.prepare(rows.frame, policy, req.label, str(req.data))
+    train_idx, test_idx = prep.split(ready.y, req.test_size, req.seed)
+    prep.check_delta(req.delta, int(train_idx.size))
+    dataset = budget.dataset_of(policy, req.data, keys)
+    charge = budget.charge(dataset, req.epsilon, req.delta, budget.Cap(policy.budget.epsilon, policy.budget.delta),
+                           keys=keys, ledger=book,
+                           params={"command": "train", "target_epsilon": req.epsilon, "out": req.out.name,
+                                   "unit": rows.unit})
+    evidence = _fit_and_measure(req, ready, train_idx, test_idx, policy, advance)
+    the_card = _card(req, policy, rows, ready, train_idx, test_idx, evidence, charge.as_dict(), dataset)
+    _publish(req, book, inputs, ready.encoder, evidence, the_card, policy, dataset, rows)
+    auc = evidence.private_metrics["roc_auc"]
+    return TrainOutcome(epsilon=req.epsilon, roc_auc=auc, spent_epsilon=charge.spent_after.epsilon,
+                        spent_delta=charge.spent_after.delta, rows=rows.as_record())
+
+
+@dataclass
+class Evidence:
+    """What training produced: the model, the held-out figures, and the opt-in non-DP figures."""
+
+    fit: FitResult
+    private_metrics: dict[str, Any]
+    baseline_metrics: dict[str, Any] | None
+    comparison: dict[str, Any]
+    mia: dict[str, Any] | None
+    selection: Selection | None
+    lr: float
+    clip: float
+
+
+def _fit_and_measure(req: TrainRequest, ready: prep.Prepared, train_idx: np.ndarray, test_idx: np.ndarray,
+                     policy: Policy, advance: Progress) -> Evidence:
+    from privmodel import metrics
+
+    frame, y, encoder = ready.frame, ready.y, ready.encoder
+    df_train, df_test = frame.iloc[train_idx].reset_index(drop=True), frame.iloc[test_idx].reset_index(drop=True)
+    y_train, y_test = y[train_idx], y[test_idx]
+    selection, lr, clip = None, req.lr, req.clip
+    members, y_members = df_train, y_train  # the rows the released model was trained on
+    if req.tune:
+        selection, fit_pos = tune(req, encoder, df_train, y_train)
+        result = selection.fit
+        members, y_members = df_train.iloc[fit_pos].reset_index(drop=True), y_train[fit_pos]
+        lr, clip = selection.best_params.get("lr", lr), selection.best_params.get("clip", clip)
+    else:
+        result = fit_rows(encoder, df_train, y_train, config_for(req, req.epsilon), on_step=_steps(advance, 0, "private model"))
+    advance(1, "private model trained")
+    groups = prep.groups(df_test, policy)
+    private_metrics = metrics.evaluate(y_test, predictor(result, encoder)(df_test), groups)
+    baseline_metrics = None
+    baseline_config = config_for(req, None, lr=lr, clip=clip)
+    if req.baseline:
+        base = fit_rows(encoder, df_train, y_train, baseline_config, on_step=_steps(advance, 1, "non-private baseline"))
+        baseline_metrics = metrics.evaluate(y_test, predictor(base, encoder)(df_test), groups)
+        advance(2, "baseline trained")
+    audit = None
+    if req.mia:
+        audit = membership_audit(encoder, predictor(result, encoder), members, y_members, df_test, y_test,
+                                 baseline_config, req.delta, req.epsilon, req.seed)
+        advance(1 + int(req.baseline) + 1, "membership audit done")
+    return Evidence(fit=result, private_metrics=private_metrics, baseline_metrics=baseline_metrics,
+                    comparison=metrics.compare(private_metrics, baseline_metrics), mia=audit, selection=selection,
+                    lr=lr, clip=clip)
+
+
+def _steps(advance: Progress, phase: int, label: str) -> Callable[[int, int], None]:
+    """on_step for training.fit: moves the bar through `phase` and names the step."""
+    return lambda done, total: advance(phase + done / total, f"{label}: step {done}/{total}")
+
+
+def not_dp_figures(rows: ModelRows, evidence: Evidence) -> list[dict[str, str]]:
+    """Every figure on the card computed from private rows without DP, named (the card lists them)."""
+    source_rows = "the customers' rows" if rows.release is None else f"the release {rows.release.name}"
+    items = [
+        {"figure": "row counts (rows read, rows removed by the consent filter, training and held-out rows)",
+         "source": source_rows},
+        {"figure": "held-out metrics of the private model (ROC-AUC, PR-AUC, Brier, log-loss, ECE, lift, ROC and "
+                   "reliability curves, fairness rates and gaps)",
+         "source": "the held-out split (rows not trained on, but private)"},
+    ]
+    if evidence.baseline_metrics is not None:
+        items.append({"figure": "non-private baseline metrics and fairness (opt-in: --baseline)",
+                      "source": "a model trained WITHOUT DP on the training rows, measured on the held-out split"})
+    if evidence.mia is not None:
+        items.append({"figure": "membership-inference audit statistics (opt-in: --mia)",
+                      "source": "the training rows and half of the held-out split"})
+    return items
+
+
+def _card(req: TrainRequest, policy: Policy, rows: ModelRows, ready: prep.Prepared, train_idx: np.ndarray,
+          test_idx: np.ndarray, ev: Evidence, charge: dict[str, Any], dataset: str) -> dict[str, Any]:
+    from privmodel import card
+    from privmodel.fileio import sha256_file
+
+    features = card.feature_statements(policy, list(ready.encoder.columns))
+    the_card = card.build_card(
+        model_type=req.model, label=req.label, features=features,
+        data={"file": req.data.name, "sha256": sha256_file(req.data), "dataset": dataset, "policy": req.policy.name,
+              "policy_sha256": sha256_file(req.policy), "policy_name": policy.name, "purpose": policy.purpose.name,
+              "unit_of_privacy": rows.unit, "rows_read": rows.rows_in,
+              "rows_removed_consent": int(sum(rows.removed.values())), "rows": int(len(ready.frame)),
+              "training_rows": int(train_idx.size), "held_out_rows": int(test_idx.size),
+              **({"release": rows.release.name, "release_k": rows.release.k} if rows.release else {})},
+        privacy=ev.fit.privacy,
+        training={"epochs": req.epochs, "batch_size": req.batch_size, "lr": ev.lr, "seed": req.seed,
+                  "test_size": req.test_size, "split": "stratified, seeded (the seed governs only the split and "
+                                                        "weight initialisation, never DP noise)"},
+        metrics=ev.private_metrics, baseline_metrics=ev.baseline_metrics, comparison=ev.comparison, mia=ev.mia,
+        public_categories=prep.public_categories(policy), epsilon_history=ev.fit.epsilon_history,
+        selection=ev.selection.card_entry() if ev.selection else None,
+        budget=charge, guarantee=rows.guarantee, released_without_dp=not_dp_figures(rows, ev),
+    )
+    # what the budget was charged before training: the target (the accountant's figure for the run is in privacy)
+    the_card["total_privacy_cost"] = {"epsilon": req.epsilon, "delta": req.delta}
+    identifier_cols = [c for c in policy.with_role("identifier", "sensitive", "drop") if c in ready.frame.columns]
+    card.check_no_raw_values(card.render_markdown(the_card) + json.dumps(the_card), ready.frame, identifier_cols)
+    return the_card
+
+
+def _publish(req: TrainRequest, book: Ledger, inputs: list, encoder: TabularEncoder, ev: Evidence,
+             the_card: dict[str, Any], policy: Policy, dataset: str, rows: ModelRows) -> None:
+    """Stage the model directory, write the ledger entry, then rename into place (all or nothing)."""
+    from privmodel import card
+    from privmodel.audit import artifact
+    from privmodel.fileio import atomic_write_bytes, atomic_write_text, sha256_file
+    from privmodel.persist import save_model
+    from privmodel.workflows.score import POLICY_COPY
+
+    meta = {"label": req.label, "identifiers": {n: {"method": c.method, "length": c.length}
+                                                for n, c in policy.columns.items() if c.role == "identifier"},
+            "fairness_groups": list(policy.fairness_groups), "public_categories": prep.public_categories(policy),
+            "purpose": policy.purpose.name, "consent_column": policy.purpose.consent,
+            "policy_sha256": sha256_file(req.policy), "dataset": dataset}
+    staging = Path(tempfile.mkdtemp(prefix=f".{req.out.name}.", dir=_parent(req.out)))
+    try:
+        model_path = staging / req.out.name
+        save_model(model_path, ev.fit, encoder, {"card": card.CARD_JSON, **meta})
+        card.write_card(model_path, the_card)
+        atomic_write_bytes(model_path / POLICY_COPY, req.policy.read_bytes())  # what `score` filters consent by
+        atomic_write_text(model_path / "metrics.json", json.dumps(card._clean(
+            {"private": ev.private_metrics, "baseline": ev.baseline_metrics, "comparison": ev.comparison,
+             "membership_inference": ev.mia}), indent=2, allow_nan=False) + "\n")
+        outputs = [artifact(p, f"{req.out.name}/{p.name}") for p in sorted(model_path.iterdir()) if p.is_file()]
+        privacy = ev.fit.privacy
+        book.append(
+            "model.train", inputs=inputs, outputs=outputs,
+            params={**_params(req), "lr": ev.lr, "max_grad_norm": ev.clip,
+                    "noise_multiplier": privacy["noise_multiplier"], "steps": privacy["steps"],
+                    "sample_rate": privacy["sample_rate"], "rows": rows.as_record(), "dataset": dataset},
+            privacy_cost={"epsilon": req.epsilon, "delta": req.delta, "accountant": req.accountant,
+                          "accountant_epsilon": privacy["epsilon"], "unit": rows.unit,
+                          "selection": ev.selection.card_entry()["method"] if ev.selection else "fixed"},
+        )
+        try:
+            os.rename(model_path, req.out)  # atomic; refuses if a directory appeared meanwhile
+        except OSError:
+            raise InputError(f"{req.out}: model directory appeared while training; refusing to overwrite") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def tune(req: TrainRequest, encoder: TabularEncoder, df_train: pd.DataFrame,
+         y_train: np.ndarray) -> tuple[Selection, np.ndarray]:
+    """Private hyper-parameter search (privmodel.tuning): trials train on 80 % of the training rows and
+    are scored privately on the other 20 % (a seeded permutation of positions: data-independent)."""
+    from privmodel import tuning
+
+    rng = np.random.default_rng(req.seed + 31)
+    perm = rng.permutation(len(y_train))
+    n_val = max(2, len(perm) // 5)
+    val_pos, fit_pos = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+    df_fit, y_fit = df_train.iloc[fit_pos].reset_index(drop=True), y_train[fit_pos]
+    df_val, y_val = df_train.iloc[val_pos].reset_index(drop=True), y_train[val_pos]
+    if np.unique(y_fit).size < 2:
+        raise InputError("--tune: the tuning split leaves a single class; use more rows")
+
+    def trainer(params: Mapping[str, Any], eps: float, dlt: float, trial_seed: int) -> tuple[Any, Any]:
+        config = config_for(req, eps, seed=trial_seed, lr=params.get("lr"), clip=params.get("clip"))
+        config = config.model_copy(update={"delta": dlt})
+        result = fit_rows(encoder, df_fit, y_fit, config)
+        return result, predictor(result, encoder)
+
+    selection = tuning.select(tuning.grid(dict(req.tune)), trainer, df_val, y_val, epsilon=req.epsilon,
+                              delta=req.delta, seed=req.seed)
+    return selection, fit_pos
+
+
+def membership_audit(encoder: TabularEncoder, predict: Callable[[pd.DataFrame], np.ndarray], df_train: pd.DataFrame,
+                     y_train: np.ndarray, df_test: pd.DataFrame, y_test: np.ndarray, baseline_config: TrainConfig,
+                     delta: float, epsilon: float, seed: int) -> dict[str, Any]:
+    """Members = training rows; non-members = half the held-out rows; the other half trains the
+    non-private reference models of the calibrated attack (disjoint from every audited row)."""
+    from privmodel import mia
+
+    rng = np.random.default_rng(seed + 17)
+    order = rng.permutation(len(y_test))
+    audit_idx, pool_idx = np.sort(order[: len(order) // 2]), np.sort(order[len(order) // 2:])
+    nonmembers, y_non = df_test.iloc[audit_idx].reset_index(drop=True), y_test[audit_idx]
+    pool = (df_test.iloc[pool_idx].reset_index(drop=True), y_test[pool_idx])
+
+    def reference_fit(rows: pd.DataFrame, labels: np.ndarray, ref_seed: int) -> Callable[[pd.DataFrame], np.ndarray]:
+        config = baseline_config.model_copy(update={"seed": ref_seed})
+        return predictor(fit_rows(encoder, rows, labels, config), encoder)
+
+    can_calibrate = len(pool_idx) >= 8 and np.unique(pool[1]).size == 2
+    return mia.audit_model(
+        predict, df_train, y_train, nonmembers, y_non, delta=delta,
+        reference_fit=reference_fit if can_calibrate else None, reference_pool=pool if can_calibrate else None,
+        n_reference=2, seed=seed, epsilon_guarantee=epsilon,
+    )
