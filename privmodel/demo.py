@@ -114,7 +114,7 @@ def run_demo(settings: DemoSettings, step: Callable[[str], None]) -> DemoResult:
             "--seed", settings.seed)
 
     step("verifying every ledger and writing the HTML report")
-    trust = [arg for actor in (COORDINATOR, *partners) for arg in ("--trust", out / "keys" / actor)]
+    trust = [arg for keys_dir in demo_key_dirs(out) for arg in ("--trust", keys_dir)]
     command("report", out, "--out", out / "report.html", *trust)
     result = DemoResult(out=out, seconds=time.perf_counter() - started)
     result.headline, result.ledgers_ok = headline(out, partners)
@@ -142,6 +142,14 @@ def central_model(settings: DemoSettings, pooled: Path, policy: Path, central: P
     curve.curve(curve_req, [0.25, 0.5, 1.0, float("inf")], 1, book, keys)
 
 
+def demo_key_dirs(out: Path) -> list[Path]:
+    """Every organisation's key directory this demo made (its own, and the federated simulation's):
+    the trust anchors its report verifies the ledgers against."""
+    from privmodel.keys import PUBLIC_KEY
+
+    return sorted(p.parent for p in out.rglob(PUBLIC_KEY))
+
+
 def command(*args: object) -> None:
     """Run one `privmodel` command in-process; its InputError propagates like any failure."""
     import typer
@@ -157,7 +165,7 @@ def pool_releases(releases: list[Path], target: Path, ledger_path: Path, keys: P
 
     from privmodel.audit import artifact
     from privmodel.commands.common import open_ledger
-    from privmodel.fileio import write_table
+    from privmodel.fileio import atomic_write_text, write_table
 
     frames = [pd.read_parquet(p).assign(partner=i) for i, p in enumerate(releases)]
     pooled = pd.concat(frames, ignore_index=True)
@@ -165,7 +173,8 @@ def pool_releases(releases: list[Path], target: Path, ledger_path: Path, keys: P
     # the pooled table is a release (consent applied, generalized): say so as the release path does,
     # so a model trained on it states that its ε is per release row
     reports = [json.loads((p.parent / "report.json").read_text()) for p in releases]
-    (target.parent / "report.json").write_text(json.dumps({
+    report = target.parent / "report.json"
+    atomic_write_text(report, json.dumps({
         "format": reports[0]["format"], "policy": reports[0]["policy"],
         "rows": {"input": sum(r["rows"]["input"] for r in reports), "released": int(len(pooled))},
         "privacy": {"algorithm": reports[0]["privacy"].get("algorithm"),
@@ -173,7 +182,7 @@ def pool_releases(releases: list[Path], target: Path, ledger_path: Path, keys: P
         "pooled_from": [p.parent.parent.name for p in releases]}, indent=2) + "\n")
     open_ledger(ledger_path, target.parent, keys).append(
         "release.pool", inputs=[artifact(p, f"{p.parent.parent.name}/{p.name}") for p in releases],
-        outputs=[artifact(target)], params={"releases": len(releases)},
+        outputs=[artifact(target), artifact(report)], params={"releases": len(releases)},
     )
     return target
 
@@ -182,7 +191,7 @@ def headline(out: Path, partners: list[str]) -> tuple[dict[str, Any], bool]:
     """The figures the demo prints, read back from the artifacts it wrote."""
     from privmodel.report.evidence import collect, load_trusted_keys
 
-    evidence = collect(out, load_trusted_keys([out / "keys" / actor for actor in (COORDINATOR, *partners)]))
+    evidence = collect(out, load_trusted_keys(demo_key_dirs(out)))
     figures: dict[str, Any] = {"partners": {}}
     for partner in partners:
         report = json.loads((out / "partners" / partner / "release" / "report.json").read_text())

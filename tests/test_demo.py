@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from privmodel.audit import verify
+from privmodel.demo import demo_key_dirs
 from privmodel.keys import load_public_key
 from tests.conftest import run_cli
 
@@ -16,7 +17,7 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-2000:]
     ledgers = sorted(out.rglob("ledger.jsonl"))
     assert {p.parent.name for p in ledgers} >= {"central", "partner_0", "partner_1", "partner_2"}
-    trusted = [load_public_key(d) for d in sorted((out / "keys").iterdir())]
+    trusted = [load_public_key(d) for d in demo_key_dirs(out)]
     assert all(verify(p, trusted).ok for p in ledgers)
     for i in range(3):
         report = json.loads((out / "partners" / f"partner_{i}" / "release" / "report.json").read_text())

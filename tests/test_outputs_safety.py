@@ -492,3 +492,20 @@ def test_directory_targets_are_staged_whole_and_never_replaced(tmp_path) -> None
     with pytest.raises(InputError, match="cannot live inside the output directory"), \
             outputs([fresh], dirs=[fresh], ledger=fresh / "ledger.jsonl"):
         pytest.fail("the block must not run")
+
+
+def test_a_fifo_as_ledger_or_output_is_refused_not_waited_on(release, tmp_path) -> None:
+    from tests.conftest import run_cli
+
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    before = snapshot(tmp_path)
+    runs = [
+        ("synth", "--customers", "20", "--out", tmp_path / "o", "--ledger", pipe, "--keys", release["keys"]),
+        ("reidentify", release["out"] / "release.parquet", "--column", "national_id", "--keys", release["keys"],
+         "--policy", POLICY, "--out", tmp_path / "ids.csv", "--ledger", pipe),
+    ]
+    for args in runs:
+        done = run_cli(*map(str, args), timeout=60)  # a read of the FIFO would block: TimeoutExpired fails
+        assert done.returncode == 2 and done.stderr.strip() == f"error: {pipe}: is not a regular file, not a ledger file"
+    assert snapshot(tmp_path) == before

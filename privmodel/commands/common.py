@@ -33,15 +33,15 @@ def known_ledger(ledger: Path | None, out_dir: Path, inputs: Sequence[Path | Non
     """Where a failure may be recorded: the ledger named, or one already in the output directory.
 
     None when there is none yet (a bad-input run into a fresh directory leaves nothing behind), when
-    it is a directory, or when it is one of the run's inputs (never append ledger lines to user data).
+    it is not a regular file, or when it is one of the run's inputs (never append lines to user data).
     """
     from privmodel.fileio import same_file
 
     known = ledger_path(ledger, out_dir)
     if ledger is None and not known.is_file():
         return None
-    if known.is_dir() or any(same_file(known, p) for p in inputs if p is not None):
-        return None
+    if (known.exists() and not known.is_file()) or any(same_file(known, p) for p in inputs if p is not None):
+        return None  # a directory, a FIFO or a device is no ledger (reading a FIFO would hang)
     return known
 
 

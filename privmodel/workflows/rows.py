@@ -126,7 +126,5 @@ def minimised_rows(frame: pd.DataFrame, policy: Policy, keys: Path | None, *, so
                          "to remove customers without consent (or train on an anonymize release)")
     secret = load_pseudonym_secret(ensure_keys(keys))
     result = minimise(frame, policy, secret, source=source, partner=partner)
-    # validate() numbers the rows 1..n (the file's data rows) and later steps keep that index
-    positions = result.data.index.to_numpy(dtype="int64") - 1
     return ModelRows(frame=result.data.reset_index(drop=True), unit=UNIT_CUSTOMER, rows_in=int(result.rows_in),
-                     positions=positions, removed={k: int(v) for k, v in result.removed.items()})
+                     positions=result.positions, removed={k: int(v) for k, v in result.removed.items()})
