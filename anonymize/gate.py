@@ -20,14 +20,31 @@ report (`report["gate"]`), so a reader sees what was verified, not just that som
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, TypedDict
 
 from anonymize.errors import InputError
 from anonymize.spec import PrivacyModel
 
+if TYPE_CHECKING:
+    from anonymize.measures import PrivacyMeasures
+
 _EPS = 1e-12  # the same tolerance the criteria use (models/*)
+
+
+class CheckRecord(TypedDict):
+    criterion: str
+    required: str
+    achieved: str
+    passed: bool
+
+
+class GateRecord(TypedDict):
+    """The gate's part of the release report: every check, all passed (else nothing is written)."""
+
+    passed: bool
+    checks: list[CheckRecord]
 
 
 @dataclass(frozen=True)
@@ -39,7 +56,7 @@ class Check:
     achieved: str
     passed: bool
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> CheckRecord:
         return {"criterion": self.criterion, "required": self.required, "achieved": self.achieved, "passed": self.passed}
 
 
@@ -54,7 +71,7 @@ def _num(value: float, bound: float | None = None) -> str:
     return f"{value:.{digits}g}"
 
 
-def privacy_checks(privacy: PrivacyModel, achieved: Mapping[str, Any], sensitive: Sequence[str]) -> list[Check]:
+def privacy_checks(privacy: PrivacyModel, achieved: PrivacyMeasures, sensitive: Sequence[str]) -> list[Check]:
     """k, l and t of `privacy` against `achieved` (the dict `privacy_measures` returns)."""
     checks = [
         Check("k-anonymity", f">= {privacy.k}", str(achieved["k"]), int(achieved["k"]) >= privacy.k),
@@ -106,7 +123,7 @@ def token_check(column: str, colliding_released: int, length_bits: int) -> Check
     )
 
 
-def enforce(checks: Sequence[Check]) -> dict[str, Any]:
+def enforce(checks: Sequence[Check]) -> GateRecord:
     """Raise on the first failed check; else the gate record for the report."""
     for check in checks:
         if not check.passed:

@@ -96,8 +96,8 @@ def generalize(
         if res is None:
             raise InputError(_unsatisfiable(privacy))
         data = df.loc[res.kept].copy()
-        for col, labels in zip(names, res.labels, strict=True):
-            data[col] = pd.Series(labels, index=data.index, dtype=object).astype(str)
+        for col, kept_labels in zip(names, res.labels, strict=True):
+            data[col] = pd.Series(kept_labels, index=data.index, dtype=object).astype(str)
         return Generalized(
             data=data,
             suppressed=res.suppressed,

@@ -26,6 +26,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -160,7 +161,8 @@ class NumericDomain:
         """Number of generalization levels above the raw value (the last one is '*')."""
         return len(self._level_defs()) + 1
 
-    def _level_defs(self) -> list:
+    def _level_defs(self) -> list[float | str]:
+        """Interval widths (numbers) or date level names, finest first."""
         if isinstance(self.spec, IntervalsHierarchy | DateHierarchy):
             return list(self.spec.widths if isinstance(self.spec, IntervalsHierarchy) else self.spec.levels)
         return []
@@ -191,16 +193,26 @@ class NumericDomain:
             return LevelTable(np.zeros(n, dtype=np.int64), [SUPPRESSED], np.ones(1))
         d = defs[level - 1]
         if self.is_date:
-            keys, _ = _date_bucket(self.values.astype(np.int64), d)
-            uniq, gen = np.unique(keys, return_inverse=True)
-            labels = [_date_bucket_label(int(u), d) for u in uniq]
-            bounds = [date_label_bounds(s) for s in labels]
-            ncp = np.array([min(b[1] - b[0], span) / span if span > 0 else 0.0 for b in bounds])
-            return LevelTable(gen.astype(np.int64), labels, ncp)
-        origin = self.spec.origin  # type: ignore[union-attr]
+            return self._date_level(str(d), span)
+        return self._interval_level(float(d), span)
+
+    def _date_level(self, level_name: str, span: float) -> LevelTable:
+        """Calendar buckets (month, quarter, year, decade) of the day numbers."""
+        keys, _ = _date_bucket(self.values.astype(np.int64), level_name)
+        uniq, gen = np.unique(keys, return_inverse=True)
+        labels = [_date_bucket_label(int(u), level_name) for u in uniq]
+        # labels built by _date_bucket_label always parse back into bounds
+        bounds = [cast("tuple[int, int]", date_label_bounds(s)) for s in labels]
+        ncp = np.array([min(b[1] - b[0], span) / span if span > 0 else 0.0 for b in bounds])
+        return LevelTable(gen.astype(np.int64), labels, ncp)
+
+    def _interval_level(self, d: float, span: float) -> LevelTable:
+        """Fixed-width bins from the hierarchy's origin."""
+        origin = cast(IntervalsHierarchy, self.spec).origin  # widths come only from an intervals spec
         bins = np.floor((self.values - origin) / d).astype(np.int64)
         uniq, gen = np.unique(bins, return_inverse=True)
-        labels, ncp = [], []
+        labels: list[str] = []
+        ncp: list[float] = []
         integer_bins = self.integer and float(d).is_integer() and float(origin).is_integer()
         for b in uniq:
             lo = origin + b * d
@@ -217,6 +229,8 @@ class NumericDomain:
             if label == SUPPRESSED:
                 out[i] = 1.0
                 continue
+            lo: float
+            hi: float
             if self.is_date:
                 b = date_label_bounds(label)
                 if b is None:
@@ -407,7 +421,7 @@ class Hierarchy:
             tree = tuple((leaf, ()) for leaf in leaves)
         leaves_ordered, anc, names = _layout_tree(tree, column)
         index = pd.Index(leaves_ordered)
-        codes = index.get_indexer(text)
+        codes = index.get_indexer(pd.Index(text))  # what get_indexer does to any array-like (ensure_index)
         bad = codes < 0
         if bad.any():
             row = _row_label(values.index, int(np.argmax(bad)))

@@ -43,6 +43,7 @@ from anonymize.models.l_diversity import LDiversityCriterion
 from anonymize.models.t_closeness import TCloseness
 
 MAX_NODES = 500_000
+Levels = Sequence[int] | np.ndarray  # a lattice node: one hierarchy level per quasi-identifier
 
 
 @dataclass
@@ -85,24 +86,26 @@ class _Evaluator:
         self.ms = list(sensitive_sizes)
         self.criteria = criteria
         self.need_hist = any(c.needs_sensitive for c in criteria)
-        self.up = [_level_maps(tabs) for tabs in self.tables]
+        maps = [_level_maps(tabs) for tabs in self.tables]
+        # roll-up maps per QI; None when some QI's levels do not nest (then the cache stays empty)
+        self.up = [m for m in maps if m is not None] if all(m is not None for m in maps) else None
         # (levels, code columns, class sizes, sensitive histograms) of recently checked nodes
         self.cache: list[tuple[np.ndarray, list[np.ndarray], np.ndarray, list[np.ndarray]]] = []
-        if all(m is not None for m in self.up):
+        if self.up is not None:
             bottom = np.zeros(self.d, dtype=np.int64)
             cls, n_cls = self.classes(bottom)
             rep = _representatives(cls, n_cls)
             sizes, hists = _merge(cls, n_cls, np.ones(self.n, dtype=np.int64), self._row_hists())
             self.cache.append((bottom, [self.gen[j][0][rep] for j in range(self.d)], sizes, hists))
 
-    def cards(self, levels: Sequence[int]) -> list[int]:
+    def cards(self, levels: Levels) -> list[int]:
         return [len(self.tables[j][lvl].labels) for j, lvl in enumerate(levels)]
 
-    def classes(self, levels: Sequence[int]) -> tuple[np.ndarray, int]:
+    def classes(self, levels: Levels) -> tuple[np.ndarray, int]:
         """Class id per row for a node."""
         return _class_ids([self.gen[j][lvl] for j, lvl in enumerate(levels)], self.cards(levels))
 
-    def failing_rows(self, levels: Sequence[int]) -> tuple[np.ndarray, int]:
+    def failing_rows(self, levels: Levels) -> tuple[np.ndarray, int]:
         cls, n_cls = self.classes(levels)
         sizes = np.bincount(cls, minlength=n_cls)
         hists = (
@@ -113,7 +116,7 @@ class _Evaluator:
         ok = all_satisfied(self.criteria, sizes, hists)
         return ~ok[cls], int(ok.sum())
 
-    def final_failing(self, levels: Sequence[int]) -> np.ndarray:
+    def final_failing(self, levels: Levels) -> np.ndarray:
         """Rows to suppress so that what is KEPT satisfies every criterion, per row.
 
         k and l look at one class at a time, so removing failing classes cannot break them. t
@@ -151,7 +154,7 @@ class _Evaluator:
         """Rows in classes that fail the criteria, by roll-up from a cached node below (same figure
         as failing_rows(levels)[0].sum(); a test checks that on every node of a lattice)."""
         below = [c for c in self.cache if (c[0] <= levels).all()]
-        if not below:
+        if not below or self.up is None:
             return int(self.failing_rows(levels)[0].sum())
         base, codes, counts, hists = min(below, key=lambda c: len(c[2]))
         cols = [self.up[j][int(base[j])][int(levels[j])][codes[j]] for j in range(self.d)]
@@ -171,7 +174,7 @@ class _Evaluator:
             return []
         return [np.eye(m, dtype=np.int64)[s] for s, m in zip(self.sens, self.ms, strict=True)]
 
-    def loss(self, levels: Sequence[int], failing: np.ndarray) -> float:
+    def loss(self, levels: Levels, failing: np.ndarray) -> float:
         total = np.zeros(self.n)
         for j, lvl in enumerate(levels):
             total += self.row_ncp[j][lvl]
@@ -255,95 +258,142 @@ def lattice_search(
     if n_nodes > MAX_NODES:
         raise InputError(f"generalization lattice has {n_nodes} nodes (limit {MAX_NODES}); use algorithm mondrian")
     nodes = np.indices([h + 1 for h in heights]).reshape(len(heights), -1).T  # (nodes, d)
+    max_sup = int(math.floor(suppression_limit * ev.n + 1e-9))
+    k = max((c.k for c in criteria if isinstance(c, KAnonymity)), default=1)
+    search = _Search(
+        ev,
+        nodes,
+        heights,
+        not_anon=_projection_bound(ev, nodes, heights, k) > max_sup,
+        max_sup=max_sup,
+        monotone=all(_monotone(c, max_sup) for c in criteria),
+    )
+    best = search.least_loss(_loss_lower_bound(ev, nodes))
+    if best is None:
+        return None
+    return _result(ev, nodes, best, search.evaluated, n_nodes)
+
+
+def _loss_lower_bound(ev: _Evaluator, nodes: np.ndarray) -> np.ndarray:
+    """Per node, the mean NCP had no row been suppressed: a sum of per-column constants <= loss."""
     lb = np.zeros(len(nodes))
     for j in range(ev.d):
         lb += ev.col_lb[j][nodes[:, j]]
-    lb /= ev.d
-    max_sup = int(math.floor(suppression_limit * ev.n + 1e-9))
+    return lb / ev.d
 
-    # necessary condition from one-column projections (k only: class sizes can only shrink)
-    k = max((c.k for c in criteria if isinstance(c, KAnonymity)), default=1)
-    proj_bad = []
-    for j in range(ev.d):
-        bad = []
-        for g in ev.gen[j]:
-            counts = np.bincount(g)
-            bad.append(int(counts[counts < k].sum()))
-        proj_bad.append(np.array(bad))
+
+def _projection_bound(ev: _Evaluator, nodes: np.ndarray, heights: Sequence[int], k: int) -> np.ndarray:
+    """Per node, a lower bound on the rows in classes smaller than k, from one- and two-column
+    projections (k only: class sizes can only shrink when columns are added)."""
     lower_sup = np.zeros(len(nodes), dtype=np.int64)
     for j in range(ev.d):
-        lower_sup = np.maximum(lower_sup, proj_bad[j][nodes[:, j]])
+        bad = np.array([_rows_in_small_classes(g, k) for g in ev.gen[j]])
+        lower_sup = np.maximum(lower_sup, bad[nodes[:, j]])
     # the same bound from two-column projections: sharper, still cheap (d^2/2 x levels^2 passes)
     for a in range(ev.d):
         for b in range(a + 1, ev.d):
             table = np.zeros((heights[a] + 1, heights[b] + 1), dtype=np.int64)
             for la, ga in enumerate(ev.gen[a]):
                 for lb_, gb in enumerate(ev.gen[b]):
-                    counts = np.bincount(ga * (int(gb.max()) + 1) + gb)
-                    table[la, lb_] = int(counts[(counts > 0) & (counts < k)].sum())
+                    table[la, lb_] = _rows_in_small_classes(ga * (int(gb.max()) + 1) + gb, k)
             lower_sup = np.maximum(lower_sup, table[nodes[:, a], nodes[:, b]])
-    not_anon = lower_sup > max_sup
-    monotone = all(_monotone(c, max_sup) for c in criteria)
+    return lower_sup
 
-    order = np.lexsort((nodes.sum(axis=1), lb))
-    dims = tuple(h + 1 for h in heights)
-    anon = np.zeros(len(nodes), dtype=bool)  # known anonymous (tagged upward from an anonymous node)
-    evaluated = 0
 
-    def is_anonymous(levels: np.ndarray) -> bool:
+def _rows_in_small_classes(codes: np.ndarray, k: int) -> int:
+    counts = np.bincount(codes)
+    return int(counts[(counts > 0) & (counts < k)].sum())
+
+
+Best = tuple[float, int, np.ndarray]  # (loss, node index, failing rows)
+
+
+class _Search:
+    """Nodes by increasing lower bound, with predictive tagging: what is known anonymous or not
+    anonymous without evaluation (`anon`, `not_anon`), and how many nodes touched the rows."""
+
+    def __init__(
+        self,
+        ev: _Evaluator,
+        nodes: np.ndarray,
+        heights: Sequence[int],
+        not_anon: np.ndarray,
+        max_sup: int,
+        monotone: bool,
+    ) -> None:
+        self.ev = ev
+        self.nodes = nodes
+        self.heights = heights
+        self.dims = tuple(h + 1 for h in heights)
+        self.not_anon = not_anon
+        self.anon = np.zeros(len(nodes), dtype=bool)  # known anonymous (tagged upward from an anonymous node)
+        self.max_sup = max_sup
+        self.monotone = monotone
+        self.evaluated = 0
+        # tallest first: fewer checks measured on Adult
+        self.climb_order = sorted(range(len(heights)), key=lambda j: -heights[j])
+
+    def least_loss(self, lb: np.ndarray) -> Best | None:
+        """Visit nodes by increasing lower bound; stop once it reaches the best loss found."""
+        order = np.lexsort((self.nodes.sum(axis=1), lb))
+        best: Best | None = None
+        for idx in order.tolist():
+            if best is not None and lb[idx] >= best[0] - 1e-15:
+                break
+            if self.not_anon[idx]:
+                continue
+            found = self.candidate(idx)
+            if found is not None and (best is None or found[0] < best[0] - 1e-15):
+                best = found
+        return best
+
+    def candidate(self, idx: int) -> Best | None:
+        """The node's loss and failing rows when it is anonymous within the suppression limit."""
+        levels = self.nodes[idx]
+        if not self.is_anonymous(levels):
+            if self.monotone:
+                self.climb(levels)
+            return None
+        failing = self.ev.final_failing(levels)
+        if int(failing.sum()) > self.max_sup:  # t failed again against the kept rows' distribution
+            return None
+        return self.ev.loss(levels, failing), idx, failing
+
+    def is_anonymous(self, levels: np.ndarray) -> bool:
         """Checked once per node; the answer is spread by monotonicity (k, l) to the nodes above
         (anonymous) or below (not anonymous)."""
-        nonlocal evaluated
-        i = int(np.ravel_multi_index(tuple(levels), dims))
-        if anon[i] or not_anon[i]:
-            return bool(anon[i])
-        evaluated += 1
-        ok = ev.failing_count(levels) <= max_sup
-        if monotone:
+        i = int(np.ravel_multi_index(tuple(levels), self.dims))
+        if self.anon[i] or self.not_anon[i]:
+            return bool(self.anon[i])
+        self.evaluated += 1
+        ok = self.ev.failing_count(levels) <= self.max_sup
+        if self.monotone:
             if ok:
-                anon[(nodes >= levels).all(axis=1)] = True
+                self.anon[(self.nodes >= levels).all(axis=1)] = True
             else:
-                not_anon[(nodes <= levels).all(axis=1)] = True
+                self.not_anon[(self.nodes <= levels).all(axis=1)] = True
         return ok
 
-    climb_order = sorted(range(len(heights)), key=lambda j: -heights[j])  # tallest first: fewer checks measured on Adult
-
-    def climb(levels: np.ndarray) -> None:
+    def climb(self, levels: np.ndarray) -> None:
         """From a node that is not anonymous, raise one QI after another as far as the node stays
         not anonymous (binary search per QI, as Flash searches paths): the maximal node reached
         tags its whole down-set in one go."""
         cur = levels.copy()
-        for j in climb_order:
-            lo, hi = int(cur[j]), heights[j]
+        for j in self.climb_order:
+            lo, hi = int(cur[j]), self.heights[j]
             while lo < hi:
                 mid = (lo + hi + 1) // 2
                 cand = cur.copy()
                 cand[j] = mid
-                if is_anonymous(cand):
+                if self.is_anonymous(cand):
                     hi = mid - 1
                 else:
                     lo = mid
             cur[j] = lo
 
-    best: tuple[float, int, np.ndarray] | None = None
-    for idx in order.tolist():
-        if best is not None and lb[idx] >= best[0] - 1e-15:
-            break
-        if not_anon[idx]:
-            continue
-        levels = nodes[idx]
-        if not is_anonymous(levels):
-            if monotone:
-                climb(levels)
-            continue
-        failing = ev.final_failing(levels)
-        if int(failing.sum()) > max_sup:  # t failed again against the kept rows' distribution
-            continue
-        loss = ev.loss(levels, failing)
-        if best is None or loss < best[0] - 1e-15:
-            best = (loss, idx, failing)
-    if best is None:
-        return None
+
+def _result(ev: _Evaluator, nodes: np.ndarray, best: Best, evaluated: int, n_nodes: int) -> LatticeResult:
+    """The release of the best node: kept rows, their labels, and the search's figures."""
     loss, idx, failing = best
     levels = tuple(int(x) for x in nodes[idx])
     kept = ~failing

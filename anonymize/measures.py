@@ -7,7 +7,9 @@ bookkeeping), so a report states what the output satisfies. Risk and utility liv
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
+from typing import NotRequired, TypedDict
 
 import numpy as np
 import pandas as pd
@@ -25,6 +27,33 @@ _HIST_BINS = [(1, 1), (2, 2), (3, 4), (5, 9), (10, 19), (20, 49), (50, 99), (100
 _DENSE_CELLS = 20_000_000  # classes x sensitive values evaluated per chunk
 
 
+class RecursiveL(TypedDict):
+    """Every class is recursive (c, l)-diverse for any c above `c`."""
+
+    l: int  # noqa: E741 - the report's JSON key
+    c: float
+
+
+class LValues(TypedDict):
+    """Achieved l of one sensitive column."""
+
+    distinct: int
+    entropy: float
+    recursive: NotRequired[RecursiveL]
+
+
+class PrivacyMeasures(TypedDict):
+    """What `privacy_measures` finds on a release (JSON-ready)."""
+
+    records: int
+    k: int
+    classes: int
+    class_size_histogram: dict[str, int]
+    l: dict[str, LValues]  # noqa: E741 - the report's JSON key
+    t: dict[str, float]
+    t_kind: dict[str, str]
+
+
 def class_size_histogram(sizes: np.ndarray) -> dict[str, int]:
     """Number of classes per size bucket ('1', '2', '3-4', ..., '1000+')."""
     out = {}
@@ -35,7 +64,9 @@ def class_size_histogram(sizes: np.ndarray) -> dict[str, int]:
     return out
 
 
-def _per_class(cls: np.ndarray, n_cls: int, codes: np.ndarray, m: int, fn) -> np.ndarray:
+def _per_class(
+    cls: np.ndarray, n_cls: int, codes: np.ndarray, m: int, fn: Callable[[np.ndarray], np.ndarray]
+) -> np.ndarray:
     """Apply `fn(hist_chunk)` to dense (classes x values) counts, chunked to bound memory."""
     chunk = max(1, _DENSE_CELLS // max(m, 1))
     order = np.argsort(cls, kind="stable")
@@ -57,7 +88,7 @@ def privacy_measures(
     sensitive: Sequence[str] = (),
     t_kinds: Mapping[str, str] | None = None,
     recursive_l: int | None = None,
-) -> dict:
+) -> PrivacyMeasures:
     """k, classes, class-size histogram; per sensitive column l (distinct, entropy, recursive) and t.
 
     - l "distinct": fewest distinct sensitive values in a class; "entropy": exp(min class entropy)
@@ -73,15 +104,15 @@ def privacy_measures(
         if col not in release.columns:
             raise InputError(f"column {col!r} is not in the release")
     n = len(release)
-    out: dict = {"records": n, "k": 0, "classes": 0, "class_size_histogram": class_size_histogram(np.empty(0)), "l": {}, "t": {}, "t_kind": {}}
+    out: PrivacyMeasures = {"records": n, "k": 0, "classes": 0, "class_size_histogram": class_size_histogram(np.empty(0)), "l": {}, "t": {}, "t_kind": {}}
     if n == 0:
         return out
     cls, n_cls = equivalence_classes(release, qis)
     sizes = np.bincount(cls, minlength=n_cls)
-    out.update(k=int(sizes.min()), classes=int(n_cls), class_size_histogram=class_size_histogram(sizes))
+    out["k"], out["classes"], out["class_size_histogram"] = int(sizes.min()), int(n_cls), class_size_histogram(sizes)
     for col in sensitive:
         codes, m, counts, kind = encode_sensitive(release[col], col, (t_kinds or {}).get(col))
-        l_info: dict = {
+        l_info: LValues = {
             "distinct": int(_per_class(cls, n_cls, codes, m, distinct_values).min()),
             "entropy": float(np.exp(_per_class(cls, n_cls, codes, m, entropy).min())),
         }
@@ -89,6 +120,6 @@ def privacy_measures(
             c_needed = _per_class(cls, n_cls, codes, m, lambda h: recursive_c_needed(h, recursive_l))
             l_info["recursive"] = {"l": int(recursive_l), "c": float(c_needed.max())}
         out["l"][col] = l_info
-        out["t"][col] = float(_per_class(cls, n_cls, codes, m, lambda h, c=counts, kd=kind: emd(h, c, kd)).max())
+        out["t"][col] = float(_per_class(cls, n_cls, codes, m, partial(emd, global_counts=counts, kind=kind)).max())
         out["t_kind"][col] = kind
     return out

@@ -30,7 +30,7 @@ from anonymize.gate import Check, enforce, privacy_checks, suppression_check, to
 from anonymize.generalize import generalize
 from anonymize.measures import privacy_measures, reidentification_risk, utility_loss
 from anonymize.policy import Policy
-from anonymize.pseudonymize import DEFAULT_PARTNER, Keys, Pseudonymized, as_keys, pseudonymize
+from anonymize.pseudonymize import DEFAULT_PARTNER, ColumnSummary, Keys, Pseudonymized, as_keys, pseudonymize
 from anonymize.quality import StepResult, consent_and_purpose, hierarchy_of, quality, validate
 from anonymize.report import REPORT_FORMAT, label_auc
 
@@ -92,7 +92,7 @@ class Minimised:
     steps: list[dict[str, Any]]
     removed: dict[str, int]
     rows_in: int
-    pseudonymization: dict[str, dict[str, Any]] = field(default_factory=dict)
+    pseudonymization: dict[str, ColumnSummary] = field(default_factory=dict)
     escrow: pd.DataFrame | None = None
     partner: str = DEFAULT_PARTNER
     colliding: dict[str, frozenset[str]] = field(default_factory=dict, repr=False)  # token column -> shared tokens
@@ -144,8 +144,11 @@ def minimise(
     pseudo, pseudo_record = _pseudonymize_step(data, policy, key_set)
     steps.append(pseudo_record)
     data = pseudo.data
-    recode = {n: policy.columns[n].recode for n in policy.quasi_identifiers if n in data.columns}
-    recode = {n: level for n, level in recode.items() if level is not None}
+    recode = {
+        n: level
+        for n in policy.quasi_identifiers
+        if n in data.columns and (level := policy.columns[n].recode) is not None
+    }
     if fixed_recoding and recode:
         say("fixed recoding")
         data = _fixed_recoding(data, policy, recode)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
@@ -110,8 +110,18 @@ class ColumnPolicy(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> ColumnPolicy:
+        """Cross-field rules, checked in this order so the first problem named is the most basic one."""
         if self.role != "drop" and self.type is None:
             raise _Located(("type",), f"a {self.role} column needs a type")
+        self._check_method()
+        self._check_hierarchy()
+        self._check_recode()
+        self._check_bounds_and_transform()
+        self._check_categories()
+        return self
+
+    def _check_method(self) -> None:
+        """Identifiers default to method token; token length (default 128 bits) and escrow need token."""
         if self.role == "identifier":
             if self.method is None:
                 object.__setattr__(self, "method", "token")
@@ -124,26 +134,34 @@ class ColumnPolicy(_Strict):
             object.__setattr__(self, "length", DEFAULT_TOKEN_LENGTH)
         if self.length is not None and self.length < MIN_TOKEN_LENGTH:
             raise _Located(("length",), token_length_problem(self.length))
-        if self.hierarchy is not None:
-            if self.role != "quasi_identifier":
-                raise _Located(("hierarchy",), "hierarchy applies to quasi_identifier columns only")
-            allowed = _HIERARCHY_TYPES[type(self.hierarchy)]
-            if self.type not in allowed:
-                raise _Located(
-                    ("hierarchy", "type"),
-                    f"a {self.hierarchy.type} hierarchy does not fit a {self.type} column (fits {', '.join(allowed)})",
-                )
-        if self.recode is not None:
-            if self.role != "quasi_identifier" or not isinstance(self.hierarchy, IntervalsHierarchy):
-                raise _Located(
-                    ("recode",),
-                    "recode applies to quasi_identifier columns with an intervals hierarchy (the DP encoder "
-                    "reads a recoded value as its range; other hierarchies' node names are not public categories)",
-                )
-            if self.recode > len(self.hierarchy.widths):
-                raise _Located(
-                    ("recode",), f"recode level {self.recode} is above the hierarchy's {len(self.hierarchy.widths)} levels"
-                )
+
+    def _check_hierarchy(self) -> None:
+        if self.hierarchy is None:
+            return
+        if self.role != "quasi_identifier":
+            raise _Located(("hierarchy",), "hierarchy applies to quasi_identifier columns only")
+        allowed = _HIERARCHY_TYPES[type(self.hierarchy)]
+        if self.type not in allowed:
+            raise _Located(
+                ("hierarchy", "type"),
+                f"a {self.hierarchy.type} hierarchy does not fit a {self.type} column (fits {', '.join(allowed)})",
+            )
+
+    def _check_recode(self) -> None:
+        if self.recode is None:
+            return
+        if self.role != "quasi_identifier" or not isinstance(self.hierarchy, IntervalsHierarchy):
+            raise _Located(
+                ("recode",),
+                "recode applies to quasi_identifier columns with an intervals hierarchy (the DP encoder "
+                "reads a recoded value as its range; other hierarchies' node names are not public categories)",
+            )
+        if self.recode > len(self.hierarchy.widths):
+            raise _Located(
+                ("recode",), f"recode level {self.recode} is above the hierarchy's {len(self.hierarchy.widths)} levels"
+            )
+
+    def _check_bounds_and_transform(self) -> None:
         if self.bounds is not None:
             if self.type not in NUMERIC_TYPES:
                 raise _Located(("bounds",), "bounds apply to integer and float columns only")
@@ -154,20 +172,22 @@ class ColumnPolicy(_Strict):
                 raise _Located(("transform",), "transform log1p applies to integer and float columns only")
             if self.bounds is not None and self.bounds[0] < 0:
                 raise _Located(("transform",), "transform log1p needs non-negative bounds (low >= 0)")
-        if self.categories is not None:
-            if self.type not in ("categorical", "string", "boolean", "integer"):
-                raise _Located(("categories",), f"categories do not apply to a {self.type} column")
-            if len(set(self.categories)) != len(self.categories):
-                raise _Located(("categories",), "categories must not repeat")
-            if isinstance(self.hierarchy, TreeHierarchy):
-                missing = [c for c in self.categories if c not in self.hierarchy.levels]
-                if missing:
-                    raise _Located(
-                        ("hierarchy", "levels"),
-                        f"missing hierarchy level for {len(missing)} declared categor{'y' if len(missing) == 1 else 'ies'}"
-                        f" (first: category #{self.categories.index(missing[0]) + 1})",
-                    )
-        return self
+
+    def _check_categories(self) -> None:
+        if self.categories is None:
+            return
+        if self.type not in ("categorical", "string", "boolean", "integer"):
+            raise _Located(("categories",), f"categories do not apply to a {self.type} column")
+        if len(set(self.categories)) != len(self.categories):
+            raise _Located(("categories",), "categories must not repeat")
+        if isinstance(self.hierarchy, TreeHierarchy):
+            missing = [c for c in self.categories if c not in self.hierarchy.levels]
+            if missing:
+                raise _Located(
+                    ("hierarchy", "levels"),
+                    f"missing hierarchy level for {len(missing)} declared categor{'y' if len(missing) == 1 else 'ies'}"
+                    f" (first: category #{self.categories.index(missing[0]) + 1})",
+                )
 
     @property
     def numeric(self) -> bool:
@@ -322,7 +342,7 @@ def load_policy(path: str | os.PathLike[str]) -> Policy:
 # --- error locations --------------------------------------------------------------------------
 
 
-def _children(node: yaml.Node) -> Iterator[tuple[Any, yaml.Node, yaml.Node]]:
+def _children(node: yaml.Node) -> Iterator[tuple[object, yaml.Node, yaml.Node]]:
     if isinstance(node, yaml.MappingNode):
         for key, value in node.value:
             yield key.value, key, value
@@ -345,21 +365,26 @@ def _refuse_hostile_structure(text: str, source: str) -> None:
         if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
             what = "alias" if isinstance(event, yaml.AliasEvent) else "anchor"
             raise InputError(
-                f"{source} line {event.start_mark.line + 1}: YAML {what} found; anchors and aliases are not "
+                f"{source} line {_event_line(event)}: YAML {what} found; anchors and aliases are not "
                 "allowed in a policy (write each value out)"
             )
         if isinstance(event, yaml.CollectionStartEvent):
             depth += 1
             if depth > MAX_NESTING:
-                raise InputError(f"{source} line {event.start_mark.line + 1}: nested more than {MAX_NESTING} levels deep")
+                raise InputError(f"{source} line {_event_line(event)}: nested more than {MAX_NESTING} levels deep")
         elif isinstance(event, yaml.CollectionEndEvent):
             depth -= 1
+
+
+def _event_line(event: yaml.Event) -> int | str:
+    """1-based line where a parser event starts ("?" if the parser gave no mark)."""
+    return event.start_mark.line + 1 if event.start_mark is not None else "?"
 
 
 def _check_duplicate_keys(node: yaml.Node, source: str) -> None:
     """YAML silently keeps the last of two equal keys; in a policy that hides a mistake."""
     if isinstance(node, yaml.MappingNode):
-        seen: set[Any] = set()
+        seen: set[object] = set()
         for key, value in node.value:
             if key.value in seen:
                 raise InputError(f"{source} line {key.start_mark.line + 1}: field {key.value!r} appears twice")

@@ -38,7 +38,7 @@ import base64
 import binascii
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, NotRequired, TypedDict, cast
 
 import numpy as np
 import pandas as pd
@@ -51,7 +51,12 @@ from anonymize.errors import InputError
 from anonymize.policy import DEFAULT_TOKEN_LENGTH, MAX_TOKEN_LENGTH, MIN_TOKEN_LENGTH, token_length_problem
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from anonymize.policy import Policy
+
+#: Identifier values as callers hand them over: a Series, or any sequence of values.
+Values = pd.Series | Sequence[object]
 
 DEFAULT_PARTNER = "default"
 MASTER_SECRET_BYTES = 32
@@ -98,7 +103,7 @@ def as_keys(keys: Keys | bytes, partner: str | None = None) -> Keys:
 # --- value encoding ------------------------------------------------------------------------------
 
 
-def _canonical(value: Any) -> str:
+def _canonical(value: object) -> str:
     """The text that is tokenized: integral floats lose '.0' so that 12 and 12.0 give one token."""
     if isinstance(value, bool | np.bool_):
         return "true" if value else "false"
@@ -107,20 +112,21 @@ def _canonical(value: Any) -> str:
     return str(value)
 
 
-def _values(series: pd.Series | Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+def _values(series: Values) -> tuple[np.ndarray, np.ndarray]:
     """Object array of values and a boolean mask of missing ones."""
     s = series if isinstance(series, pd.Series) else pd.Series(list(series), dtype=object)
-    return s.to_numpy(dtype=object, na_value=None), s.isna().to_numpy()
+    # pandas-stubs omit None from na_value's accepted types; pandas documents and accepts it
+    return s.to_numpy(dtype=object, na_value=None), s.isna().to_numpy()  # type: ignore[call-overload]
 
 
-def _index(series: pd.Series | Sequence[Any]) -> pd.Index:
+def _index(series: Values) -> pd.Index:
     return series.index if isinstance(series, pd.Series) else pd.RangeIndex(len(series))
 
 
 # --- tokens ----------------------------------------------------------------------------------
 
 
-def tokenize_series(series: pd.Series | Sequence[Any], key: ColumnKey | bytes, length: int = DEFAULT_TOKEN_LENGTH) -> pd.Series:
+def tokenize_series(series: Values, key: ColumnKey | bytes, length: int = DEFAULT_TOKEN_LENGTH) -> pd.Series:
     """HMAC-SHA256 tokens (lowercase hex, `length` chars) of every value; missing stays missing.
 
     Speed: one keyed HMAC state is built once and `.copy()`-ed per value, which skips the per-call
@@ -151,7 +157,7 @@ def tokenize_series(series: pd.Series | Sequence[Any], key: ColumnKey | bytes, l
     return _finish(out, length, series)
 
 
-def _joined_utf8(series: pd.Series | Sequence[Any]) -> bytes | None:
+def _joined_utf8(series: Values) -> bytes | None:
     """All values as UTF-8, separated by NUL bytes, when every value is a present string without NUL.
 
     An Arrow-backed string column (what `read_table` gives) already holds its UTF-8 bytes: the
@@ -178,7 +184,8 @@ def _joined_utf8(series: pd.Series | Sequence[Any]) -> bytes | None:
     else:
         values = series.to_numpy(dtype=object) if isinstance(series, pd.Series) else list(series)
         try:
-            joined = "\x00".join(values).encode("utf-8")
+            # str.join refuses any non-string itself (TypeError below): no per-value check needed
+            joined = "\x00".join(cast("list[str]", values)).encode("utf-8")
         except (TypeError, UnicodeEncodeError):
             return None
     return joined if joined.count(b"\x00") == n - 1 else None  # a NUL inside a value
@@ -187,7 +194,7 @@ def _joined_utf8(series: pd.Series | Sequence[Any]) -> bytes | None:
 _TOKEN_CHUNK = 4096
 
 
-def _tokenize_joined(joined: bytes, n: int, copy: Any, length: int) -> Any:
+def _tokenize_joined(joined: bytes, n: int, copy: Callable[[], hmac.HMAC], length: int) -> pd.api.extensions.ExtensionArray:
     """HMAC per value in chunks; hex and the Arrow string array are made once for the whole column.
 
     Chunks of 4,096: the digests of a chunk are joined while they are still in the CPU cache
@@ -202,18 +209,20 @@ def _tokenize_joined(joined: bytes, n: int, copy: Any, length: int) -> Any:
     nbytes = (length + 1) // 2
     raw = np.empty((n, nbytes), dtype=np.uint8)
     for start in range(0, n, _TOKEN_CHUNK):
-        digests = b"".join([(h := copy()).update(m) or h.finalize() for m in messages[start : start + _TOKEN_CHUNK]])
+        # `update(m) or finalize()`: both calls in one expression keeps the loop in the comprehension
+        digests = b"".join([(h := copy()).update(m) or h.finalize() for m in messages[start : start + _TOKEN_CHUNK]])  # type: ignore[func-returns-value]
         raw[start : start + _TOKEN_CHUNK] = np.frombuffer(digests, dtype=np.uint8).reshape(-1, 32)[:, :nbytes]
     text = raw.tobytes().hex().encode("ascii")
     if length % 2:
         text = np.frombuffer(text, dtype=np.uint8).reshape(n, 2 * nbytes)[:, :length].tobytes()
     offsets = pa.py_buffer((np.arange(n + 1, dtype=np.int32) * length).tobytes())
-    return pd.StringDtype("pyarrow", na_value=np.nan).__from_arrow__(
+    # __from_arrow__ is pandas' documented extension-array protocol; pandas-stubs do not declare it
+    return pd.StringDtype("pyarrow", na_value=np.nan).__from_arrow__(  # type: ignore[attr-defined]
         pa.StringArray.from_buffers(n, offsets, pa.py_buffer(text))
     )
 
 
-def _finish(tokens: list[str | None], length: int, series: pd.Series | Sequence[Any]) -> pd.Series:
+def _finish(tokens: list[str | None], length: int, series: Values) -> pd.Series:
     if length % 2:
         tokens = [t[:length] if t is not None else None for t in tokens]
     return pd.Series(tokens, index=_index(series), dtype=object)
@@ -222,7 +231,7 @@ def _finish(tokens: list[str | None], length: int, series: pd.Series | Sequence[
 # --- deterministic encryption ------------------------------------------------------------------
 
 
-def encrypt_series(series: pd.Series | Sequence[Any], key: ColumnKey, column: str | None = None) -> pd.Series:
+def encrypt_series(series: Values, key: ColumnKey, column: str | None = None) -> pd.Series:
     """AES-SIV ciphertexts (unpadded base64url); equal values give equal ciphertexts, by design."""
     column = column or key.column
     cipher = AESSIV(key.siv)
@@ -237,7 +246,7 @@ def encrypt_series(series: pd.Series | Sequence[Any], key: ColumnKey, column: st
     return pd.Series(out, index=_index(series), dtype=object)
 
 
-def decrypt_series(series: pd.Series | Sequence[Any], key: ColumnKey, column: str | None = None) -> pd.Series:
+def decrypt_series(series: Values, key: ColumnKey, column: str | None = None) -> pd.Series:
     """Invert `encrypt_series`; a value that is not a ciphertext under this key is an InputError."""
     column = column or key.column
     cipher = AESSIV(key.siv)
@@ -259,7 +268,7 @@ def decrypt_series(series: pd.Series | Sequence[Any], key: ColumnKey, column: st
     return pd.Series(out, index=_index(series), dtype=object)
 
 
-def reidentify(values: pd.Series | Sequence[Any], key: ColumnKey, column: str) -> pd.Series:
+def reidentify(values: Values, key: ColumnKey, column: str) -> pd.Series:
     """Authorized re-identification of an `encrypt` column: ciphertexts back to the original values.
 
     Token columns are one-way HMACs by design; only those kept with an escrow can be reversed, by
@@ -282,7 +291,7 @@ def reidentify_tokens(tokens: pd.Series, escrow: pd.DataFrame, key: ColumnKey, c
     return _mapped(tokens, mapping, column)
 
 
-def _escrow_mapping(column: str, escrow: pd.DataFrame, key: ColumnKey, length: int, which: str) -> dict[Any, Any]:
+def _escrow_mapping(column: str, escrow: pd.DataFrame, key: ColumnKey, length: int, which: str) -> dict[str, object]:
     """token -> value for one column of an escrow, after checking every entry's token under `key`."""
     missing_cols = [c for c in ESCROW_COLUMNS if c not in escrow.columns]
     if missing_cols:
@@ -299,7 +308,7 @@ def _escrow_mapping(column: str, escrow: pd.DataFrame, key: ColumnKey, length: i
     return dict(zip(part["token"], plain, strict=True))
 
 
-def _mapped(current: pd.Series, mapping: Mapping[Any, Any], column: str) -> pd.Series:
+def _mapped(current: pd.Series, mapping: Mapping[str, object], column: str) -> pd.Series:
     """Each present token replaced through `mapping`; a token without an entry is an InputError by row."""
     mapped = current.map(mapping)
     unknown = current.notna() & mapped.isna()
@@ -312,13 +321,27 @@ def _mapped(current: pd.Series, mapping: Mapping[Any, Any], column: str) -> pd.S
 # --- the pipeline step --------------------------------------------------------------------------
 
 
+class ColumnSummary(TypedDict):
+    """What the report says about one identifier column (counts and settings, never values)."""
+
+    method: str | None  # token / encrypt / drop (the policy fills in token for identifiers)
+    values: int
+    missing: int
+    length: NotRequired[int | None]
+    bits: NotRequired[int]
+    format: NotRequired[str]
+    collisions: NotRequired[int]
+    escrow: NotRequired[bool]
+    distinct: NotRequired[int]
+
+
 @dataclass
 class Pseudonymized:
     """The table with identifiers replaced, the escrow table (or None) and per-column counts."""
 
     data: pd.DataFrame
     escrow: pd.DataFrame | None
-    summary: dict[str, dict[str, Any]]
+    summary: dict[str, ColumnSummary]
     colliding: dict[str, frozenset[str]] = field(default_factory=dict)  # token column -> shared tokens
 
 
@@ -343,7 +366,7 @@ def pseudonymize(df: pd.DataFrame, policy: Policy, keys: Keys | bytes, partner: 
     k = as_keys(keys, partner)
     out = df.copy()
     escrow_parts: list[pd.DataFrame] = []
-    summary: dict[str, dict[str, Any]] = {}
+    summary: dict[str, ColumnSummary] = {}
     colliding: dict[str, frozenset[str]] = {}
     for name in policy.identifiers:
         if name not in out.columns:
@@ -351,7 +374,7 @@ def pseudonymize(df: pd.DataFrame, policy: Policy, keys: Keys | bytes, partner: 
         col = policy.columns[name]
         series = out[name]
         missing = int(series.isna().sum())
-        info: dict[str, Any] = {"method": col.method, "values": int(len(series) - missing), "missing": missing}
+        info: ColumnSummary = {"method": col.method, "values": int(len(series) - missing), "missing": missing}
         if col.method == "drop":
             out = out.drop(columns=[name])
         else:
@@ -382,7 +405,7 @@ def _escrow_frame(name: str, raw: pd.Series, tokens: pd.Series, key: ColumnKey) 
     return _escrow_table(name, frame["token"], encrypt_series(frame["raw"], key, name))
 
 
-def _escrow_table(name: str, tokens: Iterable[Any], ciphertexts: Iterable[Any]) -> pd.DataFrame:
+def _escrow_table(name: str, tokens: Iterable[object], ciphertexts: Iterable[object]) -> pd.DataFrame:
     """Escrow rows (column, token, ciphertext), plain object columns whatever pandas' string default."""
     tokens, ciphertexts = list(tokens), list(ciphertexts)
     return pd.DataFrame(

@@ -40,6 +40,8 @@ def _first_row(mask: np.ndarray | pd.Series, index: pd.Index) -> int:
 def hierarchy_of(policy: Policy, name: str) -> Hierarchy:
     """The ALGO hierarchy of a quasi-identifier; booleans are generalized as the categories true/false."""
     col = policy.columns[name]
+    if col.type is None:  # the policy validator requires a type for every role but drop
+        raise InputError(f"column {name!r}: a quasi_identifier column needs a type")
     column_type = "categorical" if col.type == "boolean" else col.type
     return build_hierarchy(col.hierarchy, column_type, policy.base_dir, col.categories, column=name)
 
@@ -193,17 +195,35 @@ def quality(df: pd.DataFrame, policy: Policy) -> StepResult:
     return StepResult(data, info)
 
 
+def consent_rule(flag: pd.Series) -> tuple[np.ndarray, dict[str, int]]:
+    """THE consent rule of the project: a row is kept only when its (validated, boolean) consent flag is
+    true; false and missing are removed and counted. Returns (keep mask, removed by reason)."""
+    no = (flag == False).fillna(False).to_numpy(dtype=bool)  # noqa: E712 - nullable boolean
+    unknown = flag.isna().to_numpy()
+    removed = {k: v for k, v in {"no_consent": int(no.sum()), "consent_missing": int(unknown.sum())}.items() if v}
+    return ~(no | unknown), removed
+
+
+def consent_flags(series: pd.Series, policy: Policy, source: str) -> pd.Series:
+    """The consent column of a table that did not go through `validate` (e.g. an estimator's X),
+    parsed by the same boolean rule; one line naming the first bad row."""
+    consent = policy.purpose.consent
+    if consent is None:
+        raise InputError(f"{policy.source}: the policy declares no consent column")
+    values, bad, why = _coerce(series, policy.columns[consent])
+    if bad.any():
+        raise InputError(f"{source}: column {consent!r}, row {int(np.flatnonzero(bad)[0]) + 1}: value {why}")
+    return values
+
+
 def consent_and_purpose(df: pd.DataFrame, policy: Policy, undeclared: list[str]) -> StepResult:
     """Step 3: remove rows without consent for the purpose; drop columns the purpose does not need."""
     data = df
     removed: dict[str, int] = {}
     consent = policy.purpose.consent
     if consent is not None:
-        flag = data[consent]
-        no = (flag == False).fillna(False).to_numpy(dtype=bool)  # noqa: E712 - nullable boolean
-        unknown = flag.isna().to_numpy()
-        removed = {k: v for k, v in {"no_consent": int(no.sum()), "consent_missing": int(unknown.sum())}.items() if v}
-        data = data[~(no | unknown)]
+        keep_rows, removed = consent_rule(data[consent])
+        data = data[keep_rows]
     if data.empty:
         raise InputError(f"{policy.source}: no rows left after the consent filter for purpose {policy.purpose.name!r}")
     keep = set(policy.released_columns()) | {n for n in policy.identifiers if policy.columns[n].method == "drop"}

@@ -18,7 +18,7 @@ import pandas as pd
 REPORT_FORMAT = 1
 
 
-def jsonable(obj: Any) -> Any:
+def jsonable(obj: object) -> Any:  # a JSON value of any shape
     """Plain JSON types: numpy scalars to Python, NaN/inf to None, tuples to lists, keys to str."""
     if isinstance(obj, Mapping):
         return {str(k): jsonable(v) for k, v in obj.items()}
@@ -41,7 +41,7 @@ def jsonable(obj: Any) -> Any:
     return str(obj)
 
 
-def to_json(report: Mapping[str, Any]) -> str:
+def to_json(report: Mapping[str, object]) -> str:
     return json.dumps(jsonable(report), indent=2, sort_keys=False, allow_nan=False) + "\n"
 
 
@@ -104,7 +104,7 @@ def label_auc(
 
 def _model_frame(frame: pd.DataFrame) -> pd.DataFrame:
     """Numbers as float with missing -> column mean; everything else as text ('<missing>' for NA)."""
-    out = {}
+    out: dict[str, pd.Series] = {}
     for column in frame.columns:
         series = frame[column]
         if pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series):
@@ -121,7 +121,7 @@ def _model_frame(frame: pd.DataFrame) -> pd.DataFrame:
 # --- text ----------------------------------------------------------------------------------------
 
 
-def _fmt(value: Any, digits: int = 4) -> str:
+def _fmt(value: object, digits: int = 4) -> str:
     if value is None:
         return "n/a"
     if isinstance(value, float):
@@ -129,7 +129,7 @@ def _fmt(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
-def render_text(report: Mapping[str, Any]) -> str:
+def render_text(report: Mapping[str, object]) -> str:
     """A readable summary of the JSON report (same figures, no values)."""
     r = jsonable(report)
     lines = [
@@ -142,8 +142,19 @@ def render_text(report: Mapping[str, Any]) -> str:
         removed = step.get("removed") or {}
         removed_text = ", ".join(f"{k} {v}" for k, v in removed.items()) or "none"
         lines.append(f"  {step['step']:<14} rows {step['rows_in']} -> {step['rows_out']}  (removed: {removed_text})")
-    counts = r["counts"]
-    lines += [
+    lines += _quality_lines(r["counts"])
+    lines += _pseudonymization_lines(r["pseudonymization"])
+    lines += _privacy_lines(r)
+    lines += _gate_lines(r.get("gate"))
+    lines += _model_utility_lines(r.get("model_utility") or {})
+    lines += ["", "Decisions"]
+    for step in r["steps"]:
+        lines += [f"  - {d}" for d in step.get("decisions", [])]
+    return "\n".join(lines) + "\n"
+
+
+def _quality_lines(counts: Mapping[str, Any]) -> list[str]:
+    return [
         "",
         "Data quality",
         f"  exact duplicates removed: {counts['exact_duplicates']}",
@@ -154,56 +165,75 @@ def render_text(report: Mapping[str, Any]) -> str:
         if counts.get("consent_applicable", True)
         else "  consent filter: not applicable (the purpose names no consent column)",
         f"  dropped columns: {', '.join(counts['dropped_columns']) or 'none'}",
-        "",
-        "Pseudonymization",
     ]
-    if not r["pseudonymization"]:
+
+
+def _pseudonymization_lines(pseudonymization: Mapping[str, Any]) -> list[str]:
+    lines = ["", "Pseudonymization"]
+    if not pseudonymization:
         lines.append("  not applicable: the policy declares no identifier column")
-    for name, info in r["pseudonymization"].items():
+    for name, info in pseudonymization.items():
         extra = f", {info['length']} hex chars" if info.get("length") else ""
         extra += ", escrow kept" if info.get("escrow") else ""
         lines.append(f"  {name}: {info['method']}{extra} ({info['values']} values, {info['missing']} missing)")
+    return lines
+
+
+def _privacy_lines(r: Mapping[str, Any]) -> list[str]:
+    """Criteria required and achieved, then risk and utility (only when generalization applied)."""
     privacy = r["privacy"]
-    lines += ["", "Privacy (computed on the release)"]
+    lines = ["", "Privacy (computed on the release)"]
     if not privacy.get("applicable", True):
-        lines.append(f"  {privacy['note']}")
-    else:
-        req, got = privacy["required"], privacy["achieved"]
-        req_l = req.get("l") or {}
-        lines += [
-            f"  algorithm: {privacy['algorithm']}",
-            f"  k: required {req['k']}, achieved {_fmt(got.get('k'))}",
-            f"  equivalence classes: {_fmt(got.get('classes'))}",
-        ]
-        l_req = f"{req_l['variant']} {req_l['value']}" if req_l else "none"
-        t_req = _fmt(req.get("t")) if req.get("t") is not None else "none"
-        for column, l_got in (got.get("l") or {}).items():
-            lines.append(
-                f"  l ({column}): required {l_req}; achieved distinct {_fmt(l_got.get('distinct'))}, "
-                f"entropy {_fmt(l_got.get('entropy'), 3)}"
-            )
-        for column, t_got in (got.get("t") or {}).items():
-            lines.append(f"  t ({column}): required {t_req}; achieved {_fmt(t_got, 3)}")
-        if got.get("class_size_histogram"):
-            lines.append(f"  class sizes: {_pairs(got['class_size_histogram'])}")
-        risk = r.get("risk") or {}
-        lines += ["", "Re-identification risk"]
-        lines += [f"  {key}: {_fmt(value)}" for key, value in risk.items() if not isinstance(value, dict | list)]
-        utility = r.get("utility") or {}
-        lines += ["", "Utility"]
-        lines += [f"  {key}: {_fmt(value)}" for key, value in utility.items() if not isinstance(value, dict | list)]
-        if utility.get("levels"):
-            lines.append(f"  generalization levels: {_pairs(utility['levels'])}")
-    gate = r.get("gate")
-    if gate:
-        lines += ["", "Release gate (every criterion re-checked on the final table)"]
-        lines += [
-            f"  {c['criterion']}: required {c['required']}; achieved {c['achieved']} -- {'passed' if c['passed'] else 'FAILED'}"
-            for c in gate["checks"]
-        ] or ["  not applicable: the policy states no criterion that applies to this table"]
-    if r.get("model_utility"):
-        lines += ["", "Model utility (ROC-AUC, same rows and split)"]
-    for label, auc in (r.get("model_utility") or {}).items():
+        return [*lines, f"  {privacy['note']}"]
+    req, got = privacy["required"], privacy["achieved"]
+    req_l = req.get("l") or {}
+    lines += [
+        f"  algorithm: {privacy['algorithm']}",
+        f"  k: required {req['k']}, achieved {_fmt(got.get('k'))}",
+        f"  equivalence classes: {_fmt(got.get('classes'))}",
+    ]
+    l_req = f"{req_l['variant']} {req_l['value']}" if req_l else "none"
+    t_req = _fmt(req.get("t")) if req.get("t") is not None else "none"
+    for column, l_got in (got.get("l") or {}).items():
+        lines.append(
+            f"  l ({column}): required {l_req}; achieved distinct {_fmt(l_got.get('distinct'))}, "
+            f"entropy {_fmt(l_got.get('entropy'), 3)}"
+        )
+    for column, t_got in (got.get("t") or {}).items():
+        lines.append(f"  t ({column}): required {t_req}; achieved {_fmt(t_got, 3)}")
+    if got.get("class_size_histogram"):
+        lines.append(f"  class sizes: {_pairs(got['class_size_histogram'])}")
+    lines += ["", "Re-identification risk", *_scalar_lines(r.get("risk") or {})]
+    utility = r.get("utility") or {}
+    lines += ["", "Utility", *_scalar_lines(utility)]
+    if utility.get("levels"):
+        lines.append(f"  generalization levels: {_pairs(utility['levels'])}")
+    return lines
+
+
+def _scalar_lines(figures: Mapping[str, object]) -> list[str]:
+    return [f"  {key}: {_fmt(value)}" for key, value in figures.items() if not isinstance(value, dict | list)]
+
+
+def _gate_lines(gate: Mapping[str, Any] | None) -> list[str]:
+    if not gate:
+        return []
+    checks = [
+        f"  {c['criterion']}: required {c['required']}; achieved {c['achieved']} -- {'passed' if c['passed'] else 'FAILED'}"
+        for c in gate["checks"]
+    ]
+    return [
+        "",
+        "Release gate (every criterion re-checked on the final table)",
+        *(checks or ["  not applicable: the policy states no criterion that applies to this table"]),
+    ]
+
+
+def _model_utility_lines(model_utility: Mapping[str, Any]) -> list[str]:
+    if not model_utility:
+        return []
+    lines = ["", "Model utility (ROC-AUC, same rows and split)"]
+    for label, auc in model_utility.items():
         if "skipped" in auc:
             lines.append(f"  {label}: skipped ({auc['skipped']})")
         else:
@@ -211,11 +241,8 @@ def render_text(report: Mapping[str, Any]) -> str:
                 f"  {label}: release {auc['auc_release']:.3f} vs raw {auc['auc_raw']:.3f} "
                 f"(logistic regression, {auc['test_rows']} test rows)"
             )
-    lines += ["", "Decisions"]
-    for step in r["steps"]:
-        lines += [f"  - {d}" for d in step.get("decisions", [])]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
-def _pairs(mapping: Mapping[str, Any] | None) -> str:
+def _pairs(mapping: Mapping[str, object] | None) -> str:
     return ", ".join(f"{k} {v}" for k, v in (mapping or {}).items()) or "none"

@@ -9,14 +9,30 @@ the class). Marketer: expected share of records re-identified when linking every
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import NotRequired, TypedDict
 
 import numpy as np
 import pandas as pd
 
 from anonymize.errors import InputError
-from anonymize.hierarchies import Hierarchy
+from anonymize.hierarchies import Hierarchy, NumericDomain
 
 _CHUNK_CELLS = 20_000_000
+
+
+class RiskFigures(TypedDict):
+    """What `reidentification_risk` reports (journalist figures only with a population)."""
+
+    records: int
+    prosecutor_max: float
+    prosecutor_avg: float
+    journalist_max: float | None
+    journalist_avg: float | None
+    marketer: float
+    records_at_risk: int
+    share_at_risk: float
+    threshold: float
+    risk_histogram: NotRequired[dict[str, int]]
 
 
 def equivalence_classes(release: pd.DataFrame, qis: Sequence[str]) -> tuple[np.ndarray, int]:
@@ -53,7 +69,7 @@ def _population_counts_raw(
     pop_codes, label_masks, label_idx = [], [], []
     for col in qis:
         dom = hierarchies[col].encode(population[col], col)
-        raw = dom.values[dom.codes] if dom.kind == "numeric" else dom.codes
+        raw = dom.values[dom.codes] if isinstance(dom, NumericDomain) else dom.codes
         uniq_raw, raw_inv = np.unique(raw, return_inverse=True)
         lab_inv, labels = pd.factorize(release[col].astype(str).to_numpy()[first])
         label_masks.append(np.stack([dom.contains(str(lab), uniq_raw) for lab in labels]))
@@ -88,7 +104,7 @@ def reidentification_risk(
     population: pd.DataFrame | None = None,
     threshold: float = 0.2,
     hierarchies: Mapping[str, Hierarchy] | None = None,
-) -> dict:
+) -> RiskFigures:
     """Prosecutor max / avg, journalist (when a population is given), marketer, records at risk.
 
     `population` holds either released-style strings for the QIs (generalized the same way) or, when
@@ -109,7 +125,7 @@ def reidentification_risk(
     cls, n_cls = equivalence_classes(release, qis)
     size = np.bincount(cls, minlength=n_cls)[cls]
     risk = 1.0 / size
-    out = {
+    out: RiskFigures = {
         "records": n,
         "prosecutor_max": float(risk.max()),
         "prosecutor_avg": float(risk.mean()),

@@ -9,6 +9,7 @@ C_avg (LeFevre et al. 2006): (records / classes) / k.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TypedDict
 
 import numpy as np
 import pandas as pd
@@ -18,13 +19,25 @@ from anonymize.hierarchies import Hierarchy
 from anonymize.risk import equivalence_classes
 
 
+class UtilityLoss(TypedDict):
+    """What `utility_loss` reports (JSON-ready; this key order is the report's)."""
+
+    ncp: float
+    per_column_ncp: dict[str, float]
+    suppressed: int
+    records: int
+    discernibility: int
+    classes: int
+    avg_class_size: float
+
+
 def utility_loss(
     original: pd.DataFrame,
     release: pd.DataFrame,
     qis: Mapping[str, Hierarchy],
     suppressed: int,
     k: int | None = None,
-) -> dict:
+) -> UtilityLoss:
     """NCP (fraction, overall and per column), discernibility, C_avg, suppressed.
 
     `original` is the input of generalization: it fixes each column's domain (numeric span, leaves).
@@ -36,7 +49,7 @@ def utility_loss(
     n_total = n_kept + suppressed
     if n_total == 0:
         raise InputError("utility loss of an empty table")
-    per_col = {}
+    per_col: dict[str, float] = {}
     for col, h in qis.items():
         if col not in release.columns or col not in original.columns:
             raise InputError(f"column {col!r} is not in both the original table and the release")
@@ -45,21 +58,19 @@ def utility_loss(
         ncp = dom.label_ncp([str(x) for x in labels])
         total = float(ncp[codes].sum()) if n_kept else 0.0
         per_col[col] = (total + suppressed) / n_total
-    out = {
-        "ncp": float(np.mean(list(per_col.values()))),
-        "per_column_ncp": per_col,
-        "suppressed": int(suppressed),
-        "records": n_kept,
-    }
+    discernibility, n_cls, avg_class_size = int(suppressed) * n_total, 0, 0.0
     if n_kept:
         cls, n_cls = equivalence_classes(release, list(qis))
         sizes = np.bincount(cls, minlength=n_cls)
         k_ref = k if k is not None else int(sizes.min())
-        out.update(
-            discernibility=int((sizes.astype(np.int64) ** 2).sum()) + int(suppressed) * n_total,
-            classes=int(n_cls),
-            avg_class_size=float(n_kept / n_cls / k_ref),
-        )
-    else:
-        out.update(discernibility=int(suppressed) * n_total, classes=0, avg_class_size=0.0)
-    return out
+        discernibility += int((sizes.astype(np.int64) ** 2).sum())
+        avg_class_size = float(n_kept / n_cls / k_ref)
+    return {
+        "ncp": float(np.mean(list(per_col.values()))),
+        "per_column_ncp": per_col,
+        "suppressed": int(suppressed),
+        "records": n_kept,
+        "discernibility": discernibility,
+        "classes": int(n_cls),
+        "avg_class_size": avg_class_size,
+    }

@@ -34,6 +34,7 @@ DATA_LOSS = {
     "test_keys_tls_keeps_an_existing_directory_mode": "keys tls keeps an existing dir's 1777 mode",
     "test_publish_is_all_or_nothing": "a failed publish restores what it replaced",
     "test_failure_removes_only_what_the_run_created": "failure cleanup removes only this run's files",
+    "test_a_fifo_as_ledger_or_output_is_refused_not_waited_on": "a FIFO as --ledger: refused, never read (no hang)",
 }
 
 

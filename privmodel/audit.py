@@ -40,7 +40,7 @@ import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NoReturn, TypedDict, cast
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -50,7 +50,8 @@ from privmodel.fileio import atomic_write_bytes, atomic_write_text, sha256_file
 from privmodel.keys import Signer, key_id_of, load_keyring, load_public_key_pem, public_key_pem
 
 __all__ = [
-    "GENESIS_HASH", "Ledger", "LineError", "Problem", "Verification", "anchor", "artifact", "canonical_json",
+    "GENESIS_HASH", "Artifact", "Ledger", "LedgerEntry", "LedgerHead", "LineError", "Problem", "Verification",
+    "WitnessRecord", "anchor", "artifact", "canonical_json",
     "entry_hash", "ledger_head", "load_keyring", "parse_entry", "read_entries", "verify",
 ]
 
@@ -70,16 +71,62 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 _HEX16 = re.compile(r"[0-9a-f]{16}")
 
 
-def canonical_json(obj: Any) -> bytes:
+class Artifact(TypedDict):
+    """A file as the ledger names it: by content hash, never by content."""
+
+    name: str
+    sha256: str
+
+
+class LedgerEntry(TypedDict):
+    """One ledger line (field types checked by `parse_entry`); `params` / `privacy_cost` are free JSON."""
+
+    seq: int
+    time: str
+    actor: str
+    action: str
+    inputs: list[Artifact]
+    outputs: list[Artifact]
+    params: dict[str, Any]
+    privacy_cost: dict[str, Any] | None
+    outcome: str  # "ok" or "failed"
+    reason: str | None
+    prev_hash: str
+    key_id: str
+    hash: str
+    signature: str
+
+
+class LedgerHead(TypedDict):
+    """What a partner or witness records of a verified ledger."""
+
+    ledger_id: str | None
+    entries: int
+    last_hash: str | None
+
+
+class WitnessRecord(TypedDict):
+    """One signed line of a witness file (`anchor`)."""
+
+    ledger_id: str | None
+    ledger: str
+    entries: int
+    last_hash: str | None
+    time: str
+    key_id: str
+    signature: str
+
+
+def canonical_json(obj: object) -> bytes:
     """The one byte form that is hashed, signed and written (sorted keys, no spaces, UTF-8)."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
 
 
-def entry_hash(entry: Mapping[str, Any]) -> str:
+def entry_hash(entry: Mapping[str, object]) -> str:
     return hashlib.sha256(canonical_json({k: entry.get(k) for k in SIGNED_FIELDS})).hexdigest()
 
 
-def artifact(path: str | os.PathLike[str], name: str | None = None) -> dict[str, str]:
+def artifact(path: str | os.PathLike[str], name: str | None = None) -> Artifact:
     """Describe a file by content hash (never by content)."""
     p = Path(path)
     return {"name": name or p.name, "sha256": sha256_file(p)}
@@ -91,7 +138,7 @@ def _safe(text: object, limit: int = 40) -> str:
     return shown + ("..." if len(str(text)) > limit else "")
 
 
-def _check_params(obj: Any, where: str = "params") -> None:
+def _check_params(obj: object, where: str = "params") -> None:
     if isinstance(obj, Mapping):
         for key, value in obj.items():
             if any(word in str(key).lower() for word in _FORBIDDEN_PARAM_WORDS):
@@ -134,8 +181,8 @@ class LineError(ValueError):
     """One line of a ledger, head or witness file is malformed; the message says how."""
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    seen: dict[str, Any] = {}
+def _no_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    seen: dict[str, object] = {}
     for key, value in pairs:
         if key in seen:
             raise LineError(f"duplicate key {_safe(key)!r} (a second value hides the signed one)")
@@ -143,7 +190,7 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return seen
 
 
-def _no_constant(name: str) -> Any:
+def _no_constant(name: str) -> NoReturn:
     raise LineError(f"non-finite number {name} (not valid in a ledger)")
 
 
@@ -182,11 +229,11 @@ def _parse_object(raw: bytes, fields: frozenset[str], canonical: bool) -> dict[s
     return obj
 
 
-def _is_int(value: Any) -> bool:
+def _is_int(value: object) -> bool:
     return type(value) is int and value >= 0
 
 
-def _is_text(value: Any, limit: int = 100_000) -> bool:
+def _is_text(value: object, limit: int = 100_000) -> bool:
     if not isinstance(value, str) or len(value) > limit:
         return False
     try:
@@ -240,11 +287,11 @@ def _check_witness(obj: dict[str, Any]) -> None:
         raise LineError("fields have the wrong types")
 
 
-def parse_entry(raw: bytes, *, canonical: bool = True) -> dict[str, Any]:
+def parse_entry(raw: bytes, *, canonical: bool = True) -> LedgerEntry:
     """One ledger line -> entry dict with checked field types, or LineError."""
     obj = _parse_object(raw, ENTRY_FIELDS, canonical)
     _check_entry(obj)
-    return obj
+    return cast(LedgerEntry, obj)
 
 
 def _iter_lines(handle: BinaryIO) -> Iterator[tuple[int, bytes | None]]:
@@ -301,7 +348,7 @@ class Ledger:
         outcome: str = "ok",
         reason: str | None = None,
         actor: str | None = None,
-    ) -> dict[str, Any]:
+    ) -> LedgerEntry:
         """Append one signed entry (and the genesis entry first if the ledger is new)."""
         if outcome not in ("ok", "failed"):
             raise ValueError("outcome must be 'ok' or 'failed'")
@@ -325,8 +372,8 @@ class Ledger:
                 reason=reason, actor=actor,
             )
 
-    def _write(self, _last: dict | None, action: str, **fields: Any) -> dict[str, Any]:
-        entry: dict[str, Any] = {
+    def _write(self, _last: LedgerEntry | None, action: str, **fields: Any) -> LedgerEntry:
+        entry: LedgerEntry = {
             "seq": 0 if _last is None else _last["seq"] + 1,
             "time": dt.datetime.now(dt.UTC).isoformat(timespec="microseconds"),
             "actor": fields.get("actor") or self.signer.actor,
@@ -339,6 +386,8 @@ class Ledger:
             "reason": fields.get("reason"),
             "prev_hash": GENESIS_HASH if _last is None else _last["hash"],
             "key_id": self.signer.key_id,
+            "hash": "",  # not a signed field: filled in below from the signed ones
+            "signature": "",
         }
         try:
             entry["hash"] = entry_hash(entry)
@@ -365,7 +414,7 @@ class Ledger:
         return entry
 
 
-def _read_last_entry(path: Path) -> dict | None:
+def _read_last_entry(path: Path) -> LedgerEntry | None:
     if not path.exists() or path.stat().st_size == 0:
         return None
     with open(path, "rb") as handle:
@@ -385,7 +434,7 @@ def _read_last_entry(path: Path) -> dict | None:
         raise InputError(f"{path}: last ledger line is corrupt ({exc}); run `privmodel audit verify`") from None
 
 
-def read_entries(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+def read_entries(path: str | os.PathLike[str]) -> list[LedgerEntry]:
     """Parse a ledger for display (no signature check). A malformed line raises InputError.
 
     Duplicate keys, unknown fields and wrong field types are refused here too, so a caller never
@@ -489,7 +538,7 @@ def _verify(
         result.problems.append(Problem(None, None, "ledger is empty"))
         return result
 
-    entries: list[dict | None] = []
+    entries: list[LedgerEntry | None] = []
     for number, raw in raw_lines:
         try:
             if raw is None:
@@ -515,7 +564,7 @@ def _verify(
 
 
 def _trust(
-    entries: list[dict | None], trusted_keys: Iterable[Ed25519PublicKey] | None, tofu: bool, result: Verification
+    entries: list[LedgerEntry | None], trusted_keys: Iterable[Ed25519PublicKey] | None, tofu: bool, result: Verification
 ) -> tuple[dict[str, Ed25519PublicKey], Problem | None]:
     if trusted_keys is not None:
         keys = {key_id_of(k): k for k in trusted_keys}
@@ -537,7 +586,7 @@ def _trust(
     return {key_id_of(key): key}, None
 
 
-def _check_genesis(entries: list[dict | None], result: Verification) -> None:
+def _check_genesis(entries: list[LedgerEntry | None], result: Verification) -> None:
     genesis = entries[0]
     if genesis is None:
         return
@@ -556,7 +605,7 @@ def _check_genesis(entries: list[dict | None], result: Verification) -> None:
         result.problems.append(Problem(1, 0, "genesis entry's public key does not match its key id"))
 
 
-def _check_chain(entries: list[dict | None], keys: dict[str, Ed25519PublicKey], result: Verification) -> None:
+def _check_chain(entries: list[LedgerEntry | None], keys: dict[str, Ed25519PublicKey], result: Verification) -> None:
     seqs = {e["seq"] for e in entries if e is not None}
     prev_hash: str | None = GENESIS_HASH
     expected_seq = 0
@@ -585,7 +634,7 @@ def _check_chain(entries: list[dict | None], keys: dict[str, Ed25519PublicKey], 
         expected_seq = seq + 1
 
 
-def _verify_head(src: Path, entries: list[dict | None], keys: dict[str, Ed25519PublicKey], result: Verification) -> None:
+def _verify_head(src: Path, entries: list[LedgerEntry | None], keys: dict[str, Ed25519PublicKey], result: Verification) -> None:
     head_file = _head_path(src)
     last = entries[-1]
     if not head_file.is_file():
@@ -624,7 +673,7 @@ def _verify_head(src: Path, entries: list[dict | None], keys: dict[str, Ed25519P
 # Witnessed heads: rollback and replacement detection
 
 
-def _read_witness(path: Path, keys: dict[str, Ed25519PublicKey], result: Verification) -> list[tuple[int, dict]]:
+def _read_witness(path: Path, keys: dict[str, Ed25519PublicKey], result: Verification) -> list[tuple[int, WitnessRecord]]:
     """Valid, trusted records of a witness file; every bad line is a problem."""
     name = path.name or str(path)
     if not path.is_file():
@@ -654,12 +703,12 @@ def _read_witness(path: Path, keys: dict[str, Ed25519PublicKey], result: Verific
         if not _valid_signature(key, record["signature"], canonical_json(unsigned)):
             result.problems.append(Problem(None, None, f"witness {name} line {number}: signature is invalid"))
             continue
-        records.append((number, record))
+        records.append((number, cast(WitnessRecord, record)))  # field types checked by _check_witness
     return records
 
 
 def _verify_witness(
-    path: Path, entries: list[dict | None], keys: dict[str, Ed25519PublicKey], result: Verification, require_head: bool
+    path: Path, entries: list[LedgerEntry | None], keys: dict[str, Ed25519PublicKey], result: Verification, require_head: bool
 ) -> None:
     result.witness = path
     records = _read_witness(path, keys, result)
@@ -692,7 +741,7 @@ def _verify_witness(
 
 
 def ledger_head(path: str | os.PathLike[str], trusted_keys: Iterable[Ed25519PublicKey] | None = None,
-                *, tofu: bool = False) -> dict[str, Any]:
+                *, tofu: bool = False) -> LedgerHead:
     """The head a partner or witness records: {ledger_id, entries, last_hash} of a verified ledger."""
     check = verify(path, trusted_keys, tofu=tofu)
     if not check.ok:
@@ -707,7 +756,7 @@ def anchor(
     trusted_keys: Iterable[Ed25519PublicKey] | None = None,
     *,
     tofu: bool = False,
-) -> dict[str, Any]:
+) -> WitnessRecord:
     """Verify the ledger, check it extends every head already witnessed for it, and append a
     signed head record to the witness file (JSON lines, rewritten atomically under a lock).
 
@@ -728,15 +777,17 @@ def anchor(
         check = _verify(src, keys, tofu, target if target.exists() else None, wkeys, require_head=False)
         if not check.ok:
             raise InputError(f"{src}: refusing to anchor: {check.first_problem}")
-        record: dict[str, Any] = {
+        record: WitnessRecord = {
             "ledger_id": check.ledger_id,
             "ledger": src.name,
             "entries": check.entries,
             "last_hash": check.last_hash,
             "time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "key_id": signer.key_id,
+            "signature": "",
         }
-        record["signature"] = base64.b64encode(signer.sign(canonical_json(record))).decode()
+        unsigned = {k: v for k, v in record.items() if k != "signature"}
+        record["signature"] = base64.b64encode(signer.sign(canonical_json(unsigned))).decode()
         previous = target.read_bytes() if target.exists() else b""
         if previous and not previous.endswith(b"\n"):
             raise InputError(f"{target}: witness file does not end with a newline (corrupt); refusing to append")

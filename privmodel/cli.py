@@ -45,9 +45,11 @@ def main(argv: list[str] | None = None) -> int:
         return _exit(_fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, 2))
     except click.exceptions.Abort:
         return _exit(_fail("aborted", 130))
+    except click.UsageError as exc:  # a bad option value or a missing argument: one line, exit 2
+        where = f"{exc.ctx.command_path}: " if exc.ctx is not None else ""
+        return _exit(_fail(where + " ".join(exc.format_message().split()), 2))
     except click.ClickException as exc:
-        exc.show()
-        return _exit(exc.exit_code)
+        return _exit(_fail(" ".join(exc.format_message().split()), exc.exit_code or 2))
     except KeyboardInterrupt:
         return _exit(_fail("interrupted", 130))
     except Exception as exc:  # noqa: BLE001 - last line of defence: one line, no raw values

@@ -21,6 +21,7 @@ import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict, cast
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
@@ -88,7 +89,19 @@ def default_keys_dir() -> Path:
     return Path(env) if env else Path.home() / ".privmodel" / "keys"
 
 
-def init_keys(directory: str | os.PathLike[str], passphrase: str | None = None, actor: str | None = None) -> dict:
+class KeyMetadata(TypedDict):
+    """key.json of a key directory: public facts about the signing key, never key material."""
+
+    actor: str
+    key_id: str
+    created: str
+    encrypted: bool
+    algorithm: str
+
+
+def init_keys(
+    directory: str | os.PathLike[str], passphrase: str | None = None, actor: str | None = None
+) -> KeyMetadata:
     """Create a new key directory; refuse if it already holds anything."""
     target = Path(directory)
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
@@ -111,7 +124,7 @@ def init_keys(directory: str | os.PathLike[str], passphrase: str | None = None, 
     private_pem = private_key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
     )
-    meta = {
+    meta: KeyMetadata = {
         "actor": actor,
         "key_id": key_id_of(private_key.public_key()),
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -155,11 +168,11 @@ def _require_dir(directory: Path) -> None:
         raise InputError(f"{directory}: no key directory (create one with `privmodel keys init {directory}`)")
 
 
-def read_metadata(directory: str | os.PathLike[str]) -> dict:
+def read_metadata(directory: str | os.PathLike[str]) -> KeyMetadata:
     path = Path(directory) / METADATA
     _require_dir(Path(directory))
     try:
-        return json.loads(path.read_text())
+        return cast(KeyMetadata, json.loads(path.read_text()))  # written by init_keys
     except (OSError, json.JSONDecodeError):
         raise InputError(f"{path}: missing or unreadable key metadata") from None
 

@@ -23,11 +23,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import numpy as np
 
 from anonymize.errors import InputError
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
 
 #: Scalar metrics that `compare` puts side by side (higher-is-better flag for the reader).
 SCALAR_METRICS: dict[str, bool] = {
@@ -43,7 +46,85 @@ SCALAR_METRICS: dict[str, bool] = {
 DEFAULT_SELECTION_RATE = 0.10  # fairness decision rule: the top decile is "selected" (high-risk tier)
 
 
-def _as_labels_scores(y: Any, p: Any) -> tuple[np.ndarray, np.ndarray]:
+class CalibrationBin(TypedDict):
+    """One row of the reliability table (rates are None for an empty bin)."""
+
+    bin: int
+    lower: float
+    upper: float
+    n: int
+    mean_predicted: float | None
+    observed_rate: float | None
+
+
+class LiftRow(TypedDict):
+    """One score decile of the lift table (decile 1 = the highest scores)."""
+
+    decile: int
+    n: int
+    positives: int
+    response_rate: float
+    lift: float | None
+    cumulative_gain: float | None
+    cumulative_lift: float | None
+    min_score: float
+    max_score: float
+
+
+class GroupRates(TypedDict):
+    """Decision rates of one group of a fairness column."""
+
+    n: int
+    base_rate: float
+    selection_rate: float
+    true_positive_rate: float | None
+    false_positive_rate: float | None
+    roc_auc: float | None
+
+
+class ColumnFairness(TypedDict):
+    groups: dict[str, GroupRates]
+    small_groups: list[str]
+    demographic_parity_difference: float | None
+    equal_opportunity_difference: float | None
+
+
+class Fairness(TypedDict):
+    decision_rule: str
+    threshold: float
+    min_group_size: int
+    columns: dict[str, ColumnFairness]
+
+
+class Evaluation(TypedDict):
+    """Every metric of one model on one labelled set (JSON-ready; `evaluate` builds it)."""
+
+    n: int
+    positives: int
+    base_rate: float
+    roc_auc: float | None
+    roc_curve: dict[str, list[float]] | None
+    pr_auc: float | None
+    brier: float
+    log_loss: float
+    ece: float
+    reliability: list[CalibrationBin]
+    lift: list[LiftRow]
+    top_decile_lift: float | None
+    top_decile_gain: float | None
+    fairness: Fairness | None
+
+
+class MetricComparison(TypedDict):
+    """One metric of the private model beside the non-private baseline."""
+
+    private: float | None
+    baseline: float | None
+    difference: float | None
+    higher_is_better: bool
+
+
+def _as_labels_scores(y: ArrayLike, p: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     """Validate and convert labels (0/1) and probabilities ([0, 1]); one-line InputError otherwise."""
     y_arr = np.asarray(y, dtype=float).ravel()
     p_arr = np.asarray(p, dtype=float).ravel()
@@ -65,7 +146,7 @@ def _both_classes(y: np.ndarray) -> bool:
     return bool(y.min() != y.max())
 
 
-def roc_auc(y: Any, p: Any) -> float | None:
+def roc_auc(y: ArrayLike, p: ArrayLike) -> float | None:
     """Area under the ROC curve; None when only one class is present (it is undefined then)."""
     from sklearn.metrics import roc_auc_score
 
@@ -73,7 +154,7 @@ def roc_auc(y: Any, p: Any) -> float | None:
     return float(roc_auc_score(y_arr, p_arr)) if _both_classes(y_arr) else None
 
 
-def roc_points(y: Any, p: Any, max_points: int = 60) -> dict[str, list[float]] | None:
+def roc_points(y: ArrayLike, p: ArrayLike, max_points: int = 60) -> dict[str, list[float]] | None:
     """The ROC curve thinned to at most `max_points` (for charts); None with a single class."""
     from sklearn.metrics import roc_curve
 
@@ -85,7 +166,7 @@ def roc_points(y: Any, p: Any, max_points: int = 60) -> dict[str, list[float]] |
     return {"fpr": [round(float(v), 5) for v in fpr[keep]], "tpr": [round(float(v), 5) for v in tpr[keep]]}
 
 
-def pr_auc(y: Any, p: Any) -> float | None:
+def pr_auc(y: ArrayLike, p: ArrayLike) -> float | None:
     """Average precision (step-wise PR-AUC, no optimistic interpolation); None without positives."""
     from sklearn.metrics import average_precision_score
 
@@ -93,7 +174,7 @@ def pr_auc(y: Any, p: Any) -> float | None:
     return float(average_precision_score(y_arr, p_arr)) if y_arr.any() else None
 
 
-def brier(y: Any, p: Any) -> float:
+def brier(y: ArrayLike, p: ArrayLike) -> float:
     """Mean squared error of the probability: calibration and sharpness in one number."""
     from sklearn.metrics import brier_score_loss
 
@@ -101,7 +182,7 @@ def brier(y: Any, p: Any) -> float:
     return float(brier_score_loss(y_arr, p_arr, pos_label=1))
 
 
-def log_loss(y: Any, p: Any) -> float:
+def log_loss(y: ArrayLike, p: ArrayLike) -> float:
     """Binary cross-entropy (scores clipped to [1e-15, 1 - 1e-15] so a hard 0/1 stays finite)."""
     from sklearn.metrics import log_loss as sk_log_loss
 
@@ -109,7 +190,7 @@ def log_loss(y: Any, p: Any) -> float:
     return float(sk_log_loss(y_arr, np.clip(p_arr, 1e-15, 1 - 1e-15), labels=[0, 1]))
 
 
-def calibration(y: Any, p: Any, n_bins: int = 10) -> tuple[float, list[dict[str, Any]]]:
+def calibration(y: ArrayLike, p: ArrayLike, n_bins: int = 10) -> tuple[float, list[CalibrationBin]]:
     """Expected calibration error over equal-width bins, and the reliability table behind it.
 
     ECE = sum_b (n_b / n) * |observed rate_b - mean predicted_b|. Bin b covers [b/B, (b+1)/B)
@@ -123,11 +204,11 @@ def calibration(y: Any, p: Any, n_bins: int = 10) -> tuple[float, list[dict[str,
     counts = np.bincount(index, minlength=n_bins)
     sum_p = np.bincount(index, weights=p_arr, minlength=n_bins)
     sum_y = np.bincount(index, weights=y_arr, minlength=n_bins)
-    table: list[dict[str, Any]] = []
+    table: list[CalibrationBin] = []
     ece = 0.0
     for b in range(n_bins):
         n_b = int(counts[b])
-        row: dict[str, Any] = {"bin": b + 1, "lower": float(edges[b]), "upper": float(edges[b + 1]), "n": n_b,
+        row: CalibrationBin = {"bin": b + 1, "lower": float(edges[b]), "upper": float(edges[b + 1]), "n": n_b,
                                "mean_predicted": None, "observed_rate": None}
         if n_b:
             mean_p, rate = sum_p[b] / n_b, sum_y[b] / n_b
@@ -137,7 +218,7 @@ def calibration(y: Any, p: Any, n_bins: int = 10) -> tuple[float, list[dict[str,
     return float(ece), table
 
 
-def lift_table(y: Any, p: Any, n_groups: int = 10) -> list[dict[str, Any]]:
+def lift_table(y: ArrayLike, p: ArrayLike, n_groups: int = 10) -> list[LiftRow]:
     """Lift and cumulative gain by decile (decile 1 = the highest scores).
 
     Rows are sorted by score, descending (ties keep row order: a stable sort, so the table is
@@ -151,7 +232,7 @@ def lift_table(y: Any, p: Any, n_groups: int = 10) -> list[dict[str, Any]]:
     order = np.argsort(-p_arr, kind="stable")
     total_pos = int(y_arr.sum())
     base_rate = total_pos / y_arr.size
-    rows: list[dict[str, Any]] = []
+    rows: list[LiftRow] = []
     cum_n = cum_pos = 0
     for number, idx in enumerate(np.array_split(order, n_groups), start=1):
         n_g, pos = int(idx.size), int(y_arr[idx].sum())
@@ -172,7 +253,7 @@ def lift_table(y: Any, p: Any, n_groups: int = 10) -> list[dict[str, Any]]:
     return rows
 
 
-def selection_threshold(p: Any, rate: float = DEFAULT_SELECTION_RATE) -> float:
+def selection_threshold(p: ArrayLike, rate: float = DEFAULT_SELECTION_RATE) -> float:
     """Score at or above which the top `rate` share of rows is selected (the decision rule)."""
     p_arr = np.asarray(p, dtype=float).ravel()
     if not 0.0 < rate <= 1.0:
@@ -182,12 +263,12 @@ def selection_threshold(p: Any, rate: float = DEFAULT_SELECTION_RATE) -> float:
 
 
 def fairness(
-    y: Any,
-    p: Any,
-    groups: Mapping[str, Any],
+    y: ArrayLike,
+    p: ArrayLike,
+    groups: Mapping[str, ArrayLike],
     threshold: float | None = None,
     min_group_size: int = 20,
-) -> dict[str, Any]:
+) -> Fairness:
     """Per-group rates and the largest gaps between groups, per declared group column.
 
     Decision rule: a row is selected when its score >= `threshold`; the default threshold selects
@@ -200,7 +281,7 @@ def fairness(
     y_arr, p_arr = _as_labels_scores(y, p)
     thr = selection_threshold(p_arr) if threshold is None else float(threshold)
     selected = p_arr >= thr
-    result: dict[str, Any] = {
+    result: Fairness = {
         "decision_rule": "selected = score >= threshold"
         + (f" (top {DEFAULT_SELECTION_RATE:.0%} of scores)" if threshold is None else ""),
         "threshold": thr,
@@ -212,7 +293,7 @@ def fairness(
         if labels.size != y_arr.size:
             raise InputError(f"metrics: fairness column {column} has {labels.size} values for {y_arr.size} rows")
         keys = np.array(["<missing>" if _is_missing(v) else str(v) for v in labels], dtype=object)
-        per_group: dict[str, dict[str, Any]] = {}
+        per_group: dict[str, GroupRates] = {}
         small: list[str] = []
         for name in sorted(set(keys.tolist())):
             mask = keys == name
@@ -241,7 +322,7 @@ def fairness(
     return result
 
 
-def _is_missing(value: Any) -> bool:
+def _is_missing(value: object) -> bool:
     if value is None:
         return True
     try:
@@ -251,13 +332,13 @@ def _is_missing(value: Any) -> bool:
 
 
 def evaluate(
-    y: Any,
-    p: Any,
-    groups: Mapping[str, Any] | None = None,
+    y: ArrayLike,
+    p: ArrayLike,
+    groups: Mapping[str, ArrayLike] | None = None,
     n_bins: int = 10,
     threshold: float | None = None,
     min_group_size: int = 20,
-) -> dict[str, Any]:
+) -> Evaluation:
     """All metrics of one model on one labelled set, as a JSON-ready dict.
 
     Keys: n, positives, base_rate, roc_auc, roc_curve (thinned points), pr_auc, brier, log_loss, ece, reliability, lift,
@@ -285,14 +366,14 @@ def evaluate(
     }
 
 
-def compare(private: Mapping[str, Any], baseline: Mapping[str, Any] | None) -> dict[str, Any]:
+def compare(private: Mapping[str, Any], baseline: Mapping[str, Any] | None) -> dict[str, MetricComparison]:
     """Side by side: each scalar metric of the private model beside the non-private baseline.
 
     The baseline is the same model trained the same way with no clipping and no noise, so the
     difference is the price of privacy. Fairness gaps are compared per group column as well.
     Returns {metric: {private, baseline, difference, higher_is_better}}.
     """
-    rows: dict[str, Any] = {}
+    rows: dict[str, MetricComparison] = {}
     for key, higher_better in SCALAR_METRICS.items():
         priv = private.get(key)
         base = baseline.get(key) if baseline else None
@@ -317,9 +398,9 @@ def compare(private: Mapping[str, Any], baseline: Mapping[str, Any] | None) -> d
     return rows
 
 
-def summary_rows(comparison: Mapping[str, Mapping[str, Any]]) -> list[Sequence[str]]:
+def summary_rows(comparison: Mapping[str, MetricComparison]) -> list[Sequence[str]]:
     """Rows (metric, private, baseline, difference) formatted for a table or Markdown."""
-    def fmt(value: Any, signed: bool = False) -> str:
+    def fmt(value: float | None, signed: bool = False) -> str:
         if value is None:
             return "n/a"
         return f"{value:+.4f}" if signed else f"{value:.4f}"

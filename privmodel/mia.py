@@ -32,11 +32,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, TypedDict, TypeVar, cast
 
 import numpy as np
 
 from anonymize.errors import InputError
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
+
+#: What the audited rows are: whatever `predict_proba` accepts (a DataFrame, an array, a mapping of arrays).
+RowsT = TypeVar("RowsT")
 
 _P_CLIP = 1e-7
 REFERENCES = [
@@ -49,7 +55,47 @@ REFERENCES = [
 ]
 
 
-def _labels_probs(y: Any, p: Any, what: str) -> tuple[np.ndarray, np.ndarray]:
+class EpsilonBound(TypedDict):
+    """The ε lower bound of one attack and the figures behind it (`epsilon_lower_bound`)."""
+
+    epsilon_lower_bound: float
+    confidence: float
+    threshold: float
+    form: str
+    tpr: float
+    fpr: float
+    tpr_lower: float
+    fpr_upper: float
+    members_evaluated: int
+    non_members_evaluated: int
+
+
+class AttackReport(TypedDict):
+    auc: float
+    tpr_at_1pct_fpr: float
+    tpr_at_10pct_fpr: float
+    epsilon_lower_bound: EpsilonBound
+
+
+class MembershipAudit(TypedDict):
+    """What `audit` finds: every attack's report and the headline figures (JSON-ready)."""
+
+    members: int
+    non_members: int
+    reference_models: int
+    attacks: dict[str, AttackReport]
+    strongest_attack: str
+    attack_auc: float
+    epsilon_lower_bound: float
+    confidence: float
+    delta: float
+    epsilon_guarantee: float | None
+    consistent: bool | None
+    method: str
+    references: list[str]
+
+
+def _labels_probs(y: ArrayLike, p: ArrayLike, what: str) -> tuple[np.ndarray, np.ndarray]:
     y_arr = np.asarray(y, dtype=float).ravel()
     p_arr = np.asarray(p, dtype=float)
     if p_arr.shape[-1] != y_arr.size:
@@ -61,21 +107,21 @@ def _labels_probs(y: Any, p: Any, what: str) -> tuple[np.ndarray, np.ndarray]:
     return y_arr, p_arr
 
 
-def true_label_logit(y: Any, p: Any) -> np.ndarray:
+def true_label_logit(y: ArrayLike, p: ArrayLike) -> np.ndarray:
     """φ = log(p_y / (1 - p_y)): LiRA's scaled confidence, near-Gaussian across models."""
     y_arr, p_arr = _labels_probs(y, p, "rows")
     p_true = np.clip(np.where(y_arr == 1, p_arr, 1.0 - p_arr), _P_CLIP, 1.0 - _P_CLIP)
     return np.log(p_true) - np.log1p(-p_true)
 
 
-def loss_scores(y: Any, p: Any) -> np.ndarray:
+def loss_scores(y: ArrayLike, p: ArrayLike) -> np.ndarray:
     """Negative cross-entropy per row: higher means "more likely a member"."""
     y_arr, p_arr = _labels_probs(y, p, "rows")
     p_true = np.clip(np.where(y_arr == 1, p_arr, 1.0 - p_arr), _P_CLIP, 1.0)
     return np.log(p_true)
 
 
-def calibrated_scores(y: Any, p: Any, reference_p: Any) -> np.ndarray:
+def calibrated_scores(y: ArrayLike, p: ArrayLike, reference_p: ArrayLike) -> np.ndarray:
     """Difficulty-calibrated score φ_target - mean over reference models of φ_ref (shape [k, n] in)."""
     ref = np.atleast_2d(np.asarray(reference_p, dtype=float))
     target = true_label_logit(y, p)
@@ -83,7 +129,7 @@ def calibrated_scores(y: Any, p: Any, reference_p: Any) -> np.ndarray:
     return target - refs.mean(axis=0)
 
 
-def attack_auc(member_scores: Any, nonmember_scores: Any) -> float:
+def attack_auc(member_scores: ArrayLike, nonmember_scores: ArrayLike) -> float:
     """ROC-AUC of telling members (label 1) from non-members by score; 0.5 = chance."""
     from sklearn.metrics import roc_auc_score
 
@@ -91,7 +137,7 @@ def attack_auc(member_scores: Any, nonmember_scores: Any) -> float:
     return float(roc_auc_score(np.r_[np.ones(m.size), np.zeros(n.size)], np.r_[m, n]))
 
 
-def tpr_at_fpr(member_scores: Any, nonmember_scores: Any, fpr: float) -> float:
+def tpr_at_fpr(member_scores: ArrayLike, nonmember_scores: ArrayLike, fpr: float) -> float:
     """Largest TPR whose FPR does not exceed `fpr` on the ROC curve (no interpolation)."""
     from sklearn.metrics import roc_curve
 
@@ -101,7 +147,7 @@ def tpr_at_fpr(member_scores: Any, nonmember_scores: Any, fpr: float) -> float:
     return float(tprs[ok].max()) if ok.any() else 0.0
 
 
-def clopper_pearson_lower(k: Any, n: Any, alpha: float) -> np.ndarray:
+def clopper_pearson_lower(k: ArrayLike, n: ArrayLike, alpha: float) -> np.ndarray:
     """One-sided (1 - alpha) Clopper-Pearson lower bound of a binomial proportion k / n."""
     from scipy.stats import beta
 
@@ -111,7 +157,7 @@ def clopper_pearson_lower(k: Any, n: Any, alpha: float) -> np.ndarray:
     return np.where(k_arr <= 0, 0.0, low)
 
 
-def clopper_pearson_upper(k: Any, n: Any, alpha: float) -> np.ndarray:
+def clopper_pearson_upper(k: ArrayLike, n: ArrayLike, alpha: float) -> np.ndarray:
     """One-sided (1 - alpha) Clopper-Pearson upper bound of a binomial proportion k / n."""
     from scipy.stats import beta
 
@@ -138,13 +184,13 @@ def _counts_at(scores: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
 
 
 def epsilon_lower_bound(
-    member_scores: Any,
-    nonmember_scores: Any,
+    member_scores: ArrayLike,
+    nonmember_scores: ArrayLike,
     delta: float,
     confidence: float = 0.95,
     seed: int = 0,
     max_thresholds: int = 256,
-) -> dict[str, Any]:
+) -> EpsilonBound:
     """Empirical ε lower bound of one attack, valid with probability `confidence`.
 
     The decision rule is "member when score >= t". On the selection half every candidate t
@@ -201,7 +247,7 @@ def epsilon_lower_bound(
     }
 
 
-def attack_report(member_scores: Any, nonmember_scores: Any, delta: float, confidence: float, seed: int) -> dict[str, Any]:
+def attack_report(member_scores: ArrayLike, nonmember_scores: ArrayLike, delta: float, confidence: float, seed: int) -> AttackReport:
     """AUC, TPR at low FPR and the ε lower bound of one attack's scores."""
     return {
         "auc": attack_auc(member_scores, nonmember_scores),
@@ -212,18 +258,18 @@ def attack_report(member_scores: Any, nonmember_scores: Any, delta: float, confi
 
 
 def audit(
-    y_members: Any,
-    p_members: Any,
-    y_nonmembers: Any,
-    p_nonmembers: Any,
+    y_members: ArrayLike,
+    p_members: ArrayLike,
+    y_nonmembers: ArrayLike,
+    p_nonmembers: ArrayLike,
     *,
     delta: float,
-    reference_p_members: Any | None = None,
-    reference_p_nonmembers: Any | None = None,
+    reference_p_members: ArrayLike | None = None,
+    reference_p_nonmembers: ArrayLike | None = None,
     confidence: float = 0.95,
     seed: int = 0,
     epsilon_guarantee: float | None = None,
-) -> dict[str, Any]:
+) -> MembershipAudit:
     """Run the loss attack (and the calibrated one when reference predictions are given).
 
     `p_*` are the target model's probabilities of label 1; `reference_p_*` have shape [k, n]: k
@@ -271,20 +317,20 @@ def audit(
 
 
 def audit_model(
-    predict_proba: Callable[[Any], np.ndarray],
-    members: Any,
-    y_members: Any,
-    nonmembers: Any,
-    y_nonmembers: Any,
+    predict_proba: Callable[[RowsT], np.ndarray],
+    members: RowsT,
+    y_members: ArrayLike,
+    nonmembers: RowsT,
+    y_nonmembers: ArrayLike,
     *,
     delta: float,
-    reference_fit: Callable[[Any, np.ndarray, int], Callable[[Any], np.ndarray]] | None = None,
-    reference_pool: tuple[Any, Any] | None = None,
+    reference_fit: Callable[[RowsT, np.ndarray, int], Callable[[RowsT], np.ndarray]] | None = None,
+    reference_pool: tuple[RowsT, ArrayLike] | None = None,
     n_reference: int = 2,
     confidence: float = 0.95,
     seed: int = 0,
     epsilon_guarantee: float | None = None,
-) -> dict[str, Any]:
+) -> MembershipAudit:
     """Audit a fitted model given its predict function and the member / non-member rows.
 
     With `reference_fit(rows, y, seed) -> predict` and a `reference_pool` (rows, labels) disjoint
@@ -315,10 +361,10 @@ def audit_model(
     )
 
 
-def _take(rows: Any, index: Sequence[int] | np.ndarray) -> Any:
-    """Row subset of a DataFrame (positional), an array, or a mapping of arrays."""
+def _take(rows: RowsT, index: Sequence[int] | np.ndarray) -> RowsT:
+    """Row subset of a DataFrame (positional), an array, or a mapping of arrays (same kind as `rows`)."""
     if hasattr(rows, "iloc"):
-        return rows.iloc[np.asarray(index)].reset_index(drop=True)
+        return cast(RowsT, rows.iloc[np.asarray(index)].reset_index(drop=True))
     if isinstance(rows, Mapping):
-        return {k: _take(v, index) for k, v in rows.items()}
-    return np.asarray(rows)[np.asarray(index)]
+        return cast(RowsT, {k: _take(v, index) for k, v in rows.items()})
+    return cast(RowsT, np.asarray(rows)[np.asarray(index)])

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TypedDict, cast
 
 import torch
 from torch import nn
@@ -59,17 +60,21 @@ class LogisticModel(nn.Module):
             if self.linear is not None:
                 self.linear.weight.zero_()
                 self.linear.bias.zero_()
-            for emb in self.embeddings:
+            for emb in self._embeddings():
                 emb.weight.zero_()
 
     def forward(self, x_num: torch.Tensor, x_cat: torch.Tensor) -> torch.Tensor:
         if self.linear is not None:
             logit = self.linear(centre(x_num)).squeeze(-1)
         else:
-            logit = self.bias(torch.ones(x_cat.shape[0], 1, dtype=torch.float32)).squeeze(-1)
-        for j, emb in enumerate(self.embeddings):
+            bias = cast(nn.Linear, self.bias)  # set exactly when there is no linear layer
+            logit = bias(torch.ones(x_cat.shape[0], 1, dtype=torch.float32)).squeeze(-1)
+        for j, emb in enumerate(self._embeddings()):
             logit = logit + emb(x_cat[:, j]).squeeze(-1)
         return logit
+
+    def _embeddings(self) -> list[nn.Embedding]:
+        return cast("list[nn.Embedding]", self.embeddings)  # a ModuleList of Embedding only
 
 
 class MLPModel(nn.Module):
@@ -90,11 +95,12 @@ class MLPModel(nn.Module):
         # linear (logistic) part is learnt directly instead of through the hidden layers
         self.head = nn.Linear(width + n_num + sum(embedding_dim(c) for c in self.cat_cardinalities), 1)
         with torch.no_grad():
-            for emb in self.embeddings:
+            for emb in cast("list[nn.Embedding]", self.embeddings):
                 emb.weight.normal_(0.0, 0.1)  # small start: N(0, 1) embeddings swamp [0, 1] inputs
 
     def forward(self, x_num: torch.Tensor, x_cat: torch.Tensor) -> torch.Tensor:
-        parts = [centre(x_num)] + [emb(x_cat[:, j]) for j, emb in enumerate(self.embeddings)]
+        embeddings = cast("list[nn.Embedding]", self.embeddings)  # a ModuleList of Embedding only
+        parts = [centre(x_num)] + [emb(x_cat[:, j]) for j, emb in enumerate(embeddings)]
         z = torch.cat(parts, dim=1)
         return self.head(torch.cat([self.body(z), z], dim=1)).squeeze(-1)
 
@@ -116,7 +122,16 @@ def build_model(
     return MLPModel(n_num, cat_cardinalities, hidden)
 
 
-def model_spec(model: nn.Module) -> dict:
+class ModelSpec(TypedDict):
+    """The architecture as saved beside the weights (model.json "architecture")."""
+
+    kind: str
+    n_num: int
+    cat_cardinalities: list[int]
+    hidden: list[int]
+
+
+def model_spec(model: nn.Module) -> ModelSpec:
     """What build_model needs to rebuild `model` (saved next to its weights)."""
     if isinstance(model, LogisticModel):
         return {"kind": "logreg", "n_num": model.n_num, "cat_cardinalities": model.cat_cardinalities, "hidden": []}

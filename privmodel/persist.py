@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -27,13 +25,19 @@ from anonymize.errors import InputError
 from privmodel.features import EncodedData, TabularEncoder
 from privmodel.fileio import sha256_file
 
+if TYPE_CHECKING:
+    import pandas as pd
+    import torch
+
+    from privmodel.training import FitResult
+
 WEIGHTS = "model.pt"
 ENCODER = "encoder.json"
 MANIFEST = "model.json"
 FORMAT = 1
 
 
-def _json_safe(obj: Any) -> Any:
+def _json_safe(obj: object) -> object:
     """JSON with no NaN/inf: non-finite floats become None (strict JSON, like the ledger)."""
     if isinstance(obj, dict):
         return {str(k): _json_safe(v) for k, v in obj.items()}
@@ -47,12 +51,10 @@ def _json_safe(obj: Any) -> Any:
     return obj
 
 
-def save_model(directory: str | os.PathLike[str], fit_result: Any, encoder: TabularEncoder,
+def save_model(directory: str | os.PathLike[str], fit_result: FitResult, encoder: TabularEncoder,
                extra: dict[str, Any] | None = None) -> Path:
-    """Write a new model directory atomically; refuse if it exists. Returns its path."""
-    import torch
-
-    from privmodel.models import model_spec
+    """Write a new model directory (staged, then renamed into place); refuse if it exists."""
+    from privmodel.fileio import outputs
 
     target = Path(directory)
     if target.exists():
@@ -60,39 +62,40 @@ def save_model(directory: str | os.PathLike[str], fit_result: Any, encoder: Tabu
     parent = target.parent if str(target.parent) else Path(".")
     if not parent.is_dir():
         raise InputError(f"{parent}: output directory does not exist")
-    if not os.access(parent, os.W_OK):
-        raise InputError(f"{parent}: output directory is not writable")
+    with outputs([target], dirs=[target]) as stage:
+        write_model(stage.dir(target), fit_result, encoder, extra)
+        stage.publish()
+    return target
+
+
+def write_model(directory: Path, fit_result: FitResult, encoder: TabularEncoder,
+                extra: dict[str, Any] | None = None) -> None:
+    """Write the weights, encoder and manifest into an existing (staging) directory."""
+    import torch
+
+    from privmodel.models import model_spec
+
     spec = model_spec(fit_result.model)
     if spec["n_num"] != encoder.n_num or spec["cat_cardinalities"] != encoder.cat_cardinalities:
         raise InputError("save_model: the encoder does not match the model's inputs")
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=parent))
-    try:
-        torch.save(fit_result.model.state_dict(), staging / WEIGHTS)
-        (staging / ENCODER).write_text(json.dumps(_json_safe(encoder.to_dict()), indent=2, allow_nan=False) + "\n")
-        manifest = {
-            "format": FORMAT,
-            "architecture": spec,
-            "config": fit_result.config.model_dump(mode="json"),
-            "privacy": fit_result.privacy,
-            "extra": extra or {},
-            "sha256": {WEIGHTS: sha256_file(staging / WEIGHTS), ENCODER: sha256_file(staging / ENCODER)},
-        }
-        (staging / MANIFEST).write_text(json.dumps(_json_safe(manifest), indent=2, allow_nan=False) + "\n")
-        try:
-            os.rename(staging, target)  # atomic; fails if the target appeared meanwhile
-        except OSError:
-            raise InputError(f"{target}: model directory already exists; refusing to overwrite") from None
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-    return target
+    torch.save(fit_result.model.state_dict(), directory / WEIGHTS)
+    (directory / ENCODER).write_text(json.dumps(_json_safe(encoder.to_dict()), indent=2, allow_nan=False) + "\n")
+    manifest = {
+        "format": FORMAT,
+        "architecture": spec,
+        "config": fit_result.config.model_dump(mode="json"),
+        "privacy": fit_result.privacy,
+        "extra": extra or {},
+        "sha256": {WEIGHTS: sha256_file(directory / WEIGHTS), ENCODER: sha256_file(directory / ENCODER)},
+    }
+    (directory / MANIFEST).write_text(json.dumps(_json_safe(manifest), indent=2, allow_nan=False) + "\n")
 
 
 @dataclass
 class ScoringModel:
     """A loaded model: encodes a DataFrame with its saved encoder and returns P(y = 1)."""
 
-    model: Any
+    model: torch.nn.Module
     encoder: TabularEncoder
     manifest: dict[str, Any]
     path: Path
@@ -105,7 +108,7 @@ class ScoringModel:
     def extra(self) -> dict[str, Any]:
         return self.manifest.get("extra", {})
 
-    def predict_proba(self, df: Any) -> np.ndarray:
+    def predict_proba(self, df: pd.DataFrame) -> np.ndarray:
         """P(y = 1) per row of `df` (a DataFrame with the encoder's columns), float64 [n]."""
         return self.predict_proba_encoded(self.encoder.transform(df))
 

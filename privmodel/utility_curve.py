@@ -20,7 +20,7 @@ import math
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, TypedDict, TypeVar
 
 import numpy as np
 
@@ -28,12 +28,31 @@ from anonymize.errors import InputError
 from privmodel import metrics
 from privmodel.fileio import atomic_path, atomic_write_text
 
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
+
 DEFAULT_GRID = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, math.inf)
 COLUMNS = ("epsilon", "repeats", "roc_auc", "roc_auc_std", "pr_auc", "brier", "ece", "top_decile_lift",
            "noise_multiplier", "epsilon_spent")
 
 #: (epsilon or inf, seed) -> (fit result with .privacy, predict_proba on the evaluation rows)
-CurveTrainer = Callable[[float, int], tuple[Any, Callable[[Any], np.ndarray]]]
+RowsT = TypeVar("RowsT")  # the evaluation rows, as the trainer's predict function takes them
+CurveTrainer = Callable[[float, int], tuple[object, Callable[[RowsT], np.ndarray]]]
+
+
+class CurvePoint(TypedDict):
+    """One ε of the curve: mean metrics over the repeats (None where no repeat gave a value)."""
+
+    epsilon: float
+    repeats: int
+    roc_auc: float | None
+    roc_auc_std: float
+    pr_auc: float | None
+    brier: float | None
+    ece: float | None
+    top_decile_lift: float | None
+    noise_multiplier: float | None
+    epsilon_spent: float | None
 
 
 def parse_grid(text: str) -> list[float]:
@@ -55,18 +74,18 @@ def parse_grid(text: str) -> list[float]:
 
 
 def compute_curve(
-    train: CurveTrainer,
-    x_eval: Any,
-    y_eval: Any,
+    train: CurveTrainer[RowsT],
+    x_eval: RowsT,
+    y_eval: ArrayLike,
     grid: Sequence[float] = DEFAULT_GRID,
     repeats: int = 1,
     seed: int = 0,
     progress: Callable[[float], None] | None = None,
-) -> list[dict[str, Any]]:
+) -> list[CurvePoint]:
     """One row per ε: mean metrics over `repeats` seeded runs (std of ROC-AUC beside it)."""
     if repeats < 1:
         raise InputError("curve: repeats must be at least 1")
-    rows: list[dict[str, Any]] = []
+    rows: list[CurvePoint] = []
     for eps in sorted(grid):
         results, noises, spent = [], [], []
         for r in range(repeats):
@@ -93,17 +112,17 @@ def compute_curve(
     return rows
 
 
-def _mean(values: Sequence[Any]) -> float | None:
+def _mean(values: Sequence[float | None]) -> float | None:
     vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
     return float(np.mean(vals)) if vals else None
 
 
-def _json_ready(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+def _json_ready(rows: Sequence[CurvePoint]) -> list[dict[str, object]]:
     """JSON has no infinity: ε = ∞ is written as the string "inf"."""
     return [{k: ("inf" if isinstance(v, float) and math.isinf(v) else v) for k, v in row.items()} for row in rows]
 
 
-def write_curve(rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike[str], title: str = "") -> dict[str, Path]:
+def write_curve(rows: Sequence[CurvePoint], out_dir: str | os.PathLike[str], title: str = "") -> dict[str, Path]:
     """curve.json, curve.csv and curve.png in `out_dir`, each written atomically."""
     out = Path(out_dir)
     paths = {"json": out / "curve.json", "csv": out / "curve.csv", "png": out / "curve.png"}
@@ -118,25 +137,23 @@ def write_curve(rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike[str],
     return paths
 
 
-def plot_curve(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str], title: str = "") -> None:
+def plot_curve(rows: Sequence[CurvePoint], path: str | os.PathLike[str], title: str = "") -> None:
     """ROC-AUC (± std) against ε on a log axis; the non-private baseline as a dashed line."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    finite = [r for r in rows if math.isfinite(r["epsilon"]) and r["roc_auc"] is not None]
-    baseline = [r for r in rows if math.isinf(r["epsilon"]) and r["roc_auc"] is not None]
+    finite = [(r["epsilon"], auc, r["roc_auc_std"]) for r in rows if (auc := r["roc_auc"]) is not None and math.isfinite(r["epsilon"])]
+    baseline = [auc for r in rows if (auc := r["roc_auc"]) is not None and math.isinf(r["epsilon"])]
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     try:
         if finite:
-            xs = [r["epsilon"] for r in finite]
-            ys = [r["roc_auc"] for r in finite]
-            err = [r["roc_auc_std"] for r in finite]
+            xs, ys, err = ([p[i] for p in finite] for i in range(3))
             ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label="DP-SGD")
             ax.set_xscale("log", base=2)
         if baseline:
-            ax.axhline(baseline[0]["roc_auc"], linestyle="--", color="grey", label="non-private baseline (ε = ∞)")
+            ax.axhline(baseline[0], linestyle="--", color="grey", label="non-private baseline (ε = ∞)")
         ax.axhline(0.5, linestyle=":", color="lightgrey", label="chance")
         ax.set_xlabel("ε (privacy budget, log scale)")
         ax.set_ylabel("ROC-AUC on held-out rows")

@@ -47,6 +47,17 @@ def setup(tmp_path_factory: pytest.TempPathFactory):
     return out, specs, holdout, policy, tls
 
 
+def _elsewhere(spec, root: Path):
+    """The same partner data and policy under another organisation's keys and workdir: each
+    organisation's budget store lives beside its keys, and a run at the default δ spends a dataset's
+    whole δ cap, so a reproduction of a run needs a budget of its own."""
+    from federated.worker import PartnerSpec
+
+    home = root / spec.name
+    init_keys(home / "keys", actor=spec.name)
+    return PartnerSpec(**{**spec.to_dict(), "workdir": str(home), "keys": str(home / "keys")})
+
+
 @pytest.mark.slow
 def test_loopback_deployment_tls_auth_kill_and_ledgers(setup) -> None:
     out, specs, holdout, policy, tls = setup
@@ -114,8 +125,8 @@ def test_loopback_deployment_tls_auth_kill_and_ledgers(setup) -> None:
 
     # same setup without Flower: round 1 by hand (same seeds) must give the same global AUC
     from federated.server_app import _build_model, _Evaluator
-    from federated.worker import PartnerSpec, PartnerWorker, _load_arrays, _model_arrays
-    ref_specs = [PartnerSpec(**{**s.to_dict(), "workdir": str(out / "ref" / s.name)}) for s in specs]
+    from federated.worker import PartnerWorker, _load_arrays, _model_arrays
+    ref_specs = [_elsewhere(s, out / "ref") for s in specs]
     workers = [PartnerWorker(s) for s in ref_specs]
     hello = workers[0].hello(config)
     model = _build_model(config, int(hello["n_num"]), [int(c) for c in hello["cards"].split(",")])
@@ -191,7 +202,7 @@ def test_deployment_final_model_matches_simulation(setup) -> None:
                        insecure_seed=0)
 
     def fresh(kind: str) -> list[PartnerSpec]:
-        return [PartnerSpec(**{**s.to_dict(), "workdir": str(out / kind / s.name)}) for s in specs]
+        return [_elsewhere(s, out / kind) for s in specs]
 
     deployed_dir = out / "match-deployed"
     (deployed_dir / "coordinator").mkdir(parents=True)

@@ -117,6 +117,13 @@ def test_model_on_a_release_says_epsilon_is_per_release_row(customers: dict[str,
     assert card["data"]["release_k"] == report["privacy"]["achieved"]["k"]
     first = "\n".join((out / "model_card.md").read_text().splitlines()[:12])
     assert "per RELEASE ROW, not per customer" in first and "release.parquet" in first
+    # lineage: the release charges the raw table's budget, not a fresh one of its own
+    from anonymize.policy import load_policy
+    from privmodel import budget
+
+    raw = budget.dataset_of(load_policy(customers["policy"]), customers["data"], isolated_budget)
+    assert card["data"]["dataset"] == raw
+    assert budget.spent(raw, isolated_budget).epsilon == pytest.approx(0.5)
 
 
 def test_raw_rows_without_the_consent_column_are_refused(customers: dict[str, Path],

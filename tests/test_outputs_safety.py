@@ -30,7 +30,8 @@ def snapshot(root: Path, skip: tuple[str, ...] = ()) -> dict[str, tuple[str, int
         if path.name in skip:
             continue
         st = path.lstat()
-        kind = "dir" if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
+        kind = ("dir" if stat.S_ISDIR(st.st_mode) else hashlib.sha256(path.read_bytes()).hexdigest()
+                if stat.S_ISREG(st.st_mode) else "other")  # never read a FIFO (it would block)
         found[str(path.relative_to(root))] = (kind, stat.S_IMODE(st.st_mode))
     return found
 

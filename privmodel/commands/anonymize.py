@@ -146,6 +146,10 @@ def anonymize(
                 stage.write_text(path, render(release.report))
             _append(action, book, out, keys, inputs, stage.artifacts(), _figures(release.report))
             stage.publish()
+        # a model trained on the release charges the raw table's budget (lineage), not a fresh one
+        from privmodel import budget
+
+        budget.record_lineage(budget.dataset_of(loaded, input, keys), target, keys)
     typer.echo(
         f"released {release.report['rows']['released']} of {release.report['rows']['input']} rows to {target} "
         f"(report: {out / 'report.txt'})"

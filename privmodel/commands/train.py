@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from anonymize.errors import InputError
-from privmodel.commands.common import KEYS_OPTION, LEDGER_OPTION
+from privmodel.commands.common import KEYS_OPTION, LEDGER_OPTION, recorded_failure
 
 if TYPE_CHECKING:
     from privmodel.workflows.train import TrainRequest
@@ -156,46 +156,26 @@ def score(
 ) -> None:
     """Propensity, decile (1 = highest) and tier per consenting customer; identifiers come out keyed."""
     from privmodel.audit import artifact
+    from privmodel.commands.common import ledger_path
+    from privmodel.fileio import outputs
     from privmodel.workflows import score as workflow
 
-    _refuse_output_on_input(out, [data, model_dir, *([policy_path] if policy_path else [])])
-    result = workflow.score(model_dir, data, keys, policy_path)
-    book = _ledger(ledger, _parent(out), keys)
-    staged = _staged_table(result.table, out)
-    try:
-        book.append("model.score", inputs=[artifact(data), artifact(model_dir / "model_card.json",
-                                                                    f"{model_dir.name}/model_card.json")],
-                    outputs=[artifact(staged, out.name)],
-                    params={"rows": int(len(result.table)), "tier_rule": workflow.TIER_RULE,
-                            "id_column": result.id_column, "rows_removed": result.rows.removed})
-        staged.replace(out)
-    finally:
-        staged.unlink(missing_ok=True)
+    inputs = [data, model_dir, policy_path]
+    with recorded_failure("model.score", ledger, _parent(out), keys, inputs), \
+            outputs([out], inputs=inputs, ledger=ledger_path(ledger, _parent(out)), action="model.score") as stage:
+        result = workflow.score(model_dir, data, keys, policy_path)
+        stage.write_table(out, result.table)
+        _ledger(ledger, _parent(out), keys).append(
+            "model.score", inputs=[artifact(data), artifact(model_dir / "model_card.json",
+                                                             f"{model_dir.name}/model_card.json")],
+            outputs=stage.artifacts(), params={"rows": int(len(result.table)), "tier_rule": workflow.TIER_RULE,
+                                               "id_column": result.id_column, "rows_removed": result.rows.removed})
+        stage.publish()
     counts = result.table["tier"].value_counts()
     removed = sum(result.rows.removed.values())
     typer.echo(f"scored {len(result.table)} rows -> {out} ({workflow.TIER_RULE}; "
                + ", ".join(f"{name}: {int(counts.get(name, 0))}" for _, _, name in workflow.TIERS)
                + f"); {removed} rows not scored (policy: consent / quality)")
-
-
-def _refuse_output_on_input(out: Path, inputs: list[Path]) -> None:
-    """An output path that resolves to an input (symlinks included) is refused before any work."""
-    target = out.resolve()
-    for path in inputs:
-        if target == path.resolve():
-            raise InputError(f"{out}: output is an input of this command ({path}); choose another --out")
-
-
-def _staged_table(frame, out: Path) -> Path:  # frame: pandas.DataFrame
-    """The table written beside `out` under a hidden name, published by the caller after its ledger entry."""
-    from privmodel.fileio import write_table
-
-    if out.exists():
-        raise InputError(f"{out}: already exists; refusing to overwrite")
-    staged = out.with_name(f".{out.name}.staged{out.suffix}")
-    if staged.exists():
-        raise InputError(f"{staged}: a staged output from another run exists; remove it first")
-    return write_table(frame, staged)
 
 
 # --- evaluate --------------------------------------------------------------------------------------
@@ -217,14 +197,23 @@ def evaluate(
 
     from privmodel import card
     from privmodel.audit import artifact
-    from privmodel.fileio import atomic_write_text
+    from privmodel.commands.common import ledger_path
+    from privmodel.fileio import outputs
     from privmodel.workflows import score as workflow
 
-    if out is not None:
-        _refuse_output_on_input(out, [data, model_dir, *([policy_path] if policy_path else [])])
-        if out.exists():
-            raise InputError(f"{out}: already exists; refusing to overwrite")
-    result = workflow.evaluate(model_dir, data, keys, policy_path)
+    book_path = ledger_path(ledger, _parent(model_dir))
+    inputs = [data, model_dir, policy_path]
+    with recorded_failure("model.evaluate", ledger, _parent(model_dir), keys, inputs), \
+            outputs([out] if out is not None else [], inputs=inputs, ledger=book_path, action="model.evaluate") as stage:
+        result = workflow.evaluate(model_dir, data, keys, policy_path)
+        if out is not None:
+            stage.write_text(out, json.dumps(card._clean(result), indent=2, allow_nan=False) + "\n")
+        _ledger(ledger, _parent(model_dir), keys).append(
+            "model.evaluate", inputs=[artifact(data), artifact(model_dir / card.CARD_JSON,
+                                                                f"{model_dir.name}/{card.CARD_JSON}")],
+            outputs=stage.artifacts(), params={"rows": result["n"], "roc_auc": result["roc_auc"],
+                                               "brier": result["brier"], "rows_removed": result["rows"]["removed"]})
+        stage.publish()
     table = Table(title=f"{model_dir.name} on {data.name} ({result['n']} rows, base rate {result['base_rate']:.3f})")
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -235,22 +224,6 @@ def evaluate(
         for gap in ("demographic_parity_difference", "equal_opportunity_difference"):
             value = stats[gap]
             table.add_row(f"{gap} [{column}]", "n/a" if value is None else f"{value:.4f}")
-    book = _ledger(ledger, _parent(model_dir), keys)
-    text = json.dumps(card._clean(result), indent=2, allow_nan=False) + "\n"
-    staged = out.with_name(f".{out.name}.staged") if out is not None else None
-    try:
-        if staged is not None:
-            atomic_write_text(staged, text)
-        book.append("model.evaluate", inputs=[artifact(data), artifact(model_dir / card.CARD_JSON,
-                                                                       f"{model_dir.name}/{card.CARD_JSON}")],
-                    outputs=[artifact(staged, out.name)] if staged is not None and out is not None else [],
-                    params={"rows": result["n"], "roc_auc": result["roc_auc"], "brier": result["brier"],
-                            "rows_removed": result["rows"]["removed"]})
-        if staged is not None and out is not None:
-            staged.replace(out)
-    finally:
-        if staged is not None:
-            staged.unlink(missing_ok=True)
     Console().print(table)
 
 
@@ -287,7 +260,6 @@ def curve(
     check_privacy_args(1.0, delta)
     if not data.is_file():
         raise InputError(f"{data}: no such file")
-    _refuse_output_on_input(out, [data, policy_path])
     req = _request(data=data, label=label, policy=policy_path, out=out, delta=delta, model=model, epochs=epochs,
                    batch_size=batch_size, lr=lr, clip=clip, clipping=clipping, accountant=accountant, seed=seed,
                    test_size=test_size)
@@ -301,6 +273,7 @@ def curve(
             done[0] += 1
             advance(done[0], "privacy-utility curve")
 
-        result = workflow.curve(req, eps_grid, repeats, book, keys, tick)
+        with recorded_failure("model.curve", ledger, out, keys, [data, policy_path]):
+            result = workflow.curve(req, eps_grid, repeats, book, keys, tick)
     typer.echo(f"curve over {len(eps_grid)} ε values (charged ε = {result.charged_epsilon:g}) -> "
                f"{result.paths['json']}, {result.paths['csv']}, {result.paths['png']}")

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import base64
 import io
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 
-def png_data_uri(draw: Callable[[Any], None], size: tuple[float, float] = (4.6, 3.2)) -> str:
+def png_data_uri(draw: Callable[[Axes], None], size: tuple[float, float] = (4.6, 3.2)) -> str:
     """Call `draw(ax)` on a fresh figure and return it as a base64 PNG data URI."""
     import matplotlib
 
@@ -40,14 +43,14 @@ def _label(value: object, limit: int = 40) -> str:
 
 
 def line_chart(
-    series: dict[str, tuple[Sequence[float], Sequence[float]]],
+    series: Mapping[str, tuple[Sequence[float], Sequence[float]]],
     title: str,
     xlabel: str,
     ylabel: str,
     diagonal: bool = False,
     xlog: bool = False,
 ) -> str:
-    def draw(ax: Any) -> None:
+    def draw(ax: Axes) -> None:
         for name, (xs, ys) in series.items():
             ax.plot(list(xs), list(ys), marker="o" if len(xs) < 25 else None, ms=3, label=_label(name))
         if diagonal:
@@ -70,7 +73,7 @@ def line_chart(
 
 
 def bar_chart(labels: Sequence[str], values: Sequence[float], title: str, xlabel: str, ylabel: str) -> str:
-    def draw(ax: Any) -> None:
+    def draw(ax: Axes) -> None:
         ax.bar([_label(label, 20) for label in labels], list(values), color="#4a6fa5")
         ax.set_title(title, fontsize=10)
         ax.set_xlabel(xlabel)

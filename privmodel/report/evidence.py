@@ -16,7 +16,6 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -40,15 +39,15 @@ NO_TRUST = "no trusted keys"
 class LedgerEvidence:
     path: Path
     verification: Verification
-    entries: list[dict[str, Any]]
+    entries: list[dict[str, object]]
 
 
 @dataclass
 class Artifact:
     path: Path
     sha256: str
-    data: dict[str, Any]
-    recorded_by: dict[str, Any]  # the ledger entry whose outputs include this file
+    data: dict[str, object]
+    recorded_by: dict[str, object]  # the ledger entry whose outputs include this file
 
 
 @dataclass
@@ -99,7 +98,7 @@ def load_trusted_keys(paths: Sequence[Path]) -> list[Ed25519PublicKey]:
     return keys
 
 
-def _parse_entries(raw: bytes) -> list[dict[str, Any]]:
+def _parse_entries(raw: bytes) -> list[dict[str, object]]:
     """Every line that is a JSON object (verification reports the others); never raises."""
     entries = []
     for line in raw.splitlines():
@@ -139,8 +138,8 @@ def _load_ledger(path: Path, trusted_keys: list[Ed25519PublicKey] | None, tofu: 
     return LedgerEvidence(path, _verify(path, trusted_keys, tofu), _parse_entries(raw))
 
 
-def _recorded_outputs(ledgers: Iterable[LedgerEvidence]) -> dict[str, dict[str, Any]]:
-    recorded: dict[str, dict[str, Any]] = {}
+def _recorded_outputs(ledgers: Iterable[LedgerEvidence]) -> dict[str, dict[str, object]]:
+    recorded: dict[str, dict[str, object]] = {}
     for le in ledgers:
         for entry in le.entries:
             outputs = entry.get("outputs")

@@ -9,7 +9,6 @@ layout engine adds a system dependency and nothing else.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from privmodel.report.sections import as_dict, as_list, as_number, eps_text, text
 
@@ -51,12 +50,12 @@ class FlowLayout:
     edges: list[Edge] = field(default_factory=list)
 
 
-def _cost_label(entry: dict[str, Any]) -> str:
+def _cost_label(entry: dict[str, object]) -> str:
     eps = as_number(as_dict(entry.get("privacy_cost")).get("epsilon"))
     return f" ε {eps_text(eps)}" if eps is not None else ""
 
 
-def _hashes(files: Any) -> list[tuple[str, str]]:
+def _hashes(files: object) -> list[tuple[str, str]]:
     """(name, sha256) of each well-formed file record of an entry's inputs or outputs."""
     out = []
     for art in as_list(files):
@@ -67,7 +66,7 @@ def _hashes(files: Any) -> list[tuple[str, str]]:
     return out
 
 
-def flow_layout(entries: list[dict[str, Any]], max_width: int = 1150) -> FlowLayout:
+def flow_layout(entries: list[dict[str, object]], max_width: int = 1150) -> FlowLayout:
     """Steps (skipping the ledger.open bookkeeping entry) and their file lineage.
 
     Rows are a topological layering: a step sits one row below the previous step of its actor and

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 from functools import lru_cache
-from typing import Any
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
@@ -49,8 +48,8 @@ def environment() -> Environment:
     )
 
 
-def _cost_words(cost: Any) -> str:
-    cost = as_dict(cost)
+def _cost_words(value: object) -> str:
+    cost = as_dict(value)
     if not cost:
         return ""
     if as_number(cost.get("epsilon")) is None:
@@ -62,11 +61,11 @@ def _cost_words(cost: Any) -> str:
     return words
 
 
-def _files(files: Any) -> list[tuple[str, str]]:
+def _files(files: object) -> list[tuple[str, str]]:
     return [(text(as_dict(a).get("name")), text(as_dict(a).get("sha256", ""))[:12]) for a in as_list(files)]
 
 
-def _steps(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _steps(entries: list[dict[str, object]]) -> list[dict[str, object]]:
     return [{
         "seq": text(e.get("seq")),
         "time": text(e.get("time", ""))[:19],

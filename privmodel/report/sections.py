@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from privmodel.report.charts import bar_chart, line_chart
 from privmodel.report.evidence import Artifact
@@ -47,15 +46,15 @@ class Section:
 
 # --- tolerant accessors -------------------------------------------------------------------------
 
-def as_dict(value: Any) -> dict[str, Any]:
+def as_dict(value: object) -> dict[str, object]:
     return value if isinstance(value, dict) else {}
 
 
-def as_list(value: Any) -> list[Any]:
+def as_list(value: object) -> list[object]:
     return value if isinstance(value, list) else []
 
 
-def as_number(value: Any) -> float | None:
+def as_number(value: object) -> float | None:
     """A finite int/float (bools are not numbers here), else None."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
@@ -63,7 +62,7 @@ def as_number(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def text(value: Any, depth: int = 0) -> str:
+def text(value: object, depth: int = 0) -> str:
     """Any JSON value as short readable text (escaping is the template's job); nesting past a few
     levels is elided, so a crafted, deeply nested field cannot exhaust the stack."""
     if depth > 8:
@@ -85,7 +84,7 @@ def text(value: Any, depth: int = 0) -> str:
     return str(value)
 
 
-def eps_text(value: Any) -> str:
+def eps_text(value: object) -> str:
     """ε or δ in words: 3.0 stays "3.0", 0.99123 becomes "0.991", tiny δ in scientific notation."""
     number = as_number(value)
     if number is None:
@@ -97,11 +96,11 @@ def eps_text(value: Any) -> str:
     return f"{number:.3g}"
 
 
-def row(*values: Any) -> list[Cell]:
+def row(*values: object) -> list[Cell]:
     return [v if isinstance(v, Cell) else Cell(text(v)) for v in values]
 
 
-def table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> Table:
+def table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> Table:
     return Table(list(header), [row(*r) for r in rows])
 
 
@@ -111,15 +110,14 @@ def recorded_note(artifact: Artifact) -> str:
             f"({text(entry.get('action'))}, {text(entry.get('actor'))})")
 
 
-def _points(xs: Iterable[Any], ys: Iterable[Any]) -> tuple[list[float], list[float]]:
+def _points(xs: Iterable[object], ys: Iterable[object]) -> tuple[list[float], list[float]]:
     pairs = [(as_number(x), as_number(y)) for x, y in zip(xs, ys, strict=False)]
     kept = [(x, y) for x, y in pairs if x is not None and y is not None]
     return [p[0] for p in kept], [p[1] for p in kept]
 
 
-def _histogram_chart(hist: Any, title: str, xlabel: str, ylabel: str, alt: str) -> list[Chart]:
-    bars = [(str(k), as_number(v)) for k, v in as_dict(hist).items()]
-    bars = [(k, v) for k, v in bars if v is not None]
+def _histogram_chart(hist: object, title: str, xlabel: str, ylabel: str, alt: str) -> list[Chart]:
+    bars = [(str(k), number) for k, v in as_dict(hist).items() if (number := as_number(v)) is not None]
     if not bars:
         return []
     return [Chart(bar_chart([b[0] for b in bars], [b[1] for b in bars], title, xlabel, ylabel), alt)]
@@ -185,7 +183,7 @@ def release_section(artifact: Artifact) -> Section:
     return Section(f"Release: {text(title)}", recorded_note(artifact), charts, tables)
 
 
-def _model_charts(card: dict[str, Any]) -> list[Chart]:
+def _model_charts(card: dict[str, object]) -> list[Chart]:
     metrics = as_dict(card.get("metrics"))
     charts = []
     roc = {}
@@ -206,8 +204,7 @@ def _model_charts(card: dict[str, Any]) -> list[Chart]:
         charts.append(Chart(line_chart(calibration, "Calibration (held-out)", "mean predicted", "observed rate",
                                        diagonal=True), "calibration curve"))
     lift = [as_dict(r) for r in as_list(metrics.get("lift"))]
-    bars = [(text(r.get("decile")), as_number(r.get("lift"))) for r in lift]
-    bars = [(k, v) for k, v in bars if v is not None]
+    bars = [(text(r.get("decile")), number) for r in lift if (number := as_number(r.get("lift"))) is not None]
     if bars:
         charts.append(Chart(bar_chart([b[0] for b in bars], [b[1] for b in bars],
                                       "Lift by decile (1 = highest scores)", "decile", "lift"), "lift by decile"))
@@ -269,7 +266,7 @@ def model_section(artifact: Artifact) -> Section:
     return Section(title, recorded_note(artifact), _model_charts(card), tables)
 
 
-def privacy_words(privacy: dict[str, Any]) -> str:
+def privacy_words(privacy: dict[str, object]) -> str:
     """A model's guarantee in one sentence, honest about non-private and reproducible-noise runs."""
     eps, delta = privacy.get("epsilon"), privacy.get("delta")
     if privacy.get("private") is False or as_number(eps) is None:

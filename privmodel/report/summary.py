@@ -108,8 +108,8 @@ def budgets(evidence: Evidence) -> list[Budget]:
             if entry.get("action") != "budget.charge":
                 continue
             params = as_dict(entry.get("params"))
-            dataset = next((params[k] for k in ("dataset", "dataset_id", "dataset_sha256")
-                            if isinstance(params.get(k), str)), "unnamed")
+            dataset = next((name for k in ("dataset", "dataset_id", "dataset_sha256")
+                            if isinstance(name := params.get(k), str)), "unnamed")
             actor = text(entry.get("actor"))
             budget = out.setdefault((actor, dataset), Budget(actor, dataset))
             cap = as_dict(params.get("cap"))
@@ -196,11 +196,12 @@ def _privacy_model(release: Artifact) -> tuple[str, str]:
         return NOT_EVIDENCED, f"{who}: the release report does not state required and achieved k"
     checks = [(k_got >= k_req, f"k {text(achieved.get('k'))} (required {text(required.get('k'))})")]
     l_req = as_dict(required.get("l"))
-    if as_number(l_req.get("value")) is not None and l_req.get("variant") != "recursive":
+    l_value = as_number(l_req.get("value"))
+    if l_value is not None and l_req.get("variant") != "recursive":
         variant = text(l_req.get("variant") or "distinct")
         values = [as_number(as_dict(v).get(variant)) for v in as_dict(achieved.get("l")).values()]
         got = min((v for v in values if v is not None), default=None)
-        checks.append((got is not None and got >= float(l_req["value"]),
+        checks.append((got is not None and got >= l_value,
                        f"{variant} l {text(got)} (required {text(l_req['value'])})"))
     t_req = as_number(required.get("t"))
     if t_req is not None:

@@ -82,27 +82,22 @@ def curve(req: TrainRequest, grid: list[float], repeats: int, book: Ledger, keys
 
 def _publish(req: TrainRequest, points: list[dict[str, Any]], book: Ledger, params: dict[str, Any],
              privacy_cost: dict[str, Any] | None) -> dict[str, Path]:
-    """Write the curve files into a staging directory, record them, then move them into --out."""
-    import os
-    import shutil
+    """Stage curve.json / .csv / .png, record them in the ledger, then publish them into --out."""
     import tempfile
 
     from privmodel import utility_curve
     from privmodel.audit import artifact
-    from privmodel.fileio import ensure_output_dir
+    from privmodel.fileio import ensure_output_dir, outputs
 
     out = ensure_output_dir(req.out)
-    staging = Path(tempfile.mkdtemp(prefix=".curve.", dir=out))
-    try:
-        staged = utility_curve.write_curve(points, staging, title=f"{req.model} for {req.label}")
-        targets = {kind: out / path.name for kind, path in staged.items()}
-        existing = [str(t) for t in targets.values() if t.exists()]
-        if existing:
-            raise InputError(f"{existing[0]}: already exists; refusing to overwrite")
-        book.append("model.curve", inputs=[artifact(req.data), artifact(req.policy)],
-                    outputs=[artifact(p, p.name) for p in staged.values()], params=params, privacy_cost=privacy_cost)
-        for kind, path in staged.items():
-            os.rename(path, targets[kind])
-        return targets
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix=".curve.", dir=out) as scratch:
+        drawn = utility_curve.write_curve(points, Path(scratch), title=f"{req.model} for {req.label}")
+        targets = {kind: out / path.name for kind, path in drawn.items()}
+        with outputs(targets.values(), inputs=[req.data, req.policy], ledger=book.path, action="model.curve",
+                     replace=True) as stage:
+            for kind, path in drawn.items():
+                stage.write_bytes(targets[kind], path.read_bytes())
+            book.append("model.curve", inputs=[artifact(req.data), artifact(req.policy)],
+                        outputs=stage.artifacts(), params=params, privacy_cost=privacy_cost)
+            stage.publish()
+    return targets

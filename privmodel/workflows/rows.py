@@ -128,3 +128,26 @@ def minimised_rows(frame: pd.DataFrame, policy: Policy, keys: Path | None, *, so
     result = minimise(frame, policy, secret, source=source, partner=partner)
     return ModelRows(frame=result.data.reset_index(drop=True), unit=UNIT_CUSTOMER, rows_in=int(result.rows_in),
                      positions=result.positions, removed={k: int(v) for k, v in result.removed.items()})
+
+
+def consenting(frame: pd.DataFrame, policy: Policy, source: str) -> tuple[pd.DataFrame, np.ndarray, dict[str, int]]:
+    """A feature table (e.g. an estimator's X) through the policy's consent rule, without minimisation:
+    (kept rows with the consent column dropped, their 0-based positions, removed by reason).
+
+    The same rule as `minimise` (`anonymize.quality.consent_rule`); a table without the consent column a
+    policy requires is refused.
+    """
+    import numpy as np
+
+    from anonymize.quality import consent_flags, consent_rule
+
+    consent = policy.purpose.consent
+    if consent is None:
+        return frame, np.arange(len(frame)), {}
+    if consent not in frame.columns:
+        raise InputError(f"{source}: consent column {consent} is missing; purpose {policy.purpose.name!r} needs it "
+                         "to remove customers without consent")
+    keep, removed = consent_rule(consent_flags(frame[consent], policy, source))
+    if not keep.any():
+        raise InputError(f"{source}: no rows left after the consent filter for purpose {policy.purpose.name!r}")
+    return frame.loc[keep].drop(columns=[consent]).reset_index(drop=True), np.flatnonzero(keep), removed

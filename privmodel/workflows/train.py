@@ -15,9 +15,6 @@ Order of a run (each rule in one place):
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -293,11 +290,10 @@ def _card(req: TrainRequest, policy: Policy, rows: ModelRows, ready: prep.Prepar
 
 def _publish(req: TrainRequest, book: Ledger, inputs: list, encoder: TabularEncoder, ev: Evidence,
              the_card: dict[str, Any], policy: Policy, dataset: str, rows: ModelRows) -> None:
-    """Stage the model directory, write the ledger entry, then rename into place (all or nothing)."""
+    """Stage the model directory, write the ledger entry, then publish it (all or nothing)."""
     from privmodel import card
-    from privmodel.audit import artifact
-    from privmodel.fileio import atomic_write_bytes, atomic_write_text, sha256_file
-    from privmodel.persist import save_model
+    from privmodel.fileio import json_ready, outputs, sha256_file
+    from privmodel.persist import write_model
     from privmodel.workflows.score import POLICY_COPY
 
     meta = {"label": req.label, "identifiers": {n: {"method": c.method, "length": c.length}
@@ -305,19 +301,17 @@ def _publish(req: TrainRequest, book: Ledger, inputs: list, encoder: TabularEnco
             "fairness_groups": list(policy.fairness_groups), "public_categories": prep.public_categories(policy),
             "purpose": policy.purpose.name, "consent_column": policy.purpose.consent,
             "policy_sha256": sha256_file(req.policy), "dataset": dataset}
-    staging = Path(tempfile.mkdtemp(prefix=f".{req.out.name}.", dir=_parent(req.out)))
-    try:
-        model_path = staging / req.out.name
-        save_model(model_path, ev.fit, encoder, {"card": card.CARD_JSON, **meta})
+    with outputs([req.out], dirs=[req.out], inputs=[req.data, req.policy], ledger=book.path) as stage:
+        model_path = stage.dir(req.out)
+        write_model(model_path, ev.fit, encoder, {"card": card.CARD_JSON, **meta})
         card.write_card(model_path, the_card)
-        atomic_write_bytes(model_path / POLICY_COPY, req.policy.read_bytes())  # what `score` filters consent by
-        atomic_write_text(model_path / "metrics.json", json.dumps(card._clean(
+        (model_path / "metrics.json").write_text(json.dumps(json_ready(
             {"private": ev.private_metrics, "baseline": ev.baseline_metrics, "comparison": ev.comparison,
              "membership_inference": ev.mia}), indent=2, allow_nan=False) + "\n")
-        outputs = [artifact(p, f"{req.out.name}/{p.name}") for p in sorted(model_path.iterdir()) if p.is_file()]
+        (model_path / POLICY_COPY).write_bytes(req.policy.read_bytes())  # what `score` filters consent by
         privacy = ev.fit.privacy
         book.append(
-            "model.train", inputs=inputs, outputs=outputs,
+            "model.train", inputs=inputs, outputs=stage.artifacts(),
             params={**_params(req), "lr": ev.lr, "max_grad_norm": ev.clip,
                     "noise_multiplier": privacy["noise_multiplier"], "steps": privacy["steps"],
                     "sample_rate": privacy["sample_rate"], "rows": rows.as_record(), "dataset": dataset},
@@ -325,12 +319,7 @@ def _publish(req: TrainRequest, book: Ledger, inputs: list, encoder: TabularEnco
                           "accountant_epsilon": privacy["epsilon"], "unit": rows.unit,
                           "selection": ev.selection.card_entry()["method"] if ev.selection else "fixed"},
         )
-        try:
-            os.rename(model_path, req.out)  # atomic; refuses if a directory appeared meanwhile
-        except OSError:
-            raise InputError(f"{req.out}: model directory appeared while training; refusing to overwrite") from None
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        stage.publish()
 
 
 def tune(req: TrainRequest, encoder: TabularEncoder, df_train: pd.DataFrame,
