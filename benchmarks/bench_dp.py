@@ -101,6 +101,77 @@ def load_telco():
     return df, y, idx_train, idx_test, encoded
 
 
+ADULT = ROOT.parent / "shared" / "data" / "adult.csv"
+# UCI Adult data dictionary (adult.names, public); "?" (missing) falls in the encoder's unknown slot
+ADULT_CATEGORIES = {
+    "workclass": ["Private", "Self-emp-not-inc", "Self-emp-inc", "Federal-gov", "Local-gov", "State-gov",
+                  "Without-pay", "Never-worked"],
+    "education": ["Bachelors", "Some-college", "11th", "HS-grad", "Prof-school", "Assoc-acdm", "Assoc-voc", "9th",
+                  "7th-8th", "12th", "Masters", "1st-4th", "10th", "Doctorate", "5th-6th", "Preschool"],
+    "marital-status": ["Married-civ-spouse", "Divorced", "Never-married", "Separated", "Widowed",
+                       "Married-spouse-absent", "Married-AF-spouse"],
+    "occupation": ["Tech-support", "Craft-repair", "Other-service", "Sales", "Exec-managerial", "Prof-specialty",
+                   "Handlers-cleaners", "Machine-op-inspct", "Adm-clerical", "Farming-fishing", "Transport-moving",
+                   "Priv-house-serv", "Protective-serv", "Armed-Forces"],
+    "relationship": ["Wife", "Own-child", "Husband", "Not-in-family", "Other-relative", "Unmarried"],
+    "race": ["White", "Asian-Pac-Islander", "Amer-Indian-Eskimo", "Other", "Black"],
+    "sex": ["Female", "Male"],
+    "native-country": ["United-States", "Cambodia", "England", "Puerto-Rico", "Canada", "Germany",
+                       "Outlying-US(Guam-USVI-etc)", "India", "Japan", "Greece", "South", "China", "Cuba", "Iran",
+                       "Honduras", "Philippines", "Italy", "Poland", "Jamaica", "Vietnam", "Mexico", "Portugal",
+                       "Ireland", "France", "Dominican-Republic", "Laos", "Ecuador", "Taiwan", "Haiti", "Columbia",
+                       "Hungary", "Guatemala", "Nicaragua", "Scotland", "Thailand", "Yugoslavia", "El-Salvador",
+                       "Trinadad&Tobago", "Peru", "Hong", "Holand-Netherlands"],
+}
+# documented ranges (adult.names); the heavy-tailed money and weight columns are log1p-declared
+ADULT_BOUNDS = {"age": (17, 90), "fnlwgt": (0, 1_500_000), "education-num": (1, 16), "capital-gain": (0, 99_999),
+                "capital-loss": (0, 4_356), "hours-per-week": (1, 99)}
+ADULT_TRANSFORMS = {"fnlwgt": "log1p", "capital-gain": "log1p", "capital-loss": "log1p"}
+SYNTH_E_ROWS = 50_000
+
+
+def _split_encoded(frame, y: np.ndarray, encoder):
+    from sklearn.model_selection import train_test_split
+
+    idx_train, idx_test = train_test_split(np.arange(len(frame)), test_size=0.25, stratify=y, random_state=0)
+    data = encoder.transform(frame)
+    return data.take(idx_train), y[idx_train], data.take(idx_test), y[idx_test]
+
+
+def load_telco_table():
+    """Telco encoded with its public metadata: (train, y_train, test, y_test)."""
+    df, y, tr, te, enc = load_telco()
+    return enc.take(tr), y[tr], enc.take(te), y[te]
+
+
+def load_adult_table():
+    """Adult (label Salary > 50K) encoded with its data dictionary's ranges and categories."""
+    import pandas as pd
+
+    from privmodel.features import TabularEncoder
+
+    df = pd.read_csv(ADULT, skipinitialspace=True)
+    y = (df.pop("Salary").str.strip() == ">50K").to_numpy(dtype=np.float32)
+    encoder = TabularEncoder.from_public(ADULT_BOUNDS, ADULT_CATEGORIES, transforms=ADULT_TRANSFORMS)
+    return _split_encoded(df, y, encoder)
+
+
+def load_synth_table(n: int = SYNTH_E_ROWS):
+    """privmodel.synth customers (seed 0), churn, encoded with the starter policy `privmodel synth` writes."""
+    import yaml
+
+    from anonymize.policy import Policy
+    from privmodel.features import TabularEncoder
+    from privmodel.synth.core import generate_data
+    from privmodel.synth.output import starter_policy
+
+    synth = generate_data(n, seed=0)
+    frame = synth.to_pandas()
+    y = frame["churn"].to_numpy(dtype=np.float32)
+    policy = Policy.from_yaml_text(yaml.safe_dump(starter_policy(synth), sort_keys=False), "starter policy")
+    return _split_encoded(frame, y, TabularEncoder.from_policy(policy, label="churn"))
+
+
 def one_hot(data) -> np.ndarray:
     parts = [data.x_num] + [np.eye(c, dtype=np.float32)[data.x_cat[:, j]] for j, c in enumerate(data.cat_cardinalities)]
     return np.hstack(parts).astype(np.float32)

@@ -240,6 +240,8 @@ def _bad_frames() -> dict[str, pd.DataFrame]:
         ("ok", ["--epsilon", "0"], "--epsilon must be a positive"),
         ("ok", ["--epsilon", "-1"], "--epsilon must be a positive"),
         ("ok", ["--delta", "0.01"], "not below 1/n"),
+        ("ok", ["--lr", "nan"], "--lr must be a positive finite number"),
+        ("ok", ["--clip", "inf"], "--clip must be a positive finite number"),
         ("empty", [], "empty file"),
         ("exists", [], "already exists"),
     ],

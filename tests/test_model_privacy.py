@@ -134,3 +134,18 @@ def test_raw_rows_without_the_consent_column_are_refused(customers: dict[str, Pa
     code, err = _train(data, customers["policy"], customers["tmp"] / "never", capsys)
     assert code == 2 and "consent column consent_analytics is missing" in err
     assert not (customers["tmp"] / "never").exists()
+
+
+def test_bad_value_is_reported_at_the_files_row(customers: dict[str, Path], capsys: pytest.CaptureFixture[str],
+                                                isolated_budget: Path) -> None:
+    """Rows removed for consent before the bad one must not shift the row number the error names."""
+    frame = pd.read_parquet(customers["data"])
+    consenting = frame.index[frame["consent_analytics"] == True]  # noqa: E712
+    bad_row = int(consenting[200])
+    assert (frame.loc[:bad_row, "consent_analytics"] != True).sum() > 10  # noqa: E712 - rows removed before it
+    frame["tenure_months"] = frame["tenure_months"].astype("float64")
+    frame.loc[bad_row, "tenure_months"] = float("nan")
+    data = customers["tmp"] / "nan-tenure.parquet"
+    frame.to_parquet(data, index=False)
+    code, err = _train(data, customers["policy"], customers["tmp"] / "never-nan", capsys)
+    assert code == 2 and f"row {bad_row + 1}" in err and "tenure_months" in err, err

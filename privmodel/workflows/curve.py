@@ -50,7 +50,7 @@ def curve(req: TrainRequest, grid: list[float], repeats: int, book: Ledger, keys
         raise InputError("--repeats must be at least 1")
     policy = load_policy_with_cap(req.policy)
     rows = model_rows(req.data, policy, keys)
-    ready = prep.prepare(rows.frame, policy, req.label, str(req.data))
+    ready = prep.prepare(rows.frame, policy, req.label, str(req.data), rows.positions)
     train_idx, test_idx = prep.split(ready.y, req.test_size, req.seed)
     prep.check_delta(req.delta, int(train_idx.size))
     frame, y, encoder = ready.frame, ready.y, ready.encoder

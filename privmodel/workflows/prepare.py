@@ -1,7 +1,7 @@
 """One prepare / split path for every model workflow: labels, features, the held-out split.
 
-Row numbers in errors are positions in the rows the workflow received (after the consent filter
-when the input was raw); `source` names the file.
+Row numbers in errors are the file's data rows (1 = the first row after a CSV header): `positions`
+maps each row the workflow kept (after the consent filter) back to its row in the file.
 """
 
 from __future__ import annotations
@@ -29,7 +29,11 @@ class Prepared:
     encoder: TabularEncoder
 
 
-def labels(frame: pd.DataFrame, label: str, source: str) -> np.ndarray:
+def _file_row(positions: np.ndarray | None, i: int) -> int:
+    return int(positions[i]) + 1 if positions is not None else i + 1
+
+
+def labels(frame: pd.DataFrame, label: str, source: str, positions: np.ndarray | None = None) -> np.ndarray:
     """0/1 labels of `label`; one line naming the file and row when missing or single-class."""
     from privmodel.features import encode_labels
 
@@ -37,32 +41,39 @@ def labels(frame: pd.DataFrame, label: str, source: str) -> np.ndarray:
         raise InputError(f"{source}: label column {label} is missing")
     missing = frame[label].isna().to_numpy()
     if missing.any():
-        raise InputError(f"{source}: label column {label} is empty at row {int(np.flatnonzero(missing)[0]) + 1}")
+        row = _file_row(positions, int(np.flatnonzero(missing)[0]))
+        raise InputError(f"{source}: label column {label} is empty at data row {row}")
     y = np.asarray(encode_labels(frame[label], label), dtype=float)
     if y.min() == y.max():
         raise InputError(f"{source}: label column {label} has a single class; a propensity model needs both")
     return y
 
 
-def check_features(frame: pd.DataFrame, encoder: TabularEncoder, source: str) -> None:
+def check_features(frame: pd.DataFrame, encoder: TabularEncoder, source: str,
+                   positions: np.ndarray | None = None) -> None:
     """Every feature present; numeric features non-empty (no silent imputation hides a data
     problem). A missing categorical value is allowed: the encoder's unknown slot is for it."""
     for column in encoder.columns:
         if column not in frame.columns:
             raise InputError(f"{source}: feature column {column} is missing")
     for spec in encoder.numeric:
-        nan = frame[spec.name].isna().to_numpy()
-        if nan.any():
-            raise InputError(f"{source}: feature column {spec.name} is empty (NaN) at row {int(np.flatnonzero(nan)[0]) + 1}")
+        values = frame[spec.name]
+        bad = values.isna().to_numpy().copy()
+        if values.dtype.kind == "f":
+            bad |= ~np.isfinite(values.to_numpy(dtype=float, na_value=np.nan))
+        if bad.any():
+            row = _file_row(positions, int(np.flatnonzero(bad)[0]))
+            raise InputError(f"{source}: feature column {spec.name} is empty or not finite at data row {row}")
 
 
-def prepare(frame: pd.DataFrame, policy: Policy, label: str, source: str) -> Prepared:
+def prepare(frame: pd.DataFrame, policy: Policy, label: str, source: str,
+            positions: np.ndarray | None = None) -> Prepared:
     """Labels, the policy's encoder (public bounds and categories only) and the feature checks."""
     from privmodel.features import TabularEncoder
 
-    y = labels(frame, label, source)
+    y = labels(frame, label, source, positions)
     encoder = TabularEncoder.from_policy(policy, label)
-    check_features(frame, encoder, source)
+    check_features(frame, encoder, source, positions)
     return Prepared(frame=frame, y=y, encoder=encoder)
 
 

@@ -15,6 +15,8 @@ Order of a run (each rule in one place):
 from __future__ import annotations
 
 import json
+import math
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,6 +85,11 @@ def check_request(req: TrainRequest) -> None:
         raise InputError(f"{req.out}: model directory already exists; refusing to overwrite")
     if not _parent(req.out).is_dir():
         raise InputError(f"{_parent(req.out)}: output directory does not exist")
+    if not os.access(_parent(req.out), os.W_OK | os.X_OK):
+        raise InputError(f"{_parent(req.out)}: output directory is not writable")
+    for option, value in (("--lr", req.lr), ("--clip", req.clip), ("--test-size", req.test_size)):
+        if not (value > 0 and math.isfinite(value)):
+            raise InputError(f"{option} must be a positive finite number")
     if not req.data.is_file():
         raise InputError(f"{req.data}: no such file")
 
@@ -169,7 +176,7 @@ def _train(req: TrainRequest, book: Ledger, keys: Path | None, advance: Progress
 
     policy = load_policy_with_cap(req.policy)
     rows = model_rows(req.data, policy, keys)
-    ready = prep.prepare(rows.frame, policy, req.label, str(req.data))
+    ready = prep.prepare(rows.frame, policy, req.label, str(req.data), rows.positions)
     train_idx, test_idx = prep.split(ready.y, req.test_size, req.seed)
     prep.check_delta(req.delta, int(train_idx.size))
     dataset = budget.dataset_of(policy, req.data, keys)
