@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from anonymize.errors import InputError
+from privmodel.defaults import DEFAULTS
 
 STRATEGIES = ("fedavg", "fedprox", "fedadam")
 MODELS = ("logreg", "mlp")
@@ -28,15 +29,17 @@ class FedConfig:
     strategy: str = "fedavg"
     rounds: int = 10
     min_partners: int = 2  # a round completes when at least this many partners contribute
-    model: str = "logreg"
+    # model, optimizer, clip and δ: privmodel.defaults (one set for every door); the round structure
+    # (local steps, batch, lr of a round) stays federated: a partner runs a few steps per round, not epochs
+    model: str = DEFAULTS.model
     label: str = "churn"
     local_steps: int = 20  # DP-SGD steps per partner per round
     batch_size: int = 512  # expected Poisson batch: sample_rate = batch_size / n_train
     lr: float = 0.05
-    optimizer: str = "adam"  # local optimizer of privmodel.dpsgd.train_dp ("adam" or "sgd")
-    max_grad_norm: float = 1.0
+    optimizer: str = DEFAULTS.optimizer  # local optimizer of privmodel.dpsgd.train_dp ("adam" or "sgd")
+    max_grad_norm: float = DEFAULTS.clip
     epsilon: float = 0.0  # target ε per partner over all rounds; 0 = non-private (no noise, no clipping)
-    delta: float = 1e-6
+    delta: float = DEFAULTS.delta
     proximal_mu: float = 0.0  # FedProx
     server_lr: float = 0.1  # FedAdam eta
     server_tau: float = 1e-3  # FedAdam tau

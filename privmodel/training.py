@@ -8,7 +8,7 @@ Calibration: sample_rate q = batch_size / n (the EXPECTED logical batch), steps 
 Poisson-sampled steps; the noise multiplier is the smallest the accountant allows for the target;
 the reported epsilon is the accountant's figure for what was actually run (at or below the target).
 
-delta: when not given, min(1e-5, 1 / (10 n)), well below 1/n (a mechanism that publishes one
+delta: when not given, min(1e-6, 1 / (10 n)) (`privmodel.defaults`), well below 1/n (a mechanism that publishes one
 random row outright satisfies delta = 1/n). A given delta must be below 1/n.
 
 Randomness: `seed` fixes only the weight initialisation (data-independent, safe to publish). The
@@ -30,46 +30,88 @@ from pydantic import BaseModel, ConfigDict
 
 from anonymize.errors import InputError
 from privmodel import accounting, secure_noise
+from privmodel.defaults import DEFAULTS
 
-DELTA_RULE = "min(1e-5, 1/(10 n))"
-# Adam step sizes that worked for DP training on Telco and the synthetic data (tail-averaged).
-DEFAULT_LR = {"logreg": 0.1, "mlp": 0.02}
+DELTA_RULE = DEFAULTS.delta_rule
+# Adam step sizes per model (tail-averaged); chosen in privmodel.defaults
+DEFAULT_LR = dict(DEFAULTS.lr)
 
 
 class TrainConfig(BaseModel):
-    """Hyper-parameters and the privacy target of one training run."""
+    """Hyper-parameters and the privacy target of one training run (defaults: privmodel.defaults).
+
+    `fit` returns the config it ran with the rules resolved (batch_size and lr filled in), so a card
+    states what ran, not "auto".
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    model: Literal["logreg", "mlp"] = "logreg"
-    epsilon: float | None = 1.0  # None = non-private baseline (no clipping, no noise)
-    delta: float | None = None  # None = min(1e-5, 1/(10 n))
-    epochs: int = 20
-    batch_size: int = 1024  # expected logical batch size q n
-    lr: float | None = None  # None = the model's default (DEFAULT_LR)
-    max_grad_norm: float = 1.0
-    clipping: Literal["flat", "per_layer"] = "flat"
-    accountant: Literal["prv", "rdp"] = "prv"
-    seed: int = 0  # weight initialisation only (data-independent); never the DP noise
+    model: Literal["logreg", "mlp"] = DEFAULTS.model  # type: ignore[assignment]
+    epsilon: float | None = DEFAULTS.epsilon  # None = non-private baseline (no clipping, no noise)
+    delta: float | None = None  # None = DEFAULTS.delta_for(n) = min(1e-6, 1/(10 n))
+    epochs: int = DEFAULTS.epochs
+    batch_size: int | None = DEFAULTS.batch_size  # expected logical batch q n; None = DEFAULTS.batch_size_for(n)
+    lr: float | None = None  # None = the model's default (DEFAULTS.lr_for)
+    max_grad_norm: float = DEFAULTS.clip
+    clipping: Literal["flat", "per_layer"] = DEFAULTS.clipping  # type: ignore[assignment]
+    accountant: Literal["prv", "rdp"] = DEFAULTS.accountant  # type: ignore[assignment]
+    seed: int = DEFAULTS.seed  # weight initialisation only (data-independent); never the DP noise
     insecure_seed: int | None = None  # TEST ONLY: reproducible masks and noise -> NOT differentially private
-    hidden: tuple[int, ...] = (64, 32)
-    optimizer: Literal["adam", "sgd"] = "adam"
+    hidden: tuple[int, ...] = DEFAULTS.hidden
+    optimizer: Literal["adam", "sgd"] = DEFAULTS.optimizer  # type: ignore[assignment]
     physical_batch_size: int = 8192
-    average_from: float | None = 0.5  # tail-average iterates from this fraction of steps (None = off)
+    average_from: float | None = DEFAULTS.average_from  # tail-average iterates from this fraction of steps (None = off)
+
+    def resolved(self, n: int) -> TrainConfig:
+        """This config with the n-dependent and per-model rules applied (batch_size, lr)."""
+        return self.model_copy(update={
+            "batch_size": self.batch_size if self.batch_size is not None else DEFAULTS.batch_size_for(n),
+            "lr": self.lr if self.lr is not None else DEFAULTS.lr_for(self.model)})
 
     @property
     def private(self) -> bool:
         return self.epsilon is not None
 
 
+#: a private model whose ROC-AUC is below 0.5 + this ranks no better than a constant score
+CONSTANT_MARGIN = 0.02
+#: a private MLP this much ROC-AUC below the DP logistic model at the same epsilon is not worth its noise
+LOGISTIC_MARGIN = 0.03
+
+
+def quality_warnings(model: str, roc_auc: float | None, logistic_auc: float | None = None) -> list[str]:
+    """Plain-language warnings when a private model is not worth using (the card and `warnings_` show them).
+
+    Why: with default settings on a table nobody tuned for, a DP MLP can collapse (ROC-AUC near 0.5)
+    and nothing said so. `roc_auc`: the private model's; `logistic_auc`: a DP logistic model's at the
+    same epsilon on the same rows, when known.
+    """
+    out: list[str] = []
+    if roc_auc is None or not math.isfinite(roc_auc):
+        return out
+    if roc_auc < 0.5 + CONSTANT_MARGIN:
+        out.append(f"the private model ranks no better than a constant score (ROC-AUC {roc_auc:.3f} < "
+                   f"{0.5 + CONSTANT_MARGIN:.2f}): do not use it; try model='logreg', more rows or a larger epsilon")
+    if (model != "logreg" and logistic_auc is not None and math.isfinite(logistic_auc)
+            and logistic_auc - roc_auc > LOGISTIC_MARGIN):
+        out.append(f"the private {model} is worse than a DP logistic model at the same epsilon by "
+                   f"{logistic_auc - roc_auc:.3f} ROC-AUC ({roc_auc:.3f} vs {logistic_auc:.3f}): use model='logreg'")
+    return out
+
+
 @dataclass
 class FitResult:
-    """The trained model and what its training cost in privacy."""
+    """The trained model and what its training cost in privacy.
+
+    `warnings`: `quality_warnings` of this model once a caller has measured it (empty until then);
+    the model card prints them.
+    """
 
     model: Any  # torch.nn.Module
     privacy: dict[str, Any]
     config: TrainConfig
     stats: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
     _history: list[dict[str, float]] | None = field(default=None, repr=False)
 
     @property
@@ -129,9 +171,9 @@ def _check_features(data: Any) -> None:
 
 
 def resolve_delta(delta: float | None, n: int) -> float:
-    """The delta to use for n rows: the given one (checked < 1/n) or min(1e-5, 1/(10 n))."""
+    """The delta to use for n rows: the given one (checked < 1/n) or DEFAULTS.delta_for(n) = min(1e-6, 1/(10 n))."""
     if delta is None:
-        return min(1e-5, 1.0 / (10.0 * n))
+        return DEFAULTS.delta_for(n)
     if not (0.0 < delta < 1.0 / n):
         raise InputError(f"delta must be in (0, 1/n) = (0, {1.0 / n:.3g}) for n = {n} rows")
     return float(delta)
@@ -143,6 +185,8 @@ def plan(n: int, config: TrainConfig) -> dict[str, Any]:
         raise InputError("train: need at least two rows")
     if config.epochs < 1:
         raise InputError("epochs must be at least 1")
+    config = config.resolved(n)
+    assert config.batch_size is not None
     if config.batch_size < 1:
         raise InputError("batch_size must be at least 1")
     if config.lr is not None and not (config.lr > 0 and math.isfinite(config.lr)):
@@ -173,8 +217,8 @@ def fit(data: Any, y: Any, config: TrainConfig | None = None,
     from privmodel.dpsgd import train_dp
     from privmodel.models import build_model
 
-    config = config or TrainConfig()
     n = len(data)
+    config = (config or TrainConfig()).resolved(n)
     labels = check_labels(y, n)
     _check_features(data)
     p = plan(n, config)
@@ -189,7 +233,7 @@ def fit(data: Any, y: Any, config: TrainConfig | None = None,
         steps=p["steps"],
         max_grad_norm=config.max_grad_norm if p["private"] else None,
         clipping=config.clipping,
-        lr=config.lr if config.lr is not None else DEFAULT_LR[config.model],
+        lr=float(config.lr),  # resolved above
         noise=noise,
         optimizer=config.optimizer,
         physical_batch_size=config.physical_batch_size,

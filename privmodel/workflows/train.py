@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from anonymize.errors import InputError
+from privmodel.defaults import DEFAULTS
 from privmodel.workflows import prepare as prep
 from privmodel.workflows.rows import ModelRows, model_rows
 
@@ -43,23 +44,24 @@ Progress = Callable[[float, str], None]
 
 @dataclass(frozen=True)
 class TrainRequest:
-    """Everything a training run is asked to do. These defaults are THE defaults (CLI, demo, API)."""
+    """Everything a training run is asked to do. Defaults: privmodel.defaults (THE defaults of every door).
+    batch_size / lr None = the rules `DEFAULTS.batch_size_for(n)` / `DEFAULTS.lr_for(model)`."""
 
     data: Path
     label: str
     policy: Path
     out: Path
-    epsilon: float = 1.0
-    delta: float = 1e-6
-    model: str = "logreg"
-    epochs: int = 10
-    batch_size: int = 256
-    lr: float = 0.1
-    clip: float = 1.0
-    clipping: str = "flat"
-    accountant: str = "prv"
-    seed: int = 0
-    test_size: float = 0.25
+    epsilon: float = DEFAULTS.epsilon
+    delta: float = DEFAULTS.delta
+    model: str = DEFAULTS.model
+    epochs: int = DEFAULTS.epochs
+    batch_size: int | None = DEFAULTS.batch_size
+    lr: float | None = None
+    clip: float = DEFAULTS.clip
+    clipping: str = DEFAULTS.clipping
+    accountant: str = DEFAULTS.accountant
+    seed: int = DEFAULTS.seed
+    test_size: float = DEFAULTS.test_size
     baseline: bool = False
     mia: bool = False
     tune: Mapping[str, list[float]] = field(default_factory=dict)
@@ -88,7 +90,7 @@ def check_request(req: TrainRequest) -> None:
     if not os.access(_parent(req.out), os.W_OK | os.X_OK):
         raise InputError(f"{_parent(req.out)}: output directory is not writable")
     for option, value in (("--lr", req.lr), ("--clip", req.clip), ("--test-size", req.test_size)):
-        if not (value > 0 and math.isfinite(value)):
+        if value is not None and not (value > 0 and math.isfinite(value)):
             raise InputError(f"{option} must be a positive finite number")
     if not req.data.is_file():
         raise InputError(f"{req.data}: no such file")
@@ -280,7 +282,8 @@ def _card(req: TrainRequest, policy: Policy, rows: ModelRows, ready: prep.Prepar
               "training_rows": int(train_idx.size), "held_out_rows": int(test_idx.size),
               **({"release": rows.release.name, "release_k": rows.release.k} if rows.release else {})},
         privacy=ev.fit.privacy,
-        training={"epochs": req.epochs, "batch_size": req.batch_size, "lr": ev.lr, "seed": req.seed,
+        training={"epochs": req.epochs, "batch_size": ev.fit.config.batch_size,
+                  "lr": ev.lr if ev.lr is not None else ev.fit.config.lr, "seed": req.seed,
                   "test_size": req.test_size, "split": "stratified, seeded (the seed governs only the split and "
                                                         "weight initialisation, never DP noise)"},
         metrics=ev.private_metrics, baseline_metrics=ev.baseline_metrics, comparison=ev.comparison, mia=ev.mia,
