@@ -36,6 +36,7 @@ postgresql:
 
 test: $(STAMP) $(CHROMIUM) postgresql
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/pytest -q -n 2 --dist loadfile
 
 bench: $(STAMP)

@@ -127,7 +127,7 @@ ADULT_CATEGORIES = {
 ADULT_BOUNDS = {"age": (17, 90), "fnlwgt": (0, 1_500_000), "education-num": (1, 16), "capital-gain": (0, 99_999),
                 "capital-loss": (0, 4_356), "hours-per-week": (1, 99)}
 ADULT_TRANSFORMS = {"fnlwgt": "log1p", "capital-gain": "log1p", "capital-loss": "log1p"}
-SYNTH_E_ROWS = 50_000
+SYNTH_E_ROWS = 20_000
 
 
 def _split_encoded(frame, y: np.ndarray, encoder):
@@ -470,6 +470,79 @@ def section_d(telco, repeats: int = 5) -> dict:
     return rows
 
 
+def tuned_grid(model: str, n: int) -> list[dict]:
+    """The small grid (e) tunes over, around no table in particular: batch sizes around the default
+    rule's, Adam step sizes a decade wide; 40 epochs, clip 2 (the defaults) throughout."""
+    from privmodel.defaults import DEFAULTS
+
+    b = DEFAULTS.batch_size_for(n)
+    if model == "logreg":
+        return [{"batch_size": bs, "lr": lr} for bs in (max(64, b // 2), b, min(n, 2 * b)) for lr in (0.1, 0.2, 0.4)]
+    return [{"batch_size": bs, "lr": lr} for bs in (b, min(n, 2 * b)) for lr in (0.003, 0.01, 0.03)]
+
+
+def run_default(train, y_train, test, y_test, model: str, seed: int, **override) -> dict:
+    """privmodel's DEFAULT settings (privmodel.defaults) at epsilon = 1: TrainConfig with only model and seed."""
+    from sklearn.metrics import roc_auc_score
+
+    from privmodel.training import TrainConfig, fit
+
+    t0 = time.perf_counter()
+    result = fit(train, y_train, TrainConfig(model=model, seed=seed, **override))
+    wall = time.perf_counter() - t0
+    auc = roc_auc_score(y_test, result.predict_proba(test))
+    return {"auc": auc, "wall": wall, "train": result.stats["seconds"], "eps": result.privacy["epsilon"],
+            "sigma": result.privacy["noise_multiplier"], "steps": result.privacy["steps"],
+            "batch": result.config.batch_size, "lr": result.config.lr}
+
+
+def section_e(seeds: list[int], grid_seeds: list[int]) -> dict:
+    """Default settings on three tables nobody tuned them for, beside the best of a small tuned grid."""
+    from privmodel.defaults import BATCH_RULE, DEFAULTS
+    from privmodel.training import quality_warnings
+
+    print(f"(e) Defaults: privmodel.defaults ({DEFAULTS.epochs} epochs, batch = {BATCH_RULE}, lr {DEFAULTS.lr}, "
+          f"clip {DEFAULTS.clip}, δ = {DEFAULTS.delta_rule}, {DEFAULTS.accountant}) at "
+          f"epsilon = 1 on Telco (Churn), Adult (Salary) and {SYNTH_E_ROWS:,} privmodel.synth customers (churn); "
+          f"75/25 stratified split (random_state=0); defaults over seeds {seeds}, each grid point over {grid_seeds}")
+    out = {}
+    for name, loader in (("telco", load_telco_table), ("adult", load_adult_table), ("synth", load_synth_table)):
+        train, y_tr, test, y_te = loader()
+        n = len(y_tr)
+        print(f"  {name}: {n} train / {len(y_te)} test rows, positive rate {float(np.mean(y_tr)):.3f}, default batch "
+              f"{DEFAULTS.batch_size_for(n)}, δ = {DEFAULTS.delta_for(n):.2g}")
+        table_header()
+        rows = {"sklearn": summarize("scikit-learn LogisticRegression (non-private)",
+                                     [sklearn_logreg(train, y_tr, test, y_te)])}
+        x_tr, x_te = one_hot(train), one_hot(test)
+        rows["opacus_dp"] = summarize("plain Opacus loop, logreg, DP (tutorial settings)",
+                                      [run_plain_opacus(x_tr, y_tr, x_te, y_te, 1.0, s) for s in grid_seeds])
+        verdicts = []
+        for model in ("logreg", "mlp"):
+            runs = [run_default(train, y_tr, test, y_te, model, s) for s in seeds]
+            rows[f"default_{model}"] = summarize(f"ours, DEFAULTS, {model}, DP", runs)
+            best, best_settings = None, None
+            for settings in tuned_grid(model, n):
+                auc = statistics.mean(run_default(train, y_tr, test, y_te, model, s, **settings)["auc"]
+                                      for s in grid_seeds)
+                if best is None or auc > best:
+                    best, best_settings = auc, settings
+            assert best is not None
+            rows[f"tuned_{model}"] = {"auc": best, "settings": best_settings}
+            print(f"  {'best of the tuned grid, ' + model + ', DP':<46} {best:.4f}           {best_settings}")
+            verdicts.append((model, rows[f"default_{model}"]["auc"], best, min(r["auc"] for r in runs)))
+        logistic = rows["default_logreg"]["auc"]
+        for model, default, best, worst in verdicts:
+            gap = best - default
+            warned = quality_warnings(model, worst, logistic)
+            print(f"  {name} {model}: best tuned - default = {gap:+.4f} (target <= 0.01) -> "
+                  f"{'PASS' if gap <= 0.01 else 'FAIL'}; worst default run {worst:.4f}, collapse / quality warning: "
+                  f"{'; '.join(warned) if warned else 'none'} -> {'FAIL' if warned else 'PASS'}")
+        out[name] = rows
+        print()
+    return out
+
+
 def main() -> None:
     import warnings
 
@@ -480,14 +553,16 @@ def main() -> None:
     parser.add_argument("--seeds-bc", type=int, default=2, help="seeds of (b) speed and (c) 200k synthetic (slow)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 = quiet-machine comparable)")
     parser.add_argument("--skip-c", action="store_true", help="skip the 200k synthetic section")
-    parser.add_argument("--only", choices=["a", "b", "c", "d"], help="run one section")
+    parser.add_argument("--only", choices=["a", "b", "c", "d", "e"], help="run one section")
+    parser.add_argument("--seeds-e", type=int, default=3, help="seeds of the defaults in (e)")
+    parser.add_argument("--grid-seeds-e", type=int, default=1, help="seeds of each tuned grid point in (e)")
     args = parser.parse_args()
     import torch
 
     torch.set_num_threads(args.threads)
     header(args)
     seeds = list(range(args.seeds))
-    telco = load_telco() if args.only != "c" else None
+    telco = load_telco() if args.only not in ("c", "e") else None
     if args.only in (None, "a"):
         section_a(seeds, telco)
     seeds_bc = list(range(args.seeds_bc))
@@ -497,6 +572,8 @@ def main() -> None:
         section_c(seeds_bc)
     if args.only in (None, "d"):
         section_d(telco)
+    if args.only in (None, "e"):
+        section_e(list(range(args.seeds_e)), list(range(args.grid_seeds_e)))
 
 
 if __name__ == "__main__":

@@ -41,7 +41,10 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from federated.config import FedConfig
 
 
 @dataclass
@@ -220,7 +223,7 @@ def deployment_round_seconds(out: Path, rounds: int = 4) -> list[float]:
     return [e["seconds"] for e in result["events"] if e["event"] == "round"]
 
 
-def main() -> None:
+def _parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     parser.add_argument("--customers", type=int, default=200_000)
     parser.add_argument("--silos", type=int, default=5)
@@ -235,7 +238,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--skip-deployment", action="store_true", help="skip the loopback deployment timing")
     parser.add_argument("--only", choices=("raw-vs-release",), default=None, help="run only this section")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = _parse_args()
     lrs = [float(v) for v in args.lrs.split(",") if v.strip()]
 
     from anonymize.policy import load_policy
@@ -288,7 +295,16 @@ def main() -> None:
         for name, trials in (("centralized", central_trials), ("FedAvg", [t[0] for t in fed_trials])):
             grids.append(f"{tag:<14}{name:<13}" + "  ".join(f"lr {t.lr:g}: {t.valid_auc:.4f}/{t.holdout_auc:.4f}" for t in trials))
 
-    n_train = len(pooled.y_train)
+    _print_comparison(args, rows, len(pooled.y_train), config, curves, silo_auc, grids)
+    print()
+    raw_vs_release(out, paths, policy, holdout, args, lrs)
+    _print_speed(args, out, paths, policy, holdout)
+
+
+def _print_comparison(args: argparse.Namespace, rows: list[tuple[str, Trial, Trial, float]], n_train: int,
+                      config: FedConfig,
+                      curves: dict[str, list[float]], silo_auc: dict[str, dict[str, float]], grids: list[str]) -> None:
+    """The centralized-vs-FedAvg table, the chosen settings, the lr grid, the AUC curves and per-silo AUC."""
     print(f"\n{args.silos} non-IID silos (h={args.heterogeneity}), {args.customers} customers "
           f"({n_train} pooled training rows: minimised rows less the partners' {config.eval_fraction:.0%} local "
           f"held-out splits), model {args.model}; AUC on the pooled held-out set ({args.customers // 10} customers)")
@@ -309,9 +325,9 @@ def main() -> None:
     for tag, silos in silo_auc.items():
         print(f"{tag:<14}" + " ".join(f"{k}={v:.4f}" for k, v in sorted(silos.items())))
 
-    print()
-    raw_vs_release(out, paths, policy, holdout, args, lrs)
 
+def _print_speed(args: argparse.Namespace, out: Path, paths: list[Path], policy: Path, holdout: Path) -> None:
+    """Simulation wall time and, unless skipped, the deployment's seconds per round."""
     sim_wall = simulation_wall(out / "speed-sim", paths, policy, holdout, rounds=10)
     print("\nspeed                                            ours        target / anchor")
     print(f"simulation, {args.silos} silos x 10 rounds, wall incl. Ray start-up  {sim_wall:6.1f} s    <= 60 s")

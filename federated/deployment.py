@@ -157,7 +157,8 @@ def _json_of(text: str) -> dict[str, Any]:
 
 @dataclass
 class SuperLink:
-    """A running SuperLink (TLS + node auth) and the private flwr CLI home that talks to it."""
+    """A running SuperLink: partners use `address` (Fleet API only); the Control API (runs) listens on
+    `control_address`, loopback unless exposed on purpose; `home` is the flwr CLI home that talks to it."""
 
     address: str
     tls_dir: Path
@@ -165,19 +166,61 @@ class SuperLink:
     proc: subprocess.Popen
     home: Path
     log: Path
+    control_address: str = ""
+
+    @property
+    def registry_path(self) -> Path:
+        return self.workdir / REGISTRY_FILE
 
     def register(self, public_key: Path, name: str) -> int:
-        """Register a partner's SuperNode public key (node authentication)."""
-        if not public_key.is_file():
-            raise InputError(f"partner {name}: public key {public_key} not found")
-        code, out = flwr_cli(["supernode", "register", str(public_key), CONNECTION, "--name", name, "--format", "json"], self.home)
+        """Register a partner's SuperNode public key under its name (node authentication); the
+        name -> node id -> key binding goes to `registry.json`, which `federate run` signs."""
+        from federated.tls import check_name, read_node_public_key
+
+        check_name(name)
+        public, digest = read_node_public_key(public_key, f"partner {name}")
+        registry = read_registry(self.registry_path)
+        if name in registry:
+            raise InputError(f"partner {name}: already registered (node {registry[name]['node_id']})")
+        other = next((n for n, r in registry.items() if r.get("public_key_sha256") == digest), None)
+        if other is not None:
+            raise InputError(f"partner {name}: this public key is already registered as partner {other}")
+        code, out = flwr_cli(["supernode", "register", str(public), CONNECTION, "--name", name, "--format", "json"], self.home)
         info = _json_of(out)
         if code != 0 or not info.get("success"):
             raise InputError(f"partner {name}: registration at the SuperLink failed ({_last_line(out)})")
-        return int(info.get("node-id", 0))
+        node_id = int(info.get("node-id", 0))
+        registry[name] = {"node_id": node_id, "public_key_sha256": digest}
+        write_registry(self.registry_path, registry)
+        return node_id
 
     def stop(self) -> None:
         stop(self.proc)
+
+
+REGISTRY_FILE = "registry.json"
+
+
+def read_registry(path: Path) -> dict[str, dict[str, Any]]:
+    """name -> {node_id, public_key_sha256} of the partners registered at this SuperLink."""
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict) or not all(
+            isinstance(v, dict) and isinstance(v.get("node_id"), int) and isinstance(v.get("public_key_sha256"), str)
+            for v in data.values()
+        ):
+            raise ValueError
+    except (OSError, ValueError):
+        raise InputError(f"{path}: not a partner registry written by `privmodel federate superlink`") from None
+    return data
+
+
+def write_registry(path: Path, registry: dict[str, dict[str, Any]]) -> None:
+    from privmodel.fileio import atomic_write_text
+
+    atomic_write_text(path, json.dumps(registry, indent=2, sort_keys=True) + "\n")
 
 
 def _last_line(text: str) -> str:
@@ -185,8 +228,13 @@ def _last_line(text: str) -> str:
     return lines[-1][:200] if lines else "no output"
 
 
-def start_superlink(tls_dir: Path, workdir: Path, host: str = "127.0.0.1", port: int = 0, timeout: float = 60.0) -> SuperLink:
-    """Start `flower-superlink` with TLS and SuperNode authentication; wait until it listens."""
+def start_superlink(
+    tls_dir: Path, workdir: Path, host: str = "127.0.0.1", port: int = 0, timeout: float = 60.0,
+    control_host: str = "127.0.0.1", control_port: int = 0,
+) -> SuperLink:
+    """Start Flower's SuperLink with TLS and SuperNode authentication (`federated.superlink`): the Fleet
+    API on host:port for the partners, the Control API on control_host:control_port (loopback by
+    default); wait until both answer."""
     from federated.tls import check_ca
 
     tls_dir = Path(tls_dir)
@@ -196,22 +244,26 @@ def start_superlink(tls_dir: Path, workdir: Path, host: str = "127.0.0.1", port:
         raise InputError(f"SuperLink: {tls_dir / 'server.key'} not found (run `privmodel keys tls {tls_dir}`)")
     workdir.mkdir(parents=True, exist_ok=True)
     port = port or free_port(host)
+    control_port = control_port or free_port(control_host)
+    if (host, port) == (control_host, control_port):
+        raise InputError("SuperLink: the Control API needs a port of its own (--control-port)")
     log = workdir / "superlink.log"
     cmd = [
-        _bin("flower-superlink"),
+        sys.executable, "-m", "federated.superlink", "--fleet-address", f"{host}:{port}",
         "--ssl-ca-certfile", str(tls_dir / "ca.crt"),
         "--ssl-certfile", str(tls_dir / "server.crt"),
         "--ssl-keyfile", str(tls_dir / "server.key"),
         "--enable-supernode-auth",
-        "--host", host, "--port", str(port),
+        "--host", control_host, "--port", str(control_port),
         "--disable-runtime-dependency-installation",
     ]
     home = Path(tempfile.mkdtemp(prefix="flwr-home-", dir=workdir))
     proc = spawn(cmd, log, base_env(home))
     try:
         wait_port(host, port, timeout, proc, log, "SuperLink")
-        address = f"{host}:{port}"
-        write_flwr_home(home, address, tls_dir / "ca.crt")
+        wait_port(control_host, control_port, timeout, proc, log, "SuperLink Control API")
+        control_address = f"{control_host}:{control_port}"
+        write_flwr_home(home, control_address, tls_dir / "ca.crt")
         # Ready when the Control API answers through TLS.
         deadline = time.monotonic() + timeout
         while True:
@@ -219,12 +271,12 @@ def start_superlink(tls_dir: Path, workdir: Path, host: str = "127.0.0.1", port:
             if code == 0:
                 break
             if time.monotonic() > deadline or proc.poll() is not None:
-                raise InputError(f"SuperLink at {address} does not answer ({_last_line(out)})")
+                raise InputError(f"SuperLink at {control_address} does not answer ({_last_line(out)})")
             time.sleep(0.5)
     except BaseException:
         stop(proc)
         raise
-    return SuperLink(address, tls_dir, workdir, proc, home, log)
+    return SuperLink(f"{host}:{port}", tls_dir, workdir, proc, home, log, control_address)
 
 
 # --- partner side -------------------------------------------------------------------------------
@@ -239,10 +291,50 @@ class Partner:
     supernode: subprocess.Popen
     workdir: Path
     logs: dict[str, Path] = field(default_factory=dict)
+    sock_dir: Path | None = None  # the 0700 pm-worker-* folder (socket, token, spec): removed at stop
+    node_id: int = 0  # what the SuperLink assigned once it accepted the node key
 
     def stop(self) -> None:
-        stop(self.supernode)
+        """Stop the SuperNode with everything it started (its SuperExec and ClientApp processes share its
+        process group), then the worker, and remove the pm-worker-* folder."""
+        stop_group(self.supernode)
         stop(self.worker)
+        if self.sock_dir is not None:
+            shutil.rmtree(self.sock_dir, ignore_errors=True)
+
+    def failure(self) -> str:
+        """Why the partner stopped, in one line naming it (the SuperNode's or worker's own cause)."""
+        if self.worker.poll() is not None:
+            return f"partner {self.spec.name}: training worker exited ({_tail(self.logs['worker'], 1) or 'see worker.log'})"
+        return supernode_failure(self.spec.name, self.logs["supernode"], self.supernode.returncode)
+
+
+def supernode_failure(name: str, log: Path, code: int | None) -> str:
+    """The cause of a SuperNode's exit, from its log, as one line naming the partner."""
+    try:
+        text = log.read_text(errors="replace")
+    except OSError:
+        text = ""
+    if "code: 2004" in text or "No SuperNode found with the given public key" in text:
+        return (f"partner {name}: the SuperLink refused this node key: it is not registered (send auth.pub to the "
+                f"coordinator to register it as {name})")
+    if "Failed to initialize the connection" in text or "could not establish a connection" in text:
+        return f"partner {name}: the SuperNode could not connect to the SuperLink ({_tail(log, 1) or 'no detail'})"
+    return f"partner {name}: the SuperNode exited with code {code} ({_tail(log, 1) or 'no log'})"
+
+
+def stop_group(proc: subprocess.Popen | None, grace: float = 5.0) -> None:
+    """Stop a process we started in its own session and every process of its group (by its pgid)."""
+    if proc is None:
+        return
+    stop(proc, grace)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            os.killpg(proc.pid, 0)  # raises ProcessLookupError once the group is gone
+            time.sleep(0.1)
+        os.killpg(proc.pid, signal.SIGKILL)
 
 
 def check_superlink_reachable(address: str, ca_cert: Path, partner: str, timeout: float = 10.0) -> None:
@@ -272,6 +364,15 @@ def join(
     from federated.wire import new_token
 
     check_ca(ca_cert, f"partner {spec.name}")
+    if not spec.coordinator_key:
+        raise InputError(f"partner {spec.name}: no coordinator key pinned (--coordinator-key): a partner accepts only runs "
+                         "signed by the coordinator key it pinned")
+    from privmodel.keys import load_public_key
+
+    try:
+        load_public_key(spec.coordinator_key)
+    except InputError as exc:
+        raise InputError(f"partner {spec.name}: --coordinator-key: {exc}") from None
     if not Path(auth_key).is_file():
         raise InputError(f"partner {spec.name}: node key {auth_key} not found")
     if not Path(spec.data).is_file():
@@ -279,7 +380,7 @@ def join(
     check_superlink_reachable(superlink, ca_cert, spec.name)
     workdir = Path(spec.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    sock_dir = Path(tempfile.mkdtemp(prefix="pm-worker-"))
+    sock_dir = Path(tempfile.mkdtemp(prefix="pm-worker-"))  # removed by Partner.stop or on failure below
     sock_dir.chmod(0o700)
     address = str(sock_dir / "worker.sock")
     token_file = sock_dir / "token"
@@ -317,11 +418,34 @@ def join(
             logs["supernode"], base_env(),
         )
         wait_port("127.0.0.1", port, 60.0, supernode, logs["supernode"], f"partner {spec.name}: SuperNode")
+        node_id = wait_accepted(spec.name, supernode, logs["supernode"], worker, logs["worker"], start_timeout)
     except BaseException:
-        stop(supernode)
+        stop_group(supernode)
         stop(worker)
+        shutil.rmtree(sock_dir, ignore_errors=True)
         raise
-    return Partner(spec, worker, supernode, workdir, logs)
+    return Partner(spec, worker, supernode, workdir, logs, sock_dir, node_id)
+
+
+def wait_accepted(name: str, supernode: subprocess.Popen, log: Path, worker: subprocess.Popen, worker_log: Path,
+                  timeout: float) -> int:
+    """Wait until the SuperLink accepted the node key (Flower logs `SuperNode ID: N` after activation);
+    a refusal or exit is one line with its cause."""
+    import re
+
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(OSError):
+            found = re.search(r"SuperNode ID: (\d+)", log.read_text(errors="replace"))
+            if found:
+                return int(found.group(1))
+        if supernode.poll() is not None:
+            raise InputError(supernode_failure(name, log, supernode.returncode))
+        if worker.poll() is not None:
+            raise InputError(f"partner {name}: training worker exited ({_tail(worker_log, 1) or 'see worker.log'})")
+        if time.monotonic() > deadline:
+            raise InputError(f"partner {name}: the SuperLink did not accept this node within {timeout:.0f} s")
+        time.sleep(0.2)
 
 
 def _worker_error(ready: Path, log: Path, name: str) -> str:
@@ -362,19 +486,53 @@ def _toml(value: Any) -> str:
     return json.dumps(str(value))
 
 
-def submit(link_home: Path, app_dir: Path, out_dir: Path, timeout: float, on_event: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """Submit the run, follow the coordinator's progress file, and check the final status.
+AUTHORIZATION_FILE = "authorization.json"
+
+
+def authorize(path: Path, run_id: int, record: dict[str, Any], signer: Any, registry: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Sign this run for the partners: run id (the SuperLink's), the whole FedConfig, the time, the
+    signing key id and the registry (node id -> partner name), as canonical JSON, with the
+    coordinator's Ed25519 key. Partners accept only requests carrying this signature by the key they
+    pinned at join (`federated.worker.PartnerWorker.authorize`)."""
+    import base64
+    import datetime as dt
+
+    from federated.config import FedConfig
+    from federated.worker import AUTH_KIND
+    from privmodel.audit import canonical_json
+    from privmodel.fileio import atomic_write_text
+
+    body = {
+        "kind": AUTH_KIND, "run_id": str(run_id), "config": FedConfig.from_record(record).to_record(),
+        "time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "key_id": signer.key_id,
+        "submitter": signer.actor, "nodes": {str(r["node_id"]): name for name, r in sorted(registry.items())},
+    }
+    text = canonical_json(body).decode()
+    auth = {"body": text, "signature": base64.b64encode(signer.sign(text.encode())).decode()}
+    atomic_write_text(path, json.dumps(auth) + "\n")
+    return body
+
+
+def submit(
+    link_home: Path, app_dir: Path, out_dir: Path, timeout: float, on_event: Callable[[dict[str, Any]], None] | None = None,
+    *, signer: Any = None, record: dict[str, Any] | None = None, registry: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Submit the run, sign it for the partners (`authorize`, when a signer is given), follow the
+    coordinator's progress file, and check the final status.
 
     `flwr run --stream` exits 0 even when the run failed, so success is decided here: the SuperLink
     must report the run finished with success and the coordinator must have written its result.
     """
     progress = out_dir / "progress.jsonl"
     progress.unlink(missing_ok=True)  # a previous run's events must not be read as this run's
+    (out_dir / AUTHORIZATION_FILE).unlink(missing_ok=True)  # never a previous run's authorization
     code, out = flwr_cli(["run", str(app_dir), CONNECTION, "--format", "json"], link_home, timeout=120)
     info = _json_of(out)
     if code != 0 or not info.get("success"):
         raise InputError(f"run submission failed ({_last_line(out)})")
     run_id = int(info["run-id"])
+    if signer is not None:
+        authorize(out_dir / AUTHORIZATION_FILE, run_id, record or {}, signer, registry or {})
     events: list[dict[str, Any]] = []
 
     def drain(final: bool) -> None:

@@ -42,13 +42,16 @@ class ServerSettings:
     expected_partners: int = 2  # wait until this many partners are connected (with a deadline)
     wait_timeout: float = 120.0
     on_round: Callable[[dict[str, Any]], None] | None = None
+    # Deployment: the file where `federate run` puts the signed authorization of this run (run id,
+    # config, registry); the ServerApp waits for it and sends it with every message. "" = simulation.
+    authorization: str = ""
 
     def to_record(self) -> dict[str, Any]:
         return {
             **self.config.to_record(),
             "policy": self.policy, "out_dir": self.out_dir, "keys_dir": self.keys or "",
             "eval_data": self.eval_data or "", "expected_partners": self.expected_partners,
-            "wait_timeout": self.wait_timeout,
+            "wait_timeout": self.wait_timeout, "authorization": self.authorization,
         }
 
     @classmethod
@@ -62,6 +65,7 @@ class ServerSettings:
             eval_data=str(record.get("eval_data") or "") or None,
             expected_partners=int(record.get("expected_partners", 2)),
             wait_timeout=float(record.get("wait_timeout", 120.0)),
+            authorization=str(record.get("authorization") or ""),
         )
 
 
@@ -107,11 +111,21 @@ def exchange(grid: Grid, messages: list[Message], timeout: float, poll: float = 
     Same contract as `Grid.send_and_receive`, but polls every `poll` seconds: the deployment grid
     sleeps 3 s between pulls, which alone would cost up to 3 s per message exchange.
     """
-    pending = set(grid.push_messages(messages))
+    ids = list(grid.push_messages(messages))
+    destination = dict(zip(ids, (m.metadata.dst_node_id for m in messages), strict=False))
+    pending = set(ids)
     replies: list[Message] = []
     deadline = time.monotonic() + timeout
     while pending:
         got = list(grid.pull_messages(pending))
+        for msg in got:
+            # An error reply the SuperLink makes itself (node offline, message expired) comes from the
+            # SuperLink's own node id (1), not from the partner: attribute it to the node it was sent to,
+            # so a dead partner is reported once, by name, with Flower's reason (not as a phantom
+            # "node 1" plus a round-timeout for the real one).
+            sent_to = destination.get(msg.metadata.reply_to_message_id)
+            if sent_to is not None and msg.metadata.src_node_id != sent_to:
+                msg.metadata.__dict__["_src_node_id"] = sent_to
         replies.extend(got)
         pending -= {m.metadata.reply_to_message_id for m in got}
         if not pending or time.monotonic() > deadline:
@@ -162,6 +176,9 @@ class RunStart:
     progress_path: Path
     run_id: str
     on_round: Callable[[dict[str, Any]], None] | None
+    auth: dict[str, str] = field(default_factory=dict)  # auth_body / auth_sig, sent with every message
+    nodes: dict[str, str] = field(default_factory=dict)  # signed registry: node id -> partner name
+    submitter: str = ""  # key id of the coordinator key that signed the run
 
     def fail(self, reason: str) -> None:
         """Record the failure in the coordinator's ledger and progress file, then raise it."""
@@ -182,7 +199,79 @@ def begin_run(grid: Grid, settings: ServerSettings) -> RunStart:
     ledger = Ledger(out / "ledger.jsonl", load_signer(keys_dir))
     progress_path = out / "progress.jsonl"
     progress_path.write_text("")
-    return RunStart(config, out, keys_dir, ledger, progress_path, str(grid.run.run_id), settings.on_round)
+    start = RunStart(config, out, keys_dir, ledger, progress_path, str(grid.run.run_id), settings.on_round)
+    if settings.authorization:
+        load_authorization(start, Path(settings.authorization), settings.wait_timeout)
+    return start
+
+
+AUTH_WAIT_S = 60.0
+
+
+def load_authorization(start: RunStart, path: Path, timeout: float) -> None:
+    """Wait for the coordinator's signed authorization of THIS run (written by `federate run` once the
+    SuperLink assigned the run id) and check that it signs this run's configuration. The signature is
+    checked again by every partner against the coordinator key it pinned at join; the ServerApp holds
+    no signing key and cannot authorize a run by itself."""
+    import base64
+
+    from privmodel.keys import key_id_of, load_public_key
+
+    deadline = time.monotonic() + min(timeout, AUTH_WAIT_S)
+    auth: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        try:
+            auth = json.loads(path.read_text())
+            body = json.loads(auth["body"])
+            if str(body.get("run_id")) == start.run_id:
+                break
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        time.sleep(0.1)
+    else:
+        start.fail(f"run {start.run_id} has no signed authorization from the coordinator in {path}")
+    if FedConfig.from_record(body.get("config") or {}).to_record() != start.config.to_record():
+        start.fail(f"run {start.run_id}: the signed configuration differs from the submitted one")
+    public = load_public_key(start.keys_dir)
+    from cryptography.exceptions import InvalidSignature
+
+    try:
+        public.verify(base64.b64decode(auth["signature"]), auth["body"].encode())
+    except (InvalidSignature, ValueError):
+        start.fail(f"run {start.run_id}: the authorization is not signed by the coordinator key in {start.keys_dir}")
+    start.auth = {"auth_body": auth["body"], "auth_sig": auth["signature"]}
+    start.nodes = {str(k): str(v) for k, v in (body.get("nodes") or {}).items()}
+    start.submitter = key_id_of(public)
+
+
+def ledger_head_fields(path: Path, keys_dir: Path, prefix: str = "head_") -> dict[str, Any]:
+    """This side's ledger head as flat scalars for a message (ConfigRecord holds no None)."""
+    from privmodel.audit import ledger_head
+    from privmodel.keys import load_public_key
+
+    head = ledger_head(path, [load_public_key(keys_dir)])
+    return {f"{prefix}ledger_id": head["ledger_id"] or "", f"{prefix}entries": int(head["entries"]),
+            f"{prefix}last_hash": head["last_hash"] or ""}
+
+
+def check_registered(node: int, nodes: dict[str, str], infos: dict[int, dict[str, Any]], partner_of: dict[int, str],
+                     failures: list[str]) -> None:
+    """A partner's name is bound to the node key the coordinator registered under that name: the node id
+    comes from the SuperLink's node authentication, the name from the signed registry. A node that
+    calls itself another partner is refused by name."""
+    if not nodes or node not in infos:
+        return
+    registered = nodes.get(str(node))
+    claimed = str(infos[node].get("partner"))
+    if registered == claimed:
+        return
+    del infos[node]
+    partner_of[node] = registered or f"node {node}"
+    if registered is None:
+        failures.append(f"node {node} (calls itself {claimed}) is not in the coordinator's signed registry: refused")
+    else:
+        failures.append(f"partner {registered} refused: its node key is registered as {registered}, "
+                        f"but it calls itself {claimed}")
 
 
 def run_server(grid: Grid, settings: ServerSettings) -> RunOutcome:
@@ -206,7 +295,7 @@ def run_server(grid: Grid, settings: ServerSettings) -> RunOutcome:
     except InputError as exc:
         fail(str(exc))
     my_policy_hash = policy_hash(policy)
-    record = config.to_record()
+    record = {**config.to_record(), **start.auth}
     query_timeout = answer_timeout(config, settings)
 
     nodes = _wait_for_nodes(grid, max(settings.expected_partners, config.min_partners), settings.wait_timeout)
@@ -220,10 +309,15 @@ def run_server(grid: Grid, settings: ServerSettings) -> RunOutcome:
         node = msg.metadata.src_node_id
         answered.add(node)
         if msg.has_error():
-            failures.append((msg.error.reason or f"node {node}: failed").strip().splitlines()[-1])
+            reason = (msg.error.reason or "failed").strip().splitlines()[-1] if (msg.error.reason or "").strip() else "failed"
+            if not reason.startswith("partner "):  # e.g. Flower's own refusal of the app at the SuperNode
+                who = start.nodes.get(str(node))
+                reason = f"{f'partner {who}' if who else f'node {node}'}: {reason}"
+            failures.append(reason)
             continue
         records = msg.content.config_records
         take_hello(node, dict(records["info"]) if "info" in records else {}, partner_of, infos, failures)
+        check_registered(node, start.nodes, infos, partner_of, failures)
     for node in set(nodes) - answered:
         failures.append(f"node {node}: no answer within {query_timeout:.0f} s")
     layouts = vet_partners(infos, failures, my_policy_hash, fail, progress_path, settings.on_round, ledger, run_id)
@@ -241,7 +335,8 @@ def run_server(grid: Grid, settings: ServerSettings) -> RunOutcome:
         inputs=[artifact(settings.policy)] + ([artifact(settings.eval_data)] if settings.eval_data else []),
         params={
             "run_id": run_id, "policy_hash": my_policy_hash, "partners": sorted(partner_of[n] for n in active),
-            "config": {k: v for k, v in record.items() if k not in ("extra",)}, **declarations(infos),
+            "config": {k: v for k, v in record.items() if k not in ("extra", "auth_body", "auth_sig")},
+            "submitter": start.submitter or None, **declarations(infos),
         },
     )
     inner = build_strategy(config, len(active))
@@ -316,10 +411,12 @@ def run_server(grid: Grid, settings: ServerSettings) -> RunOutcome:
     digest = arrays_hash(final)
     confirmations: dict[str, str] = {}
     final_silos: dict[str, dict[str, float]] = {}
-    for msg in _query(grid, sorted(active), {**record, "op": "final"}, timeout=query_timeout, arrays=arrays):
+    partner_heads: dict[str, dict[str, Any]] = {}
+    final_query = {**record, "op": "final", **ledger_head_fields(ledger.path, keys_dir, "coordinator_")}
+    for msg in _query(grid, sorted(active), final_query, timeout=query_timeout, arrays=arrays):
         if not msg.has_error() and "info" in msg.content.config_records:
             take_final(partner_of.get(msg.metadata.src_node_id, ""), dict(msg.content.config_records["info"]),
-                       confirmations, final_silos, ledger, run_id)
+                       confirmations, final_silos, ledger, run_id, partner_heads)
     rounds[-1]["per_silo"] = final_silos
     for entry in rounds:
         if entry["global"] is None and entry["per_silo"]:
@@ -353,7 +450,8 @@ def run_server(grid: Grid, settings: ServerSettings) -> RunOutcome:
         "federate.final_model",
         inputs=[artifact(settings.policy)],
         outputs=[artifact(out / "model.npz"), artifact(out / "model.json")] + [artifact(p) for p in card_paths],
-        params={"run_id": run_id, "model_hash": digest, "rounds": config.rounds, "partners": partners},
+        params={"run_id": run_id, "model_hash": digest, "rounds": config.rounds, "partners": partners,
+                "partner_heads": partner_heads, "submitter": start.submitter or None},
         privacy_cost=None,
     )
     _emit(progress_path, settings.on_round, {
@@ -411,7 +509,8 @@ def _valid_name(name: str) -> bool:
 
 
 def take_final(partner: str, info: dict[str, Any], confirmations: dict[str, str],
-               final_silos: dict[str, dict[str, Any]], ledger: Any, run_id: str) -> None:
+               final_silos: dict[str, dict[str, Any]], ledger: Any, run_id: str,
+               heads: dict[str, dict[str, Any]] | None = None) -> None:
     """Record one partner's final confirmation (model hash, held-out metrics) if it is well-formed;
     the partner is the node's name from its hello, never a name the reply claims."""
     from federated.robust import _kind_ok
@@ -423,6 +522,11 @@ def take_final(partner: str, info: dict[str, Any], confirmations: dict[str, str]
                       reason=f"partner {partner or '?'} rejected: malformed final reply ({', '.join(bad) or 'unknown node'})")
         return
     confirmations[partner] = info["model_hash"]
+    if heads is not None:  # the partner's ledger head after its final entry (issue 11: heads exchanged)
+        head = {"ledger_id": info.get("head_ledger_id"), "entries": info.get("head_entries"),
+                "last_hash": info.get("head_last_hash")}
+        if isinstance(head["ledger_id"], str) and _kind_ok(head["entries"], "count") and isinstance(head["last_hash"], str):
+            heads[partner] = {k: (v if v != "" else None) for k, v in head.items()}
     final_silos[partner] = {"auc": float(info["eval_auc"]), "loss": float(info["eval_loss"]), "n": int(info["eval_n"])}
 
 

@@ -1,20 +1,37 @@
-"""Run Flower's own SuperNode with its idle poll shortened.
+"""Run Flower's own SuperNode with its idle poll shortened and a gate on the apps it will run.
 
-flwr 1.41's SuperNode loop (`flwr.supernode.start_client_internal`) sleeps a hard-coded 3 s whenever
-it finds no message and polls for replies every 0.5 s; with one message per partner per round that
-idle sleep alone adds up to 3 s to every round. There is no option for it, so this module runs the
-unchanged `flower-supernode` entry point after giving that one module a `time` whose `sleep` is
-capped at POLL_SECONDS. TLS, node authentication and message handling are Flower's own.
+Poll: flwr's SuperNode loop (`flwr.supernode.start_client_internal`) sleeps a hard-coded 3 s
+whenever it finds no message and polls for replies every 0.5 s; with one message per partner per
+round that idle sleep alone adds up to 3 s to every round. There is no option for it, so this module
+gives that one module a `time` whose `sleep` is capped at POLL_SECONDS.
+
+Gate (issue 11, finding 4): a SuperNode runs whatever ClientApp the run's FAB (Flower App Bundle)
+names, with the partner's privileges, so a run submitted by anyone who reaches a SuperLink could ship
+code that reads the partner's data directly, past every check of the training worker. Flower's own
+FAB verification (`--trusted-entities`) needs a FAB signed by Flower's platform (`valid_license`,
+`start_client_internal._pull_and_store_message`). This gate uses that same refusal path
+(FAB_VERIFICATION_ERROR reply, no ClientApp started) with our own test: the FAB must be exactly the
+app `privmodel federate run` writes, i.e. hold only `pyproject.toml` (plus Flower's `.info/`
+metadata) naming the installed `federated.server_app:app` / `federated.client_app:app`, no code of
+its own. The run's configuration is then checked by the training worker against the coordinator's
+signature before any data is read. A refused FAB is reported to the worker, which records it in the
+partner's ledger. TLS, node authentication and message handling are Flower's own.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import sys
 import time
 import types
+import zipfile
+from typing import Any
 
 POLL_SECONDS = float(os.environ.get("PRIVMODEL_SUPERNODE_POLL", "0.2"))
+COMPONENTS = {"serverapp": "federated.server_app:app", "clientapp": "federated.client_app:app"}
+ALLOWED_FILES = ("pyproject.toml", ".info/CONTENT")
 
 
 def _capped_time() -> types.SimpleNamespace:
@@ -23,11 +40,76 @@ def _capped_time() -> types.SimpleNamespace:
     return shim
 
 
+def fab_problem(content: bytes) -> str | None:
+    """Why this FAB is not privmodel's own federated app (None when it is)."""
+    import tomllib
+
+    try:
+        with zipfile.ZipFile(io.BytesIO(content)) as archive:
+            names = archive.namelist()
+            extra = [n for n in names if n not in ALLOWED_FILES]
+            if extra:
+                return f"the app ships files of its own ({', '.join(sorted(extra)[:3])[:120]}); only privmodel's app is run"
+            config = tomllib.loads(archive.read("pyproject.toml").decode("utf-8"))
+    except (zipfile.BadZipFile, KeyError, UnicodeDecodeError, tomllib.TOMLDecodeError, OSError):
+        return "the app bundle is not a readable FAB"
+    components = config.get("tool", {}).get("flwr", {}).get("app", {}).get("components", {})
+    if {k: components.get(k) for k in COMPONENTS} != COMPONENTS or set(components) - set(COMPONENTS):
+        return "the app does not run privmodel's installed ServerApp / ClientApp components"
+    return None
+
+
+def _report(node_config: dict[str, Any], run_id: int, reason: str) -> None:
+    """Tell the training worker (which owns the partner's ledger) that a run was refused here."""
+    from federated.wire import WireError, call, read_token
+
+    address, token_file = node_config.get("worker-address"), node_config.get("worker-token-file")
+    if not address or not token_file:
+        return
+    with contextlib.suppress(WireError, OSError):
+        call(str(address), read_token(str(token_file)), {"op": "refuse_run", "run_id": str(run_id), "reason": reason}, {},
+             timeout=10.0)
+
+
+def install_gate(loop: Any) -> None:
+    """Wrap the SuperNode's pull step so that Flower's FAB-verification refusal applies our `fab_problem`."""
+    original = loop._pull_and_store_message
+    refused: list[str] = []
+
+    def checked_get_fab(get_fab: Any) -> Any:
+        def get(fab_hash: str, run_id: int) -> Any:
+            fab = get_fab(fab_hash, run_id)
+            # Flower refuses a FAB without this mark before verifying it; our verifier decides instead.
+            fab.verifications = {**dict(fab.verifications or {}), "valid_license": "privmodel-gate"}
+            return fab
+        return get
+
+    def verify(fab: Any, _trusted: dict[str, str]) -> bool:
+        problem = fab_problem(fab.content)
+        if problem is not None:
+            refused.append(problem)
+        return problem is None
+
+    def pull(**kwargs: Any) -> Any:
+        kwargs["get_fab"] = checked_get_fab(kwargs["get_fab"])
+        kwargs["trusted_entities"] = {"privmodel": "gate"}
+        before = len(refused)
+        run_id = original(**kwargs)
+        for problem in refused[before:]:
+            print(f"privmodel: run {run_id} refused: {problem}", flush=True)
+            _report(dict(kwargs.get("node_config") or {}), run_id, problem)
+        return run_id
+
+    loop._verify_fab = verify
+    loop._pull_and_store_message = pull
+
+
 def main() -> None:
     import flwr.supernode.start_client_internal as loop
     from flwr.supernode.cli import flower_supernode
 
     loop.time = _capped_time()
+    install_gate(loop)
     sys.argv[0] = "flower-supernode"
     flower_supernode()
 

@@ -3,19 +3,22 @@
 Layout of DIR (private files mode 0600, never overwritten):
   ca.crt / ca.key              self-signed CA (EC P-384) the partners trust
   server.crt / server.key      SuperLink certificate, SAN = localhost, 127.0.0.1 and --host names
-  nodes/NAME/auth.key          the partner's SuperNode key (EC P-384, OpenSSH PEM, what
-                               `flower-supernode --auth-supernode-private-key` loads)
-  nodes/NAME/auth.pub          its public key (OpenSSH), registered at the SuperLink
-  nodes/NAME/ca.crt            copy of the CA certificate to hand to the partner with its key
   tls.json                     names, fingerprints, validity (no secrets)
 
-Flower 1.41 authenticates SuperNodes with these EC keys (registered by the coordinator), not with
+Partners' node keys are NOT made here (issue 11, finding 4: a coordinator that mints every partner's
+private key can act as any partner). Each partner runs `privmodel federate keygen DIR` on its own
+machine (`make_node_key`): DIR/auth.key (EC P-384, OpenSSH PEM, mode 0600, what
+`flower-superlink --auth-supernode-private-key` loads) never leaves it; it hands over DIR/auth.pub
+only, which the coordinator registers under the partner's name.
+
+Flower 1.42 authenticates SuperNodes with these EC keys (registered by the coordinator), not with
 client certificates, so no node certificate is made: TLS authenticates the SuperLink to the
 partners, the registered key authenticates each partner to the SuperLink.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import ipaddress
 import json
@@ -29,6 +32,10 @@ from anonymize.errors import InputError
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 HOST_LABEL_RE = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 VALID_DAYS = 825
+NODE_KEYS_ARE_PARTNERS = (
+    "the coordinator no longer creates partners' node keys: each partner runs `privmodel federate keygen DIR` "
+    "and sends only DIR/auth.pub, which the coordinator registers (`federate superlink --register NAME=auth.pub`)"
+)
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -81,10 +88,10 @@ def make_tls(directory: str | os.PathLike[str], hosts: list[str] | None = None, 
     from privmodel.fileio import outputs
 
     target = Path(directory)
+    if nodes:
+        raise InputError(NODE_KEYS_ARE_PARTNERS)
     if (target / "ca.key").exists():
         raise InputError(f"{target}: already holds a CA; refusing to overwrite TLS material")
-    for node in nodes or []:
-        check_name(node)
     for host in hosts or []:
         check_host(host)
     # Staged, published together; a directory this run creates is 0700, an existing one keeps its mode.
@@ -158,9 +165,11 @@ def add_node(directory: str | os.PathLike[str], name: str) -> Path:
 
 
 def add_nodes(directory: str | os.PathLike[str], names: list[str]) -> list[Path]:
-    """Key pairs for several partners at once: all are added, or (on any error) none."""
+    """Refused since issue 11: partners create their own node keys (`make_node_key`)."""
     from privmodel.fileio import outputs
 
+    if names:
+        raise InputError(NODE_KEYS_ARE_PARTNERS)
     for name in names:
         check_name(name)
     if len(set(names)) != len(names):
@@ -222,3 +231,63 @@ def check_ca(path: str | os.PathLike[str], who: str) -> Path:
     except ValueError:
         raise InputError(f"{who}: {src} is not a PEM certificate") from None
     return src
+
+
+def make_node_key(directory: str | os.PathLike[str]) -> dict[str, str]:
+    """A partner's own SuperNode key pair, made on the partner's machine: DIR/auth.key (0600, never
+    leaves) and DIR/auth.pub (what it sends to the coordinator). Never overwrites."""
+    import hashlib
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    target = Path(directory)
+    for name in ("auth.key", "auth.pub"):
+        if (target / name).exists():
+            raise InputError(f"{target / name}: already exists; refusing to overwrite a node key")
+    created = not target.exists()
+    try:
+        target.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise InputError(f"{target}: cannot create ({exc.strerror})") from None
+    key = ec.generate_private_key(ec.SECP384R1())
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    try:
+        _write_private(target / "auth.key", key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()))
+        _write_public(target / "auth.pub", public + b"\n")
+    except OSError as exc:
+        for name in ("auth.key", "auth.pub"):
+            with contextlib.suppress(OSError):
+                (target / name).unlink()
+        if created:
+            with contextlib.suppress(OSError):
+                target.rmdir()
+        raise InputError(f"{target}: cannot write the node key ({exc.strerror})") from None
+    return {"private_key": str(target / "auth.key"), "public_key": str(target / "auth.pub"),
+            "public_key_sha256": hashlib.sha256(public).hexdigest()}
+
+
+def read_node_public_key(path: str | os.PathLike[str], who: str) -> tuple[Path, str]:
+    """A partner's SuperNode public key (OpenSSH, EC) and the SHA-256 of its key line, or one line."""
+    import hashlib
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    src = Path(path)
+    try:
+        raw = src.read_bytes()
+    except OSError:
+        raise InputError(f"{who}: public key {src} not found or unreadable") from None
+    if b"PRIVATE KEY" in raw:
+        raise InputError(f"{who}: {src} is a private key; send and register only auth.pub")
+    line = raw.strip().split(b"\n")[0] if raw.strip() else b""
+    try:
+        key = serialization.load_ssh_public_key(b" ".join(line.split()[:2]))
+    except (ValueError, TypeError, IndexError):
+        raise InputError(f"{who}: {src} is not an OpenSSH public key (from `privmodel federate keygen`)") from None
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        raise InputError(f"{who}: {src} is not an EC public key (Flower's node authentication needs one)")
+    canonical = key.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    return src, hashlib.sha256(canonical).hexdigest()

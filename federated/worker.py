@@ -62,6 +62,14 @@ class Refused(Exception):
     """The partner declines this round (its privacy budget would be exceeded)."""
 
 
+class Unauthorized(Exception):
+    """The run is not signed by the coordinator key this partner pinned at join: refused before anything."""
+
+
+AUTH_KIND = "privmodel.federate.run/1"
+AUTH_FUTURE_SKEW_S = 300.0
+
+
 def policy_hash(policy: Any) -> str:
     """Hash of the validated policy content, so partners compare meaning, not file formatting."""
     from privmodel.audit import canonical_json
@@ -86,6 +94,10 @@ class PartnerSpec:
     # TEST ONLY: accept a coordinator's request for reproducible noise (FedConfig.insecure_seed).
     # Off by default, so no coordinator can make a partner's noise predictable.
     insecure_noise: bool = False
+    # The coordinator's Ed25519 public key (PEM file or key directory) pinned at `federate join
+    # --coordinator-key`: every request must carry a run authorization signed by it. "" = simulation
+    # (in-process partners, no SuperLink between them and the coordinator).
+    coordinator_key: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -166,6 +178,75 @@ class PartnerWorker:
             raise InputError(f"partner {self.name}: training_rows must be one of {', '.join(TRAINING_ROWS)}")
         self._prepared: Prepared | None = None
         self._lock = threading.Lock()
+        self._pinned = None
+        if spec.coordinator_key:
+            from privmodel.keys import load_public_key
+
+            self._pinned = _named(self.name, load_public_key, spec.coordinator_key)
+        self._refused_runs: set[str] = set()
+        self._submitter: str | None = None  # key id of the coordinator key that signed the current run
+
+    # --- run authorization ---------------------------------------------------------------------
+
+    def authorize(self, op: str, header: dict[str, Any]) -> str | None:
+        """Check the coordinator's signature on this run (before any data is read, any ε spent).
+
+        The signed body binds the run id (assigned by the SuperLink, given to the ClientApp by the
+        SuperNode), the whole FedConfig and the registry; a refusal is recorded once per run in the
+        partner's ledger. Returns the signer's key id (None without a pinned key: simulation)."""
+        if self._pinned is None:
+            return None
+        import base64
+        import datetime as dt
+
+        from cryptography.exceptions import InvalidSignature
+
+        from privmodel.keys import key_id_of
+
+        pinned_id = key_id_of(self._pinned)
+        config = header.get("config") if isinstance(header.get("config"), dict) else {}
+        run_id = str(header.get("run_id", ""))
+        body_text, signature = config.get("auth_body"), config.get("auth_sig")
+        problem = None
+        body: dict[str, Any] = {}
+        if not isinstance(body_text, str) or not isinstance(signature, str):
+            problem = "it carries no coordinator signature"
+        else:
+            try:
+                self._pinned.verify(base64.b64decode(signature, validate=True), body_text.encode())
+                body = json.loads(body_text)
+                if not isinstance(body, dict) or body.get("kind") != AUTH_KIND:
+                    raise ValueError
+            except InvalidSignature:
+                problem = f"its configuration is not signed by the pinned coordinator key {pinned_id}"
+            except (ValueError, TypeError):
+                problem = "its authorization is malformed"
+        if problem is None:
+            signed_config = body.get("config") if isinstance(body.get("config"), dict) else {}
+            signed_time = str(body.get("time", ""))
+            try:
+                skew = (dt.datetime.fromisoformat(signed_time) - dt.datetime.now(dt.UTC)).total_seconds()
+            except (ValueError, TypeError):
+                skew = float("inf")
+            if str(body.get("run_id")) != run_id:
+                problem = f"the signature is for run {str(body.get('run_id'))[:24]}, not this run"
+            elif FedConfig.from_record(signed_config).to_record() != FedConfig.from_record(config).to_record():
+                problem = "its configuration differs from the one the coordinator signed"
+            elif skew > AUTH_FUTURE_SKEW_S:
+                problem = "its authorization is dated in the future"
+        if problem is not None:
+            if run_id not in self._refused_runs:
+                self._refused_runs.add(run_id)
+                self.ledger.append(
+                    "federate.run_refused", params={"run_id": run_id, "request": op[:16], "pinned_key_id": pinned_id},
+                    outcome="failed", reason=f"run {run_id} refused: {problem}",
+                )
+            raise Unauthorized(f"partner {self.name} refused run {run_id}: {problem}")
+        return str(body.get("key_id") or pinned_id)
+
+    def _who(self) -> dict[str, Any]:
+        """Recorded in every ledger entry of a run: who submitted it (the signing coordinator key id)."""
+        return {"submitter": self._submitter or "none (no coordinator key pinned)"}
 
     # --- data ----------------------------------------------------------------------------------
 
@@ -211,12 +292,12 @@ class PartnerWorker:
                 done = minimise(frame, self.policy, secret, source=data.name, partner=self.name)
                 rows, removed = done.data, {k: int(v) for k, v in done.removed.items()}
         except InputError as exc:
-            self.ledger.append(action, inputs=[artifact(data)], outcome="failed", reason=str(exc))
+            self.ledger.append(action, inputs=[artifact(data)], params=self._who(), outcome="failed", reason=str(exc))
             raise InputError(f"partner {self.name}: {exc}") from None
         self.ledger.append(
             action, inputs=[artifact(data)],
             params={"policy_hash": self.policy_hash, "rows_in": int(len(frame)), "rows_out": int(len(rows)),
-                    "removed": removed, "training_rows": self.spec.training_rows},
+                    "removed": removed, "training_rows": self.spec.training_rows, **self._who()},
         )
         return rows, removed
 
@@ -303,7 +384,8 @@ class PartnerWorker:
             if not config.private and cap > 0:
                 reason = f"non-private training refused: ε cap {cap:.3f} is set"
                 self.ledger.append(
-                    "federate.round", params={"run_id": run_id, "round": server_round}, outcome="failed", reason=reason
+                    "federate.round", params={"run_id": run_id, "round": server_round, **self._who()},
+                    outcome="failed", reason=reason,
                 )
                 raise Refused(f"partner {self.name} refused: {reason}")
             model = self._model(config, prep)
@@ -326,7 +408,7 @@ class PartnerWorker:
                                      {"command": "federate", "run_id": run_id, "round": server_round, "accountant": "prv",
                                       "noise_multiplier": privacy["noise_multiplier"], "sample_rate": privacy["sample_rate"],
                                       "steps": config.local_steps, "target_epsilon": config.epsilon,
-                                      "epsilon_run": privacy["epsilon"]})
+                                      "epsilon_run": privacy["epsilon"], **self._who()})
                         run.update(epsilon=privacy["epsilon"], noise_multiplier=privacy["noise_multiplier"])
                     run["steps"] += config.local_steps
                     self._write_state(state)
@@ -347,6 +429,7 @@ class PartnerWorker:
                     "sample_rate": privacy["sample_rate"], "noise_multiplier": privacy["noise_multiplier"],
                     "max_grad_norm": privacy["max_grad_norm"], "epsilon_run": privacy["epsilon"],
                     "noise": privacy.get("noise"), "model_in": arrays_hash(arrays), "update_out": arrays_hash(new),
+                    **self._who(),
                 },
             )
             # The DP update and its FedAvg weight; the held-out metrics are of the INCOMING model.
@@ -408,9 +491,11 @@ class PartnerWorker:
         """Held-out rows only (never the training rows): listed on the card as released without DP."""
         return evaluate_model(model, prep.test, prep.y_test)
 
-    def final(self, arrays: dict[str, np.ndarray], config: FedConfig, run_id: str) -> dict[str, Any]:
-        """Record the final global model's hash in the partner's ledger (both sides must agree),
-        and evaluate it on the local held-out split."""
+    def final(self, arrays: dict[str, np.ndarray], config: FedConfig, run_id: str,
+              coordinator_head: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Record the final global model's hash in the partner's ledger (both sides must agree) with the
+        coordinator's ledger head, evaluate it on the local held-out split, and return this ledger's
+        head for the coordinator to record (each side records the other's head: issue 11)."""
         digest = arrays_hash(arrays)
         metrics = self.evaluate(arrays, config)
         run = self._read_state().get("runs", {}).get(run_id, {})
@@ -420,19 +505,32 @@ class PartnerWorker:
             params={
                 "run_id": run_id, "model_hash": digest, "rounds": run.get("rounds", []),
                 "epsilon_run": run.get("epsilon", 0.0), "delta": config.delta if config.private else None,
-                "epsilon_cap": cap,
+                "epsilon_cap": cap, "coordinator_head": coordinator_head, **self._who(),
             },
         )
+        from privmodel.audit import ledger_head
+        from privmodel.keys import load_public_key
+
+        head = _named(self.name, ledger_head, self.ledger.path, [load_public_key(self.spec.keys)])
         return {
             "partner": self.name, "model_hash": digest, "epsilon": float(run.get("epsilon", 0.0)),
             "eval_auc": metrics["auc"], "eval_loss": metrics["loss"], "eval_n": metrics["num-examples"],
+            "head_ledger_id": head["ledger_id"] or "", "head_entries": int(head["entries"]),
+            "head_last_hash": head["last_hash"] or "",
         }
 
     def handle(self, op: str, header: dict[str, Any], arrays: dict[str, np.ndarray]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """Dispatch one request; every failure becomes a reply naming the partner, never a crash."""
         config = FedConfig.from_record(header.get("config", {}))
         run_id = str(header.get("run_id", "0"))
+        if op == "refuse_run":  # the SuperNode's app gate refused a run's FAB (federated.supernode)
+            if run_id not in self._refused_runs:
+                self._refused_runs.add(run_id)
+                self.ledger.append("federate.run_refused", params={"run_id": run_id, "request": "app"}, outcome="failed",
+                                   reason=f"run {run_id} refused: {str(header.get('reason', ''))[:200]}")
+            return {"ok": True, "info": {}}, {}
         try:
+            self._submitter = self.authorize(op, header)  # before anything is read or spent
             if op == "hello":
                 return {"ok": True, "info": self.hello(config)}, {}
             if op == "train":
@@ -441,10 +539,12 @@ class PartnerWorker:
             if op == "evaluate":
                 return {"ok": True, "metrics": self.evaluate(arrays, config), "partner": self.name}, {}
             if op == "final":
-                return {"ok": True, "info": self.final(arrays, config, run_id)}, {}
+                return {"ok": True, "info": self.final(arrays, config, run_id, _coordinator_head(header))}, {}
             return {"ok": False, "kind": "failed", "error": f"partner {self.name}: unknown request {op!r}"}, {}
         except Refused as exc:
             return {"ok": False, "kind": "refused", "error": str(exc)}, {}
+        except Unauthorized as exc:
+            return {"ok": False, "kind": "unauthorized", "error": str(exc)}, {}
         except InputError as exc:
             msg = str(exc)
             if not msg.startswith(f"partner {self.name}"):
@@ -469,6 +569,15 @@ def evaluate_model(model, data: EncodedData, y: np.ndarray) -> dict[str, Any]:
     p = predict_proba(model, data)
     auc = roc_auc(y, p)
     return {"num-examples": int(len(y)), "loss": log_loss(y, p), "auc": float(auc) if auc is not None else float("nan")}
+
+
+def _coordinator_head(header: dict[str, Any]) -> dict[str, Any] | None:
+    """The coordinator's ledger head sent with the final query (None when absent or malformed)."""
+    config = header.get("config") if isinstance(header.get("config"), dict) else {}
+    lid, entries, last = (config.get(f"coordinator_{k}") for k in ("ledger_id", "entries", "last_hash"))
+    if not isinstance(lid, str) or not isinstance(last, str) or isinstance(entries, bool) or not isinstance(entries, int):
+        return None
+    return {"ledger_id": lid[:128] or None, "entries": entries, "last_hash": last[:128] or None}
 
 
 def _named(partner: str, fn, *args):

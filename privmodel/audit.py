@@ -23,16 +23,15 @@ checks that the ledger still extends every head witnessed for it. docs/ledger.md
 each check proves.
 
 Concurrent appends from several processes are serialized with an exclusive `fcntl.flock` on a
-sidecar lock file (stdlib; the `filelock` package adds nothing for a single-host lock).
+sidecar lock file (`privmodel.fileio.file_lock`, stdlib; the `filelock` package adds nothing for a
+single-host lock).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import datetime as dt
-import fcntl
 import hashlib
 import json
 import os
@@ -46,13 +45,13 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from anonymize.errors import InputError
-from privmodel.fileio import atomic_write_bytes, atomic_write_text, sha256_file
+from privmodel.fileio import atomic_write_bytes, atomic_write_text, file_lock, sha256_file
 from privmodel.keys import Signer, key_id_of, load_keyring, load_public_key_pem, public_key_pem
 
 __all__ = [
     "GENESIS_HASH", "Artifact", "Ledger", "LedgerEntry", "LedgerHead", "LineError", "Problem", "Verification",
     "WitnessRecord", "anchor", "artifact", "canonical_json",
-    "entry_hash", "ledger_head", "load_keyring", "parse_entry", "read_entries", "verify",
+    "entry_hash", "failure_reason", "ledger_head", "load_keyring", "parse_entry", "read_entries", "verify",
 ]
 
 GENESIS_HASH = "0" * 64
@@ -157,20 +156,6 @@ def _head_path(path: Path) -> Path:
 
 def _lock_path(path: Path) -> Path:
     return path.with_name(path.name + ".lock")
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    try:
-        lock = open(_lock_path(path), "a")  # noqa: SIM115 - closed below, after the body ran
-    except OSError as exc:
-        raise InputError(f"{path}: cannot write beside it to lock it ({exc.strerror})") from None
-    with lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 # --------------------------------------------------------------------------------------------
@@ -330,6 +315,14 @@ def _too_long() -> str:
 # Writing
 
 
+def failure_reason(exc: BaseException) -> str:
+    """What the ledger says about a failure: an InputError's first line, else only its type name."""
+    lines = str(exc).splitlines()
+    if isinstance(exc, InputError) and lines and lines[0].strip():
+        return lines[0]
+    return f"internal error ({type(exc).__name__})"
+
+
 class Ledger:
     """A ledger file plus the signer that appends to it."""
 
@@ -341,8 +334,8 @@ class Ledger:
         self,
         action: str,
         *,
-        inputs: Iterable[Mapping[str, str]] = (),
-        outputs: Iterable[Mapping[str, str]] = (),
+        inputs: Iterable[Artifact | Mapping[str, str]] = (),
+        outputs: Iterable[Artifact | Mapping[str, str]] = (),
         params: Mapping[str, Any] | None = None,
         privacy_cost: Mapping[str, Any] | None = None,
         outcome: str = "ok",
@@ -358,7 +351,7 @@ class Ledger:
             raise InputError(f"{self.path.parent}: ledger directory does not exist")
         if not self.path.name or self.path.is_dir():
             raise InputError(f"{self.path}: the ledger must be a file, not a directory")
-        with _locked(self.path):
+        with file_lock(_lock_path(self.path)):
             last = _read_last_entry(self.path)
             if last is None:
                 last = self._write(
@@ -371,6 +364,22 @@ class Ledger:
                 params=params, privacy_cost=dict(privacy_cost) if privacy_cost else None, outcome=outcome,
                 reason=reason, actor=actor,
             )
+
+    def record_failure(
+        self,
+        action: str,
+        *,
+        inputs: Iterable[Artifact | Mapping[str, str]] = (),
+        params: Mapping[str, Any] | None = None,
+        exc: BaseException,
+    ) -> LedgerEntry:
+        """Append a `failed` entry of `action` for `exc`: the one way a failure is recorded.
+
+        The reason is an InputError's first line (those messages name no raw value), else only
+        "internal error (TypeName)": other exceptions may quote data, keys or paths, so their
+        message never reaches the ledger.
+        """
+        return self.append(action, inputs=inputs, params=params, outcome="failed", reason=failure_reason(exc))
 
     def _write(self, _last: LedgerEntry | None, action: str, **fields: Any) -> LedgerEntry:
         entry: LedgerEntry = {
@@ -770,7 +779,7 @@ def anchor(
         raise InputError(f"{target.parent}: witness directory does not exist")
     if target.resolve() in (src.resolve(), _head_path(src).resolve()):
         raise InputError(f"{target}: the witness file cannot be the ledger or its head")
-    with _locked(target):
+    with file_lock(_lock_path(target)):
         # The witness's existing heads for this ledger must be extended; records are trusted when
         # signed by the ledger's trusted keys or by this signer.
         wkeys = [*(keys or []), signer.public_key]

@@ -33,7 +33,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime as dt
-import fcntl
 import hashlib
 import json
 import math
@@ -44,7 +43,7 @@ import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from cryptography.exceptions import InvalidSignature
@@ -55,6 +54,11 @@ from anonymize.errors import InputError
 from privmodel.audit import Ledger, canonical_json
 from privmodel.fileio import atomic_write_text, sha256_file
 from privmodel.keys import Signer, ensure_keys, key_id_of, load_public_key, load_signer
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from anonymize.policy import Budget, Policy
 
 ACTION = "budget.charge"
 COMPOSITION = "basic (epsilons add, deltas add)"
@@ -116,8 +120,8 @@ class Cap:
     delta: float
 
     @classmethod
-    def of(cls, budget: Any) -> Cap:
-        """From a policy's `budget` (anything with epsilon / delta)."""
+    def of(cls, budget: Budget) -> Cap:
+        """From a policy's `budget` (its epsilon / delta)."""
         return cls(float(budget.epsilon), float(budget.delta))
 
     def as_dict(self) -> dict[str, float]:
@@ -206,8 +210,8 @@ def content_id(path: str | os.PathLike[str]) -> str | None:
     return frame_id(read_table(src))
 
 
-def frame_id(frame: Any) -> str:
-    """`content_id` of an in-memory table (a pandas DataFrame): the same normal form and digest."""
+def frame_id(frame: object) -> str:
+    """`content_id` of an in-memory table (a pandas DataFrame, else InputError): the same normal form and digest."""
     import pandas as pd
 
     if not isinstance(frame, pd.DataFrame) or frame.shape[1] == 0:
@@ -230,7 +234,8 @@ def frame_id(frame: Any) -> str:
         else:
             text = col.map(_value_text)
         parts.append(text.astype(str).str.replace("\\", "\\\\", regex=False).str.replace("\x1f", "\\x1f", regex=False))
-    rows = parts[0].str.cat(parts[1:], sep="\x1f") if len(parts) > 1 else parts[0]
+    # pandas-stubs list only list[str] for `others`; pandas documents a list of Series (joined row by row)
+    rows = parts[0].str.cat(parts[1:], sep="\x1f") if len(parts) > 1 else parts[0]  # type: ignore[arg-type]
     digests = sorted(hashlib.sha256(row.encode("utf-8")).digest() for row in rows)
     total = hashlib.sha256(b"privmodel-table-v1\0" + canonical_json(columns))
     for digest in digests:
@@ -270,7 +275,7 @@ def _value_text(value: Any) -> str:
     return str(value).strip()
 
 
-def dataset_of(policy: Any, data_path: str | os.PathLike[str], keys: str | os.PathLike[str] | None) -> str:
+def dataset_of(policy: Policy | None, data_path: str | os.PathLike[str], keys: str | os.PathLike[str] | None) -> str:
     """The budget identity of a data file: the policy's declared `dataset` id, else the root of the
     file's recorded lineage, else its table content hash (file SHA-256 for a non-table file)."""
     declared = getattr(policy, "dataset", None) if policy is not None else None
@@ -289,7 +294,7 @@ def dataset_of(policy: Any, data_path: str | os.PathLike[str], keys: str | os.Pa
     return names[-1]
 
 
-def dataset_of_frame(policy: Any, frame: Any, keys: str | os.PathLike[str] | None) -> str:
+def dataset_of_frame(policy: Policy | None, frame: pd.DataFrame, keys: str | os.PathLike[str] | None) -> str:
     """`dataset_of` for rows already in memory (the estimator's X): the policy's declared id, else the
     lineage root of the frame's content hash, else that hash. X without its label column hashes
     differently from the file it came from: declare `dataset:` in the policy to share one budget."""
@@ -436,10 +441,10 @@ def _charge(dataset: str, epsilon: float, delta: float, cap: Cap, *, keys: str |
                     "budget_store": store.location}
     if refused is not None:
         if ledger is not None:
-            ledger.append(ACTION, params={**entry_params, "store_seq": seq,
-                                          "asked": {"epsilon": epsilon, "delta": delta},
-                                          "spent_before": before.as_dict()},
-                          outcome="failed", reason=str(refused))
+            ledger.record_failure(ACTION, params={**entry_params, "store_seq": seq,
+                                                  "asked": {"epsilon": epsilon, "delta": delta},
+                                                  "spent_before": before.as_dict()},
+                                  exc=refused)
         raise refused
     if not spend:
         return before, None
@@ -612,15 +617,10 @@ class _Store:
             self._signer = signer
         return self._signer
 
-    @contextlib.contextmanager
-    def _head_lock(self) -> Iterator[None]:
-        fd = os.open(self.keys_dir / (HEAD_FILE + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
+    def _head_lock(self) -> contextlib.AbstractContextManager[None]:
+        from privmodel.fileio import file_lock
+
+        return file_lock(self.keys_dir / (HEAD_FILE + ".lock"))
 
     def _head_file(self) -> dict[str, Any]:
         """All heads in budget.head, verified against the organisation's key ({} when absent)."""
@@ -672,11 +672,12 @@ class _Store:
                     conn.execute(sa.text("SELECT pg_advisory_xact_lock(7303371950)"))  # one creator at a time
                 _meta.create_all(conn, checkfirst=True)
                 if conn.execute(sa.select(META.c.id)).first() is None:
-                    row = {"id": 1, "store_id": uuid.uuid4().hex, "format": FORMAT, "created": _now(),
+                    store_id = uuid.uuid4().hex
+                    row = {"id": 1, "store_id": store_id, "format": FORMAT, "created": _now(),
                            "key_id": self.key_id}
                     row["signature"] = _sign(self.signer, _meta_body(row))
                     conn.execute(META.insert().values(**row))
-                    created = row["store_id"]
+                    created = store_id
                 else:
                     created = None
         except sa.exc.SQLAlchemyError as exc:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from anonymize.errors import InputError
-from privmodel.fileio import atomic_write_text
+from privmodel.fileio import atomic_write_text, json_ready
 from privmodel.secure_noise import INSECURE_WARNING, SECURE
 
 CARD_JSON = "model_card.json"
@@ -43,23 +43,6 @@ NO_SELECTION = {
     "epsilon": 0.0,
     "delta": 0.0,
 }
-
-
-def _finite(value: Any) -> Any:
-    """JSON has no infinity: a non-private run records ε as null (and says so in `private`)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def _clean(obj: Any) -> Any:
-    if isinstance(obj, Mapping):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_clean(v) for v in obj]
-    if hasattr(obj, "item") and not isinstance(obj, str | bytes):  # numpy scalar
-        return _clean(obj.item())
-    return _finite(obj)
 
 
 def feature_statements(policy: Any, features: Sequence[str]) -> list[dict[str, Any]]:
@@ -93,7 +76,7 @@ def public_fairness(fairness: Mapping[str, Any] | None, public_categories: Mappi
     """Fairness results with group names kept only where they are public policy categories."""
     if not fairness:
         return None
-    out = json.loads(json.dumps(_clean(fairness)))
+    out = json.loads(json.dumps(json_ready(fairness)))
     for column, stats in out.get("columns", {}).items():
         allowed = {str(c) for c in public_categories.get(column, ())}
         renamed, index = {}, 0
@@ -175,7 +158,7 @@ def build_card(
     }
     if privacy.get("noise", SECURE) != SECURE:  # test-only reproducible noise: say so before anything else
         card = {"warning": INSECURE_WARNING, **card}
-    return _clean(card)
+    return json_ready(card)
 
 
 def _strip_tables(m: Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -205,17 +188,27 @@ def _md(value: Any) -> str:
 
 def render_markdown(card: Mapping[str, Any]) -> str:
     """The card as Markdown a reviewer can read top to bottom."""
-    p, model, data = card["privacy"], card["model"], card["data"]
-    total, sel = card["total_privacy_cost"], card["hyperparameter_selection"]
+    model = card["model"]
     lines = [f"**{card['warning']}**", ""] if card.get("warning") else []
     lines += [
         f"# Model card: {_md(model['type'])} propensity model for **{_md(model['label'])}**",
         "",
         f"Created {card['created']}.",
         "",
-        "## Privacy guarantee",
-        "",
     ]
+    lines += _privacy_lines(card)
+    lines += _budget_lines(card.get("budget"))
+    lines += _data_and_metrics_lines(card)
+    lines += _fairness_lines(card)
+    lines += _not_dp_lines(card.get("released_without_dp") or [])
+    lines += _audit_lines(card.get("membership_inference"))
+    return "\n".join(lines) + "\n"
+
+
+def _privacy_lines(card: Mapping[str, Any]) -> list[str]:
+    """The guarantee, its parameters, the total cost and how the hyper-parameters were chosen."""
+    p, total, sel = card["privacy"], card["total_privacy_cost"], card["hyperparameter_selection"]
+    lines = ["## Privacy guarantee", ""]
     if p["private"]:
         lines += [
             f"The model was trained with DP-SGD and is **({_fmt(p['epsilon'])}, {_fmt(p['delta'])})-differentially "
@@ -229,7 +222,8 @@ def render_markdown(card: Mapping[str, Any]) -> str:
     lines += ["| parameter | value |", "|---|---|"]
     for key in PRIVACY_FIELDS:
         lines.append(f"| {key} | {_md(p.get(key))} |")
-    lines += [
+    return [
+        *lines,
         "",
         f"Total privacy cost charged to the dataset's budget: ε = {_fmt(total['epsilon'])}, "
         f"δ = {_fmt(total['delta'])}.",
@@ -240,19 +234,26 @@ def render_markdown(card: Mapping[str, Any]) -> str:
         f"{_fmt(sel.get('epsilon'))}, δ = {_fmt(sel.get('delta'))}. {_md(sel.get('description', ''))}",
         "",
     ]
-    if card.get("budget"):
-        b = card["budget"]
-        lines += ["## Budget", "", "| | ε | δ |", "|---|---|---|"]
-        for key in ("cap", "spent_before", "spent_after"):
-            if b.get(key):
-                lines.append(f"| {key.replace('_', ' ')} | {_fmt(b[key].get('epsilon'))} | {_fmt(b[key].get('delta'))} |")
-        lines.append("")
-    lines += [
+
+
+def _budget_lines(b: Mapping[str, Any] | None) -> list[str]:
+    if not b:
+        return []
+    lines = ["## Budget", "", "| | ε | δ |", "|---|---|---|"]
+    for key in ("cap", "spent_before", "spent_after"):
+        if b.get(key):
+            lines.append(f"| {key.replace('_', ' ')} | {_fmt(b[key].get('epsilon'))} | {_fmt(b[key].get('delta'))} |")
+    return [*lines, ""]
+
+
+def _data_and_metrics_lines(card: Mapping[str, Any]) -> list[str]:
+    """Data fingerprint, feature preprocessing, metrics beside the baseline and lift by decile."""
+    lines = [
         "## Data",
         "",
         "| field | value |",
         "|---|---|",
-        *[f"| {_md(k)} | {_md(v)} |" for k, v in data.items()],
+        *[f"| {_md(k)} | {_md(v)} |" for k, v in card["data"].items()],
         "",
         "## Features and preprocessing",
         "",
@@ -280,52 +281,61 @@ def render_markdown(card: Mapping[str, Any]) -> str:
                   "| decile | rows | positives | response rate | lift | cumulative gain |", "|---|---|---|---|---|---|"]
         lines += [f"| {r['decile']} | {r['n']} | {r['positives']} | {_fmt(r['response_rate'])} | {_fmt(r['lift'])} | "
                   f"{_fmt(r['cumulative_gain'])} |" for r in lift]
-    lines += ["", "## Fairness", ""]
+    return lines
+
+
+def _fairness_lines(card: Mapping[str, Any]) -> list[str]:
+    """Per declared group column: parity gaps beside the baseline's and the per-group table."""
+    lines = ["", "## Fairness", ""]
     fair = card.get("fairness")
     if not fair:
         lines.append("No fairness groups are declared in the policy.")
-    else:
-        lines += [f"Decision rule: {fair['decision_rule']} (threshold {_fmt(fair['threshold'])}).", ""]
-        base = (card.get("baseline_fairness") or {}).get("columns", {})
-        for column, stats in fair["columns"].items():
-            b = base.get(column, {})
-            lines += [
-                f"**{_md(column)}**: demographic parity difference {_fmt(stats['demographic_parity_difference'])} "
-                f"(baseline {_fmt(b.get('demographic_parity_difference'))}), equal opportunity difference "
-                f"{_fmt(stats['equal_opportunity_difference'])} (baseline {_fmt(b.get('equal_opportunity_difference'))}).",
-                "",
-                "| group | rows | base rate | selection rate | true positive rate |",
-                "|---|---|---|---|---|",
-                *[f"| {_md(g)} | {r['n']} | {_fmt(r['base_rate'])} | {_fmt(r['selection_rate'])} | "
-                  f"{_fmt(r['true_positive_rate'])} |" for g, r in stats["groups"].items()],
-                "",
-            ]
-            if stats.get("small_groups"):
-                lines += [f"{len(stats['small_groups'])} group(s) below {fair['min_group_size']} rows are left out.", ""]
-    lines += _not_dp_lines(card.get("released_without_dp") or [])
-    lines += ["## Membership-inference audit", ""]
-    audit = card.get("membership_inference")
-    if not audit:
-        lines.append("Not run.")
-    else:
+        return lines
+    lines += [f"Decision rule: {fair['decision_rule']} (threshold {_fmt(fair['threshold'])}).", ""]
+    base = (card.get("baseline_fairness") or {}).get("columns", {})
+    for column, stats in fair["columns"].items():
+        b = base.get(column, {})
         lines += [
-            f"{_md(audit['method'])}. Members: {audit['members']} training rows; non-members: "
-            f"{audit['non_members']} held-out rows.",
+            f"**{_md(column)}**: demographic parity difference {_fmt(stats['demographic_parity_difference'])} "
+            f"(baseline {_fmt(b.get('demographic_parity_difference'))}), equal opportunity difference "
+            f"{_fmt(stats['equal_opportunity_difference'])} (baseline {_fmt(b.get('equal_opportunity_difference'))}).",
             "",
-            "| attack | ROC-AUC | TPR at 1% FPR | TPR at 10% FPR | empirical ε lower bound |",
+            "| group | rows | base rate | selection rate | true positive rate |",
             "|---|---|---|---|---|",
-            *[f"| {_md(name)} | {_fmt(a['auc'])} | {_fmt(a['tpr_at_1pct_fpr'])} | {_fmt(a['tpr_at_10pct_fpr'])} | "
-              f"{_fmt(a['epsilon_lower_bound']['epsilon_lower_bound'])} |" for name, a in audit["attacks"].items()],
-            "",
-            f"Empirical ε lower bound (all attacks, {audit['confidence']:.0%} confidence): "
-            f"**{_fmt(audit['epsilon_lower_bound'])}** against the guarantee ε = {_fmt(audit.get('epsilon_guarantee'))}"
-            + ("" if audit.get("consistent") is None else
-               (" — consistent." if audit["consistent"] else " — **exceeds the guarantee: investigate**."))
-            + " A bound from one model on natural rows is loose by design: it detects gross failures, "
-            "it does not show the accountant is tight.",
+            *[f"| {_md(g)} | {r['n']} | {_fmt(r['base_rate'])} | {_fmt(r['selection_rate'])} | "
+              f"{_fmt(r['true_positive_rate'])} |" for g, r in stats["groups"].items()],
             "",
         ]
-    return "\n".join(lines) + "\n"
+        if stats.get("small_groups"):
+            lines += [f"{len(stats['small_groups'])} group(s) below {fair['min_group_size']} rows are left out.", ""]
+    return lines
+
+
+def _audit_lines(audit: Mapping[str, Any] | None) -> list[str]:
+    """The membership-inference attacks and the empirical epsilon lower bound against the guarantee."""
+    lines = ["## Membership-inference audit", ""]
+    if not audit:
+        lines.append("Not run.")
+        return lines
+    verdict = ("" if audit.get("consistent") is None else
+               (" — consistent." if audit["consistent"] else " — **exceeds the guarantee: investigate**."))
+    return [
+        *lines,
+        f"{_md(audit['method'])}. Members: {audit['members']} training rows; non-members: "
+        f"{audit['non_members']} held-out rows.",
+        "",
+        "| attack | ROC-AUC | TPR at 1% FPR | TPR at 10% FPR | empirical ε lower bound |",
+        "|---|---|---|---|---|",
+        *[f"| {_md(name)} | {_fmt(a['auc'])} | {_fmt(a['tpr_at_1pct_fpr'])} | {_fmt(a['tpr_at_10pct_fpr'])} | "
+          f"{_fmt(a['epsilon_lower_bound']['epsilon_lower_bound'])} |" for name, a in audit["attacks"].items()],
+        "",
+        f"Empirical ε lower bound (all attacks, {audit['confidence']:.0%} confidence): "
+        f"**{_fmt(audit['epsilon_lower_bound'])}** against the guarantee ε = {_fmt(audit.get('epsilon_guarantee'))}"
+        + verdict
+        + " A bound from one model on natural rows is loose by design: it detects gross failures, "
+        "it does not show the accountant is tight.",
+        "",
+    ]
 
 
 def _not_dp_lines(items: Sequence[Mapping[str, Any]]) -> list[str]:

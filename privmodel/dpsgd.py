@@ -41,15 +41,19 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from anonymize.errors import InputError
 from privmodel import secure_noise
+
+if TYPE_CHECKING:
+    from privmodel.features import EncodedData
 
 CLIPPING_MODES = ("flat", "per_layer")
 OPTIMIZERS = ("adam", "sgd")
@@ -79,7 +83,7 @@ class PerSampleClipper:
     """Records layer inputs/outputs of a Linear/Embedding-only model; returns clipped gradient sums."""
 
     def __init__(self, model: nn.Module) -> None:
-        self.layers: list[nn.Module] = []
+        self.layers: list[nn.Linear | nn.Embedding] = []
         covered: set[int] = set()
         for module in model.modules():
             if isinstance(module, nn.Embedding):
@@ -93,7 +97,7 @@ class PerSampleClipper:
             covered.update(id(p) for p in module.parameters(recurse=False))
         if not self.layers:
             raise InputError("dpsgd: model has no trainable Linear or Embedding layer")
-        self.params: list[nn.Parameter] = []
+        self.params: list[torch.Tensor] = []
         for layer in self.layers:
             self.params.append(layer.weight)
             if isinstance(layer, nn.Linear) and layer.bias is not None:
@@ -177,7 +181,7 @@ class PerSampleClipper:
         return total
 
 
-def _as_tensors(data: Any, y: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _as_tensors(data: EncodedData, y: npt.ArrayLike) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     x_num = torch.as_tensor(np.ascontiguousarray(data.x_num), dtype=torch.float32)
     x_cat = torch.as_tensor(np.ascontiguousarray(data.x_cat), dtype=torch.int64)
     y_t = torch.as_tensor(np.asarray(y, dtype=np.float32).ravel())
@@ -186,10 +190,160 @@ def _as_tensors(data: Any, y: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Te
     return x_num, x_cat, y_t
 
 
+@dataclass(frozen=True)
+class DPParams:
+    """The figures that make a run DP: the accountant's (sigma, q, steps) and the clipping rule.
+
+    Why one record: these five values are what the privacy claim rests on, so they are checked
+    together and nothing else in `train_dp` (learning rate, optimizer, chunking) can change them.
+    """
+
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+    max_grad_norm: float | None
+    clipping: str = "flat"
+
+    def check(self) -> None:
+        """Refuse values for which the accountant's figure would not describe the run."""
+        if not (0.0 < self.sample_rate <= 1.0):
+            raise InputError("sample_rate must be in (0, 1]")
+        if self.steps < 0:
+            raise InputError("steps must be non-negative")
+        if not (self.noise_multiplier >= 0.0 and math.isfinite(self.noise_multiplier)):
+            raise InputError("noise_multiplier must be a non-negative finite number")
+        if self.max_grad_norm is not None and not (self.max_grad_norm > 0.0 and math.isfinite(self.max_grad_norm)):
+            raise InputError("max_grad_norm must be positive (or None for the non-private baseline)")
+        if self.noise_multiplier > 0.0 and self.max_grad_norm is None:
+            raise InputError("noise without clipping protects nothing: give max_grad_norm")
+
+    @property
+    def noise_std(self) -> float:
+        """Standard deviation of the Gaussian noise per coordinate of the gradient sum."""
+        return self.noise_multiplier * (self.max_grad_norm or 0.0)
+
+    def bounds(self, n_params: int) -> Sequence[float] | float | None:
+        """Clipping bounds for `PerSampleClipper.accumulate`; per-layer bounds keep the total at C."""
+        if self.max_grad_norm is None:
+            return None
+        if self.clipping == "flat":
+            return float(self.max_grad_norm)
+        return [float(self.max_grad_norm) / math.sqrt(n_params)] * n_params
+
+
+def _check_options(dp: DPParams, optimizer: str, physical_batch_size: int) -> None:
+    if dp.clipping not in CLIPPING_MODES:
+        raise InputError(f"clipping {dp.clipping!r} is not one of {', '.join(CLIPPING_MODES)}")
+    if optimizer not in OPTIMIZERS:
+        raise InputError(f"optimizer {optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
+    dp.check()
+    if physical_batch_size < 1:
+        raise InputError("physical_batch_size must be at least 1")
+
+
+def _clipper_for(model: nn.Module) -> PerSampleClipper:
+    """A clipper that sees every trainable parameter: one it missed would train without noise."""
+    clipper = PerSampleClipper(model)
+    if {id(p) for p in clipper.params} != {id(p) for p in model.parameters() if p.requires_grad}:
+        clipper.close()
+        raise InputError("dpsgd: every trainable parameter must belong to a Linear or Embedding layer")
+    return clipper
+
+
+def _make_optimizer(name: str, params: list[torch.Tensor], lr: float) -> torch.optim.Optimizer:
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr)
+    return torch.optim.SGD(params, lr=lr)
+
+
+class _TailAverage:
+    """Polyak-Ruppert tail averaging: the returned weights are the mean of the iterates after
+    `average_from * steps`. Pure post-processing of the private iterates (no privacy cost); it
+    averages out much of the injected noise at the end of training."""
+
+    def __init__(self, params: list[torch.Tensor], steps: int, average_from: float | None) -> None:
+        self.start = int(steps) if average_from is None else min(int(steps) - 1, int(average_from * steps))
+        self.averages = [p.detach().clone() for p in params]
+        self.count = 0
+
+    def update(self, step: int, params: list[torch.Tensor]) -> None:
+        if step < self.start:
+            return
+        self.count += 1
+        with torch.no_grad():
+            for avg, p in zip(self.averages, params, strict=True):
+                avg.lerp_(p, 1.0 / self.count)
+
+    def apply(self, params: list[torch.Tensor]) -> None:
+        """Write the average into the parameters (nothing when no step was averaged)."""
+        if not self.count:
+            return
+        with torch.no_grad():
+            for avg, p in zip(self.averages, params, strict=True):
+                p.copy_(avg)
+
+
+@dataclass
+class _BatchTally:
+    """Realised batch sizes, for TrainStats (never for the accountant, which uses q)."""
+
+    empty: int = 0
+    total_rows: int = 0
+    max_rows: int = 0
+
+    def add(self, rows: int) -> None:
+        self.total_rows += rows
+        self.max_rows = max(self.max_rows, rows)
+        if rows == 0:
+            self.empty += 1
+
+
+class _DPStep:
+    """One DP-SGD step: Poisson batch, clipped per-sample gradient sum, Gaussian noise, optimizer step."""
+
+    def __init__(self, model: nn.Module, clipper: PerSampleClipper,
+                 tensors: tuple[torch.Tensor, torch.Tensor, torch.Tensor], dp: DPParams,
+                 source: secure_noise.NoiseSource, opt: torch.optim.Optimizer, physical_batch_size: int) -> None:
+        self.model, self.clipper, self.source, self.opt = model, clipper, source, opt
+        self.x_num, self.x_cat, self.y = tensors
+        self.n = self.x_num.shape[0]
+        self.sample_rate = dp.sample_rate
+        self.physical_batch_size = physical_batch_size
+        self.params = clipper.params
+        self.bounds = dp.bounds(len(self.params))
+        self.noise_std = dp.noise_std
+        # divide by the EXPECTED batch size: the realised one would leak how many rows were drawn
+        self.expected_batch = dp.sample_rate * self.n
+        self.shapes = [p.shape for p in self.params]
+        self.numels = [p.numel() for p in self.params]
+        self.sums = [torch.zeros_like(p) for p in self.params]
+
+    def __call__(self) -> int:
+        """Take the step; returns the realised batch size."""
+        idx = self.source.bernoulli_mask(self.n, self.sample_rate).nonzero().squeeze(1)
+        for acc in self.sums:
+            acc.zero_()
+        for chunk in idx.split(self.physical_batch_size):
+            self.clipper.accumulate(self.model, self.x_num[chunk], self.x_cat[chunk], self.y[chunk],
+                                    self.sums, self.bounds)
+        self._add_noise()
+        for p, acc in zip(self.params, self.sums, strict=True):
+            p.grad = acc / self.expected_batch
+        self.opt.step()
+        return int(idx.shape[0])
+
+    def _add_noise(self) -> None:
+        if self.noise_std <= 0.0:
+            return
+        draws = self.source.gaussian(sum(self.numels), self.noise_std).split(self.numels)  # one draw per step
+        for acc, z, shape in zip(self.sums, draws, self.shapes, strict=True):
+            acc.add_(z.view(shape))
+
+
 def train_dp(
     model: nn.Module,
-    data: Any,
-    y: Any,
+    data: EncodedData,
+    y: npt.ArrayLike,
     noise_multiplier: float,
     sample_rate: float,
     steps: int,
@@ -206,113 +360,55 @@ def train_dp(
     """Run `steps` DP-SGD steps on `model` in place; returns what was executed.
 
     data: an `EncodedData` (x_num float [n, d], x_cat int [n, c]); y: 0/1 labels [n].
-    The accountant's inputs are exactly (noise_multiplier, sample_rate, steps).
+    The accountant's inputs are exactly (noise_multiplier, sample_rate, steps) (see `DPParams`).
     noise: where the Poisson masks and the Gaussian noise come from; None = a fresh secure source.
     There is deliberately no seed: reproducible noise must be asked for by name (tests only).
     """
-    if clipping not in CLIPPING_MODES:
-        raise InputError(f"clipping {clipping!r} is not one of {', '.join(CLIPPING_MODES)}")
-    if optimizer not in OPTIMIZERS:
-        raise InputError(f"optimizer {optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
-    if not (0.0 < sample_rate <= 1.0):
-        raise InputError("sample_rate must be in (0, 1]")
-    if steps < 0:
-        raise InputError("steps must be non-negative")
-    if not (noise_multiplier >= 0.0 and math.isfinite(noise_multiplier)):
-        raise InputError("noise_multiplier must be a non-negative finite number")
-    if max_grad_norm is not None and not (max_grad_norm > 0.0 and math.isfinite(max_grad_norm)):
-        raise InputError("max_grad_norm must be positive (or None for the non-private baseline)")
-    if noise_multiplier > 0.0 and max_grad_norm is None:
-        raise InputError("noise without clipping protects nothing: give max_grad_norm")
-    if physical_batch_size < 1:
-        raise InputError("physical_batch_size must be at least 1")
-    x_num, x_cat, y_t = _as_tensors(data, y)
-    n = x_num.shape[0]
-    if n == 0:
+    dp = DPParams(noise_multiplier, sample_rate, steps, max_grad_norm, clipping)
+    _check_options(dp, optimizer, physical_batch_size)
+    tensors = _as_tensors(data, y)
+    if tensors[0].shape[0] == 0:
         raise InputError("train: no rows")
-
-    clipper = PerSampleClipper(model)
+    clipper = _clipper_for(model)
     params = clipper.params
-    if {id(p) for p in params} != {id(p) for p in model.parameters() if p.requires_grad}:
-        clipper.close()
-        raise InputError("dpsgd: every trainable parameter must belong to a Linear or Embedding layer")
-    if max_grad_norm is None:
-        bounds: Sequence[float] | float | None = None
-    elif clipping == "flat":
-        bounds = float(max_grad_norm)
-    else:
-        bounds = [float(max_grad_norm) / math.sqrt(len(params))] * len(params)
-    noise_std = noise_multiplier * (max_grad_norm or 0.0)
-    expected_batch = sample_rate * n
-    opt: torch.optim.Optimizer = (
-        torch.optim.Adam(params, lr=lr) if optimizer == "adam" else torch.optim.SGD(params, lr=lr)
-    )
+    opt = _make_optimizer(optimizer, params, lr)
     source = noise if noise is not None else secure_noise.NoiseSource.secure()
-    shapes = [p.shape for p in params]
-    numels = [p.numel() for p in params]
-    sums = [torch.zeros_like(p) for p in params]
-    # Polyak-Ruppert tail averaging: the returned weights are the mean of the iterates after
-    # `average_from * steps`. Pure post-processing of the private iterates (no privacy cost); it
-    # averages out much of the injected noise at the end of training.
-    avg_start = int(steps) if average_from is None else min(int(steps) - 1, int(average_from * steps))
-    averages = [p.detach().clone() for p in params]
-    averaged = 0
-    empty = 0
-    total_rows = 0
-    max_rows = 0
+    dp_step = _DPStep(model, clipper, tensors, dp, source, opt, physical_batch_size)
+    average = _TailAverage(params, steps, average_from)
+    tally = _BatchTally()
     started = time.perf_counter()
     model.train()
     try:
         for step in range(int(steps)):
-            mask = source.bernoulli_mask(n, sample_rate)
-            idx = mask.nonzero().squeeze(1)
-            rows = int(idx.shape[0])
-            total_rows += rows
-            max_rows = max(max_rows, rows)
-            for acc in sums:
-                acc.zero_()
-            if rows == 0:
-                empty += 1
-            for chunk in idx.split(physical_batch_size):
-                clipper.accumulate(model, x_num[chunk], x_cat[chunk], y_t[chunk], sums, bounds)
-            if noise_std > 0.0:  # one draw for every coordinate of the step
-                for acc, z, shape in zip(sums, source.gaussian(sum(numels), noise_std).split(numels),
-                                         shapes, strict=True):
-                    acc.add_(z.view(shape))
-            for p, acc in zip(params, sums, strict=True):
-                p.grad = acc / expected_batch
-            opt.step()
-            if step >= avg_start:
-                averaged += 1
-                with torch.no_grad():
-                    for avg, p in zip(averages, params, strict=True):
-                        avg.lerp_(p, 1.0 / averaged)
+            tally.add(dp_step())
+            average.update(step, params)
             if on_step is not None:
                 on_step(step, model)
-        if averaged:
-            with torch.no_grad():
-                for avg, p in zip(averages, params, strict=True):
-                    p.copy_(avg)
+        average.apply(params)
     finally:
         clipper.close()
         for p in params:
             p.grad = None
     model.eval()
+    return _stats(dp, tally, time.perf_counter() - started, source.kind)
+
+
+def _stats(dp: DPParams, tally: _BatchTally, seconds: float, noise_kind: str) -> TrainStats:
     return TrainStats(
-        steps=int(steps),
-        empty_steps=empty,
-        mean_batch_size=total_rows / steps if steps else 0.0,
-        max_batch_size=max_rows,
-        sample_rate=float(sample_rate),
-        noise_multiplier=float(noise_multiplier),
-        max_grad_norm=None if max_grad_norm is None else float(max_grad_norm),
-        clipping=clipping if max_grad_norm is not None else "none",
-        seconds=time.perf_counter() - started,
-        noise=source.kind,
+        steps=int(dp.steps),
+        empty_steps=tally.empty,
+        mean_batch_size=tally.total_rows / dp.steps if dp.steps else 0.0,
+        max_batch_size=tally.max_rows,
+        sample_rate=float(dp.sample_rate),
+        noise_multiplier=float(dp.noise_multiplier),
+        max_grad_norm=None if dp.max_grad_norm is None else float(dp.max_grad_norm),
+        clipping=dp.clipping if dp.max_grad_norm is not None else "none",
+        seconds=seconds,
+        noise=noise_kind,
     )
 
 
-def predict_logits(model: nn.Module, data: Any, chunk: int = 65536) -> np.ndarray:
+def predict_logits(model: nn.Module, data: EncodedData, chunk: int = 65536) -> npt.NDArray[np.float32]:
     """Logits for encoded data, in chunks, without gradients."""
     x_num = torch.as_tensor(np.ascontiguousarray(data.x_num), dtype=torch.float32)
     x_cat = torch.as_tensor(np.ascontiguousarray(data.x_cat), dtype=torch.int64)
@@ -326,7 +422,7 @@ def predict_logits(model: nn.Module, data: Any, chunk: int = 65536) -> np.ndarra
     return torch.cat(out).numpy()
 
 
-def predict_proba(model: nn.Module, data: Any) -> np.ndarray:
+def predict_proba(model: nn.Module, data: EncodedData) -> npt.NDArray[np.float64]:
     """P(y = 1) for encoded data, float64 [n]."""
     logits = predict_logits(model, data).astype(np.float64)
     return 1.0 / (1.0 + np.exp(-logits))

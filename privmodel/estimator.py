@@ -301,11 +301,13 @@ class DPPropensityClassifier(ClassifierMixin, BaseEstimator):
         y01 = (y_arr == self.classes_[1]).astype(np.float32)
         n = len(frame)
         private, total_delta = self._check_params(n)
-        self.budget_charge_ = self._charge(policy, given, total_delta) if private and total_delta is not None else None
         share = float(self.dp_stats_share)
         eps_stats = share * float(self.epsilon) if private else 0.0
         delta_stats = share * total_delta if private and total_delta is not None else 0.0
+        # with a policy the encoder is public metadata only (never DP statistics): built before the
+        # charge so that a wrong column refuses without spending; DP statistics need no policy (no charge)
         self.encoder_ = self._encoder(frame, policy, eps_stats, delta_stats)
+        self.budget_charge_ = self._charge(policy, given, total_delta) if private and total_delta is not None else None
         stats = self.encoder_.dp_stats or {}
         used_eps, used_delta = float(stats.get("epsilon", 0.0)), float(stats.get("delta", 0.0))
         config = TrainConfig(
@@ -366,7 +368,8 @@ class DPPropensityClassifier(ClassifierMixin, BaseEstimator):
         """[n, 2] probabilities for classes_[0], classes_[1]."""
         from privmodel.dpsgd import predict_logits
 
-        logits = predict_logits(self.model_, self._encoded(X)).astype(np.float64)
+        encoded = self._encoded(X)  # NotFittedError first
+        logits = predict_logits(self.model_, encoded).astype(np.float64)
         p = 1.0 / (1.0 + np.exp(-logits))
         return np.column_stack([1.0 - p, p])
 
@@ -374,10 +377,12 @@ class DPPropensityClassifier(ClassifierMixin, BaseEstimator):
         """Logit of P(classes_[1]) (positive = classes_[1])."""
         from privmodel.dpsgd import predict_logits
 
-        return predict_logits(self.model_, self._encoded(X)).astype(np.float64)
+        encoded = self._encoded(X)  # NotFittedError first
+        return predict_logits(self.model_, encoded).astype(np.float64)
 
     def predict(self, X: Any) -> np.ndarray:
-        return self.classes_[(self.decision_function(X) > 0).astype(int)]
+        decision = self.decision_function(X)  # NotFittedError first
+        return self.classes_[(decision > 0).astype(int)]
 
     def score(self, X: Any, y: Any, sample_weight: Any = None) -> float:
         """ROC-AUC of P(classes_[1]) against y (see the module docstring for why not accuracy)."""

@@ -42,12 +42,21 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 
 from anonymize.errors import InputError
 from privmodel import secure_noise
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from anonymize.policy import ColumnPolicy, Policy
+
+# a row selection for `EncodedData.take`: positions or a boolean mask
+Rows = npt.NDArray[np.intp] | npt.NDArray[np.int64] | npt.NDArray[np.bool_] | list[int]
 
 ENCODER_FORMAT = 1
 UNKNOWN = "<unknown>"  # name of the categorical slot 0 in feature names
@@ -125,20 +134,20 @@ class EncodedData:
         """Input column names, numeric first, in the order of the arrays' columns."""
         return [*self.num_names, *self.cat_names]
 
-    def take(self, rows: Any) -> EncodedData:
+    def take(self, rows: Rows) -> EncodedData:
         """Row subset (index array or boolean mask), for train/test splits and audits."""
         return EncodedData(self.x_num[rows], self.x_cat[rows], list(self.cat_cardinalities),
                            list(self.num_names), list(self.cat_names))
 
 
-def _as_str_list(values: Iterable[Any]) -> tuple[str, ...]:
+def _as_str_list(values: Iterable[object]) -> tuple[str, ...]:
     out = tuple(str(v) for v in values)
     if len(set(out)) != len(out):
         raise InputError("categories must not repeat")
     return out
 
 
-def _bool_values(series: Any, name: str) -> np.ndarray:
+def _bool_values(series: pd.Series, name: str) -> np.ndarray:
     import pandas as pd
 
     s = series
@@ -156,7 +165,7 @@ def _bool_values(series: Any, name: str) -> np.ndarray:
     return out
 
 
-def _numeric_values(series: Any, name: str, bounds: tuple[float, float] | None) -> np.ndarray:
+def _numeric_values(series: pd.Series, name: str, bounds: tuple[float, float] | None) -> np.ndarray:
     """Numbers from a numeric column or from released strings ('[30, 39]' -> 34.5, '*' -> midpoint)."""
     import pandas as pd
 
@@ -189,7 +198,7 @@ def _numeric_values(series: Any, name: str, bounds: tuple[float, float] | None) 
     return values
 
 
-def _check_transforms(transforms: Mapping[str, str] | None, numeric: Mapping[str, Any]) -> dict[str, str]:
+def _check_transforms(transforms: Mapping[str, str] | None, numeric: Mapping[str, object]) -> dict[str, str]:
     """Given transforms as {column: name}; each must name a numeric column and a known transform."""
     out = {str(k): str(v) for k, v in (transforms or {}).items()}
     for name, transform in out.items():
@@ -200,10 +209,44 @@ def _check_transforms(transforms: Mapping[str, str] | None, numeric: Mapping[str
     return out
 
 
-def _require_columns(df: Any, names: Iterable[str]) -> None:
+def _require_columns(df: pd.DataFrame, names: Iterable[str]) -> None:
     missing = [n for n in names if n not in df.columns]
     if missing:
         raise InputError(f"column {missing[0]!r} is missing from the table")
+
+
+def _policy_label(policy: Policy) -> str:
+    """The one column the policy declares with role "label"; several or none need `--label`."""
+    labels = [n for n, c in policy.columns.items() if getattr(c, "role", None) == "label"]
+    if len(labels) != 1:
+        raise InputError(f"{getattr(policy, 'source', 'policy')}: name the label column (policy declares {len(labels)})")
+    return labels[0]
+
+
+def _policy_feature_columns(policy: Policy) -> list[str]:
+    """The purpose's columns whose role may make them a model feature, in policy order."""
+    cols = policy.columns
+    allowed = policy.purpose_columns() if hasattr(policy, "purpose_columns") else list(cols)
+    return [n for n in allowed if n in cols and getattr(cols[n], "role", None) in FEATURE_ROLES]
+
+
+def _policy_spec(name: str, col: ColumnPolicy) -> NumericSpec | CategoricalSpec | str:
+    """The encoding a policy column's public metadata allows, or why it has none (a reason string)."""
+    ctype = getattr(col, "type", None)
+    bounds = getattr(col, "bounds", None)
+    categories = getattr(col, "categories", None)
+    if getattr(col, "role", None) in ("identifier", "drop", "consent", "label"):
+        return f"role {col.role} is never a model feature"
+    if ctype == "boolean":
+        return NumericSpec(name, 0.0, 1.0, "policy", boolean=True)
+    if categories is not None:
+        return CategoricalSpec(name, _as_str_list(categories), "policy")
+    if ctype in NUMERIC_TYPES and bounds is not None:
+        return NumericSpec(name, float(bounds[0]), float(bounds[1]), "policy",
+                           transform=getattr(col, "transform", "none"))
+    if ctype in NUMERIC_TYPES:
+        return "numeric column without public bounds"
+    return f"{ctype} column without public categories"
 
 
 class TabularEncoder:
@@ -244,7 +287,7 @@ class TabularEncoder:
     def from_public(
         cls,
         bounds: Mapping[str, Sequence[float]] | None = None,
-        categories: Mapping[str, Iterable[Any]] | None = None,
+        categories: Mapping[str, Iterable[object]] | None = None,
         label: str | None = None,
         booleans: Iterable[str] = (),
         transforms: Mapping[str, str] | None = None,
@@ -265,7 +308,7 @@ class TabularEncoder:
         return cls(numeric, cats, label)
 
     @classmethod
-    def from_policy(cls, policy: Any, label: str | None = None, columns: Sequence[str] | None = None) -> TabularEncoder:
+    def from_policy(cls, policy: Policy, label: str | None = None, columns: Sequence[str] | None = None) -> TabularEncoder:
         """Encoder from a policy's public `bounds` / `categories`.
 
         `columns=None` takes the purpose's feature, quasi-identifier and sensitive columns; those
@@ -274,15 +317,10 @@ class TabularEncoder:
         all be encodable (InputError otherwise).
         """
         cols = policy.columns
-        if label is None:
-            labels = [n for n, c in cols.items() if getattr(c, "role", None) == "label"]
-            if len(labels) != 1:
-                raise InputError(f"{getattr(policy, 'source', 'policy')}: name the label column (policy declares {len(labels)})")
-            label = labels[0]
+        label = label if label is not None else _policy_label(policy)
         explicit = columns is not None
         if columns is None:
-            allowed = policy.purpose_columns() if hasattr(policy, "purpose_columns") else list(cols)
-            columns = [n for n in allowed if n in cols and getattr(cols[n], "role", None) in FEATURE_ROLES]
+            columns = _policy_feature_columns(policy)
         numeric: list[NumericSpec] = []
         categorical: list[CategoricalSpec] = []
         skipped: list[dict[str, str]] = []
@@ -291,41 +329,28 @@ class TabularEncoder:
                 continue
             if name not in cols:
                 raise InputError(f"column {name!r} is not declared in the policy")
-            col = cols[name]
-            ctype = getattr(col, "type", None)
-            bounds = getattr(col, "bounds", None)
-            categories = getattr(col, "categories", None)
-            reason = None
-            if getattr(col, "role", None) in ("identifier", "drop", "consent", "label"):
-                reason = f"role {col.role} is never a model feature"
-            elif ctype == "boolean":
-                numeric.append(NumericSpec(name, 0.0, 1.0, "policy", boolean=True))
-            elif categories is not None:
-                categorical.append(CategoricalSpec(name, _as_str_list(categories), "policy"))
-            elif ctype in NUMERIC_TYPES and bounds is not None:
-                numeric.append(NumericSpec(name, float(bounds[0]), float(bounds[1]), "policy",
-                                           transform=getattr(col, "transform", "none")))
-            elif ctype in NUMERIC_TYPES:
-                reason = "numeric column without public bounds"
+            spec = _policy_spec(name, cols[name])
+            if isinstance(spec, NumericSpec):
+                numeric.append(spec)
+            elif isinstance(spec, CategoricalSpec):
+                categorical.append(spec)
+            elif explicit:
+                raise InputError(f"column {name!r}: {spec} (declare them in the policy or use DP statistics)")
             else:
-                reason = f"{ctype} column without public categories"
-            if reason is not None:
-                if explicit:
-                    raise InputError(f"column {name!r}: {reason} (declare them in the policy or use DP statistics)")
-                skipped.append({"name": name, "reason": reason})
+                skipped.append({"name": name, "reason": spec})
         return cls(numeric, categorical, label, skipped)
 
     @classmethod
     def fit_dp(
         cls,
-        df: Any,
+        df: pd.DataFrame,
         numeric: Sequence[str] = (),
         categorical: Sequence[str] = (),
         *,
         epsilon: float,
         delta: float = 0.0,
         bounds: Mapping[str, Sequence[float]] | None = None,
-        categories: Mapping[str, Iterable[Any]] | None = None,
+        categories: Mapping[str, Iterable[object]] | None = None,
         label: str | None = None,
         insecure_seed: int | None = None,
         transforms: Mapping[str, str] | None = None,
@@ -398,7 +423,7 @@ class TabularEncoder:
     def columns(self) -> list[str]:
         return [s.name for s in self.numeric] + [s.name for s in self.categorical]
 
-    def transform(self, df: Any) -> EncodedData:
+    def transform(self, df: pd.DataFrame) -> EncodedData:
         """Encode a DataFrame (extra columns are ignored; missing feature columns are an InputError)."""
         _require_columns(df, self.columns)
         n = len(df)
@@ -410,9 +435,9 @@ class TabularEncoder:
             values = _numeric_values(df[spec.name], spec.name, (spec.lo, spec.hi))
             x_num[:, j] = spec.scale(values)
         x_cat = np.zeros((n, len(self.categorical)), dtype=np.int64)
-        for j, spec in enumerate(self.categorical):
-            series = df[spec.name]
-            lookup = {c: i + 1 for i, c in enumerate(spec.categories)}
+        for j, cat in enumerate(self.categorical):
+            series = df[cat.name]
+            lookup = {c: i + 1 for i, c in enumerate(cat.categories)}
             # exact string match on the declared category; bools/ints compare by their str()
             text = series.astype(object).where(series.notna(), None).map(
                 lambda v: None if v is None else str(v).strip()
@@ -461,7 +486,7 @@ class TabularEncoder:
 
 
 # ---------------------------------------------------------------------- labels
-def encode_labels(series: Any, column: str = "label", positive: Any = None) -> np.ndarray:
+def encode_labels(series: pd.Series, column: str = "label", positive: object = None) -> np.ndarray:
     """Binary label -> float32 0/1. InputError when missing, not binary or a single class.
 
     Recognized without help: booleans, 0/1, yes/no, true/false (any case). Other two-valued labels
@@ -541,7 +566,7 @@ def dp_bounds(values: np.ndarray, epsilon: float, noise: secure_noise.NoiseSourc
     return float(edges(int(kept[0]))[0]), float(edges(int(kept[-1]))[1])
 
 
-def dp_categories(series: Any, epsilon: float, delta: float, noise: secure_noise.NoiseSource,
+def dp_categories(series: pd.Series, epsilon: float, delta: float, noise: secure_noise.NoiseSource,
                   name: str = "column") -> tuple[str, ...]:
     """(epsilon, delta)-DP category list: Laplace partition selection, one value per row.
 

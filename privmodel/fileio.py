@@ -22,9 +22,12 @@ import shutil
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 from anonymize.errors import InputError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 TABLE_SUFFIXES = (".csv", ".parquet")
 PathLike = str | os.PathLike[str]
@@ -72,7 +75,7 @@ def _hidden_beside(target: Path, tag: str) -> Path:
     return target.with_name(f".{target.name}.{secrets.token_hex(6)}.{tag}")
 
 
-def _write_frame(frame: Any, path: Path, suffix: str) -> None:
+def _write_frame(frame: pd.DataFrame, path: Path, suffix: str) -> None:
     """Write a DataFrame into an existing (staged) file; the file keeps its mode."""
     if suffix == ".parquet":
         frame.to_parquet(path, index=False)
@@ -182,7 +185,7 @@ class Staging:
     def write_text(self, target: PathLike, text: str) -> Path:
         return self.write_bytes(target, text.encode("utf-8"))
 
-    def write_table(self, target: PathLike, frame: Any) -> Path:
+    def write_table(self, target: PathLike, frame: pd.DataFrame) -> Path:
         """Write a DataFrame as CSV or Parquet, chosen by the target's suffix."""
         suffix = Path(target).suffix.lower()
         if suffix not in TABLE_SUFFIXES:
@@ -223,39 +226,13 @@ class Staging:
         done: list[tuple[_Target, Path | None, bool]] = []  # (target, backup of what it replaced, published)
         try:
             for t in self._targets.values():
-                retire = t.retire and t.staged is None
-                if t.staged is None and not retire:
-                    continue
-                backup = None
-                if t.replaces and os.path.lexists(t.path):
-                    backup = _hidden_beside(t.path, "old")
-                    os.rename(t.path, backup)
-                done.append((t, backup, False))
-                if retire:
-                    continue  # its backup is deleted once everything is in place
-                if t.is_dir or backup is not None:
-                    if os.path.lexists(t.path):
-                        raise FileExistsError(t.path)
-                    os.rename(t.staged, t.path)
-                else:
-                    _link_new(t.staged, t.path)
-                t.staged = None
-                done[-1] = (t, backup, True)
+                _place(t, done)
         except BaseException as exc:
-            for t, backup, placed in reversed(done):
-                with contextlib.suppress(OSError):
-                    if placed and t.is_dir:  # this run put it there a moment ago
-                        shutil.rmtree(t.path)
-                    elif placed:
-                        os.unlink(t.path)
-                    if backup is not None:
-                        os.rename(backup, t.path)
-            if isinstance(exc, FileExistsError):
-                raise InputError(f"{exc.args[0]}: appeared while this run was writing; refusing to overwrite") from None
-            if isinstance(exc, OSError):
-                where = exc.filename or "output"
-                raise InputError(f"{where}: cannot publish the output ({exc.strerror})") from None
-            raise
+            _roll_back(done)
+            error = _publish_error(exc)
+            if error is None:
+                raise
+            raise error from None
         for _, backup, _ in done:
             if backup is not None:
                 with contextlib.suppress(OSError):
@@ -276,6 +253,51 @@ class Staging:
         for directory in reversed(self._created_dirs):
             with contextlib.suppress(OSError):
                 os.rmdir(directory)  # only when empty: never removes anything this run did not create
+
+
+def _place(t: _Target, done: list[tuple[_Target, Path | None, bool]]) -> None:
+    """Publish one target (or retire it), moving what it replaces to a backup; `done` records both."""
+    staged = t.staged
+    retire = t.retire and staged is None
+    if staged is None and not retire:
+        return
+    backup = None
+    if t.replaces and os.path.lexists(t.path):
+        backup = _hidden_beside(t.path, "old")
+        os.rename(t.path, backup)
+    done.append((t, backup, False))
+    if staged is None:  # retired: its backup is deleted once everything is in place
+        return
+    if t.is_dir or backup is not None:
+        if os.path.lexists(t.path):
+            raise FileExistsError(t.path)
+        os.rename(staged, t.path)
+    else:
+        _link_new(staged, t.path)
+    t.staged = None
+    done[-1] = (t, backup, True)
+
+
+def _roll_back(done: list[tuple[_Target, Path | None, bool]]) -> None:
+    """Undo a partial publish: remove what this run placed, put every backup back."""
+    for t, backup, placed in reversed(done):
+        with contextlib.suppress(OSError):
+            if placed and t.is_dir:  # this run put it there a moment ago
+                shutil.rmtree(t.path)
+            elif placed:
+                os.unlink(t.path)
+            if backup is not None:
+                os.rename(backup, t.path)
+
+
+def _publish_error(exc: BaseException) -> InputError | None:
+    """The one-line error for a failed publish; None = re-raise `exc` as it is (not a file problem)."""
+    if isinstance(exc, FileExistsError):
+        return InputError(f"{exc.args[0]}: appeared while this run was writing; refusing to overwrite")
+    if isinstance(exc, OSError):
+        where = exc.filename or "output"
+        return InputError(f"{where}: cannot publish the output ({exc.strerror})")
+    return None
 
 
 def _link_new(staged: Path, target: Path) -> None:
@@ -335,65 +357,96 @@ def outputs(
     ledger_path = Path(ledger) if ledger is not None else None
     if len(set(target_paths)) != len(target_paths):
         raise ValueError("outputs: a target is declared twice")
-
-    for target in target_paths:
-        for source in input_paths:
-            if same_file(target, source):
-                raise InputError(f"{target}: this output is the input {source}; refusing to overwrite an input")
-            if str(target) in dir_set and os.path.lexists(source) and _within(source, target):
-                raise InputError(f"{target}: this output directory holds the input {source}; refusing to replace it")
+    _check_not_inputs(target_paths, input_paths, dir_set)
     if ledger_path is not None:
-        for source in input_paths:
-            if same_file(ledger_path, source):
-                raise InputError(f"{ledger_path}: the ledger is the input {source}; refusing to append to an input")
-        for target in target_paths:
-            if same_file(ledger_path, target):
-                raise InputError(f"{ledger_path}: the ledger is also an output of this run; refusing")
-        if ledger_path.is_dir():
-            raise InputError(f"{ledger_path}: is a directory, not a ledger file")
-        if ledger_path.exists() and not ledger_path.is_file():
-            raise InputError(f"{ledger_path}: is not a regular file, not a ledger file")
-        for target in target_paths:
-            if str(target) in dir_set and _within(ledger_path, target):
-                raise InputError(f"{ledger_path}: the ledger cannot live inside the output directory {target} "
-                                 "that this run creates; give --ledger elsewhere")
-        parent = ledger_path.parent if str(ledger_path.parent) else Path(".")
-        parent_abs = Path(os.path.abspath(parent))
-        will_create = not parent.exists() and any(parent_abs in t.parents for t in target_paths)
-        if not parent.is_dir() and not will_create:
-            raise InputError(f"{parent}: ledger directory does not exist")
-
-    recorded: set[tuple[str, str]] | None = None
-    specs: list[_Target] = []
-    for target in target_paths:
-        is_dir = str(target) in dir_set
-        _check_parent(target)
-        replaces = False
-        if os.path.islink(target):
-            raise InputError(f"{target}: is a symbolic link; refusing to replace it")
-        if os.path.lexists(target):
-            if is_dir or target.is_dir():
-                raise InputError(f"{target}: already exists; refusing to replace a directory")
-            if not target.is_file():
-                raise InputError(f"{target}: exists and is not a regular file; refusing to replace it")
-            if str(target) not in replace_set:
-                raise InputError(f"{target}: already exists; refusing to overwrite (remove it or choose another output)")
-            if ledger_path is not None:
-                if recorded is None:
-                    recorded = _recorded_outputs(ledger_path, action)
-                if (target.name, _sha_or_none(target)) not in recorded:
-                    raise InputError(
-                        f"{target}: already exists and is not an unchanged output recorded in {ledger_path}; "
-                        "refusing to overwrite (remove it or choose another output)"
-                    )
-            replaces = True
-        specs.append(_Target(target, is_dir, str(target) in secret_set, replaces))
+        _check_ledger(ledger_path, input_paths, target_paths, dir_set)
+    recorded = _RecordedOutputs(ledger_path, action)
+    specs = [_target_spec(target, str(target) in dir_set, str(target) in secret_set, replace_set, recorded)
+             for target in target_paths]
 
     stage = Staging(specs, ledger_path, dir_mode, secret_set)
     try:
         yield stage
     finally:
         stage._discard()
+
+
+def _check_not_inputs(target_paths: list[Path], input_paths: list[Path], dir_set: set[str]) -> None:
+    """No output may be an input, and no output directory may hold one."""
+    for target in target_paths:
+        for source in input_paths:
+            if same_file(target, source):
+                raise InputError(f"{target}: this output is the input {source}; refusing to overwrite an input")
+            if str(target) in dir_set and os.path.lexists(source) and _within(source, target):
+                raise InputError(f"{target}: this output directory holds the input {source}; refusing to replace it")
+
+
+def _check_ledger(ledger_path: Path, input_paths: list[Path], target_paths: list[Path], dir_set: set[str]) -> None:
+    """The ledger is a regular file (or a new one) that is neither an input nor an output."""
+    for source in input_paths:
+        if same_file(ledger_path, source):
+            raise InputError(f"{ledger_path}: the ledger is the input {source}; refusing to append to an input")
+    for target in target_paths:
+        if same_file(ledger_path, target):
+            raise InputError(f"{ledger_path}: the ledger is also an output of this run; refusing")
+    if ledger_path.is_dir():
+        raise InputError(f"{ledger_path}: is a directory, not a ledger file")
+    if ledger_path.exists() and not ledger_path.is_file():
+        raise InputError(f"{ledger_path}: is not a regular file, not a ledger file")
+    _check_ledger_place(ledger_path, target_paths, dir_set)
+
+
+def _check_ledger_place(ledger_path: Path, target_paths: list[Path], dir_set: set[str]) -> None:
+    """The ledger's directory exists (or this run creates it) and is not an output directory."""
+    for target in target_paths:
+        if str(target) in dir_set and _within(ledger_path, target):
+            raise InputError(f"{ledger_path}: the ledger cannot live inside the output directory {target} "
+                             "that this run creates; give --ledger elsewhere")
+    parent = ledger_path.parent if str(ledger_path.parent) else Path(".")
+    parent_abs = Path(os.path.abspath(parent))
+    will_create = not parent.exists() and any(parent_abs in t.parents for t in target_paths)
+    if not parent.is_dir() and not will_create:
+        raise InputError(f"{parent}: ledger directory does not exist")
+
+
+class _RecordedOutputs:
+    """(name, sha256) of the outputs the ledger records, read on first use (only when a file is replaced)."""
+
+    def __init__(self, ledger: Path | None, action: str | None) -> None:
+        self.ledger, self._action = ledger, action
+        self._found: set[tuple[str, str]] | None = None
+
+    def __contains__(self, item: object) -> bool:
+        if self._found is None:
+            self._found = _recorded_outputs(self.ledger, self._action)
+        return item in self._found
+
+
+def _target_spec(target: Path, is_dir: bool, secret: bool, replace_set: set[str],
+                 recorded: _RecordedOutputs) -> _Target:
+    """Check that `target` can be written; an existing file only when it may be replaced."""
+    _check_parent(target)
+    if os.path.islink(target):
+        raise InputError(f"{target}: is a symbolic link; refusing to replace it")
+    replaces = os.path.lexists(target)
+    if replaces:
+        _check_replaceable(target, is_dir, replace_set, recorded)
+    return _Target(target, is_dir, secret, replaces)
+
+
+def _check_replaceable(target: Path, is_dir: bool, replace_set: set[str], recorded: _RecordedOutputs) -> None:
+    """An existing target is replaced only when allowed and, with a ledger, recorded there unchanged."""
+    if is_dir or target.is_dir():
+        raise InputError(f"{target}: already exists; refusing to replace a directory")
+    if not target.is_file():
+        raise InputError(f"{target}: exists and is not a regular file; refusing to replace it")
+    if str(target) not in replace_set:
+        raise InputError(f"{target}: already exists; refusing to overwrite (remove it or choose another output)")
+    if recorded.ledger is not None and (target.name, _sha_or_none(target)) not in recorded:
+        raise InputError(
+            f"{target}: already exists and is not an unchanged output recorded in {recorded.ledger}; "
+            "refusing to overwrite (remove it or choose another output)"
+        )
 
 
 def _sha_or_none(path: Path) -> str | None:
@@ -446,7 +499,7 @@ def atomic_write_text(path: PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def write_table(frame: Any, path: PathLike) -> Path:
+def write_table(frame: pd.DataFrame, path: PathLike) -> Path:
     """Write a DataFrame atomically as CSV or Parquet, chosen by the suffix (replaces the file)."""
     target = Path(path)
     suffix = target.suffix.lower()
@@ -488,8 +541,15 @@ def sha256_bytes(data: bytes) -> str:
 
 @contextlib.contextmanager
 def file_lock(lock_path: PathLike) -> Iterator[None]:
-    """Hold an exclusive `fcntl.flock` on `lock_path` (created if missing) for the block."""
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+    """Hold an exclusive `fcntl.flock` on `lock_path` (created if missing) for the block.
+
+    The one lock of the project (ledger appends, witness files, the budget store): a lock file that
+    cannot be created or opened is one InputError line naming it.
+    """
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as exc:
+        raise InputError(f"{lock_path}: cannot create or open this lock file ({exc.strerror})") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         try:
@@ -500,7 +560,7 @@ def file_lock(lock_path: PathLike) -> Iterator[None]:
         os.close(fd)
 
 
-def json_ready(obj: Any) -> Any:
+def json_ready(obj: object) -> Any:
     """Plain JSON values: keys to str, tuples/sets/arrays to lists, numpy scalars to Python, NaN/inf to None.
 
     Duck-typed (no numpy import) so any module can use it; strict `json.dumps(allow_nan=False)` then
@@ -574,7 +634,7 @@ def _scan_csv(src: Path) -> tuple[list[str], list[int]]:
     return header, lines
 
 
-def _check_finite(frame: Any, src: Path, lines: list[int] | None) -> None:
+def _check_finite(frame: pd.DataFrame, src: Path, lines: list[int] | None) -> None:
     import numpy as np
 
     for name in frame.columns:
@@ -587,7 +647,13 @@ def _check_finite(frame: Any, src: Path, lines: list[int] | None) -> None:
             raise InputError(f"{src}: {where}: column {name!r} holds an infinite number")
 
 
-def read_table(path: PathLike, text_columns: Iterable[str] = (), with_origin: bool = False) -> Any:
+@overload
+def read_table(path: PathLike, text_columns: Iterable[str] = (), with_origin: Literal[False] = False) -> pd.DataFrame: ...
+@overload
+def read_table(path: PathLike, text_columns: Iterable[str] = (), *,
+               with_origin: Literal[True]) -> tuple[pd.DataFrame, RowOrigin]: ...
+def read_table(path: PathLike, text_columns: Iterable[str] = (),
+               with_origin: bool = False) -> pd.DataFrame | tuple[pd.DataFrame, RowOrigin]:
     """Read a CSV or Parquet file; every failure becomes one InputError line naming the file.
 
     `text_columns` are read from CSV as text, so zip codes and ID numbers keep their leading zeros.
@@ -596,9 +662,21 @@ def read_table(path: PathLike, text_columns: Iterable[str] = (), with_origin: bo
     number is refused. `with_origin=True` returns `(frame, RowOrigin)`: `origin(i)` names the file's
     place of data row i, for messages about rows found later (non-finite features, say).
     """
-    import pandas as pd
-
     src = Path(path)
+    _check_readable(src)
+    suffix = src.suffix.lower()
+    lines: list[int] | None
+    if suffix == ".parquet":
+        frame, lines = _read_parquet(src), None
+    elif suffix == ".csv":
+        frame, lines = _read_csv(src, text_columns)
+    else:
+        raise InputError(f"{src}: unsupported table format {suffix!r} (use .csv or .parquet)")
+    _check_finite(frame, src, lines)
+    return (frame, RowOrigin(str(src), None if lines is None else tuple(lines))) if with_origin else frame
+
+
+def _check_readable(src: Path) -> None:
     if not src.exists():
         raise InputError(f"{src}: no such file")
     if not src.is_file():
@@ -607,19 +685,22 @@ def read_table(path: PathLike, text_columns: Iterable[str] = (), with_origin: bo
         raise InputError(f"{src}: not readable")
     if src.stat().st_size == 0:
         raise InputError(f"{src}: empty file")
-    suffix = src.suffix.lower()
-    if suffix == ".parquet":
-        try:
-            frame = pd.read_parquet(src)
-        except Exception as exc:  # pyarrow raises several types for corrupt files
-            raise InputError(f"{src}: not a readable Parquet file ({type(exc).__name__})") from None
-        if frame.empty:
-            raise InputError(f"{src}: table has no rows")
-        _check_finite(frame, src, None)
-        return (frame, RowOrigin(str(src), None)) if with_origin else frame
-    if suffix != ".csv":
-        raise InputError(f"{src}: unsupported table format {suffix!r} (use .csv or .parquet)")
-    raw = src.read_bytes()
+
+
+def _read_parquet(src: Path) -> pd.DataFrame:
+    import pandas as pd
+
+    try:
+        frame = pd.read_parquet(src)
+    except Exception as exc:  # pyarrow raises several types for corrupt files
+        raise InputError(f"{src}: not a readable Parquet file ({type(exc).__name__})") from None
+    if frame.empty:
+        raise InputError(f"{src}: table has no rows")
+    return frame
+
+
+def _check_text(src: Path, raw: bytes) -> None:
+    """UTF-8 without NUL bytes, or one line naming the first bad line."""
     try:
         raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -628,6 +709,13 @@ def read_table(path: PathLike, text_columns: Iterable[str] = (), with_origin: bo
     if b"\x00" in raw:
         line = raw[: raw.index(b"\x00")].count(b"\n") + 1
         raise InputError(f"{src}: line {line} holds a NUL byte; not a text table")
+
+
+def _read_csv(src: Path, text_columns: Iterable[str]) -> tuple[pd.DataFrame, list[int]]:
+    """The frame and the file line of each data row; the csv scan and pandas must agree on the rows."""
+    import pandas as pd
+
+    _check_text(src, src.read_bytes())
     header, lines = _scan_csv(src)
     try:
         dtype = {c: "str" for c in text_columns if c in header}
@@ -640,5 +728,4 @@ def read_table(path: PathLike, text_columns: Iterable[str] = (), with_origin: bo
         raise InputError(f"{src}: table has a header but no rows")
     if len(frame) != len(lines):  # the two parsers disagree: refuse rather than guess
         raise InputError(f"{src}: malformed CSV (ambiguous quoting or line breaks)")
-    _check_finite(frame, src, lines)
-    return (frame, RowOrigin(str(src), tuple(lines))) if with_origin else frame
+    return frame, lines

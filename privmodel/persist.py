@@ -23,7 +23,7 @@ import numpy as np
 
 from anonymize.errors import InputError
 from privmodel.features import EncodedData, TabularEncoder
-from privmodel.fileio import sha256_file
+from privmodel.fileio import json_ready, sha256_file
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -35,20 +35,6 @@ WEIGHTS = "model.pt"
 ENCODER = "encoder.json"
 MANIFEST = "model.json"
 FORMAT = 1
-
-
-def _json_safe(obj: object) -> object:
-    """JSON with no NaN/inf: non-finite floats become None (strict JSON, like the ledger)."""
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, float | np.floating):
-        value = float(obj)
-        return value if np.isfinite(value) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
 
 
 def save_model(directory: str | os.PathLike[str], fit_result: FitResult, encoder: TabularEncoder,
@@ -79,7 +65,7 @@ def write_model(directory: Path, fit_result: FitResult, encoder: TabularEncoder,
     if spec["n_num"] != encoder.n_num or spec["cat_cardinalities"] != encoder.cat_cardinalities:
         raise InputError("save_model: the encoder does not match the model's inputs")
     torch.save(fit_result.model.state_dict(), directory / WEIGHTS)
-    (directory / ENCODER).write_text(json.dumps(_json_safe(encoder.to_dict()), indent=2, allow_nan=False) + "\n")
+    (directory / ENCODER).write_text(json.dumps(json_ready(encoder.to_dict()), indent=2, allow_nan=False) + "\n")
     manifest = {
         "format": FORMAT,
         "architecture": spec,
@@ -88,7 +74,7 @@ def write_model(directory: Path, fit_result: FitResult, encoder: TabularEncoder,
         "extra": extra or {},
         "sha256": {WEIGHTS: sha256_file(directory / WEIGHTS), ENCODER: sha256_file(directory / ENCODER)},
     }
-    (directory / MANIFEST).write_text(json.dumps(_json_safe(manifest), indent=2, allow_nan=False) + "\n")
+    (directory / MANIFEST).write_text(json.dumps(json_ready(manifest), indent=2, allow_nan=False) + "\n")
 
 
 @dataclass

@@ -56,49 +56,40 @@ def _pg_bin() -> Path | None:
     return Path(found[-1]).parent if found else None
 
 
-@pytest.fixture(scope="session")
-def postgres_server():
-    """Start PostgreSQL (Debian's package: initdb + pg_ctl) on 127.0.0.1 and a free port, in a temp
-    directory, for this test session; stop and remove it afterwards. Yields the admin URL
-    `postgresql+psycopg://USER@127.0.0.1:PORT/postgres`. A server that cannot start FAILS the test
-    (the Makefile installs the package), it never skips."""
-    import shutil
+def _pg_user() -> str | None:
+    """The unprivileged user to run PostgreSQL as when the tests run as root (initdb refuses root)."""
+    if os.geteuid() != 0:
+        return None
+    import pwd
+
+    for candidate in ("postgres", "nobody"):
+        try:
+            pwd.getpwnam(candidate)
+        except KeyError:
+            continue
+        return candidate
+    pytest.fail("running as root and neither a 'postgres' nor a 'nobody' user exists to run PostgreSQL")
+
+
+def _pg_base(user: str | None) -> Path:
+    """A fresh 0700 directory for the cluster, owned by the user the server runs as."""
     import tempfile
-    import time
 
-    bindir = _pg_bin()
-    if bindir is None:
-        pytest.fail("PostgreSQL is not installed (/usr/lib/postgresql/*/bin/initdb missing); `make test` installs "
-                    "Debian's postgresql package")
-    run_as: list[str] = []
-    user = None
-    if os.geteuid() == 0:  # initdb and postgres refuse to run as root
-        import pwd
-
-        for candidate in ("postgres", "nobody"):
-            try:
-                pwd.getpwnam(candidate)
-            except KeyError:
-                continue
-            user = candidate
-            break
-        if user is None:
-            pytest.fail("running as root and neither a 'postgres' nor a 'nobody' user exists to run PostgreSQL")
-        run_as = ["runuser", "-u", user, "--"]
     base = Path(tempfile.mkdtemp(prefix="privmodel-pg-"))
-    data = base / "data"
     if user is not None:
         import pwd
 
         entry = pwd.getpwnam(user)
         os.chown(base, entry.pw_uid, entry.pw_gid)
     base.chmod(0o700)
-    db_user = "privmodel"
-    port = _free_port()
+    return base
 
-    def run(*cmd: str, timeout: float = 120) -> subprocess.CompletedProcess:
-        return subprocess.run([*run_as, *cmd], capture_output=True, text=True, timeout=timeout, cwd=base)
 
+def _pg_start(run, bindir: Path, base: Path, db_user: str, port: int) -> None:
+    """initdb + pg_ctl start; a failure removes `base` and FAILS with the last lines of the log."""
+    import shutil
+
+    data = base / "data"
     done = run(str(bindir / "initdb"), "-D", str(data), "-U", db_user, "--auth=trust", "-E", "UTF8",
                "--no-locale", "--no-sync")
     if done.returncode != 0:
@@ -111,22 +102,52 @@ def postgres_server():
         log = (base / "server.log").read_text(errors="replace") if (base / "server.log").exists() else ""
         shutil.rmtree(base, ignore_errors=True)
         pytest.fail(f"PostgreSQL did not start: {(log or done.stderr).strip().splitlines()[-3:]}")
-    url = f"postgresql+psycopg://{db_user}@127.0.0.1:{port}/postgres"
-    try:
-        import psycopg
 
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                psycopg.connect(f"host=127.0.0.1 port={port} user={db_user} dbname=postgres", connect_timeout=5).close()
-                break
-            except psycopg.OperationalError:
-                if time.monotonic() > deadline:
-                    pytest.fail("PostgreSQL started but accepts no connection")
-                time.sleep(0.2)
-        yield url
+
+def _pg_wait(port: int, db_user: str) -> None:
+    """Wait up to 30 s until the server accepts a connection."""
+    import time
+
+    import psycopg
+
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            psycopg.connect(f"host=127.0.0.1 port={port} user={db_user} dbname=postgres", connect_timeout=5).close()
+            return
+        except psycopg.OperationalError:
+            if time.monotonic() > deadline:
+                pytest.fail("PostgreSQL started but accepts no connection")
+            time.sleep(0.2)
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """Start PostgreSQL (Debian's package: initdb + pg_ctl) on 127.0.0.1 and a free port, in a temp
+    directory, for this test session; stop and remove it afterwards. Yields the admin URL
+    `postgresql+psycopg://USER@127.0.0.1:PORT/postgres`. A server that cannot start FAILS the test
+    (the Makefile installs the package), it never skips."""
+    import shutil
+
+    bindir = _pg_bin()
+    if bindir is None:
+        pytest.fail("PostgreSQL is not installed (/usr/lib/postgresql/*/bin/initdb missing); `make test` installs "
+                    "Debian's postgresql package")
+    user = _pg_user()
+    run_as = [] if user is None else ["runuser", "-u", user, "--"]
+    base = _pg_base(user)
+    db_user = "privmodel"
+    port = _free_port()
+
+    def run(*cmd: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        return subprocess.run([*run_as, *cmd], capture_output=True, text=True, timeout=timeout, cwd=base)
+
+    _pg_start(run, bindir, base, db_user, port)
+    try:
+        _pg_wait(port, db_user)
+        yield f"postgresql+psycopg://{db_user}@127.0.0.1:{port}/postgres"
     finally:
-        run(str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop")
+        run(str(bindir / "pg_ctl"), "-D", str(base / "data"), "-m", "immediate", "-w", "stop")
         shutil.rmtree(base, ignore_errors=True)
 
 

@@ -85,7 +85,9 @@ def test_train_writes_model_card_metrics_and_ledger(trained: dict) -> None:
     assert privacy["private"] is True and privacy["accountant"] == "prv"
     assert 0 < privacy["epsilon"] <= 1.0 + 1e-9 and privacy["delta"] == 1e-5
     assert privacy["noise_multiplier"] > 0 and privacy["steps"] > 0 and 0 < privacy["sample_rate"] < 1
-    assert privacy["max_grad_norm"] == 1.0 and privacy["clipping"] == "flat"
+    from privmodel.defaults import DEFAULTS
+
+    assert privacy["max_grad_norm"] == DEFAULTS.clip and privacy["clipping"] == "flat"
     # the accountant, re-run independently on the recorded (noise, rate, steps), agrees with the card
     from privmodel.accounting import epsilon_for
 

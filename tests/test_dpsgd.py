@@ -197,7 +197,7 @@ def test_fit_accounts_what_ran() -> None:
     a = fit(data, y, cfg)
     p = a.privacy
     assert p["steps"] == round(3 / (64 / 400)) and p["sample_rate"] == pytest.approx(64 / 400)
-    assert p["delta"] == pytest.approx(min(1e-5, 1 / 4000))
+    assert p["delta"] == pytest.approx(min(1e-6, 1 / 4000))  # privmodel.defaults: min(1e-6, 1/(10 n))
     assert 0.98 * 2.0 <= p["epsilon"] <= 2.0
     assert a.epsilon_history[-1]["epsilon"] == pytest.approx(p["epsilon"])
     assert [h["epsilon"] for h in a.epsilon_history] == sorted(h["epsilon"] for h in a.epsilon_history)

@@ -175,11 +175,12 @@ columns:
 """
 
 
-def test_policy_param_encodes_like_the_same_metadata_given_by_hand(tmp_path: Path) -> None:
+def test_policy_param_encodes_like_the_same_metadata_given_by_hand(tmp_path: Path, isolated_budget: Path) -> None:
     X, y = _customers(n=1500)
     path = tmp_path / "policy.yaml"
     path.write_text(POLICY_YAML)
     # the same test-only reproducible noise for both, so only the encoding could differ
+    # a DP fit with a policy charges the policy's budget (a fresh organisation's store here)
     by_policy = DPPropensityClassifier(policy=str(path), insecure_seed=1, **FAST).fit(X, y)
     by_hand = DPPropensityClassifier(bounds=BOUNDS, categories=CATS, transforms={"spend": "log1p"}, insecure_seed=1,
                                      **FAST).fit(X, y)
@@ -189,3 +190,83 @@ def test_policy_param_encodes_like_the_same_metadata_given_by_hand(tmp_path: Pat
         DPPropensityClassifier(policy=str(path), bounds=BOUNDS, **FAST).fit(X, y)
     with pytest.raises(InputError, match="'region' is not declared in the policy"):
         DPPropensityClassifier(policy=str(path), **FAST).fit(X.assign(region="north"), y)
+
+
+CONSENT_POLICY_YAML = """
+version: 1
+name: estimator-consent
+purpose: {name: churn_modeling, consent: consent_analytics, columns: [tenure, spend, channel, churn]}
+privacy: {k: 2}
+budget: {epsilon: 1.5, delta: 1.0e-4}
+columns:
+  tenure:  {role: feature, type: float, bounds: [0, 120]}
+  spend:   {role: feature, type: float, bounds: [0, 1000], transform: log1p}
+  channel: {role: feature, type: categorical, categories: [app, web, branch]}
+  churn:   {role: label, type: categorical, categories: [churn, stay]}
+  consent_analytics: {role: consent, type: boolean}
+"""
+
+
+def _with_consent(n: int, seed: int) -> tuple[pd.DataFrame, np.ndarray]:
+    X, y = _customers(n=n, seed=seed)
+    rng = np.random.default_rng(seed + 100)
+    X["consent_analytics"] = pd.array(rng.choice(np.array([True, False, None], dtype=object), size=n,
+                                                 p=[0.75, 0.2, 0.05]), dtype="boolean")
+    return X, y
+
+
+def test_policy_fit_filters_consent_and_charges_the_budget_before_training(tmp_path: Path,
+                                                                            isolated_budget: Path) -> None:
+    from anonymize.policy import load_policy
+    from privmodel import budget
+
+    path = tmp_path / "policy.yaml"
+    path.write_text(CONSENT_POLICY_YAML)
+    X, y = _with_consent(1500, seed=1)
+    kept = X["consent_analytics"].fillna(False).to_numpy(dtype=bool)  # independent count: only an explicit True stays
+    clf = DPPropensityClassifier(policy=str(path), insecure_seed=4, **FAST).fit(X, y)
+    assert clf.consent_removed_ == int((~kept).sum()) > 0
+    assert clf.privacy_["n"] == int(kept.sum())
+    # X and y were filtered alike: the same fit on the consenting rows by hand gives the same model
+    by_hand = DPPropensityClassifier(policy=str(path), insecure_seed=4, **FAST).fit(
+        X[kept].assign(consent_analytics=True).reset_index(drop=True), y[kept])
+    np.testing.assert_array_equal(clf.predict_proba(X), by_hand.predict_proba(X))
+
+    dataset = budget.dataset_of_frame(load_policy(path), X, None)
+    spent = budget.spent(dataset, None)
+    assert clf.budget_charge_["dataset"] == dataset
+    assert (spent.epsilon, spent.charges) == (1.0, 1)  # the whole target epsilon, charged once
+    assert spent.delta == pytest.approx(min(1e-6, 1 / (10 * int(kept.sum()))))
+    assert clf.get_params()["keys"] is None
+
+    again = clone(clf)
+    with pytest.raises(budget.BudgetExceeded, match=r"spent 1 \+ asked 1 > cap 1\.5 \(epsilon\)"):
+        again.fit(X, y)
+    assert not hasattr(again, "model_")  # refused before training
+    assert budget.spent(dataset, None).epsilon == 1.0  # a refusal spends nothing
+
+
+def test_without_a_policy_nothing_is_charged(isolated_budget: Path) -> None:
+    from privmodel import budget
+
+    X, y = _customers(n=800)
+    clf = DPPropensityClassifier(bounds=BOUNDS, categories=CATS, **FAST).fit(X, y)
+    assert clf.budget_charge_ is None and clf.consent_removed_ == 0
+    assert budget.read_store(None) is None or budget.read_store(None).datasets() == []
+
+
+def test_quality_warnings_name_a_collapsed_or_outclassed_model() -> None:
+    from privmodel.training import quality_warnings
+
+    assert quality_warnings("logreg", 0.84) == []
+    collapsed = quality_warnings("mlp", 0.505, 0.76)
+    assert len(collapsed) == 2
+    assert "no better than a constant score (ROC-AUC 0.505 < 0.52)" in collapsed[0]
+    assert "worse than a DP logistic model at the same epsilon by 0.255 ROC-AUC" in collapsed[1]
+    assert quality_warnings("mlp", 0.75, 0.76) == []  # within the margin
+    # the estimator puts them on warnings_: labels independent of X -> no better than a constant
+    X, _ = _customers(n=10_000)  # training-rows AUC of a model of pure noise: 0.5 +- 0.006
+    noise_labels = np.random.default_rng(9).choice(["churn", "stay"], size=len(X))
+    clf = DPPropensityClassifier(bounds=BOUNDS, categories=CATS, epsilon=0.05, **FAST).fit(X, noise_labels)
+    assert any("no better than a constant" in w for w in clf.warnings_)
+    assert clf.fit_result_.warnings == clf.warnings_

@@ -22,9 +22,9 @@ from federated import deployment as dep
 from federated.config import FedConfig
 from federated.server_app import ServerSettings
 from federated.simulate import partner_specs, synth_silos
-from federated.tls import make_tls
+from federated.tls import make_node_key, make_tls
 from privmodel.audit import read_entries, verify
-from privmodel.keys import init_keys, load_public_key
+from privmodel.keys import init_keys, load_public_key, load_signer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -43,8 +43,22 @@ def setup(tmp_path_factory: pytest.TempPathFactory):
     for spec in specs:  # the by-hand and simulation comparisons below need reproducible (test-only) noise
         spec.insecure_noise = True
     tls = out / "tls"
-    make_tls(tls, nodes=[s.name for s in specs])
+    make_tls(tls)
+    init_keys(out / "coordinator-keys", actor="coordinator")
+    for spec in specs:  # each partner makes its own node key and pins the coordinator's public key
+        make_node_key(out / "nodekeys" / spec.name)
+        spec.coordinator_key = str(out / "coordinator-keys")
     return out, specs, holdout, policy, tls
+
+
+def node_key(out: Path, name: str, public: bool = False) -> Path:
+    return out / "nodekeys" / name / ("auth.pub" if public else "auth.key")
+
+
+def signed_submit(link, app_dir: Path, out_dir: Path, settings: ServerSettings, timeout: float, keys: Path) -> dict:
+    """What `federate run` does: submit, then sign the run (id, config, registry) with the coordinator key."""
+    return dep.submit(link.home, app_dir, out_dir, timeout=timeout, signer=load_signer(keys),
+                      record=settings.to_record(), registry=dep.read_registry(link.registry_path))
 
 
 def _elsewhere(spec, root: Path):
@@ -65,18 +79,18 @@ def test_loopback_deployment_tls_auth_kill_and_ledgers(setup) -> None:
                        insecure_seed=0)
     coordinator = out / "coordinator"
     coordinator.mkdir()
-    init_keys(coordinator / "keys", actor="coordinator")
-    settings = ServerSettings(config, str(policy), str(coordinator), str(coordinator / "keys"), str(holdout),
-                              expected_partners=3, wait_timeout=90)
+    keys = out / "coordinator-keys"
+    settings = ServerSettings(config, str(policy), str(coordinator), str(keys), str(holdout),
+                              expected_partners=3, wait_timeout=90, authorization=str(coordinator / dep.AUTHORIZATION_FILE))
     killed: list[str] = []
     with dep.tracked() as items:
         link = dep.start_superlink(tls, out / "link")
         items.append(link)
         for spec in specs:
-            link.register(tls / "nodes" / spec.name / "auth.pub", spec.name)
+            link.register(node_key(out, spec.name, public=True), spec.name)
         partners = []
         for spec in specs:
-            partners.append(dep.join(spec, link.address, tls / "ca.crt", tls / "nodes" / spec.name / "auth.key"))
+            partners.append(dep.join(spec, link.address, tls / "ca.crt", node_key(out, spec.name)))
             items.append(partners[-1])
 
         # A watcher thread reads the coordinator's progress file every 50 ms and kills silo-2's
@@ -98,7 +112,7 @@ def test_loopback_deployment_tls_auth_kill_and_ledgers(setup) -> None:
         watcher.start()
         app = dep.write_app(out / "app", settings.to_record())
         try:
-            result = dep.submit(link.home, app, coordinator, timeout=400)
+            result = signed_submit(link, app, coordinator, settings, 400, keys)
         finally:
             finished.set()
             watcher.join(timeout=5)
@@ -136,12 +150,12 @@ def test_loopback_deployment_tls_auth_kill_and_ledgers(setup) -> None:
     avg = {k: sum(u[k] * (m["num-examples"] / total) for u, m in updates) for k in start}
     _load_arrays(model, avg)
     from anonymize.policy import load_policy
-    ref_auc = _Evaluator(settings, load_policy(policy), coordinator / "keys")(model)["auc"]
+    ref_auc = _Evaluator(settings, load_policy(policy), keys)(model)["auc"]
     assert rounds[0]["global"]["auc"] == pytest.approx(ref_auc, abs=1e-4)
 
     coord_entries = read_entries(coordinator / "ledger.jsonl")
     digest = [e for e in coord_entries if e["action"] == "federate.final_model"][-1]["params"]["model_hash"]
-    assert verify(coordinator / "ledger.jsonl", [load_public_key(coordinator / "keys")]).ok
+    assert verify(coordinator / "ledger.jsonl", [load_public_key(keys)]).ok
     for spec in specs[:2]:
         ledger = Path(spec.workdir) / "ledger.jsonl"
         assert verify(ledger, [load_public_key(spec.keys)]).ok
@@ -156,7 +170,8 @@ def test_join_refuses_missing_data_unreachable_and_wrong_ca(setup, tmp_path: Pat
     out, specs, holdout, policy, tls = setup
     spec = specs[0]
     base = ["federate", "join", "--policy", str(policy), "--name", "silo-0", "--ca", str(tls / "ca.crt"),
-            "--auth-key", str(tls / "nodes" / "silo-0" / "auth.key"), "--keys", spec.keys, "--workdir", str(tmp_path / "w")]
+            "--auth-key", str(node_key(out, "silo-0")), "--coordinator-key", str(out / "coordinator-keys"),
+            "--keys", spec.keys, "--workdir", str(tmp_path / "w")]
     # missing data file
     t0 = time.monotonic()
     done = _cli(*base, "--superlink", "127.0.0.1:9", "--data", str(tmp_path / "nope.parquet"))
@@ -206,24 +221,26 @@ def test_deployment_final_model_matches_simulation(setup) -> None:
 
     deployed_dir = out / "match-deployed"
     (deployed_dir / "coordinator").mkdir(parents=True)
-    init_keys(deployed_dir / "coordinator" / "keys", actor="coordinator")
-    settings = ServerSettings(config, str(policy), str(deployed_dir / "coordinator"),
-                              str(deployed_dir / "coordinator" / "keys"), str(holdout), expected_partners=3,
-                              wait_timeout=90)
+    keys = out / "coordinator-keys"
+    settings = ServerSettings(config, str(policy), str(deployed_dir / "coordinator"), str(keys), str(holdout),
+                              expected_partners=3, wait_timeout=90,
+                              authorization=str(deployed_dir / "coordinator" / dep.AUTHORIZATION_FILE))
     with dep.tracked() as items:
         link = dep.start_superlink(tls, out / "match-link")
         items.append(link)
         for spec in specs:
-            link.register(tls / "nodes" / spec.name / "auth.pub", spec.name)
+            link.register(node_key(out, spec.name, public=True), spec.name)
         for spec in fresh("match-deployed-partners"):
-            items.append(dep.join(spec, link.address, tls / "ca.crt", tls / "nodes" / spec.name / "auth.key"))
-        result = dep.submit(link.home, dep.write_app(out / "match-app", settings.to_record()),
-                            deployed_dir / "coordinator", timeout=300)
+            items.append(dep.join(spec, link.address, tls / "ca.crt", node_key(out, spec.name)))
+        result = signed_submit(link, dep.write_app(out / "match-app", settings.to_record()),
+                               deployed_dir / "coordinator", settings, 300, keys)
     assert result["status"] == "finished:completed"
     deployed = json.loads((deployed_dir / "coordinator" / "federated_card.json").read_text())
 
     simulated_dir = out / "match-simulated"
-    run_simulation(simulated_dir, fresh("match-simulated-partners"), config, policy, eval_data=holdout)
+    # simulation: in-process partners, no SuperLink between them and the coordinator, no pinned key
+    unpinned = [PartnerSpec(**{**s.to_dict(), "coordinator_key": ""}) for s in fresh("match-simulated-partners")]
+    run_simulation(simulated_dir, unpinned, config, policy, eval_data=holdout)
     simulated = json.loads((simulated_dir / "coordinator" / "federated_card.json").read_text())
 
     assert deployed["rounds"] == simulated["rounds"] == 2

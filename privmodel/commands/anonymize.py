@@ -80,11 +80,15 @@ def _check_format(fmt: str) -> str:
     return fmt
 
 
+def _scalars(d: dict[str, Any] | None) -> dict[str, Any]:
+    """The plain figures of a report section (nested tables left out)."""
+    return {k: v for k, v in (d or {}).items() if not isinstance(v, dict | list)}
+
+
 def _figures(report: dict[str, Any]) -> dict[str, Any]:
     """Ledger params: the report's headline figures and counts (never values, tokens or keys)."""
     privacy = report["privacy"]
     achieved = privacy.get("achieved") or {}
-    scalar = lambda d: {k: v for k, v in (d or {}).items() if not isinstance(v, dict | list)}  # noqa: E731
     return {
         "policy": report["policy"],
         "partner": report["partner"],
@@ -93,8 +97,8 @@ def _figures(report: dict[str, Any]) -> dict[str, Any]:
         "l": achieved.get("l"),
         "t": achieved.get("t"),
         "required": privacy.get("required"),
-        "risk": scalar(report.get("risk")),
-        "utility": scalar(report.get("utility")),
+        "risk": _scalars(report.get("risk")),
+        "utility": _scalars(report.get("utility")),
         "counts": {k: v for k, v in report["counts"].items() if k != "duplicate_identifiers"},
     }
 
@@ -199,8 +203,8 @@ def reidentify(
         import pandas as pd
 
         from anonymize.errors import InputError
-        from anonymize.policy import load_policy
-        from anonymize.pseudonymize import DEFAULT_TOKEN_LENGTH, Keys, reidentify_tokens
+        from anonymize.policy import DEFAULT_TOKEN_LENGTH, load_policy
+        from anonymize.pseudonymize import Keys, reidentify_tokens
         from anonymize.pseudonymize import reidentify as decrypt
         from privmodel.fileio import TABLE_SUFFIXES, outputs, read_table
         from privmodel.keys import load_pseudonym_secret

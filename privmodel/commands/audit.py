@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
@@ -16,6 +17,9 @@ from rich.table import Table
 from rich.text import Text
 
 from anonymize.errors import InputError
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 
 def register(app: typer.Typer) -> None:
@@ -31,7 +35,7 @@ def _plain(value: object) -> str:
     return "".join(ch if ch.isprintable() else "?" for ch in str(value))
 
 
-def trusted_keys(trust: list[Path] | None, keys: list[Path] | None, tofu: bool) -> tuple[list | None, str]:
+def trusted_keys(trust: list[Path] | None, keys: list[Path] | None, tofu: bool) -> tuple[list[Ed25519PublicKey] | None, str]:
     """The trust anchors a command verifies against, and how to describe them.
 
     `--trust FILE` keyrings and `--keys DIR` (that organisation's own public key) add up; with
@@ -154,6 +158,6 @@ def anchor(
     anchors = [k for path in trust for k in load_keyring(path)] if trust else None
     record = anchor_ledger(ledger, witness, signer, anchors, tofu=tofu)
     Console(highlight=False, soft_wrap=True).print(Text(_plain(
-        f"anchored {ledger}: {record['entries']} entries, last hash {record['last_hash'][:16]}, "
-        f"ledger id {record['ledger_id'][:16]} -> {witness} (signed by key {record['key_id']})"
+        f"anchored {ledger}: {record['entries']} entries, last hash {(record['last_hash'] or '')[:16]}, "
+        f"ledger id {(record['ledger_id'] or '')[:16]} -> {witness} (signed by key {record['key_id']})"
     )))

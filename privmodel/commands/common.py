@@ -50,21 +50,18 @@ def recorded_failure(action: str, ledger: Path | None, out_dir: Path, keys: Path
                      inputs: Sequence[Path | None] = ()) -> Iterator[None]:
     """Turn any failure of the block into a `failed` entry of `action` in the known ledger, then re-raise.
 
-    The reason is the InputError's one line (it names no raw value) or the exception's type name.
+    The reason is the InputError's one line (it names no raw value) or the exception's type name
+    (`Ledger.record_failure`).
     """
-    from anonymize.errors import InputError
-
     try:
         yield
     except Exception as exc:
         known = known_ledger(ledger, out_dir, inputs)
         if known is not None:
-            reason = str(exc).splitlines()[0] if isinstance(exc, InputError) else f"internal error ({type(exc).__name__})"
             with contextlib.suppress(Exception):  # the original error matters more than its record
                 from privmodel.audit import artifact
 
-                open_ledger(known, out_dir, keys).append(
-                    action, inputs=[artifact(p) for p in inputs if p is not None and p.is_file()],
-                    outcome="failed", reason=reason,
+                open_ledger(known, out_dir, keys).record_failure(
+                    action, inputs=[artifact(p) for p in inputs if p is not None and p.is_file()], exc=exc,
                 )
         raise

@@ -1,9 +1,13 @@
 """`privmodel federate simulate | superlink | join | run`: federated training across partners.
 
 simulate   synthetic non-IID silos on Flower's Ray simulation engine, progress per round
-superlink  the coordinator's SuperLink with TLS and SuperNode authentication (foreground)
-join       all a partner runs: its training worker (data, policy, keys, budget) and its SuperNode
-run        the coordinator submits the training and follows it; non-zero exit when the run failed
+keygen     a partner makes its own SuperNode key pair; only auth.pub leaves its machine
+superlink  the coordinator's SuperLink: Fleet API for partners (TLS + node auth), Control API on
+           loopback unless exposed on purpose; registers partners' public keys by name
+join       all a partner runs: its training worker (data, policy, keys, budget, pinned coordinator
+           key) and its SuperNode
+run        the coordinator submits the training, signs it for the partners and follows it;
+           non-zero exit when the run failed
 
 Nothing heavy at import: flwr, torch and pandas load inside the commands.
 """
@@ -23,6 +27,7 @@ from anonymize.errors import InputError
 def register(app: typer.Typer) -> None:
     fed = typer.Typer(help="Federated training across partners (Flower).", no_args_is_help=True)
     fed.command("simulate")(simulate)
+    fed.command("keygen")(keygen)
     fed.command("superlink")(superlink)
     fed.command("join")(join)
     fed.command("run")(run)
@@ -145,28 +150,52 @@ def simulate(
     )
 
 
+def keygen(
+    directory: Path = typer.Argument(..., help="Where to put auth.key (private, 0600) and auth.pub (to send)."),
+) -> None:
+    """A partner's own SuperNode key pair: the private key never leaves this machine; send auth.pub."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    from federated.tls import make_node_key
+
+    meta = make_node_key(directory)
+    Console(highlight=False).print(
+        f"node key in {escape(meta['private_key'])} (keep it here); send {escape(meta['public_key'])} to the coordinator "
+        f"(sha256 {meta['public_key_sha256'][:16]})"
+    )
+
+
 def superlink(
     tls: Path = typer.Option(..., "--tls", help="Directory from `privmodel keys tls`."),
-    host: str = typer.Option("127.0.0.1", "--host"),
-    port: int = typer.Option(9093, "--port"),
-    register_node: list[str] = typer.Option([], "--register", help="NAME=PUBKEY of a partner's SuperNode (repeat)."),
-    workdir: Path = typer.Option(Path("superlink"), "--workdir"),
+    host: str = typer.Option("127.0.0.1", "--host", help="Fleet API address for the partners' SuperNodes."),
+    port: int = typer.Option(9092, "--port", help="Fleet API port."),
+    control_host: str = typer.Option(
+        "127.0.0.1", "--control-host",
+        help="Control API address (submitting runs). Loopback by default; anything else exposes run submission.",
+    ),
+    control_port: int = typer.Option(9093, "--control-port", help="Control API port (what `federate run --superlink` uses)."),
+    register_node: list[str] = typer.Option([], "--register", help="NAME=AUTH.PUB: a partner's public node key (repeat)."),
+    workdir: Path = typer.Option(Path("superlink"), "--workdir", help="Log and registry.json (name -> node id -> key)."),
 ) -> None:
     """Start the SuperLink (TLS + node authentication); runs until interrupted, then stops it."""
     from rich.console import Console
+    from rich.markup import escape
 
     from federated.deployment import start_superlink
 
-    console = Console()
-    link = start_superlink(tls, workdir, host, port)
+    console = Console(highlight=False)
+    link = start_superlink(tls, workdir, host, port, control_host=control_host, control_port=control_port)
     try:
         for item in register_node:
             name, sep, key = item.partition("=")
             if not sep:
-                raise InputError(f"--register: expected NAME=PUBKEY, got {item!r}")
+                raise InputError(f"--register: expected NAME=AUTH.PUB, got {item[:80]!r}")
             node_id = link.register(Path(key), name)
-            console.print(f"registered partner {name} (node {node_id})")
-        console.print(f"SuperLink listening on {link.address} (TLS, node auth); Ctrl-C stops it")
+            console.print(f"registered partner {escape(name)} (node {node_id})")
+        exposed = "" if control_host in ("127.0.0.1", "localhost", "::1") else " [red](exposed beyond loopback)[/red]"
+        console.print(f"SuperLink: partners connect to {escape(link.address)} (Fleet API only); runs are submitted on "
+                      f"{escape(link.control_address)}{exposed}; registry {escape(str(link.registry_path))}; Ctrl-C stops it")
         signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
         while link.proc.poll() is None:
             time.sleep(1)
@@ -178,47 +207,68 @@ def superlink(
 
 
 def join(
-    superlink_address: str = typer.Option(..., "--superlink", help="HOST:PORT of the coordinator's SuperLink."),
+    superlink_address: str = typer.Option(..., "--superlink", help="HOST:PORT of the coordinator's SuperLink (Fleet API)."),
     data: Path = typer.Option(..., "--data", help="This partner's customer table (CSV / Parquet); never leaves."),
     policy: Path = typer.Option(..., "--policy", help="The federation's policy (must match the coordinator's)."),
-    name: str = typer.Option(..., "--name", help="Partner name (appears in ledgers and the model card)."),
+    name: str = typer.Option(..., "--name", help="Partner name (must be the name its key is registered under)."),
     ca: Path = typer.Option(..., "--ca", help="CA certificate of the federation."),
-    auth_key: Path = typer.Option(..., "--auth-key", help="This node's private auth key (from `keys tls`)."),
+    auth_key: Path = typer.Option(..., "--auth-key", help="This node's private key (from `privmodel federate keygen`)."),
+    coordinator_key: Path = typer.Option(
+        ..., "--coordinator-key",
+        help="The coordinator's public signing key (PEM, or its key directory): only runs it signed are accepted.",
+    ),
     keys: Path = typer.Option(None, "--keys", help="Key directory (signing key, pseudonym secret)."),
-    workdir: Path = typer.Option(Path("partner"), "--workdir", help="Ledger, privacy state, release cache."),
+    workdir: Path = typer.Option(Path("partner"), "--workdir", help="Ledger, privacy state, logs."),
     epsilon_cap: float = typer.Option(0.0, "--epsilon-cap", help="ε cap for this data (default: the policy's budget)."),
 ) -> None:
     """Join a federation as a partner: start the local training worker and the SuperNode."""
     from rich.console import Console
+    from rich.markup import escape
 
     from federated.deployment import join as start_partner
     from federated.tls import check_name
     from federated.worker import PartnerSpec
     from privmodel.keys import ensure_keys
 
-    console = Console()
+    console = Console(highlight=False)
     check_name(name)
+    if not coordinator_key.exists():
+        raise InputError(f"partner {name}: --coordinator-key {coordinator_key}: no such file")
     spec = PartnerSpec(
         name=name, data=str(data.resolve()), policy=str(policy.resolve()), keys=str(ensure_keys(keys, actor=name).resolve()),
-        workdir=str(workdir.resolve()), epsilon_cap=epsilon_cap,
+        workdir=str(workdir.resolve()), epsilon_cap=epsilon_cap, coordinator_key=str(coordinator_key.resolve()),
     )
-    partner = start_partner(spec, superlink_address, ca, auth_key)
+    stopping: list[str] = []
+
+    def _term(*_: object) -> None:
+        stopping.append("signal")
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _term)
+    partner = None
     try:
-        console.print(f"partner {name} joined {superlink_address}; Ctrl-C leaves the federation")
-        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+        partner = start_partner(spec, superlink_address, ca, auth_key)  # returns once the SuperLink accepted the node
+        console.print(f"partner {escape(name)} joined {escape(superlink_address)} as node {partner.node_id}; "
+                      "Ctrl-C leaves the federation")
         while partner.supernode.poll() is None and partner.worker.poll() is None:
-            time.sleep(1)
-        which = "SuperNode" if partner.supernode.poll() is not None else "training worker"
-        raise InputError(f"partner {name}: {which} stopped; see {workdir}")
+            time.sleep(0.5)
+        raise InputError(partner.failure())
     except KeyboardInterrupt:
         pass
     finally:
-        partner.stop()
+        if partner is not None:
+            partner.stop()
 
 
 def run(
-    superlink_address: str = typer.Option(..., "--superlink", help="HOST:PORT of the SuperLink."),
+    superlink_address: str = typer.Option(
+        "127.0.0.1:9093", "--superlink", help="HOST:PORT of the SuperLink's Control API (loopback by default)."
+    ),
     ca: Path = typer.Option(..., "--ca", help="CA certificate of the federation."),
+    registry: Path = typer.Option(
+        Path("superlink/registry.json"), "--registry",
+        help="The SuperLink's registry.json (partner name -> node id -> key), signed into the run.",
+    ),
     policy: Path = typer.Option(..., "--policy"),
     out: Path = typer.Option(Path("federated-run"), "--out", help="Coordinator output (model, card, ledger)."),
     partners: int = typer.Option(..., "--partners", min=1, help="Partners to wait for before round 1."),
@@ -245,11 +295,11 @@ def run(
 
     from rich.console import Console
 
-    from federated.deployment import flwr_cli, submit, write_app, write_flwr_home
+    from federated.deployment import AUTHORIZATION_FILE, flwr_cli, read_registry, submit, write_app, write_flwr_home
     from federated.server_app import ServerSettings
     from federated.tls import check_ca
     from privmodel.fileio import ensure_output_dir
-    from privmodel.keys import ensure_keys
+    from privmodel.keys import ensure_keys, load_signer
 
     console = Console()
     config = _config(
@@ -262,10 +312,18 @@ def run(
         raise InputError(f"{policy}: no such policy file")
     if eval_data is not None and not eval_data.is_file():
         raise InputError(f"{eval_data}: no such file")
+    if not registry.is_file():
+        raise InputError(f"--registry {registry}: no such file (the SuperLink's workdir holds registry.json)")
+    names = read_registry(registry)
+    if not names:
+        raise InputError(f"--registry {registry}: no partner is registered")
+    key_dir = ensure_keys(keys, actor="coordinator").resolve()
+    signer = load_signer(key_dir)
     base = ensure_output_dir(out).resolve()
     settings = ServerSettings(
-        config=config, policy=str(policy.resolve()), out_dir=str(base), keys=str(ensure_keys(keys).resolve()),
+        config=config, policy=str(policy.resolve()), out_dir=str(base), keys=str(key_dir),
         eval_data=str(eval_data.resolve()) if eval_data else None, expected_partners=partners, wait_timeout=120.0,
+        authorization=str(base / AUTHORIZATION_FILE),
     )
     with tempfile.TemporaryDirectory(prefix="privmodel-run-") as tmp:
         home = write_flwr_home(Path(tmp) / "flwr", superlink_address, ca)
@@ -273,5 +331,6 @@ def run(
         if code != 0:
             raise InputError(f"SuperLink {superlink_address} is not reachable or not trusted ({text.strip().splitlines()[-1][:160] if text.strip() else 'no answer'})")
         app_dir = write_app(Path(tmp) / "app", settings.to_record())
-        result = submit(home, app_dir, base, timeout, on_event=_printer(console))
+        result = submit(home, app_dir, base, timeout, on_event=_printer(console), signer=signer,
+                        record=settings.to_record(), registry=names)
     console.print(f"run {result['run_id']} {result['status']}; model and card in {base}")

@@ -35,7 +35,8 @@ def init(
     # The actor name and path are user text: escaped, so `[/x]` is printed, not parsed as markup.
     Console(highlight=False).print(
         f"created keys in [bold]{escape(str(directory))}[/bold]: actor {escape(meta['actor'])}, key id {meta['key_id']}"
-        f"{' (private key encrypted)' if meta['encrypted'] else ''}"
+        f"{' (private key encrypted)' if meta['encrypted'] else ''}",
+        soft_wrap=True,  # a long path is never broken by a line wrap (that would change the text)
     )
 
 

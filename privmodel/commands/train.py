@@ -23,6 +23,7 @@ from privmodel.commands.common import KEYS_OPTION, LEDGER_OPTION, recorded_failu
 from privmodel.defaults import BATCH_RULE, DEFAULTS, LR_RULE
 
 if TYPE_CHECKING:
+    from privmodel.audit import Ledger
     from privmodel.workflows.train import TrainRequest
 
 def register(app: typer.Typer) -> None:
@@ -76,7 +77,7 @@ def _float_list(text: str, option: str) -> list[float]:
     return values
 
 
-def _ledger(ledger: Path | None, out_dir: Path, keys: Path | None):  # -> privmodel.audit.Ledger
+def _ledger(ledger: Path | None, out_dir: Path, keys: Path | None) -> Ledger:
     from privmodel.commands.common import open_ledger
 
     return open_ledger(ledger if ledger is not None else out_dir / "ledger.jsonl", out_dir, keys)
@@ -200,7 +201,7 @@ def evaluate(
     from privmodel import card
     from privmodel.audit import artifact
     from privmodel.commands.common import ledger_path
-    from privmodel.fileio import outputs
+    from privmodel.fileio import json_ready, outputs
     from privmodel.workflows import score as workflow
 
     book_path = ledger_path(ledger, _parent(model_dir))
@@ -209,7 +210,7 @@ def evaluate(
             outputs([out] if out is not None else [], inputs=inputs, ledger=book_path, action="model.evaluate") as stage:
         result = workflow.evaluate(model_dir, data, keys, policy_path)
         if out is not None:
-            stage.write_text(out, json.dumps(card._clean(result), indent=2, allow_nan=False) + "\n")
+            stage.write_text(out, json.dumps(json_ready(result), indent=2, allow_nan=False) + "\n")
         _ledger(ledger, _parent(model_dir), keys).append(
             "model.evaluate", inputs=[artifact(data), artifact(model_dir / card.CARD_JSON,
                                                                 f"{model_dir.name}/{card.CARD_JSON}")],
@@ -222,7 +223,8 @@ def evaluate(
     for key in ("roc_auc", "pr_auc", "brier", "log_loss", "ece", "top_decile_lift", "top_decile_gain"):
         value = result[key]
         table.add_row(key, "n/a" if value is None else f"{value:.4f}")
-    for column, stats in ((result["fairness"] or {}).get("columns") or {}).items():
+    fairness = result["fairness"]
+    for column, stats in ((fairness.get("columns") if fairness else None) or {}).items():
         for gap in ("demographic_parity_difference", "equal_opportunity_difference"):
             value = stats[gap]
             table.add_row(f"{gap} [{column}]", "n/a" if value is None else f"{value:.4f}")

@@ -23,14 +23,18 @@ from privmodel.workflows.rows import model_rows
 from privmodel.workflows.train import TrainRequest, config_for, fit_rows, load_policy_with_cap, predictor
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from privmodel.audit import Ledger
+    from privmodel.training import FitResult
+    from privmodel.utility_curve import CurvePoint
 
 DEFAULT_GRID = "0.25,0.5,1"
 
 
 @dataclass
 class Curve:
-    rows: list[dict[str, Any]]
+    rows: list[CurvePoint]
     paths: dict[str, Path]
     charged_epsilon: float
     not_dp: list[str]
@@ -49,6 +53,8 @@ def curve(req: TrainRequest, grid: list[float], repeats: int, book: Ledger, keys
     if repeats < 1:
         raise InputError("--repeats must be at least 1")
     policy = load_policy_with_cap(req.policy)
+    cap = policy.budget
+    assert cap is not None  # load_policy_with_cap refuses a policy without one
     rows = model_rows(req.data, policy, keys)
     ready = prep.prepare(rows.frame, policy, req.label, str(req.data), rows.positions)
     train_idx, test_idx = prep.split(ready.y, req.test_size, req.seed)
@@ -62,11 +68,11 @@ def curve(req: TrainRequest, grid: list[float], repeats: int, book: Ledger, keys
     not_dp.append("every metric of the curve: measured on the held-out split without DP")
     if finite:
         dataset = budget.dataset_of(policy, req.data, keys)
-        budget.charge(dataset, spend, req.delta * finite, budget.Cap(policy.budget.epsilon, policy.budget.delta),
+        budget.charge(dataset, spend, req.delta * finite, budget.Cap(cap.epsilon, cap.delta),
                       keys=keys, ledger=book, params={"command": "curve", "grid": [str(e) for e in grid],
                                                       "repeats": repeats, "unit": rows.unit})
 
-    def train_at(eps: float, run_seed: int) -> tuple[Any, Callable[[Any], np.ndarray]]:
+    def train_at(eps: float, run_seed: int) -> tuple[FitResult, Callable[[pd.DataFrame], np.ndarray]]:
         config = config_for(req, None if math.isinf(eps) else eps, seed=run_seed)
         result = fit_rows(encoder, df_train, y[train_idx], config)
         return result, predictor(result, encoder)
@@ -80,7 +86,7 @@ def curve(req: TrainRequest, grid: list[float], repeats: int, book: Ledger, keys
     return Curve(rows=points, paths=paths, charged_epsilon=spend, not_dp=not_dp)
 
 
-def _publish(req: TrainRequest, points: list[dict[str, Any]], book: Ledger, params: dict[str, Any],
+def _publish(req: TrainRequest, points: list[CurvePoint], book: Ledger, params: dict[str, Any],
              privacy_cost: dict[str, Any] | None) -> dict[str, Path]:
     """Stage curve.json / .csv / .png, record them in the ledger, then publish them into --out."""
     import tempfile

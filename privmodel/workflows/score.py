@@ -22,7 +22,13 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from anonymize.policy import Policy
+    from privmodel.metrics import Evaluation
     from privmodel.persist import ScoringModel
+
+    class EvaluationOnRows(Evaluation):
+        """`evaluate`'s result: the metrics and the counts of the rows they were measured on."""
+
+        rows: dict[str, object]
 
 POLICY_COPY = "policy.yaml"
 # Tiers of the score output (churn reading): the top decile is acted on now, deciles 2-3 watched.
@@ -107,7 +113,7 @@ def score(model_dir: Path, data: Path, keys: Path | None, policy_path: Path | No
     return Scores(table=table, rows=rows, id_column=ident)
 
 
-def evaluate(model_dir: Path, data: Path, keys: Path | None, policy_path: Path | None = None) -> dict[str, Any]:
+def evaluate(model_dir: Path, data: Path, keys: Path | None, policy_path: Path | None = None) -> EvaluationOnRows:
     """Metrics of a trained model on labelled rows (consent-filtered like training)."""
     from privmodel import card, metrics
     from privmodel.workflows.prepare import labels
@@ -120,6 +126,5 @@ def evaluate(model_dir: Path, data: Path, keys: Path | None, policy_path: Path |
     groups = {c: rows.frame[c].to_numpy(dtype=object) for c in meta.get("fairness_groups", []) if c in rows.frame.columns}
     result = metrics.evaluate(y, p, groups or None)
     result["fairness"] = card.public_fairness(result["fairness"], meta.get("public_categories", {}))
-    result["rows"] = rows.as_record()
-    return result
+    return {**result, "rows": rows.as_record()}
 

@@ -33,8 +33,10 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from anonymize.policy import Policy
-    from privmodel.audit import Ledger
+    from privmodel.audit import Artifact, Ledger
     from privmodel.features import TabularEncoder
+    from privmodel.metrics import Evaluation
+    from privmodel.mia import MembershipAudit
     from privmodel.training import FitResult, TrainConfig
     from privmodel.tuning import Selection
 
@@ -119,7 +121,7 @@ def config_for(req: TrainRequest, epsilon: float | None, *, seed: int | None = N
               "clipping": req.clipping, "accountant": req.accountant, "seed": req.seed if seed is None else seed,
               "delta": req.delta, "epsilon": epsilon}
     try:
-        return TrainConfig(**fields)
+        return TrainConfig.model_validate(fields)
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"]) or "config"
@@ -147,14 +149,8 @@ def train(req: TrainRequest, book: Ledger, keys: Path | None, advance: Progress 
     try:
         return _train(req, book, keys, advance or (lambda _d, _s: None), inputs)
     except Exception as exc:
-        record_failure(book, "model.train", inputs, _params(req), exc)
+        book.record_failure("model.train", inputs=inputs, params=_params(req), exc=exc)
         raise
-
-
-def record_failure(book: Ledger, action: str, inputs: list, params: dict, exc: Exception) -> None:
-    """A failed step in the ledger: an InputError's one line, else only the error's type (never data)."""
-    reason = str(exc).splitlines()[0] if isinstance(exc, InputError) and str(exc) else f"internal error ({type(exc).__name__})"
-    book.append(action, inputs=inputs, params=params, outcome="failed", reason=reason)
 
 
 def _params(req: TrainRequest) -> dict[str, Any]:
@@ -173,16 +169,19 @@ def load_policy_with_cap(path: Path) -> Policy:
     return policy
 
 
-def _train(req: TrainRequest, book: Ledger, keys: Path | None, advance: Progress, inputs: list) -> TrainOutcome:
+def _train(req: TrainRequest, book: Ledger, keys: Path | None, advance: Progress,
+           inputs: list[Artifact]) -> TrainOutcome:
     from privmodel import budget
 
     policy = load_policy_with_cap(req.policy)
+    cap = policy.budget
+    assert cap is not None  # load_policy_with_cap refuses a policy without one
     rows = model_rows(req.data, policy, keys)
     ready = prep.prepare(rows.frame, policy, req.label, str(req.data), rows.positions)
     train_idx, test_idx = prep.split(ready.y, req.test_size, req.seed)
     prep.check_delta(req.delta, int(train_idx.size))
     dataset = budget.dataset_of(policy, req.data, keys)
-    charge = budget.charge(dataset, req.epsilon, req.delta, budget.Cap(policy.budget.epsilon, policy.budget.delta),
+    charge = budget.charge(dataset, req.epsilon, req.delta, budget.Cap(cap.epsilon, cap.delta),
                            keys=keys, ledger=book,
                            params={"command": "train", "target_epsilon": req.epsilon, "out": req.out.name,
                                    "unit": rows.unit})
@@ -199,12 +198,12 @@ class Evidence:
     """What training produced: the model, the held-out figures, and the opt-in non-DP figures."""
 
     fit: FitResult
-    private_metrics: dict[str, Any]
-    baseline_metrics: dict[str, Any] | None
+    private_metrics: Evaluation
+    baseline_metrics: Evaluation | None
     comparison: dict[str, Any]
-    mia: dict[str, Any] | None
+    mia: MembershipAudit | None
     selection: Selection | None
-    lr: float
+    lr: float | None  # None = the rule DEFAULTS.lr_for(model)
     clip: float
 
 
@@ -298,7 +297,7 @@ def _card(req: TrainRequest, policy: Policy, rows: ModelRows, ready: prep.Prepar
     return the_card
 
 
-def _publish(req: TrainRequest, book: Ledger, inputs: list, encoder: TabularEncoder, ev: Evidence,
+def _publish(req: TrainRequest, book: Ledger, inputs: list[Artifact], encoder: TabularEncoder, ev: Evidence,
              the_card: dict[str, Any], policy: Policy, dataset: str, rows: ModelRows) -> None:
     """Stage the model directory, write the ledger entry, then publish it (all or nothing)."""
     from privmodel import card
@@ -360,7 +359,7 @@ def tune(req: TrainRequest, encoder: TabularEncoder, df_train: pd.DataFrame,
 
 def membership_audit(encoder: TabularEncoder, predict: Callable[[pd.DataFrame], np.ndarray], df_train: pd.DataFrame,
                      y_train: np.ndarray, df_test: pd.DataFrame, y_test: np.ndarray, baseline_config: TrainConfig,
-                     delta: float, epsilon: float, seed: int) -> dict[str, Any]:
+                     delta: float, epsilon: float, seed: int) -> MembershipAudit:
     """Members = training rows; non-members = half the held-out rows; the other half trains the
     non-private reference models of the calibrated attack (disjoint from every audited row)."""
     from privmodel import mia

@@ -1,0 +1,294 @@
+"""Authenticated federation (issue 11, findings 4 and 7), attacked on loopback:
+
+* the Fleet port serves no Control API: a client there cannot list or submit runs;
+* partners accept only runs signed by the coordinator key they pinned: an unsigned run, a run signed
+  by an outsider's key and an app bundle with code of its own are refused by every partner before
+  any data is read or ε spent, the refusal is in each partner's ledger, the outsider gets nothing;
+* a partner's name is bound to its registered node key (bank-c's key calling itself bank-a);
+* every partner ledger entry of a run names the submitter; both sides record the other's head;
+* `join` says why an unregistered node is refused, prints "joined" only once accepted, and SIGTERM
+  leaves no process, no pm-worker-* folder; its actor defaults to the partner name.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from anonymize.errors import InputError
+from federated import deployment as dep
+from federated.config import FedConfig
+from federated.server_app import ServerSettings
+from federated.simulate import partner_specs, synth_silos
+from federated.supernode import fab_problem
+from federated.tls import make_node_key, make_tls
+from federated.worker import PartnerSpec
+from privmodel.audit import ledger_head, read_entries
+from privmodel.keys import init_keys, key_id_of, load_public_key, load_signer, read_metadata
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def fed(tmp_path_factory: pytest.TempPathFactory):
+    out = tmp_path_factory.mktemp("fedauth")
+    paths, holdout, policy = synth_silos(out, silos=3, customers=3000, heterogeneity=0.5, seed=7, holdout=500)
+    specs = partner_specs(out, paths, policy)
+    make_tls(out / "tls")
+    init_keys(out / "coordinator-keys", actor="coordinator")
+    init_keys(out / "outsider-keys", actor="outsider")
+    for spec in specs:
+        make_node_key(out / "nodekeys" / spec.name)  # each partner's own key; only auth.pub is handed over
+        spec.coordinator_key = str(out / "coordinator-keys")
+    with dep.tracked() as items:
+        link = dep.start_superlink(out / "tls", out / "link")
+        items.append(link)
+        for spec in specs:
+            link.register(out / "nodekeys" / spec.name / "auth.pub", spec.name)
+        yield {"out": out, "specs": specs, "policy": policy, "holdout": holdout, "link": link}
+
+
+def _settings(out_dir: Path, policy: Path, keys: Path, partners: int, signed: bool = True, **config) -> ServerSettings:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cfg = FedConfig(**{"rounds": 1, "epsilon": 1.0, "local_steps": 3, "batch_size": 64, "min_partners": 2,
+                       "round_timeout": 60, **config})
+    return ServerSettings(cfg, str(policy), str(out_dir), str(keys), None, expected_partners=partners, wait_timeout=40,
+                          authorization=str(out_dir / dep.AUTHORIZATION_FILE) if signed else "")
+
+
+def _join(fed, spec: PartnerSpec, key_of: str | None = None) -> dep.Partner:
+    key = fed["out"] / "nodekeys" / (key_of or spec.name) / "auth.key"
+    return dep.join(spec, fed["link"].address, fed["out"] / "tls" / "ca.crt", key)
+
+
+def _fresh(spec: PartnerSpec, root: Path, **changes) -> PartnerSpec:
+    """The partner under keys and a workdir of its own (a budget store and ledger per test)."""
+    home = root / spec.name
+    init_keys(home / "keys", actor=spec.name)
+    return PartnerSpec(**{**spec.to_dict(), "workdir": str(home), "keys": str(home / "keys"), **changes})
+
+
+def _actions(spec: PartnerSpec) -> list[str]:
+    ledger = Path(spec.workdir) / "ledger.jsonl"
+    return [e["action"] for e in read_entries(ledger)] if ledger.exists() else []
+
+
+def test_fab_gate_runs_only_privmodels_app(tmp_path: Path) -> None:
+    from flwr.cli.build import build_fab_from_disk
+
+    ours = build_fab_from_disk(dep.write_app(tmp_path / "ours", {"rounds": 1}))
+    assert fab_problem(ours) is None
+    evil = dep.write_app(tmp_path / "evil", {"rounds": 1})
+    (evil / "evil.py").write_text("import os\nos.system('touch /tmp/owned')\n")
+    problem = fab_problem(build_fab_from_disk(evil))
+    assert problem is not None and "evil.py" in problem
+    text = (tmp_path / "ours" / "pyproject.toml").read_text().replace("federated.client_app:app", "flwr.clientapp:ClientApp")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "pyproject.toml").write_text(text)
+    assert "components" in fab_problem(build_fab_from_disk(other))
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("pyproject.toml", "not toml [[[")
+    assert fab_problem(buffer.getvalue()) == "the app bundle is not a readable FAB"
+
+
+def test_fleet_port_serves_no_control_api(fed, tmp_path: Path) -> None:
+    link = fed["link"]
+    host, _ = dep.parse_address(link.control_address)
+    assert host == "127.0.0.1" and link.control_address != link.address
+    fleet_home = dep.write_flwr_home(tmp_path / "fleet-home", link.address, fed["out"] / "tls" / "ca.crt")
+    code, out = dep.flwr_cli(["ls", dep.CONNECTION, "--format", "json"], fleet_home)
+    assert json.loads(out[out.index("{"):])["success"] is False and "not the Fleet API" in out
+    app = dep.write_app(tmp_path / "app", _settings(tmp_path / "o", fed["policy"], fed["out"] / "outsider-keys", 2).to_record())
+    code, out = dep.flwr_cli(["run", str(app), dep.CONNECTION, "--format", "json"], fleet_home, timeout=60)
+    assert '"success": false' in out.replace(" ", "").replace('"success":false', '"success": false')
+    # no run reached the SuperLink
+    code, out = dep.flwr_cli(["ls", dep.CONNECTION, "--format", "json"], link.home)
+    assert code == 0 and json.loads(out[out.index("{"):])["runs"] == []
+
+
+def test_outsider_runs_are_refused_by_every_partner(fed, tmp_path: Path) -> None:
+    out, link, policy = fed["out"], fed["link"], fed["policy"]
+    specs = [_fresh(s, tmp_path / "partners") for s in fed["specs"][:2]]
+    marker = tmp_path / "owned"
+    with dep.tracked() as items:
+        for spec in specs:
+            items.append(_join(fed, spec))
+        attacks = {}
+        # 1. unsigned: the outsider's ServerApp sends no authorization at all
+        s1 = _settings(tmp_path / "unsigned", policy, out / "outsider-keys", 2, signed=False)
+        with pytest.raises(InputError) as err:
+            dep.submit(link.home, dep.write_app(tmp_path / "app1", s1.to_record()), tmp_path / "unsigned", 120)
+        attacks["unsigned"] = str(err.value)
+        # 2. signed, but by another coordinator key than the one the partners pinned
+        s2 = _settings(tmp_path / "other-key", policy, out / "outsider-keys", 2)
+        with pytest.raises(InputError) as err:
+            dep.submit(link.home, dep.write_app(tmp_path / "app2", s2.to_record()), tmp_path / "other-key", 120,
+                       signer=load_signer(out / "outsider-keys"), record=s2.to_record(),
+                       registry=dep.read_registry(link.registry_path))
+        attacks["other-key"] = str(err.value)
+        # 3. an app bundle with code of its own for the partners' SuperNodes to run
+        s3 = _settings(tmp_path / "own-code", policy, out / "outsider-keys", 2, signed=False)
+        app3 = dep.write_app(tmp_path / "app3", s3.to_record())
+        (app3 / "evil.py").write_text(
+            "from pathlib import Path\nfrom flwr.clientapp import ClientApp\napp = ClientApp()\n\n\n@app.query()\n"
+            f"def steal(msg, context):\n    Path({str(marker)!r}).write_text('ran')\n    raise SystemExit\n")
+        text = (app3 / "pyproject.toml").read_text().replace('clientapp = "federated.client_app:app"', 'clientapp = "evil:app"')
+        (app3 / "pyproject.toml").write_text(text)
+        with pytest.raises(InputError) as err:
+            dep.submit(link.home, app3, tmp_path / "own-code", 120)
+        attacks["own-code"] = str(err.value)
+        alive = [p.worker.poll() is None and p.supernode.poll() is None for p in items]
+    assert all(alive), "a refused run must not take a partner down"
+    print(attacks)
+    assert "carries no coordinator signature" in attacks["unsigned"]
+    outsider_id = key_id_of(load_public_key(out / "outsider-keys"))
+    pinned_id = key_id_of(load_public_key(out / "coordinator-keys"))
+    assert f"not signed by the pinned coordinator key {pinned_id}" in attacks["other-key"]
+    for kind in ("unsigned", "other-key"):
+        assert "silo-0" in attacks[kind] and "silo-1" in attacks[kind]  # every partner refused, by name
+    assert attacks["own-code"].count("The FAB could not be verified") == 2  # both SuperNodes refused the app
+    assert not marker.exists(), "the outsider's code ran on a partner"
+    for kind in attacks:
+        assert not (tmp_path / kind / "model.npz").exists()
+        progress = (tmp_path / kind / "progress.jsonl").read_text() if (tmp_path / kind / "progress.jsonl").exists() else ""
+        assert '"event": "round"' not in progress and "eval_auc" not in progress  # no model, no metrics
+    for spec in specs:
+        actions = _actions(spec)
+        refused = [e for e in read_entries(Path(spec.workdir) / "ledger.jsonl") if e["action"] == "federate.run_refused"]
+        assert len(refused) == 3, actions
+        assert any(e["params"].get("request") == "app" for e in refused)
+        assert any(outsider_id not in e["reason"] and pinned_id in e["reason"] for e in refused)
+        # nothing loaded, trained or charged
+        assert not {"federate.minimise", "federate.round", "budget.charge", "federate.final_model"} & set(actions)
+
+
+def test_signed_run_binds_names_records_submitter_and_heads(fed, tmp_path: Path) -> None:
+    out, link, policy = fed["out"], fed["link"], fed["policy"]
+    honest = [_fresh(s, tmp_path / "partners") for s in fed["specs"][:2]]
+    # bank-c's key with --name bank-a: silo-2's node key, calling itself silo-0
+    impostor = _fresh(fed["specs"][2], tmp_path / "impostor", name="silo-0")
+    keys = out / "coordinator-keys"
+    settings = _settings(tmp_path / "coordinator", policy, keys, 3)
+    with dep.tracked() as items:
+        for spec in honest:
+            items.append(_join(fed, spec))
+        items.append(_join(fed, impostor, key_of="silo-2"))
+        result = dep.submit(link.home, dep.write_app(tmp_path / "app", settings.to_record()), tmp_path / "coordinator", 300,
+                            signer=load_signer(keys), record=settings.to_record(),
+                            registry=dep.read_registry(link.registry_path))
+    assert result["status"] == "finished:completed"
+    failed = [e["reason"] for e in result["events"] if e["event"] == "partner_failed"]
+    assert failed == ["partner silo-2 refused: its node key is registered as silo-2, but it calls itself silo-0"]
+    rounds = [e for e in result["events"] if e["event"] == "round"]
+    assert sorted(rounds[0]["accepted"]) == ["silo-0", "silo-1"]
+
+    coordinator_ledger = tmp_path / "coordinator" / "ledger.jsonl"
+    coord = read_entries(coordinator_ledger)
+    submitter = key_id_of(load_public_key(keys))
+    start = next(e for e in coord if e["action"] == "federate.start")
+    assert start["params"]["submitter"] == submitter
+    final = [e for e in coord if e["action"] == "federate.final_model"][-1]
+    run_id = final["params"]["run_id"]
+    for spec in honest:
+        entries = [e for e in read_entries(Path(spec.workdir) / "ledger.jsonl")
+                   if e["action"] != "ledger.genesis" and e["params"].get("run_id", run_id) == run_id]
+        assert {e["action"] for e in entries} >= {"federate.minimise", "budget.charge", "federate.round", "federate.final_model"}
+        assert all(e["params"].get("submitter") == submitter for e in entries), [e["action"] for e in entries]
+        # the partner's head, as the coordinator recorded it, is the partner's ledger as it stands
+        mine = ledger_head(Path(spec.workdir) / "ledger.jsonl", [load_public_key(spec.keys)])
+        assert final["params"]["partner_heads"][spec.name] == dict(mine)
+        # the coordinator's head, as the partner recorded it, is a prefix of the coordinator's ledger
+        theirs = [e for e in entries if e["action"] == "federate.final_model"][-1]["params"]["coordinator_head"]
+        assert 0 < theirs["entries"] < len(coord)
+        assert coord[theirs["entries"] - 1]["hash"] == theirs["last_hash"]
+    impostor_actions = _actions(impostor)
+    assert "budget.charge" not in impostor_actions and "federate.round" not in impostor_actions
+
+
+def _descendants(pid: int) -> list[tuple[int, str]]:
+    """(pid, start time) of every process below pid, from /proc."""
+    children: dict[int, list[int]] = {}
+    starts: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
+        starts[int(entry.name)] = fields[19]
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append((child, starts[child]))
+            todo.append(child)
+    return found
+
+
+def _running(pid: int, start: str) -> bool:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return False
+    return fields[19] == start and fields[0] != "Z"
+
+
+def test_join_cli_unregistered_key_then_sigterm_leaves_nothing(fed, tmp_path: Path) -> None:
+    out, link = fed["out"], fed["link"]
+    spec = fed["specs"][2]
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    env = dict(os.environ, FLWR_TELEMETRY_ENABLED="0", TMPDIR=str(tmpdir), PRIVMODEL_KEYS=str(tmp_path / "org-keys"))
+    keygen = subprocess.run([sys.executable, "-m", "privmodel.cli", "federate", "keygen", str(tmp_path / "newkey")],
+                            capture_output=True, text=True, env=env, cwd=REPO, timeout=60, check=False)
+    assert keygen.returncode == 0 and "auth.pub" in keygen.stdout
+    assert (tmp_path / "newkey" / "auth.key").stat().st_mode & 0o777 == 0o600
+    base = [sys.executable, "-m", "privmodel.cli", "federate", "join", "--superlink", link.address,
+            "--data", spec.data, "--policy", spec.policy, "--name", spec.name, "--ca", str(out / "tls" / "ca.crt"),
+            "--coordinator-key", str(out / "coordinator-keys" / "signing.pub"), "--workdir", str(tmp_path / "w")]
+    # an unregistered node key: one line with the cause, never "joined"
+    t0 = time.monotonic()
+    done = subprocess.run([*base, "--auth-key", str(tmp_path / "newkey" / "auth.key")], capture_output=True, text=True,
+                          env=env, cwd=REPO, timeout=240, check=False)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "joined" not in done.stdout
+    lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and "not registered" in lines[0] and spec.name in lines[0], done.stderr
+    print("unregistered join refused in", round(time.monotonic() - t0, 1), "s")
+    assert not list(tmpdir.glob("pm-worker-*"))
+
+    # the registered key: "joined" once accepted; SIGTERM then leaves no process and no temp folder
+    proc = subprocess.Popen([*base, "--auth-key", str(out / "nodekeys" / spec.name / "auth.key")], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=REPO, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        line = ""
+        while "joined" not in line and time.monotonic() < deadline and proc.poll() is None:
+            line = proc.stdout.readline()
+        assert "joined" in line and "as node" in line, line + (proc.stderr.read() if proc.poll() is not None else "")
+        assert list(tmpdir.glob("pm-worker-*"))
+        below = _descendants(proc.pid)
+        assert len(below) >= 3  # worker, SuperNode, its SuperExec (at least)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    time.sleep(0.5)
+    assert [p for p, start in below if _running(p, start)] == []
+    assert not list(tmpdir.glob("pm-worker-*"))
+    assert read_metadata(tmp_path / "org-keys")["actor"] == spec.name  # not the host name
