@@ -44,7 +44,8 @@ def main() -> int:
         junit = Path(tmp) / "safety.xml"
         env = {**os.environ, "PRIVMODEL_FUZZ_REPORT": str(counts)}
         pytest = [sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider"]
-        fuzz = subprocess.run([*pytest, "tests/test_fuzz_cli.py"], cwd=ROOT, env=env, capture_output=True, text=True)
+        fuzz = subprocess.run([*pytest, "tests/test_fuzz_cli.py", "tests/test_fuzz_model_cli.py"], cwd=ROOT, env=env,
+                              capture_output=True, text=True)
         safety = subprocess.run([*pytest, "tests/test_outputs_safety.py", f"--junitxml={junit}"], cwd=ROOT,
                                 capture_output=True, text=True)
         rows = [json.loads(line) for line in counts.read_text().splitlines()] if counts.exists() else []

@@ -224,8 +224,17 @@ def write_registry(path: Path, registry: dict[str, dict[str, Any]]) -> None:
 
 
 def _last_line(text: str) -> str:
-    lines = [t.strip() for t in text.strip().splitlines() if t.strip()]
+    """The cause in a flwr CLI answer: its JSON `error-message` (last line), else the last output line."""
+    message = _json_of(text).get("error-message")
+    source = str(message) if message else text
+    lines = [t.strip() for t in source.strip().splitlines() if t.strip()]
     return lines[-1][:200] if lines else "no output"
+
+
+def control_api_answers(home: Path) -> tuple[bool, str]:
+    """Whether the address in this flwr home serves the Control API (`flwr ls` succeeds), and why not."""
+    code, out = flwr_cli(["ls", CONNECTION, "--format", "json"], home, timeout=30)
+    return code == 0 and bool(_json_of(out).get("success")), _last_line(out)
 
 
 def start_superlink(
@@ -267,11 +276,11 @@ def start_superlink(
         # Ready when the Control API answers through TLS.
         deadline = time.monotonic() + timeout
         while True:
-            code, out = flwr_cli(["ls", CONNECTION, "--format", "json"], home, timeout=30)
-            if code == 0:
+            ok, why = control_api_answers(home)
+            if ok:
                 break
             if time.monotonic() > deadline or proc.poll() is not None:
-                raise InputError(f"SuperLink at {control_address} does not answer ({_last_line(out)})")
+                raise InputError(f"SuperLink at {control_address} does not answer ({why})")
             time.sleep(0.5)
     except BaseException:
         stop(proc)
@@ -463,13 +472,18 @@ def write_app(directory: Path, record: dict[str, Any]) -> Path:
     """The Flower app submitted by `federate run`: components point at the installed package, and
     the run configuration (every setting of the run) is embedded as the app's config."""
     directory.mkdir(parents=True, exist_ok=True)
+    secagg = str(record.get("secagg", False)).lower() in ("1", "true", "yes")
+    if secagg:  # SecAgg+ (legacy workflow): see federated/secagg_deploy.py
+        components = ['serverapp = "federated.secagg_deploy:server_app"', 'clientapp = "federated.secagg_deploy:client_app"']
+    else:
+        components = ['serverapp = "federated.server_app:app"', 'clientapp = "federated.client_app:app"']
     lines = [
         "[build-system]", 'requires = ["hatchling"]', 'build-backend = "hatchling.build"', "",
         "[project]", 'name = "privmodel-federated"', 'version = "1.0.0"',
         'description = "privmodel federated training (components come from the installed privmodel)"',
         'license = "Apache-2.0"', "dependencies = []", "",
         "[tool.flwr.app]", 'publisher = "privmodel"', "",
-        "[tool.flwr.app.components]", 'serverapp = "federated.server_app:app"', 'clientapp = "federated.client_app:app"', "",
+        "[tool.flwr.app.components]", *components, "",
         "[tool.flwr.app.config]",
     ]
     for key, value in sorted(record.items()):

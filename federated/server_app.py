@@ -206,6 +206,7 @@ def begin_run(grid: Grid, settings: ServerSettings) -> RunStart:
 
 
 AUTH_WAIT_S = 60.0
+_REGISTRY: dict[str, str] = {}  # the signed registry of the run this process serves (node id -> name)
 
 
 def load_authorization(start: RunStart, path: Path, timeout: float) -> None:
@@ -241,6 +242,8 @@ def load_authorization(start: RunStart, path: Path, timeout: float) -> None:
         start.fail(f"run {start.run_id}: the authorization is not signed by the coordinator key in {start.keys_dir}")
     start.auth = {"auth_body": auth["body"], "auth_sig": auth["signature"]}
     start.nodes = {str(k): str(v) for k, v in (body.get("nodes") or {}).items()}
+    _REGISTRY.clear()  # one run per ServerApp process in a deployment; take_hello checks names against it
+    _REGISTRY.update(start.nodes)
     start.submitter = key_id_of(public)
 
 
@@ -317,7 +320,6 @@ def run_server(grid: Grid, settings: ServerSettings) -> RunOutcome:
             continue
         records = msg.content.config_records
         take_hello(node, dict(records["info"]) if "info" in records else {}, partner_of, infos, failures)
-        check_registered(node, start.nodes, infos, partner_of, failures)
     for node in set(nodes) - answered:
         failures.append(f"node {node}: no answer within {query_timeout:.0f} s")
     layouts = vet_partners(infos, failures, my_policy_hash, fail, progress_path, settings.on_round, ledger, run_id)
@@ -500,6 +502,7 @@ def take_hello(node: int, info: dict[str, Any], partner_of: dict[int, str], info
         return
     partner_of[node] = info["partner"]
     infos[node] = info
+    check_registered(node, _REGISTRY, infos, partner_of, failures)  # both loops (plain and SecAgg+)
 
 
 def _valid_name(name: str) -> bool:
@@ -522,11 +525,14 @@ def take_final(partner: str, info: dict[str, Any], confirmations: dict[str, str]
                       reason=f"partner {partner or '?'} rejected: malformed final reply ({', '.join(bad) or 'unknown node'})")
         return
     confirmations[partner] = info["model_hash"]
-    if heads is not None:  # the partner's ledger head after its final entry (issue 11: heads exchanged)
-        head = {"ledger_id": info.get("head_ledger_id"), "entries": info.get("head_entries"),
-                "last_hash": info.get("head_last_hash")}
-        if isinstance(head["ledger_id"], str) and _kind_ok(head["entries"], "count") and isinstance(head["last_hash"], str):
-            heads[partner] = {k: (v if v != "" else None) for k, v in head.items()}
+    # the partner's ledger head after its final entry (issue 11: each side records the other's head)
+    head = {"ledger_id": info.get("head_ledger_id"), "entries": info.get("head_entries"),
+            "last_hash": info.get("head_last_hash")}
+    if isinstance(head["ledger_id"], str) and _kind_ok(head["entries"], "count") and isinstance(head["last_hash"], str):
+        clean = {k: (v[:128] or None) if isinstance(v, str) else v for k, v in head.items()}
+        ledger.append("federate.partner_head", params={"run_id": run_id, "partner": partner, "head": clean})
+        if heads is not None:
+            heads[partner] = clean
     final_silos[partner] = {"auc": float(info["eval_auc"]), "loss": float(info["eval_loss"]), "n": int(info["eval_n"])}
 
 

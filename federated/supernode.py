@@ -12,8 +12,8 @@ FAB verification (`--trusted-entities`) needs a FAB signed by Flower's platform 
 `start_client_internal._pull_and_store_message`). This gate uses that same refusal path
 (FAB_VERIFICATION_ERROR reply, no ClientApp started) with our own test: the FAB must be exactly the
 app `privmodel federate run` writes, i.e. hold only `pyproject.toml` (plus Flower's `.info/`
-metadata) naming the installed `federated.server_app:app` / `federated.client_app:app`, no code of
-its own. The run's configuration is then checked by the training worker against the coordinator's
+metadata) naming the installed `federated.server_app:app` / `federated.client_app:app` (with SecAgg+,
+`federated.secagg_deploy:server_app` / `:client_app`), no code of its own. The run's configuration is then checked by the training worker against the coordinator's
 signature before any data is read. A refused FAB is reported to the worker, which records it in the
 partner's ledger. TLS, node authentication and message handling are Flower's own.
 """
@@ -30,7 +30,10 @@ import zipfile
 from typing import Any
 
 POLL_SECONDS = float(os.environ.get("PRIVMODEL_SUPERNODE_POLL", "0.2"))
-COMPONENTS = {"serverapp": "federated.server_app:app", "clientapp": "federated.client_app:app"}
+APPS = (  # the two apps `federate run` writes: Message API, and SecAgg+ (legacy workflow)
+    {"serverapp": "federated.server_app:app", "clientapp": "federated.client_app:app"},
+    {"serverapp": "federated.secagg_deploy:server_app", "clientapp": "federated.secagg_deploy:client_app"},
+)
 ALLOWED_FILES = ("pyproject.toml", ".info/CONTENT")
 
 
@@ -54,7 +57,7 @@ def fab_problem(content: bytes) -> str | None:
     except (zipfile.BadZipFile, KeyError, UnicodeDecodeError, tomllib.TOMLDecodeError, OSError):
         return "the app bundle is not a readable FAB"
     components = config.get("tool", {}).get("flwr", {}).get("app", {}).get("components", {})
-    if {k: components.get(k) for k in COMPONENTS} != COMPONENTS or set(components) - set(COMPONENTS):
+    if components not in APPS:
         return "the app does not run privmodel's installed ServerApp / ClientApp components"
     return None
 

@@ -21,11 +21,17 @@ import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from anonymize.errors import InputError
 from privmodel.fileio import atomic_write_text, json_ready
 from privmodel.secure_noise import INSECURE_WARNING, SECURE
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from anonymize.policy import Policy
+    from privmodel.metrics import Fairness
 
 CARD_JSON = "model_card.json"
 CARD_MD = "model_card.md"
@@ -45,7 +51,7 @@ NO_SELECTION = {
 }
 
 
-def feature_statements(policy: Any, features: Sequence[str]) -> list[dict[str, Any]]:
+def feature_statements(policy: Policy | None, features: Sequence[str]) -> list[dict[str, Any]]:
     """How each feature was preprocessed, from the policy's public metadata only."""
     rows: list[dict[str, Any]] = []
     for name in features:
@@ -72,7 +78,7 @@ def feature_statements(policy: Any, features: Sequence[str]) -> list[dict[str, A
     return rows
 
 
-def public_fairness(fairness: Mapping[str, Any] | None, public_categories: Mapping[str, Iterable[str]]) -> Any:
+def public_fairness(fairness: Mapping[str, Any] | None, public_categories: Mapping[str, Iterable[str]]) -> Fairness | None:
     """Fairness results with group names kept only where they are public policy categories."""
     if not fairness:
         return None
@@ -106,7 +112,7 @@ def build_card(
     selection: Mapping[str, Any] | None = None,
     budget: Mapping[str, Any] | None = None,
     public_categories: Mapping[str, Iterable[str]] | None = None,
-    epsilon_history: Sequence[Any] | None = None,
+    epsilon_history: Sequence[Mapping[str, Any]] | None = None,
     created: str | None = None,
     guarantee: str | None = None,
     released_without_dp: Sequence[Mapping[str, Any]] | None = None,
@@ -349,7 +355,7 @@ def _not_dp_lines(items: Sequence[Mapping[str, Any]]) -> list[str]:
     return [*lines, ""]
 
 
-def check_no_raw_values(text: str, frame: Any, columns: Iterable[str], min_length: int = 4) -> None:
+def check_no_raw_values(text: str, frame: pd.DataFrame | None, columns: Iterable[str], min_length: int = 4) -> None:
     """Refuse (InputError naming the column, never the value) if a cell of `columns` appears in text.
 
     Used on the rendered card before writing: identifiers and sensitive attributes must never leak

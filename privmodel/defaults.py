@@ -35,7 +35,7 @@ class Defaults:
     batch_size: int | None = None
     # Adam step size per model (`lr_for`): the noisy gradients are normalised by Adam, so one step
     # size per model family works across tables
-    lr: dict[str, float] = field(default_factory=lambda: {"logreg": 0.2, "mlp": 0.01})
+    lr: dict[str, float] = field(default_factory=lambda: {"logreg": 0.2, "mlp": 0.02})
     clip: float = 2.0  # per-example gradient norm bound
     clipping: str = "flat"
     accountant: str = "prv"

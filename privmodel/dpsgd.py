@@ -323,7 +323,7 @@ class _DPStep:
         idx = self.source.bernoulli_mask(self.n, self.sample_rate).nonzero().squeeze(1)
         for acc in self.sums:
             acc.zero_()
-        for chunk in idx.split(self.physical_batch_size):
+        for chunk in torch.split(idx, self.physical_batch_size):
             self.clipper.accumulate(self.model, self.x_num[chunk], self.x_cat[chunk], self.y[chunk],
                                     self.sums, self.bounds)
         self._add_noise()
@@ -335,7 +335,7 @@ class _DPStep:
     def _add_noise(self) -> None:
         if self.noise_std <= 0.0:
             return
-        draws = self.source.gaussian(sum(self.numels), self.noise_std).split(self.numels)  # one draw per step
+        draws = torch.split(self.source.gaussian(sum(self.numels), self.noise_std), self.numels)  # one draw per step
         for acc, z, shape in zip(self.sums, draws, self.shapes, strict=True):
             acc.add_(z.view(shape))
 

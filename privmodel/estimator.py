@@ -64,7 +64,7 @@ class EstimatorInputError(InputError):
     this names the estimator as the source."""
 
 
-class DPPropensityClassifier(ClassifierMixin, BaseEstimator):
+class DPPropensityClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]  # sklearn is untyped
     """Binary propensity classifier trained with DP-SGD at (epsilon, delta); epsilon=None = non-private."""
 
     def __init__(
@@ -268,7 +268,7 @@ class DPPropensityClassifier(ClassifierMixin, BaseEstimator):
         if not 0.0 <= share < 1.0:
             raise EstimatorInputError("dp_stats_share must be in [0, 1)")
         private = self.epsilon is not None
-        if private and not (float(self.epsilon) > 0 and np.isfinite(float(self.epsilon))):
+        if self.epsilon is not None and not (float(self.epsilon) > 0 and np.isfinite(float(self.epsilon))):
             raise EstimatorInputError(
                 "epsilon must be a positive finite number (or None for the non-private baseline)")
         return private, resolve_delta(self.delta, n) if private else None
@@ -277,7 +277,7 @@ class DPPropensityClassifier(ClassifierMixin, BaseEstimator):
         """Charge the whole (epsilon, delta) of this fit to the dataset's budget before any row is used."""
         from privmodel import budget
 
-        if policy is None or policy.budget is None:
+        if policy is None or policy.budget is None or self.epsilon is None:
             return None
         keys = self.keys
         dataset = budget.dataset_of_frame(policy, X, keys)
@@ -302,7 +302,8 @@ class DPPropensityClassifier(ClassifierMixin, BaseEstimator):
         n = len(frame)
         private, total_delta = self._check_params(n)
         share = float(self.dp_stats_share)
-        eps_stats = share * float(self.epsilon) if private else 0.0
+        epsilon = None if self.epsilon is None else float(self.epsilon)
+        eps_stats = share * epsilon if epsilon is not None else 0.0
         delta_stats = share * total_delta if private and total_delta is not None else 0.0
         # with a policy the encoder is public metadata only (never DP statistics): built before the
         # charge so that a wrong column refuses without spending; DP statistics need no policy (no charge)
@@ -312,7 +313,7 @@ class DPPropensityClassifier(ClassifierMixin, BaseEstimator):
         used_eps, used_delta = float(stats.get("epsilon", 0.0)), float(stats.get("delta", 0.0))
         config = TrainConfig(
             model=self.model,  # type: ignore[arg-type]
-            epsilon=None if not private else float(self.epsilon) - used_eps,
+            epsilon=None if epsilon is None else epsilon - used_eps,
             delta=None if total_delta is None else total_delta - used_delta,
             epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, max_grad_norm=self.max_grad_norm,
             clipping=self.clipping, accountant=self.accountant, seed=self.seed,  # type: ignore[arg-type]

@@ -115,9 +115,9 @@ def load_model(directory: str | os.PathLike[str]) -> ScoringModel:
         raise InputError(f"{src}: no such model directory")
     try:
         manifest = json.loads((src / MANIFEST).read_text())
-    except (OSError, json.JSONDecodeError):
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         raise InputError(f"{src / MANIFEST}: missing or unreadable model manifest") from None
-    if manifest.get("format") != FORMAT:
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or not isinstance(manifest.get("sha256"), dict):
         raise InputError(f"{src / MANIFEST}: unknown model format")
     for name in (WEIGHTS, ENCODER):
         path = src / name
@@ -127,10 +127,15 @@ def load_model(directory: str | os.PathLike[str]) -> ScoringModel:
             raise InputError(f"{path}: content does not match the hash in {MANIFEST} (altered file)")
     try:
         encoder = TabularEncoder.from_dict(json.loads((src / ENCODER).read_text()))
-    except json.JSONDecodeError:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         raise InputError(f"{src / ENCODER}: not valid JSON") from None
-    arch = manifest["architecture"]
-    model = build_model(arch["kind"], arch["n_num"], arch["cat_cardinalities"], tuple(arch["hidden"]) or (64, 32))
+    arch = manifest.get("architecture")
+    if not isinstance(arch, dict):
+        raise InputError(f"{src / MANIFEST}: architecture record is malformed")
+    try:
+        model = build_model(arch["kind"], arch["n_num"], arch["cat_cardinalities"], tuple(arch["hidden"]) or (64, 32))
+    except (TypeError, KeyError, ValueError):
+        raise InputError(f"{src / MANIFEST}: architecture record is malformed") from None
     try:
         state = torch.load(src / WEIGHTS, map_location="cpu", weights_only=True)
         model.load_state_dict(state)

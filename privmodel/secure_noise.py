@@ -64,11 +64,14 @@ from __future__ import annotations
 import hashlib
 import math
 import secrets
-from typing import Any
+from typing import TYPE_CHECKING, NoReturn
 
 import numpy as np
 
 from anonymize.errors import InputError
+
+if TYPE_CHECKING:
+    import torch
 
 SECURE = "secure"
 INSECURE = "INSECURE-reproducible"
@@ -113,7 +116,7 @@ class NoiseSource:
     def __repr__(self) -> str:
         return f"NoiseSource({self.kind})"
 
-    def __reduce__(self) -> Any:
+    def __reduce__(self) -> NoReturn:
         raise TypeError("a NoiseSource cannot be pickled or copied: its keystream must stay secret")
 
     # ------------------------------------------------------------------ raw stream
@@ -126,7 +129,7 @@ class NoiseSource:
         return (self._words(count, "<u8") >> np.uint64(11)).astype(np.float64)
 
     # ------------------------------------------------------------------ draws
-    def bernoulli_mask(self, n: int, p: float) -> Any:
+    def bernoulli_mask(self, n: int, p: float) -> torch.Tensor:
         """torch bool tensor [n]: each entry True independently with probability <= p (Poisson sampling)."""
         import torch
 
@@ -137,7 +140,7 @@ class NoiseSource:
         threshold = np.uint32(math.floor(p * 2.0**32))
         return torch.from_numpy(self._words(int(n), "<u4") < threshold)
 
-    def _box_muller(self, pairs: int) -> tuple[Any, Any]:
+    def _box_muller(self, pairs: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Two torch float64 [pairs] tensors of N(0, 1): the cos and sin outputs of Box-Muller pairs."""
         import torch
 
@@ -147,7 +150,7 @@ class NoiseSource:
         radius = u1.log_().mul_(-2.0).sqrt_()
         return theta.cos().mul_(radius), theta.sin_().mul_(radius)
 
-    def gaussian(self, shape: Any, std: float) -> Any:
+    def gaussian(self, shape: int | tuple[int, ...] | list[int], std: float) -> torch.Tensor:
         """torch float32 tensor of `shape`, N(0, std^2) per entry: four normals from four distinct
         Box-Muller pairs, summed and halved (variance 1), times std."""
         import torch

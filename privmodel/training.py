@@ -233,7 +233,7 @@ def fit(data: Any, y: Any, config: TrainConfig | None = None,
         steps=p["steps"],
         max_grad_norm=config.max_grad_norm if p["private"] else None,
         clipping=config.clipping,
-        lr=float(config.lr),  # resolved above
+        lr=DEFAULTS.lr_for(config.model) if config.lr is None else config.lr,  # resolved above
         noise=noise,
         optimizer=config.optimizer,
         physical_batch_size=config.physical_batch_size,
@@ -282,11 +282,13 @@ def fit_round(model: Any, data: Any, y: Any, config: TrainConfig, *, steps: int,
     from privmodel.dpsgd import train_dp
 
     n = len(data)
+    config = config.resolved(n)  # batch_size / lr None = the privmodel.defaults rules
+    assert config.batch_size is not None
     labels = check_labels(y, n)
     _check_features(data)
     q = min(1.0, config.batch_size / n)
     sigma, delta, epsilon = 0.0, None, None
-    if config.private:
+    if config.epsilon is not None:  # config.private
         if not (config.epsilon > 0 and math.isfinite(config.epsilon)):
             raise InputError("epsilon must be a positive finite number (or None for the non-private baseline)")
         delta = resolve_delta(config.delta, n)

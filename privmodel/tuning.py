@@ -33,9 +33,10 @@ import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
+import numpy.typing as npt
 
 from anonymize.errors import InputError
 from privmodel import secure_noise
@@ -49,7 +50,11 @@ REFERENCES = [
 
 #: Trainer contract: (hyper-parameters, epsilon, delta, init seed) -> (fit result, predict_proba on rows).
 #: The seed is for weight initialisation only; the trainer's DP noise must be its own secret noise.
-Trainer = Callable[[Mapping[str, Any], float, float, int], tuple[Any, Callable[[Any], np.ndarray]]]
+#: FitT is the trainer's fit (privmodel.training.FitResult in the workflows), RowsT the rows `predict`
+#: scores (a DataFrame there); the search itself only reads `fit.privacy["epsilon"]`.
+FitT = TypeVar("FitT")
+RowsT = TypeVar("RowsT")
+Trainer = Callable[[Mapping[str, Any], float, float, int], tuple[FitT, Callable[[RowsT], np.ndarray]]]
 
 
 @dataclass
@@ -67,13 +72,13 @@ class Trial:
 
 
 @dataclass
-class Selection:
+class Selection(Generic[FitT, RowsT]):
     """The outcome of a search: the chosen trial's fit and the search's total privacy cost."""
 
     best_index: int
     best_params: dict[str, Any]
-    fit: Any
-    predict: Callable[[Any], np.ndarray]
+    fit: FitT
+    predict: Callable[[RowsT], np.ndarray]
     trials: list[Trial] = field(default_factory=list)
     epsilon: float = 0.0
     delta: float = 0.0
@@ -109,7 +114,7 @@ def grid(space: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
     return [dict(zip(names, combo, strict=True)) for combo in itertools.product(*(space[n] for n in names))]
 
 
-def noisy_brier_sum(y: Any, p: Any, epsilon: float, noise: secure_noise.NoiseSource) -> float:
+def noisy_brier_sum(y: npt.ArrayLike, p: npt.ArrayLike, epsilon: float, noise: secure_noise.NoiseSource) -> float:
     """Σ (p - y)² over rows plus Laplace(1/ε) from `noise`: ε-DP under adding or removing one row."""
     if not epsilon > 0:
         raise InputError("tuning: each trial needs a positive epsilon")
@@ -122,15 +127,15 @@ def noisy_brier_sum(y: Any, p: Any, epsilon: float, noise: secure_noise.NoiseSou
 
 def select(
     candidates: Sequence[Mapping[str, Any]],
-    train: Trainer,
-    x_val: Any,
-    y_val: Any,
+    train: Trainer[FitT, RowsT],
+    x_val: RowsT,
+    y_val: npt.ArrayLike,
     *,
     epsilon: float,
     delta: float,
     seed: int = 0,
     insecure_seed: int | None = None,
-) -> Selection:
+) -> Selection[FitT, RowsT]:
     """Train every candidate with (ε/T, δ/T), score it privately, keep the best; cost (ε, δ).
 
     `train` must train on rows disjoint from (x_val, y_val) and must return a fit whose own
@@ -147,7 +152,7 @@ def select(
     eps_each, delta_each = epsilon / count, delta / count
     noise = secure_noise.source(insecure_seed)
     trials: list[Trial] = []
-    fits: list[tuple[Any, Callable[[Any], np.ndarray]]] = []
+    fits: list[tuple[FitT, Callable[[RowsT], np.ndarray]]] = []
     for index, params in enumerate(candidates):
         fit, predict = train(params, eps_each, delta_each, seed + index)
         spent = _spent_epsilon(fit)
@@ -160,7 +165,7 @@ def select(
                      noise.kind)
 
 
-def _spent_epsilon(fit: Any) -> float | None:
+def _spent_epsilon(fit: object) -> float | None:
     privacy = getattr(fit, "privacy", None)
     if isinstance(privacy, Mapping) and privacy.get("epsilon") is not None:
         return float(privacy["epsilon"])

@@ -203,12 +203,13 @@ def test_signed_run_binds_names_records_submitter_and_heads(fed, tmp_path: Path)
     run_id = final["params"]["run_id"]
     for spec in honest:
         entries = [e for e in read_entries(Path(spec.workdir) / "ledger.jsonl")
-                   if e["action"] != "ledger.genesis" and e["params"].get("run_id", run_id) == run_id]
+                   if e["action"] != "ledger.open" and e["params"].get("run_id", run_id) == run_id]
         assert {e["action"] for e in entries} >= {"federate.minimise", "budget.charge", "federate.round", "federate.final_model"}
         assert all(e["params"].get("submitter") == submitter for e in entries), [e["action"] for e in entries]
         # the partner's head, as the coordinator recorded it, is the partner's ledger as it stands
         mine = ledger_head(Path(spec.workdir) / "ledger.jsonl", [load_public_key(spec.keys)])
         assert final["params"]["partner_heads"][spec.name] == dict(mine)
+        assert any(e["action"] == "federate.partner_head" and e["params"]["head"] == dict(mine) for e in coord)
         # the coordinator's head, as the partner recorded it, is a prefix of the coordinator's ledger
         theirs = [e for e in entries if e["action"] == "federate.final_model"][-1]["params"]["coordinator_head"]
         assert 0 < theirs["entries"] < len(coord)
@@ -292,3 +293,64 @@ def test_join_cli_unregistered_key_then_sigterm_leaves_nothing(fed, tmp_path: Pa
     assert [p for p, start in below if _running(p, start)] == []
     assert not list(tmpdir.glob("pm-worker-*"))
     assert read_metadata(tmp_path / "org-keys")["actor"] == spec.name  # not the host name
+
+
+def test_secagg_plus_in_deployment(fed, tmp_path: Path) -> None:
+    """SecAgg+ on the deployment runtime (legacy workflow, lean ClientApp forwarding to the workers):
+    the signed run completes, the card says the coordinator saw only the sum, partners charged ε
+    under the run's submitter."""
+    out, link, policy = fed["out"], fed["link"], fed["policy"]
+    specs = [_fresh(s, tmp_path / "partners") for s in fed["specs"]]
+    keys = out / "coordinator-keys"
+    settings = _settings(tmp_path / "coordinator", policy, keys, 3, rounds=2, min_partners=3, secagg=True,
+                         secagg_shares=3, secagg_threshold=2)
+    app = dep.write_app(tmp_path / "app", settings.to_record())
+    assert 'clientapp = "federated.secagg_deploy:client_app"' in (app / "pyproject.toml").read_text()
+    with dep.tracked() as items:
+        for spec in specs:
+            items.append(_join(fed, spec))
+        result = dep.submit(link.home, app, tmp_path / "coordinator", 400, signer=load_signer(keys),
+                            record=settings.to_record(), registry=dep.read_registry(link.registry_path))
+    assert result["status"] == "finished:completed"
+    card = json.loads((tmp_path / "coordinator" / "federated_card.json").read_text())
+    assert card["privacy"]["secure_aggregation"].startswith("SecAgg+ (num_shares=3")
+    assert "the coordinator sees only the sum" in card["privacy"]["secure_aggregation"]
+    submitter = key_id_of(load_public_key(keys))
+    for spec in specs:
+        entries = read_entries(Path(spec.workdir) / "ledger.jsonl")
+        rounds = [e for e in entries if e["action"] == "federate.round"]
+        assert len(rounds) == 2 and all(e["params"]["submitter"] == submitter for e in rounds)
+        assert any(e["action"] == "budget.charge" and e["params"]["submitter"] == submitter for e in entries)
+        # heads exchanged in this path too
+        assert [e for e in entries if e["action"] == "federate.final_model"][-1]["params"]["coordinator_head"]["entries"] > 0
+    coord = read_entries(tmp_path / "coordinator" / "ledger.jsonl")
+    heads = {e["params"]["partner"]: e["params"]["head"] for e in coord if e["action"] == "federate.partner_head"}
+    assert heads == {s.name: dict(ledger_head(Path(s.workdir) / "ledger.jsonl", [load_public_key(s.keys)])) for s in specs}
+
+
+def test_federate_run_cli_signs_and_refuses_the_fleet_port(fed, tmp_path: Path) -> None:
+    """`privmodel federate run` end to end: on the Fleet port it stops with one line; on the Control API
+    (loopback) it submits, signs and follows the run to completion."""
+    out, link, policy = fed["out"], fed["link"], fed["policy"]
+    specs = [_fresh(s, tmp_path / "partners") for s in fed["specs"][:2]]
+    env = dict(os.environ, FLWR_TELEMETRY_ENABLED="0")
+    args = [sys.executable, "-m", "privmodel.cli", "federate", "run", "--ca", str(out / "tls" / "ca.crt"),
+            "--registry", str(link.registry_path), "--keys", str(out / "coordinator-keys"), "--policy", str(policy),
+            "--partners", "2", "--rounds", "1", "--epsilon", "1.0", "--local-steps", "3", "--batch-size", "64",
+            "--out", str(tmp_path / "run")]
+    wrong = subprocess.run([*args, "--superlink", link.address], capture_output=True, text=True, env=env, cwd=REPO,
+                           timeout=120, check=False)
+    assert wrong.returncode == 2 and "not the Fleet API" in wrong.stderr
+    assert len(wrong.stderr.strip().splitlines()) == 1
+    with dep.tracked() as items:
+        for spec in specs:
+            items.append(_join(fed, spec))
+        done = subprocess.run([*args, "--superlink", link.control_address], capture_output=True, text=True, env=env,
+                              cwd=REPO, timeout=400, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "round 1/1" in done.stdout and "finished:completed" in done.stdout
+    auth = json.loads((tmp_path / "run" / dep.AUTHORIZATION_FILE).read_text())
+    body = json.loads(auth["body"])
+    assert body["key_id"] == key_id_of(load_public_key(out / "coordinator-keys"))
+    assert sorted(body["nodes"].values()) == ["silo-0", "silo-1", "silo-2"]
+    assert (tmp_path / "run" / "model.npz").exists()

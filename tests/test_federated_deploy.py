@@ -134,6 +134,10 @@ def test_loopback_deployment_tls_auth_kill_and_ledgers(setup) -> None:
     assert failed_in in ([2], [3])
     for later in rounds[failed_in[0] - 1:]:
         assert sorted(later["accepted"]) == ["silo-0", "silo-1"]
+    # reported once, by name, with the worker's own cause: no phantom "node N", no round-timeout reason
+    reports = [i for r in rounds for i in r["failed"]]
+    assert [i["partner"] for i in reports] == ["silo-2"], reports
+    assert "no reply within" not in reports[0]["reason"] and reports[0]["reason"].startswith("partner silo-2")
     times = [r["seconds"] for r in rounds[1:]]
     print("silo-2 failed in round", failed_in[0], "; deployment seconds per round after the first:", times)
 

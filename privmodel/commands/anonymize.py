@@ -14,11 +14,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from privmodel.commands.common import KEYS_OPTION, LEDGER_OPTION, ledger_path, recorded_failure
+
+if TYPE_CHECKING:
+    from rich.status import Status
 
 RELEASE_STEM = "release"
 FORMATS = ("parquet", "csv")
@@ -64,7 +67,7 @@ def _append(
     )
 
 
-def _progress() -> tuple[Any, Callable[[str], None]]:
+def _progress() -> tuple[Status, Callable[[str], None]]:
     from rich.console import Console
 
     console = Console(stderr=True)

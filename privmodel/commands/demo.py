@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import typer
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from privmodel.demo import DemoResult
 
 
 def register(app: typer.Typer) -> None:
@@ -47,8 +52,8 @@ def demo(
     _print_summary(console, result)
 
 
-def _print_summary(console: Any, result: Any) -> None:
-    """The headline figures (rich Console and DemoResult are imported lazily, hence Any)."""
+def _print_summary(console: Console, result: DemoResult) -> None:
+    """The headline figures (rich and privmodel.demo are imported lazily: `privmodel --help` stays fast)."""
     from rich.table import Table
 
     h = result.headline
@@ -70,5 +75,5 @@ def _print_summary(console: Any, result: Any) -> None:
     console.print(table)
 
 
-def _r(value: Any) -> str:
+def _r(value: object) -> str:
     return f"{value:.3f}" if isinstance(value, float) else str(value)

@@ -289,13 +289,25 @@ def run(
     label: str = typer.Option("churn", "--label"),
     round_timeout: float = typer.Option(300.0, "--round-timeout"),
     timeout: float = typer.Option(3600.0, "--timeout", help="Whole-run deadline (the run is stopped after it)."),
+    secagg: bool = typer.Option(
+        False, "--secagg", help="Secure aggregation (SecAgg+): the coordinator only sees the sum of the updates."
+    ),
+    secagg_shares: int = typer.Option(3, "--secagg-shares", help="SecAgg+ shares per partner key (at most the partners)."),
+    secagg_threshold: int = typer.Option(2, "--secagg-threshold", help="SecAgg+ shares needed to unmask a dropout."),
 ) -> None:
-    """Submit the federated training to the SuperLink and follow it round by round."""
+    """Submit the federated training to the SuperLink, sign it for the partners, follow it round by round."""
     import tempfile
 
     from rich.console import Console
 
-    from federated.deployment import AUTHORIZATION_FILE, flwr_cli, read_registry, submit, write_app, write_flwr_home
+    from federated.deployment import (
+        AUTHORIZATION_FILE,
+        control_api_answers,
+        read_registry,
+        submit,
+        write_app,
+        write_flwr_home,
+    )
     from federated.server_app import ServerSettings
     from federated.tls import check_ca
     from privmodel.fileio import ensure_output_dir
@@ -306,7 +318,12 @@ def run(
         rounds=rounds, epsilon=epsilon, delta=delta, strategy=strategy, proximal_mu=proximal_mu, local_steps=local_steps,
         batch_size=batch_size, lr=lr, min_partners=min_partners, max_update_norm=max_update_norm,
         client_dp_noise=client_dp_noise, client_dp_clip=client_dp_clip, label=label, round_timeout=round_timeout,
+        secagg=secagg, secagg_shares=secagg_shares, secagg_threshold=secagg_threshold,
     )
+    if secagg:
+        from federated.secagg import check_options
+
+        check_options(config, partners)
     check_ca(ca, "coordinator")
     if not policy.is_file():
         raise InputError(f"{policy}: no such policy file")
@@ -327,9 +344,10 @@ def run(
     )
     with tempfile.TemporaryDirectory(prefix="privmodel-run-") as tmp:
         home = write_flwr_home(Path(tmp) / "flwr", superlink_address, ca)
-        code, text = flwr_cli(["ls", "privmodel", "--format", "json"], home, timeout=30)
-        if code != 0:
-            raise InputError(f"SuperLink {superlink_address} is not reachable or not trusted ({text.strip().splitlines()[-1][:160] if text.strip() else 'no answer'})")
+        ok, why = control_api_answers(home)
+        if not ok:
+            raise InputError(f"--superlink {superlink_address}: no Control API there ({why}); runs are submitted on the "
+                             "SuperLink's Control API address (127.0.0.1:9093 by default), not the partners' Fleet port")
         app_dir = write_app(Path(tmp) / "app", settings.to_record())
         result = submit(home, app_dir, base, timeout, on_event=_printer(console), signer=signer,
                         record=settings.to_record(), registry=names)

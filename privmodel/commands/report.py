@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
@@ -55,13 +56,31 @@ def report(
     with console.status("collecting evidence and drawing charts"):
         evidence = collect(source, trusted_keys=keys, tofu=tofu)
         _refuse_input_as_output(out, evidence.input_paths())
+        _refuse_foreign_file(out)
         atomic_write_text(out, render(evidence))
     states = {"ok": "[green]ledgers verified against trusted keys[/green]",
               "tofu": "[yellow]ledgers intact under their own keys only (trust on first use; pass --trust)[/yellow]",
               "fail": "[red]LEDGER VERIFICATION FAILED[/red]"}
-    console.print(f"wrote {escape(str(out))} ({states[evidence.status]}; {len(evidence.releases)} release(s), "
-                  f"{len(evidence.models)} model(s))")
-    if evidence.status == "fail":
+    if evidence.status == "fail":  # one line, on stderr, exit 2 (the page itself carries the red banner)
         bad = next(le for le in evidence.ledgers if not le.verification.ok)
         raise InputError(f"{bad.path}: ledger verification failed ({bad.verification.first_problem}); "
                          f"report written to {out} with the failure on top")
+    console.print(f"wrote {escape(str(out))} ({states[evidence.status]}; {len(evidence.releases)} release(s), "
+                  f"{len(evidence.models)} model(s))", soft_wrap=True)
+
+
+GENERATOR = b'<meta name="generator" content="privmodel report">'
+
+
+def _refuse_foreign_file(out: Path) -> None:
+    """`--out` may replace an earlier report, never any other file (a run never overwrites what it did not make)."""
+    from anonymize.errors import InputError
+
+    if not os.path.lexists(out):
+        return
+    if out.is_symlink() or not out.is_file():
+        raise InputError(f"{out}: exists and is not a report file; refusing to overwrite")
+    with open(out, "rb") as handle:
+        head = handle.read(2048)
+    if GENERATOR not in head:
+        raise InputError(f"{out}: exists and was not written by `privmodel report`; refusing to overwrite")

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 
 from anonymize.errors import InputError
 from privmodel.workflows.rows import ModelRows, model_rows
@@ -36,7 +37,7 @@ TIERS = ((1, 1, "high-risk"), (2, 3, "watch"), (4, 10, "stable"))
 TIER_RULE = "high-risk = decile 1 (top 10% of propensities), watch = deciles 2-3, stable = deciles 4-10"
 
 
-def deciles(p: Any) -> np.ndarray:
+def deciles(p: npt.ArrayLike) -> npt.NDArray[np.int_]:
     """Decile of each row by propensity, 1 = the highest 10 % (stable on ties, sizes differ by <= 1)."""
     p_arr = np.asarray(p, dtype=float)
     order = np.argsort(-p_arr, kind="stable")

@@ -202,7 +202,7 @@ class Evidence:
     baseline_metrics: Evaluation | None
     comparison: dict[str, Any]
     mia: MembershipAudit | None
-    selection: Selection | None
+    selection: Selection[FitResult, pd.DataFrame] | None
     lr: float | None  # None = the rule DEFAULTS.lr_for(model)
     clip: float
 
@@ -332,7 +332,7 @@ def _publish(req: TrainRequest, book: Ledger, inputs: list[Artifact], encoder: T
 
 
 def tune(req: TrainRequest, encoder: TabularEncoder, df_train: pd.DataFrame,
-         y_train: np.ndarray) -> tuple[Selection, np.ndarray]:
+         y_train: np.ndarray) -> tuple[Selection[FitResult, pd.DataFrame], np.ndarray]:
     """Private hyper-parameter search (privmodel.tuning): trials train on 80 % of the training rows and
     are scored privately on the other 20 % (a seeded permutation of positions: data-independent)."""
     from privmodel import tuning
@@ -346,7 +346,8 @@ def tune(req: TrainRequest, encoder: TabularEncoder, df_train: pd.DataFrame,
     if np.unique(y_fit).size < 2:
         raise InputError("--tune: the tuning split leaves a single class; use more rows")
 
-    def trainer(params: Mapping[str, Any], eps: float, dlt: float, trial_seed: int) -> tuple[Any, Any]:
+    def trainer(params: Mapping[str, Any], eps: float, dlt: float,
+                trial_seed: int) -> tuple[FitResult, Callable[[pd.DataFrame], np.ndarray]]:
         config = config_for(req, eps, seed=trial_seed, lr=params.get("lr"), clip=params.get("clip"))
         config = config.model_copy(update={"delta": dlt})
         result = fit_rows(encoder, df_fit, y_fit, config)

@@ -1,0 +1,168 @@
+"""SecAgg+ in a deployment (`federate run --secagg`): the coordinator sees only the masked sum.
+
+The same legacy protocol as the simulation (`federated/secagg.py`: `SecAggPlusWorkflow` in a
+`DefaultWorkflow`, `secaggplus_mod` around a `NumPyClient`), on Flower's deployment runtime. Two
+things differ from the simulation:
+
+* the ClientApp is lean (flwr + numpy + stdlib): Flower starts a fresh `flwr-clientapp` process per
+  message, so the NumPyClient forwards hello / fit / final to the partner's long-lived training
+  worker over the authenticated local socket (`federated.wire`), exactly as `federated.client_app`
+  does; `secaggplus_mod` keeps its protocol state in the run's context, which the SuperNode keeps
+  between messages;
+* the run authorization (`deployment.authorize`, checked by every partner against the coordinator
+  key it pinned) travels in every legacy config the coordinator sends: `AuthorizedGrid` adds the
+  signed body and signature to each outgoing message's `*.config` record. The worker refuses a
+  message without it before anything is read or spent, as in the normal path.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import Context, Error, Message
+
+from federated.client_app import ERR_FAILED, KIND_CODES
+
+
+class PartnerFailure(Exception):
+    """A worker's error reply, turned into a Flower error reply naming the partner."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def _make_client_app() -> Any:
+    from flwr.client import ClientApp, NumPyClient
+    from flwr.client.mod import secaggplus_mod
+
+    from federated.wire import WireError, call, read_token
+
+    class PartnerClient(NumPyClient):  # type: ignore[misc]
+        """Flower's legacy client face of one partner; every request goes to its training worker."""
+
+        def __init__(self, context: Context) -> None:
+            self.context = context
+            self.partner = str(context.node_config.get("partner", f"node {context.node_id}"))
+
+        def _call(self, op: str, config: dict[str, Any], arrays: dict[str, np.ndarray]) -> tuple[dict, dict]:
+            node = self.context.node_config
+            address, token_file = node.get("worker-address"), node.get("worker-token-file")
+            if not address or not token_file:
+                raise PartnerFailure("input", f"partner {self.partner}: node config lacks worker-address / worker-token-file")
+            scalars = {k: v for k, v in config.items() if isinstance(v, (str, int, float, bool))}
+            header = {"op": op, "config": scalars, "run_id": str(self.context.run_id),
+                      "round": int(config.get("server-round", 0))}
+            try:
+                reply, out = call(str(address), read_token(str(token_file)), header, arrays,
+                                  timeout=float(config.get("round_timeout", 300.0)))
+            except WireError as exc:
+                raise PartnerFailure("failed", f"partner {self.partner}: {exc}") from None
+            if not reply.get("ok"):
+                raise PartnerFailure(str(reply.get("kind", "failed")), str(reply.get("error", "failed")))
+            return reply, out
+
+        def get_properties(self, config: dict[str, Any]) -> dict[str, Any]:
+            reply, _ = self._call("hello", config, {})
+            return {k: v for k, v in reply["info"].items() if isinstance(v, (str, int, float, bool))}
+
+        def fit(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[list[np.ndarray], int, dict[str, Any]]:
+            names = str(config["param_names"]).split(",")
+            received = {k: np.asarray(v, dtype=np.float32) for k, v in zip(names, parameters, strict=True)}
+            reply, new = self._call("train", config, received)
+            delta = [np.asarray(new[k], dtype=np.float64) - received[k].astype(np.float64) for k in names]
+            metrics = {k: (int(v) if isinstance(v, (bool, np.integer, int)) else float(v)) for k, v in reply["metrics"].items()}
+            n = int(metrics.pop("num-examples"))
+            return delta, n, {**metrics, "partner": str(reply.get("partner", ""))}
+
+        def evaluate(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[float, int, dict[str, Any]]:
+            names = str(config["param_names"]).split(",")
+            arrays = {k: np.asarray(v, dtype=np.float32) for k, v in zip(names, parameters, strict=True)}
+            reply, _ = self._call("final", config, arrays)
+            info = {k: v for k, v in reply["info"].items() if isinstance(v, (str, int, float, bool))}
+            return float(info.get("eval_loss", float("nan"))), int(info.get("eval_n", 0)), info
+
+    def client_fn(context: Context) -> Any:
+        return PartnerClient(context).to_client()
+
+    def name_errors(msg: Message, context: Context, call_next: Any) -> Message:
+        """Outermost mod: any failure (refusal, bad input, SecAgg+ abort) becomes an error reply naming the partner."""
+        try:
+            return call_next(msg, context)
+        except PartnerFailure as exc:
+            return Message(Error(code=KIND_CODES.get(exc.kind, ERR_FAILED), reason=str(exc)), reply_to=msg)
+        except Exception as exc:  # noqa: BLE001 - the coordinator needs a reason, not a crashed process
+            name = str(context.node_config.get("partner", f"node {context.node_id}"))
+            text = str(exc).strip().splitlines()
+            detail = f"{type(exc).__name__}: {text[-1]}" if text else type(exc).__name__
+            return Message(Error(code=ERR_FAILED, reason=f"partner {name}: {msg.metadata.message_type} failed ({detail[:300]})"),
+                           reply_to=msg)
+
+    return ClientApp(client_fn=client_fn, mods=[name_errors, secaggplus_mod])
+
+
+class AuthorizedGrid:
+    """The deployment Grid, adding the coordinator's run authorization to every outgoing config record."""
+
+    def __init__(self, grid: Any, authorization: Path, ledger: Path | None = None, keys: Path | None = None) -> None:
+        self._grid = grid
+        self._path = authorization
+        self._auth: dict[str, str] | None = None
+        self._ledger, self._keys = ledger, keys
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._grid, name)
+
+    def _fields(self) -> dict[str, str]:
+        if self._auth is None:  # begin_run has already waited for and checked this file
+            auth = json.loads(self._path.read_text())
+            self._auth = {"auth_body": str(auth["body"]), "auth_sig": str(auth["signature"])}
+        return self._auth
+
+    def _sign(self, messages: Any) -> list[Message]:
+        messages = list(messages)
+        for msg in messages:
+            for key, record in msg.content.config_records.items():
+                if key == "config" or key.endswith(".config"):
+                    for field, value in self._fields().items():
+                        record[field] = value
+                    if record.get("op") == "final" and self._ledger is not None and self._keys is not None:
+                        # the coordinator's head goes with the final query, as in the Message-API loop
+                        from federated.server_app import ledger_head_fields
+
+                        for field, value in ledger_head_fields(self._ledger, self._keys, "coordinator_").items():
+                            record[field] = value
+        return messages
+
+    def push_messages(self, messages: Any) -> Any:
+        return self._grid.push_messages(self._sign(messages))
+
+    def send_and_receive(self, messages: Any, *args: Any, **kwargs: Any) -> Any:
+        return self._grid.send_and_receive(self._sign(messages), *args, **kwargs)
+
+
+def _make_server_app() -> Any:
+    from flwr.serverapp import Grid, ServerApp
+
+    from federated.secagg import run_secagg_server
+    from federated.server_app import ServerSettings
+
+    server = ServerApp()
+
+    @server.main()
+    def main(grid: Grid, context: Context) -> None:
+        settings = ServerSettings.from_record(dict(context.run_config))
+        if settings.authorization:
+            grid = AuthorizedGrid(grid, Path(settings.authorization), Path(settings.out_dir) / "ledger.jsonl",
+                                  Path(settings.keys) if settings.keys else None)
+        run_secagg_server(grid, context, settings)
+
+    return server
+
+
+# The deployment entry points (`federated.secagg_deploy:server_app` / `:client_app` in the generated app).
+client_app = _make_client_app()
+server_app = _make_server_app()
