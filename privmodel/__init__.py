@@ -1,7 +1,76 @@
 """privmodel: privacy-preserving customer modeling.
 
-Kept import-light on purpose: `privmodel --help` and Flower ClientApp processes must not pay for
-torch, flwr or scikit-learn unless they use them.
+The front door: `from privmodel import DPPropensityClassifier, train, TrainRequest, ...`. Every name
+loads lazily (as Flower's packages do): `privmodel --help` and Flower ClientApp processes must not
+pay for torch, flwr or scikit-learn unless they use them.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from privmodel.audit import Ledger, verify
+    from privmodel.budget import BudgetExceeded, Cap, charge, dataset_of
+    from privmodel.estimator import DPPropensityClassifier
+    from privmodel.persist import load_model
+    from privmodel.synth import generate
+    from privmodel.training import FitResult, TrainConfig, fit
+    from privmodel.workflows.curve import curve
+    from privmodel.workflows.rows import ModelRows, model_rows
+    from privmodel.workflows.score import evaluate, score
+    from privmodel.workflows.train import TrainRequest, train
+
+_LAZY = {
+    "Ledger": "privmodel.audit",
+    "verify": "privmodel.audit",
+    "BudgetExceeded": "privmodel.budget",
+    "Cap": "privmodel.budget",
+    "charge": "privmodel.budget",
+    "dataset_of": "privmodel.budget",
+    "DPPropensityClassifier": "privmodel.estimator",
+    "load_model": "privmodel.persist",
+    "generate": "privmodel.synth",
+    "FitResult": "privmodel.training",
+    "TrainConfig": "privmodel.training",
+    "fit": "privmodel.training",
+    "curve": "privmodel.workflows.curve",
+    "ModelRows": "privmodel.workflows.rows",
+    "model_rows": "privmodel.workflows.rows",
+    "evaluate": "privmodel.workflows.score",
+    "score": "privmodel.workflows.score",
+    "TrainRequest": "privmodel.workflows.train",
+    "train": "privmodel.workflows.train",
+}
+
+__all__ = [
+    "BudgetExceeded",
+    "Cap",
+    "DPPropensityClassifier",
+    "FitResult",
+    "Ledger",
+    "ModelRows",
+    "TrainConfig",
+    "TrainRequest",
+    "charge",
+    "curve",
+    "dataset_of",
+    "evaluate",
+    "fit",
+    "generate",
+    "load_model",
+    "model_rows",
+    "score",
+    "train",
+    "verify",
+]
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'privmodel' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
