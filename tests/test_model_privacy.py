@@ -100,6 +100,16 @@ def test_budget_bypasses_are_refused(customers: dict[str, Path], capsys: pytest.
         assert "privacy budget exceeded" in err and "cap 3" in err, (attempt, err)
     entries = read_entries(tmp / "fresh-appended-newline.jsonl")
     assert [e["outcome"] for e in entries if e["action"] == "budget.charge"] == ["failed"]
+    # a second, independent computation: the store's figure equals the sum of the signed ledger charges
+    from anonymize.policy import load_policy
+    from privmodel import budget
+
+    charged = [e["privacy_cost"]["epsilon"] for path in sorted(tmp.glob("*.jsonl")) for e in read_entries(path)
+               if e["action"] == "budget.charge" and e["outcome"] == "ok"]
+    store = budget.spent(budget.dataset_of(load_policy(customers["policy"]), customers["data"], isolated_budget),
+                         isolated_budget)
+    assert len(charged) == 6 and store.charges == 6
+    assert store.epsilon == pytest.approx(sum(charged)) == pytest.approx(3.0)
 
 
 def test_model_on_a_release_says_epsilon_is_per_release_row(customers: dict[str, Path],
