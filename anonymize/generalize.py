@@ -110,7 +110,7 @@ def generalize(
     part = mondrian(domains, sens_codes, sens_sizes, criteria, relaxed=relaxed)
     if part is None:
         raise InputError(_unsatisfiable(privacy))
-    data = df.copy()
+    data = df.copy(deep=False)  # copy-on-write: only the replaced QI columns are new
     for col, labels in zip(names, part.labels, strict=True):
         data[col] = pd.Series(np.asarray(labels, dtype=object)[part.classes], index=data.index, dtype=object).astype(str)
     return Generalized(data=data, suppressed=0, algorithm=privacy.algorithm, levels=None, classes=part.n_classes)

@@ -18,7 +18,9 @@ input always add up to the rows of the release plus the counted removals.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,9 +34,19 @@ from anonymize.measures import privacy_measures, reidentification_risk, utility_
 from anonymize.policy import Policy
 from anonymize.pseudonymize import DEFAULT_PARTNER, ColumnSummary, Keys, Pseudonymized, as_keys, pseudonymize
 from anonymize.quality import StepResult, consent_and_purpose, hierarchy_of, quality, validate
-from anonymize.report import REPORT_FORMAT, label_auc
+from anonymize.report import REPORT_FORMAT, UTILITY_SAMPLE_ROWS, label_auc
 
 RISK_THRESHOLD = 0.2  # a record is "at risk" when its prosecutor risk (1 / class size) exceeds this
+
+
+@contextmanager
+def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
+    """Add the wall seconds of the block to `timings[stage]` (the report's per-stage times)."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start
 
 
 @dataclass
@@ -48,7 +60,7 @@ class Release:
 
 def _generalization_input(data: pd.DataFrame, policy: Policy, qis: list[str]) -> pd.DataFrame:
     """Boolean QIs become the categories 'true'/'false' (hierarchies know no booleans)."""
-    frame = data.copy()
+    frame = data.copy(deep=False)  # copy-on-write: replaced columns never reach `data`
     for name in qis:
         if policy.columns[name].type == "boolean":
             frame[name] = frame[name].map(lambda v: "true" if v else "false", na_action="ignore").astype(object)
@@ -96,6 +108,7 @@ class Minimised:
     escrow: pd.DataFrame | None = None
     partner: str = DEFAULT_PARTNER
     colliding: dict[str, frozenset[str]] = field(default_factory=dict, repr=False)  # token column -> shared tokens
+    timings: dict[str, float] = field(default_factory=dict)  # wall seconds per step (validate ... pseudonymize)
 
     @property
     def positions(self) -> np.ndarray:
@@ -128,20 +141,25 @@ def minimise(
     key_set = as_keys(keys, partner)
     say = progress or (lambda _step: None)
     steps: list[dict[str, Any]] = []
+    timings: dict[str, float] = {}
 
     def record(name: str, result: StepResult) -> pd.DataFrame:
         steps.append({"step": name, **result.info})
         return result.data
 
     say("validate")
-    data = record("validate", validate(df, policy, source))
+    with _timed(timings, "validate"):
+        data = record("validate", validate(df, policy, source))
     undeclared = steps[0]["undeclared_columns"]
     say("quality")
-    data = record("quality", quality(data, policy))
+    with _timed(timings, "quality"):
+        data = record("quality", quality(data, policy))
     say("consent and purpose")
-    data = record("purpose", consent_and_purpose(data, policy, undeclared))
+    with _timed(timings, "purpose"):
+        data = record("purpose", consent_and_purpose(data, policy, undeclared))
     say("pseudonymize")
-    pseudo, pseudo_record = _pseudonymize_step(data, policy, key_set)
+    with _timed(timings, "pseudonymize"):
+        pseudo, pseudo_record = _pseudonymize_step(data, policy, key_set)
     steps.append(pseudo_record)
     data = pseudo.data
     recode = {
@@ -151,7 +169,8 @@ def minimise(
     }
     if fixed_recoding and recode:
         say("fixed recoding")
-        data = _fixed_recoding(data, policy, recode)
+        with _timed(timings, "recode"):
+            data = _fixed_recoding(data, policy, recode)
         steps.append(
             {
                 "step": "recode",
@@ -174,6 +193,7 @@ def minimise(
         escrow=pseudo.escrow,
         partner=key_set.partner,
         colliding=pseudo.colliding,
+        timings=timings,
     )
 
 
@@ -221,8 +241,10 @@ def run(
     steps = minimised.steps
     data = minimised.data
     pseudo_summary = minimised.pseudonymization
+    timings = minimised.timings
 
     say("generalize")
+    generalize_started = time.perf_counter()
     qis = [n for n in policy.quasi_identifiers if n in data.columns]
     sensitive = [n for n in policy.sensitive if n in data.columns]
     privacy = policy.privacy
@@ -238,21 +260,25 @@ def run(
         missing_sens = (
             data[sensitive].isna().any(axis=1).to_numpy() & ~missing_qi if needs_sensitive and sensitive else None
         )
-        data = data[~missing_qi if missing_sens is None else ~(missing_qi | missing_sens)]
+        incomplete = missing_qi if missing_sens is None else (missing_qi | missing_sens)
+        if incomplete.any():  # a boolean filter copies every column: only when a row goes
+            data = data[~incomplete]
         if len(data) < privacy.k:
             raise InputError(
                 f"{policy.source}: privacy.k = {privacy.k} is larger than the {len(data)} rows left "
                 "after validation and filtering"
             )
         hierarchies = {n: hierarchy_of(policy, n) for n in qis}
-        original = _generalization_input(data, policy, qis)
+        # only what generalization reads: the quasi-identifiers and the sensitive columns
+        original = _generalization_input(data[[*qis, *sensitive]], policy, qis)
         # t-closeness distance: ordered EMD for numeric sensitive columns, equal distance otherwise
         emd_kinds = {n: ("ordered" if policy.columns[n].numeric else "equal") for n in sensitive}
         result = generalize(original, hierarchies, privacy, sensitive, emd_kinds)
         offered = len(original)  # rows handed to the algorithm; what it did not release was suppressed
-        release = data.loc[result.data.index].copy()
-        for name in qis:
-            release[name] = result.data[name].astype(object)
+        kept_all = len(result.data) == len(data) and result.data.index.equals(data.index)
+        release = data.copy(deep=False) if kept_all else data.loc[result.data.index]
+        for name in qis:  # release strings as generalize made them (pandas' string dtype, one buffer)
+            release[name] = result.data[name]
         steps.append(
             {
                 "step": "generalize",
@@ -276,7 +302,9 @@ def run(
                 ],
             }
         )
+        timings["generalize"] = time.perf_counter() - generalize_started
         say("measure")
+        measures_started = time.perf_counter()
         pop = None
         if population is not None:  # raw QI values, matched to release classes by containment
             pop = _generalization_input(population, policy, [q for q in qis if q in population.columns])
@@ -289,6 +317,7 @@ def run(
         utility.setdefault("suppressed", int(result.suppressed))
         if result.levels is not None:
             utility.setdefault("levels", result.levels)
+        timings["measures"] = time.perf_counter() - measures_started
         report_privacy = {
             "applicable": True,
             "algorithm": result.algorithm,
@@ -308,6 +337,7 @@ def run(
     release = release.reset_index(drop=True)
 
     say("release gate")
+    gate_started = time.perf_counter()
     checks: list[Check] = []
     if qis:  # k / l / t measured on the very table that is written, by the code the report prints
         recursive_l = privacy.l.value if privacy.l is not None and privacy.l.variant == "recursive" else None
@@ -327,17 +357,25 @@ def run(
             [pd.DataFrame({"column": n, "token": release[n]}) for n in escrow["column"].unique()], ignore_index=True
         ).dropna()
         escrow = escrow.merge(present.drop_duplicates(), on=["column", "token"], how="inner")
+    timings["gate"] = time.perf_counter() - gate_started
 
     say("report")
     model_utility: dict[str, Any] = {}
-    if policy.labels and len(release):
-        raw_rows = data.loc[source_rows]
-        released_rows = release.set_index(source_rows)
-        features = [
-            c for c in release.columns if c not in policy.labels and policy.columns[c].role != "identifier"
-        ]
-        for label in (lbl for lbl in policy.labels if lbl in release.columns):
-            model_utility[label] = label_auc(raw_rows, released_rows, label, features, seed=seed)
+    with _timed(timings, "utility"):
+        if policy.labels and len(release):
+            # the model-utility check reads a uniform random sample of the released rows (seeded by
+            # `seed`, a data-independent choice) when there are more than UTILITY_SAMPLE_ROWS; the
+            # report states the sample and each AUC's standard error
+            positions = _utility_sample(len(release), UTILITY_SAMPLE_ROWS, seed)
+            raw_rows = data.loc[source_rows[positions]]
+            released_rows = release.iloc[positions].set_index(source_rows[positions])
+            features = [
+                c for c in release.columns if c not in policy.labels and policy.columns[c].role != "identifier"
+            ]
+            for label in (lbl for lbl in policy.labels if lbl in release.columns):
+                model_utility[label] = label_auc(
+                    raw_rows, released_rows, label, features, seed=seed, sampled_from=len(release)
+                )
 
     counts = _counts(steps, int(len(df)), int(len(release)))
     report = {
@@ -356,8 +394,17 @@ def run(
         "model_utility": model_utility,
         "budget": policy.budget.model_dump() if policy.budget is not None else None,
         "fairness_groups": policy.fairness_groups,
+        "timings": {stage: round(seconds, 3) for stage, seconds in timings.items()},
     }
     return Release(release, report, escrow)
+
+
+def _utility_sample(n: int, limit: int, seed: int) -> np.ndarray:
+    """Positions of the rows the model-utility check reads: all `n`, or `limit` of them drawn uniformly
+    without replacement by a generator seeded with `seed`, in table order."""
+    if n <= limit:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=limit, replace=False))
 
 
 def _counts(steps: list[dict[str, Any]], rows_in: int, rows_out: int) -> dict[str, Any]:

@@ -231,18 +231,105 @@ def _finish(tokens: list[str | None], length: int, series: Values) -> pd.Series:
 # --- deterministic encryption ------------------------------------------------------------------
 
 
-def encrypt_series(series: Values, key: ColumnKey, column: str | None = None) -> pd.Series:
-    """AES-SIV ciphertexts (unpadded base64url); equal values give equal ciphertexts, by design."""
-    column = column or key.column
-    cipher = AESSIV(key.siv)
-    ad = [column.encode("utf-8")]
+#: Below this many values one process encrypts (starting workers costs more than it saves).
+SIV_PARALLEL_MIN = 100_000
+_SIV_CHUNK = 32_768
+
+# set in each worker process by `_siv_worker_init` (inherited through fork, never pickled or written)
+_SIV_JOB: tuple[AESSIV, list[bytes], list[bytes]] | None = None
+
+
+def _siv_b64(cipher: AESSIV, messages: Sequence[bytes], ad: list[bytes]) -> bytes:
+    """Unpadded base64url of each AES-SIV ciphertext, concatenated (lengths follow from the inputs)."""
+    encode = base64.urlsafe_b64encode
+    return b"".join([encode(cipher.encrypt(m, ad)).rstrip(b"=") for m in messages])
+
+
+def _siv_worker_init(siv_key: bytes, messages: list[bytes], ad: list[bytes]) -> None:
+    global _SIV_JOB
+    _SIV_JOB = (AESSIV(siv_key), messages, ad)
+
+
+def _siv_worker_chunk(start: int, stop: int) -> bytes:
+    assert _SIV_JOB is not None, "worker not initialised"
+    cipher, messages, ad = _SIV_JOB
+    return _siv_b64(cipher, messages[start:stop], ad)
+
+
+def siv_workers(n: int) -> int:
+    """Worker processes for `n` values: one per usable core (at most 8), 1 below SIV_PARALLEL_MIN or
+    where processes cannot be forked (the key and the values reach the workers by fork only)."""
+    import multiprocessing
+    import os
+
+    if n < SIV_PARALLEL_MIN or "fork" not in multiprocessing.get_all_start_methods():
+        return 1
+    return max(1, min(len(os.sched_getaffinity(0)), 8))
+
+
+def _siv_encrypt_all(siv_key: bytes, messages: list[bytes], ad: list[bytes], workers: int) -> bytes:
+    """Base64url ciphertexts of `messages`, concatenated in input order.
+
+    AES-SIV is deterministic, so the chunks computed by worker processes are byte for byte what one
+    process computes; chunks are joined in input order whatever order they finish in.
+    """
+    if workers <= 1 or len(messages) < 2 * _SIV_CHUNK:
+        return _siv_b64(AESSIV(siv_key), messages, ad)
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    bounds = [(i, min(i + _SIV_CHUNK, len(messages))) for i in range(0, len(messages), _SIV_CHUNK)]
+    with ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=multiprocessing.get_context("fork"),
+        initializer=_siv_worker_init,
+        initargs=(siv_key, messages, ad),
+    ) as pool:
+        parts = list(pool.map(_siv_worker_chunk, *zip(*bounds, strict=True)))
+    return b"".join(parts)
+
+
+def _messages(series: Values) -> tuple[list[bytes], np.ndarray]:
+    """UTF-8 of each present value's canonical text, and the mask of missing values."""
+    joined = _joined_utf8(series)
+    if joined is not None:  # plain strings, none missing: split the one buffer
+        return joined.split(b"\x00"), np.zeros(len(series), dtype=bool)
     values, missing = _values(series)
-    out = [
-        None if gone else base64.urlsafe_b64encode(cipher.encrypt(_canonical(v).encode("utf-8", "surrogatepass"), ad))
-        .rstrip(b"=")
-        .decode("ascii")
-        for v, gone in zip(values, missing, strict=True)
-    ]
+    return [_canonical(v).encode("utf-8", "surrogatepass") for v in values[~missing]], missing
+
+
+def encrypt_series(
+    series: Values, key: ColumnKey, column: str | None = None, *, workers: int | None = None
+) -> pd.Series:
+    """AES-SIV ciphertexts (unpadded base64url); equal values give equal ciphertexts, by design.
+
+    Large columns are encrypted by `workers` processes (default `siv_workers(len)`: one per core)
+    over chunks; the result is identical to one process's. A column without missing values comes
+    back as pandas' Arrow-backed string dtype (one buffer, no Python string per value), one with
+    missing values as object with None, as before.
+    """
+    import pyarrow as pa
+
+    column = column or key.column
+    ad = [column.encode("utf-8")]
+    messages, missing = _messages(series)
+    count = len(messages)
+    blob = _siv_encrypt_all(key.siv, messages, ad, siv_workers(count) if workers is None else workers)
+    lengths = np.fromiter((len(m) for m in messages), dtype=np.int64, count=count)
+    widths = (4 * (lengths + 16) + 2) // 3  # unpadded base64 of the 16-byte IV + ciphertext
+    offsets = np.zeros(count + 1, dtype=np.int64)
+    np.cumsum(widths, out=offsets[1:])
+    if offsets[-1] != len(blob):  # cannot happen: AES-SIV adds exactly 16 bytes
+        raise RuntimeError("AES-SIV output length mismatch")
+    array = pa.LargeStringArray.from_buffers(count, pa.py_buffer(offsets.tobytes()), pa.py_buffer(blob))
+    if not missing.any():
+        # __from_arrow__ is pandas' documented extension-array protocol; pandas-stubs do not declare it
+        values = pd.StringDtype("pyarrow", na_value=np.nan).__from_arrow__(  # type: ignore[attr-defined]
+            array.cast(pa.string()) if offsets[-1] < 2**31 else array
+        )
+        return pd.Series(values, index=_index(series))
+    out = np.full(len(missing), None, dtype=object)
+    out[~missing] = array.to_numpy(zero_copy_only=False)
     return pd.Series(out, index=_index(series), dtype=object)
 
 
@@ -364,7 +451,7 @@ def colliding_tokens(raw: pd.Series, tokens: pd.Series) -> frozenset[str]:
 def pseudonymize(df: pd.DataFrame, policy: Policy, keys: Keys | bytes, partner: str | None = None) -> Pseudonymized:
     """Replace every identifier column as the policy says (token / encrypt / drop)."""
     k = as_keys(keys, partner)
-    out = df.copy()
+    out = df.copy(deep=False)  # copy-on-write: replaced identifier columns never reach `df`
     escrow_parts: list[pd.DataFrame] = []
     summary: dict[str, ColumnSummary] = {}
     colliding: dict[str, frozenset[str]] = {}

@@ -8,6 +8,7 @@ listed, and each keep/drop decision is written into the step's `decisions` for t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,10 +48,50 @@ def hierarchy_of(policy: Policy, name: str) -> Hierarchy:
 
 
 def _text(series: pd.Series) -> pd.Series:
-    """Values as text; integral floats (an int column with gaps, read from CSV) lose the '.0'."""
+    """Values as text; integral floats (an int column with gaps, read from CSV) lose the '.0'.
+
+    A column that already holds only strings (what `read_table` gives: pandas' Arrow-backed `str`
+    dtype) is returned as it is: no Python string per value, no object copy. Other columns are
+    converted value by value, but each distinct value once (`_per_unique`).
+    """
+    if _all_strings(series):
+        return series
     from anonymize.pseudonymize import _canonical
 
-    return series.map(lambda v: v if isinstance(v, str) else _canonical(v), na_action="ignore").astype(object)
+    return _per_unique(series, lambda v: v if isinstance(v, str) else _canonical(v))
+
+
+# object columns whose equal values (by hash and ==) always get one canonical text: 1 == 1.0 and
+# 0.0 == -0.0 give one text each, but True == 1 does not ('true' vs '1'), so a column mixing booleans
+# with numbers (or anything else) goes value by value
+_UNIQUE_SAFE = frozenset({"string", "empty", "integer", "floating", "mixed-integer-float", "date", "datetime"})
+
+
+def _all_strings(series: pd.Series) -> bool:
+    """Every present value is a str (a string dtype, or an object column of str only)."""
+    if isinstance(series.dtype, pd.StringDtype):
+        return True
+    return series.dtype == object and pd.api.types.infer_dtype(series, skipna=True) in ("string", "empty")
+
+
+def _per_unique(series: pd.Series, fn: Callable[[Any], Any]) -> pd.Series:
+    """`series.map(fn, na_action="ignore")` as an object Series, computing `fn` once per distinct value.
+
+    Exactly the per-value result: values are grouped by `pd.factorize` only where equal values
+    always give equal results (see `_UNIQUE_SAFE`); otherwise every value is mapped.
+    """
+    if series.dtype == object and pd.api.types.infer_dtype(series, skipna=True) not in _UNIQUE_SAFE:
+        return series.map(fn, na_action="ignore").astype(object)
+    codes, uniques = pd.factorize(series, use_na_sentinel=True)
+    mapped = np.empty(len(uniques) + 1, dtype=object)
+    mapped[:-1] = [fn(v) for v in uniques]
+    mapped[-1] = np.nan if series.dtype == object else None
+    values = mapped[codes]  # code -1 (missing) takes the last slot
+    out = pd.Series(values, index=series.index, dtype=object)
+    missing = codes < 0
+    if missing.any():  # missing values stay what they were (None / NaN / NaT), as map(na_action="ignore") does
+        out[missing] = series[missing].astype(object)
+    return out
 
 
 def _coerce(series: pd.Series, col: ColumnPolicy) -> tuple[pd.Series, np.ndarray, str]:
@@ -71,17 +112,29 @@ def _coerce(series: pd.Series, col: ColumnPolicy) -> tuple[pd.Series, np.ndarray
     if kind == "boolean":
         if series.dtype == bool or str(series.dtype) == "boolean":
             return series.astype("boolean"), np.zeros(len(series), dtype=bool), ""
-        lowered = _text(series).str.strip().str.lower()
+        # each distinct text once: factorize, then strip / lower / look up the few distinct values
+        codes, uniques = pd.factorize(_text(series), use_na_sentinel=True)
+        lowered = pd.Series(uniques, dtype=object).str.strip().str.lower()
+        is_true = np.append(lowered.isin(_TRUE).to_numpy(), False)[codes]
+        is_false = np.append(lowered.isin(_FALSE).to_numpy(), False)[codes]
         out = pd.Series(pd.NA, index=series.index, dtype="boolean")
-        out[lowered.isin(_TRUE).to_numpy()] = True
-        out[lowered.isin(_FALSE).to_numpy()] = False
+        out[is_true] = True
+        out[is_false] = False
         bad = present & out.isna().to_numpy()
         return out, bad, "not a boolean (true/false, yes/no, 1/0)"
     if kind == "date":
         if pd.api.types.is_datetime64_any_dtype(series):
             parsed = series
         else:
-            parsed = pd.to_datetime(_text(series), errors="coerce", format="ISO8601")
+            # each distinct date text parsed once (a birth-date column holds some 30,000 of 1M)
+            codes, uniques = pd.factorize(_text(series), use_na_sentinel=True)
+            parsed_uniques = pd.to_datetime(pd.Series(uniques, dtype=object), errors="coerce", format="ISO8601")
+            # a date pandas cannot hold in nanoseconds (year 0, 3000) is a bad value, not a traceback
+            outside = parsed_uniques.notna() & ((parsed_uniques < pd.Timestamp.min) | (parsed_uniques > pd.Timestamp.max))
+            parsed_uniques = parsed_uniques.mask(outside)
+            parsed = pd.Series(
+                pd.DatetimeIndex(parsed_uniques).append(pd.DatetimeIndex([pd.NaT])).take(codes), index=series.index
+            )
         bad = present & parsed.isna().to_numpy()
         return parsed.astype("datetime64[ns]"), bad, "not an ISO date"
     return _text(series), np.zeros(len(series), dtype=bool), ""  # string / categorical
@@ -105,10 +158,14 @@ def _domain(series: pd.Series, name: str, col: ColumnPolicy, policy: Policy) -> 
         tree = hierarchy_of(policy, name).tree or ()
         allowed, what = {leaf for leaf, _ in tree}, "not in the column's hierarchy"
     if allowed is not None:
-        text = series.astype(object).map(
-            lambda v: ("true" if v else "false") if isinstance(v, bool | np.bool_) else str(v), na_action="ignore"
-        )
-        bad = present & ~text.isin(allowed).to_numpy()
+        if _all_strings(series):  # strings are their own text: one hash look-up per value
+            inside = series.isin(allowed).to_numpy(dtype=bool, na_value=False)
+        else:  # value by value: str(0.0) != str(-0.0) although they are equal, so no grouping here
+            text = series.astype(object).map(
+                lambda v: ("true" if v else "false") if isinstance(v, bool | np.bool_) else str(v), na_action="ignore"
+            )
+            inside = text.isin(allowed).to_numpy()
+        bad = present & ~inside
     return bad, what
 
 
@@ -122,7 +179,7 @@ def validate(df: pd.DataFrame, policy: Policy, source: str = "input") -> StepRes
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise InputError(f"{source}: policy column {missing[0]!r} is not in the data{more}")
-    data = df.copy()
+    data = df.copy(deep=False)  # copy-on-write: converted columns replace, never overwrite, the input's
     data.index = pd.RangeIndex(1, len(data) + 1)  # row numbers in messages = 1-based data rows
     undeclared = [str(c) for c in data.columns if c not in policy.columns]
     removed: dict[str, int] = {}
@@ -146,7 +203,8 @@ def validate(df: pd.DataFrame, policy: Policy, source: str = "input") -> StepRes
         if str(series.dtype) != str(converted.dtype):
             coerced[name] = col.type or ""
         data[name] = converted
-    data = data[~drop_mask]
+    if drop_mask.any():  # a boolean filter copies every column: only when a row goes
+        data = data[~drop_mask]
     if data.empty:
         raise InputError(f"{source}: no rows left after removing invalid values")
     info = {
@@ -169,8 +227,8 @@ def quality(df: pd.DataFrame, policy: Policy) -> StepResult:
     declared = [c for c in policy.columns if c in df.columns]
     # every input column, not only the declared ones: with few declared columns (age, churn) two
     # different customers would otherwise count as one record and lose a row
-    dup = df.duplicated(keep="first").to_numpy()
-    data = df[~dup]
+    dup = _exact_duplicates(df, [n for n in policy.identifiers if n in df.columns])
+    data = df[~dup] if dup.any() else df
     duplicate_ids = {}
     for name in policy.identifiers:
         ids = data[name]
@@ -193,6 +251,26 @@ def quality(df: pd.DataFrame, policy: Policy) -> StepResult:
         ],
     }
     return StepResult(data, info)
+
+
+def _exact_duplicates(df: pd.DataFrame, probes: list[str]) -> np.ndarray:
+    """`df.duplicated(keep="first")` over every column, hashing whole rows only where it can matter.
+
+    A row equal to an earlier one repeats that row's value in every column, so only rows whose
+    value repeats in each probe column (an identifier: mostly distinct) can be duplicates, and
+    their first occurrences are among them too; the full-row comparison runs on those rows alone,
+    in table order, which gives exactly the result of running it on the whole table.
+    """
+    candidates = np.ones(len(df), dtype=bool)
+    for name in probes[:2]:
+        candidates &= df[name].duplicated(keep=False).to_numpy()
+        if not candidates.any():
+            return candidates
+    if candidates.all():
+        return df.duplicated(keep="first").to_numpy()
+    dup = np.zeros(len(df), dtype=bool)
+    dup[candidates] = df[candidates].duplicated(keep="first").to_numpy()
+    return dup
 
 
 def consent_rule(flag: pd.Series) -> tuple[np.ndarray, dict[str, int]]:
@@ -221,9 +299,11 @@ def consent_and_purpose(df: pd.DataFrame, policy: Policy, undeclared: list[str])
     data = df
     removed: dict[str, int] = {}
     consent = policy.purpose.consent
+    keep_rows = None
     if consent is not None:
         keep_rows, removed = consent_rule(data[consent])
-        data = data[keep_rows]
+        if not keep_rows.any():
+            data = data.iloc[:0]
     if data.empty:
         raise InputError(f"{policy.source}: no rows left after the consent filter for purpose {policy.purpose.name!r}")
     keep = set(policy.released_columns()) | {n for n in policy.identifiers if policy.columns[n].method == "drop"}
@@ -237,6 +317,8 @@ def consent_and_purpose(df: pd.DataFrame, policy: Policy, undeclared: list[str])
     }
     all_dropped = [c for group in dropped.values() for c in group]
     data = data.drop(columns=[c for c in all_dropped if c in data.columns])
+    if keep_rows is not None and not keep_rows.all():  # filter after the drop: copy only what is kept
+        data = data[keep_rows]
     info = {
         "rows_in": len(df),
         "rows_out": len(data),

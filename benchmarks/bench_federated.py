@@ -198,26 +198,31 @@ def deployment_round_seconds(out: Path, rounds: int = 4) -> list[float]:
     from federated.config import FedConfig
     from federated.server_app import ServerSettings
     from federated.simulate import partner_specs, synth_silos
-    from federated.tls import make_tls
-    from privmodel.keys import init_keys
+    from federated.tls import make_node_key, make_tls
+    from privmodel.keys import init_keys, load_signer
 
     paths, holdout, policy = synth_silos(out, silos=3, customers=6000, heterogeneity=0.5, seed=1, holdout=1000)
     specs = partner_specs(out, paths, policy)
-    make_tls(out / "tls", nodes=[s.name for s in specs])
+    make_tls(out / "tls")
     coordinator = out / "coordinator"
     coordinator.mkdir(exist_ok=True)
     init_keys(coordinator / "keys", actor="coordinator")
+    for spec in specs:  # partners' own node keys; each pins the coordinator's public key (issue 11)
+        make_node_key(out / "nodekeys" / spec.name)
+        spec.coordinator_key = str(coordinator / "keys")
     config = FedConfig(rounds=rounds, epsilon=1.0, local_steps=20, batch_size=256, min_partners=3, round_timeout=60)
     settings = ServerSettings(config, str(policy), str(coordinator), str(coordinator / "keys"), str(holdout),
-                              expected_partners=3, wait_timeout=90)
+                              expected_partners=3, wait_timeout=90, authorization=str(coordinator / dep.AUTHORIZATION_FILE))
     with dep.tracked() as items:
         link = dep.start_superlink(out / "tls", out / "link")
         items.append(link)
         for spec in specs:
-            link.register(out / "tls" / "nodes" / spec.name / "auth.pub", spec.name)
+            link.register(out / "nodekeys" / spec.name / "auth.pub", spec.name)
         for spec in specs:
-            items.append(dep.join(spec, link.address, out / "tls" / "ca.crt", out / "tls" / "nodes" / spec.name / "auth.key"))
-        result = dep.submit(link.home, dep.write_app(out / "app", settings.to_record()), coordinator, timeout=400)
+            items.append(dep.join(spec, link.address, out / "tls" / "ca.crt", out / "nodekeys" / spec.name / "auth.key"))
+        result = dep.submit(link.home, dep.write_app(out / "app", settings.to_record()), coordinator, timeout=400,
+                            signer=load_signer(coordinator / "keys"), record=settings.to_record(),
+                            registry=dep.read_registry(link.registry_path))
     if result["status"] != "finished:completed":
         raise SystemExit(f"deployment run failed: {result['status']}")
     return [e["seconds"] for e in result["events"] if e["event"] == "round"]

@@ -40,7 +40,7 @@ import os
 import re
 import threading
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -212,6 +212,7 @@ def content_id(path: str | os.PathLike[str]) -> str | None:
 
 def frame_id(frame: object) -> str:
     """`content_id` of an in-memory table (a pandas DataFrame, else InputError): the same normal form and digest."""
+    import numpy as np
     import pandas as pd
 
     if not isinstance(frame, pd.DataFrame) or frame.shape[1] == 0:
@@ -221,26 +222,82 @@ def frame_id(frame: object) -> str:
     parts = []
     for name in columns:
         col = frame[name]
-        if pd.api.types.is_bool_dtype(col.dtype):
+        kind_is_text = False
+        if col.dtype == bool:  # numpy bool: no missing value
+            text = pd.Series(np.where(col.to_numpy(), "true", "false"), index=col.index)
+        elif pd.api.types.is_bool_dtype(col.dtype):
             text = col.map(lambda v: "" if pd.isna(v) else ("true" if v else "false"))
         elif pd.api.types.is_integer_dtype(col.dtype) and not col.isna().any():
             text = col.astype("int64").astype(str)
+        elif col.dtype == np.float64:
+            text = _numbers_text(col)
         elif pd.api.types.is_numeric_dtype(col.dtype):
             text = col.map(_number_text)
         elif pd.api.types.is_datetime64_any_dtype(col.dtype):
-            text = col.map(_time_text)
-        elif pd.api.types.infer_dtype(col, skipna=True) in ("string", "empty"):
-            text = col.where(col.notna(), "").astype(str).str.strip()
+            text = _per_unique_text(col, _time_text)
+        elif (kind := pd.api.types.infer_dtype(col, skipna=True)) in ("string", "empty"):
+            text, kind_is_text = col.where(col.notna(), "").astype(str).str.strip(), True
+        elif kind in ("date", "datetime"):  # equal dates (or datetimes) always give one text
+            text = _per_unique_text(col, _value_text)
         else:
-            text = col.map(_value_text)
-        parts.append(text.astype(str).str.replace("\\", "\\\\", regex=False).str.replace("\x1f", "\\x1f", regex=False))
-    # pandas-stubs list only list[str] for `others`; pandas documents a list of Series (joined row by row)
-    rows = parts[0].str.cat(parts[1:], sep="\x1f") if len(parts) > 1 else parts[0]  # type: ignore[arg-type]
-    digests = sorted(hashlib.sha256(row.encode("utf-8")).digest() for row in rows)
+            text, kind_is_text = col.map(_value_text), True
+        text = text.astype(str)
+        if kind_is_text:  # numbers, booleans and ISO times hold neither a backslash nor U+001F
+            text = text.str.replace("\\", "\\\\", regex=False).str.replace("\x1f", "\\x1f", regex=False)
+        parts.append(text)
+    digests = sorted(_row_digests(parts))
     total = hashlib.sha256(b"privmodel-table-v1\0" + canonical_json(columns))
     for digest in digests:
         total.update(digest)
     return total.hexdigest()
+
+
+def _row_digests(parts: list[pd.Series]) -> list[bytes]:
+    """SHA-256 of each row's column texts joined by U+001F: the rows joined by Arrow in one pass
+    (what `Series.str.cat` gives, without a Python string per row), hashed from the one buffer."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    arrays = []
+    for part in parts:
+        array = pa.array(part.to_numpy(dtype=object) if part.dtype == object else part.array)
+        array = array.combine_chunks() if isinstance(array, pa.ChunkedArray) else array
+        arrays.append(array if array.type == pa.large_string() else array.cast(pa.large_string()))
+    joined = pc.binary_join_element_wise(*arrays, pa.scalar("\x1f", pa.large_string())) if len(arrays) > 1 else arrays[0]
+    if joined.null_count:  # cannot happen: every text above is a string, missing values are ""
+        raise InputError("a dataset's content hash met a missing value in its normal form")
+    offsets = np.frombuffer(joined.buffers()[1], dtype=np.int64)[joined.offset : joined.offset + len(joined) + 1]
+    data = memoryview(joined.buffers()[2] or b"")
+    sha = hashlib.sha256
+    bounds = offsets.tolist()
+    return [sha(data[a:b]).digest() for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+def _numbers_text(col: pd.Series) -> pd.Series:
+    """`col.map(_number_text)` for a float64 column: integral values by numpy, the others by repr."""
+    import numpy as np
+    import pandas as pd
+
+    values = col.to_numpy()
+    out = np.full(len(values), "", dtype=object)
+    finite = np.isfinite(values)
+    with np.errstate(invalid="ignore"):
+        integral = finite & (np.floor(values) == values) & (np.abs(values) < 2**53)
+    out[integral] = values[integral].astype(np.int64).astype(str).astype(object)
+    other = ~integral & ~np.isnan(values)  # non-integral and infinite numbers, by repr as before
+    out[other] = [repr(v) for v in values[other].tolist()]
+    return pd.Series(out, index=col.index)
+
+
+def _per_unique_text(col: pd.Series, fn: Callable[[Any], str]) -> pd.Series:
+    """`col.map(fn)` computing `fn` once per distinct value (missing values map to fn(None) = "")."""
+    import numpy as np
+    import pandas as pd
+
+    codes, uniques = pd.factorize(col, use_na_sentinel=True)
+    texts = np.array([*(fn(v) for v in uniques), fn(None)], dtype=object)
+    return pd.Series(texts[codes], index=col.index)
 
 
 def _number_text(value: Any) -> str:

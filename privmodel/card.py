@@ -202,6 +202,7 @@ def render_markdown(card: Mapping[str, Any]) -> str:
         f"Created {card['created']}.",
         "",
     ]
+    lines += _warning_lines(card.get("warnings") or [])
     lines += _privacy_lines(card)
     lines += _budget_lines(card.get("budget"))
     lines += _data_and_metrics_lines(card)
@@ -209,6 +210,11 @@ def render_markdown(card: Mapping[str, Any]) -> str:
     lines += _not_dp_lines(card.get("released_without_dp") or [])
     lines += _audit_lines(card.get("membership_inference"))
     return "\n".join(lines) + "\n"
+
+
+def _warning_lines(warnings: Sequence[str]) -> list[str]:
+    """Quality warnings (a private model no better than a constant) before anything else."""
+    return [line for w in warnings for line in (f"**WARNING: {_md(w)}**", "")]
 
 
 def _privacy_lines(card: Mapping[str, Any]) -> list[str]:

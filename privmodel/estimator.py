@@ -35,9 +35,10 @@ policy nothing is charged: the caller owns the accounting.
 `score` is ROC-AUC (not accuracy as in ClassifierMixin): a propensity model ranks customers, and
 accuracy at 0.5 says little when churners are 10-30 % of rows.
 
-`warnings_`: `privmodel.training.quality_warnings` measured on the rows given to fit (the caller's
-own data; the warnings are for the caller and are not part of the model): the private model ranks no
-better than a constant, or (MLP) is much worse than a DP logistic model trained at the same epsilon.
+`warnings_`: `privmodel.training.quality_warnings` measured on the rows given to fit: the private model
+ranks no better than a constant, or (MLP) is much worse than a DP logistic model trained at the same
+epsilon on the same rows (a reference fit whose model is discarded). They are computed WITHOUT DP, for
+the caller who holds X: they are not part of the model's guarantee; do not publish them with it.
 """
 
 from __future__ import annotations

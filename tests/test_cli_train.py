@@ -303,3 +303,25 @@ def test_deciles_and_tiers() -> None:
     d = deciles([0.9, 0.1, 0.5, 0.7, 0.3, 0.2, 0.8, 0.6, 0.4, 0.05])
     assert d.tolist() == [1, 9, 5, 3, 7, 8, 2, 4, 6, 10]
     assert [tier_of(k) for k in (1, 2, 3, 4, 10)] == ["high-risk", "watch", "watch", "stable", "stable"]
+
+
+def test_a_model_no_better_than_a_constant_is_flagged(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                      isolated_budget: Path) -> None:
+    from privmodel.card import render_markdown
+    from privmodel.training import quality_warnings
+
+    frame = make_table(600)
+    frame["churn"] = np.random.default_rng(7).permutation(frame["churn"].to_numpy())  # no signal left
+    data, policy = write_inputs(tmp_path, frame=frame)
+    out = tmp_path / "noise-model"
+    code, err = _run_inprocess(["train", str(data), "--label", "churn", "--policy", str(policy), "--out", str(out),
+                                "--delta", "1e-5", *FAST], capsys)
+    assert code == 0, err
+    card = json.loads((out / "model_card.json").read_text())
+    auc = card["metrics"]["private"]["roc_auc"]
+    assert abs(auc - 0.5) < 0.1  # the label is noise
+    assert card["warnings"] == quality_warnings("logreg", auc)  # the card carries exactly the rule's verdict
+    assert quality_warnings("logreg", 0.49) and not quality_warnings("logreg", 0.7)
+    card["warnings"] = quality_warnings("logreg", 0.49)
+    head = render_markdown(card).split("## Privacy guarantee")[0]
+    assert "**WARNING: the private model ranks no better than a constant score" in head

@@ -354,3 +354,94 @@ def test_federate_run_cli_signs_and_refuses_the_fleet_port(fed, tmp_path: Path) 
     assert body["key_id"] == key_id_of(load_public_key(out / "coordinator-keys"))
     assert sorted(body["nodes"].values()) == ["silo-0", "silo-1", "silo-2"]
     assert (tmp_path / "run" / "model.npz").exists()
+
+
+def test_superlink_made_error_reply_is_attributed_to_its_partner() -> None:
+    """A reply the SuperLink makes itself (node offline) comes from the SuperLink's node id 1; the
+    coordinator attributes it to the node the message went to, so the dead partner is reported once,
+    by name and Flower's reason, not as a phantom "node 1" plus a round timeout for the real one."""
+    from flwr.app import ConfigRecord, Error, Message, RecordDict
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from federated.robust import RobustStrategy
+    from federated.server_app import exchange
+
+    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
+    # what a ServerApp process has set when it builds messages
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 42, 1, 7
+    try:
+        _check_attribution(Message, ConfigRecord, Error, RecordDict, RobustStrategy, exchange)
+    finally:
+        TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+
+
+def _check_attribution(Message, ConfigRecord, Error, RecordDict, RobustStrategy, exchange) -> None:  # noqa: N803
+
+    class FakeGrid:
+        def __init__(self) -> None:
+            self.sent: list[Message] = []
+
+        def push_messages(self, messages):
+            self.sent = list(messages)
+            return [f"m{i}" for i, _ in enumerate(self.sent)]
+
+        def pull_messages(self, ids):
+            replies = []
+            for i, msg in enumerate(self.sent):
+                if f"m{i}" not in ids:
+                    continue
+                reply = Message(Error(code=5, reason="Node is offline"), reply_to=msg)
+                reply.metadata.__dict__["_reply_to_message_id"] = f"m{i}"
+                reply.metadata.__dict__["_src_node_id"] = 1  # what the SuperLink puts there
+                replies.append(reply)
+            return replies
+
+    grid = FakeGrid()
+    sent = [Message(content=RecordDict({"config": ConfigRecord({"x": 1})}), message_type="train", dst_node_id=n)
+            for n in (777, 888)]
+    replies = exchange(grid, sent, timeout=1.0)
+    assert sorted(r.metadata.src_node_id for r in replies) == [777, 888]
+    config = FedConfig(min_partners=1)
+    names = {777: "silo-0", 888: "silo-2"}
+    strategy = RobustStrategy(None, config, lambda n: names.get(n, f"node {n}"), lambda: {777, 888})
+    strategy.sent[1] = {777, 888}
+    strategy.aggregate_train(1, replies)
+    failed = strategy.reports[1].failed
+    assert sorted(i["partner"] for i in failed) == ["silo-0", "silo-2"]
+    assert all("Node is offline" in i["reason"] and "no reply within" not in i["reason"] for i in failed)
+
+
+def test_superlink_cli_registers_public_keys_only(fed, tmp_path: Path) -> None:
+    """`federate superlink`: a private key handed over by mistake is refused in one line; public keys are
+    registered by name into registry.json; the Control API is on loopback; SIGTERM stops it all."""
+    out = fed["out"]
+    env = dict(os.environ, FLWR_TELEMETRY_ENABLED="0")
+    base = [sys.executable, "-m", "privmodel.cli", "federate", "superlink", "--tls", str(out / "tls"),
+            "--port", str(dep.free_port()), "--control-port", str(dep.free_port())]
+    bad = subprocess.run([*base, "--workdir", str(tmp_path / "bad"), "--register",
+                          f"silo-0={out / 'nodekeys' / 'silo-0' / 'auth.key'}"],
+                         capture_output=True, text=True, env=env, cwd=REPO, timeout=120, check=False)
+    assert bad.returncode == 2 and "is a private key" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    proc = subprocess.Popen([*base, "--workdir", str(tmp_path / "ok"),
+                             "--register", f"silo-0={out / 'nodekeys' / 'silo-0' / 'auth.pub'}",
+                             "--register", f"silo-1={out / 'nodekeys' / 'silo-1' / 'auth.pub'}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO,
+                            start_new_session=True)
+    try:
+        lines = []
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None and not any("Ctrl-C" in x for x in lines):
+            lines.append(proc.stdout.readline())
+        text = " ".join("".join(lines).split())
+        assert "registered partner silo-0" in text and "registered partner silo-1" in text, text
+        assert "runs are submitted on 127.0.0.1:" in text and "exposed" not in text
+        registry = dep.read_registry(tmp_path / "ok" / "registry.json")
+        assert sorted(registry) == ["silo-0", "silo-1"]
+        assert registry["silo-0"]["node_id"] != registry["silo-1"]["node_id"]
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 0

@@ -184,9 +184,12 @@ def superlink(
 
     from federated.deployment import start_superlink
 
-    console = Console(highlight=False)
-    link = start_superlink(tls, workdir, host, port, control_host=control_host, control_port=control_port)
+    console = Console(highlight=False, soft_wrap=True)  # addresses and paths are never broken across lines
+    # SIGTERM handled before anything starts: the SuperLink runs in its own session and must be stopped
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    link = None
     try:
+        link = start_superlink(tls, workdir, host, port, control_host=control_host, control_port=control_port)
         for item in register_node:
             name, sep, key = item.partition("=")
             if not sep:
@@ -196,14 +199,14 @@ def superlink(
         exposed = "" if control_host in ("127.0.0.1", "localhost", "::1") else " [red](exposed beyond loopback)[/red]"
         console.print(f"SuperLink: partners connect to {escape(link.address)} (Fleet API only); runs are submitted on "
                       f"{escape(link.control_address)}{exposed}; registry {escape(str(link.registry_path))}; Ctrl-C stops it")
-        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
         while link.proc.poll() is None:
             time.sleep(1)
         raise InputError(f"SuperLink exited with code {link.proc.returncode}; see {link.log}")
     except KeyboardInterrupt:
         pass
     finally:
-        link.stop()
+        if link is not None:
+            link.stop()
 
 
 def join(
@@ -230,7 +233,7 @@ def join(
     from federated.worker import PartnerSpec
     from privmodel.keys import ensure_keys
 
-    console = Console(highlight=False)
+    console = Console(highlight=False, soft_wrap=True)
     check_name(name)
     if not coordinator_key.exists():
         raise InputError(f"partner {name}: --coordinator-key {coordinator_key}: no such file")

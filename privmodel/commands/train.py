@@ -125,6 +125,7 @@ def train(
 ) -> None:
     """Train a DP propensity model, charge the dataset's budget and write the model card."""
     from rich.console import Console
+    from rich.markup import escape
 
     from privmodel.workflows import train as workflow
 
@@ -144,6 +145,8 @@ def train(
         f"budget spent ε = {outcome.spent_epsilon:.3f}, δ = {outcome.spent_delta:g}",
         soft_wrap=True, markup=True, highlight=False,
     )
+    for warning in outcome.warnings:
+        Console(stderr=True).print(f"[yellow]warning:[/yellow] {escape(warning)}", soft_wrap=True, highlight=False)
 
 
 # --- score -----------------------------------------------------------------------------------------

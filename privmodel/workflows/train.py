@@ -78,6 +78,7 @@ class TrainOutcome:
     spent_epsilon: float
     spent_delta: float
     rows: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
 
 
 def check_request(req: TrainRequest) -> None:
@@ -190,7 +191,7 @@ def _train(req: TrainRequest, book: Ledger, keys: Path | None, advance: Progress
     _publish(req, book, inputs, ready.encoder, evidence, the_card, policy, dataset, rows)
     auc = evidence.private_metrics["roc_auc"]
     return TrainOutcome(epsilon=req.epsilon, roc_auc=auc, spent_epsilon=charge.spent_after.epsilon,
-                        spent_delta=charge.spent_after.delta, rows=rows.as_record())
+                        spent_delta=charge.spent_after.delta, rows=rows.as_record(), warnings=list(evidence.fit.warnings))
 
 
 @dataclass
@@ -210,6 +211,7 @@ class Evidence:
 def _fit_and_measure(req: TrainRequest, ready: prep.Prepared, train_idx: np.ndarray, test_idx: np.ndarray,
                      policy: Policy, advance: Progress) -> Evidence:
     from privmodel import metrics
+    from privmodel.training import quality_warnings
 
     frame, y, encoder = ready.frame, ready.y, ready.encoder
     df_train, df_test = frame.iloc[train_idx].reset_index(drop=True), frame.iloc[test_idx].reset_index(drop=True)
@@ -226,6 +228,8 @@ def _fit_and_measure(req: TrainRequest, ready: prep.Prepared, train_idx: np.ndar
     advance(1, "private model trained")
     groups = prep.groups(df_test, policy)
     private_metrics = metrics.evaluate(y_test, predictor(result, encoder)(df_test), groups)
+    # a model that ranks no better than a constant is said so on the card, never released silently
+    result.warnings = quality_warnings(req.model, private_metrics["roc_auc"])
     baseline_metrics = None
     baseline_config = config_for(req, None, lr=lr, clip=clip)
     if req.baseline:
@@ -290,6 +294,7 @@ def _card(req: TrainRequest, policy: Policy, rows: ModelRows, ready: prep.Prepar
         selection=ev.selection.card_entry() if ev.selection else None,
         budget=charge, guarantee=rows.guarantee, released_without_dp=not_dp_figures(rows, ev),
     )
+    the_card["warnings"] = list(ev.fit.warnings)
     # what the budget was charged before training: the target (the accountant's figure for the run is in privacy)
     the_card["total_privacy_cost"] = {"epsilon": req.epsilon, "delta": req.delta}
     identifier_cols = [c for c in policy.with_role("identifier", "sensitive", "drop") if c in ready.frame.columns]
