@@ -18,9 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from anonymize.errors import InputError
-from privmodel.workflows import prepare as prep
-from privmodel.workflows.rows import model_rows
-from privmodel.workflows.train import TrainRequest, config_for, fit_rows, load_policy_with_cap, predictor
+from privmodel.workflows.train import TrainRequest, config_for, fit_rows, predictor, split_rows
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -52,13 +50,8 @@ def curve(req: TrainRequest, grid: list[float], repeats: int, book: Ledger, keys
 
     if repeats < 1:
         raise InputError("--repeats must be at least 1")
-    policy = load_policy_with_cap(req.policy)
-    cap = policy.budget
-    assert cap is not None  # load_policy_with_cap refuses a policy without one
-    rows = model_rows(req.data, policy, keys)
-    ready = prep.prepare(rows.frame, policy, req.label, str(req.data), rows.positions)
-    train_idx, test_idx = prep.split(ready.y, req.test_size, req.seed)
-    prep.check_delta(req.delta, int(train_idx.size))
+    split = split_rows(req, keys)
+    policy, rows, ready, train_idx, test_idx = split.policy, split.rows, split.ready, split.train_idx, split.test_idx
     frame, y, encoder = ready.frame, ready.y, ready.encoder
     df_train, df_test = frame.iloc[train_idx].reset_index(drop=True), frame.iloc[test_idx].reset_index(drop=True)
     spend = cost(grid, repeats)
@@ -68,7 +61,7 @@ def curve(req: TrainRequest, grid: list[float], repeats: int, book: Ledger, keys
     not_dp.append("every metric of the curve: measured on the held-out split without DP")
     if finite:
         dataset = budget.dataset_of(policy, req.data, keys)
-        budget.charge(dataset, spend, req.delta * finite, budget.Cap(cap.epsilon, cap.delta),
+        budget.charge(dataset, spend, req.delta * finite, split.cap,
                       keys=keys, ledger=book, params={"command": "curve", "grid": [str(e) for e in grid],
                                                       "repeats": repeats, "unit": rows.unit})
 

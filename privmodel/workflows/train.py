@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
     from anonymize.policy import Policy
     from privmodel.audit import Artifact, Ledger
+    from privmodel.budget import Cap
     from privmodel.features import TabularEncoder
     from privmodel.metrics import Evaluation
     from privmodel.mia import MembershipAudit
@@ -170,19 +171,39 @@ def load_policy_with_cap(path: Path) -> Policy:
     return policy
 
 
-def _train(req: TrainRequest, book: Ledger, keys: Path | None, advance: Progress,
-           inputs: list[Artifact]) -> TrainOutcome:
-    from privmodel import budget
+@dataclass
+class SplitRows:
+    """The policy (with its cap), the rows a model may use, and the seeded held-out split."""
+
+    policy: Policy
+    cap: Cap
+    rows: ModelRows
+    ready: prep.Prepared
+    train_idx: np.ndarray
+    test_idx: np.ndarray
+
+
+def split_rows(req: TrainRequest, keys: Path | None) -> SplitRows:
+    """Policy -> consent-filtered rows -> labels and encoder -> split -> δ < 1/n: shared by train and curve."""
+    from privmodel.budget import Cap
 
     policy = load_policy_with_cap(req.policy)
-    cap = policy.budget
-    assert cap is not None  # load_policy_with_cap refuses a policy without one
+    assert policy.budget is not None  # load_policy_with_cap refuses a policy without one
     rows = model_rows(req.data, policy, keys)
     ready = prep.prepare(rows.frame, policy, req.label, str(req.data), rows.positions)
     train_idx, test_idx = prep.split(ready.y, req.test_size, req.seed)
     prep.check_delta(req.delta, int(train_idx.size))
+    return SplitRows(policy, Cap(policy.budget.epsilon, policy.budget.delta), rows, ready, train_idx, test_idx)
+
+
+def _train(req: TrainRequest, book: Ledger, keys: Path | None, advance: Progress,
+           inputs: list[Artifact]) -> TrainOutcome:
+    from privmodel import budget
+
+    split = split_rows(req, keys)
+    policy, rows, ready, train_idx, test_idx = split.policy, split.rows, split.ready, split.train_idx, split.test_idx
     dataset = budget.dataset_of(policy, req.data, keys)
-    charge = budget.charge(dataset, req.epsilon, req.delta, budget.Cap(cap.epsilon, cap.delta),
+    charge = budget.charge(dataset, req.epsilon, req.delta, split.cap,
                            keys=keys, ledger=book,
                            params={"command": "train", "target_epsilon": req.epsilon, "out": req.out.name,
                                    "unit": rows.unit})
