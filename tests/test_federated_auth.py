@@ -61,8 +61,8 @@ def fed(tmp_path_factory: pytest.TempPathFactory):
 def _settings(out_dir: Path, policy: Path, keys: Path, partners: int, signed: bool = True, **config) -> ServerSettings:
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg = FedConfig(**{"rounds": 1, "epsilon": 1.0, "local_steps": 3, "batch_size": 64, "min_partners": 2,
-                       "round_timeout": 60, **config})
-    return ServerSettings(cfg, str(policy), str(out_dir), str(keys), None, expected_partners=partners, wait_timeout=40,
+                       "round_timeout": 180, **config})  # generous: 2 shared cores, torch imported on first train
+    return ServerSettings(cfg, str(policy), str(out_dir), str(keys), None, expected_partners=partners, wait_timeout=60,
                           authorization=str(out_dir / dep.AUTHORIZATION_FILE) if signed else "")
 
 
