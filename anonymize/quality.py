@@ -200,7 +200,10 @@ def validate(df: pd.DataFrame, policy: Policy, source: str = "input") -> StepRes
                 raise InputError(f"{source}: column {name!r}, row {_first_row(bad, data.index)}: value {what}")
             removed[f"invalid:{name}"] = int((bad & ~drop_mask).sum())
             drop_mask |= bad
-        if str(series.dtype) != str(converted.dtype):
+        # text columns count as converted to text unless they already were object columns (as the report
+        # said before text stayed in pandas' string dtype): the figure does not depend on the in-memory form
+        text_kind = col.type not in ("integer", "float", "boolean", "date")
+        if str(series.dtype) != ("object" if text_kind else str(converted.dtype)):
             coerced[name] = col.type or ""
         data[name] = converted
     if drop_mask.any():  # a boolean filter copies every column: only when a row goes

@@ -73,7 +73,7 @@ def make_adversarial_client_app(partners: list[dict[str, Any]], behaviours: dict
         pid = int(ctxt.node_config.get("partition-id", -1))
         if pid not in behaviours:
             return call_next(msg, ctxt)
-        config = next(iter(msg.content.config_records.values()), {})
+        config: dict[str, Any] = dict(next(iter(msg.content.config_records.values()), {}))
         if msg.metadata.message_type == "query":
             reply = call_next(msg, ctxt)
             hostile = config.get("op") == "hello" and _applies(behaviours[pid], 0) == "hello" and not reply.has_error()

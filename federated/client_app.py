@@ -16,11 +16,15 @@ report them and finish the round with the others.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+
+if TYPE_CHECKING:
+    from federated.worker import PartnerWorker
 
 # Error codes in replies (the reason always starts with "partner NAME").
 ERR_REFUSED = 4001  # the partner declines: its privacy budget would be exceeded
@@ -28,7 +32,7 @@ ERR_INPUT = 4002  # bad local input: data file, policy, model mismatch
 ERR_FAILED = 4003  # the local worker crashed or could not be reached
 KIND_CODES = {"refused": ERR_REFUSED, "input": ERR_INPUT}
 
-_LOCAL_WORKERS: dict[tuple[int, str], Any] = {}  # simulation: (partition-id, spec) -> PartnerWorker (per Ray actor)
+_LOCAL_WORKERS: dict[tuple[int, str], PartnerWorker] = {}  # simulation: (partition-id, spec) -> PartnerWorker (per Ray actor)
 
 
 def _config_of(msg: Message) -> dict[str, Any]:
@@ -46,7 +50,8 @@ def _arrays_of(msg: Message) -> dict[str, np.ndarray]:
     return {k: v.numpy() for k, v in record.items()}
 
 
-def _forward(partners: list[dict[str, Any]] | None, op: str, msg: Message, context: Context) -> tuple[dict, dict]:
+def _forward(partners: list[dict[str, Any]] | None, op: str, msg: Message, context: Context,
+             ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Send one request to this node's worker (socket in deployment, in-process in simulation)."""
     config = _config_of(msg)
     header = {
@@ -86,7 +91,7 @@ def _forward(partners: list[dict[str, Any]] | None, op: str, msg: Message, conte
         return {"ok": False, "kind": "failed", "error": f"partner {partner}: {exc}"}, {}
 
 
-def _error_reply(msg: Message, reply: dict) -> Message:
+def _error_reply(msg: Message, reply: dict[str, Any]) -> Message:
     code = KIND_CODES.get(str(reply.get("kind")), ERR_FAILED)
     return Message(Error(code=code, reason=str(reply.get("error", "failed"))), reply_to=msg)
 
@@ -95,7 +100,7 @@ def _metrics(values: dict[str, Any]) -> MetricRecord:
     return MetricRecord({k: (int(v) if isinstance(v, (bool, np.integer, int)) else float(v)) for k, v in values.items()})
 
 
-def _optional_clipping_mod(msg: Message, ctxt: Context, call_next) -> Message:
+def _optional_clipping_mod(msg: Message, ctxt: Context, call_next: Callable[[Message, Context], Message]) -> Message:
     """Flower's `fixedclipping_mod` when the server runs client-level DP, else a pass-through.
 
     The DP strategy wrapper puts the clipping norm in the train config; without the wrapper the
@@ -107,7 +112,8 @@ def _optional_clipping_mod(msg: Message, ctxt: Context, call_next) -> Message:
     if msg.metadata.message_type == "train" and msg.content.config_records:
         config = next(iter(msg.content.config_records.values()))
         if KEY_CLIPPING_NORM in config:
-            return fixedclipping_mod(msg, ctxt, call_next)
+            clipped: Message = fixedclipping_mod(msg, ctxt, call_next)
+            return clipped
     return call_next(msg, ctxt)
 
 
@@ -150,7 +156,7 @@ def make_client_app(partners: list[dict[str, Any]] | None = None, mods: list[Any
         reply, _ = _forward(partners, op, msg, context)
         if not reply.get("ok"):
             return _error_reply(msg, reply)
-        info = {k: v for k, v in reply["info"].items() if isinstance(v, (str, int, float, bool))}
+        info: dict[str, Any] = {k: v for k, v in reply["info"].items() if isinstance(v, (str, int, float, bool))}
         return Message(content=RecordDict({"info": ConfigRecord(info)}), reply_to=msg)
 
     return client

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,14 +60,21 @@ class FedConfig:
 
     def validate(self) -> FedConfig:
         """Reject impossible settings with one line naming the option."""
+        self._check_choices()
+        self._check_numbers()
+        self._check_combinations()
+        return self
+
+    def _check_choices(self) -> None:
         if self.strategy not in STRATEGIES:
             raise InputError(f"--strategy: unknown strategy {self.strategy!r} (choose from {', '.join(STRATEGIES)})")
         if self.model not in MODELS:
             raise InputError(f"--model: unknown model {self.model!r} (choose from {', '.join(MODELS)})")
         if self.optimizer not in ("adam", "sgd"):
             raise InputError(f"--optimizer: unknown optimizer {self.optimizer!r} (adam or sgd)")
-        positive_ints = ("rounds", "min_partners", "local_steps", "batch_size")
-        for name in positive_ints:
+
+    def _check_numbers(self) -> None:
+        for name in ("rounds", "min_partners", "local_steps", "batch_size"):
             if int(getattr(self, name)) < 1:
                 raise InputError(f"--{name.replace('_', '-')}: must be at least 1")
         for name in ("lr", "max_grad_norm", "max_update_norm", "server_lr", "round_timeout", "delta"):
@@ -77,6 +85,8 @@ class FedConfig:
             value = float(getattr(self, name))
             if not math.isfinite(value) or value < 0:
                 raise InputError(f"--{name.replace('_', '-')}: must be zero or a positive number")
+
+    def _check_combinations(self) -> None:
         if self.delta >= 1e-3:
             raise InputError("--delta: must be well below 1/n (at most 1e-3); the default is 1e-6")
         if not 0.0 < self.eval_fraction < 0.9:
@@ -89,7 +99,6 @@ class FedConfig:
             raise InputError("--insecure-seed: must be -1 (off) or a non-negative test seed")
         if self.secagg and self.secagg_threshold > self.secagg_shares:
             raise InputError("--secagg-threshold: cannot exceed --secagg-shares")
-        return self
 
     @property
     def private(self) -> bool:
@@ -116,5 +125,6 @@ class FedConfig:
                 if isinstance(default, bool) and isinstance(value, str):
                     kwargs[name] = value.strip().lower() in ("1", "true", "yes")
                 else:
-                    kwargs[name] = type(default)(value)
+                    convert: Callable[[Any], Any] = type(default)  # the field's own type (int, float, str)
+                    kwargs[name] = convert(value)
         return cls(**kwargs, extra=extra)

@@ -26,15 +26,18 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from anonymize.errors import InputError
 from federated.worker import PartnerSpec
 
+if TYPE_CHECKING:
+    from privmodel.keys import Signer
+
 CONNECTION = "privmodel"
 PROGRESS_EVERY_S = 0.1
 STATUS_EVERY_S = 5.0
-_STARTED: list[subprocess.Popen] = []
+_STARTED: list[subprocess.Popen[bytes]] = []
 
 
 def _bin(name: str) -> str:
@@ -57,7 +60,7 @@ def base_env(flwr_home: Path | None = None) -> dict[str, str]:
     return env
 
 
-def stop(proc: subprocess.Popen | None, grace: float = 5.0) -> None:
+def stop(proc: subprocess.Popen[bytes] | None, grace: float = 5.0) -> None:
     """Stop one process we started (by pid): SIGTERM, wait, then SIGKILL."""
     if proc is None or proc.poll() is not None:
         return
@@ -80,7 +83,7 @@ def _stop_all() -> None:
 atexit.register(_stop_all)
 
 
-def spawn(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+def spawn(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     """Start a process with its output in `log`; remembered so that it is stopped at exit."""
     handle = open(log, "ab")  # noqa: SIM115 - the child owns it for its lifetime
     proc = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -111,7 +114,7 @@ def _tail(log: Path, lines: int = 3) -> str:
     return " | ".join(t.strip()[:200] for t in interesting[-lines:])
 
 
-def wait_port(host: str, port: int, timeout: float, proc: subprocess.Popen | None = None, log: Path | None = None, who: str = "process") -> None:
+def wait_port(host: str, port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None, log: Path | None = None, who: str = "process") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -147,7 +150,8 @@ def _json_of(text: str) -> dict[str, Any]:
     if start < 0:
         return {}
     try:
-        return json.loads(text[start: text.rfind("}") + 1])
+        value: dict[str, Any] = json.loads(text[start: text.rfind("}") + 1])
+        return value
     except ValueError:
         return {}
 
@@ -163,7 +167,7 @@ class SuperLink:
     address: str
     tls_dir: Path
     workdir: Path
-    proc: subprocess.Popen
+    proc: subprocess.Popen[bytes]
     home: Path
     log: Path
     control_address: str = ""
@@ -296,8 +300,8 @@ class Partner:
     """A joined partner: its training worker and its SuperNode."""
 
     spec: PartnerSpec
-    worker: subprocess.Popen
-    supernode: subprocess.Popen
+    worker: subprocess.Popen[bytes]
+    supernode: subprocess.Popen[bytes]
     workdir: Path
     logs: dict[str, Path] = field(default_factory=dict)
     sock_dir: Path | None = None  # the 0700 pm-worker-* folder (socket, token, spec): removed at stop
@@ -332,7 +336,7 @@ def supernode_failure(name: str, log: Path, code: int | None) -> str:
     return f"partner {name}: the SuperNode exited with code {code} ({_tail(log, 1) or 'no log'})"
 
 
-def stop_group(proc: subprocess.Popen | None, grace: float = 5.0) -> None:
+def stop_group(proc: subprocess.Popen[bytes] | None, grace: float = 5.0) -> None:
     """Stop a process we started in its own session and every process of its group (by its pgid)."""
     if proc is None:
         return
@@ -436,7 +440,7 @@ def join(
     return Partner(spec, worker, supernode, workdir, logs, sock_dir, node_id)
 
 
-def wait_accepted(name: str, supernode: subprocess.Popen, log: Path, worker: subprocess.Popen, worker_log: Path,
+def wait_accepted(name: str, supernode: subprocess.Popen[bytes], log: Path, worker: subprocess.Popen[bytes], worker_log: Path,
                   timeout: float) -> int:
     """Wait until the SuperLink accepted the node key (Flower logs `SuperNode ID: N` after activation);
     a refusal or exit is one line with its cause."""
@@ -503,7 +507,7 @@ def _toml(value: Any) -> str:
 AUTHORIZATION_FILE = "authorization.json"
 
 
-def authorize(path: Path, run_id: int, record: dict[str, Any], signer: Any, registry: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def authorize(path: Path, run_id: int, record: dict[str, Any], signer: Signer, registry: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Sign this run for the partners: run id (the SuperLink's), the whole FedConfig, the time, the
     signing key id and the registry (node id -> partner name), as canonical JSON, with the
     coordinator's Ed25519 key. Partners accept only requests carrying this signature by the key they
@@ -529,7 +533,7 @@ def authorize(path: Path, run_id: int, record: dict[str, Any], signer: Any, regi
 
 def submit(
     link_home: Path, app_dir: Path, out_dir: Path, timeout: float, on_event: Callable[[dict[str, Any]], None] | None = None,
-    *, signer: Any = None, record: dict[str, Any] | None = None, registry: dict[str, dict[str, Any]] | None = None,
+    *, signer: Signer | None = None, record: dict[str, Any] | None = None, registry: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Submit the run, sign it for the partners (`authorize`, when a signer is given), follow the
     coordinator's progress file, and check the final status.
@@ -547,14 +551,26 @@ def submit(
     run_id = int(info["run-id"])
     if signer is not None:
         authorize(out_dir / AUTHORIZATION_FILE, run_id, record or {}, signer, registry or {})
-    events: list[dict[str, Any]] = []
+    reader = _ProgressReader(progress, on_event)
+    status = _follow(link_home, run_id, reader, timeout)
+    reader.drain(final=True)
+    _check_outcome(link_home, run_id, out_dir, status, reader.events)
+    return {"run_id": run_id, "status": status, "events": reader.events}
 
-    def drain(final: bool) -> None:
+
+class _ProgressReader:
+    """The coordinator's progress file, passed on to `on_event` one event at a time."""
+
+    def __init__(self, path: Path, on_event: Callable[[dict[str, Any]], None] | None) -> None:
+        self.path, self.on_event = path, on_event
+        self.events: list[dict[str, Any]] = []
+
+    def drain(self, final: bool) -> None:
         """Pass on the progress lines not seen yet; a half-written last line waits unless final."""
-        if not progress.is_file():
+        if not self.path.is_file():
             return
-        text = progress.read_text()
-        lines = text.splitlines()[len(events):]
+        text = self.path.read_text()
+        lines = text.splitlines()[len(self.events):]
         if lines and not final and not text.endswith("\n"):
             lines = lines[:-1]
         for line in lines:
@@ -562,31 +578,44 @@ def submit(
                 event = json.loads(line)
             except ValueError:
                 event = {"event": "unreadable"}  # kept so the line count stays aligned with the file
-            events.append(event)
-            if on_event is not None:
-                on_event(event)
+            self.events.append(event)
+            if self.on_event is not None:
+                self.on_event(event)
 
+    def ended(self) -> bool:
+        return any(e.get("event") in ("done", "failed") for e in self.events[-2:])
+
+
+def _run_status(link_home: Path, run_id: int) -> str:
+    """The SuperLink's status of the run (e.g. "finished:completed"), "" when unknown."""
+    _, out = flwr_cli(["ls", CONNECTION, "--run-id", str(run_id), "--format", "json"], link_home, timeout=30)
+    runs = _json_of(out).get("runs", [])
+    return str(runs[0].get("status", "")) if runs else ""
+
+
+def _follow(link_home: Path, run_id: int, reader: _ProgressReader, timeout: float) -> str:
+    """Follow the run until the SuperLink reports it finished (its status), or stop it at `timeout`."""
     deadline = time.monotonic() + timeout
     next_status_check = time.monotonic() + STATUS_EVERY_S
-    status = ""
     while True:
         # Progress is read every PROGRESS_EVERY_S; `flwr ls` (a CLI start-up of about a second) runs
         # only every STATUS_EVERY_S or once the coordinator has written its last event, so callers
         # see each round promptly.
-        drain(final=False)
-        ended = any(e.get("event") in ("done", "failed") for e in events[-2:])
-        if ended or time.monotonic() >= next_status_check:
+        reader.drain(final=False)
+        if reader.ended() or time.monotonic() >= next_status_check:
             next_status_check = time.monotonic() + STATUS_EVERY_S
-            code, out = flwr_cli(["ls", CONNECTION, "--run-id", str(run_id), "--format", "json"], link_home, timeout=30)
-            runs = _json_of(out).get("runs", [])
-            status = str(runs[0].get("status", "")) if runs else ""
+            status = _run_status(link_home, run_id)
             if status.startswith("finished"):
-                break
+                return status
         if time.monotonic() > deadline:
             flwr_cli(["stop", str(run_id), CONNECTION], link_home, timeout=30)
             raise InputError(f"run {run_id} did not finish within {timeout:.0f} s (stopped)")
         time.sleep(PROGRESS_EVERY_S)
-    drain(final=True)
+
+
+def _check_outcome(link_home: Path, run_id: int, out_dir: Path, status: str, events: list[dict[str, Any]]) -> None:
+    """Success needs the SuperLink's "finished:completed" and the coordinator's "done" event; the
+    ServerApp log is kept for any other ending."""
     if status != "finished:completed":
         _, log_text = flwr_cli(["log", str(run_id), CONNECTION, "--show"], link_home, timeout=60)
         with contextlib.suppress(OSError):
@@ -596,7 +625,6 @@ def submit(
         raise InputError(f"run {run_id} failed: {failed[-1]['reason']}")
     if status != "finished:completed" or not any(e.get("event") == "done" for e in events):
         raise InputError(f"run {run_id} ended with status {status or 'unknown'}; see {out_dir / 'serverapp.log'}")
-    return {"run_id": run_id, "status": status, "events": events}
 
 
 @contextlib.contextmanager

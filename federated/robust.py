@@ -217,7 +217,7 @@ class RobustStrategy(Strategy):
             good.append(msg)
         for node in sorted(self.sent.get(server_round, set()) - answered):
             report.failed.append({"partner": self.partner_of(node), "reason": f"no reply within {self.config.round_timeout:.0f} s"})
-        weight = sum(int(next(iter(m.content.metric_records.values()))["num-examples"]) for m in good)
+        weight = sum(_num_examples(m) for m in good)
         if len(good) < self.config.min_partners or weight <= 0:
             return None, None
         return self.inner.aggregate_train(server_round, good)
@@ -226,7 +226,7 @@ class RobustStrategy(Strategy):
         """Validate one non-error reply; record the partner's ε and held-out metrics once they are sound."""
         if len(msg.content.array_records) != 1 or len(msg.content.metric_records) != 1:
             return "reply does not hold exactly one model and one metric record"
-        metrics = dict(next(iter(msg.content.metric_records.values())))
+        metrics: dict[str, Any] = dict(next(iter(msg.content.metric_records.values())))
         problem = metrics_problem(metrics, self.declared(node))
         if problem is not None:
             return problem
@@ -278,3 +278,9 @@ def build_strategy(config: FedConfig, n_nodes: int) -> Strategy:
             num_sampled_clients=n_nodes,
         )
     return strategy
+
+
+def _num_examples(msg: Message) -> int:
+    """The FedAvg weight of an accepted reply (checked by `metrics_problem` to be a count)."""
+    metrics: dict[str, Any] = dict(next(iter(msg.content.metric_records.values())))
+    return int(metrics["num-examples"])

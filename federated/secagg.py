@@ -30,19 +30,56 @@ dropped partner's masks from its neighbours' shares, as long as `secagg_threshol
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from flwr.app import Context, Message, RecordDict
+from flwr.common import EvaluateIns, FitIns, FitRes, Parameters, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.server.client_manager import ClientManager
+from flwr.server.client_proxy import ClientProxy
+from flwr.server.strategy import Strategy
+from flwr.serverapp import Grid
 
 from anonymize.errors import InputError
 from federated.config import FedConfig
-from federated.server_app import RunOutcome, ServerSettings, answer_timeout
+from federated.robust import metrics_problem
+from federated.secagg_deploy import LegacyPartnerClient, PartnerFailure, error_reply, scalars
+from federated.server_app import (
+    Outcome,
+    Roster,
+    RunOutcome,
+    RunStart,
+    ServerSettings,
+    _build_model,
+    _emit,
+    _Evaluator,
+    _finite,
+    _wait_for_nodes,
+    answer_timeout,
+    begin_run,
+    exchange,
+    finish_run,
+    is_refusal,
+    load_run_policy,
+    record_start,
+    take_final,
+    take_hellos,
+)
+from federated.wire import arrays_hash
+from federated.worker import _load_arrays
+
+if TYPE_CHECKING:
+    from flwr.client import Client, ClientApp
+    from flwr.serverapp import ServerApp
+    from torch.nn import Module
+
+    from federated.worker import PartnerSpec, PartnerWorker
+    from privmodel.audit import Ledger
 
 SECAGG_CLIPPING_RANGE = 8.0  # every coordinate of a weighted delta is clipped to ±this at the partner
 QUANTIZATION_RANGE = 2**22  # levels per coordinate (Flower's default)
@@ -82,15 +119,7 @@ def check_options(config: FedConfig, partners: int | None = None) -> None:
 # --- client side ----------------------------------------------------------------------------------
 
 
-class PartnerFailure(Exception):
-    """A worker reply that is not ok; `kind` maps to the same error codes as the normal ClientApp."""
-
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
-
-
-def _worker(partners: list[dict[str, Any]], pid: int) -> Any:
+def _worker(partners: list[dict[str, Any]], pid: int) -> PartnerWorker:
     """The partner's in-process worker, one per partner per Ray actor (shared with the normal path)."""
     from federated.client_app import _LOCAL_WORKERS
     from federated.worker import PartnerSpec, PartnerWorker
@@ -108,76 +137,55 @@ def _worker(partners: list[dict[str, Any]], pid: int) -> Any:
     return worker
 
 
-def make_client_app(partners: list[dict[str, Any]], record_updates: str | None = None) -> Any:
+class _SimPartnerClient(LegacyPartnerClient):
+    """The simulation's partner client: every request goes to its in-process PartnerWorker."""
+
+    def __init__(self, context: Context, partners: list[dict[str, Any]], record_updates: str | None) -> None:
+        self.context = context
+        self.pid = int(context.node_config.get("partition-id", 0))
+        self.partners, self.record_updates = partners, record_updates
+
+    def _call(self, op: str, config: dict[str, Any], arrays: dict[str, np.ndarray]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        header = {"op": op, "config": scalars(config), "run_id": str(self.context.run_id),
+                  "round": int(config.get("server-round", 0))}
+        reply, out = _worker(self.partners, self.pid).handle(op, header, arrays)
+        if not reply.get("ok"):
+            raise PartnerFailure(str(reply.get("kind", "failed")), str(reply.get("error", "failed")))
+        return reply, out
+
+    def _received(self, op: str, names: list[str], config: dict[str, Any], arrays: dict[str, np.ndarray], n: int,
+                  delta: list[np.ndarray], reply: dict[str, Any]) -> None:
+        if not self.record_updates:
+            return
+        partner = str(reply.get("partner", self.pid))
+        saved: dict[str, Any] = {"n": np.asarray(n), **{f"received__{k}": arrays[k] for k in names},
+                                 **{f"delta__{k}": d for k, d in zip(names, delta, strict=True)}}
+        np.savez(Path(self.record_updates) / f"{partner}-round{int(config['server-round'])}.npz", **saved)
+
+
+def _partition_name(partners: list[dict[str, Any]], context: Context) -> str:
+    pid = int(context.node_config.get("partition-id", 0))
+    return str(partners[pid].get("name", f"partition {pid}")) if pid < len(partners) else f"partition {pid}"
+
+
+def make_client_app(partners: list[dict[str, Any]], record_updates: str | None = None) -> ClientApp:
     """Legacy ClientApp: `secaggplus_mod` around a NumPyClient that delegates to the PartnerWorker.
 
     `record_updates` (tests only) names a directory where each partner writes, on its own side, the
     global model it received and the delta it handed to SecAgg+ before masking.
     """
-    from flwr.app import Context, Error, Message
-    from flwr.client import ClientApp, NumPyClient
+    from flwr.client import ClientApp
     from flwr.client.mod import secaggplus_mod
 
-    from federated.client_app import ERR_FAILED, KIND_CODES
-
-    def header(context: Context, config: dict[str, Any], op: str) -> dict[str, Any]:
-        scalars = {k: v for k, v in config.items() if isinstance(v, (str, int, float, bool))}
-        return {"op": op, "config": scalars, "run_id": str(context.run_id), "round": int(config.get("server-round", 0))}
-
-    class PartnerClient(NumPyClient):  # type: ignore[misc]
-        """Flower's legacy client face of one partner; every request goes to its PartnerWorker."""
-
-        def __init__(self, context: Context) -> None:
-            self.context = context
-            self.pid = int(context.node_config.get("partition-id", 0))
-
-        def _call(self, op: str, config: dict[str, Any], arrays: dict[str, np.ndarray]) -> tuple[dict, dict]:
-            reply, out = _worker(partners, self.pid).handle(op, header(self.context, config, op), arrays)
-            if not reply.get("ok"):
-                raise PartnerFailure(str(reply.get("kind", "failed")), str(reply.get("error", "failed")))
-            return reply, out
-
-        def get_properties(self, config: dict[str, Any]) -> dict[str, Any]:
-            reply, _ = self._call("hello", config, {})
-            return {k: v for k, v in reply["info"].items() if isinstance(v, (str, int, float, bool))}
-
-        def fit(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[list[np.ndarray], int, dict[str, Any]]:
-            names = str(config["param_names"]).split(",")
-            received = {k: np.asarray(v, dtype=np.float32) for k, v in zip(names, parameters, strict=True)}
-            reply, new = self._call("train", config, received)
-            delta = [np.asarray(new[k], dtype=np.float64) - received[k].astype(np.float64) for k in names]
-            metrics = {k: (int(v) if isinstance(v, (bool, np.integer, int)) else float(v)) for k, v in reply["metrics"].items()}
-            n = int(metrics.pop("num-examples"))
-            if record_updates:
-                partner = str(reply.get("partner", self.pid))
-                np.savez(
-                    Path(record_updates) / f"{partner}-round{int(config['server-round'])}.npz",
-                    n=np.asarray(n), **{f"received__{k}": received[k] for k in names}, **{f"delta__{k}": d for k, d in zip(names, delta, strict=True)},
-                )
-            return delta, n, {**metrics, "partner": str(reply.get("partner", ""))}
-
-        def evaluate(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[float, int, dict[str, Any]]:
-            names = str(config["param_names"]).split(",")
-            arrays = {k: np.asarray(v, dtype=np.float32) for k, v in zip(names, parameters, strict=True)}
-            reply, _ = self._call("final", config, arrays)
-            info = {k: v for k, v in reply["info"].items() if isinstance(v, (str, int, float, bool))}
-            return float(info.get("eval_loss", float("nan"))), int(info.get("eval_n", 0)), info
-
-    def client_fn(context: Context) -> Any:
-        return PartnerClient(context).to_client()
+    def client_fn(context: Context) -> Client:
+        return _SimPartnerClient(context, partners, record_updates).to_client()
 
     def name_errors(msg: Message, context: Context, call_next: Callable[[Message, Context], Message]) -> Message:
         """Outermost mod: any failure (refusal, bad input, SecAgg+ abort) becomes an error reply naming the partner."""
         try:
             return call_next(msg, context)
-        except PartnerFailure as exc:
-            return Message(Error(code=KIND_CODES.get(exc.kind, ERR_FAILED), reason=str(exc)), reply_to=msg)
         except Exception as exc:  # noqa: BLE001 - the coordinator needs a reason, not a crashed actor
-            pid = int(context.node_config.get("partition-id", 0))
-            name = partners[pid].get("name", f"partition {pid}") if pid < len(partners) else f"partition {pid}"
-            text = str(exc).strip().splitlines()
-            detail = f"{type(exc).__name__}: {text[-1]}" if text else type(exc).__name__
-            return Message(Error(code=ERR_FAILED, reason=f"partner {name}: {msg.metadata.message_type} failed ({detail[:300]})"), reply_to=msg)
+            return error_reply(msg, exc, _partition_name(partners, context))
 
     return ClientApp(client_fn=client_fn, mods=[name_errors, secaggplus_mod])
 
@@ -185,7 +193,7 @@ def make_client_app(partners: list[dict[str, Any]], record_updates: str | None =
 # --- server side ----------------------------------------------------------------------------------
 
 
-def _error_reason(msg: Any, fallback: str) -> str:
+def _error_reason(msg: Message, fallback: str) -> str:
     lines = (msg.error.reason or fallback).strip().splitlines()
     return lines[-1] if lines else fallback
 
@@ -193,7 +201,7 @@ def _error_reason(msg: Any, fallback: str) -> str:
 class _Coordinator:
     """Bookkeeping shared by the legacy strategy and the run: progress, ledger, failures."""
 
-    def __init__(self, settings: ServerSettings, ledger: Any, progress_path: Path, run_id: str) -> None:
+    def __init__(self, settings: ServerSettings, ledger: Ledger, progress_path: Path, run_id: str) -> None:
         self.settings = settings
         self.ledger = ledger
         self.progress_path = progress_path
@@ -201,153 +209,180 @@ class _Coordinator:
         self.error: str | None = None
 
 
-def _make_strategy(
-    coordinator: _Coordinator, names: list[str], initial: list[np.ndarray], partner_of: dict[int, str],
-    active: set[int], model: Any, evaluator: Any, declared: dict[int, int],
-) -> Any:
-    """The legacy strategy that SecAggPlusWorkflow drives: it sees only the unmasked aggregate delta."""
-    from flwr.common import EvaluateIns, FitIns, FitRes, Parameters, ndarrays_to_parameters, parameters_to_ndarrays
-    from flwr.server.client_manager import ClientManager
-    from flwr.server.client_proxy import ClientProxy
-    from flwr.server.strategy import Strategy
+class SecAggFedAvg(Strategy):
+    """FedAvg on the SecAgg+ sum: global += (Σ n_i Δ_i) / (Σ n_i), plus the per-round record.
 
-    from federated.client_app import ERR_REFUSED
-    from federated.robust import metrics_problem
-    from federated.server_app import _emit, _finite
-    from federated.wire import arrays_hash
-    from federated.worker import _load_arrays
+    The legacy strategy that SecAggPlusWorkflow drives: it sees only the unmasked aggregate delta."""
 
-    settings = coordinator.settings
-    config = settings.config
-    base_config = {**config.to_record(), "param_names": ",".join(names)}
+    def __init__(
+        self, coordinator: _Coordinator, names: list[str], initial: list[np.ndarray], partner_of: dict[int, str],
+        active: set[int], model: Module, evaluator: _Evaluator | None, declared: dict[int, int],
+    ) -> None:
+        self.coordinator, self.names, self.partner_of, self.active = coordinator, names, partner_of, active
+        self.model, self.evaluator, self.declared = model, evaluator, declared
+        self.config = coordinator.settings.config
+        self.base_config = {**self.config.to_record(), "param_names": ",".join(names)}
+        self.current = [a.astype(np.float32) for a in initial]
+        self.sent: dict[int, set[int]] = {}
+        self.rounds: list[dict[str, Any]] = []
+        self.joined: dict[str, list[int]] = {partner_of[n]: [] for n in active}
+        self.epsilon: dict[str, float] = {partner_of[n]: 0.0 for n in active}
+        self.started = time.monotonic()
+        self.initial_per_silo: dict[str, dict[str, float]] = {}
 
-    class SecAggFedAvg(Strategy):  # type: ignore[misc]
-        """FedAvg on the SecAgg+ sum: global += (Σ n_i Δ_i) / (Σ n_i), plus the per-round record."""
+    def __repr__(self) -> str:
+        return "SecAggFedAvg"
 
-        def __init__(self) -> None:
-            self.current = [a.astype(np.float32) for a in initial]
-            self.sent: dict[int, set[int]] = {}
-            self.rounds: list[dict[str, Any]] = []
-            self.joined: dict[str, list[int]] = {partner_of[n]: [] for n in active}
-            self.epsilon: dict[str, float] = {partner_of[n]: 0.0 for n in active}
-            self.started = time.monotonic()
-            self.initial_per_silo: dict[str, dict[str, float]] = {}
+    def _name(self, node: int) -> str:
+        return self.partner_of.get(node, f"node {node}")
 
-        def __repr__(self) -> str:
-            return "SecAggFedAvg"
+    def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
+        return ndarrays_to_parameters(self.current)
 
-        def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
-            return ndarrays_to_parameters(self.current)
+    def configure_fit(
+        self, server_round: int, parameters: Parameters, client_manager: ClientManager,
+    ) -> list[tuple[ClientProxy, FitIns]]:
+        if self.coordinator.error is not None:
+            return []  # the run already failed: let the workflow's remaining rounds pass without messages
+        self.started = time.monotonic()
+        self.current = [np.asarray(a, dtype=np.float32) for a in parameters_to_ndarrays(parameters)]
+        proxies = [p for p in client_manager.all().values() if p.node_id in self.active]
+        self.sent[server_round] = {p.node_id for p in proxies}
+        ins = FitIns(parameters, {**self.base_config, "server-round": server_round})
+        return [(p, ins) for p in sorted(proxies, key=lambda p: p.node_id)]
 
-        def configure_fit(self, server_round: int, parameters: Parameters, client_manager: ClientManager) -> list[tuple[ClientProxy, FitIns]]:
-            if coordinator.error is not None:
-                return []  # the run already failed: let the workflow's remaining rounds pass without messages
-            self.started = time.monotonic()
-            self.current = [np.asarray(a, dtype=np.float32) for a in parameters_to_ndarrays(parameters)]
-            proxies = [p for p in client_manager.all().values() if p.node_id in active]
-            self.sent[server_round] = {p.node_id for p in proxies}
-            ins = FitIns(parameters, {**base_config, "server-round": server_round})
-            return [(p, ins) for p in sorted(proxies, key=lambda p: p.node_id)]
-
-        def aggregate_fit(self, server_round: int, results: list[tuple[ClientProxy, FitRes]], failures: list[Any]) -> tuple[Parameters | None, dict[str, Any]]:
-            accepted = sorted(partner_of.get(p.node_id, f"node {p.node_id}") for p, _ in results)
-            reasons = [_failure_text(f) for f in failures]
-            failed: list[dict[str, str]] = []
-            missing = self.sent.get(server_round, set()) - {p.node_id for p, _ in results}
-            for node in sorted(missing):
-                partner = partner_of.get(node, f"node {node}")
-                reason, code = next(((r, c) for r, c in reasons if r.startswith(f"partner {partner}")), (f"partner {partner}: dropped out of the secure aggregation", ""))
-                failed.append({"partner": partner, "reason": reason, "code": code})
-                if code != str(ERR_REFUSED):  # a refusal keeps the partner; a failure drops it (as in the normal path)
-                    active.discard(node)
-                coordinator.ledger.append(
-                    "federate.partner", params={"run_id": coordinator.run_id, "round": server_round}, outcome="failed", reason=reason
-                )
-            evaluation: dict[str, dict[str, float]] = {}
-            for proxy, res in results:
-                # The masked update is already in the sum; a bad weight or metric record is recorded,
-                # never read (no per-update filtering exists under SecAgg+).
-                partner = partner_of.get(proxy.node_id, f"node {proxy.node_id}")
-                m = {**res.metrics, "num-examples": res.num_examples}
-                problem = metrics_problem(m, declared.get(proxy.node_id))
-                if problem is not None:
-                    coordinator.ledger.append(
-                        "federate.update_rejected", params={"run_id": coordinator.run_id, "round": server_round, "partner": partner},
-                        outcome="failed", reason=f"partner {partner} rejected: {problem} (its masked update is in the sum)",
-                    )
-                    continue
-                self.epsilon[partner] = float(m["epsilon"])
-                evaluation[partner] = {"auc": float(m["eval_auc"]), "loss": float(m["eval_loss"]), "n": int(m["eval_n"])}
-            if len(results) < config.min_partners:
-                self._fail(server_round, accepted, failed)
-                return None, {}
-            # Every result carries the same parameters: the unmasked weighted mean of the deltas.
-            mean_delta = parameters_to_ndarrays(results[0][1].parameters)
-            new = [(c.astype(np.float64) + d).astype(np.float32) for c, d in zip(self.current, mean_delta, strict=True)]
-            norm = math.sqrt(sum(float(np.sum(np.asarray(d, dtype=np.float64) ** 2)) for d in mean_delta))
-            if not all(np.all(np.isfinite(a)) for a in new) or not math.isfinite(norm):
-                coordinator.error = f"round {server_round}: the securely aggregated update contains NaN or infinite values"
-                return None, {}
-            if norm > config.max_update_norm:
-                coordinator.error = (
-                    f"round {server_round}: the securely aggregated update norm {norm:.3g} exceeds --max-update-norm "
-                    f"{config.max_update_norm:.3g} (individual updates cannot be inspected under SecAgg+)"
-                )
-                return None, {}
-            for partner in accepted:
-                self.joined.setdefault(partner, []).append(server_round)
-            if server_round == 1:
-                self.initial_per_silo = dict(evaluation)
-            elif self.rounds:
-                self.rounds[-1]["per_silo"] = dict(evaluation)
-            arrays = dict(zip(names, new, strict=True))
-            glob = None
-            if evaluator is not None:
-                _load_arrays(model, arrays)
-                glob = evaluator(model)
-            entry = {
-                "event": "round", "round": server_round, "rounds": config.rounds,
-                "seconds": round(time.monotonic() - self.started, 3), "accepted": accepted, "rejected": [],
-                "failed": failed, "global": glob, "per_silo": {}, "per_silo_previous": dict(evaluation), "epsilon": dict(self.epsilon),
-                "aggregate_update_norm": norm,
-            }
-            self.rounds.append(entry)
-            _emit(coordinator.progress_path, settings.on_round, entry)
-            coordinator.ledger.append(
-                "federate.round",
-                params={
-                    "run_id": coordinator.run_id, "round": server_round, "accepted": accepted, "rejected": [],
-                    "failed": [i["partner"] for i in failed], "model_hash": arrays_hash(arrays),
-                    "global_auc": _finite(glob["auc"]) if glob else None, "secure_aggregation": "SecAgg+",
-                    "aggregate_update_norm": norm,
-                },
-            )
-            self.current = new
-            return ndarrays_to_parameters(new), {}
-
-        def _fail(self, server_round: int, accepted: list[str], failed: list[dict[str, str]]) -> None:
-            who = "; ".join(i["reason"] for i in failed) or "none"
-            coordinator.error = (
-                f"round {server_round}: only {len(accepted)} partners completed the secure aggregation, at least "
-                f"{config.min_partners} needed (failed: {who})"
-            )
-
-        def configure_evaluate(self, server_round: int, parameters: Parameters, client_manager: ClientManager) -> list[tuple[ClientProxy, EvaluateIns]]:
-            return []  # partners evaluate the incoming model inside fit (one message per round)
-
-        def aggregate_evaluate(self, server_round: int, results: list[Any], failures: list[Any]) -> tuple[float | None, dict[str, Any]]:
+    def aggregate_fit(
+        self, server_round: int, results: list[tuple[ClientProxy, FitRes]], failures: list[Any],
+    ) -> tuple[Parameters | None, dict[str, Any]]:
+        accepted = sorted(self._name(p.node_id) for p, _ in results)
+        failed = self._record_dropouts(server_round, results, failures)
+        evaluation = self._read_metrics(server_round, results)
+        if len(results) < self.config.min_partners:
+            self._fail(server_round, accepted, failed)
             return None, {}
+        # Every result carries the same parameters: the unmasked weighted mean of the deltas.
+        mean_delta = parameters_to_ndarrays(results[0][1].parameters)
+        new = [(c.astype(np.float64) + d).astype(np.float32) for c, d in zip(self.current, mean_delta, strict=True)]
+        norm = math.sqrt(sum(float(np.sum(np.asarray(d, dtype=np.float64) ** 2)) for d in mean_delta))
+        problem = self._aggregate_problem(server_round, new, norm)
+        if problem is not None:
+            self.coordinator.error = problem
+            return None, {}
+        self._record_round(server_round, accepted, failed, evaluation, new, norm)
+        self.current = new
+        return ndarrays_to_parameters(new), {}
 
-        def evaluate(self, server_round: int, parameters: Parameters) -> tuple[float, dict[str, Any]] | None:
-            if server_round >= 1 and coordinator.error is None and len(self.rounds) < server_round:
-                # SecAgg+ halted before aggregate_fit (too few partners left for the threshold).
-                coordinator.error = (
-                    f"round {server_round}: secure aggregation halted: fewer than {config.secagg_threshold} partners "
-                    "(the reconstruction threshold) remained"
+    def _record_dropouts(
+        self, server_round: int, results: list[tuple[ClientProxy, FitRes]], failures: list[Any],
+    ) -> list[dict[str, str]]:
+        """Name every partner that was sent the round but is not in the sum; a failure drops it."""
+        reasons = [_failure_text(f) for f in failures]
+        failed: list[dict[str, str]] = []
+        missing = self.sent.get(server_round, set()) - {p.node_id for p, _ in results}
+        for node in sorted(missing):
+            partner = self._name(node)
+            default = (f"partner {partner}: dropped out of the secure aggregation", "")
+            reason, code = next(((r, c) for r, c in reasons if r.startswith(f"partner {partner}")), default)
+            item = {"partner": partner, "reason": reason, "code": code}
+            failed.append(item)
+            if not is_refusal(item):  # a refusal keeps the partner; a failure drops it (as in the normal path)
+                self.active.discard(node)
+            self.coordinator.ledger.append(
+                "federate.partner", params={"run_id": self.coordinator.run_id, "round": server_round},
+                outcome="failed", reason=reason,
+            )
+        return failed
+
+    def _read_metrics(self, server_round: int, results: list[tuple[ClientProxy, FitRes]]) -> dict[str, dict[str, float]]:
+        """ε spent and the incoming model's per-silo metrics. The masked update is already in the sum;
+        a bad weight or metric record is recorded, never read (no per-update filtering under SecAgg+)."""
+        evaluation: dict[str, dict[str, float]] = {}
+        for proxy, res in results:
+            partner = self._name(proxy.node_id)
+            m = {**res.metrics, "num-examples": res.num_examples}
+            problem = metrics_problem(m, self.declared.get(proxy.node_id))
+            if problem is not None:
+                self.coordinator.ledger.append(
+                    "federate.update_rejected",
+                    params={"run_id": self.coordinator.run_id, "round": server_round, "partner": partner},
+                    outcome="failed", reason=f"partner {partner} rejected: {problem} (its masked update is in the sum)",
                 )
-            return None
+                continue
+            self.epsilon[partner] = float(m["epsilon"])
+            evaluation[partner] = {"auc": float(m["eval_auc"]), "loss": float(m["eval_loss"]), "n": int(m["eval_n"])}
+        return evaluation
 
-    return SecAggFedAvg()
+    def _aggregate_problem(self, server_round: int, new: list[np.ndarray], norm: float) -> str | None:
+        """Why the aggregate must stop the run (NaN/inf, norm above --max-update-norm), or None."""
+        if not all(np.all(np.isfinite(a)) for a in new) or not math.isfinite(norm):
+            return f"round {server_round}: the securely aggregated update contains NaN or infinite values"
+        if norm > self.config.max_update_norm:
+            return (
+                f"round {server_round}: the securely aggregated update norm {norm:.3g} exceeds --max-update-norm "
+                f"{self.config.max_update_norm:.3g} (individual updates cannot be inspected under SecAgg+)"
+            )
+        return None
+
+    def _record_round(
+        self, server_round: int, accepted: list[str], failed: list[dict[str, str]],
+        evaluation: dict[str, dict[str, float]], new: list[np.ndarray], norm: float,
+    ) -> None:
+        coordinator = self.coordinator
+        for partner in accepted:
+            self.joined.setdefault(partner, []).append(server_round)
+        if server_round == 1:
+            self.initial_per_silo = dict(evaluation)
+        elif self.rounds:
+            self.rounds[-1]["per_silo"] = dict(evaluation)
+        arrays = dict(zip(self.names, new, strict=True))
+        glob = None
+        if self.evaluator is not None:
+            _load_arrays(self.model, arrays)
+            glob = self.evaluator(self.model)
+        entry = {
+            "event": "round", "round": server_round, "rounds": self.config.rounds,
+            "seconds": round(time.monotonic() - self.started, 3), "accepted": accepted, "rejected": [],
+            "failed": failed, "global": glob, "per_silo": {}, "per_silo_previous": dict(evaluation),
+            "epsilon": dict(self.epsilon), "aggregate_update_norm": norm,
+        }
+        self.rounds.append(entry)
+        _emit(coordinator.progress_path, coordinator.settings.on_round, entry)
+        coordinator.ledger.append(
+            "federate.round",
+            params={
+                "run_id": coordinator.run_id, "round": server_round, "accepted": accepted, "rejected": [],
+                "failed": [i["partner"] for i in failed], "model_hash": arrays_hash(arrays),
+                "global_auc": _finite(glob["auc"]) if glob else None, "secure_aggregation": "SecAgg+",
+                "aggregate_update_norm": norm,
+            },
+        )
+
+    def _fail(self, server_round: int, accepted: list[str], failed: list[dict[str, str]]) -> None:
+        who = "; ".join(i["reason"] for i in failed) or "none"
+        self.coordinator.error = (
+            f"round {server_round}: only {len(accepted)} partners completed the secure aggregation, at least "
+            f"{self.config.min_partners} needed (failed: {who})"
+        )
+
+    def configure_evaluate(
+        self, server_round: int, parameters: Parameters, client_manager: ClientManager,
+    ) -> list[tuple[ClientProxy, EvaluateIns]]:
+        return []  # partners evaluate the incoming model inside fit (one message per round)
+
+    def aggregate_evaluate(
+        self, server_round: int, results: list[Any], failures: list[Any],
+    ) -> tuple[float | None, dict[str, Any]]:
+        return None, {}
+
+    def evaluate(self, server_round: int, parameters: Parameters) -> tuple[float, dict[str, Any]] | None:
+        coordinator = self.coordinator
+        if server_round >= 1 and coordinator.error is None and len(self.rounds) < server_round:
+            # SecAgg+ halted before aggregate_fit (too few partners left for the threshold).
+            coordinator.error = (
+                f"round {server_round}: secure aggregation halted: fewer than {self.config.secagg_threshold} partners "
+                "(the reconstruction threshold) remained"
+            )
+        return None
 
 
 def _failure_text(failure: Any) -> tuple[str, str]:
@@ -359,113 +394,37 @@ def _failure_text(failure: Any) -> tuple[str, str]:
     return (text[-1] if text else "failed"), str(code)
 
 
-def _legacy_exchange(grid: Any, nodes: list[int], contents: Any, message_type: str, timeout: float) -> list[Any]:
-    from flwr.app import Message
-
-    from federated.server_app import exchange
-
+def _legacy_exchange(grid: Grid, nodes: list[int], contents: Callable[[], RecordDict], message_type: str,
+                     timeout: float) -> list[Message]:
     messages = [Message(content=contents(), message_type=message_type, dst_node_id=n, group_id="0") for n in nodes]
     return exchange(grid, messages, timeout)
 
 
-def run_secagg_server(grid: Any, context: Any, settings: ServerSettings) -> RunOutcome:
-    """The whole SecAgg+ run: partner check, rounds under SecAggPlusWorkflow, final model, card, ledger."""
-    from flwr.common import EvaluateIns, GetPropertiesIns, ndarrays_to_parameters
-    from flwr.common.constant import MessageTypeLegacy
+def _legacy_hello_info(msg: Message) -> dict[str, Any]:
     from flwr.compat.common import recorddict_compat as compat
+
+    try:
+        return dict(compat.recorddict_to_getpropertiesres(msg.content).properties)
+    except Exception:  # noqa: BLE001 - a hostile reply that is not a legacy properties record
+        return {}
+
+
+def _legacy_final_info(msg: Message) -> dict[str, Any]:
+    from flwr.compat.common import recorddict_compat as compat
+
+    try:
+        return dict(compat.recorddict_to_evaluateres(msg.content).metrics)
+    except Exception:  # noqa: BLE001 - a hostile reply that is not a legacy evaluate record
+        return {}
+
+
+def _run_rounds(grid: Grid, context: Context, config: FedConfig, strategy: SecAggFedAvg, max_weight: float) -> None:
+    """Step 2: DefaultWorkflow with SecAggPlusWorkflow as its fit step."""
     from flwr.server import LegacyContext, ServerConfig
     from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 
-    from anonymize.policy import load_policy
-    from federated.card import write_card
-    from federated.server_app import (
-        _build_model,
-        _emit,
-        _Evaluator,
-        _finite,
-        _npz_bytes,
-        _wait_for_nodes,
-        begin_run,
-        declarations,
-        take_final,
-        take_hello,
-        vet_partners,
-    )
-    from federated.wire import arrays_hash
-    from federated.worker import _model_arrays, policy_hash
-    from privmodel.audit import artifact
-    from privmodel.fileio import atomic_write_bytes, atomic_write_text
-
-    start = begin_run(grid, settings)
-    config, out, keys_dir, ledger, progress_path, run_id = (
-        start.config, start.out, start.keys_dir, start.ledger, start.progress_path, start.run_id)
-    fail = start.fail
-    coordinator = _Coordinator(settings, ledger, progress_path, run_id)
-    started = time.monotonic()
-
-    try:
-        check_options(config, settings.expected_partners)
-        policy = load_policy(settings.policy)
-    except InputError as exc:
-        fail(str(exc))
-    my_policy_hash = policy_hash(policy)
-    record = config.to_record()
-    query_timeout = answer_timeout(config, settings)
-
-    # 1. Who is there, and do they all run the coordinator's policy? (legacy get_properties)
-    nodes = _wait_for_nodes(grid, max(settings.expected_partners, config.min_partners), settings.wait_timeout)
-    partner_of: dict[int, str] = {n: f"node {n}" for n in nodes}
-    infos: dict[int, dict[str, Any]] = {}
-    failures: list[str] = []
-    replies = _legacy_exchange(
-        grid, nodes, lambda: compat.getpropertiesins_to_recorddict(GetPropertiesIns({**record, "op": "hello"})),
-        MessageTypeLegacy.GET_PROPERTIES, query_timeout,
-    )
-    answered = set()
-    for msg in replies:
-        node = msg.metadata.src_node_id
-        answered.add(node)
-        if msg.has_error():
-            failures.append(_error_reason(msg, f"node {node}: failed"))
-            continue
-        try:
-            info = dict(compat.recorddict_to_getpropertiesres(msg.content).properties)
-        except Exception:  # noqa: BLE001 - a hostile reply that is not a legacy properties record
-            info = {}
-        take_hello(node, info, partner_of, infos, failures)
-    for node in set(nodes) - answered:
-        failures.append(f"node {node}: no answer within {query_timeout:.0f} s")
-    layouts = vet_partners(infos, failures, my_policy_hash, fail, progress_path, settings.on_round, ledger, run_id)
-    active = set(infos)
-    if len(active) < max(config.min_partners, config.secagg_shares):
-        fail(
-            f"only {len(active)} partners ready, at least {max(config.min_partners, config.secagg_shares)} needed "
-            f"(--min-partners / --secagg-shares): " + "; ".join(failures)
-        )
-
-    n_num, cards_text = layouts.pop()
-    cards = [int(c) for c in cards_text.split(",") if c]
-    model = _build_model(config, n_num, cards)
-    initial_arrays = _model_arrays(model)
-    names = list(initial_arrays)
-    # FedAvg weight n_i / max_weight must stay ≤ 1, or SecAgg+ clips the scaled delta.
-    max_weight = float(max(int(i["n_train"]) for i in infos.values()))
-    secure = describe(config, max_weight)
-    evaluator = _Evaluator(settings, policy, keys_dir) if settings.eval_data else None
-    ledger.append(
-        "federate.start",
-        inputs=[artifact(settings.policy)] + ([artifact(settings.eval_data)] if settings.eval_data else []),
-        params={
-            "run_id": run_id, "policy_hash": my_policy_hash, "partners": sorted(partner_of[n] for n in active),
-            "config": {k: v for k, v in record.items() if k not in ("extra",)}, "secure_aggregation": secure,
-            **declarations(infos),
-        },
-    )
-
-    # 2. Rounds: DefaultWorkflow with SecAggPlusWorkflow as its fit step.
-    strategy = _make_strategy(coordinator, names, [initial_arrays[k] for k in names], partner_of, active, model, evaluator,
-                              {n: int(i["n_train"]) for n, i in infos.items()})
-    legacy = LegacyContext(context, config=ServerConfig(num_rounds=config.rounds, round_timeout=config.round_timeout), strategy=strategy)
+    server_config = ServerConfig(num_rounds=config.rounds, round_timeout=config.round_timeout)
+    legacy = LegacyContext(context, config=server_config, strategy=strategy)
     workflow = DefaultWorkflow(
         fit_workflow=SecAggPlusWorkflow(
             num_shares=config.secagg_shares, reconstruction_threshold=config.secagg_threshold,
@@ -474,77 +433,83 @@ def run_secagg_server(grid: Any, context: Any, settings: ServerSettings) -> RunO
         )
     )
     workflow(grid, legacy)
-    if coordinator.error is not None:
-        fail(coordinator.error)
-    rounds = strategy.rounds
-    if len(rounds) != config.rounds:
-        fail(f"secure aggregation completed {len(rounds)} of {config.rounds} rounds")
 
-    # 3. Final model: partners confirm its hash (legacy evaluate with op=final), card, ledger.
-    final = dict(zip(names, strategy.current, strict=True))
-    digest = arrays_hash(final)
-    parameters = ndarrays_to_parameters([final[k] for k in names])
+
+def _confirm_final(grid: Grid, start: RunStart, roster: Roster, strategy: SecAggFedAvg, record: dict[str, Any],
+                   timeout: float) -> Outcome:
+    """Step 3: partners confirm the final model's hash (legacy evaluate with op=final)."""
+    from flwr.common import EvaluateIns
+    from flwr.compat.common import recorddict_compat as compat
+
+    names = strategy.names
+    result = Outcome(arrays=dict(zip(names, strategy.current, strict=True)), rounds=strategy.rounds,
+                     joined=strategy.joined, epsilon=strategy.epsilon, initial_per_silo=strategy.initial_per_silo)
+    parameters = ndarrays_to_parameters([result.arrays[k] for k in names])
     final_config = {**record, "param_names": ",".join(names), "op": "final"}
-    confirmations: dict[str, str] = {}
-    final_silos: dict[str, dict[str, float]] = {}
     replies = _legacy_exchange(
-        grid, sorted(active), lambda: compat.evaluateins_to_recorddict(EvaluateIns(parameters, final_config), True),
-        "evaluate", query_timeout,
+        grid, sorted(roster.active), lambda: compat.evaluateins_to_recorddict(EvaluateIns(parameters, final_config), True),
+        "evaluate", timeout,
     )
     for msg in replies:
-        if msg.has_error():
-            continue
-        try:
-            info = dict(compat.recorddict_to_evaluateres(msg.content).metrics)
-        except Exception:  # noqa: BLE001 - a hostile reply that is not a legacy evaluate record
-            info = {}
-        take_final(partner_of.get(msg.metadata.src_node_id, ""), info, confirmations, final_silos, ledger, run_id)
-    rounds[-1]["per_silo"] = final_silos
-    for entry in rounds:
-        if entry["global"] is None and entry["per_silo"]:
-            total = sum(v["n"] for v in entry["per_silo"].values())
-            entry["global"] = {
-                "auc": sum(v["auc"] * v["n"] for v in entry["per_silo"].values()) / total,
-                "loss": sum(v["loss"] * v["n"] for v in entry["per_silo"].values()) / total,
-                "n": total, "source": "weighted mean of silos",
-            }
-    disagree = [p for p, h in confirmations.items() if h != digest]
-    if disagree:
-        fail("model hash differs at partner(s) " + ", ".join(sorted(disagree)))
-    atomic_write_bytes(out / "model.npz", _npz_bytes(final))
-    meta = {
-        "model": config.model, "label": config.label, "n_num": n_num, "cat_cardinalities": cards,
-        "policy_hash": my_policy_hash, "model_hash": digest, "run_id": run_id, "secure_aggregation": secure,
-    }
-    atomic_write_text(out / "model.json", json.dumps(meta, indent=2) + "\n")
-    partners = {
-        name: {"rounds": strategy.joined.get(name, []), "epsilon": _finite(strategy.epsilon.get(name, 0.0)), "confirmed_hash": name in confirmations}
-        for name in sorted(strategy.joined)
-    }
-    delta = config.delta  # the δ every partner calibrated and charged its run with
-    card_paths = write_card(
-        out, config=config, policy_hash=my_policy_hash, model_hash=digest, partners=partners, rounds=rounds,
-        rejected=[], delta=delta, run_id=run_id, seconds=time.monotonic() - started, secure_aggregation=secure,
-        declared={partner_of[n]: info for n, info in infos.items()}, eval_data=settings.eval_data,
-    )
-    ledger.append(
-        "federate.final_model",
-        inputs=[artifact(settings.policy)],
-        outputs=[artifact(out / "model.npz"), artifact(out / "model.json")] + [artifact(p) for p in card_paths],
-        params={"run_id": run_id, "model_hash": digest, "rounds": config.rounds, "partners": partners, "secure_aggregation": secure},
-        privacy_cost=None,
-    )
-    _emit(progress_path, settings.on_round, {
-        "event": "done", "model_hash": digest, "partners": partners, "per_silo": final_silos,
-        "initial_per_silo": strategy.initial_per_silo, "global": rounds[-1]["global"],
-    })
-    return RunOutcome(model_hash=digest, rounds=rounds, partners=partners, out_dir=str(out))
+        if not msg.has_error():
+            take_final(roster.partner_of.get(msg.metadata.src_node_id, ""), _legacy_final_info(msg),
+                       result.confirmations, result.final_silos, start.ledger, start.run_id)
+    return result
 
 
-def make_server_app(settings: ServerSettings, result: list[RunOutcome]) -> Any:
+def run_secagg_server(grid: Grid, context: Context, settings: ServerSettings) -> RunOutcome:
+    """The whole SecAgg+ run: partner check, rounds under SecAggPlusWorkflow, final model, card, ledger."""
+    from flwr.common import GetPropertiesIns
+    from flwr.common.constant import MessageTypeLegacy
+    from flwr.compat.common import recorddict_compat as compat
+
+    from federated.worker import _model_arrays, policy_hash
+
+    start = begin_run(grid, settings)
+    config = start.config
+    coordinator = _Coordinator(settings, start.ledger, start.progress_path, start.run_id)
+    started = time.monotonic()
+    policy = load_run_policy(start, settings.policy, lambda: check_options(config, settings.expected_partners))
+    my_policy_hash = policy_hash(policy)
+    record = config.to_record()
+    query_timeout = answer_timeout(config, settings)
+
+    # 1. Who is there, and do they all run the coordinator's policy? (legacy get_properties)
+    nodes = _wait_for_nodes(grid, max(settings.expected_partners, config.min_partners), settings.wait_timeout)
+    replies = _legacy_exchange(
+        grid, nodes, lambda: compat.getpropertiesins_to_recorddict(GetPropertiesIns({**record, "op": "hello"})),
+        MessageTypeLegacy.GET_PROPERTIES, query_timeout,
+    )
+    roster = take_hellos(start, settings, nodes, replies, query_timeout, my_policy_hash, _legacy_hello_info,
+                         lambda msg, node: _error_reason(msg, f"node {node}: failed"),
+                         max(config.min_partners, config.secagg_shares), " (--min-partners / --secagg-shares)")
+    model = _build_model(config, roster.n_num, roster.cards)
+    initial_arrays = _model_arrays(model)
+    names = list(initial_arrays)
+    # FedAvg weight n_i / max_weight must stay ≤ 1, or SecAgg+ clips the scaled delta.
+    max_weight = float(max(int(i["n_train"]) for i in roster.infos.values()))
+    secure = describe(config, max_weight)
+    evaluator = _Evaluator(settings, policy, start.keys_dir) if settings.eval_data else None
+    record_start(start, settings, my_policy_hash, roster, {k: v for k, v in record.items() if k not in ("extra",)},
+                 {"secure_aggregation": secure})
+
+    # 2. Rounds: DefaultWorkflow with SecAggPlusWorkflow as its fit step.
+    strategy = SecAggFedAvg(coordinator, names, [initial_arrays[k] for k in names], roster.partner_of, roster.active,
+                            model, evaluator, {n: int(i["n_train"]) for n, i in roster.infos.items()})
+    _run_rounds(grid, context, config, strategy, max_weight)
+    if coordinator.error is not None:
+        start.fail(coordinator.error)
+    if len(strategy.rounds) != config.rounds:
+        start.fail(f"secure aggregation completed {len(strategy.rounds)} of {config.rounds} rounds")
+
+    # 3. Final model: partners confirm its hash (legacy evaluate with op=final), card, ledger.
+    result = _confirm_final(grid, start, roster, strategy, record, query_timeout)
+    return finish_run(start, settings, my_policy_hash, roster, result, started, {"secure_aggregation": secure}, secure)
+
+
+def make_server_app(settings: ServerSettings, result: list[RunOutcome]) -> ServerApp:
     """Legacy-style ServerApp whose main wraps the run in a LegacyContext for the SecAgg+ workflow."""
-    from flwr.app import Context
-    from flwr.serverapp import Grid, ServerApp
+    from flwr.serverapp import ServerApp
 
     server = ServerApp()
 
@@ -557,7 +522,7 @@ def make_server_app(settings: ServerSettings, result: list[RunOutcome]) -> Any:
 
 def run_secagg_simulation(
     out_dir: str | os.PathLike[str],
-    specs: list[Any],
+    specs: list[PartnerSpec],
     config: FedConfig,
     policy: Path,
     eval_data: Path | None = None,

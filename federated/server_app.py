@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
@@ -26,6 +26,13 @@ from flwr.serverapp import Grid, ServerApp
 from anonymize.errors import InputError
 from federated.config import FedConfig
 from federated.wire import arrays_hash
+
+if TYPE_CHECKING:
+    from torch.nn import Module
+
+    from anonymize.policy import Policy
+    from federated.robust import RobustStrategy, RoundReport
+    from privmodel.audit import Ledger
 
 POLL_S = 0.5
 
@@ -84,7 +91,7 @@ class _Evaluator:
     as the partners' rows (consent-filtered, identifiers dropped, no generalization). Its figures are
     listed on the card as released without differential privacy."""
 
-    def __init__(self, settings: ServerSettings, policy: Any, keys_dir: Path) -> None:
+    def __init__(self, settings: ServerSettings, policy: Policy, keys_dir: Path) -> None:
         from anonymize.pipeline import minimise
         from privmodel.features import TabularEncoder, encode_labels
         from privmodel.fileio import read_table
@@ -98,7 +105,7 @@ class _Evaluator:
         self.data = TabularEncoder.from_policy(policy, label=label).transform(rows)
         self.y = encode_labels(rows[label], label)
 
-    def __call__(self, model: Any) -> dict[str, float]:
+    def __call__(self, model: Module) -> dict[str, float]:
         from federated.worker import evaluate_model
 
         metrics = evaluate_model(model, self.data, self.y)
@@ -156,7 +163,7 @@ def _wait_for_nodes(grid: Grid, expected: int, deadline_s: float) -> list[int]:
         time.sleep(POLL_S)
 
 
-def _build_model(config: FedConfig, n_num: int, cards: list[int]):
+def _build_model(config: FedConfig, n_num: int, cards: list[int]) -> Module:
     import torch
 
     from privmodel.models import build_model
@@ -172,7 +179,7 @@ class RunStart:
     config: FedConfig
     out: Path
     keys_dir: Path
-    ledger: Any
+    ledger: Ledger
     progress_path: Path
     run_id: str
     on_round: Callable[[dict[str, Any]], None] | None
@@ -180,7 +187,7 @@ class RunStart:
     nodes: dict[str, str] = field(default_factory=dict)  # signed registry: node id -> partner name
     submitter: str = ""  # key id of the coordinator key that signed the run
 
-    def fail(self, reason: str) -> None:
+    def fail(self, reason: str) -> NoReturn:
         """Record the failure in the coordinator's ledger and progress file, then raise it."""
         self.ledger.append("federate.run", params={"run_id": self.run_id}, outcome="failed", reason=reason)
         _emit(self.progress_path, self.on_round, {"event": "failed", "reason": reason})
@@ -277,149 +284,113 @@ def check_registered(node: int, nodes: dict[str, str], infos: dict[int, dict[str
                         f"but it calls itself {claimed}")
 
 
-def run_server(grid: Grid, settings: ServerSettings) -> RunOutcome:
-    """The whole federated run, from partner check to final model; raises InputError on failure."""
-    from anonymize.policy import load_policy
-    from federated.card import write_card
-    from federated.client_app import ERR_REFUSED
-    from federated.robust import RobustStrategy, build_strategy
-    from federated.worker import _load_arrays, _model_arrays, policy_hash
-    from privmodel.audit import artifact
-    from privmodel.fileio import atomic_write_bytes, atomic_write_text
+@dataclass
+class Roster:
+    """The partners that passed the hello (plain and SecAgg+ loops alike) and their feature layout."""
 
-    start = begin_run(grid, settings)
-    config, out, keys_dir, ledger, progress_path, run_id = (
-        start.config, start.out, start.keys_dir, start.ledger, start.progress_path, start.run_id)
-    fail = start.fail
-    started = time.monotonic()
+    partner_of: dict[int, str]  # node id -> partner name ("node N" until it says hello)
+    infos: dict[int, dict[str, Any]]  # node id -> its well-formed hello
+    failures: list[str]
+    active: set[int]
+    n_num: int
+    cards: list[int]
+
+
+def load_run_policy(start: RunStart, path: str, check: Callable[[], None] | None = None) -> Policy:
+    """The coordinator's policy (after `check`, if any); a bad one fails the run with its one line."""
+    from anonymize.policy import load_policy
 
     try:
-        policy = load_policy(settings.policy)
+        if check is not None:
+            check()
+        return load_policy(path)
     except InputError as exc:
-        fail(str(exc))
-    my_policy_hash = policy_hash(policy)
-    record = {**config.to_record(), **start.auth}
-    query_timeout = answer_timeout(config, settings)
+        start.fail(str(exc))
 
-    nodes = _wait_for_nodes(grid, max(settings.expected_partners, config.min_partners), settings.wait_timeout)
-    # 1. Who is there, and do they all run the coordinator's policy?
+
+def take_hellos(
+    start: RunStart, settings: ServerSettings, nodes: list[int], replies: list[Message], timeout: float,
+    my_policy_hash: str, read_info: Callable[[Message], dict[str, Any]], error_of: Callable[[Message, int], str],
+    needed: int, why: str = "",
+) -> Roster:
+    """Step 1 of both loops: take every hello (or name the node that failed or was silent), vet the
+    partners, record the failures, and stop unless `needed` partners are ready."""
     partner_of: dict[int, str] = {n: f"node {n}" for n in nodes}
     infos: dict[int, dict[str, Any]] = {}
     failures: list[str] = []
-    replies = _query(grid, nodes, {**record, "op": "hello"}, timeout=query_timeout)
     answered = set()
     for msg in replies:
         node = msg.metadata.src_node_id
         answered.add(node)
         if msg.has_error():
-            reason = (msg.error.reason or "failed").strip().splitlines()[-1] if (msg.error.reason or "").strip() else "failed"
-            if not reason.startswith("partner "):  # e.g. Flower's own refusal of the app at the SuperNode
-                who = start.nodes.get(str(node))
-                reason = f"{f'partner {who}' if who else f'node {node}'}: {reason}"
-            failures.append(reason)
+            failures.append(error_of(msg, node))
             continue
-        records = msg.content.config_records
-        take_hello(node, dict(records["info"]) if "info" in records else {}, partner_of, infos, failures)
+        take_hello(node, read_info(msg), partner_of, infos, failures)
     for node in set(nodes) - answered:
-        failures.append(f"node {node}: no answer within {query_timeout:.0f} s")
-    layouts = vet_partners(infos, failures, my_policy_hash, fail, progress_path, settings.on_round, ledger, run_id)
+        failures.append(f"node {node}: no answer within {timeout:.0f} s")
+    layouts = vet_partners(infos, failures, my_policy_hash, start.fail, start.progress_path, settings.on_round,
+                           start.ledger, start.run_id)
     active = set(infos)
-    if len(active) < config.min_partners:
-        fail(f"only {len(active)} partners ready, at least {config.min_partners} needed: " + "; ".join(failures))
-
+    if len(active) < needed:
+        start.fail(f"only {len(active)} partners ready, at least {needed} needed{why}: " + "; ".join(failures))
     n_num, cards_text = layouts.pop()
     cards = [int(c) for c in cards_text.split(",") if c]
-    model = _build_model(config, n_num, cards)
-    arrays = ArrayRecord({k: Array(v) for k, v in _model_arrays(model).items()})
-    evaluator = _Evaluator(settings, policy, keys_dir) if settings.eval_data else None
-    ledger.append(
+    return Roster(partner_of, infos, failures, active, n_num, cards)
+
+
+def _hello_error(start: RunStart, msg: Message, node: int) -> str:
+    """The plain loop's reason for a failed hello, naming the partner when the registry knows it."""
+    reason = (msg.error.reason or "failed").strip().splitlines()[-1] if (msg.error.reason or "").strip() else "failed"
+    if not reason.startswith("partner "):  # e.g. Flower's own refusal of the app at the SuperNode
+        who = start.nodes.get(str(node))
+        reason = f"{f'partner {who}' if who else f'node {node}'}: {reason}"
+    return reason
+
+
+def _hello_info(msg: Message) -> dict[str, Any]:
+    records = msg.content.config_records
+    return dict(records["info"]) if "info" in records else {}
+
+
+def record_start(start: RunStart, settings: ServerSettings, my_policy_hash: str, roster: Roster,
+                 config_record: dict[str, Any], extra: dict[str, Any]) -> None:
+    """The coordinator's `federate.start` ledger entry (both loops); `extra` follows the config."""
+    from privmodel.audit import artifact
+
+    start.ledger.append(
         "federate.start",
         inputs=[artifact(settings.policy)] + ([artifact(settings.eval_data)] if settings.eval_data else []),
         params={
-            "run_id": run_id, "policy_hash": my_policy_hash, "partners": sorted(partner_of[n] for n in active),
-            "config": {k: v for k, v in record.items() if k not in ("extra", "auth_body", "auth_sig")},
-            "submitter": start.submitter or None, **declarations(infos),
+            "run_id": start.run_id, "policy_hash": my_policy_hash,
+            "partners": sorted(roster.partner_of[n] for n in roster.active),
+            "config": config_record, **extra, **declarations(roster.infos),
         },
     )
-    inner = build_strategy(config, len(active))
-    strategy = RobustStrategy(inner, config, lambda n: partner_of.get(n, f"node {n}"), lambda: active,
-                              declared=lambda n: int(infos[n]["n_train"]) if n in infos else None)
 
-    rounds: list[dict[str, Any]] = []
-    joined: dict[str, list[int]] = {partner_of[n]: [] for n in active}
-    epsilon: dict[str, float] = {partner_of[n]: 0.0 for n in active}
-    rejected_total: list[dict[str, Any]] = []
-    train_config = ConfigRecord(record)
-    initial_per_silo: dict[str, dict[str, float]] = {}
-    for server_round in range(1, config.rounds + 1):
-        t0 = time.monotonic()
-        messages = list(strategy.configure_train(server_round, arrays, train_config, grid))
-        train_replies = exchange(grid, messages, timeout=config.round_timeout)
-        new_arrays, _ = strategy.aggregate_train(server_round, train_replies)
-        report = strategy.reports[server_round]
-        for item in report.failed:
-            if item.get("code") != str(ERR_REFUSED):  # a refusal keeps the partner; a failure drops it
-                active.discard(next((n for n, p in partner_of.items() if p == item["partner"]), -1))
-            ledger.append("federate.partner", params={"run_id": run_id, "round": server_round}, outcome="failed", reason=item["reason"])
-        for item in report.rejected:
-            ledger.append(
-                "federate.update_rejected", params={"run_id": run_id, "round": server_round, "partner": item["partner"]},
-                outcome="failed", reason=f"partner {item['partner']} rejected: {item['reason']}",
-            )
-            rejected_total.append({"round": server_round, **item})
-        if new_arrays is None:
-            who = "; ".join(i["reason"] for i in report.failed) or "none"
-            bad = "; ".join(f"partner {i['partner']} rejected: {i['reason']}" for i in report.rejected) or "none"
-            fail(
-                f"round {server_round}: only {len(report.accepted)} acceptable updates, at least "
-                f"{config.min_partners} needed (failed: {who}; rejected: {bad})"
-            )
-        arrays = new_arrays
-        for partner in report.accepted:
-            joined[partner].append(server_round)
-        epsilon.update(report.epsilon)
 
-        # Partners evaluate the model they receive before training on it (one message per round),
-        # so the per-silo metrics of round r's model arrive with round r + 1 (the last with "final").
-        if server_round == 1:
-            initial_per_silo = dict(report.evaluation)
-        else:
-            rounds[-1]["per_silo"] = dict(report.evaluation)
-        per_silo: dict[str, dict[str, float]] = {}
-        glob: dict[str, float] | None = None
-        if evaluator is not None:
-            _load_arrays(model, {k: v.numpy() for k, v in arrays.items()})
-            glob = evaluator(model)
-        entry = {
-            "event": "round", "round": server_round, "rounds": config.rounds, "seconds": round(time.monotonic() - t0, 3),
-            "accepted": report.accepted, "rejected": report.rejected, "failed": report.failed,
-            "global": glob, "per_silo": per_silo,
-            "per_silo_previous": dict(report.evaluation), "epsilon": dict(epsilon),
-        }
-        rounds.append(entry)
-        _emit(progress_path, settings.on_round, entry)
-        ledger.append(
-            "federate.round",
-            params={
-                "run_id": run_id, "round": server_round, "accepted": report.accepted,
-                "rejected": [i["partner"] for i in report.rejected], "failed": [i["partner"] for i in report.failed],
-                "model_hash": arrays_hash({k: v.numpy() for k, v in arrays.items()}),
-                "global_auc": _finite(glob["auc"]) if glob else None,
-            },
-        )
+def is_refusal(item: dict[str, Any]) -> bool:
+    """A partner's refusal (its privacy budget) keeps it in the run; any other failure drops it."""
+    from federated.client_app import ERR_REFUSED
 
-    # Final model, partners' confirmation of its hash, card, ledger.
-    final = {k: v.numpy() for k, v in arrays.items()}
-    digest = arrays_hash(final)
-    confirmations: dict[str, str] = {}
-    final_silos: dict[str, dict[str, float]] = {}
-    partner_heads: dict[str, dict[str, Any]] = {}
-    final_query = {**record, "op": "final", **ledger_head_fields(ledger.path, keys_dir, "coordinator_")}
-    for msg in _query(grid, sorted(active), final_query, timeout=query_timeout, arrays=arrays):
-        if not msg.has_error() and "info" in msg.content.config_records:
-            take_final(partner_of.get(msg.metadata.src_node_id, ""), dict(msg.content.config_records["info"]),
-                       confirmations, final_silos, ledger, run_id, partner_heads)
-    rounds[-1]["per_silo"] = final_silos
+    return item.get("code") == str(ERR_REFUSED)
+
+
+@dataclass
+class Outcome:
+    """What a loop hands to `finish_run`: the final arrays and everything recorded along the rounds."""
+
+    arrays: dict[str, np.ndarray]
+    rounds: list[dict[str, Any]]
+    joined: dict[str, list[int]]
+    epsilon: dict[str, float]
+    initial_per_silo: dict[str, dict[str, float]]
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+    confirmations: dict[str, str] = field(default_factory=dict)
+    final_silos: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+def fill_global(rounds: list[dict[str, Any]]) -> None:
+    """Without a coordinator table, a round's global figures are the silos' example-weighted means."""
     for entry in rounds:
         if entry["global"] is None and entry["per_silo"]:
             total = sum(v["n"] for v in entry["per_silo"].values())
@@ -428,39 +399,186 @@ def run_server(grid: Grid, settings: ServerSettings) -> RunOutcome:
                 "loss": sum(v["loss"] * v["n"] for v in entry["per_silo"].values()) / total,
                 "n": total, "source": "weighted mean of silos",
             }
-    disagree = [p for p, h in confirmations.items() if h != digest]
+
+
+def finish_run(
+    start: RunStart, settings: ServerSettings, my_policy_hash: str, roster: Roster, result: Outcome, started: float,
+    final_params: dict[str, Any], secure: str | None = None,
+) -> RunOutcome:
+    """The last step of both loops: check the partners' hash confirmations, write model, card and the
+    `federate.final_model` entry (`final_params` follow the partners), report done."""
+    from federated.card import write_card
+    from privmodel.audit import artifact
+    from privmodel.fileio import atomic_write_bytes, atomic_write_text
+
+    config, out, rounds = start.config, start.out, result.rounds
+    digest = arrays_hash(result.arrays)
+    rounds[-1]["per_silo"] = result.final_silos
+    fill_global(rounds)
+    disagree = [p for p, h in result.confirmations.items() if h != digest]
     if disagree:
-        fail("model hash differs at partner(s) " + ", ".join(sorted(disagree)))
-    buffer = _npz_bytes(final)
-    atomic_write_bytes(out / "model.npz", buffer)
+        start.fail("model hash differs at partner(s) " + ", ".join(sorted(disagree)))
+    atomic_write_bytes(out / "model.npz", _npz_bytes(result.arrays))
     meta = {
-        "model": config.model, "label": config.label, "n_num": n_num, "cat_cardinalities": cards,
-        "policy_hash": my_policy_hash, "model_hash": digest, "run_id": run_id,
+        "model": config.model, "label": config.label, "n_num": roster.n_num, "cat_cardinalities": roster.cards,
+        "policy_hash": my_policy_hash, "model_hash": digest, "run_id": start.run_id,
+        **({"secure_aggregation": secure} if secure is not None else {}),
     }
     atomic_write_text(out / "model.json", json.dumps(meta, indent=2) + "\n")
     partners = {
-        name: {"rounds": joined.get(name, []), "epsilon": _finite(epsilon.get(name, 0.0)), "confirmed_hash": name in confirmations}
-        for name in sorted(joined)
+        name: {"rounds": result.joined.get(name, []), "epsilon": _finite(result.epsilon.get(name, 0.0)),
+               "confirmed_hash": name in result.confirmations}
+        for name in sorted(result.joined)
     }
-    delta = config.delta  # the δ every partner calibrated and charged its run with
     card_paths = write_card(
         out, config=config, policy_hash=my_policy_hash, model_hash=digest, partners=partners, rounds=rounds,
-        rejected=rejected_total, delta=delta, run_id=run_id, seconds=time.monotonic() - started,
-        declared={partner_of[n]: info for n, info in infos.items()}, eval_data=settings.eval_data,
+        rejected=result.rejected, delta=config.delta,  # the δ every partner calibrated and charged its run with
+        run_id=start.run_id, seconds=time.monotonic() - started, secure_aggregation=secure,
+        declared={roster.partner_of[n]: info for n, info in roster.infos.items()}, eval_data=settings.eval_data,
     )
-    ledger.append(
+    start.ledger.append(
         "federate.final_model",
         inputs=[artifact(settings.policy)],
         outputs=[artifact(out / "model.npz"), artifact(out / "model.json")] + [artifact(p) for p in card_paths],
-        params={"run_id": run_id, "model_hash": digest, "rounds": config.rounds, "partners": partners,
-                "partner_heads": partner_heads, "submitter": start.submitter or None},
+        params={"run_id": start.run_id, "model_hash": digest, "rounds": config.rounds, "partners": partners,
+                **final_params},
         privacy_cost=None,
     )
-    _emit(progress_path, settings.on_round, {
-        "event": "done", "model_hash": digest, "partners": partners, "per_silo": final_silos,
-        "initial_per_silo": initial_per_silo, "global": rounds[-1]["global"],
+    _emit(start.progress_path, settings.on_round, {
+        "event": "done", "model_hash": digest, "partners": partners, "per_silo": result.final_silos,
+        "initial_per_silo": result.initial_per_silo, "global": rounds[-1]["global"],
     })
     return RunOutcome(model_hash=digest, rounds=rounds, partners=partners, out_dir=str(out))
+
+
+class _PlainRounds:
+    """The plain loop's rounds: stock strategy per round, robust filtering, per-round record."""
+
+    def __init__(self, start: RunStart, settings: ServerSettings, roster: Roster, strategy: RobustStrategy,
+                 model: Module, evaluator: _Evaluator | None) -> None:
+        self.start, self.settings, self.roster = start, settings, roster
+        self.strategy, self.model, self.evaluator = strategy, model, evaluator
+        names = [roster.partner_of[n] for n in roster.active]
+        self.result = Outcome(arrays={}, rounds=[], joined={p: [] for p in names}, epsilon=dict.fromkeys(names, 0.0),
+                              initial_per_silo={})
+
+    def run(self, grid: Grid, arrays: ArrayRecord, train_config: ConfigRecord) -> ArrayRecord:
+        for server_round in range(1, self.start.config.rounds + 1):
+            t0 = time.monotonic()
+            messages = list(self.strategy.configure_train(server_round, arrays, train_config, grid))
+            train_replies = exchange(grid, messages, timeout=self.start.config.round_timeout)
+            new_arrays, _ = self.strategy.aggregate_train(server_round, train_replies)
+            report = self.strategy.reports[server_round]
+            self._record_problems(server_round, report)
+            if new_arrays is None:
+                self._fail_round(server_round, report)
+            arrays = new_arrays
+            self._record_round(server_round, report, arrays, t0)
+        return arrays
+
+    def _record_problems(self, server_round: int, report: RoundReport) -> None:
+        start = self.start
+        for item in report.failed:
+            if not is_refusal(item):
+                self.roster.active.discard(next((n for n, p in self.roster.partner_of.items() if p == item["partner"]), -1))
+            start.ledger.append("federate.partner", params={"run_id": start.run_id, "round": server_round},
+                                outcome="failed", reason=item["reason"])
+        for item in report.rejected:
+            start.ledger.append(
+                "federate.update_rejected", params={"run_id": start.run_id, "round": server_round, "partner": item["partner"]},
+                outcome="failed", reason=f"partner {item['partner']} rejected: {item['reason']}",
+            )
+            self.result.rejected.append({"round": server_round, **item})
+
+    def _fail_round(self, server_round: int, report: RoundReport) -> NoReturn:
+        who = "; ".join(i["reason"] for i in report.failed) or "none"
+        bad = "; ".join(f"partner {i['partner']} rejected: {i['reason']}" for i in report.rejected) or "none"
+        self.start.fail(
+            f"round {server_round}: only {len(report.accepted)} acceptable updates, at least "
+            f"{self.start.config.min_partners} needed (failed: {who}; rejected: {bad})"
+        )
+
+    def _record_round(self, server_round: int, report: RoundReport, arrays: ArrayRecord, t0: float) -> None:
+        from federated.worker import _load_arrays
+
+        start, result = self.start, self.result
+        for partner in report.accepted:
+            result.joined[partner].append(server_round)
+        result.epsilon.update(report.epsilon)
+        # Partners evaluate the model they receive before training on it (one message per round),
+        # so the per-silo metrics of round r's model arrive with round r + 1 (the last with "final").
+        if server_round == 1:
+            result.initial_per_silo = dict(report.evaluation)
+        else:
+            result.rounds[-1]["per_silo"] = dict(report.evaluation)
+        glob: dict[str, float] | None = None
+        if self.evaluator is not None:
+            _load_arrays(self.model, {k: v.numpy() for k, v in arrays.items()})
+            glob = self.evaluator(self.model)
+        entry = {
+            "event": "round", "round": server_round, "rounds": start.config.rounds,
+            "seconds": round(time.monotonic() - t0, 3),
+            "accepted": report.accepted, "rejected": report.rejected, "failed": report.failed,
+            "global": glob, "per_silo": {},
+            "per_silo_previous": dict(report.evaluation), "epsilon": dict(result.epsilon),
+        }
+        result.rounds.append(entry)
+        _emit(start.progress_path, self.settings.on_round, entry)
+        start.ledger.append(
+            "federate.round",
+            params={
+                "run_id": start.run_id, "round": server_round, "accepted": report.accepted,
+                "rejected": [i["partner"] for i in report.rejected], "failed": [i["partner"] for i in report.failed],
+                "model_hash": arrays_hash({k: v.numpy() for k, v in arrays.items()}),
+                "global_auc": _finite(glob["auc"]) if glob else None,
+            },
+        )
+
+
+def run_server(grid: Grid, settings: ServerSettings) -> RunOutcome:
+    """The whole federated run, from partner check to final model; raises InputError on failure."""
+    from federated.robust import RobustStrategy, build_strategy
+    from federated.worker import _model_arrays, policy_hash
+
+    start = begin_run(grid, settings)
+    config = start.config
+    started = time.monotonic()
+    policy = load_run_policy(start, settings.policy)
+    my_policy_hash = policy_hash(policy)
+    record = {**config.to_record(), **start.auth}
+    query_timeout = answer_timeout(config, settings)
+
+    nodes = _wait_for_nodes(grid, max(settings.expected_partners, config.min_partners), settings.wait_timeout)
+    # 1. Who is there, and do they all run the coordinator's policy?
+    replies = _query(grid, nodes, {**record, "op": "hello"}, timeout=query_timeout)
+    roster = take_hellos(start, settings, nodes, replies, query_timeout, my_policy_hash, _hello_info,
+                         lambda msg, node: _hello_error(start, msg, node), config.min_partners)
+    model = _build_model(config, roster.n_num, roster.cards)
+    arrays = ArrayRecord({k: Array(v) for k, v in _model_arrays(model).items()})
+    evaluator = _Evaluator(settings, policy, start.keys_dir) if settings.eval_data else None
+    record_start(start, settings, my_policy_hash, roster,
+                 {k: v for k, v in record.items() if k not in ("extra", "auth_body", "auth_sig")},
+                 {"submitter": start.submitter or None})
+    infos, partner_of, active = roster.infos, roster.partner_of, roster.active
+    inner = build_strategy(config, len(active))
+    strategy = RobustStrategy(inner, config, lambda n: partner_of.get(n, f"node {n}"), lambda: active,
+                              declared=lambda n: int(infos[n]["n_train"]) if n in infos else None)
+
+    # 2. Rounds.
+    rounds = _PlainRounds(start, settings, roster, strategy, model, evaluator)
+    arrays = rounds.run(grid, arrays, ConfigRecord(record))
+
+    # 3. Final model, partners' confirmation of its hash, card, ledger.
+    result = rounds.result
+    result.arrays = {k: v.numpy() for k, v in arrays.items()}
+    partner_heads: dict[str, dict[str, Any]] = {}
+    final_query = {**record, "op": "final", **ledger_head_fields(start.ledger.path, start.keys_dir, "coordinator_")}
+    for msg in _query(grid, sorted(active), final_query, timeout=query_timeout, arrays=arrays):
+        if not msg.has_error() and "info" in msg.content.config_records:
+            take_final(partner_of.get(msg.metadata.src_node_id, ""), dict(msg.content.config_records["info"]),
+                       result.confirmations, result.final_silos, start.ledger, start.run_id, partner_heads)
+    return finish_run(start, settings, my_policy_hash, roster, result, started,
+                      {"partner_heads": partner_heads, "submitter": start.submitter or None})
 
 
 def _finite(value: Any) -> Any:
@@ -471,7 +589,8 @@ def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     import io
 
     buffer = io.BytesIO()
-    np.savez(buffer, **{k.replace(".", "__"): v for k, v in sorted(arrays.items())})
+    named: dict[str, Any] = {k.replace(".", "__"): v for k, v in sorted(arrays.items())}
+    np.savez(buffer, **named)
     return buffer.getvalue()
 
 
@@ -512,7 +631,7 @@ def _valid_name(name: str) -> bool:
 
 
 def take_final(partner: str, info: dict[str, Any], confirmations: dict[str, str],
-               final_silos: dict[str, dict[str, Any]], ledger: Any, run_id: str,
+               final_silos: dict[str, dict[str, Any]], ledger: Ledger, run_id: str,
                heads: dict[str, dict[str, Any]] | None = None) -> None:
     """Record one partner's final confirmation (model hash, held-out metrics) if it is well-formed;
     the partner is the node's name from its hello, never a name the reply claims."""
@@ -547,7 +666,7 @@ def declarations(infos: dict[Any, dict[str, Any]]) -> dict[str, Any]:
 
 def vet_partners(
     infos: dict[Any, dict[str, Any]], failures: list[str], my_policy_hash: str, fail: Callable[[str], Any],
-    progress_path: Path, on_round: Callable[[dict[str, Any]], None] | None, ledger: Any, run_id: str,
+    progress_path: Path, on_round: Callable[[dict[str, Any]], None] | None, ledger: Ledger, run_id: str,
 ) -> set[tuple[int, str]]:
     """Refuse a federation whose partners differ in policy, name or feature layout (naming them), and
     record every partner that failed to say hello (plain and SecAgg+ servers alike). Returns the

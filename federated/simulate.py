@@ -12,12 +12,16 @@ import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from anonymize.errors import InputError
 from federated.config import FedConfig
 from federated.server_app import RunOutcome, ServerSettings, make_server_app
 from federated.worker import PartnerSpec
+
+if TYPE_CHECKING:
+    from flwr.clientapp import ClientApp
+    from flwr.serverapp import ServerApp
 
 HOLDOUT_NAME = "holdout.parquet"
 DEFAULT_POLICY = Path(__file__).with_name("customers_policy.yaml")
@@ -103,8 +107,8 @@ def run_on_ray(
     specs: list[PartnerSpec],
     config: FedConfig,
     policy: Path,
-    server_app_factory: Callable[[ServerSettings, list[RunOutcome]], Any],
-    client_app: Any,
+    server_app_factory: Callable[[ServerSettings, list[RunOutcome]], ServerApp],
+    client_app: ClientApp,
     eval_data: Path | None = None,
     on_round: Callable[[dict[str, Any]], None] | None = None,
     num_cpus: int | None = None,
@@ -129,7 +133,7 @@ def run_on_ray(
     )
     result: list[RunOutcome] = []
     cpus = num_cpus or max(1, min(len(specs), os.cpu_count() or 1))
-    backend = {
+    backend: dict[str, Any] = {
         "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
         "init_args": {"num_cpus": cpus, "include_dashboard": False, "logging_level": "error", "log_to_driver": verbose},
     }

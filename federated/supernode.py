@@ -111,7 +111,7 @@ def main() -> None:
     import flwr.supernode.start_client_internal as loop
     from flwr.supernode.cli import flower_supernode
 
-    loop.time = _capped_time()
+    loop.time = _capped_time()  # type: ignore[attr-defined,assignment]  # the loop's clock, replaced on purpose
     install_gate(loop)
     sys.argv[0] = "flower-supernode"
     flower_supernode()

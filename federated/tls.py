@@ -25,9 +25,12 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from anonymize.errors import InputError
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 HOST_LABEL_RE = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
@@ -50,17 +53,17 @@ def _write_public(path: Path, data: bytes) -> None:
         handle.write(data)
 
 
-def _name(text: str) -> Any:
+def _name(text: str) -> x509.Name:
     from cryptography import x509
     from cryptography.x509.oid import NameOID
 
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, text), x509.NameAttribute(NameOID.ORGANIZATION_NAME, "privmodel federation")])
 
 
-def _fingerprint(cert: Any) -> str:
+def _fingerprint(cert: x509.Certificate) -> str:
     from cryptography.hazmat.primitives import hashes
 
-    return cert.fingerprint(hashes.SHA256()).hex()
+    return str(cert.fingerprint(hashes.SHA256()).hex())
 
 
 def check_name(name: str) -> str:

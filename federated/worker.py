@@ -37,10 +37,10 @@ import os
 import signal
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -50,12 +50,15 @@ from federated.wire import WireError, accept_authenticated, arrays_hash, read_to
 
 if TYPE_CHECKING:
     import pandas as pd
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    from torch.nn import Module
 
     from anonymize.policy import Policy
     from privmodel.features import EncodedData, TabularEncoder
     from privmodel.training import TrainConfig
 
 STATE_FILE = "federated-state.json"
+T = TypeVar("T")
 
 
 class Refused(Exception):
@@ -70,7 +73,7 @@ AUTH_KIND = "privmodel.federate.run/1"
 AUTH_FUTURE_SKEW_S = 300.0
 
 
-def policy_hash(policy: Any) -> str:
+def policy_hash(policy: Policy) -> str:
     """Hash of the validated policy content, so partners compare meaning, not file formatting."""
     from privmodel.audit import canonical_json
     from privmodel.fileio import sha256_bytes
@@ -126,10 +129,11 @@ def _release_midpoints(frame: pd.DataFrame, policy: Policy) -> pd.DataFrame:
     for name, col in policy.columns.items():
         if name not in out.columns or col.type not in ("integer", "float") or pd.api.types.is_numeric_dtype(out[name].dtype):
             continue
-        bounds = tuple(col.bounds) if getattr(col, "bounds", None) else None
+        raw_bounds = getattr(col, "bounds", None)
+        bounds: tuple[float, float] | None = (raw_bounds[0], raw_bounds[1]) if raw_bounds else None
         cache: dict[str, float] = {}
 
-        def mid(value: Any, _bounds=bounds, _cache=cache) -> float:
+        def mid(value: Any, _bounds: tuple[float, float] | None = bounds, _cache: dict[str, float] = cache) -> float:
             text = str(value).strip()
             if text not in _cache:
                 try:
@@ -196,44 +200,14 @@ class PartnerWorker:
         partner's ledger. Returns the signer's key id (None without a pinned key: simulation)."""
         if self._pinned is None:
             return None
-        import base64
-        import datetime as dt
-
-        from cryptography.exceptions import InvalidSignature
-
         from privmodel.keys import key_id_of
 
         pinned_id = key_id_of(self._pinned)
-        config = header.get("config") if isinstance(header.get("config"), dict) else {}
+        config: dict[str, Any] = header["config"] if isinstance(header.get("config"), dict) else {}
         run_id = str(header.get("run_id", ""))
-        body_text, signature = config.get("auth_body"), config.get("auth_sig")
-        problem = None
-        body: dict[str, Any] = {}
-        if not isinstance(body_text, str) or not isinstance(signature, str):
-            problem = "it carries no coordinator signature"
-        else:
-            try:
-                self._pinned.verify(base64.b64decode(signature, validate=True), body_text.encode())
-                body = json.loads(body_text)
-                if not isinstance(body, dict) or body.get("kind") != AUTH_KIND:
-                    raise ValueError
-            except InvalidSignature:
-                problem = f"its configuration is not signed by the pinned coordinator key {pinned_id}"
-            except (ValueError, TypeError):
-                problem = "its authorization is malformed"
+        body, problem = _signed_body(self._pinned, pinned_id, config)
         if problem is None:
-            signed_config = body.get("config") if isinstance(body.get("config"), dict) else {}
-            signed_time = str(body.get("time", ""))
-            try:
-                skew = (dt.datetime.fromisoformat(signed_time) - dt.datetime.now(dt.UTC)).total_seconds()
-            except (ValueError, TypeError):
-                skew = float("inf")
-            if str(body.get("run_id")) != run_id:
-                problem = f"the signature is for run {str(body.get('run_id'))[:24]}, not this run"
-            elif FedConfig.from_record(signed_config).to_record() != FedConfig.from_record(config).to_record():
-                problem = "its configuration differs from the one the coordinator signed"
-            elif skew > AUTH_FUTURE_SKEW_S:
-                problem = "its authorization is dated in the future"
+            problem = _body_problem(body, run_id, config)
         if problem is not None:
             if run_id not in self._refused_runs:
                 self._refused_runs.add(run_id)
@@ -314,7 +288,7 @@ class PartnerWorker:
 
     # --- model ---------------------------------------------------------------------------------
 
-    def _model(self, config: FedConfig, prep: Prepared):
+    def _model(self, config: FedConfig, prep: Prepared) -> Module:
         from privmodel.models import build_model
 
         return build_model(config.model, prep.train.x_num.shape[1], prep.encoder.cat_cardinalities)
@@ -329,7 +303,8 @@ class PartnerWorker:
         if not path.is_file():
             return {}
         try:
-            return json.loads(path.read_text())
+            state: dict[str, Any] = json.loads(path.read_text())
+            return state
         except ValueError:
             raise InputError(f"partner {self.name}: {path} is corrupt") from None
 
@@ -473,11 +448,12 @@ class PartnerWorker:
             if not self.spec.insecure_noise:
                 raise InputError(f"partner {self.name}: refuses reproducible (insecure) noise asked by the coordinator")
             insecure = (config.insecure_seed * 1_000_003 + server_round * 7919 + zlib.crc32(self.name.encode())) % 2**31
-        return TrainConfig(
-            model=config.model, epsilon=config.epsilon if config.private else None,
-            delta=config.delta if config.private else None, batch_size=config.batch_size, lr=config.lr,
-            max_grad_norm=config.max_grad_norm, optimizer=config.optimizer, seed=config.seed, insecure_seed=insecure,
-        )
+        return TrainConfig.model_validate({  # validated: model and optimizer are checked names, not free text
+            "model": config.model, "epsilon": config.epsilon if config.private else None,
+            "delta": config.delta if config.private else None, "batch_size": config.batch_size, "lr": config.lr,
+            "max_grad_norm": config.max_grad_norm, "optimizer": config.optimizer, "seed": config.seed,
+            "insecure_seed": insecure,
+        })
 
     def evaluate(self, arrays: dict[str, np.ndarray], config: FedConfig) -> dict[str, Any]:
         """Loss and ROC-AUC of the global model on the partner's local held-out split."""
@@ -487,7 +463,7 @@ class PartnerWorker:
             _load_arrays(model, arrays)
             return self._evaluate_model(model, prep)
 
-    def _evaluate_model(self, model, prep: Prepared) -> dict[str, Any]:
+    def _evaluate_model(self, model: Module, prep: Prepared) -> dict[str, Any]:
         """Held-out rows only (never the training rows): listed on the card as released without DP."""
         return evaluate_model(model, prep.test, prep.y_test)
 
@@ -524,44 +500,55 @@ class PartnerWorker:
         config = FedConfig.from_record(header.get("config", {}))
         run_id = str(header.get("run_id", "0"))
         if op == "refuse_run":  # the SuperNode's app gate refused a run's FAB (federated.supernode)
-            if run_id not in self._refused_runs:
-                self._refused_runs.add(run_id)
-                self.ledger.append("federate.run_refused", params={"run_id": run_id, "request": "app"}, outcome="failed",
-                                   reason=f"run {run_id} refused: {str(header.get('reason', ''))[:200]}")
+            self._record_app_refusal(run_id, header)
             return {"ok": True, "info": {}}, {}
         try:
             self._submitter = self.authorize(op, header)  # before anything is read or spent
-            if op == "hello":
-                return {"ok": True, "info": self.hello(config)}, {}
-            if op == "train":
-                new, metrics = self.train(arrays, config, run_id, int(header.get("round", 0)))
-                return {"ok": True, "metrics": metrics, "partner": self.name}, new
-            if op == "evaluate":
-                return {"ok": True, "metrics": self.evaluate(arrays, config), "partner": self.name}, {}
-            if op == "final":
-                return {"ok": True, "info": self.final(arrays, config, run_id, _coordinator_head(header))}, {}
-            return {"ok": False, "kind": "failed", "error": f"partner {self.name}: unknown request {op!r}"}, {}
-        except Refused as exc:
-            return {"ok": False, "kind": "refused", "error": str(exc)}, {}
-        except Unauthorized as exc:
-            return {"ok": False, "kind": "unauthorized", "error": str(exc)}, {}
-        except InputError as exc:
+            return self._dispatch(op, header, arrays, config, run_id)
+        except Exception as exc:  # noqa: BLE001 - reported to the coordinator by kind, never by raw message
+            return self._failure_reply(op, exc), {}
+
+    def _record_app_refusal(self, run_id: str, header: dict[str, Any]) -> None:
+        if run_id not in self._refused_runs:
+            self._refused_runs.add(run_id)
+            self.ledger.append("federate.run_refused", params={"run_id": run_id, "request": "app"}, outcome="failed",
+                               reason=f"run {run_id} refused: {str(header.get('reason', ''))[:200]}")
+
+    def _dispatch(self, op: str, header: dict[str, Any], arrays: dict[str, np.ndarray], config: FedConfig,
+                  run_id: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        if op == "hello":
+            return {"ok": True, "info": self.hello(config)}, {}
+        if op == "train":
+            new, metrics = self.train(arrays, config, run_id, int(header.get("round", 0)))
+            return {"ok": True, "metrics": metrics, "partner": self.name}, new
+        if op == "evaluate":
+            return {"ok": True, "metrics": self.evaluate(arrays, config), "partner": self.name}, {}
+        if op == "final":
+            return {"ok": True, "info": self.final(arrays, config, run_id, _coordinator_head(header))}, {}
+        return {"ok": False, "kind": "failed", "error": f"partner {self.name}: unknown request {op!r}"}, {}
+
+    def _failure_reply(self, op: str, exc: Exception) -> dict[str, Any]:
+        """A refusal, an unauthorized run, bad input (its one line) or a crash (its type only)."""
+        if isinstance(exc, Refused):
+            return {"ok": False, "kind": "refused", "error": str(exc)}
+        if isinstance(exc, Unauthorized):
+            return {"ok": False, "kind": "unauthorized", "error": str(exc)}
+        if isinstance(exc, InputError):
             msg = str(exc)
             if not msg.startswith(f"partner {self.name}"):
                 msg = f"partner {self.name}: {msg}"
-            return {"ok": False, "kind": "input", "error": msg}, {}
-        except Exception as exc:  # noqa: BLE001 - reported to the coordinator by type, never by raw message
-            if os.environ.get("PRIVMODEL_DEBUG") == "1":
-                import traceback
+            return {"ok": False, "kind": "input", "error": msg}
+        if os.environ.get("PRIVMODEL_DEBUG") == "1":
+            import traceback
 
-                traceback.print_exc()
-            return {"ok": False, "kind": "failed", "error": f"partner {self.name}: local {op} failed ({type(exc).__name__})"}, {}
+            traceback.print_exception(exc)
+        return {"ok": False, "kind": "failed", "error": f"partner {self.name}: local {op} failed ({type(exc).__name__})"}
 
 
 # --- torch helpers (imported lazily: only the worker pays for torch) ------------------------------
 
 
-def evaluate_model(model, data: EncodedData, y: np.ndarray) -> dict[str, Any]:
+def evaluate_model(model: Module, data: EncodedData, y: np.ndarray) -> dict[str, Any]:
     """ROC-AUC and log-loss of a model on encoded rows (the project's one predict / metric path)."""
     from privmodel.dpsgd import predict_proba
     from privmodel.metrics import log_loss, roc_auc
@@ -573,25 +560,25 @@ def evaluate_model(model, data: EncodedData, y: np.ndarray) -> dict[str, Any]:
 
 def _coordinator_head(header: dict[str, Any]) -> dict[str, Any] | None:
     """The coordinator's ledger head sent with the final query (None when absent or malformed)."""
-    config = header.get("config") if isinstance(header.get("config"), dict) else {}
+    config: dict[str, Any] = header["config"] if isinstance(header.get("config"), dict) else {}
     lid, entries, last = (config.get(f"coordinator_{k}") for k in ("ledger_id", "entries", "last_hash"))
     if not isinstance(lid, str) or not isinstance(last, str) or isinstance(entries, bool) or not isinstance(entries, int):
         return None
     return {"ledger_id": lid[:128] or None, "entries": entries, "last_hash": last[:128] or None}
 
 
-def _named(partner: str, fn, *args):
+def _named(partner: str, fn: Callable[..., T], *args: Any) -> T:
     try:
         return fn(*args)
     except InputError as exc:
         raise InputError(f"partner {partner}: {exc}") from None
 
 
-def _model_arrays(model) -> dict[str, np.ndarray]:
+def _model_arrays(model: Module) -> dict[str, np.ndarray]:
     return {k: v.detach().cpu().numpy().astype(np.float32, copy=True) for k, v in model.state_dict().items()}
 
 
-def _proximal_step(model, global_params: dict[str, np.ndarray], rate: float):
+def _proximal_step(model: Module, global_params: dict[str, np.ndarray], rate: float) -> Callable[[int, Module], None]:
     """FedProx's proximal term as a step after each DP-SGD step: w -= rate * (w - w_global).
 
     It depends only on the partner's own weights and the public global model, never on a record,
@@ -604,7 +591,7 @@ def _proximal_step(model, global_params: dict[str, np.ndarray], rate: float):
     anchors = {k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in global_params.items()}
     named = dict(model.named_parameters())
 
-    def step(_step: int, _model) -> None:
+    def step(_step: int, _model: Module) -> None:
         with torch.no_grad():
             for key, param in named.items():
                 if key in anchors:
@@ -613,7 +600,7 @@ def _proximal_step(model, global_params: dict[str, np.ndarray], rate: float):
     return step
 
 
-def _load_arrays(model, arrays: dict[str, np.ndarray]) -> None:
+def _load_arrays(model: Module, arrays: dict[str, np.ndarray]) -> None:
     import torch
 
     state = model.state_dict()
@@ -721,3 +708,43 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     raise SystemExit(main())
 
+
+def _signed_body(pinned: Ed25519PublicKey, pinned_id: str, config: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """The run authorization's body if the pinned coordinator key signed it, else why not."""
+    import base64
+
+    from cryptography.exceptions import InvalidSignature
+
+    body_text, signature = config.get("auth_body"), config.get("auth_sig")
+    if not isinstance(body_text, str) or not isinstance(signature, str):
+        return {}, "it carries no coordinator signature"
+    body: Any = {}
+    try:
+        pinned.verify(base64.b64decode(signature, validate=True), body_text.encode())
+        body = json.loads(body_text)
+        if not isinstance(body, dict) or body.get("kind") != AUTH_KIND:
+            raise ValueError
+    except InvalidSignature:
+        return {}, f"its configuration is not signed by the pinned coordinator key {pinned_id}"
+    except (ValueError, TypeError):
+        return {}, "its authorization is malformed"
+    return body, None
+
+
+def _body_problem(body: dict[str, Any], run_id: str, config: dict[str, Any]) -> str | None:
+    """Why a validly signed body does not authorize this run (other run, other config, future date)."""
+    import datetime as dt
+
+    signed_config: dict[str, Any] = body["config"] if isinstance(body.get("config"), dict) else {}
+    signed_time = str(body.get("time", ""))
+    try:
+        skew = (dt.datetime.fromisoformat(signed_time) - dt.datetime.now(dt.UTC)).total_seconds()
+    except (ValueError, TypeError):
+        skew = float("inf")
+    if str(body.get("run_id")) != run_id:
+        return f"the signature is for run {str(body.get('run_id'))[:24]}, not this run"
+    if FedConfig.from_record(signed_config).to_record() != FedConfig.from_record(config).to_record():
+        return "its configuration differs from the one the coordinator signed"
+    if skew > AUTH_FUTURE_SKEW_S:
+        return "its authorization is dated in the future"
+    return None

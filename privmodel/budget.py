@@ -212,44 +212,80 @@ def content_id(path: str | os.PathLike[str]) -> str | None:
 
 def frame_id(frame: object) -> str:
     """`content_id` of an in-memory table (a pandas DataFrame, else InputError): the same normal form and digest."""
-    import numpy as np
     import pandas as pd
 
     if not isinstance(frame, pd.DataFrame) or frame.shape[1] == 0:
         raise InputError("a dataset's content hash needs a table with at least one column")
     columns = sorted(str(c) for c in frame.columns)
     frame = frame.set_axis([str(c) for c in frame.columns], axis=1)
-    parts = []
-    for name in columns:
-        col = frame[name]
-        kind_is_text = False
-        if col.dtype == bool:  # numpy bool: no missing value
-            text = pd.Series(np.where(col.to_numpy(), "true", "false"), index=col.index)
-        elif pd.api.types.is_bool_dtype(col.dtype):
-            text = col.map(lambda v: "" if pd.isna(v) else ("true" if v else "false"))
-        elif pd.api.types.is_integer_dtype(col.dtype) and not col.isna().any():
-            text = col.astype("int64").astype(str)
-        elif col.dtype == np.float64:
-            text = _numbers_text(col)
-        elif pd.api.types.is_numeric_dtype(col.dtype):
-            text = col.map(_number_text)
-        elif pd.api.types.is_datetime64_any_dtype(col.dtype):
-            text = _per_unique_text(col, _time_text)
-        elif (kind := pd.api.types.infer_dtype(col, skipna=True)) in ("string", "empty"):
-            text, kind_is_text = col.where(col.notna(), "").astype(str).str.strip(), True
-        elif kind in ("date", "datetime"):  # equal dates (or datetimes) always give one text
-            text = _per_unique_text(col, _value_text)
-        else:
-            text, kind_is_text = col.map(_value_text), True
-        text = text.astype(str)
-        if kind_is_text:  # numbers, booleans and ISO times hold neither a backslash nor U+001F
-            text = text.str.replace("\\", "\\\\", regex=False).str.replace("\x1f", "\\x1f", regex=False)
-        parts.append(text)
-    digests = sorted(_row_digests(parts))
+    # how each column is written is decided on the whole column; the rows are then written and hashed
+    # in slices, so the texts of only one slice are in memory at a time (the digests are sorted anyway)
+    plans = {name: _text_plan(frame[name]) for name in columns}
+    digests: list[bytes] = []
+    for start in range(0, len(frame), _HASH_ROWS):
+        rows = frame.iloc[start : start + _HASH_ROWS]
+        digests += _row_digests([_column_text(rows[name], plans[name]) for name in columns])
+    digests.sort()
     total = hashlib.sha256(b"privmodel-table-v1\0" + canonical_json(columns))
     for digest in digests:
         total.update(digest)
     return total.hexdigest()
+
+
+_HASH_ROWS = 200_000  # rows written and hashed at a time by `frame_id`
+
+
+def _text_plan(col: pd.Series) -> str:
+    """How `frame_id` writes a column, from the whole column (dtype, missing values, inferred kind)."""
+    import numpy as np
+    import pandas as pd
+
+    if col.dtype == bool:
+        return "bool"
+    if pd.api.types.is_bool_dtype(col.dtype):
+        return "nullable-bool"
+    if pd.api.types.is_integer_dtype(col.dtype) and not col.isna().any():
+        return "int"
+    if col.dtype == np.float64:
+        return "float64"
+    if pd.api.types.is_numeric_dtype(col.dtype):
+        return "number"
+    if pd.api.types.is_datetime64_any_dtype(col.dtype):
+        return "time"
+    kind = pd.api.types.infer_dtype(col, skipna=True)
+    if kind in ("string", "empty"):
+        return "string"
+    return "date" if kind in ("date", "datetime") else "value"  # equal dates (datetimes) give one text
+
+
+def _column_text(col: pd.Series, plan: str) -> pd.Series:
+    """One column's normal-form texts (see `content_id`), escaped for joining with U+001F."""
+    import numpy as np
+    import pandas as pd
+
+    text: pd.Series
+    if plan == "bool":  # numpy bool: no missing value
+        text = pd.Series(np.where(col.to_numpy(), "true", "false"), index=col.index)
+    elif plan == "nullable-bool":
+        text = col.map(lambda v: "" if pd.isna(v) else ("true" if v else "false"))
+    elif plan == "int":
+        text = col.astype("int64").astype(str)
+    elif plan == "float64":
+        text = _numbers_text(col)
+    elif plan == "number":
+        text = col.map(_number_text)
+    elif plan == "time":
+        text = _per_unique_text(col, _time_text)
+    elif plan == "string":
+        text = col.where(col.notna(), "").astype(str).str.strip()
+    elif plan == "date":
+        text = _per_unique_text(col, _value_text)
+    else:
+        text = col.map(_value_text)
+    text = text.astype(str)
+    if plan in ("string", "value"):  # numbers, booleans and ISO times hold neither a backslash nor U+001F
+        text = text.str.replace("\\", "\\\\", regex=False).str.replace("\x1f", "\\x1f", regex=False)
+    return text
 
 
 def _row_digests(parts: list[pd.Series]) -> list[bytes]:

@@ -217,7 +217,10 @@ def _ref_frame_id(frame: pd.DataFrame) -> str:
     return total.hexdigest()
 
 
-def test_dataset_content_hash_is_unchanged_by_the_fast_path() -> None:
+@pytest.mark.parametrize("slice_rows", [200_000, 5, 1])
+def test_dataset_content_hash_is_unchanged_by_the_fast_path(slice_rows: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    # small slices: a column's rows are written in pieces (strings first, a number in a later slice)
+    monkeypatch.setattr(budget, "_HASH_ROWS", slice_rows)
     frame = pd.DataFrame({
         "f": [1.0, -0.0, 0.5, np.nan, np.inf, -np.inf, 1e16, 2.0**53, 1e-5, 123456789.125, 0.1, 3.0],
         "b": [True, False] * 6,
@@ -228,6 +231,7 @@ def test_dataset_content_hash_is_unchanged_by_the_fast_path() -> None:
         "nb": pd.array([True, None, False] * 4, dtype="boolean"),
         "i": np.arange(12),
         "dt": [dt.datetime(2000, 1, 1), dt.datetime(2000, 1, 1, 5)] * 6,
+        "late": ["a", "b\x1c", "c", "d", "e", " f ", 7, "g", None, 1.5, True, "h"],
     })
     assert budget.frame_id(frame) == _ref_frame_id(frame)
     for name in frame.columns:

@@ -161,14 +161,13 @@ def anonymize(
                 stage.write_text(path, render(release.report))
             _append(action, book, out, keys, inputs, stage.artifacts(), _figures(release.report))
             stage.publish()
+        rows = release.report["rows"]
+        del release  # lineage below re-reads both tables: free the release's rows first (peak memory)
         # a model trained on the release charges the raw table's budget (lineage), not a fresh one
         from privmodel import budget
 
         budget.record_lineage(budget.dataset_of(loaded, input, keys), target, keys)
-    typer.echo(
-        f"released {release.report['rows']['released']} of {release.report['rows']['input']} rows to {target} "
-        f"(report: {out / 'report.txt'})"
-    )
+    typer.echo(f"released {rows['released']} of {rows['input']} rows to {target} (report: {out / 'report.txt'})")
 
 
 def _parse_rows(spec: str | None, n: int) -> list[int]:
