@@ -338,17 +338,8 @@ def run(
 
     say("release gate")
     gate_started = time.perf_counter()
-    checks: list[Check] = []
-    if qis:  # k / l / t measured on the very table that is written, by the code the report prints
-        recursive_l = privacy.l.value if privacy.l is not None and privacy.l.variant == "recursive" else None
-        achieved = privacy_measures(release, qis, sensitive, emd_kinds, recursive_l=recursive_l)
-        report_privacy["achieved"] = achieved
-        checks += privacy_checks(privacy, achieved, sensitive)
-        checks.append(suppression_check(privacy, offered - len(release), offered))
-    for name, shared in minimised.colliding.items():
-        if name in release.columns:
-            released_shared = int(release[name].dropna().drop_duplicates().isin(shared).sum()) if shared else 0
-            checks.append(token_check(name, released_shared, int(pseudo_summary[name]["bits"])))
+    checks = _gate_checks(release, policy, qis, sensitive, emd_kinds, offered, minimised, pseudo_summary,
+                          report_privacy)
     gate = enforce(checks)
 
     escrow = minimised.escrow
@@ -360,22 +351,8 @@ def run(
     timings["gate"] = time.perf_counter() - gate_started
 
     say("report")
-    model_utility: dict[str, Any] = {}
     with _timed(timings, "utility"):
-        if policy.labels and len(release):
-            # the model-utility check reads a uniform random sample of the released rows (seeded by
-            # `seed`, a data-independent choice) when there are more than UTILITY_SAMPLE_ROWS; the
-            # report states the sample and each AUC's standard error
-            positions = _utility_sample(len(release), UTILITY_SAMPLE_ROWS, seed)
-            raw_rows = data.loc[source_rows[positions]]
-            released_rows = release.iloc[positions].set_index(source_rows[positions])
-            features = [
-                c for c in release.columns if c not in policy.labels and policy.columns[c].role != "identifier"
-            ]
-            for label in (lbl for lbl in policy.labels if lbl in release.columns):
-                model_utility[label] = label_auc(
-                    raw_rows, released_rows, label, features, seed=seed, sampled_from=len(release)
-                )
+        model_utility = _model_utility(data, release, source_rows, policy, seed)
 
     counts = _counts(steps, int(len(df)), int(len(release)))
     report = {
@@ -427,3 +404,41 @@ def _counts(steps: list[dict[str, Any]], rows_in: int, rows_out: int) -> dict[st
         "removed_by_reason": removed,
         "rows_accounted": rows_in == rows_out + sum(removed.values()),
     }
+
+
+def _gate_checks(release: pd.DataFrame, policy: Policy, qis: list[str], sensitive: list[str],
+                 emd_kinds: dict[str, str], offered: int, minimised: Minimised,
+                 pseudo_summary: dict[str, Any], report_privacy: dict[str, Any]) -> list[Check]:
+    """Every criterion of the policy, measured on the very table that is written (k / l / t by the code
+    the report prints); the achieved figures go into `report_privacy`."""
+    privacy = policy.privacy
+    checks: list[Check] = []
+    if qis:
+        recursive_l = privacy.l.value if privacy.l is not None and privacy.l.variant == "recursive" else None
+        achieved = privacy_measures(release, qis, sensitive, emd_kinds, recursive_l=recursive_l)
+        report_privacy["achieved"] = achieved
+        checks += privacy_checks(privacy, achieved, sensitive)
+        checks.append(suppression_check(privacy, offered - len(release), offered))
+    for name, shared in minimised.colliding.items():
+        if name in release.columns:
+            released_shared = int(release[name].dropna().drop_duplicates().isin(shared).sum()) if shared else 0
+            checks.append(token_check(name, released_shared, int(pseudo_summary[name]["bits"])))
+    return checks
+
+
+def _model_utility(data: pd.DataFrame, release: pd.DataFrame, source_rows: pd.Index, policy: Policy,
+                   seed: int) -> dict[str, Any]:
+    """Raw-vs-release AUC per label on a uniform random sample of the released rows (seeded by `seed`, a
+    data-independent choice) when there are more than UTILITY_SAMPLE_ROWS; the report states the sample
+    and each AUC's standard error."""
+    model_utility: dict[str, Any] = {}
+    if not policy.labels or not len(release):
+        return model_utility
+    positions = _utility_sample(len(release), UTILITY_SAMPLE_ROWS, seed)
+    raw_rows = data.loc[source_rows[positions]]
+    released_rows = release.iloc[positions].set_index(source_rows[positions])
+    features = [c for c in release.columns if c not in policy.labels and policy.columns[c].role != "identifier"]
+    for label in (lbl for lbl in policy.labels if lbl in release.columns):
+        model_utility[label] = label_auc(raw_rows, released_rows, label, features, seed=seed,
+                                         sampled_from=len(release))
+    return model_utility

@@ -169,8 +169,8 @@ def _domain(series: pd.Series, name: str, col: ColumnPolicy, policy: Policy) -> 
     return bad, what
 
 
-def validate(df: pd.DataFrame, policy: Policy, source: str = "input") -> StepResult:
-    """Step 1: the table has every declared column, parseable values in the declared domains."""
+def _check_shape(df: pd.DataFrame, policy: Policy, source: str) -> None:
+    """Rows present, no column twice, every declared column there (one line naming the first problem)."""
     if df.shape[0] == 0:
         raise InputError(f"{source}: table has no rows")
     if df.columns.duplicated().any():
@@ -179,6 +179,11 @@ def validate(df: pd.DataFrame, policy: Policy, source: str = "input") -> StepRes
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise InputError(f"{source}: policy column {missing[0]!r} is not in the data{more}")
+
+
+def validate(df: pd.DataFrame, policy: Policy, source: str = "input") -> StepResult:
+    """Step 1: the table has every declared column, parseable values in the declared domains."""
+    _check_shape(df, policy, source)
     data = df.copy(deep=False)  # copy-on-write: converted columns replace, never overwrite, the input's
     data.index = pd.RangeIndex(1, len(data) + 1)  # row numbers in messages = 1-based data rows
     undeclared = [str(c) for c in data.columns if c not in policy.columns]

