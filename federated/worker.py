@@ -705,10 +705,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
-
-
 def _signed_body(pinned: Ed25519PublicKey, pinned_id: str, config: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
     """The run authorization's body if the pinned coordinator key signed it, else why not."""
     import base64
@@ -748,3 +744,7 @@ def _body_problem(body: dict[str, Any], run_id: str, config: dict[str, Any]) -> 
     if skew > AUTH_FUTURE_SKEW_S:
         return "its authorization is dated in the future"
     return None
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
