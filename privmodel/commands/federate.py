@@ -17,11 +17,14 @@ from __future__ import annotations
 import signal
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from anonymize.errors import InputError
+
+if TYPE_CHECKING:
+    from federated.config import FedConfig
 
 
 def register(app: typer.Typer) -> None:
@@ -34,7 +37,7 @@ def register(app: typer.Typer) -> None:
     app.add_typer(fed, name="federate")
 
 
-def _config(**values: Any):
+def _config(**values: Any) -> FedConfig:
     from federated.config import FedConfig
 
     return FedConfig(**values).validate()

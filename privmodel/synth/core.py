@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal, overload
 
 import numpy as np
 import pyarrow as pa
@@ -25,6 +26,11 @@ from privmodel.synth.locales import (
     check_locales,
 )
 from privmodel.synth.population import CHANNELS, GENDERS, MARITAL, OCCUPATIONS, SiloProfile
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from privmodel.synth.truth import Columns
 
 IDENTIFIERS = ("customer_id", "full_name", "email", "phone", "national_id", "street_address")
 QUASI_IDENTIFIERS = ("birth_date", "age", "gender", "zip_code", "city", "occupation", "marital_status")
@@ -55,13 +61,14 @@ class SynthData:
     locales: tuple[str, ...]
     regions: list[str]  # global region names, e.g. "US North"
     city_region: dict[str, str] = field(default_factory=dict)  # city -> region name
-    mess: dict[str, int] = field(default_factory=dict)  # counts per kind of injected mess
+    mess: dict[str, float] = field(default_factory=dict)  # "rate", then row counts per kind of mess
 
-    def to_pandas(self):  # -> pandas.DataFrame
+    def to_pandas(self) -> pd.DataFrame:
         """DataFrame view (dates as datetime.date, like pandas.read_parquet gives them)."""
         return self.table.to_pandas()
 
-    def truth_frame(self):  # -> pandas.DataFrame
+    def truth_frame(self) -> pd.DataFrame:
+        """True label probabilities with the silo, row-aligned with `to_pandas()`."""
         import pandas as pd
 
         return pd.DataFrame(
@@ -159,6 +166,33 @@ def generate_data(
     return data
 
 
+@overload
+def generate(
+    n_customers: int,
+    n_silos: int = 1,
+    *,
+    seed: int = 0,
+    heterogeneity: float = 0.5,
+    locales: str | Sequence[str] = "en_US",
+    mess_rate: float = 0.0,
+    return_truth: Literal[False] = False,
+) -> pd.DataFrame: ...
+
+
+@overload
+def generate(
+    n_customers: int,
+    n_silos: int = 1,
+    *,
+    seed: int = 0,
+    heterogeneity: float = 0.5,
+    locales: str | Sequence[str] = "en_US",
+    mess_rate: float = 0.0,
+    return_truth: Literal[True],
+) -> tuple[pd.DataFrame, pd.DataFrame]: ...
+
+
+@overload
 def generate(
     n_customers: int,
     n_silos: int = 1,
@@ -168,7 +202,19 @@ def generate(
     locales: str | Sequence[str] = "en_US",
     mess_rate: float = 0.0,
     return_truth: bool = False,
-):  # -> pandas.DataFrame | tuple[pandas.DataFrame, pandas.DataFrame]
+) -> pd.DataFrame | tuple[pd.DataFrame, pd.DataFrame]: ...
+
+
+def generate(
+    n_customers: int,
+    n_silos: int = 1,
+    *,
+    seed: int = 0,
+    heterogeneity: float = 0.5,
+    locales: str | Sequence[str] = "en_US",
+    mess_rate: float = 0.0,
+    return_truth: bool = False,
+) -> pd.DataFrame | tuple[pd.DataFrame, pd.DataFrame]:
     """Synthetic customers as a DataFrame (with a `silo` column); with `return_truth` also the
     true label probabilities (columns p_churn, p_will_purchase, silo) aligned row by row."""
     data = generate_data(
@@ -178,7 +224,7 @@ def generate(
     return (frame, data.truth_frame()) if return_truth else frame
 
 
-def true_probabilities(frame, profiles: Sequence[SiloProfile] | None = None):  # -> pandas.DataFrame
+def true_probabilities(frame: Columns, profiles: Sequence[SiloProfile] | None = None) -> pd.DataFrame:
     """Recompute p_churn / p_will_purchase from clean columns (the silo offsets come from
     `profiles`, e.g. `population.silo_profiles(n_silos, heterogeneity, seed, n_locales)`)."""
     import pandas as pd
@@ -212,7 +258,11 @@ def _labels(names: tuple[str, ...], codes: np.ndarray) -> pa.Array:
 
 
 def _identity_columns(
-    rng: np.random.Generator, pools: list[Pools], loc_idx: np.ndarray, people: dict, zip_codes: np.ndarray
+    rng: np.random.Generator,
+    pools: list[Pools],
+    loc_idx: np.ndarray,
+    people: dict[str, np.ndarray],
+    zip_codes: np.ndarray,
 ) -> dict[str, pa.Array]:
     """Identifier columns per locale block, then put back in row order."""
     n = len(loc_idx)

@@ -7,7 +7,10 @@ pyarrow wraps as a string array without copying.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -41,7 +44,7 @@ def _bijection(rng: np.random.Generator, n: int, modulus: int) -> np.ndarray:
 
 def _digits(values: np.ndarray, width: int) -> np.ndarray:
     """(n,) non-negative ints -> (n, width) uint8 digit matrix, most significant first."""
-    v = values.astype(np.uint32 if width <= 9 else np.uint64)
+    v: npt.NDArray[np.unsignedinteger[Any]] = values.astype(np.uint32 if width <= 9 else np.uint64)
     out = np.empty((len(v), width), dtype=np.uint8)
     for j in range(width - 1, -1, -1):  # column by column: 1-D unsigned divisions are cheap
         q = v // 10
@@ -89,9 +92,9 @@ def cn_resident_ids(rng: np.random.Generator, region6: np.ndarray, birth: np.nda
     return fixed_width_strings(out)
 
 
-def _template_parts(template: str, fields: dict[str, pa.Array]) -> list:
+def _template_parts(template: str, fields: dict[str, pa.Array]) -> list[str | pa.Array]:
     """Split "{n} {s}" into [number, " ", street] for an element-wise join."""
-    parts: list = []
+    parts: list[str | pa.Array] = []
     rest = template
     while rest:
         hits = [(rest.find(k), k) for k in fields if rest.find(k) >= 0]
@@ -106,7 +109,7 @@ def _template_parts(template: str, fields: dict[str, pa.Array]) -> list:
     return parts
 
 
-def _join(parts: list, sep: str = "") -> pa.Array:
+def _join(parts: list[str | pa.Array], sep: str = "") -> pa.Array:
     return pc.binary_join_element_wise(*parts, sep)
 
 

@@ -7,6 +7,7 @@ Phone numbers, national IDs and postcodes come from digit templates, so they nee
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from anonymize.errors import InputError
@@ -87,7 +88,7 @@ def _ascii(text: str) -> str:
     return "".join(ch for ch in unidecode(text).lower() if "a" <= ch <= "z") or "user"
 
 
-def _unique(draw, size: int, patience: int = 150) -> list[str]:
+def _unique(draw: Callable[[], str], size: int, patience: int = 150) -> list[str]:
     """Up to `size` distinct values from a Faker method (first-seen order, so seed-stable); stops
     early once `patience` draws in a row found nothing new (the provider's list is exhausted)."""
     seen: dict[str, None] = {}
@@ -108,7 +109,7 @@ def build_pools(locale: str, seed: int) -> Pools:
     if locale == "ja_JP":  # Faker ships kanji names with their romanization: keep them paired
         from faker.providers.person.ja_JP import Provider as JaPerson
 
-        def pairs(items: tuple) -> tuple[list[str], list[str]]:
+        def pairs(items: Iterable[tuple[str, str, str]]) -> tuple[list[str], list[str]]:
             return [p[0] for p in items], [p[2].lower() for p in items]
 
         female, female_ascii = pairs(JaPerson.first_name_female_pairs)

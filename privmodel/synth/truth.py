@@ -20,7 +20,8 @@ close. `bayes_auc(p)` is the AUC the true probabilities themselves achieve in ex
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -29,16 +30,22 @@ PURCHASE_INTERCEPT = -1.5
 _LOG1P_RECENCY_CENTER = 2.5
 
 
-def _col(frame: Mapping[str, object], name: str) -> np.ndarray:
+class Columns(Protocol):
+    """Anything indexed by column name: a dict of arrays or a pandas DataFrame (which is no Mapping)."""
+
+    def __getitem__(self, name: str, /) -> Any: ...
+
+
+def _col(frame: Columns, name: str) -> np.ndarray:
     return np.asarray(frame[name])
 
 
-def _channel_is(frame: Mapping[str, object], value: str, code: int) -> np.ndarray:
+def _channel_is(frame: Columns, value: str, code: int) -> np.ndarray:
     ch = np.asarray(frame["channel"])
     return ch == code if ch.dtype.kind in "iub" else ch == value
 
 
-def churn_logit(frame: Mapping[str, object], offsets: Sequence[float] | None = None) -> np.ndarray:
+def churn_logit(frame: Columns, offsets: Sequence[float] | None = None) -> np.ndarray:
     """Churn log-odds per row; `frame` maps column names to arrays (a DataFrame works)."""
     age = _col(frame, "age").astype(float)
     tenure = _col(frame, "tenure_months").astype(float)
@@ -58,7 +65,7 @@ def churn_logit(frame: Mapping[str, object], offsets: Sequence[float] | None = N
     return z + _silo_offset(frame, offsets)
 
 
-def purchase_logit(frame: Mapping[str, object], offsets: Sequence[float] | None = None) -> np.ndarray:
+def purchase_logit(frame: Columns, offsets: Sequence[float] | None = None) -> np.ndarray:
     """will_purchase log-odds per row."""
     age = _col(frame, "age").astype(float)
     income = np.maximum(_col(frame, "annual_income").astype(float), 1000.0)
@@ -80,7 +87,7 @@ def purchase_logit(frame: Mapping[str, object], offsets: Sequence[float] | None 
     return z + _silo_offset(frame, offsets)
 
 
-def _silo_offset(frame: Mapping[str, object], offsets: Sequence[float] | None) -> np.ndarray | float:
+def _silo_offset(frame: Columns, offsets: Sequence[float] | None) -> np.ndarray | float:
     if offsets is None:
         return 0.0
     return np.asarray(offsets, dtype=float)[_col(frame, "silo").astype(np.int64)]
