@@ -18,6 +18,7 @@ things differ from the simulation:
 from __future__ import annotations
 
 import json
+from abc import abstractmethod
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -50,8 +51,9 @@ class LegacyPartnerClient(NumPyClient):
     """Flower's legacy client face of one partner (simulation and deployment alike): hello, fit and
     final go to the partner's training worker through `_call`; fit hands SecAgg+ the model delta."""
 
+    @abstractmethod
     def _call(self, op: str, config: dict[str, Any], arrays: dict[str, np.ndarray]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        raise NotImplementedError  # each runtime reaches its worker its own way
+        """Send `op` to the partner's training worker; each runtime (simulation, deployment) reaches it its own way."""
 
     def _received(self, op: str, names: list[str], config: dict[str, Any], arrays: dict[str, np.ndarray], n: int,
                   delta: list[np.ndarray], reply: dict[str, Any]) -> None:
