@@ -137,17 +137,19 @@ def _safe(text: object, limit: int = 40) -> str:
     return shown + ("..." if len(str(text)) > limit else "")
 
 
-def _check_params(obj: object, where: str = "params") -> None:
+def refuse_key_material(obj: object, where: str = "params", record: str = "ledger") -> None:
+    """THE rule that keeps keys out of every signed record (the ledger, the budget store): a field whose
+    name looks like key material, or raw bytes, is refused (InputError, a ValueError) before writing."""
     if isinstance(obj, Mapping):
         for key, value in obj.items():
             if any(word in str(key).lower() for word in _FORBIDDEN_PARAM_WORDS):
-                raise ValueError(f"ledger {where}: field {key!r} looks like key material; refusing to record it")
-            _check_params(value, f"{where}.{key}")
+                raise InputError(f"{record} {where}: field {key!r} looks like key material; refusing to record it")
+            refuse_key_material(value, f"{where}.{key}", record)
     elif isinstance(obj, list | tuple):
         for item in obj:
-            _check_params(item, where)
+            refuse_key_material(item, where, record)
     elif isinstance(obj, bytes | bytearray):
-        raise ValueError(f"ledger {where}: raw bytes are not recorded; record a hash instead")
+        raise InputError(f"{record} {where}: raw bytes are not recorded; record a hash instead")
 
 
 def _head_path(path: Path) -> Path:
@@ -346,7 +348,7 @@ class Ledger:
         if outcome not in ("ok", "failed"):
             raise ValueError("outcome must be 'ok' or 'failed'")
         params = dict(params or {})
-        _check_params(params)
+        refuse_key_material(params)
         if not self.path.parent.is_dir():
             raise InputError(f"{self.path.parent}: ledger directory does not exist")
         if not self.path.name or self.path.is_dir():

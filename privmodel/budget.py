@@ -51,7 +51,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy.pool import NullPool
 
 from anonymize.errors import InputError
-from privmodel.audit import Ledger, canonical_json
+from privmodel.audit import Ledger, canonical_json, refuse_key_material
 from privmodel.fileio import atomic_write_text, sha256_file
 from privmodel.keys import Signer, ensure_keys, key_id_of, load_public_key, load_signer
 
@@ -71,7 +71,6 @@ _TOLERANCE = 1e-12  # float slack when a charge exactly fills the cap
 _COST_FIELDS = ("accountant", "noise_multiplier", "sample_rate", "steps", "clipping", "max_grad_norm",
                 "target_epsilon", "epsilon_preprocessing", "delta_preprocessing")
 _DATASET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
-_FORBIDDEN_PARAM_WORDS = ("secret", "passphrase", "password", "private_key", "token_key")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _TABLE_SUFFIXES = (".csv", ".parquet")
 
@@ -865,7 +864,7 @@ class _Transaction:
         """Sign and insert the next event of the chain; returns its seq."""
         signer = self.store.signer
         events = self.state.events
-        _no_key_material(params)
+        refuse_key_material(params, record="budget charge")
         try:
             plain = json.loads(canonical_json(dict(params)))
         except (TypeError, ValueError):
@@ -884,18 +883,6 @@ class _Transaction:
         self.conn.execute(EVENTS.insert().values(**row))
         events.append(row)
         return body["seq"]
-
-
-def _no_key_material(obj: Any, where: str = "params") -> None:
-    """Key material has no business in the budget store (same words the ledger refuses)."""
-    if isinstance(obj, Mapping):
-        for key, value in obj.items():
-            if any(word in str(key).lower() for word in _FORBIDDEN_PARAM_WORDS):
-                raise InputError(f"budget charge {where}: field {key!r} looks like key material; refusing to record it")
-            _no_key_material(value, f"{where}.{key}")
-    elif isinstance(obj, list | tuple):
-        for item in obj:
-            _no_key_material(item, where)
 
 
 def read_store(keys: str | os.PathLike[str] | None) -> StoreState | None:
