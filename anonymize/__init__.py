@@ -18,7 +18,7 @@ from anonymize.errors import InputError
 
 if TYPE_CHECKING:
     from anonymize.pipeline import Minimised, Release, minimise, run
-    from anonymize.policy import ColumnPolicy, Policy, load_policy
+    from anonymize.policy.schema import ColumnPolicy, Policy, load_policy
     from anonymize.pseudonymize import (
         ColumnKey,
         Keys,
@@ -36,9 +36,9 @@ _LAZY = {
     "Release": "anonymize.pipeline",
     "minimise": "anonymize.pipeline",
     "run": "anonymize.pipeline",
-    "ColumnPolicy": "anonymize.policy",
-    "Policy": "anonymize.policy",
-    "load_policy": "anonymize.policy",
+    "ColumnPolicy": "anonymize.policy.schema",
+    "Policy": "anonymize.policy.schema",
+    "load_policy": "anonymize.policy.schema",
     "ColumnKey": "anonymize.pseudonymize",
     "Keys": "anonymize.pseudonymize",
     "Rotated": "anonymize.pseudonymize",

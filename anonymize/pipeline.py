@@ -6,7 +6,7 @@
 4. pseudonymize identifiers (HMAC tokens / AES-SIV / drop), keys derived per purpose and partner
 5. generalize quasi-identifiers (k / l / t), then measure privacy, risk and utility on the output
 6. gate       - every criterion of the policy (k, l, t, suppression limit, token uniqueness)
-                re-checked on the final table (`anonymize.gate`); a failure raises, nothing is released
+                re-checked on the final table (`anonymize.criteria.gate`); a failure raises, nothing is released
 7. report     - JSON-ready dict of every count and figure; never a raw value or key
 
 Steps 1-4 are `minimise`, which every model path calls too (train, curve, score, estimator,
@@ -27,11 +27,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from anonymize.criteria.gate import Check, enforce, privacy_checks, suppression_check, token_check
 from anonymize.errors import InputError
-from anonymize.gate import Check, enforce, privacy_checks, suppression_check, token_check
-from anonymize.generalize import generalize
-from anonymize.measures import privacy_measures, reidentification_risk, utility_loss
-from anonymize.policy import Policy
+from anonymize.generalization.generalize import generalize
+from anonymize.measures.achieved import privacy_measures, reidentification_risk, utility_loss
+from anonymize.policy.schema import Policy
 from anonymize.pseudonymize import DEFAULT_PARTNER, ColumnSummary, Keys, Pseudonymized, as_keys, pseudonymize
 from anonymize.quality import StepResult, consent_and_purpose, hierarchy_of, quality, validate
 from anonymize.report import REPORT_FORMAT, UTILITY_SAMPLE_ROWS, label_auc

@@ -48,12 +48,12 @@ from cryptography.hazmat.primitives.ciphers.aead import AESSIV
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from anonymize.errors import InputError
-from anonymize.policy import DEFAULT_TOKEN_LENGTH, MAX_TOKEN_LENGTH, MIN_TOKEN_LENGTH, token_length_problem
+from anonymize.policy.schema import DEFAULT_TOKEN_LENGTH, MAX_TOKEN_LENGTH, MIN_TOKEN_LENGTH, token_length_problem
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from anonymize.policy import Policy
+    from anonymize.policy.schema import Policy
 
 #: Identifier values as callers hand them over: a Series, or any sequence of values.
 Values = pd.Series | Sequence[object]

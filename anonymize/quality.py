@@ -16,9 +16,9 @@ import numpy as np
 import pandas as pd
 
 from anonymize.errors import InputError
-from anonymize.hierarchies import Hierarchy, build_hierarchy
-from anonymize.policy import ColumnPolicy, Policy
-from anonymize.spec import CsvHierarchy, TreeHierarchy
+from anonymize.generalization.hierarchies import Hierarchy, build_hierarchy
+from anonymize.policy.schema import ColumnPolicy, Policy
+from anonymize.policy.spec import CsvHierarchy, TreeHierarchy
 
 _TRUE = {"true", "t", "yes", "y", "1", "1.0"}
 _FALSE = {"false", "f", "no", "n", "0", "0.0"}

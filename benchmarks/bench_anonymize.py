@@ -24,10 +24,10 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from anonymize.generalize import generalize  # noqa: E402
-from anonymize.hierarchies import build_hierarchy  # noqa: E402
-from anonymize.measures import privacy_measures, utility_loss  # noqa: E402
-from anonymize.spec import IntervalsHierarchy, LDiversity, PrefixHierarchy, PrivacyModel, TreeHierarchy  # noqa: E402
+from anonymize.generalization.generalize import generalize  # noqa: E402
+from anonymize.generalization.hierarchies import build_hierarchy  # noqa: E402
+from anonymize.measures.achieved import privacy_measures, utility_loss  # noqa: E402
+from anonymize.policy.spec import IntervalsHierarchy, LDiversity, PrefixHierarchy, PrivacyModel, TreeHierarchy  # noqa: E402
 
 ADULT = ROOT.parent / "shared" / "data" / "adult.csv"
 ADULT_QIS = ["age", "sex", "race", "education", "marital-status", "workclass", "native-country", "occupation"]
@@ -147,8 +147,8 @@ def timed(fn, repeat: int = 1):
 
 
 def synthetic(n: int) -> tuple[pd.DataFrame, dict]:
-    """1M customers from privmodel.synth with an income band as the sensitive attribute."""
-    from privmodel.synth.core import generate_data
+    """1M customers from privmodel.data.synth with an income band as the sensitive attribute."""
+    from privmodel.data.synth.core import generate_data
 
     data = generate_data(n, seed=0)
     df = data.to_pandas()

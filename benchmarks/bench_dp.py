@@ -8,18 +8,18 @@ Run from the project root:  .venv/bin/python benchmarks/bench_dp.py [--seeds 5] 
 (b) Speed: the same plain Opacus loop (DataLoader, make_private_with_epsilon, batch 256, 20 epochs,
     clip 1.0, PRV) against ours on 45,000 rows = the Telco training split upsampled with
     replacement (seed 0), same epsilon and epochs; AUC on the Telco test split.
-(c) Synthetic: 200,000 customers from privmodel.synth.generate (seed 0), churn label: DP MLP at
+(c) Synthetic: 200,000 customers from privmodel.data.synth.generate (seed 0), churn label: DP MLP at
     epsilon = 1 (delta = min(1e-6, 1/(10 n)), the default rule) against the non-private MLP and the non-private logistic regression.
 (d) Secure sampler cost: the same DP training (train_dp, 45,000 rows of (b), epsilon = 1) with the
-    secret sampler (privmodel.secure_noise: AES-256-CTR keystream, four-normal Gaussian) against the
+    secret sampler (privmodel.dp.secure_noise: AES-256-CTR keystream, four-normal Gaussian) against the
     sampler it replaced (a torch.Generator seeded with --seed: torch.rand masks, torch.randn noise),
     alternating the two, median wall time of the training loop; logreg (b's settings) and a
     (64, 32) MLP (the architecture of (c), whose noise vector is the largest here).
     All DP rows of (a)-(c) use the secret sampler: their AUCs are fresh draws each run.
-(e) Defaults: privmodel's DEFAULT settings (privmodel.defaults: TrainConfig with only the model and a
+(e) Defaults: privmodel's DEFAULT settings (privmodel.core.defaults: TrainConfig with only the model and a
     seed) of logreg and MLP at epsilon = 1 on three tables nobody tuned them for -- Telco (Churn),
     Adult (../shared/data/adult.csv, Salary > 50K, encoded from the UCI data dictionary's ranges and
-    categories) and 20,000 privmodel.synth customers (churn, starter policy) -- beside scikit-learn,
+    categories) and 20,000 privmodel.data.synth customers (churn, starter policy) -- beside scikit-learn,
     the plain Opacus loop, and the best point of a small tuned grid (batch sizes around the rule's,
     Adam step sizes a decade wide). Targets: default DP ROC-AUC within 0.01 of the best tuned figure
     on each table, and no default run that `training.quality_warnings` would flag (collapse to a
@@ -99,7 +99,7 @@ def load_telco():
     import pandas as pd
     from sklearn.model_selection import train_test_split
 
-    from privmodel.features import TabularEncoder, encode_labels
+    from privmodel.data.features import TabularEncoder, encode_labels
 
     df = pd.read_csv(DATA).drop(columns=["customerID"])
     total = pd.to_numeric(df["TotalCharges"], errors="coerce")
@@ -161,7 +161,7 @@ def load_adult_table():
     """Adult (label Salary > 50K) encoded with its data dictionary's ranges and categories."""
     import pandas as pd
 
-    from privmodel.features import TabularEncoder
+    from privmodel.data.features import TabularEncoder
 
     df = pd.read_csv(ADULT, skipinitialspace=True)
     y = (df.pop("Salary").str.strip() == ">50K").to_numpy(dtype=np.float32)
@@ -170,13 +170,13 @@ def load_adult_table():
 
 
 def load_synth_table(n: int = SYNTH_E_ROWS):
-    """privmodel.synth customers (seed 0), churn, encoded with the starter policy `privmodel synth` writes."""
+    """privmodel.data.synth customers (seed 0), churn, encoded with the starter policy `privmodel synth` writes."""
     import yaml
 
-    from anonymize.policy import Policy
-    from privmodel.features import TabularEncoder
-    from privmodel.synth.core import generate_data
-    from privmodel.synth.output import starter_policy
+    from anonymize.policy.schema import Policy
+    from privmodel.data.features import TabularEncoder
+    from privmodel.data.synth.core import generate_data
+    from privmodel.data.synth.output import starter_policy
 
     synth = generate_data(n, seed=0)
     frame = synth.to_pandas()
@@ -195,7 +195,7 @@ def run_ours(train, y_train, test, y_test, epsilon: float | None, seed: int, set
              delta: float | None = 1e-5) -> dict:
     from sklearn.metrics import roc_auc_score
 
-    from privmodel.training import TrainConfig, fit
+    from privmodel.dp.training import TrainConfig, fit
 
     t0 = time.perf_counter()
     result = fit(train, y_train, TrainConfig(epsilon=epsilon, delta=delta if epsilon else None, seed=seed, **settings))
@@ -364,11 +364,11 @@ def section_c(seeds: list[int]) -> dict:
     import yaml
     from sklearn.model_selection import train_test_split
 
-    from anonymize.policy import Policy
-    from privmodel.features import TabularEncoder
-    from privmodel.synth.core import generate_data
-    from privmodel.synth.output import starter_policy
-    from privmodel.synth.truth import bayes_auc
+    from anonymize.policy.schema import Policy
+    from privmodel.data.features import TabularEncoder
+    from privmodel.data.synth.core import generate_data
+    from privmodel.data.synth.output import starter_policy
+    from privmodel.data.synth.truth import bayes_auc
 
     t0 = time.perf_counter()
     synth = generate_data(200_000, seed=0)
@@ -384,8 +384,8 @@ def section_c(seeds: list[int]) -> dict:
     train, test = data.take(tr), data.take(te)
     ceiling = bayes_auc(truth["p_churn"].to_numpy()[te])
     logged = [s.name for s in encoder.numeric if s.transform == "log1p"]
-    print(f"(c) Synthetic: 200,000 customers (privmodel.synth.generate seed 0, {gen_s:.1f} s), churn, "
-          f"{len(tr)} train / {len(te)} test, epsilon = 1, delta = min(1e-6, 1/(10 n)) (privmodel.defaults) = {min(1e-6, 1 / (10 * len(tr))):.2g}")
+    print(f"(c) Synthetic: 200,000 customers (privmodel.data.synth.generate seed 0, {gen_s:.1f} s), churn, "
+          f"{len(tr)} train / {len(te)} test, epsilon = 1, delta = min(1e-6, 1/(10 n)) (privmodel.core.defaults) = {min(1e-6, 1 / (10 * len(tr))):.2g}")
     print(f"  encoder: starter policy, {len(encoder.columns)} features (skipped: "
           f"{', '.join(s['name'] for s in encoder.skipped) or '-'}); log1p: {', '.join(logged)}")
     print(f"  Bayes ROC-AUC of the true probabilities on the test rows (ceiling): {ceiling:.4f}")
@@ -414,7 +414,7 @@ class SeededTorchNoise:
     """The sampler `train_dp` used before issue 10 (torch.Generator seeded with --seed), for (d) only.
 
     Reproducible from the card's seed, hence NOT differentially private; kept here only to measure
-    what the secret sampler costs. Same interface as `privmodel.secure_noise.NoiseSource`.
+    what the secret sampler costs. Same interface as `privmodel.dp.secure_noise.NoiseSource`.
     """
 
     kind = "INSECURE-reproducible"
@@ -440,10 +440,10 @@ def section_d(telco, repeats: int = 5) -> dict:
     import torch
     from sklearn.metrics import roc_auc_score
 
-    from privmodel.dpsgd import predict_proba, train_dp
-    from privmodel.models import build_model
-    from privmodel.secure_noise import NoiseSource
-    from privmodel.training import TrainConfig, plan
+    from privmodel.dp.dpsgd import predict_proba, train_dp
+    from privmodel.dp.networks import build_model
+    from privmodel.dp.secure_noise import NoiseSource
+    from privmodel.dp.training import TrainConfig, plan
 
     df, y, tr, te, enc = telco
     up = np.random.default_rng(0).choice(tr, size=45_000, replace=True)
@@ -486,7 +486,7 @@ def section_d(telco, repeats: int = 5) -> dict:
 def tuned_grid(model: str, n: int) -> list[dict]:
     """The small grid (e) tunes over, around no table in particular: batch sizes around the default
     rule's, Adam step sizes a decade wide; 40 epochs, clip 2 (the defaults) throughout."""
-    from privmodel.defaults import DEFAULTS
+    from privmodel.core.defaults import DEFAULTS
 
     b = DEFAULTS.batch_size_for(n)
     if model == "logreg":
@@ -495,10 +495,10 @@ def tuned_grid(model: str, n: int) -> list[dict]:
 
 
 def run_default(train, y_train, test, y_test, model: str, seed: int, **override) -> dict:
-    """privmodel's DEFAULT settings (privmodel.defaults) at epsilon = 1: TrainConfig with only model and seed."""
+    """privmodel's DEFAULT settings (privmodel.core.defaults) at epsilon = 1: TrainConfig with only model and seed."""
     from sklearn.metrics import roc_auc_score
 
-    from privmodel.training import TrainConfig, fit
+    from privmodel.dp.training import TrainConfig, fit
 
     t0 = time.perf_counter()
     result = fit(train, y_train, TrainConfig(model=model, seed=seed, **override))
@@ -511,12 +511,12 @@ def run_default(train, y_train, test, y_test, model: str, seed: int, **override)
 
 def section_e(seeds: list[int], grid_seeds: list[int]) -> dict:
     """Default settings on three tables nobody tuned them for, beside the best of a small tuned grid."""
-    from privmodel.defaults import BATCH_RULE, DEFAULTS
-    from privmodel.training import quality_warnings
+    from privmodel.core.defaults import BATCH_RULE, DEFAULTS
+    from privmodel.dp.training import quality_warnings
 
-    print(f"(e) Defaults: privmodel.defaults ({DEFAULTS.epochs} epochs, batch = {BATCH_RULE}, lr {DEFAULTS.lr}, "
+    print(f"(e) Defaults: privmodel.core.defaults ({DEFAULTS.epochs} epochs, batch = {BATCH_RULE}, lr {DEFAULTS.lr}, "
           f"clip {DEFAULTS.clip}, δ = {DEFAULTS.delta_rule}, {DEFAULTS.accountant}) at "
-          f"epsilon = 1 on Telco (Churn), Adult (Salary) and {SYNTH_E_ROWS:,} privmodel.synth customers (churn); "
+          f"epsilon = 1 on Telco (Churn), Adult (Salary) and {SYNTH_E_ROWS:,} privmodel.data.synth customers (churn); "
           f"75/25 stratified split (random_state=0); defaults over seeds {seeds}, each grid point over {grid_seeds}")
     out = {}
     for name, loader in (("telco", load_telco_table), ("adult", load_adult_table), ("synth", load_synth_table)):

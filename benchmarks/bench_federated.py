@@ -17,7 +17,7 @@ well and tuned with the same effort):
 * Same records: the centralized baselines train on the pooled training splits of exactly the
   minimised rows the partners trained on (made the same way, same split seed), with the same
   encoder and model type.
-* Same engine as a data owner would use alone: `privmodel.training.fit` (Adam, Poisson sampling,
+* Same engine as a data owner would use alone: `privmodel.dp.training.fit` (Adam, Poisson sampling,
   tail averaging, batch 1024 by default); non-private = `epsilon=None` (no clipping, no noise) on
   the same code path; DP = ε with the accountant's δ rule, min(1e-5, 1/(10 n)), which for the pooled
   n is slightly *stricter* than the partners' policy δ.
@@ -44,14 +44,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from federated.config import FedConfig
+    from federated.runtime.config import FedConfig
 
 
 @dataclass
 class Pooled:
     """The partners' encoded data, pooled: training splits (to train on) and held-out splits (to tune on)."""
 
-    train: Any  # privmodel.features.EncodedData
+    train: Any  # privmodel.data.features.EncodedData
     y_train: Any
     valid: Any
     y_valid: Any
@@ -72,8 +72,8 @@ def pooled_data(specs: list[Any], config: Any) -> Pooled:
     """Pool the partners' encoded splits exactly as `PartnerWorker` makes them for a run."""
     import numpy as np
 
-    from federated.worker import PartnerWorker
-    from privmodel.features import EncodedData
+    from federated.partner.worker import PartnerWorker
+    from privmodel.data.features import EncodedData
 
     parts = [PartnerWorker(s)._prepare(config) for s in specs]
     first = parts[0].train
@@ -90,16 +90,16 @@ def pooled_data(specs: list[Any], config: Any) -> Pooled:
 
 def model_auc(model: Any, data: Any, y: Any) -> float:
     """ROC-AUC of a torch model on encoded data."""
-    from privmodel.dpsgd import predict_proba
-    from privmodel.metrics import roc_auc
+    from privmodel.dp.dpsgd import predict_proba
+    from privmodel.evaluation.metrics import roc_auc
 
     auc = roc_auc(y, predict_proba(model, data))
     return float(auc) if auc is not None else float("nan")
 
 
 def centralized(pooled: Pooled, evaluator: Any, model: str, epsilon: float, lr: float, batch: int, min_steps: int) -> Trial:
-    """One `privmodel.training.fit` run on the pooled training splits with at least `min_steps` steps."""
-    from privmodel.training import TrainConfig, fit
+    """One `privmodel.dp.training.fit` run on the pooled training splits with at least `min_steps` steps."""
+    from privmodel.dp.training import TrainConfig, fit
 
     n = len(pooled.y_train)
     epochs = max(1, math.ceil(min_steps * batch / n))
@@ -119,9 +119,9 @@ def federated(out: Path, paths: list[Path], policy: Path, holdout: Path, config:
     `training_rows="release"` reproduces the old path (partners train on their anonymized release)."""
     import numpy as np
 
-    from federated.server_app import _build_model
-    from federated.simulate import partner_specs, run_simulation
-    from federated.worker import _load_arrays
+    from federated.coordinator.server_app import _build_model
+    from federated.partner.worker import _load_arrays
+    from federated.runtime.simulate import partner_specs, run_simulation
 
     specs = partner_specs(out, paths, policy)
     for spec in specs:
@@ -153,7 +153,7 @@ def raw_vs_release(out: Path, paths: list[Path], policy: Path, holdout: Path, ar
                    lrs: list[float]) -> None:
     """Issue 10: FedAvg with local DP at ε on the partners' minimised raw rows vs on their anonymized
     release (the old path), same silos, same grid; prints the table."""
-    from federated.config import FedConfig
+    from federated.runtime.config import FedConfig
 
     chosen: dict[str, tuple[Trial, int, float]] = {}
     for rows in ("release", "minimised"):
@@ -184,7 +184,7 @@ def raw_vs_release(out: Path, paths: list[Path], policy: Path, holdout: Path, ar
 
 def simulation_wall(out: Path, paths: list[Path], policy: Path, holdout: Path, rounds: int) -> float:
     """The issue's simulation figure: 5 silos x 10 rounds, wall time including Ray start-up."""
-    from federated.config import FedConfig
+    from federated.runtime.config import FedConfig
 
     config = FedConfig(rounds=rounds, epsilon=1.0, local_steps=20, batch_size=256, min_partners=2, round_timeout=600)
     _, _, wall = federated(out, paths, policy, holdout, config)
@@ -194,12 +194,12 @@ def simulation_wall(out: Path, paths: list[Path], policy: Path, holdout: Path, r
 def deployment_round_seconds(out: Path, rounds: int = 4) -> list[float]:
     """Loopback deployment (SuperLink with TLS and node auth, 3 SuperNodes, lean ClientApps):
     seconds per round as the coordinator measured them."""
-    from federated import deployment as dep
-    from federated.config import FedConfig
-    from federated.server_app import ServerSettings
-    from federated.simulate import partner_specs, synth_silos
-    from federated.tls import make_node_key, make_tls
-    from privmodel.keys import init_keys, load_signer
+    from federated.coordinator.server_app import ServerSettings
+    from federated.runtime import deployment as dep
+    from federated.runtime.config import FedConfig
+    from federated.runtime.simulate import partner_specs, synth_silos
+    from federated.runtime.tls import make_node_key, make_tls
+    from privmodel.core.keys import init_keys, load_signer
 
     paths, holdout, policy = synth_silos(out, silos=3, customers=6000, heterogeneity=0.5, seed=1, holdout=1000)
     specs = partner_specs(out, paths, policy)
@@ -250,11 +250,11 @@ def main() -> None:
     args = _parse_args()
     lrs = [float(v) for v in args.lrs.split(",") if v.strip()]
 
-    from anonymize.policy import load_policy
-    from federated.config import FedConfig
-    from federated.server_app import ServerSettings, _Evaluator
-    from federated.simulate import partner_specs, synth_silos
-    from privmodel.keys import init_keys
+    from anonymize.policy.schema import load_policy
+    from federated.coordinator.server_app import ServerSettings, _Evaluator
+    from federated.runtime.config import FedConfig
+    from federated.runtime.simulate import partner_specs, synth_silos
+    from privmodel.core.keys import init_keys
 
     out = args.out or Path(tempfile.mkdtemp(prefix="bench-fed-"))
     paths, holdout, policy = synth_silos(out, args.silos, args.customers, args.heterogeneity, 0, holdout=args.customers // 10)

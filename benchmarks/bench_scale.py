@@ -36,8 +36,8 @@ KERNEL = """
 import resource, sys, time
 sys.path.insert(0, {root!r}); sys.path.insert(0, {bench!r})
 from bench_anonymize import synthetic
-from anonymize.generalize import generalize
-from anonymize.spec import LDiversity, PrivacyModel
+from anonymize.generalization.generalize import generalize
+from anonymize.policy.spec import LDiversity, PrivacyModel
 df, qis = synthetic({rows})
 cpu0 = time.process_time(); t0 = time.perf_counter()
 g = generalize(df, qis, PrivacyModel(k=10, l=LDiversity(value=2, variant="distinct")), sensitive=["income_band"])

@@ -1,4 +1,4 @@
-"""Benchmark `privmodel.synth` against a row-by-row Faker generator.
+"""Benchmark `privmodel.data.synth` against a row-by-row Faker generator.
 
 Every measurement runs in its own subprocess so peak memory (ru_maxrss) is not mixed between
 sizes. Ours: generate all columns and write one file (1 silo). Baseline: Faker for every value of
@@ -29,8 +29,8 @@ def _rss_mb() -> float:
 def child_ours(n: int, fmt: str, out: Path) -> dict:
     """Generate n customers (all columns, one silo) and write them; wall time includes imports."""
     start = time.perf_counter()
-    from privmodel.synth import generate_data
-    from privmodel.synth.output import write_outputs
+    from privmodel.data.synth import generate_data
+    from privmodel.data.synth.output import write_outputs
 
     data = generate_data(n, 1, seed=0)
     t_gen = time.perf_counter() - start
@@ -120,7 +120,7 @@ def main() -> None:
     base = _child("baseline", args.sample)
     per_row = base["wall"] / args.sample
     mem_per_row = max(base["rows_mb"], 0.0) / args.sample  # the list of row dicts grows linearly
-    table = Table(title=f"privmodel.synth vs row-by-row Faker ({os.cpu_count()} CPU cores; one silo, all columns)")
+    table = Table(title=f"privmodel.data.synth vs row-by-row Faker ({os.cpu_count()} CPU cores; one silo, all columns)")
     for col in ("rows", "generator", "output", "wall s", "rows/s", "peak RSS MB", "speed-up"):
         table.add_column(col, justify="left" if col in ("generator", "output") else "right")
     for n in args.sizes:
@@ -131,7 +131,7 @@ def main() -> None:
         for fmt, ours in runs:
             table.add_row(
                 f"{n:,}",
-                "privmodel.synth",
+                "privmodel.data.synth",
                 f"{fmt} ({ours['bytes'] / 2**20:.0f} MB)",
                 f"{ours['wall']:.2f} (gen {ours['generate']:.2f})",
                 f"{n / ours['wall']:,.0f}",

@@ -10,15 +10,15 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from federated.config import FedConfig
-    from federated.simulate import run_simulation
-    from federated.worker import PartnerSpec, PartnerWorker
+    from federated.partner.worker import PartnerSpec, PartnerWorker
+    from federated.runtime.config import FedConfig
+    from federated.runtime.simulate import run_simulation
 
 _LAZY = {
-    "FedConfig": "federated.config",
-    "run_simulation": "federated.simulate",
-    "PartnerSpec": "federated.worker",
-    "PartnerWorker": "federated.worker",
+    "FedConfig": "federated.runtime.config",
+    "run_simulation": "federated.runtime.simulate",
+    "PartnerSpec": "federated.partner.worker",
+    "PartnerWorker": "federated.partner.worker",
 }
 
 __all__ = ["FedConfig", "PartnerSpec", "PartnerWorker", "run_simulation"]

@@ -13,30 +13,30 @@ from typing import TYPE_CHECKING
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from privmodel.audit import Ledger, verify
-    from privmodel.budget import BudgetExceeded, Cap, charge, dataset_of
+    from privmodel.artifacts.ledger import Ledger, verify
+    from privmodel.artifacts.model_store import load_model
+    from privmodel.data.synth import generate
+    from privmodel.dp.budget import BudgetExceeded, Cap, charge, dataset_of
+    from privmodel.dp.training import FitResult, TrainConfig, fit
     from privmodel.estimator import DPPropensityClassifier
-    from privmodel.persist import load_model
-    from privmodel.synth import generate
-    from privmodel.training import FitResult, TrainConfig, fit
     from privmodel.workflows.curve import curve
     from privmodel.workflows.rows import ModelRows, model_rows
     from privmodel.workflows.score import evaluate, score
     from privmodel.workflows.train import TrainRequest, train
 
 _LAZY = {
-    "Ledger": "privmodel.audit",
-    "verify": "privmodel.audit",
-    "BudgetExceeded": "privmodel.budget",
-    "Cap": "privmodel.budget",
-    "charge": "privmodel.budget",
-    "dataset_of": "privmodel.budget",
+    "Ledger": "privmodel.artifacts.ledger",
+    "verify": "privmodel.artifacts.ledger",
+    "BudgetExceeded": "privmodel.dp.budget",
+    "Cap": "privmodel.dp.budget",
+    "charge": "privmodel.dp.budget",
+    "dataset_of": "privmodel.dp.budget",
     "DPPropensityClassifier": "privmodel.estimator",
-    "load_model": "privmodel.persist",
-    "generate": "privmodel.synth",
-    "FitResult": "privmodel.training",
-    "TrainConfig": "privmodel.training",
-    "fit": "privmodel.training",
+    "load_model": "privmodel.artifacts.model_store",
+    "generate": "privmodel.data.synth",
+    "FitResult": "privmodel.dp.training",
+    "TrainConfig": "privmodel.dp.training",
+    "fit": "privmodel.dp.training",
     "curve": "privmodel.workflows.curve",
     "ModelRows": "privmodel.workflows.rows",
     "model_rows": "privmodel.workflows.rows",

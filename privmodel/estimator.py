@@ -7,7 +7,7 @@ a ValueError (InputError is one); `__sklearn_tags__` says binary-only, no NaN, n
 mode -- non-deterministic (the DP noise is secret, so two fits never agree); `get_params` /
 `set_params` / `clone` come from BaseEstimator; it works as the last step of a `Pipeline`.
 
-Defaults (epochs, batch size rule, lr per model, clip, delta rule, accountant): privmodel.defaults,
+Defaults (epochs, batch size rule, lr per model, clip, delta rule, accountant): privmodel.core.defaults,
 the same ones the CLI, the workflows and federated partners use.
 
 Preprocessing in DP mode never looks at the data unless told to spend privacy on it:
@@ -35,7 +35,7 @@ policy nothing is charged: the caller owns the accounting.
 `score` is ROC-AUC (not accuracy as in ClassifierMixin): a propensity model ranks customers, and
 accuracy at 0.5 says little when churners are 10-30 % of rows.
 
-`warnings_`: `privmodel.training.quality_warnings` measured on the rows given to fit: the private model
+`warnings_`: `privmodel.dp.training.quality_warnings` measured on the rows given to fit: the private model
 ranks no better than a constant, or (MLP) is much worse than a DP logistic model trained at the same
 epsilon on the same rows (a reference fit whose model is discarded). They are computed WITHOUT DP, for
 the caller who holds X: they are not part of the model's guarantee; do not publish them with it.
@@ -51,13 +51,13 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 
 from anonymize.errors import InputError
-from privmodel.defaults import DEFAULTS
-from privmodel.features import TabularEncoder
+from privmodel.core.defaults import DEFAULTS
+from privmodel.data.features import TabularEncoder
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from anonymize.policy import Policy
+    from anonymize.policy.schema import Policy
 
 
 class EstimatorInputError(InputError):
@@ -172,7 +172,7 @@ class DPPropensityClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[mi
         return y_arr
 
     def _loaded_policy(self) -> Policy | None:
-        from anonymize.policy import load_policy
+        from anonymize.policy.schema import load_policy
 
         if self.policy is None:
             return None
@@ -263,7 +263,7 @@ class DPPropensityClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[mi
 
     def _check_params(self, n: int) -> tuple[bool, float | None]:
         """(private, total delta) after validating the privacy parameters."""
-        from privmodel.training import resolve_delta
+        from privmodel.dp.training import resolve_delta
 
         share = float(self.dp_stats_share)
         if not 0.0 <= share < 1.0:
@@ -276,7 +276,7 @@ class DPPropensityClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[mi
 
     def _charge(self, policy: Policy | None, X: pd.DataFrame, total_delta: float) -> dict[str, Any] | None:
         """Charge the whole (epsilon, delta) of this fit to the dataset's budget before any row is used."""
-        from privmodel import budget
+        from privmodel.dp import budget
 
         if policy is None or policy.budget is None or self.epsilon is None:
             return None
@@ -290,7 +290,7 @@ class DPPropensityClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[mi
     # ------------------------------------------------------------------ sklearn API
     def fit(self, X: Any, y: Any) -> DPPropensityClassifier:
         """Train at (epsilon, delta). With a policy: consent filter, then (DP, budget cap) the budget charge."""
-        from privmodel.training import TrainConfig, fit
+        from privmodel.dp.training import TrainConfig, fit
 
         frame = self._frame(X, fitting=True)
         y_arr = self._labels(y, len(frame))
@@ -345,7 +345,7 @@ class DPPropensityClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[mi
         """quality_warnings on the fit rows; an MLP is compared with a DP logistic model at the same epsilon."""
         from sklearn.metrics import roc_auc_score
 
-        from privmodel.training import fit, quality_warnings
+        from privmodel.dp.training import fit, quality_warnings
 
         if not result.privacy["private"]:
             return []
@@ -368,7 +368,7 @@ class DPPropensityClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[mi
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """[n, 2] probabilities for classes_[0], classes_[1]."""
-        from privmodel.dpsgd import predict_logits
+        from privmodel.dp.dpsgd import predict_logits
 
         encoded = self._encoded(X)  # NotFittedError first
         logits = predict_logits(self.model_, encoded).astype(np.float64)
@@ -377,7 +377,7 @@ class DPPropensityClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[mi
 
     def decision_function(self, X: Any) -> np.ndarray:
         """Logit of P(classes_[1]) (positive = classes_[1])."""
-        from privmodel.dpsgd import predict_logits
+        from privmodel.dp.dpsgd import predict_logits
 
         encoded = self._encoded(X)  # NotFittedError first
         return predict_logits(self.model_, encoded).astype(np.float64)

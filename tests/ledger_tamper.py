@@ -16,8 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from privmodel.audit import Ledger, anchor, canonical_json, entry_hash, verify
-from privmodel.keys import Signer, init_keys, load_signer
+from privmodel.artifacts.ledger import Ledger, anchor, canonical_json, entry_hash, verify
+from privmodel.core.keys import Signer, init_keys, load_signer
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ import pytest
 from dp_accounting import pld, rdp
 
 from anonymize.errors import InputError
-from privmodel.accounting import epsilon_for, noise_for
+from privmodel.dp.accounting import epsilon_for, noise_for
 
 CASES = [  # (noise_multiplier, sample_rate, steps, delta): telco-, 45k- and 200k-sized runs
     (3.85, 256 / 5282, 413, 1e-5),

@@ -10,7 +10,7 @@ import pytest
 
 from anonymize import run
 from anonymize.errors import InputError
-from anonymize.policy import Policy, load_policy
+from anonymize.policy.schema import Policy, load_policy
 from anonymize.pseudonymize import Keys, reidentify
 from anonymize.report import render_text, to_json
 

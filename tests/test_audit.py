@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from anonymize.errors import InputError
-from privmodel.audit import (
+from privmodel.artifacts.ledger import (
     Ledger,
     anchor,
     artifact,
@@ -24,7 +24,7 @@ from privmodel.audit import (
     read_entries,
     verify,
 )
-from privmodel.keys import (
+from privmodel.core.keys import (
     Signer,
     init_keys,
     key_id_of,

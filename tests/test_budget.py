@@ -20,11 +20,11 @@ import pytest
 import sqlalchemy as sa
 
 from anonymize.errors import InputError
-from anonymize.policy import Policy
-from privmodel import budget
-from privmodel.audit import Ledger, read_entries
-from privmodel.budget import BudgetExceeded, Cap
-from privmodel.keys import Signer, init_keys, load_signer
+from anonymize.policy.schema import Policy
+from privmodel.artifacts.ledger import Ledger, read_entries
+from privmodel.core.keys import Signer, init_keys, load_signer
+from privmodel.dp import budget
+from privmodel.dp.budget import BudgetExceeded, Cap
 from tests.conftest import run_cli
 
 CAP = Cap(3.0, 1e-5)
@@ -207,7 +207,7 @@ def test_content_identity_ignores_byte_variants_but_not_values(tmp_path: Path) -
 
 def test_a_new_federated_workdir_gets_no_fresh_budget(backend: str, keys: Path, tmp_path: Path) -> None:
     """The partner's worker charges its organisation's store (its keys), not its run directory."""
-    from federated.worker import PartnerSpec, PartnerWorker, Refused
+    from federated.partner.worker import PartnerSpec, PartnerWorker, Refused
 
     data = _table(tmp_path / "silo.csv")
     policy = tmp_path / "policy.yaml"
@@ -352,7 +352,7 @@ def test_concurrent_charges_never_pass_the_cap(backend: str, keys: Path) -> None
 
 
 def _charge_in_process(keys: str) -> str:
-    from privmodel import budget as b
+    from privmodel.dp import budget as b
 
     try:
         b.charge("churn-2026", 1.0, 0.0, b.Cap(3.0, 1e-5), keys=keys)
@@ -394,7 +394,7 @@ def test_a_derived_file_charges_its_source_through_lineage(backend: str, keys: P
     pd.read_csv(release).head(100).to_parquet(split)
     assert budget.dataset_of(None, release, keys) != source  # no lineage yet: a different table
     assert budget.record_lineage(source, release, keys) == source
-    from privmodel.fileio import sha256_file
+    from privmodel.core.fileio import sha256_file
 
     assert budget.record_lineage(budget.dataset_of(None, release, keys), sha256_file(split), keys) == source
     assert budget.dataset_of(None, release, keys) == source

@@ -13,10 +13,10 @@ import pytest
 import sqlalchemy as sa
 
 from anonymize.errors import InputError
-from privmodel import budget
-from privmodel.audit import Ledger, read_entries
-from privmodel.budget import BudgetExceeded, Cap
-from privmodel.keys import init_keys, load_signer
+from privmodel.artifacts.ledger import Ledger, read_entries
+from privmodel.core.keys import init_keys, load_signer
+from privmodel.dp import budget
+from privmodel.dp.budget import BudgetExceeded, Cap
 from tests.conftest import run_cli
 
 CAP = Cap(3.0, 1e-5)

@@ -10,8 +10,10 @@ import pandas as pd
 import pytest
 
 from anonymize.errors import InputError
-from anonymize.policy import Policy
-from privmodel import card, metrics, mia, tuning
+from anonymize.policy.schema import Policy
+from privmodel.artifacts import model_card as card
+from privmodel.dp import tuning
+from privmodel.evaluation import metrics, mia
 
 POLICY = """\
 version: 1
@@ -32,8 +34,8 @@ columns:
 
 @pytest.fixture(scope="module")
 def fitted() -> dict:
-    from privmodel.features import EncodedData
-    from privmodel.training import TrainConfig, fit
+    from privmodel.data.features import EncodedData
+    from privmodel.dp.training import TrainConfig, fit
 
     rng = np.random.default_rng(4)
     n = 400

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from privmodel import card
+from privmodel.artifacts import model_card as card
 
 HOSTILE = [
     "<img src=x onerror=alert(1)>",

@@ -9,8 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from privmodel.audit import read_entries, verify
-from privmodel.keys import init_keys, load_public_key
+from privmodel.artifacts.ledger import read_entries, verify
+from privmodel.core.keys import init_keys, load_public_key
 from tests.conftest import run_cli
 from tests.test_anonymize_pipeline import crafted, make_table
 
@@ -102,7 +102,7 @@ def test_reidentify_token_column_through_its_escrow(workspace: dict[str, Path]) 
     import hmac
 
     from anonymize.pseudonymize import Keys
-    from privmodel.keys import load_pseudonym_secret
+    from privmodel.core.keys import load_pseudonym_secret
 
     mac = Keys(load_pseudonym_secret(keys), "insurer").column_key("churn_modeling", "customer_id").mac
     assert [hmac.new(mac, v.encode(), hashlib.sha256).hexdigest()[:16] for v in got["customer_id"]] == release["customer_id"].tolist()

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from privmodel.audit import read_entries, verify
+from privmodel.artifacts.ledger import read_entries, verify
 from privmodel.cli import main
-from privmodel.fileio import read_table, sha256_file
-from privmodel.keys import load_public_key
+from privmodel.core.fileio import read_table, sha256_file
+from privmodel.core.keys import load_public_key
 
 
 def _run(*args: str, keys: Path) -> subprocess.CompletedProcess:
@@ -159,8 +159,8 @@ def test_unwritable_out_dir(tmp_path: Path, capsys: pytest.CaptureFixture) -> No
 
 def test_command_module_imports_light() -> None:
     code = (
-        "import sys, privmodel.commands.synth; "
-        "print(sorted(m for m in ('faker', 'privmodel.synth', 'torch', 'sklearn') if m in sys.modules))"
+        "import sys, privmodel.cli.synth; "
+        "print(sorted(m for m in ('faker', 'privmodel.data.synth', 'torch', 'sklearn') if m in sys.modules))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert json.loads(result.stdout.replace("'", '"')) == []

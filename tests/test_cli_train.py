@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from privmodel.audit import read_entries, verify
-from privmodel.keys import load_public_key
+from privmodel.artifacts.ledger import read_entries, verify
+from privmodel.core.keys import load_public_key
 from tests.conftest import run_cli
 
 POLICY = """\
@@ -85,11 +85,11 @@ def test_train_writes_model_card_metrics_and_ledger(trained: dict) -> None:
     assert privacy["private"] is True and privacy["accountant"] == "prv"
     assert 0 < privacy["epsilon"] <= 1.0 + 1e-9 and privacy["delta"] == 1e-5
     assert privacy["noise_multiplier"] > 0 and privacy["steps"] > 0 and 0 < privacy["sample_rate"] < 1
-    from privmodel.defaults import DEFAULTS
+    from privmodel.core.defaults import DEFAULTS
 
     assert privacy["max_grad_norm"] == DEFAULTS.clip and privacy["clipping"] == "flat"
     # the accountant, re-run independently on the recorded (noise, rate, steps), agrees with the card
-    from privmodel.accounting import epsilon_for
+    from privmodel.dp.accounting import epsilon_for
 
     recomputed = epsilon_for(privacy["noise_multiplier"], privacy["sample_rate"], privacy["steps"], 1e-5, "rdp")
     assert privacy["epsilon"] <= recomputed + 1e-6 and recomputed < 1.5
@@ -307,8 +307,8 @@ def test_deciles_and_tiers() -> None:
 
 def test_a_model_no_better_than_a_constant_is_flagged(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                       isolated_budget: Path) -> None:
-    from privmodel.card import render_markdown
-    from privmodel.training import quality_warnings
+    from privmodel.artifacts.model_card import render_markdown
+    from privmodel.dp.training import quality_warnings
 
     frame = make_table(600)
     frame["churn"] = np.random.default_rng(7).permutation(frame["churn"].to_numpy())  # no signal left

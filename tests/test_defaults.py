@@ -1,4 +1,4 @@
-"""One set of defaults (privmodel.defaults) reaches every door: CLI, workflows, estimator, TrainConfig, federated."""
+"""One set of defaults (privmodel.core.defaults) reaches every door: CLI, workflows, estimator, TrainConfig, federated."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from privmodel.defaults import DEFAULTS, Defaults
+from privmodel.core.defaults import DEFAULTS, Defaults
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,10 +29,10 @@ def test_delta_rule() -> None:
 
 
 def test_every_door_reads_the_same_defaults() -> None:
-    from federated.config import FedConfig
-    from privmodel.commands import train as cli
+    from federated.runtime.config import FedConfig
+    from privmodel.cli import train as cli
+    from privmodel.dp.training import TrainConfig
     from privmodel.estimator import DPPropensityClassifier
-    from privmodel.training import TrainConfig
     from privmodel.workflows.train import TrainRequest
 
     est = DPPropensityClassifier()
@@ -57,8 +57,8 @@ def test_every_door_reads_the_same_defaults() -> None:
 
 
 def test_fit_resolves_and_records_the_rules() -> None:
-    from privmodel.features import EncodedData
-    from privmodel.training import TrainConfig, fit
+    from privmodel.data.features import EncodedData
+    from privmodel.dp.training import TrainConfig, fit
 
     rng = np.random.default_rng(0)
     n = 3000
@@ -72,6 +72,6 @@ def test_fit_resolves_and_records_the_rules() -> None:
 
 
 def test_defaults_module_is_import_light() -> None:
-    code = "import sys, privmodel.defaults; print(sorted(m for m in ('torch', 'numpy', 'sklearn', 'pandas') if m in sys.modules))"
+    code = "import sys, privmodel.core.defaults; print(sorted(m for m in ('torch', 'numpy', 'sklearn', 'pandas') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from privmodel.audit import verify
-from privmodel.demo import demo_key_dirs
-from privmodel.keys import load_public_key
+from privmodel.artifacts.ledger import verify
+from privmodel.core.keys import load_public_key
+from privmodel.workflows.demo import demo_key_dirs
 from tests.conftest import run_cli
 
 

@@ -8,11 +8,11 @@ import torch
 from torch.func import functional_call, grad, vmap
 
 from anonymize.errors import InputError
-from privmodel import secure_noise
-from privmodel.dpsgd import PerSampleClipper, train_dp
-from privmodel.features import EncodedData
-from privmodel.models import build_model
-from privmodel.training import TrainConfig, fit
+from privmodel.data.features import EncodedData
+from privmodel.dp import secure_noise
+from privmodel.dp.dpsgd import PerSampleClipper, train_dp
+from privmodel.dp.networks import build_model
+from privmodel.dp.training import TrainConfig, fit
 
 torch.set_num_threads(1)
 
@@ -197,7 +197,7 @@ def test_fit_accounts_what_ran() -> None:
     a = fit(data, y, cfg)
     p = a.privacy
     assert p["steps"] == round(3 / (64 / 400)) and p["sample_rate"] == pytest.approx(64 / 400)
-    assert p["delta"] == pytest.approx(min(1e-6, 1 / 4000))  # privmodel.defaults: min(1e-6, 1/(10 n))
+    assert p["delta"] == pytest.approx(min(1e-6, 1 / 4000))  # privmodel.core.defaults: min(1e-6, 1/(10 n))
     assert 0.98 * 2.0 <= p["epsilon"] <= 2.0
     assert a.epsilon_history[-1]["epsilon"] == pytest.approx(p["epsilon"])
     assert [h["epsilon"] for h in a.epsilon_history] == sorted(h["epsilon"] for h in a.epsilon_history)

@@ -13,10 +13,10 @@ from sklearn.model_selection import cross_val_score
 from sklearn.pipeline import Pipeline
 
 from anonymize.errors import InputError
+from privmodel.artifacts.model_store import load_model, save_model
+from privmodel.data.features import TabularEncoder
+from privmodel.dp.training import TrainConfig, fit
 from privmodel.estimator import DPPropensityClassifier
-from privmodel.features import TabularEncoder
-from privmodel.persist import load_model, save_model
-from privmodel.training import TrainConfig, fit
 
 BOUNDS = {"tenure": (0, 120), "spend": (0, 1000)}
 CATS = {"channel": ["app", "web", "branch"]}
@@ -51,7 +51,7 @@ def test_sklearn_contract_pipeline_and_clone() -> None:
     assert proba.shape == (1000, 2) and np.allclose(proba.sum(1), 1.0)
     assert set(pipe.predict(X.iloc[2000:])) <= {"churn", "stay"}
     assert pipe.score(X.iloc[2000:], y[2000:]) > 0.7  # ROC-AUC
-    assert 0.98 <= fitted.epsilon_spent_ <= 1.0 and fitted.delta_ == pytest.approx(min(1e-6, 1 / 20000))  # privmodel.defaults: min(1e-6, 1/(10 n))
+    assert 0.98 <= fitted.epsilon_spent_ <= 1.0 and fitted.delta_ == pytest.approx(min(1e-6, 1 / 20000))  # privmodel.core.defaults: min(1e-6, 1/(10 n))
     assert fitted.noise_multiplier_ > 0
     twin = clone(pipe)
     assert not hasattr(twin.named_steps["clf"], "model_")
@@ -217,8 +217,8 @@ def _with_consent(n: int, seed: int) -> tuple[pd.DataFrame, np.ndarray]:
 
 def test_policy_fit_filters_consent_and_charges_the_budget_before_training(tmp_path: Path,
                                                                             isolated_budget: Path) -> None:
-    from anonymize.policy import load_policy
-    from privmodel import budget
+    from anonymize.policy.schema import load_policy
+    from privmodel.dp import budget
 
     path = tmp_path / "policy.yaml"
     path.write_text(CONSENT_POLICY_YAML)
@@ -247,7 +247,7 @@ def test_policy_fit_filters_consent_and_charges_the_budget_before_training(tmp_p
 
 
 def test_without_a_policy_nothing_is_charged(isolated_budget: Path) -> None:
-    from privmodel import budget
+    from privmodel.dp import budget
 
     X, y = _customers(n=800)
     clf = DPPropensityClassifier(bounds=BOUNDS, categories=CATS, **FAST).fit(X, y)
@@ -256,7 +256,7 @@ def test_without_a_policy_nothing_is_charged(isolated_budget: Path) -> None:
 
 
 def test_quality_warnings_name_a_collapsed_or_outclassed_model() -> None:
-    from privmodel.training import quality_warnings
+    from privmodel.dp.training import quality_warnings
 
     assert quality_warnings("logreg", 0.84) == []
     collapsed = quality_warnings("mlp", 0.505, 0.76)

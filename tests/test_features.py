@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 
 from anonymize.errors import InputError
-from anonymize.policy import Policy
-from privmodel.features import TabularEncoder, dp_bounds, dp_categories, encode_labels
-from privmodel.secure_noise import NoiseSource
+from anonymize.policy.schema import Policy
+from privmodel.data.features import TabularEncoder, dp_bounds, dp_categories, encode_labels
+from privmodel.dp.secure_noise import NoiseSource
 
 POLICY = textwrap.dedent(
     """

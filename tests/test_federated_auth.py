@@ -25,15 +25,15 @@ from pathlib import Path
 import pytest
 
 from anonymize.errors import InputError
-from federated import deployment as dep
-from federated.config import FedConfig
-from federated.server_app import ServerSettings
-from federated.simulate import partner_specs, synth_silos
-from federated.supernode import fab_problem
-from federated.tls import make_node_key, make_tls
-from federated.worker import PartnerSpec
-from privmodel.audit import ledger_head, read_entries
-from privmodel.keys import init_keys, key_id_of, load_public_key, load_signer, read_metadata
+from federated.coordinator.server_app import ServerSettings
+from federated.partner.supernode import fab_problem
+from federated.partner.worker import PartnerSpec
+from federated.runtime import deployment as dep
+from federated.runtime.config import FedConfig
+from federated.runtime.simulate import partner_specs, synth_silos
+from federated.runtime.tls import make_node_key, make_tls
+from privmodel.artifacts.ledger import ledger_head, read_entries
+from privmodel.core.keys import init_keys, key_id_of, load_public_key, load_signer, read_metadata
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -92,7 +92,7 @@ def test_fab_gate_runs_only_privmodels_app(tmp_path: Path) -> None:
     (evil / "evil.py").write_text("import os\nos.system('touch /tmp/owned')\n")
     problem = fab_problem(build_fab_from_disk(evil))
     assert problem is not None and "evil.py" in problem
-    text = (tmp_path / "ours" / "pyproject.toml").read_text().replace("federated.client_app:app", "flwr.clientapp:ClientApp")
+    text = (tmp_path / "ours" / "pyproject.toml").read_text().replace("federated.partner.client_app:app", "flwr.clientapp:ClientApp")
     other = tmp_path / "other"
     other.mkdir()
     (other / "pyproject.toml").write_text(text)
@@ -144,7 +144,7 @@ def test_outsider_runs_are_refused_by_every_partner(fed, tmp_path: Path) -> None
         (app3 / "evil.py").write_text(
             "from pathlib import Path\nfrom flwr.clientapp import ClientApp\napp = ClientApp()\n\n\n@app.query()\n"
             f"def steal(msg, context):\n    Path({str(marker)!r}).write_text('ran')\n    raise SystemExit\n")
-        text = (app3 / "pyproject.toml").read_text().replace('clientapp = "federated.client_app:app"', 'clientapp = "evil:app"')
+        text = (app3 / "pyproject.toml").read_text().replace('clientapp = "federated.partner.client_app:app"', 'clientapp = "evil:app"')
         (app3 / "pyproject.toml").write_text(text)
         with pytest.raises(InputError) as err:
             dep.submit(link.home, app3, tmp_path / "own-code", 120)
@@ -305,7 +305,7 @@ def test_secagg_plus_in_deployment(fed, tmp_path: Path) -> None:
     settings = _settings(tmp_path / "coordinator", policy, keys, 3, rounds=2, min_partners=3, secagg=True,
                          secagg_shares=3, secagg_threshold=2)
     app = dep.write_app(tmp_path / "app", settings.to_record())
-    assert 'clientapp = "federated.secagg_deploy:client_app"' in (app / "pyproject.toml").read_text()
+    assert 'clientapp = "federated.runtime.secagg_deploy:client_app"' in (app / "pyproject.toml").read_text()
     with dep.tracked() as items:
         for spec in specs:
             items.append(_join(fed, spec))
@@ -363,8 +363,8 @@ def test_superlink_made_error_reply_is_attributed_to_its_partner() -> None:
     from flwr.app import ConfigRecord, Error, Message, RecordDict
     from flwr.supercore.task_identity import TaskIdentity
 
-    from federated.robust import RobustStrategy
-    from federated.server_app import exchange
+    from federated.coordinator.reply_checks import RobustStrategy
+    from federated.coordinator.server_app import exchange
 
     saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
     # what a ServerApp process has set when it builds messages

@@ -18,13 +18,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from federated import deployment as dep
-from federated.config import FedConfig
-from federated.server_app import ServerSettings
-from federated.simulate import partner_specs, synth_silos
-from federated.tls import make_node_key, make_tls
-from privmodel.audit import read_entries, verify
-from privmodel.keys import init_keys, load_public_key, load_signer
+from federated.coordinator.server_app import ServerSettings
+from federated.runtime import deployment as dep
+from federated.runtime.config import FedConfig
+from federated.runtime.simulate import partner_specs, synth_silos
+from federated.runtime.tls import make_node_key, make_tls
+from privmodel.artifacts.ledger import read_entries, verify
+from privmodel.core.keys import init_keys, load_public_key, load_signer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -65,7 +65,7 @@ def _elsewhere(spec, root: Path):
     """The same partner data and policy under another organisation's keys and workdir: each
     organisation's budget store lives beside its keys, and a run at the default δ spends a dataset's
     whole δ cap, so a reproduction of a run needs a budget of its own."""
-    from federated.worker import PartnerSpec
+    from federated.partner.worker import PartnerSpec
 
     home = root / spec.name
     init_keys(home / "keys", actor=spec.name)
@@ -142,8 +142,8 @@ def test_loopback_deployment_tls_auth_kill_and_ledgers(setup) -> None:
     print("silo-2 failed in round", failed_in[0], "; deployment seconds per round after the first:", times)
 
     # same setup without Flower: round 1 by hand (same seeds) must give the same global AUC
-    from federated.server_app import _build_model, _Evaluator
-    from federated.worker import PartnerWorker, _load_arrays, _model_arrays
+    from federated.coordinator.server_app import _build_model, _Evaluator
+    from federated.partner.worker import PartnerWorker, _load_arrays, _model_arrays
     ref_specs = [_elsewhere(s, out / "ref") for s in specs]
     workers = [PartnerWorker(s) for s in ref_specs]
     hello = workers[0].hello(config)
@@ -153,7 +153,7 @@ def test_loopback_deployment_tls_auth_kill_and_ledgers(setup) -> None:
     total = sum(m["num-examples"] for _, m in updates)
     avg = {k: sum(u[k] * (m["num-examples"] / total) for u, m in updates) for k in start}
     _load_arrays(model, avg)
-    from anonymize.policy import load_policy
+    from anonymize.policy.schema import load_policy
     ref_auc = _Evaluator(settings, load_policy(policy), keys)(model)["auc"]
     assert rounds[0]["global"]["auc"] == pytest.approx(ref_auc, abs=1e-4)
 
@@ -213,8 +213,8 @@ def test_join_refuses_missing_data_unreachable_and_wrong_ca(setup, tmp_path: Pat
 def test_deployment_final_model_matches_simulation(setup) -> None:
     """The same partners, policy, config and seeds, run once over TLS on loopback and once in the
     Flower simulation: the final models' metrics agree (only aggregation order may differ)."""
-    from federated.simulate import run_simulation
-    from federated.worker import PartnerSpec
+    from federated.partner.worker import PartnerSpec
+    from federated.runtime.simulate import run_simulation
 
     out, specs, holdout, policy, tls = setup
     config = FedConfig(rounds=2, epsilon=1.0, local_steps=6, batch_size=128, min_partners=3, round_timeout=300,

@@ -15,11 +15,11 @@ import pandas as pd
 import pytest
 
 from anonymize.errors import InputError
-from federated.card import PER_CUSTOMER, build_card, render_markdown
-from federated.config import FedConfig
-from federated.robust import hello_problem, metrics_problem, reply_problem
-from privmodel.audit import read_entries, verify
-from privmodel.keys import load_public_key
+from federated.coordinator.reply_checks import hello_problem, metrics_problem, reply_problem
+from federated.coordinator.run_card import PER_CUSTOMER, build_card, render_markdown
+from federated.runtime.config import FedConfig
+from privmodel.artifacts.ledger import read_entries, verify
+from privmodel.core.keys import load_public_key
 
 REFERENCE = {"w": np.zeros((2, 3), dtype=np.float32), "b": np.zeros(2, dtype=np.float32)}
 GOOD_METRICS = {"num-examples": 100, "epsilon": 0.4, "eval_auc": 0.7, "eval_loss": 0.5, "eval_n": 25}
@@ -94,8 +94,8 @@ def test_malformed_hellos_are_refused(hello, expected) -> None:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory):
-    from federated.simulate import synth_silos
-    from privmodel.keys import init_keys
+    from federated.runtime.simulate import synth_silos
+    from privmodel.core.keys import init_keys
 
     out = tmp_path_factory.mktemp("fedhostile")
     paths, holdout, policy = synth_silos(out, silos=4, customers=4000, heterogeneity=0.6, seed=5, holdout=800)
@@ -107,9 +107,9 @@ def world(tmp_path_factory: pytest.TempPathFactory):
 
 
 def _run(world, tmp_path: Path, behaviours: dict[int, str], rounds: int, min_partners: int):
-    from federated.adversary import make_adversarial_client_app
-    from federated.server_app import ServerSettings, run_server
-    from federated.simulate import partner_specs
+    from federated.coordinator.server_app import ServerSettings, run_server
+    from federated.partner.adversary import make_adversarial_client_app
+    from federated.runtime.simulate import partner_specs
     from tests.test_federated_options import LocalGrid
 
     out, paths, holdout, policy, keys = world
@@ -158,9 +158,9 @@ def test_too_few_sound_replies_fail_the_round_cleanly_naming_the_partner(world, 
 
 
 def test_partner_trains_on_its_own_consent_filtered_minimised_rows(world, tmp_path: Path) -> None:
-    from federated.simulate import partner_specs
-    from federated.worker import PartnerWorker
-    from privmodel.features import TabularEncoder
+    from federated.partner.worker import PartnerWorker
+    from federated.runtime.simulate import partner_specs
+    from privmodel.data.features import TabularEncoder
 
     out, paths, holdout, policy, keys = world
     spec = partner_specs(tmp_path, paths[:1], policy)[0]
@@ -185,9 +185,9 @@ def test_partner_trains_on_its_own_consent_filtered_minimised_rows(world, tmp_pa
 
 
 def test_train_reply_carries_nothing_computed_on_training_rows(world, tmp_path: Path) -> None:
-    from federated.server_app import _build_model
-    from federated.simulate import partner_specs
-    from federated.worker import PartnerWorker, _model_arrays
+    from federated.coordinator.server_app import _build_model
+    from federated.partner.worker import PartnerWorker, _model_arrays
+    from federated.runtime.simulate import partner_specs
 
     out, paths, holdout, policy, keys = world
     worker = PartnerWorker(partner_specs(tmp_path, paths[:1], policy)[0])

@@ -11,12 +11,12 @@ import pytest
 from flwr.app import Context, Message, RecordDict
 from flwr.serverapp import Grid
 
-from federated.client_app import make_client_app
-from federated.config import FedConfig
-from federated.server_app import ServerSettings, run_server
-from federated.simulate import partner_specs, synth_silos
-from privmodel.audit import verify
-from privmodel.keys import init_keys, load_public_key
+from federated.coordinator.server_app import ServerSettings, run_server
+from federated.partner.client_app import make_client_app
+from federated.runtime.config import FedConfig
+from federated.runtime.simulate import partner_specs, synth_silos
+from privmodel.artifacts.ledger import verify
+from privmodel.core.keys import init_keys, load_public_key
 
 
 class _Run:
@@ -132,7 +132,7 @@ def test_client_app_module_stays_lean() -> None:
     import subprocess
     import sys
 
-    code = "import sys, federated.client_app; print(sorted(m for m in ('torch', 'sklearn', 'pandas', 'opacus') if m in sys.modules))"
+    code = "import sys, federated.partner.client_app; print(sorted(m for m in ('torch', 'sklearn', 'pandas', 'opacus') if m in sys.modules))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert done.stdout.strip() == "[]"
 
@@ -140,21 +140,21 @@ def test_client_app_module_stays_lean() -> None:
 def test_centralized_and_federated_training_share_one_budget_per_data_file(world, tmp_path: Path) -> None:
     """A partner whose dataset was already charged by a centralized run (same organisation's budget
     store, beside its keys) is refused once a federated round would pass the cap, and its charges add up."""
-    from privmodel import budget
-    from privmodel.audit import Ledger, read_entries
-    from privmodel.keys import load_signer
+    from privmodel.artifacts.ledger import Ledger, read_entries
+    from privmodel.core.keys import load_signer
+    from privmodel.dp import budget
 
     out, paths, holdout, policy, keys = world
     spec = partner_specs(tmp_path, paths[:1], policy)[0]
     ledger = Ledger(Path(spec.workdir) / "ledger.jsonl", load_signer(spec.keys))
-    from anonymize.policy import load_policy
+    from anonymize.policy.schema import load_policy
 
     digest = budget.dataset_of(load_policy(policy), paths[0], Path(spec.keys))
     budget.charge(digest, 2.1, 1e-7, budget.Cap(3.0, 1e-6), keys=Path(spec.keys), ledger=ledger,
                   params={"command": "train"})  # the policy's cap is (3, 1e-6)
 
-    from federated.server_app import _build_model
-    from federated.worker import PartnerWorker, Refused, _model_arrays
+    from federated.coordinator.server_app import _build_model
+    from federated.partner.worker import PartnerWorker, Refused, _model_arrays
 
     worker = PartnerWorker(spec)
     config = FedConfig(rounds=2, epsilon=1.0, local_steps=6, batch_size=128, delta=5e-7)

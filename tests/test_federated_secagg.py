@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from anonymize.errors import InputError
-from federated.config import FedConfig
-from federated.secagg import check_options, run_secagg_simulation
-from federated.simulate import partner_specs, synth_silos
-from privmodel.audit import read_entries, verify
-from privmodel.keys import load_public_key
+from federated.coordinator.secagg import check_options, run_secagg_simulation
+from federated.runtime.config import FedConfig
+from federated.runtime.simulate import partner_specs, synth_silos
+from privmodel.artifacts.ledger import read_entries, verify
+from privmodel.core.keys import load_public_key
 from tests.conftest import run_cli
 
 

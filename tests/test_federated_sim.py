@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 
 from anonymize.errors import InputError
-from federated.card import PER_CUSTOMER
-from federated.config import FedConfig
-from federated.simulate import partner_specs, run_simulation, synth_silos
-from privmodel.audit import read_entries, verify
-from privmodel.keys import load_public_key
+from federated.coordinator.run_card import PER_CUSTOMER
+from federated.runtime.config import FedConfig
+from federated.runtime.simulate import partner_specs, run_simulation, synth_silos
+from privmodel.artifacts.ledger import read_entries, verify
+from privmodel.core.keys import load_public_key
 
 
 @pytest.fixture(scope="module")

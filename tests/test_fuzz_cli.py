@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from privmodel.cli import main
-from privmodel.keys import init_keys
+from privmodel.core.keys import init_keys
 from tests.test_anonymize_pipeline import crafted
 
 POLICY = Path(__file__).parent / "fixtures" / "anonymize" / "policy.yaml"

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from privmodel.keys import init_keys
+from privmodel.core.keys import init_keys
 from tests.test_cli_train import POLICY as TRAIN_POLICY
 from tests.test_cli_train import make_table
 from tests.test_fuzz_cli import FUZZ, Tally, check, junk_bytes, junk_text, mutate, report, run_main, sandbox

@@ -14,9 +14,16 @@ from hypothesis import strategies as st
 from pycanon.anonymity import k_anonymity, l_diversity, t_closeness
 
 from anonymize.errors import InputError
-from anonymize.generalize import generalize
-from anonymize.hierarchies import build_hierarchy
-from anonymize.spec import DateHierarchy, IntervalsHierarchy, LDiversity, PrefixHierarchy, PrivacyModel, TreeHierarchy
+from anonymize.generalization.generalize import generalize
+from anonymize.generalization.hierarchies import build_hierarchy
+from anonymize.policy.spec import (
+    DateHierarchy,
+    IntervalsHierarchy,
+    LDiversity,
+    PrefixHierarchy,
+    PrivacyModel,
+    TreeHierarchy,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 ADULT_PATH = ROOT.parent / "shared" / "data" / "adult.csv"
@@ -162,7 +169,7 @@ def test_lattice_is_optimal_against_brute_force(k, limit) -> None:
     }
     privacy = PrivacyModel(k=k, algorithm="lattice", suppression_limit=limit)
     g = generalize(df, qis, privacy)
-    from anonymize.utility import utility_loss
+    from anonymize.measures.utility import utility_loss
 
     ours = utility_loss(df, g.data, qis, g.suppressed)["ncp"]
     assert ours == pytest.approx(_brute_force_loss(df, qis, privacy), abs=1e-12)
@@ -193,7 +200,7 @@ def test_lattice_is_optimal_with_entropy_l_diversity_and_suppression(seed) -> No
         with pytest.raises(InputError):
             generalize(df, qis, privacy, sensitive=["s"])
         return
-    from anonymize.utility import utility_loss
+    from anonymize.measures.utility import utility_loss
 
     g = generalize(df, qis, privacy, sensitive=["s"])
     assert utility_loss(df, g.data, qis, g.suppressed)["ncp"] == pytest.approx(expected, abs=1e-12)
@@ -262,9 +269,9 @@ def test_hypothesis_tables_are_k_anonymous(n, k, seed, algorithm) -> None:
 def test_lattice_roll_up_counts_equal_counts_on_the_rows(privacy: PrivacyModel) -> None:
     """Every node, visited in a shuffled order so roll-ups start from many different cached nodes,
     gets the same failing-row count from its class table as from grouping all the rows."""
-    from anonymize.generalize import encode_sensitive
-    from anonymize.lattice import _Evaluator
-    from anonymize.models import SensitiveColumn, criteria_for
+    from anonymize.criteria import SensitiveColumn, criteria_for
+    from anonymize.generalization.generalize import encode_sensitive
+    from anonymize.generalization.lattice import _Evaluator
 
     rng = np.random.default_rng(7)
     n = 400

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from anonymize.errors import InputError
-from anonymize.hierarchies import build_hierarchy, parse_range
-from anonymize.spec import CsvHierarchy, DateHierarchy, IntervalsHierarchy, PrefixHierarchy, TreeHierarchy
+from anonymize.generalization.hierarchies import build_hierarchy, parse_range
+from anonymize.policy.spec import CsvHierarchy, DateHierarchy, IntervalsHierarchy, PrefixHierarchy, TreeHierarchy
 
 EDU = TreeHierarchy(
     type="tree",

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from anonymize.errors import InputError
-from privmodel.audit import Ledger
-from privmodel.keys import init_keys, load_pseudonym_secret, load_signer
+from privmodel.artifacts.ledger import Ledger
+from privmodel.core.keys import init_keys, load_pseudonym_secret, load_signer
 from tests.conftest import run_cli
 
 
@@ -113,7 +113,7 @@ def test_cli_corrupt_ledger_show(tmp_path: Path) -> None:
 
 
 def test_read_table_keeps_leading_zeros_of_text_columns(tmp_path: Path) -> None:
-    from privmodel.fileio import read_table
+    from privmodel.core.fileio import read_table
 
     src = tmp_path / "t.csv"
     src.write_text("zip_code,age\n02139,30\n00501,41\n")
@@ -124,7 +124,7 @@ def test_read_table_keeps_leading_zeros_of_text_columns(tmp_path: Path) -> None:
 
 
 def test_read_table_errors_name_the_file(tmp_path: Path) -> None:
-    from privmodel.fileio import read_table
+    from privmodel.core.fileio import read_table
 
     (tmp_path / "latin1.csv").write_bytes("name\nJos\xe9\n".encode("latin-1"))
     with pytest.raises(InputError, match=r"latin1.csv: not UTF-8 text \(invalid byte at line 2\)"):

@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from anonymize.errors import InputError
-from privmodel.audit import Ledger, read_entries, verify
-from privmodel.keys import Signer
+from privmodel.artifacts.ledger import Ledger, read_entries, verify
+from privmodel.core.keys import Signer
 
 SIGNER = Signer.generate("bank-a")
 _TEMPLATE = Path(tempfile.mkdtemp(prefix="ledger-fuzz-"))

@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from anonymize.generalize import generalize
-from anonymize.spec import PrivacyModel
+from anonymize.generalization.generalize import generalize
+from anonymize.policy.spec import PrivacyModel
 
 ROOT = Path(__file__).resolve().parents[1]
 ADULT_PATH = ROOT.parent / "shared" / "data" / "adult.csv"

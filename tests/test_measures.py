@@ -13,10 +13,10 @@ from hypothesis import strategies as st
 from pycanon.anonymity import entropy_l_diversity, k_anonymity, l_diversity, t_closeness
 
 from anonymize.errors import InputError
-from anonymize.generalize import generalize
-from anonymize.hierarchies import build_hierarchy
-from anonymize.measures import privacy_measures, reidentification_risk, utility_loss
-from anonymize.spec import IntervalsHierarchy, PrivacyModel, TreeHierarchy
+from anonymize.generalization.generalize import generalize
+from anonymize.generalization.hierarchies import build_hierarchy
+from anonymize.measures.achieved import privacy_measures, reidentification_risk, utility_loss
+from anonymize.policy.spec import IntervalsHierarchy, PrivacyModel, TreeHierarchy
 
 ROOT = Path(__file__).resolve().parents[1]
 ADULT_PATH = ROOT.parent / "shared" / "data" / "adult.csv"
@@ -145,7 +145,7 @@ def test_utility_on_adult_matches_class_structure(adult_release) -> None:
 def test_risk_histogram_counts_records_per_band() -> None:
     import numpy as np
 
-    from anonymize.risk import risk_histogram
+    from anonymize.measures.risk import risk_histogram
 
     sizes = np.array([1] * 1 + [2] * 2 + [10] * 10 + [200] * 200)
     hist = risk_histogram(1.0 / sizes)

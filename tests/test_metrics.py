@@ -8,7 +8,7 @@ from sklearn.calibration import calibration_curve
 from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, roc_auc_score
 
 from anonymize.errors import InputError
-from privmodel import metrics
+from privmodel.evaluation import metrics
 
 
 def test_hand_computed_auc_and_average_precision() -> None:

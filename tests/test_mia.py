@@ -14,7 +14,7 @@ import pytest
 from scipy.stats import binomtest
 
 from anonymize.errors import InputError
-from privmodel import mia
+from privmodel.evaluation import mia
 
 
 def test_clopper_pearson_matches_scipy_binomtest() -> None:
@@ -99,8 +99,8 @@ def test_audit_rejects_bad_input() -> None:
 def test_overfit_non_private_model_leaks_more_than_the_dp_one() -> None:
     """Required: a wide MLP trained non-privately on 100 noisy rows memorizes them; the same
     training with DP-SGD at ε = 1 does not. Same rows, same code path (training.fit)."""
-    from privmodel.features import EncodedData
-    from privmodel.training import TrainConfig, fit
+    from privmodel.data.features import EncodedData
+    from privmodel.dp.training import TrainConfig, fit
 
     rng = np.random.default_rng(0)
     n, d = 200, 20

@@ -1,6 +1,6 @@
 """anonymize.pipeline.minimise: the one consent filter every model path calls.
 
-Checked on the synthetic customers of `privmodel.synth` against counts made independently with
+Checked on the synthetic customers of `privmodel.data.synth` against counts made independently with
 pandas on the raw table: exactly the rows without consent go, identifiers never come out raw,
 features and labels stay, and quasi-identifiers keep their exact values (no data-dependent
 generalization: the customer, not a release row, stays the unit of privacy).
@@ -14,10 +14,10 @@ import yaml
 
 from anonymize.errors import InputError
 from anonymize.pipeline import Minimised, minimise, run
-from anonymize.policy import Policy
+from anonymize.policy.schema import Policy
 from anonymize.pseudonymize import Keys, reidentify, tokenize_series
-from privmodel.synth import generate_data
-from privmodel.synth.output import CHURN_FEATURES, starter_policy
+from privmodel.data.synth import generate_data
+from privmodel.data.synth.output import CHURN_FEATURES, starter_policy
 
 MASTER = bytes(range(32))
 MISSING_CONSENT = [7, 8, 9, 10, 11]  # raw positions whose consent is unknown (not given)
@@ -159,7 +159,7 @@ def test_one_customer_leaving_changes_no_other_customers_row(recode_case) -> Non
 
 
 def test_the_dp_encoder_reads_a_recoded_value_as_its_range(recode_case) -> None:
-    from privmodel.features import TabularEncoder
+    from privmodel.data.features import TabularEncoder
 
     df, policy = recode_case
     data = minimise(df, policy, MASTER).data

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from privmodel.audit import read_entries
+from privmodel.artifacts.ledger import read_entries
 
 FAST = ["--epochs", "2", "--batch-size", "128", "--lr", "0.3", "--seed", "3", "--delta", "1e-6"]
 
@@ -101,8 +101,8 @@ def test_budget_bypasses_are_refused(customers: dict[str, Path], capsys: pytest.
     entries = read_entries(tmp / "fresh-appended-newline.jsonl")
     assert [e["outcome"] for e in entries if e["action"] == "budget.charge"] == ["failed"]
     # a second, independent computation: the store's figure equals the sum of the signed ledger charges
-    from anonymize.policy import load_policy
-    from privmodel import budget
+    from anonymize.policy.schema import load_policy
+    from privmodel.dp import budget
 
     charged = [e["privacy_cost"]["epsilon"] for path in sorted(tmp.glob("*.jsonl")) for e in read_entries(path)
                if e["action"] == "budget.charge" and e["outcome"] == "ok"]
@@ -128,8 +128,8 @@ def test_model_on_a_release_says_epsilon_is_per_release_row(customers: dict[str,
     first = "\n".join((out / "model_card.md").read_text().splitlines()[:12])
     assert "per RELEASE ROW, not per customer" in first and "release.parquet" in first
     # lineage: the release charges the raw table's budget, not a fresh one of its own
-    from anonymize.policy import load_policy
-    from privmodel import budget
+    from anonymize.policy.schema import load_policy
+    from privmodel.dp import budget
 
     raw = budget.dataset_of(load_policy(customers["policy"]), customers["data"], isolated_budget)
     assert card["data"]["dataset"] == raw

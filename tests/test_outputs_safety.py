@@ -13,10 +13,10 @@ import pandas as pd
 import pytest
 
 from anonymize.errors import InputError
-from privmodel.audit import read_entries
+from privmodel.artifacts.ledger import read_entries
 from privmodel.cli import main
-from privmodel.fileio import outputs, read_table, same_file
-from privmodel.keys import init_keys
+from privmodel.core.fileio import outputs, read_table, same_file
+from privmodel.core.keys import init_keys
 from tests.test_anonymize_pipeline import crafted
 
 POLICY = Path(__file__).parent / "fixtures" / "anonymize" / "policy.yaml"
@@ -444,7 +444,7 @@ def test_json_ready_and_file_lock(tmp_path) -> None:
 
     import numpy as np
 
-    from privmodel.fileio import file_lock, json_ready
+    from privmodel.core.fileio import file_lock, json_ready
 
     value = {1: np.float32("nan"), "a": (np.int64(3), {2, 1}), "b": np.array([1.5, np.inf]), "c": np.bool_(True),
              "d": pd.NA, "e": float("-inf")}

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from anonymize.errors import InputError
-from anonymize.policy import DEFAULT_TOKEN_LENGTH, Policy, load_policy
-from anonymize.spec import CsvHierarchy, IntervalsHierarchy
+from anonymize.policy.schema import DEFAULT_TOKEN_LENGTH, Policy, load_policy
+from anonymize.policy.spec import CsvHierarchy, IntervalsHierarchy
 
 FIXTURES = Path(__file__).parent / "fixtures" / "anonymize"
 POLICY = FIXTURES / "policy.yaml"

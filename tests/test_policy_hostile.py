@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from anonymize.errors import InputError
-from anonymize.policy import Policy, load_policy
+from anonymize.policy.schema import Policy, load_policy
 
 POLICY = Path(__file__).parent / "fixtures" / "anonymize" / "policy.yaml"
 

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import hmac as crypto_hmac
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from anonymize.errors import InputError
-from anonymize.policy import Policy, load_policy
+from anonymize.policy.schema import Policy, load_policy
 from anonymize.pseudonymize import (
     Keys,
     decrypt_series,

@@ -16,15 +16,15 @@ from pycanon.anonymity import k_anonymity, l_diversity, t_closeness
 import anonymize.pipeline as pipeline
 import anonymize.pseudonymize as pseudonymize_module
 from anonymize.errors import InputError
-from anonymize.generalize import Generalized, generalize
-from anonymize.hierarchies import Hierarchy
-from anonymize.lattice import _Evaluator
-from anonymize.measures import privacy_measures
+from anonymize.generalization.generalize import Generalized, generalize
+from anonymize.generalization.hierarchies import Hierarchy
+from anonymize.generalization.lattice import _Evaluator
+from anonymize.measures.achieved import privacy_measures
 from anonymize.pipeline import minimise, run
-from anonymize.policy import DEFAULT_TOKEN_LENGTH, Policy
+from anonymize.policy.schema import DEFAULT_TOKEN_LENGTH, Policy
+from anonymize.policy.spec import IntervalsHierarchy, PrivacyModel, TreeHierarchy
 from anonymize.pseudonymize import colliding_tokens
 from anonymize.report import render_text
-from anonymize.spec import IntervalsHierarchy, PrivacyModel, TreeHierarchy
 
 MASTER = bytes(range(32))
 AGES = [40, 50, 58, 21, 25, 52, 57, 29, 32, 54, 36, 30, 53, 30, 36, 45, 41, 23, 21, 54]
@@ -218,7 +218,7 @@ def test_default_tokens_are_128_bits_and_short_ones_refused() -> None:
 
 
 def test_each_l_variant_and_close_figures_are_named_exactly() -> None:
-    from anonymize.gate import privacy_checks
+    from anonymize.criteria.gate import privacy_checks
 
     achieved = {"k": 4, "l": {"dx": {"distinct": 2, "entropy": 1.8, "recursive": {"l": 2, "c": 4.5}}},
                 "t": {"dx": 0.30000002}}

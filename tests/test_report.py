@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from privmodel.audit import Ledger, artifact
-from privmodel.keys import init_keys, load_signer
+from privmodel.artifacts.ledger import Ledger, artifact
+from privmodel.core.keys import init_keys, load_signer
 from tests.conftest import run_cli
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from privmodel.audit import Ledger, artifact
-from privmodel.keys import init_keys, load_signer
+from privmodel.artifacts.ledger import Ledger, artifact
+from privmodel.core.keys import init_keys, load_signer
 from tests.conftest import run_cli
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -266,8 +266,8 @@ def test_forged_ledgers_cannot_turn_the_banner_green(tmp_path: Path, browser: An
 
 def test_report_source_has_no_string_built_markup() -> None:
     """The report package builds no HTML itself: markup lives only in the autoescaped template."""
-    import privmodel.report as package
-    from privmodel.report.html import environment
+    import privmodel.artifacts.report as package
+    from privmodel.artifacts.report.html import environment
 
     root = Path(package.__file__).parent
     for source in root.glob("*.py"):
@@ -285,7 +285,7 @@ def test_report_source_has_no_string_built_markup() -> None:
 
 def test_chart_labels_are_not_parsed(tmp_path: Path) -> None:
     """Matplotlib mathtext would raise on a crafted silo name; charts draw it as typed."""
-    from privmodel.report.charts import bar_chart, line_chart
+    from privmodel.artifacts.report.charts import bar_chart, line_chart
 
     uri = line_chart({"$\\frac{": ([1, 2], [0.5, 0.6])}, "t", "x", "y")
     bar = bar_chart(["$\\undefinedcommand$", "a"], [1.0, 2.0], "t", "x", "y")

@@ -20,9 +20,9 @@ import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESSIV
 
 from anonymize import pseudonymize as pz
-from anonymize.policy import ColumnPolicy
+from anonymize.policy.schema import ColumnPolicy
 from anonymize.quality import _coerce, _domain, _exact_duplicates
-from privmodel import budget
+from privmodel.dp import budget
 
 # --- references: the per-value code before issue 13 ------------------------------------------
 
@@ -189,7 +189,7 @@ def _ref_value_text(value: Any) -> str:
 
 
 def _ref_frame_id(frame: pd.DataFrame) -> str:
-    from privmodel.audit import canonical_json
+    from privmodel.artifacts.ledger import canonical_json
 
     columns = sorted(str(c) for c in frame.columns)
     frame = frame.set_axis([str(c) for c in frame.columns], axis=1)

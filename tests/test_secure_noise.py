@@ -15,10 +15,11 @@ import torch
 from scipy import stats
 
 from anonymize.errors import InputError
-from privmodel import card, secure_noise
-from privmodel.features import EncodedData
-from privmodel.secure_noise import NoiseSource
-from privmodel.training import TrainConfig, fit
+from privmodel.artifacts import model_card as card
+from privmodel.data.features import EncodedData
+from privmodel.dp import secure_noise
+from privmodel.dp.secure_noise import NoiseSource
+from privmodel.dp.training import TrainConfig, fit
 
 
 def _data(n: int = 300) -> tuple[EncodedData, np.ndarray]:

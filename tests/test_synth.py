@@ -1,4 +1,4 @@
-"""privmodel.synth: columns, determinism, silo heterogeneity, ground truth, mess, starter policy."""
+"""privmodel.data.synth: columns, determinism, silo heterogeneity, ground truth, mess, starter policy."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 
 from anonymize.errors import InputError
-from privmodel.fileio import read_table, sha256_file
-from privmodel.synth import (
+from privmodel.core.fileio import read_table, sha256_file
+from privmodel.data.synth import (
     AS_OF,
     COLUMNS,
     PHONE_PATTERN,
@@ -23,9 +23,9 @@ from privmodel.synth import (
     silo_profiles,
     true_probabilities,
 )
-from privmodel.synth.mess import MISSING_COLUMNS
-from privmodel.synth.output import starter_policy, write_outputs
-from privmodel.synth.truth import CHURN_INTERCEPT
+from privmodel.data.synth.mess import MISSING_COLUMNS
+from privmodel.data.synth.output import starter_policy, write_outputs
+from privmodel.data.synth.truth import CHURN_INTERCEPT
 
 EMAIL = re.compile(r"^[a-z]+\.[a-z]+[0-9]+@[a-z0-9.-]+\.[a-z]{2,}$")
 NUMERIC = [
@@ -119,8 +119,8 @@ def test_every_supported_locale_works() -> None:
     assert data["customer_id"].is_unique and data["email"].is_unique
     from dataclasses import replace
 
-    from privmodel.synth.core import _distinct_cities
-    from privmodel.synth.locales import build_pools
+    from privmodel.data.synth.core import _distinct_cities
+    from privmodel.data.synth.locales import build_pools
 
     us = build_pools("en_US", 3)
     gb = replace(build_pools("en_GB", 3), cities=[us.cities[0], *build_pools("en_GB", 3).cities[1:]])
@@ -335,7 +335,7 @@ def test_mess_rate_produces_stated_counts() -> None:
 
 
 def test_starter_policy_loads_and_covers_the_data(tmp_path) -> None:
-    from anonymize.policy import load_policy
+    from anonymize.policy.schema import load_policy
 
     data = generate_data(2000, 2, seed=13, locales=["en_US", "ja_JP"])
     files = write_outputs(data, tmp_path, "parquet", one_file=True)
@@ -355,7 +355,7 @@ def test_starter_policy_loads_and_covers_the_data(tmp_path) -> None:
     logged = {n for n, c in policy.columns.items() if c.transform == "log1p"}
     assert logged == {"annual_income", "tenure_months", "recency_days", "frequency", "monetary", "monthly_balance"}
     assert policy.columns["age"].transform == "none" and policy.columns["num_products"].transform == "none"
-    from privmodel.features import TabularEncoder
+    from privmodel.data.features import TabularEncoder
 
     encoder = TabularEncoder.from_policy(policy, label="churn")
     tenure = [s for s in encoder.numeric if s.name == "tenure_months"][0]

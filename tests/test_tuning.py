@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from anonymize.errors import InputError
-from privmodel import secure_noise, tuning
+from privmodel.dp import secure_noise, tuning
 
 
 def _fake_trainer(log: list[tuple[dict, float, float, int]]) -> tuning.Trainer:

@@ -1,9 +1,9 @@
 """Workflows: what a user asks privmodel to do, written once and called by every door.
 
-The CLI (`privmodel/commands`), the demo, the estimator and federated partners call these; the
+The CLI (`privmodel/cli`), the demo, the estimator and federated partners call these; the
 CLI only parses arguments, calls one workflow and prints. Each privacy rule has one owner here or
-below: consent and minimisation (`rows.model_rows`), the budget (`privmodel.budget.charge`),
-secret DP noise (`privmodel.training.fit`), the held-out split (`prepare.split`).
+below: consent and minimisation (`rows.model_rows`), the budget (`privmodel.dp.budget.charge`),
+secret DP noise (`privmodel.dp.training.fit`), the held-out split (`prepare.split`).
 
 | module | workflow |
 |---|---|

@@ -23,9 +23,9 @@ from privmodel.workflows.train import TrainRequest, config_for, fit_rows, predic
 if TYPE_CHECKING:
     import pandas as pd
 
-    from privmodel.audit import Ledger
-    from privmodel.training import FitResult
-    from privmodel.utility_curve import CurvePoint
+    from privmodel.artifacts.ledger import Ledger
+    from privmodel.dp.training import FitResult
+    from privmodel.evaluation.utility_curve import CurvePoint
 
 DEFAULT_GRID = "0.25,0.5,1"
 
@@ -46,7 +46,8 @@ def cost(grid: list[float], repeats: int) -> float:
 def curve(req: TrainRequest, grid: list[float], repeats: int, book: Ledger, keys: Path | None,
           tick: Callable[[float], None] | None = None) -> Curve:
     """Charge the whole grid, then train and measure at each ε; write curve.json / .csv / .png."""
-    from privmodel import budget, utility_curve
+    from privmodel.dp import budget
+    from privmodel.evaluation import utility_curve
 
     if repeats < 1:
         raise InputError("--repeats must be at least 1")
@@ -84,9 +85,9 @@ def _publish(req: TrainRequest, points: list[CurvePoint], book: Ledger, params: 
     """Stage curve.json / .csv / .png, record them in the ledger, then publish them into --out."""
     import tempfile
 
-    from privmodel import utility_curve
-    from privmodel.audit import artifact
-    from privmodel.fileio import ensure_output_dir, outputs
+    from privmodel.artifacts.ledger import artifact
+    from privmodel.core.fileio import ensure_output_dir, outputs
+    from privmodel.evaluation import utility_curve
 
     out = ensure_output_dir(req.out)
     with tempfile.TemporaryDirectory(prefix=".curve.", dir=out) as scratch:

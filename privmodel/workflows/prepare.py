@@ -16,8 +16,8 @@ from anonymize.errors import InputError
 if TYPE_CHECKING:
     import pandas as pd
 
-    from anonymize.policy import Policy
-    from privmodel.features import TabularEncoder
+    from anonymize.policy.schema import Policy
+    from privmodel.data.features import TabularEncoder
 
 
 @dataclass
@@ -35,7 +35,7 @@ def _file_row(positions: np.ndarray | None, i: int) -> int:
 
 def labels(frame: pd.DataFrame, label: str, source: str, positions: np.ndarray | None = None) -> np.ndarray:
     """0/1 labels of `label`; one line naming the file and row when missing or single-class."""
-    from privmodel.features import encode_labels
+    from privmodel.data.features import encode_labels
 
     if label not in frame.columns:
         raise InputError(f"{source}: label column {label} is missing")
@@ -69,7 +69,7 @@ def check_features(frame: pd.DataFrame, encoder: TabularEncoder, source: str,
 def prepare(frame: pd.DataFrame, policy: Policy, label: str, source: str,
             positions: np.ndarray | None = None) -> Prepared:
     """Labels, the policy's encoder (public bounds and categories only) and the feature checks."""
-    from privmodel.features import TabularEncoder
+    from privmodel.data.features import TabularEncoder
 
     y = labels(frame, label, source, positions)
     encoder = TabularEncoder.from_policy(policy, label)

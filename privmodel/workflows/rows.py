@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
 
-    from anonymize.policy import Policy
+    from anonymize.policy.schema import Policy
 
 UNIT_CUSTOMER = "customer"
 UNIT_RELEASE_ROW = "release row"
@@ -102,7 +102,7 @@ def release_beside(path: Path, rows: int, policy: Policy) -> ReleaseSource | Non
 
 def model_rows(path: Path, policy: Policy, keys: Path | None) -> ModelRows:
     """Read `path` and return the rows a model may use under `policy` (see the module docstring)."""
-    from privmodel.fileio import read_table
+    from privmodel.core.fileio import read_table
 
     frame = read_table(path, text_columns=text_columns(policy))
     release = release_beside(path, len(frame), policy)
@@ -118,7 +118,7 @@ def minimised_rows(frame: pd.DataFrame, policy: Policy, keys: Path | None, *, so
                    partner: str | None = None) -> ModelRows:
     """Raw customer rows through the policy's consent filter and minimisation (one function for all paths)."""
     from anonymize.pipeline import minimise
-    from privmodel.keys import ensure_keys, load_pseudonym_secret
+    from privmodel.core.keys import ensure_keys, load_pseudonym_secret
 
     consent = policy.purpose.consent
     if consent is not None and consent not in frame.columns:

@@ -22,9 +22,9 @@ from privmodel.workflows.rows import ModelRows, model_rows
 if TYPE_CHECKING:
     import pandas as pd
 
-    from anonymize.policy import Policy
-    from privmodel.metrics import Evaluation
-    from privmodel.persist import ScoringModel
+    from anonymize.policy.schema import Policy
+    from privmodel.artifacts.model_store import ScoringModel
+    from privmodel.evaluation.metrics import Evaluation
 
     class EvaluationOnRows(Evaluation):
         """`evaluate`'s result: the metrics and the counts of the rows they were measured on."""
@@ -56,7 +56,7 @@ def tier_of(decile: int) -> str:
 
 def load(model_dir: Path) -> tuple[ScoringModel, dict[str, Any]]:
     """The scoring model and what `train` stored beside it (label, identifiers, groups, policy)."""
-    from privmodel.persist import load_model
+    from privmodel.artifacts.model_store import load_model
 
     scorer = load_model(model_dir)
     meta = scorer.extra
@@ -67,8 +67,8 @@ def load(model_dir: Path) -> tuple[ScoringModel, dict[str, Any]]:
 
 def model_policy(model_dir: Path, meta: dict[str, Any], policy_path: Path | None) -> Policy:
     """The policy the model was trained under: `--policy` (checked against the model) or its stored copy."""
-    from anonymize.policy import load_policy
-    from privmodel.fileio import sha256_file
+    from anonymize.policy.schema import load_policy
+    from privmodel.core.fileio import sha256_file
 
     path = policy_path if policy_path is not None else model_dir / POLICY_COPY
     if not path.is_file():
@@ -116,7 +116,8 @@ def score(model_dir: Path, data: Path, keys: Path | None, policy_path: Path | No
 
 def evaluate(model_dir: Path, data: Path, keys: Path | None, policy_path: Path | None = None) -> EvaluationOnRows:
     """Metrics of a trained model on labelled rows (consent-filtered like training)."""
-    from privmodel import card, metrics
+    from privmodel.artifacts import model_card as card
+    from privmodel.evaluation import metrics
     from privmodel.workflows.prepare import labels
 
     scorer, meta = load(model_dir)

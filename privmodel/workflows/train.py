@@ -4,7 +4,7 @@ Order of a run (each rule in one place):
 1. rows     - `rows.model_rows`: consent and purpose filter, minimisation; the unit of privacy
 2. budget   - `budget.charge` of the TARGET ε (or the whole search) before any training: a run that
               would pass the organisation's cap for this dataset never touches the data
-3. training - `privmodel.training.fit` (secret DP noise), optional private hyper-parameter search
+3. training - `privmodel.dp.training.fit` (secret DP noise), optional private hyper-parameter search
 4. evidence - held-out metrics; the non-private baseline and the membership-inference audit only
               when asked (`baseline=True`, `mia=True`); every figure not covered by ε is listed
               on the card under "released without differential privacy"
@@ -25,21 +25,21 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from anonymize.errors import InputError
-from privmodel.defaults import DEFAULTS
+from privmodel.core.defaults import DEFAULTS
 from privmodel.workflows import prepare as prep
 from privmodel.workflows.rows import ModelRows, model_rows
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from anonymize.policy import Policy
-    from privmodel.audit import Artifact, Ledger
-    from privmodel.budget import Cap
-    from privmodel.features import TabularEncoder
-    from privmodel.metrics import Evaluation
-    from privmodel.mia import MembershipAudit
-    from privmodel.training import FitResult, TrainConfig
-    from privmodel.tuning import Selection
+    from anonymize.policy.schema import Policy
+    from privmodel.artifacts.ledger import Artifact, Ledger
+    from privmodel.data.features import TabularEncoder
+    from privmodel.dp.budget import Cap
+    from privmodel.dp.training import FitResult, TrainConfig
+    from privmodel.dp.tuning import Selection
+    from privmodel.evaluation.metrics import Evaluation
+    from privmodel.evaluation.mia import MembershipAudit
 
 #: advance(done, description): progress through the phases of a run (fractional `done` allowed)
 Progress = Callable[[float, str], None]
@@ -47,7 +47,7 @@ Progress = Callable[[float, str], None]
 
 @dataclass(frozen=True)
 class TrainRequest:
-    """Everything a training run is asked to do. Defaults: privmodel.defaults (THE defaults of every door).
+    """Everything a training run is asked to do. Defaults: privmodel.core.defaults (THE defaults of every door).
     batch_size / lr None = the rules `DEFAULTS.batch_size_for(n)` / `DEFAULTS.lr_for(model)`."""
 
     data: Path
@@ -116,7 +116,7 @@ def config_for(req: TrainRequest, epsilon: float | None, *, seed: int | None = N
     """A TrainConfig for this request; epsilon None = the non-private baseline (no clipping, no noise)."""
     from pydantic import ValidationError
 
-    from privmodel.training import TrainConfig
+    from privmodel.dp.training import TrainConfig
 
     fields = {"model": req.model, "epochs": req.epochs, "batch_size": req.batch_size,
               "lr": req.lr if lr is None else lr, "max_grad_norm": req.clip if clip is None else clip,
@@ -132,7 +132,7 @@ def config_for(req: TrainRequest, epsilon: float | None, *, seed: int | None = N
 
 def fit_rows(encoder: TabularEncoder, frame: pd.DataFrame, y: np.ndarray, config: TrainConfig,
              on_step: Callable[[int, int], None] | None = None) -> FitResult:
-    from privmodel.training import fit
+    from privmodel.dp.training import fit
 
     return fit(encoder.transform(frame), y, config, on_step=on_step)
 
@@ -144,7 +144,7 @@ def predictor(result: FitResult, encoder: TabularEncoder) -> Callable[[pd.DataFr
 
 def train(req: TrainRequest, book: Ledger, keys: Path | None, advance: Progress | None = None) -> TrainOutcome:
     """Run the whole training workflow; records a failed `model.train` entry when it fails."""
-    from privmodel.audit import artifact
+    from privmodel.artifacts.ledger import artifact
 
     check_request(req)
     inputs = [artifact(req.data), artifact(req.policy)]
@@ -163,7 +163,7 @@ def _params(req: TrainRequest) -> dict[str, Any]:
 
 
 def load_policy_with_cap(path: Path) -> Policy:
-    from anonymize.policy import load_policy
+    from anonymize.policy.schema import load_policy
 
     policy = load_policy(path)
     if policy.budget is None:
@@ -185,7 +185,7 @@ class SplitRows:
 
 def split_rows(req: TrainRequest, keys: Path | None) -> SplitRows:
     """Policy -> consent-filtered rows -> labels and encoder -> split -> δ < 1/n: shared by train and curve."""
-    from privmodel.budget import Cap
+    from privmodel.dp.budget import Cap
 
     policy = load_policy_with_cap(req.policy)
     assert policy.budget is not None  # load_policy_with_cap refuses a policy without one
@@ -198,7 +198,7 @@ def split_rows(req: TrainRequest, keys: Path | None) -> SplitRows:
 
 def _train(req: TrainRequest, book: Ledger, keys: Path | None, advance: Progress,
            inputs: list[Artifact]) -> TrainOutcome:
-    from privmodel import budget
+    from privmodel.dp import budget
 
     split = split_rows(req, keys)
     policy, rows, ready, train_idx, test_idx = split.policy, split.rows, split.ready, split.train_idx, split.test_idx
@@ -231,8 +231,8 @@ class Evidence:
 
 def _fit_and_measure(req: TrainRequest, ready: prep.Prepared, train_idx: np.ndarray, test_idx: np.ndarray,
                      policy: Policy, advance: Progress) -> Evidence:
-    from privmodel import metrics
-    from privmodel.training import quality_warnings
+    from privmodel.dp.training import quality_warnings
+    from privmodel.evaluation import metrics
 
     frame, y, encoder = ready.frame, ready.y, ready.encoder
     df_train, df_test = frame.iloc[train_idx].reset_index(drop=True), frame.iloc[test_idx].reset_index(drop=True)
@@ -293,8 +293,8 @@ def not_dp_figures(rows: ModelRows, evidence: Evidence) -> list[dict[str, str]]:
 
 def _card(req: TrainRequest, policy: Policy, rows: ModelRows, ready: prep.Prepared, train_idx: np.ndarray,
           test_idx: np.ndarray, ev: Evidence, charge: dict[str, Any], dataset: str) -> dict[str, Any]:
-    from privmodel import card
-    from privmodel.fileio import sha256_file
+    from privmodel.artifacts import model_card as card
+    from privmodel.core.fileio import sha256_file
 
     features = card.feature_statements(policy, list(ready.encoder.columns))
     the_card = card.build_card(
@@ -326,9 +326,9 @@ def _card(req: TrainRequest, policy: Policy, rows: ModelRows, ready: prep.Prepar
 def _publish(req: TrainRequest, book: Ledger, inputs: list[Artifact], encoder: TabularEncoder, ev: Evidence,
              the_card: dict[str, Any], policy: Policy, dataset: str, rows: ModelRows) -> None:
     """Stage the model directory, write the ledger entry, then publish it (all or nothing)."""
-    from privmodel import card
-    from privmodel.fileio import json_ready, outputs, sha256_file
-    from privmodel.persist import write_model
+    from privmodel.artifacts import model_card as card
+    from privmodel.artifacts.model_store import write_model
+    from privmodel.core.fileio import json_ready, outputs, sha256_file
     from privmodel.workflows.score import POLICY_COPY
 
     meta = {"label": req.label, "identifiers": {n: {"method": c.method, "length": c.length}
@@ -359,9 +359,9 @@ def _publish(req: TrainRequest, book: Ledger, inputs: list[Artifact], encoder: T
 
 def tune(req: TrainRequest, encoder: TabularEncoder, df_train: pd.DataFrame,
          y_train: np.ndarray) -> tuple[Selection[FitResult, pd.DataFrame], np.ndarray]:
-    """Private hyper-parameter search (privmodel.tuning): trials train on 80 % of the training rows and
+    """Private hyper-parameter search (privmodel.dp.tuning): trials train on 80 % of the training rows and
     are scored privately on the other 20 % (a seeded permutation of positions: data-independent)."""
-    from privmodel import tuning
+    from privmodel.dp import tuning
 
     rng = np.random.default_rng(req.seed + 31)
     perm = rng.permutation(len(y_train))
@@ -389,7 +389,7 @@ def membership_audit(encoder: TabularEncoder, predict: Callable[[pd.DataFrame], 
                      delta: float, epsilon: float, seed: int) -> MembershipAudit:
     """Members = training rows; non-members = half the held-out rows; the other half trains the
     non-private reference models of the calibrated attack (disjoint from every audited row)."""
-    from privmodel import mia
+    from privmodel.evaluation import mia
 
     rng = np.random.default_rng(seed + 17)
     order = rng.permutation(len(y_test))

@@ -1,0 +1,2 @@
+"""Generalization of quasi-identifiers: hierarchies, Mondrian, the lattice search, and their front door.
+"""

@@ -1,0 +1,2 @@
+"""Figures computed on a release: achieved k / l / t, re-identification risk and utility loss.
+"""

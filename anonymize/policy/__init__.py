@@ -1,0 +1,2 @@
+"""The policy file: its validated schema (`schema`) and the declarative pieces the algorithms consume (`spec`).
+"""

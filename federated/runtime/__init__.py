@@ -1,0 +1,2 @@
+"""Plumbing both sides share: the run config, TLS, the worker socket messages, simulation and deployment.
+"""

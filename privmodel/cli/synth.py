@@ -1,0 +1,119 @@
+"""`privmodel synth`: synthetic customers over silos, a starter policy and a ledger entry.
+
+numpy, pandas, pyarrow and Faker are imported inside the command so `privmodel --help` stays fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from privmodel.cli.common import KEYS_OPTION, LEDGER_OPTION
+
+
+def register(app: typer.Typer) -> None:
+    app.command("synth")(synth)
+
+
+def synth(
+    out: Path = typer.Option(..., "--out", help="Output directory (created if missing)."),
+    customers: int = typer.Option(10_000, "--customers", help="Number of customers N."),
+    silos: int = typer.Option(1, "--silos", help="Number of silos S (bank branches / partner firms), 1 <= S <= N."),
+    seed: int = typer.Option(0, "--seed", help="Random seed: the same seed writes the same bytes."),
+    fmt: str = typer.Option("parquet", "--format", help="parquet or csv."),
+    heterogeneity: float = typer.Option(
+        0.5, "--heterogeneity", help="0 = identical silos, 1 = strongly different regions, ages, incomes, base rates."
+    ),
+    locale: list[str] = typer.Option(
+        None, "--locale", help="Faker locale (repeatable to mix countries; default en_US)."
+    ),
+    one_file: bool = typer.Option(False, "--one-file", help="One file with a silo column instead of one per silo."),
+    mess_rate: float = typer.Option(
+        0.0, "--mess-rate", help="Share of rows (each) with missing values, bad phones/dates, bad ages, duplicates."
+    ),
+    ledger: Path = LEDGER_OPTION,
+    keys: Path = KEYS_OPTION,
+) -> None:
+    """Generate N synthetic customers over S silos (labels from a known ground truth)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from privmodel.cli.common import ledger_path, open_ledger, recorded_failure
+    from privmodel.core.fileio import outputs
+    from privmodel.data.synth import bayes_auc, generate_data
+    from privmodel.data.synth.core import check_params
+    from privmodel.data.synth.locales import check_locales
+    from privmodel.data.synth.output import FORMATS, planned_names, stage_outputs, stale_silos
+
+    fmt = fmt.lower()
+    if fmt not in FORMATS:
+        raise _bad(f"--format must be one of {', '.join(FORMATS)}")
+    locales = check_locales(list(locale) if locale else ["en_US"])
+    check_params(customers, silos, heterogeneity, mess_rate)
+    if ledger is not None and not ledger.parent.is_dir():  # fail before writing anything
+        raise _bad(f"--ledger: {ledger.parent}: directory does not exist")
+    if out.exists() and not out.is_dir():
+        raise _bad(f"{out}: exists and is not a directory")
+    out_dir = out
+    book_path = ledger_path(ledger, out_dir)
+    names = planned_names(silos, fmt, one_file)
+    targets = [out_dir / n for n in names] + stale_silos(out_dir, names)
+    params = {
+        "customers": customers,
+        "silos": silos,
+        "seed": seed,
+        "format": fmt,
+        "heterogeneity": heterogeneity,
+        "locales": list(locales),
+        "one_file": one_file,
+        "mess_rate": mess_rate,
+    }
+    err = Console(stderr=True)
+    with recorded_failure("synth", ledger, out_dir, keys), \
+            outputs(targets, replace=True, ledger=book_path, action="synth") as stage:
+        book = open_ledger(book_path, out_dir, keys)
+        with err.status(f"generating {customers:,} customers over {silos} silo(s)..."):
+            data = generate_data(
+                customers, silos, seed=seed, heterogeneity=heterogeneity, locales=locales, mess_rate=mess_rate
+            )
+        with err.status("writing files..."):
+            files = stage_outputs(stage, data, out_dir, fmt, one_file)
+        book.append("synth", outputs=stage.artifacts(), params=params)
+        stage.publish()
+
+    table = Table(title=f"{data.table.num_rows:,} customers in {out_dir}")
+    for column in ("silo", "rows", "churn rate", "purchase rate", "mean age", "home region"):
+        table.add_column(column, justify="right" if column != "home region" else "left")
+    silo_col = data.table.column("silo").to_numpy()
+    churn = data.table.column("churn").to_numpy()
+    buy = data.table.column("will_purchase").to_numpy()
+    age = data.table.column("age").to_numpy()
+    valid_age = (age >= 18) & (age <= 100)  # injected out-of-range ages would distort the mean
+    for prof in data.profiles:
+        rows = silo_col == prof.silo
+        table.add_row(
+            str(prof.silo),
+            f"{int(rows.sum()):,}",
+            f"{churn[rows].mean():.3f}",
+            f"{buy[rows].mean():.3f}",
+            f"{age[rows & valid_age].mean():.1f}",
+            data.regions[prof.home_region],
+        )
+    console = Console()
+    console.print(table)
+    console.print(
+        f"ground truth: Bayes AUC churn {bayes_auc(data.p_churn):.3f}, "
+        f"will_purchase {bayes_auc(data.p_will_purchase):.3f}"
+    )
+    if data.mess:
+        console.print(
+            "mess injected (rows each): " + ", ".join(f"{k} {v}" for k, v in data.mess.items() if k != "rate")
+        )
+    console.print("files: " + ", ".join(p.name for p in files) + f"; ledger: {book_path}")
+
+
+def _bad(message: str) -> Exception:
+    from anonymize.errors import InputError
+
+    return InputError(message)

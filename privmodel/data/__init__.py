@@ -1,0 +1,2 @@
+"""Data in: the policy-driven encoder (`features`) and synthetic customers (`synth`).
+"""

@@ -1,0 +1,190 @@
+"""The one source of DP randomness: Poisson masks, Gaussian noise (DP-SGD) and Laplace noise (DP statistics).
+
+Why it exists: DP holds only if the mechanism's randomness is secret. When the masks and the noise
+came from a generator seeded with `--seed` (written in the model card), anyone who knew the other
+rows could re-run training and learn membership with certainty (epsilon = infinity).
+
+What it does
+------------
+* Uniform source: an AES-256 keystream in CTR mode (the `cryptography` package, OpenSSL; a
+  cryptographically secure PRNG), keyed with 256 bits from `secrets.token_bytes` (the operating
+  system's CSPRNG). The key is never kept on any Python attribute, never logged, returned, pickled or
+  written; it lives only inside the OpenSSL cipher context of one `NoiseSource` for one run
+  (`train_dp` call, `fit_dp` call, tuning search). Nothing in a card, ledger or config determines it.
+  AES-CTR was chosen over `torch.Generator` (Mersenne Twister: not a CSPRNG, and its seed is 64 bits)
+  and over `os.urandom` per draw (a system call per step, about 18x slower than AES-CTR here).
+* Poisson masks: row i joins the batch when a 32-bit keystream word is below floor(q * 2^32), so the
+  realised rate is at most q (short by < 2.4e-10); the accountant's q is therefore an upper bound.
+* Gaussian noise: Box-Muller on 53-bit uniforms (u1 in (0, 1], u2 in [0, 1)), computed in float64;
+  each returned value is the SUM OF FOUR independent standard normals divided by 2 (variance 1),
+  times the standard deviation. This is Opacus' `secure_mode` (`_generate_noise`, n = 2 in
+  Holohan & Braghin 2021, "Secure random sampling in differential privacy", Sec. 5.1, arXiv
+  2107.10138). Why: a single floating-point Gaussian sample takes values on a sparse,
+  sampler-dependent set; an observer of a noisy value can test which set it lies on and tell
+  neighbouring inputs apart (Mironov 2012 for Laplace; Jin et al. 2022, "Are we there yet? Timing
+  and floating-point attacks on differential privacy systems", arXiv 2112.05307, for Opacus'
+  Gaussian). Summing 2n samples makes the attack cost about 2^(p(2n-1)) with p = 53, i.e. 2^159 for
+  n = 2. The four normals of one value come from four distinct Box-Muller pairs (a pair's cos and
+  sin outputs never meet in one value), so they are independent draws, as in Opacus.
+* Laplace noise (DP statistics, tuning scores): b * (ln(u1) cos(pi u2) + ln(u3) cos(pi u4)), the
+  product-of-normals construction that Holohan & Braghin 2021 propose (and diffprivlib uses) instead
+  of the textbook inverse CDF b * sign(u) ln(1 - 2|u|) that Mironov 2012 attacked:
+  Z1 Z2 - Z3 Z4 ~ Laplace(0, 1) for independent standard normals, and Z1 Z2 = E cos(pi U) in law
+  with E ~ Exp(1) = -ln(u1).
+
+One explicit test-only switch: `NoiseSource.insecure(seed)` keys the same AES-CTR stream with
+SHA-256 of a fixed label and the seed, so tests exercise exactly the production sampler while being
+reproducible. Its `kind` is "INSECURE-reproducible" (else "secure"); training records it as
+`privacy["noise"]`, and the model card's first line then says the model is NOT differentially
+private.
+
+What remains (not covered)
+--------------------------
+* The noisy gradient sum is rounded to float32 before the optimizer step; the four-sample sum
+  makes the reachable set dense but this is a hardening, not a proof. The exact remedy is discrete
+  noise on a fixed grid (discrete Gaussian, Canonne, Kamath & Steinke 2020), which needs its own
+  accountant; not done.
+* Truncation: u1 >= 2^-53 bounds a Box-Muller radius at sqrt(2 * 53 ln 2) = 8.57, i.e. each pair
+  misses the mass P(R > 8.57) = 2^-53 = 1.1e-16; a noise value (four pairs) is within total
+  variation 4.4e-16 of an exact Gaussian and reaches 17.1 sigma. Over 10^4 steps of 5,000
+  coordinates that adds at most 2.2e-8 to delta (0.2 % of delta = 1e-5); the reported delta does not
+  include it.
+* Timing: a step's duration depends on the realised batch size (as in every Poisson DP-SGD).
+* Cost: four float64 normals per noise coordinate instead of one float32 one. Measured in
+  `benchmarks/bench_dp.py` section (d) against the seeded torch sampler it replaced: the masks are
+  cheaper than `torch.rand` (AES-CTR with AES-NI), the noise dearer; the net shows there per model.
+* Memory: the key sits in process memory for the run; an attacker who can read that memory (core
+  dumps, a debugger) is out of scope.
+* Weight initialisation (`--seed`) and the train/test split stay seeded on purpose: they are
+  data-independent, so publishing them costs no privacy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import secrets
+from typing import TYPE_CHECKING, NoReturn
+
+import numpy as np
+
+from anonymize.errors import InputError
+
+if TYPE_CHECKING:
+    import torch
+
+SECURE = "secure"
+INSECURE = "INSECURE-reproducible"
+INSECURE_WARNING = "NOT differentially private: reproducible (insecure) noise was used for testing"
+KEY_BYTES = 32  # AES-256: 256 bits of fresh OS entropy per source
+_INSECURE_LABEL = b"privmodel.dp.secure_noise insecure test key v1\x00"
+_TWO_POW_M53 = 2.0**-53
+
+
+class NoiseSource:
+    """A secret (or, for tests only, reproducible) stream of DP randomness; one per mechanism run.
+
+    Use `NoiseSource.secure()` (the default everywhere) or `NoiseSource.insecure(seed)` (tests).
+    Not picklable or copyable: its keystream must never leave the process.
+    """
+
+    __slots__ = ("_stream", "kind")
+
+    def __init__(self, key: bytes, kind: str) -> None:
+        """Private: call `secure()` or `insecure(seed)`. The key is handed to OpenSSL, not kept."""
+        from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+        if kind not in (SECURE, INSECURE) or len(key) != KEY_BYTES:
+            raise InputError("secure_noise: use NoiseSource.secure() or NoiseSource.insecure(seed)")
+        # a fresh key per source, so a fixed (zero) counter block never repeats a keystream
+        self._stream = Cipher(algorithms.AES(key), modes.CTR(bytes(16))).encryptor()
+        self.kind = kind
+
+    @classmethod
+    def secure(cls) -> NoiseSource:
+        """A source keyed with 256 bits of fresh OS entropy, never stored anywhere."""
+        return cls(secrets.token_bytes(KEY_BYTES), SECURE)
+
+    @classmethod
+    def insecure(cls, seed: int) -> NoiseSource:
+        """TEST ONLY: a reproducible source; a model trained with it is NOT differentially private."""
+        if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
+            raise InputError("insecure_seed must be an integer")
+        key = hashlib.sha256(_INSECURE_LABEL + str(int(seed)).encode()).digest()
+        return cls(key, INSECURE)
+
+    def __repr__(self) -> str:
+        return f"NoiseSource({self.kind})"
+
+    def __reduce__(self) -> NoReturn:
+        raise TypeError("a NoiseSource cannot be pickled or copied: its keystream must stay secret")
+
+    # ------------------------------------------------------------------ raw stream
+    def _words(self, count: int, dtype: str) -> np.ndarray:
+        width = np.dtype(dtype).itemsize
+        return np.frombuffer(self._stream.update(bytes(width * count)), dtype=dtype)
+
+    def _uniform53(self, count: int) -> np.ndarray:
+        """count integers uniform on [0, 2^53), as float64 (exact)."""
+        return (self._words(count, "<u8") >> np.uint64(11)).astype(np.float64)
+
+    # ------------------------------------------------------------------ draws
+    def bernoulli_mask(self, n: int, p: float) -> torch.Tensor:
+        """torch bool tensor [n]: each entry True independently with probability <= p (Poisson sampling)."""
+        import torch
+
+        if not 0.0 <= p <= 1.0:
+            raise InputError("secure_noise: a sampling rate must be in [0, 1]")
+        if p >= 1.0:
+            return torch.ones(int(n), dtype=torch.bool)
+        threshold = np.uint32(math.floor(p * 2.0**32))
+        return torch.from_numpy(self._words(int(n), "<u4") < threshold)
+
+    def _box_muller(self, pairs: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Two torch float64 [pairs] tensors of N(0, 1): the cos and sin outputs of Box-Muller pairs.
+
+        Computed in numpy (one thread): torch's intra-op threads spin on a busy machine and made a
+        float64 cos of 9k values take 5 ms instead of 0.03 ms (measured on the 2-core machine).
+        """
+        import torch
+
+        u = self._uniform53(2 * pairs)
+        u1 = (u[:pairs] + 1.0) * _TWO_POW_M53  # (0, 1]: the log is finite
+        theta = u[pairs:] * (2.0 * math.pi * _TWO_POW_M53)  # [0, 2 pi)
+        radius = np.sqrt(-2.0 * np.log(u1))
+        return torch.from_numpy(np.cos(theta) * radius), torch.from_numpy(np.sin(theta) * radius)
+
+    def gaussian(self, shape: int | tuple[int, ...] | list[int], std: float) -> torch.Tensor:
+        """torch float32 tensor of `shape`, N(0, std^2) per entry: four normals from four distinct
+        Box-Muller pairs, summed and halved (variance 1), times std."""
+        import torch
+
+        size = torch.Size(shape if isinstance(shape, tuple | list | torch.Size) else (int(shape),))
+        count = size.numel()
+        if not (std >= 0.0 and math.isfinite(std)):
+            raise InputError("secure_noise: the noise standard deviation must be finite and non-negative")
+        if count == 0 or std == 0.0:
+            return torch.zeros(size, dtype=torch.float32)
+        cols = max(2, count)  # with one value, the shifted sin outputs below would reuse its own pairs
+        cos, sin = self._box_muller(2 * cols)
+        # value j: cos of pairs j and cols+j, sin of pairs j+1 and cols+j+1 (mod cols): four distinct
+        # pairs (each output used once); contiguous slices, so the sums are plain vector adds
+        z = cos[:cols].add_(cos[cols:])
+        z[:-1].add_(sin[1:cols]).add_(sin[cols + 1:])
+        z[-1:].add_(sin[:1]).add_(sin[cols:cols + 1])
+        return z[:count].mul_(0.5 * float(std)).to(torch.float32).view(size)
+
+    def laplace(self, scale: float, size: int) -> np.ndarray:
+        """numpy float64 [size]: Laplace(0, scale) as ln(u1) cos(pi u2) + ln(u3) cos(pi u4), times scale."""
+        if not (scale > 0.0 and math.isfinite(scale)):
+            raise InputError("secure_noise: the Laplace scale must be positive and finite")
+        size = int(size)
+        u = self._uniform53(4 * size)
+        logs = np.log((u[: 2 * size] + 1.0) * _TWO_POW_M53)  # ln of (0, 1]
+        terms = logs * np.cos(math.pi * _TWO_POW_M53 * u[2 * size:])
+        return float(scale) * (terms[:size] + terms[size:])
+
+
+def source(insecure_seed: int | None = None) -> NoiseSource:
+    """The source a mechanism should use: secure unless the test-only `insecure_seed` is given."""
+    return NoiseSource.secure() if insecure_seed is None else NoiseSource.insecure(insecure_seed)

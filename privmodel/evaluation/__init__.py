@@ -1,0 +1,2 @@
+"""Honest figures about a model: metrics with intervals, the membership-inference audit, the privacy-utility curve.
+"""
