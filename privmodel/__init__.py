@@ -20,8 +20,10 @@ if TYPE_CHECKING:
     from privmodel.dp.training import FitResult, TrainConfig, fit
     from privmodel.estimator import DPPropensityClassifier
     from privmodel.workflows.curve import curve
+    from privmodel.workflows.release import ReleaseRequest, release
     from privmodel.workflows.rows import ModelRows, model_rows
     from privmodel.workflows.score import evaluate, score
+    from privmodel.workflows.synthesize import SynthRequest, synthesize
     from privmodel.workflows.train import TrainRequest, train
 
 _LAZY = {
@@ -38,6 +40,10 @@ _LAZY = {
     "TrainConfig": "privmodel.dp.training",
     "fit": "privmodel.dp.training",
     "curve": "privmodel.workflows.curve",
+    "ReleaseRequest": "privmodel.workflows.release",
+    "release": "privmodel.workflows.release",
+    "SynthRequest": "privmodel.workflows.synthesize",
+    "synthesize": "privmodel.workflows.synthesize",
     "ModelRows": "privmodel.workflows.rows",
     "model_rows": "privmodel.workflows.rows",
     "evaluate": "privmodel.workflows.score",
@@ -53,6 +59,8 @@ __all__ = [
     "FitResult",
     "Ledger",
     "ModelRows",
+    "ReleaseRequest",
+    "SynthRequest",
     "TrainConfig",
     "TrainRequest",
     "charge",
@@ -63,7 +71,9 @@ __all__ = [
     "generate",
     "load_model",
     "model_rows",
+    "release",
     "score",
+    "synthesize",
     "train",
     "verify",
 ]

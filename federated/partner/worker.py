@@ -229,21 +229,15 @@ class PartnerWorker:
         key = f"{config.label}:{config.model}:{config.seed}:{config.eval_fraction}"
         if self._prepared is not None and self._prepared.key == key:
             return self._prepared
-        from privmodel.data.features import TabularEncoder, encode_labels
+        from privmodel.workflows.prepare import prepare, split
 
         rows, removed = self._rows()
-        if config.label not in rows.columns:
-            raise InputError(f"partner {self.name}: label column {config.label!r} is not in its minimised rows")
-        encoder = TabularEncoder.from_policy(self.policy, label=config.label)
+        # the one prepare / split path of every model workflow: labels, the policy's encoder, checks,
+        # a stratified split seeded by the public seed (a data-independent choice)
+        ready = _named(self.name, prepare, rows, self.policy, config.label, "its minimised rows")
+        train, test = _named(self.name, split, ready.y, config.eval_fraction, config.seed)
+        encoder, y = ready.encoder, ready.y
         encoded = _named(self.name, encoder.transform, rows)
-        y = _named(self.name, encode_labels, rows[config.label], config.label)
-        n = len(y)
-        n_test = max(1, int(round(n * config.eval_fraction)))
-        if n - n_test < 2:
-            raise InputError(f"partner {self.name}: only {n} usable rows after minimisation")
-        # The split depends only on the public seed and the row count (a data-independent choice).
-        order = np.random.default_rng(config.seed).permutation(n)
-        test, train = order[:n_test], order[n_test:]
         self._prepared = Prepared(key, encoder, encoded.take(train), y[train], encoded.take(test), y[test], removed)
         return self._prepared
 

@@ -17,14 +17,16 @@ from __future__ import annotations
 import signal
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import typer
 
 from anonymize.errors import InputError
+from federated.runtime.config import FedConfig
+from privmodel.core.defaults import DEFAULTS
 
-if TYPE_CHECKING:
-    from federated.runtime.config import FedConfig
+# the option defaults ARE the run config's (privmodel.core.defaults): one set of defaults for every door
+FED = FedConfig()
 
 
 def register(app: typer.Typer) -> None:
@@ -72,22 +74,22 @@ def _printer(console: Any) -> Any:
 def simulate(
     out: Path = typer.Option(Path("federated-sim"), "--out", help="Output directory (silos, partners, coordinator)."),
     silos: int = typer.Option(5, "--silos", min=2, help="Number of synthetic partners."),
-    rounds: int = typer.Option(10, "--rounds", min=1),
+    rounds: int = typer.Option(FED.rounds, "--rounds", min=1),
     customers: int = typer.Option(20000, "--customers", min=100, help="Customers over all silos."),
     heterogeneity: float = typer.Option(0.6, "--heterogeneity", help="0 = IID silos, 1 = strongly non-IID."),
-    epsilon: float = typer.Option(1.0, "--epsilon", help="Target ε per partner over all rounds; 0 = non-private."),
-    delta: float = typer.Option(1e-6, "--delta", help="δ of each partner's run (charged once per run)."),
-    strategy: str = typer.Option("fedavg", "--strategy", help="fedavg, fedprox or fedadam."),
+    epsilon: float = typer.Option(DEFAULTS.epsilon, "--epsilon", help="Target ε per partner over all rounds; 0 = non-private."),
+    delta: float = typer.Option(FED.delta, "--delta", help="δ of each partner's run (charged once per run)."),
+    strategy: str = typer.Option(FED.strategy, "--strategy", help="fedavg, fedprox or fedadam."),
     proximal_mu: float = typer.Option(0.0, "--proximal-mu"),
-    local_steps: int = typer.Option(20, "--local-steps"),
-    batch_size: int = typer.Option(256, "--batch-size"),
-    lr: float = typer.Option(0.05, "--lr"),
-    min_partners: int = typer.Option(2, "--min-partners"),
-    max_update_norm: float = typer.Option(50.0, "--max-update-norm", help="Robust aggregation bound."),
+    local_steps: int = typer.Option(FED.local_steps, "--local-steps"),
+    batch_size: int = typer.Option(FED.batch_size, "--batch-size"),
+    lr: float = typer.Option(FED.lr, "--lr"),
+    min_partners: int = typer.Option(FED.min_partners, "--min-partners"),
+    max_update_norm: float = typer.Option(FED.max_update_norm, "--max-update-norm", help="Robust aggregation bound."),
     client_dp_noise: float = typer.Option(0.0, "--client-dp-noise", help="Client-level DP noise (Flower wrapper)."),
     client_dp_clip: float = typer.Option(0.0, "--client-dp-clip"),
-    model: str = typer.Option("logreg", "--model"),
-    label: str = typer.Option("churn", "--label"),
+    model: str = typer.Option(FED.model, "--model"),
+    label: str = typer.Option(FED.label, "--label"),
     seed: int = typer.Option(0, "--seed"),
     data: list[Path] = typer.Option(
         None, "--data", help="A partner's own table (repeat per partner) instead of synthetic silos; needs --policy."
@@ -104,52 +106,27 @@ def simulate(
     """Simulate partners (synthetic non-IID silos, or --data files) on Flower's simulation engine (Ray)."""
     from rich.console import Console
 
-    from federated.runtime.simulate import partner_specs, run_simulation, synth_silos
-    from privmodel.core.fileio import ensure_output_dir
+    from privmodel.workflows.federation import FederationRequest
+    from privmodel.workflows.federation import simulate as run_federation
 
     console = Console()
-    if not 0.0 <= heterogeneity <= 1.0:
-        raise InputError("--heterogeneity: must be between 0 and 1")
     config = _config(
         rounds=rounds, epsilon=epsilon, delta=delta, strategy=strategy, proximal_mu=proximal_mu, local_steps=local_steps,
         batch_size=batch_size, lr=lr, min_partners=min_partners, max_update_norm=max_update_norm,
         client_dp_noise=client_dp_noise, client_dp_clip=client_dp_clip, model=model, label=label, seed=seed,
         secagg=secagg, secagg_shares=secagg_shares, secagg_threshold=secagg_threshold,
     )
-    if secagg:
-        from federated.coordinator.secagg import check_options
-
-        check_options(config, len(data) if data else silos)
-    base = ensure_output_dir(out)
-    started = time.monotonic()
-    if data:
-        if policy_path is None:
-            raise InputError("--data needs --policy (the policy every partner applies locally)")
-        if len(data) < 2:
-            raise InputError("--data: a federation needs at least two partners")
-        for path in (*data, policy_path, *([eval_data] if eval_data else [])):
-            if not path.is_file():
-                raise InputError(f"{path}: no such file")
-        if partner and len(partner) != len(data):
-            raise InputError(f"--partner: {len(partner)} names for {len(data)} --data files")
-        paths, holdout, policy, silos = list(data), eval_data, policy_path, len(data)
-        customers = 0
-    else:
-        paths, holdout, policy = synth_silos(base, silos, customers, heterogeneity, seed,
-                                             holdout=max(1000, customers // 10))
-    specs = partner_specs(base, paths, policy, names=list(partner) if data and partner else None)
-    source = f"{customers} synthetic customers" if customers else "partner files"
+    req = FederationRequest(out=out, config=config, data=list(data or []), policy=policy_path, eval_data=eval_data,
+                            names=list(partner or []), silos=silos, customers=customers, heterogeneity=heterogeneity)
+    source = "partner files" if data else f"{customers} synthetic customers"
     secure = ", SecAgg+" if secagg else ""
-    console.print(f"{silos} partners ({source}), {rounds} rounds, {strategy}{secure}, ε={epsilon or 'off'}: starting Ray")
-    if secagg:
-        from federated.coordinator.secagg import run_secagg_simulation
-
-        outcome = run_secagg_simulation(base, specs, config, policy, eval_data=holdout, on_round=_printer(console))
-    else:
-        outcome = run_simulation(base, specs, config, policy, eval_data=holdout, on_round=_printer(console))
+    started = time.monotonic()
+    console.print(f"{req.partners} partners ({source}), {rounds} rounds, {strategy}{secure}, ε={epsilon or 'off'}: "
+                  "starting Ray")
+    outcome = run_federation(req, on_round=_printer(console))
     console.print(
         f"done in {time.monotonic() - started:.1f}s; model {outcome.model_hash[:16]}; "
-        f"card {base / 'coordinator' / 'federated_card.md'}"
+        f"card {out / 'coordinator' / 'federated_card.md'}"
     )
 
 
@@ -280,19 +257,19 @@ def run(
     partners: int = typer.Option(..., "--partners", min=1, help="Partners to wait for before round 1."),
     eval_data: Path = typer.Option(None, "--eval-data", help="Held-out table for server-side evaluation."),
     keys: Path = typer.Option(None, "--keys"),
-    rounds: int = typer.Option(10, "--rounds", min=1),
-    epsilon: float = typer.Option(1.0, "--epsilon"),
-    delta: float = typer.Option(1e-6, "--delta", help="δ of each partner's run (charged once per run)."),
-    strategy: str = typer.Option("fedavg", "--strategy"),
+    rounds: int = typer.Option(FED.rounds, "--rounds", min=1),
+    epsilon: float = typer.Option(DEFAULTS.epsilon, "--epsilon"),
+    delta: float = typer.Option(FED.delta, "--delta", help="δ of each partner's run (charged once per run)."),
+    strategy: str = typer.Option(FED.strategy, "--strategy"),
     proximal_mu: float = typer.Option(0.0, "--proximal-mu"),
-    local_steps: int = typer.Option(20, "--local-steps"),
-    batch_size: int = typer.Option(256, "--batch-size"),
-    lr: float = typer.Option(0.05, "--lr"),
-    min_partners: int = typer.Option(2, "--min-partners"),
-    max_update_norm: float = typer.Option(50.0, "--max-update-norm"),
+    local_steps: int = typer.Option(FED.local_steps, "--local-steps"),
+    batch_size: int = typer.Option(FED.batch_size, "--batch-size"),
+    lr: float = typer.Option(FED.lr, "--lr"),
+    min_partners: int = typer.Option(FED.min_partners, "--min-partners"),
+    max_update_norm: float = typer.Option(FED.max_update_norm, "--max-update-norm"),
     client_dp_noise: float = typer.Option(0.0, "--client-dp-noise"),
     client_dp_clip: float = typer.Option(0.0, "--client-dp-clip"),
-    label: str = typer.Option("churn", "--label"),
+    label: str = typer.Option(FED.label, "--label"),
     round_timeout: float = typer.Option(300.0, "--round-timeout"),
     timeout: float = typer.Option(3600.0, "--timeout", help="Whole-run deadline (the run is stopped after it)."),
     secagg: bool = typer.Option(

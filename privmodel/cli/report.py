@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import typer
@@ -10,18 +9,6 @@ import typer
 
 def register(app: typer.Typer) -> None:
     app.command("report")(report)
-
-
-def _refuse_input_as_output(out: Path, inputs: list[Path]) -> None:
-    """The page must never replace what it reports on (a ledger, its head, an artifact, a key file)."""
-    from anonymize.errors import InputError
-
-    target = out.resolve()
-    if target.is_dir():
-        raise InputError(f"{out}: --out is a directory; give the HTML file to write")
-    for path in inputs:
-        if target == path.resolve():
-            raise InputError(f"{out}: --out is one of the report's inputs ({path}); refusing to overwrite it")
 
 
 def report(
@@ -43,21 +30,11 @@ def report(
     from rich.markup import escape
 
     from anonymize.errors import InputError
-    from privmodel.artifacts.report.evidence import collect, load_trusted_keys
-    from privmodel.artifacts.report.html import render
-    from privmodel.core.fileio import atomic_write_text
+    from privmodel.workflows.report import write_report
 
-    if trust and tofu:
-        raise InputError("give either --trust KEYS or --tofu, not both")
-    for path in trust:
-        _refuse_input_as_output(out, [path, path / "signing.pub"] if path.is_dir() else [path])
-    keys = load_trusted_keys(trust) if trust else None
     console = Console()
     with console.status("collecting evidence and drawing charts"):
-        evidence = collect(source, trusted_keys=keys, tofu=tofu)
-        _refuse_input_as_output(out, evidence.input_paths())
-        _refuse_foreign_file(out)
-        atomic_write_text(out, render(evidence))
+        evidence = write_report(source, out, list(trust), tofu)
     states = {"ok": "[green]ledgers verified against trusted keys[/green]",
               "tofu": "[yellow]ledgers intact under their own keys only (trust on first use; pass --trust)[/yellow]",
               "fail": "[red]LEDGER VERIFICATION FAILED[/red]"}
@@ -68,19 +45,3 @@ def report(
     console.print(f"wrote {escape(str(out))} ({states[evidence.status]}; {len(evidence.releases)} release(s), "
                   f"{len(evidence.models)} model(s))", soft_wrap=True)
 
-
-GENERATOR = b'<meta name="generator" content="privmodel report">'
-
-
-def _refuse_foreign_file(out: Path) -> None:
-    """`--out` may replace an earlier report, never any other file (a run never overwrites what it did not make)."""
-    from anonymize.errors import InputError
-
-    if not os.path.lexists(out):
-        return
-    if out.is_symlink() or not out.is_file():
-        raise InputError(f"{out}: exists and is not a report file; refusing to overwrite")
-    with open(out, "rb") as handle:
-        head = handle.read(2048)
-    if GENERATOR not in head:
-        raise InputError(f"{out}: exists and was not written by `privmodel report`; refusing to overwrite")

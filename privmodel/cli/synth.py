@@ -39,48 +39,16 @@ def synth(
     from rich.console import Console
     from rich.table import Table
 
-    from privmodel.cli.common import ledger_path, open_ledger, recorded_failure
-    from privmodel.core.fileio import outputs
-    from privmodel.data.synth import bayes_auc, generate_data
-    from privmodel.data.synth.core import check_params
-    from privmodel.data.synth.locales import check_locales
-    from privmodel.data.synth.output import FORMATS, planned_names, stage_outputs, stale_silos
+    from privmodel.data.synth import bayes_auc
+    from privmodel.workflows.synthesize import SynthRequest, synthesize
 
-    fmt = fmt.lower()
-    if fmt not in FORMATS:
-        raise _bad(f"--format must be one of {', '.join(FORMATS)}")
-    locales = check_locales(list(locale) if locale else ["en_US"])
-    check_params(customers, silos, heterogeneity, mess_rate)
-    if ledger is not None and not ledger.parent.is_dir():  # fail before writing anything
-        raise _bad(f"--ledger: {ledger.parent}: directory does not exist")
-    if out.exists() and not out.is_dir():
-        raise _bad(f"{out}: exists and is not a directory")
-    out_dir = out
-    book_path = ledger_path(ledger, out_dir)
-    names = planned_names(silos, fmt, one_file)
-    targets = [out_dir / n for n in names] + stale_silos(out_dir, names)
-    params = {
-        "customers": customers,
-        "silos": silos,
-        "seed": seed,
-        "format": fmt,
-        "heterogeneity": heterogeneity,
-        "locales": list(locales),
-        "one_file": one_file,
-        "mess_rate": mess_rate,
-    }
-    err = Console(stderr=True)
-    with recorded_failure("synth", ledger, out_dir, keys), \
-            outputs(targets, replace=True, ledger=book_path, action="synth") as stage:
-        book = open_ledger(book_path, out_dir, keys)
-        with err.status(f"generating {customers:,} customers over {silos} silo(s)..."):
-            data = generate_data(
-                customers, silos, seed=seed, heterogeneity=heterogeneity, locales=locales, mess_rate=mess_rate
-            )
-        with err.status("writing files..."):
-            files = stage_outputs(stage, data, out_dir, fmt, one_file)
-        book.append("synth", outputs=stage.artifacts(), params=params)
-        stage.publish()
+    req = SynthRequest(out=out, customers=customers, silos=silos, seed=seed, fmt=fmt, heterogeneity=heterogeneity,
+                       locales=list(locale) if locale else ["en_US"], one_file=one_file, mess_rate=mess_rate,
+                       ledger=ledger, keys=keys)
+    status = Console(stderr=True).status("starting")
+    with status:
+        made = synthesize(req, status.update)
+    data, files, book_path, out_dir = made.data, made.files, made.ledger, out
 
     table = Table(title=f"{data.table.num_rows:,} customers in {out_dir}")
     for column in ("silo", "rows", "churn rate", "purchase rate", "mean age", "home region"):
@@ -112,8 +80,3 @@ def synth(
         )
     console.print("files: " + ", ".join(p.name for p in files) + f"; ledger: {book_path}")
 
-
-def _bad(message: str) -> Exception:
-    from anonymize.errors import InputError
-
-    return InputError(message)

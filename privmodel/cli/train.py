@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING
 import typer
 
 from anonymize.errors import InputError
-from privmodel.cli.common import KEYS_OPTION, LEDGER_OPTION, recorded_failure
+from privmodel.cli.common import KEYS_OPTION, LEDGER_OPTION
 from privmodel.core.defaults import BATCH_RULE, DEFAULTS, LR_RULE
+from privmodel.workflows.run_ledger import recorded_failure
 
 if TYPE_CHECKING:
     from privmodel.artifacts.ledger import Ledger
@@ -78,7 +79,7 @@ def _float_list(text: str, option: str) -> list[float]:
 
 
 def _ledger(ledger: Path | None, out_dir: Path, keys: Path | None) -> Ledger:
-    from privmodel.cli.common import open_ledger
+    from privmodel.workflows.run_ledger import open_ledger
 
     return open_ledger(ledger if ledger is not None else out_dir / "ledger.jsonl", out_dir, keys)
 
@@ -162,9 +163,9 @@ def score(
 ) -> None:
     """Propensity, decile (1 = highest) and tier per consenting customer; identifiers come out keyed."""
     from privmodel.artifacts.ledger import artifact
-    from privmodel.cli.common import ledger_path
     from privmodel.core.fileio import outputs
     from privmodel.workflows import score as workflow
+    from privmodel.workflows.run_ledger import ledger_path
 
     inputs = [data, model_dir, policy_path]
     with recorded_failure("model.score", ledger, _parent(out), keys, inputs), \
@@ -203,9 +204,9 @@ def evaluate(
 
     from privmodel.artifacts import model_card as card
     from privmodel.artifacts.ledger import artifact
-    from privmodel.cli.common import ledger_path
     from privmodel.core.fileio import json_ready, outputs
     from privmodel.workflows import score as workflow
+    from privmodel.workflows.run_ledger import ledger_path
 
     book_path = ledger_path(ledger, _parent(model_dir))
     inputs = [data, model_dir, policy_path]

@@ -12,4 +12,10 @@ secret DP noise (`privmodel.dp.training.fit`), the held-out split (`prepare.spli
 | `train` | train + card + budget + ledger + publish (`TrainRequest` holds the defaults) |
 | `score` | score and evaluate a trained model (consenting customers only) |
 | `curve` | privacy-utility curve, every private point charged |
+| `release` | anonymize a table into a release (and re-identify / re-key one, with authority) |
+| `synthesize` | synthetic customers written as silo files and a starter policy |
+| `federation` | federated training of partners on Flower's simulation engine |
+| `report` | verify every ledger and write the HTML report |
+| `demo` | all of the above on synthetic partners (`privmodel demo`) |
+| `run_ledger` | the ledger a run writes, and the one way a failed run is recorded |
 """

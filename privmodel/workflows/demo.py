@@ -1,8 +1,7 @@
-"""`privmodel demo`: the whole framework on synthetic partners, through the real commands.
+"""`privmodel demo`: the whole framework on synthetic partners, through the workflows the commands call.
 
-Each step runs the same command a user would type (synth, anonymize, train, federate, report),
-in-process through the CLI's own argument parsing, so the demo exercises exactly the CLI's code
-paths, defaults, ledgers and outputs. Layout of --out:
+Each step calls the workflow behind the command a user would type (synth, anonymize, train,
+federate simulate, report), with that command's defaults, ledgers and outputs. Layout of --out:
 
     keys/<actor>/                 signing key + pseudonymization secret per organisation
     data/                         synthetic silos (one per partner) and the starter policy
@@ -72,7 +71,12 @@ def partner_names(n: int) -> list[str]:
 
 def run_demo(settings: DemoSettings, step: Callable[[str], None]) -> DemoResult:
     """Run every stage; `step(description)` is called as each stage starts (progress display)."""
+    from federated.runtime.config import FedConfig
     from privmodel.core.keys import init_keys
+    from privmodel.workflows.federation import FederationRequest, simulate
+    from privmodel.workflows.release import ReleaseRequest, release
+    from privmodel.workflows.report import write_report
+    from privmodel.workflows.synthesize import SynthRequest, synthesize
 
     started = time.perf_counter()
     out = settings.out
@@ -86,8 +90,8 @@ def run_demo(settings: DemoSettings, step: Callable[[str], None]) -> DemoResult:
     central_ledger = central / "ledger.jsonl"
 
     step(f"synthesizing {settings.customers:,} customers over {settings.partners} partner silos")
-    command("synth", "--out", out / "data", "--customers", settings.customers, "--silos", settings.partners,
-            "--seed", settings.seed, "--format", "parquet", "--ledger", central_ledger, "--keys", coordinator_keys)
+    synthesize(SynthRequest(out=out / "data", customers=settings.customers, silos=settings.partners,
+                            seed=settings.seed, ledger=central_ledger, keys=coordinator_keys))
     policy = out / "data" / "policy.yaml"
 
     releases = []
@@ -95,8 +99,8 @@ def run_demo(settings: DemoSettings, step: Callable[[str], None]) -> DemoResult:
         step(f"{partner}: validating, pseudonymizing and k-anonymizing its silo under the policy")
         partner_dir = out / "partners" / partner
         partner_dir.mkdir(parents=True)
-        command("anonymize", out / "data" / f"silo_{i}.parquet", "--policy", policy, "--keys", out / "keys" / partner,
-                "--out", partner_dir / "release", "--partner", partner, "--ledger", partner_dir / "ledger.jsonl")
+        release(ReleaseRequest(input=out / "data" / f"silo_{i}.parquet", policy=policy, keys=out / "keys" / partner,
+                               out=partner_dir / "release", partner=partner, ledger=partner_dir / "ledger.jsonl"))
         releases.append(partner_dir / "release" / "release.parquet")
 
     step("pooling the partners' releases for centralized training")
@@ -107,15 +111,15 @@ def run_demo(settings: DemoSettings, step: Callable[[str], None]) -> DemoResult:
     central_model(settings, pooled, policy, central, central_ledger, coordinator_keys)
 
     step(f"federated DP training across the {settings.partners} partners ({settings.rounds} rounds, Flower + Ray)")
-    silos = [arg for i, name in enumerate(partners)
-             for arg in ("--data", out / "data" / f"silo_{i}.parquet", "--partner", name)]
-    command("federate", "simulate", "--out", out / "federated", *silos, "--policy", policy,
-            "--rounds", settings.rounds, "--epsilon", settings.epsilon, "--model", settings.model,
-            "--seed", settings.seed)
+    config = FedConfig(rounds=settings.rounds, epsilon=settings.epsilon, model=settings.model,
+                       seed=settings.seed).validate()
+    simulate(FederationRequest(out=out / "federated", config=config, policy=policy, names=partners,
+                               data=[out / "data" / f"silo_{i}.parquet" for i in range(len(partners))]))
 
     step("verifying every ledger and writing the HTML report")
-    trust = [arg for keys_dir in demo_key_dirs(out) for arg in ("--trust", keys_dir)]
-    command("report", out, "--out", out / "report.html", *trust)
+    evidence = write_report(out, out / "report.html", demo_key_dirs(out))
+    if evidence.status == "fail":
+        raise InputError(f"{out / 'report.html'}: a ledger failed verification (see the report's banner)")
     result = DemoResult(out=out, seconds=time.perf_counter() - started)
     result.headline, result.ledgers_ok = headline(out, partners)
     return result
@@ -129,8 +133,8 @@ def central_model(settings: DemoSettings, pooled: Path, policy: Path, central: P
     opts in to the non-private baseline and MIA audit (synthetic data): the card lists them as
     released without DP. The curve's grid fits in what the budget has left after training.
     """
-    from privmodel.cli.common import open_ledger
     from privmodel.workflows import curve, train
+    from privmodel.workflows.run_ledger import open_ledger
 
     book = open_ledger(ledger_path, central, keys)
     base = train.TrainRequest(data=pooled, label="churn", policy=policy, out=central / "model",
@@ -150,22 +154,13 @@ def demo_key_dirs(out: Path) -> list[Path]:
     return sorted(p.parent for p in out.rglob(PUBLIC_KEY))
 
 
-def command(*args: object) -> None:
-    """Run one `privmodel` command in-process; its InputError propagates like any failure."""
-    import typer
-
-    from privmodel.cli import app
-
-    typer.main.get_command(app).main([str(a) for a in args], prog_name="privmodel", standalone_mode=False)
-
-
 def pool_releases(releases: list[Path], target: Path, ledger_path: Path, keys: Path) -> Path:
     """Concatenate releases (the coordinator's pooled training set) and record the step."""
     import pandas as pd
 
     from privmodel.artifacts.ledger import artifact
-    from privmodel.cli.common import open_ledger
     from privmodel.core.fileio import atomic_write_text, write_table
+    from privmodel.workflows.run_ledger import open_ledger
 
     frames = [pd.read_parquet(p).assign(partner=i) for i, p in enumerate(releases)]
     pooled = pd.concat(frames, ignore_index=True)
