@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from anonymize.json_values import json_ready
+
 REPORT_FORMAT = 1
 
 #: The model-utility check fits its two logistic regressions on at most this many released rows (a
@@ -26,31 +28,8 @@ REPORT_FORMAT = 1
 UTILITY_SAMPLE_ROWS = 50_000
 
 
-def jsonable(obj: object) -> Any:  # a JSON value of any shape
-    """Plain JSON types: numpy scalars to Python, NaN/inf to None, tuples to lists, keys to str."""
-    if isinstance(obj, Mapping):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple | set | frozenset):
-        items = sorted(obj, key=str) if isinstance(obj, set | frozenset) else obj
-        return [jsonable(v) for v in items]
-    if isinstance(obj, np.ndarray):
-        return [jsonable(v) for v in obj.tolist()]
-    if isinstance(obj, np.bool_ | bool):
-        return bool(obj)
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.floating | float):
-        value = float(obj)
-        return value if math.isfinite(value) else None
-    if obj is None or isinstance(obj, str | int):
-        return obj
-    if obj is pd.NA:
-        return None
-    return str(obj)
-
-
 def to_json(report: Mapping[str, object]) -> str:
-    return json.dumps(jsonable(report), indent=2, sort_keys=False, allow_nan=False) + "\n"
+    return json.dumps(json_ready(report), indent=2, sort_keys=False, allow_nan=False) + "\n"
 
 
 # --- model utility: does the release still predict the label? ----------------------------------
@@ -161,7 +140,7 @@ def _fmt(value: object, digits: int = 4) -> str:
 
 def render_text(report: Mapping[str, object]) -> str:
     """A readable summary of the JSON report (same figures, no values)."""
-    r = jsonable(report)
+    r = json_ready(report)
     lines = [
         f"Release report: policy {r['policy']['name']} (purpose {r['policy']['purpose']}, partner {r['partner']})",
         f"Rows: {r['rows']['input']} in, {r['rows']['released']} released",

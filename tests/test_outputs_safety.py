@@ -444,7 +444,8 @@ def test_json_ready_and_file_lock(tmp_path) -> None:
 
     import numpy as np
 
-    from privmodel.core.fileio import file_lock, json_ready
+    from anonymize.json_values import json_ready
+    from privmodel.core.fileio import file_lock
 
     value = {1: np.float32("nan"), "a": (np.int64(3), {2, 1}), "b": np.array([1.5, np.inf]), "c": np.bool_(True),
              "d": pd.NA, "e": float("-inf")}

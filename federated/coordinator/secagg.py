@@ -68,10 +68,10 @@ from federated.coordinator.server_app import (
     take_final,
     take_hellos,
 )
+from federated.partner.secagg_client import LegacyPartnerClient, PartnerFailure, error_reply, scalars
 from federated.partner.worker import _load_arrays
 from federated.runtime.config import FedConfig
 from federated.runtime.messages import arrays_hash
-from federated.runtime.secagg_deploy import LegacyPartnerClient, PartnerFailure, error_reply, scalars
 
 if TYPE_CHECKING:
     from flwr.client import Client, ClientApp

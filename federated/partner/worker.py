@@ -31,13 +31,12 @@ the ledger, because in simulation successive rounds of one partner may run in di
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import signal
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -145,18 +144,6 @@ def _release_midpoints(frame: pd.DataFrame, policy: Policy) -> pd.DataFrame:
 
         out[name] = out[name].map(mid).astype("float64")
     return out
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    lock = path.with_name(path.name + ".lock")
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
 
 
 class PartnerWorker:
@@ -345,6 +332,7 @@ class PartnerWorker:
     def train(self, arrays: dict[str, np.ndarray], config: FedConfig, run_id: str, server_round: int) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """One round of local DP-SGD from the global model (`privmodel.dp.training.fit_round`); refuses
         past the partner's ε cap, before any training row is touched."""
+        from privmodel.core.fileio import file_lock
         from privmodel.dp.training import fit_round
 
         with self._lock:
@@ -364,7 +352,7 @@ class PartnerWorker:
             on_step = None
             if config.strategy == "fedprox" and config.proximal_mu > 0:
                 on_step = _proximal_step(model, {k: v.copy() for k, v in arrays.items()}, config.proximal_mu * config.lr)
-            with _locked(self._state_path()):
+            with file_lock(self._state_path().with_name(STATE_FILE + ".lock")):
                 state = self._read_state()
                 run = state.setdefault("runs", {}).setdefault(run_id, {"steps": 0, "epsilon": 0.0, "rounds": []})
 

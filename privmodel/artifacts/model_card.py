@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from anonymize.errors import InputError
-from privmodel.core.fileio import atomic_write_text, json_ready
+from anonymize.json_values import json_ready
+from privmodel.core.fileio import atomic_write_text
 from privmodel.dp.secure_noise import INSECURE_WARNING, SECURE
 
 if TYPE_CHECKING:

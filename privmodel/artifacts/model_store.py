@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from anonymize.errors import InputError
-from privmodel.core.fileio import json_ready, sha256_file
+from anonymize.json_values import json_ready
+from privmodel.core.fileio import sha256_file
 from privmodel.data.features import EncodedData, TabularEncoder
 
 if TYPE_CHECKING:

@@ -202,9 +202,10 @@ def evaluate(
     from rich.console import Console
     from rich.table import Table
 
+    from anonymize.json_values import json_ready
     from privmodel.artifacts import model_card as card
     from privmodel.artifacts.ledger import artifact
-    from privmodel.core.fileio import json_ready, outputs
+    from privmodel.core.fileio import outputs
     from privmodel.workflows import score as workflow
     from privmodel.workflows.run_ledger import ledger_path
 

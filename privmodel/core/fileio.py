@@ -15,14 +15,13 @@ import contextlib
 import csv
 import fcntl
 import hashlib
-import math
 import os
 import secrets
 import shutil
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, overload
+from typing import TYPE_CHECKING, Literal, overload
 
 from anonymize.errors import InputError
 
@@ -558,31 +557,6 @@ def file_lock(lock_path: PathLike) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
-
-
-def json_ready(obj: object) -> Any:
-    """Plain JSON values: keys to str, tuples/sets/arrays to lists, numpy scalars to Python, NaN/inf to None.
-
-    Duck-typed (no numpy import) so any module can use it; strict `json.dumps(allow_nan=False)` then
-    never fails on a figure.
-    """
-    if isinstance(obj, Mapping):
-        return {str(k): json_ready(v) for k, v in obj.items()}
-    if isinstance(obj, set | frozenset):
-        return [json_ready(v) for v in sorted(obj, key=str)]
-    if isinstance(obj, list | tuple):
-        return [json_ready(v) for v in obj]
-    if obj is None or isinstance(obj, bool | str):
-        return obj
-    if isinstance(obj, int):
-        return int(obj)
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if hasattr(obj, "tolist") and not isinstance(obj, bytes | bytearray):  # numpy array or scalar
-        return json_ready(obj.tolist())
-    if type(obj).__name__ in ("NAType", "NaTType"):
-        return None
-    return str(obj)
 
 
 # --- reading tables ------------------------------------------------------------------------------

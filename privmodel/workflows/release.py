@@ -44,11 +44,11 @@ def _out_dir(out: Path) -> Path:
 
 def _append(action: str, ledger: Path, out_dir: Path, keys: Path | None, inputs: list[Path],
             outputs: list[dict[str, str]], params: dict[str, Any]) -> None:
-    from anonymize.report import jsonable
+    from anonymize.json_values import json_ready
     from privmodel.artifacts.ledger import artifact
 
     open_ledger(ledger, out_dir, keys).append(
-        action, inputs=[artifact(p) for p in inputs if p.is_file()], outputs=outputs, params=jsonable(params),
+        action, inputs=[artifact(p) for p in inputs if p.is_file()], outputs=outputs, params=json_ready(params),
     )
 
 

@@ -326,9 +326,10 @@ def _card(req: TrainRequest, policy: Policy, rows: ModelRows, ready: prep.Prepar
 def _publish(req: TrainRequest, book: Ledger, inputs: list[Artifact], encoder: TabularEncoder, ev: Evidence,
              the_card: dict[str, Any], policy: Policy, dataset: str, rows: ModelRows) -> None:
     """Stage the model directory, write the ledger entry, then publish it (all or nothing)."""
+    from anonymize.json_values import json_ready
     from privmodel.artifacts import model_card as card
     from privmodel.artifacts.model_store import write_model
-    from privmodel.core.fileio import json_ready, outputs, sha256_file
+    from privmodel.core.fileio import outputs, sha256_file
     from privmodel.workflows.score import POLICY_COPY
 
     meta = {"label": req.label, "identifiers": {n: {"method": c.method, "length": c.length}

@@ -11,11 +11,14 @@ so the table has n + m rows. The true probabilities are copied with the duplicat
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from privmodel.data.synth.core import SynthData
+if TYPE_CHECKING:
+    from privmodel.data.synth.core import SynthData
 
 MISSING_COLUMNS = ("email", "zip_code", "occupation", "annual_income", "monthly_balance")
 BAD_AGES = np.array([-5, -1, 0, 3, 7, 101, 120, 150, 999])
