@@ -16,14 +16,18 @@ from __future__ import annotations
 
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from anonymize.errors import InputError
 from federated.runtime.config import FedConfig
 from privmodel.core.defaults import DEFAULTS
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 # the option defaults ARE the run config's (privmodel.core.defaults): one set of defaults for every door
 FED = FedConfig()
@@ -45,7 +49,7 @@ def _config(**values: Any) -> FedConfig:
     return FedConfig(**values).validate()
 
 
-def _printer(console: Any) -> Any:
+def _printer(console: Console) -> Callable[[dict[str, Any]], None]:
     def show(event: dict[str, Any]) -> None:
         kind = event.get("event")
         if kind == "round":

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -31,6 +31,12 @@ from pydantic import BaseModel, ConfigDict
 from anonymize.errors import InputError
 from privmodel.core.defaults import DEFAULTS
 from privmodel.dp import accounting, secure_noise
+
+if TYPE_CHECKING:
+    import numpy.typing as npt
+    from torch.nn import Module
+
+    from privmodel.data.features import EncodedData
 
 DELTA_RULE = DEFAULTS.delta_rule
 # Adam step sizes per model (tail-averaged); chosen in privmodel.core.defaults
@@ -107,7 +113,7 @@ class FitResult:
     the model card prints them.
     """
 
-    model: Any  # torch.nn.Module
+    model: Module
     privacy: dict[str, Any]
     config: TrainConfig
     stats: dict[str, Any] = field(default_factory=dict)
@@ -134,14 +140,14 @@ class FitResult:
                     self._history.append({"epoch": e, "steps": s, "epsilon": eps})
         return self._history
 
-    def predict_proba(self, data: Any) -> np.ndarray:
+    def predict_proba(self, data: EncodedData) -> np.ndarray:
         """P(y = 1) for encoded data."""
         from privmodel.dp.dpsgd import predict_proba
 
         return predict_proba(self.model, data)
 
 
-def check_labels(y: Any, n: int) -> np.ndarray:
+def check_labels(y: npt.ArrayLike, n: int) -> np.ndarray:
     """0/1 float32 labels of length n with both classes; InputError naming the first bad row."""
     arr = np.asarray(y, dtype=np.float64).ravel()
     if arr.shape[0] != n:
@@ -156,7 +162,7 @@ def check_labels(y: Any, n: int) -> np.ndarray:
     return arr.astype(np.float32)
 
 
-def _check_features(data: Any) -> None:
+def _check_features(data: EncodedData) -> None:
     x = np.asarray(data.x_num)
     bad = ~np.isfinite(x)
     if bad.any():
@@ -206,7 +212,7 @@ def plan(n: int, config: TrainConfig) -> dict[str, Any]:
             "epsilon": config.epsilon}
 
 
-def fit(data: Any, y: Any, config: TrainConfig | None = None,
+def fit(data: EncodedData, y: npt.ArrayLike, config: TrainConfig | None = None,
         on_step: Callable[[int, int], None] | None = None) -> FitResult:
     """Train a propensity model on encoded data at the config's (epsilon, delta).
 
@@ -268,7 +274,7 @@ def fit(data: Any, y: Any, config: TrainConfig | None = None,
     return FitResult(model=model, privacy=privacy, config=config, stats=stats.as_dict())
 
 
-def fit_round(model: Any, data: Any, y: Any, config: TrainConfig, *, steps: int, run_steps: int, done_steps: int = 0,
+def fit_round(model: Module, data: EncodedData, y: npt.ArrayLike, config: TrainConfig, *, steps: int, run_steps: int, done_steps: int = 0,
               noise_multiplier: float | None = None, before_training: Callable[[dict[str, Any]], None] | None = None,
               on_step: Callable[[int, Any], None] | None = None) -> FitResult:
     """One round of a multi-round DP-SGD run, on `model` in place (a federated partner's local round).
