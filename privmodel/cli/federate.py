@@ -125,9 +125,8 @@ def simulate(
     source = "partner files" if data else f"{customers} synthetic customers"
     secure = ", SecAgg+" if secagg else ""
     started = time.monotonic()
-    console.print(f"{req.partners} partners ({source}), {rounds} rounds, {strategy}{secure}, ε={epsilon or 'off'}: "
-                  "starting Ray")
-    outcome = run_federation(req, on_round=_printer(console))
+    outcome = run_federation(req, on_round=_printer(console), on_start=lambda: console.print(
+        f"{req.partners} partners ({source}), {rounds} rounds, {strategy}{secure}, ε={epsilon or 'off'}: starting Ray"))
     console.print(
         f"done in {time.monotonic() - started:.1f}s; model {outcome.model_hash[:16]}; "
         f"card {out / 'coordinator' / 'federated_card.md'}"

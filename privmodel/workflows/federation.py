@@ -50,8 +50,9 @@ def _check_files(req: FederationRequest) -> None:
         raise InputError(f"--partner: {len(req.names)} names for {len(req.data)} --data files")
 
 
-def simulate(req: FederationRequest, on_round: Callable[[dict[str, Any]], None] | None = None) -> RunOutcome:
-    """Run the federation; `on_round(event)` sees each round's figures as they come."""
+def simulate(req: FederationRequest, on_round: Callable[[dict[str, Any]], None] | None = None,
+             on_start: Callable[[], None] = lambda: None) -> RunOutcome:
+    """Run the federation; `on_start()` once every option is checked, `on_round(event)` with each round's figures."""
     from federated.runtime.simulate import partner_specs, run_simulation, synth_silos
     from privmodel.core.fileio import ensure_output_dir
 
@@ -61,9 +62,11 @@ def simulate(req: FederationRequest, on_round: Callable[[dict[str, Any]], None] 
         from federated.coordinator.secagg import check_options
 
         check_options(req.config, req.partners)
-    base = ensure_output_dir(req.out)
     if req.data:
         _check_files(req)
+    on_start()
+    base = ensure_output_dir(req.out)
+    if req.data:
         paths, holdout, policy = list(req.data), req.eval_data, req.policy
     else:
         paths, holdout, policy = synth_silos(base, req.silos, req.customers, req.heterogeneity, req.config.seed,
