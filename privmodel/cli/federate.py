@@ -282,22 +282,9 @@ def run(
     secagg_threshold: int = typer.Option(2, "--secagg-threshold", help="SecAgg+ shares needed to unmask a dropout."),
 ) -> None:
     """Submit the federated training to the SuperLink, sign it for the partners, follow it round by round."""
-    import tempfile
-
     from rich.console import Console
 
-    from federated.coordinator.server_app import ServerSettings
-    from federated.runtime.deployment import (
-        AUTHORIZATION_FILE,
-        control_api_answers,
-        read_registry,
-        submit,
-        write_app,
-        write_flwr_home,
-    )
-    from federated.runtime.tls import check_ca
-    from privmodel.core.fileio import ensure_output_dir
-    from privmodel.core.keys import ensure_keys, load_signer
+    from privmodel.workflows.federation import DeploymentRequest, deploy
 
     console = Console()
     config = _config(
@@ -306,35 +293,7 @@ def run(
         client_dp_noise=client_dp_noise, client_dp_clip=client_dp_clip, label=label, round_timeout=round_timeout,
         secagg=secagg, secagg_shares=secagg_shares, secagg_threshold=secagg_threshold,
     )
-    if secagg:
-        from federated.coordinator.secagg import check_options
-
-        check_options(config, partners)
-    check_ca(ca, "coordinator")
-    if not policy.is_file():
-        raise InputError(f"{policy}: no such policy file")
-    if eval_data is not None and not eval_data.is_file():
-        raise InputError(f"{eval_data}: no such file")
-    if not registry.is_file():
-        raise InputError(f"--registry {registry}: no such file (the SuperLink's workdir holds registry.json)")
-    names = read_registry(registry)
-    if not names:
-        raise InputError(f"--registry {registry}: no partner is registered")
-    key_dir = ensure_keys(keys, actor="coordinator").resolve()
-    signer = load_signer(key_dir)
-    base = ensure_output_dir(out).resolve()
-    settings = ServerSettings(
-        config=config, policy=str(policy.resolve()), out_dir=str(base), keys=str(key_dir),
-        eval_data=str(eval_data.resolve()) if eval_data else None, expected_partners=partners, wait_timeout=120.0,
-        authorization=str(base / AUTHORIZATION_FILE),
-    )
-    with tempfile.TemporaryDirectory(prefix="privmodel-run-") as tmp:
-        home = write_flwr_home(Path(tmp) / "flwr", superlink_address, ca)
-        ok, why = control_api_answers(home)
-        if not ok:
-            raise InputError(f"--superlink {superlink_address}: no Control API there ({why}); runs are submitted on the "
-                             "SuperLink's Control API address (127.0.0.1:9093 by default), not the partners' Fleet port")
-        app_dir = write_app(Path(tmp) / "app", settings.to_record())
-        result = submit(home, app_dir, base, timeout, on_event=_printer(console), signer=signer,
-                        record=settings.to_record(), registry=names)
-    console.print(f"run {result['run_id']} {result['status']}; model and card in {base}")
+    req = DeploymentRequest(superlink=superlink_address, ca=ca, registry=registry, policy=policy, out=out,
+                            partners=partners, config=config, eval_data=eval_data, keys=keys, timeout=timeout)
+    result = deploy(req, on_event=_printer(console))
+    console.print(f"run {result['run_id']} {result['status']}; model and card in {result['out']}")

@@ -162,22 +162,9 @@ def score(
     keys: Path | None = KEYS_OPTION,
 ) -> None:
     """Propensity, decile (1 = highest) and tier per consenting customer; identifiers come out keyed."""
-    from privmodel.artifacts.ledger import artifact
-    from privmodel.core.fileio import outputs
     from privmodel.workflows import score as workflow
-    from privmodel.workflows.run_ledger import ledger_path
 
-    inputs = [data, model_dir, policy_path]
-    with recorded_failure("model.score", ledger, _parent(out), keys, inputs), \
-            outputs([out], inputs=inputs, ledger=ledger_path(ledger, _parent(out)), action="model.score") as stage:
-        result = workflow.score(model_dir, data, keys, policy_path)
-        stage.write_table(out, result.table)
-        _ledger(ledger, _parent(out), keys).append(
-            "model.score", inputs=[artifact(data), artifact(model_dir / "model_card.json",
-                                                             f"{model_dir.name}/model_card.json")],
-            outputs=stage.artifacts(), params={"rows": int(len(result.table)), "tier_rule": workflow.TIER_RULE,
-                                               "id_column": result.id_column, "rows_removed": result.rows.removed})
-        stage.publish()
+    result = workflow.score_to_file(model_dir, data, out, keys, policy_path, ledger)
     counts = result.table["tier"].value_counts()
     removed = sum(result.rows.removed.values())
     typer.echo(f"scored {len(result.table)} rows -> {out} ({workflow.TIER_RULE}; "
@@ -197,31 +184,12 @@ def evaluate(
     keys: Path | None = KEYS_OPTION,
 ) -> None:
     """Metrics of a trained model on labelled data: AUCs, Brier, ECE, lift, fairness gaps."""
-    import json
-
     from rich.console import Console
     from rich.table import Table
 
-    from anonymize.json_values import json_ready
-    from privmodel.artifacts import model_card as card
-    from privmodel.artifacts.ledger import artifact
-    from privmodel.core.fileio import outputs
     from privmodel.workflows import score as workflow
-    from privmodel.workflows.run_ledger import ledger_path
 
-    book_path = ledger_path(ledger, _parent(model_dir))
-    inputs = [data, model_dir, policy_path]
-    with recorded_failure("model.evaluate", ledger, _parent(model_dir), keys, inputs), \
-            outputs([out] if out is not None else [], inputs=inputs, ledger=book_path, action="model.evaluate") as stage:
-        result = workflow.evaluate(model_dir, data, keys, policy_path)
-        if out is not None:
-            stage.write_text(out, json.dumps(json_ready(result), indent=2, allow_nan=False) + "\n")
-        _ledger(ledger, _parent(model_dir), keys).append(
-            "model.evaluate", inputs=[artifact(data), artifact(model_dir / card.CARD_JSON,
-                                                                f"{model_dir.name}/{card.CARD_JSON}")],
-            outputs=stage.artifacts(), params={"rows": result["n"], "roc_auc": result["roc_auc"],
-                                               "brier": result["brier"], "rows_removed": result["rows"]["removed"]})
-        stage.publish()
+    result = workflow.evaluate_to_file(model_dir, data, out, keys, policy_path, ledger)
     table = Table(title=f"{model_dir.name} on {data.name} ({result['n']} rows, base rate {result['base_rate']:.3f})")
     table.add_column("metric")
     table.add_column("value", justify="right")

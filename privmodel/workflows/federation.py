@@ -1,7 +1,8 @@
-"""The federated simulation workflow: partners (synthetic non-IID silos or their own files) on Flower's Ray engine.
+"""Federated training workflows: a simulation on Flower's Ray engine, or a run on a deployed SuperLink.
 
-`privmodel federate simulate` and the demo call `simulate`; each partner trains through the same
-partner worker as in a deployment (consent by `anonymize.pipeline.minimise`, its own budget charged
+`privmodel federate simulate` and the demo call `simulate` (synthetic non-IID silos or the partners'
+own files); `privmodel federate run` calls `deploy`. Each partner trains through the same partner
+worker in both (consent by `anonymize.pipeline.minimise`, its own budget charged
 by `privmodel.dp.budget.charge`, secret noise), and the coordinator writes the run card and ledger.
 """
 
@@ -80,3 +81,74 @@ def simulate(req: FederationRequest, on_round: Callable[[dict[str, Any]], None] 
 
         return run_secagg_simulation(base, specs, req.config, policy, eval_data=holdout, on_round=on_round)
     return run_simulation(base, specs, req.config, policy, eval_data=holdout, on_round=on_round)
+
+
+@dataclass(frozen=True)
+class DeploymentRequest:
+    """A coordinator's run on a running SuperLink (`privmodel federate run`): partners joined with their own keys."""
+
+    superlink: str  # HOST:PORT of the SuperLink's Control API
+    ca: Path
+    registry: Path  # the SuperLink's registry.json: partner name -> node id -> key, signed into the run
+    policy: Path
+    out: Path
+    partners: int
+    config: FedConfig
+    eval_data: Path | None = None
+    keys: Path | None = None
+    timeout: float = 3600.0
+
+
+def _check_deployment(req: DeploymentRequest) -> dict[str, dict[str, Any]]:
+    """Every file and option checked before anything is submitted; the registry (name -> node id, key)."""
+    from federated.runtime.deployment import read_registry
+    from federated.runtime.tls import check_ca
+
+    if req.config.secagg:
+        from federated.coordinator.secagg import check_options
+
+        check_options(req.config, req.partners)
+    check_ca(req.ca, "coordinator")
+    if not req.policy.is_file():
+        raise InputError(f"{req.policy}: no such policy file")
+    if req.eval_data is not None and not req.eval_data.is_file():
+        raise InputError(f"{req.eval_data}: no such file")
+    if not req.registry.is_file():
+        raise InputError(f"--registry {req.registry}: no such file (the SuperLink's workdir holds registry.json)")
+    names = read_registry(req.registry)
+    if not names:
+        raise InputError(f"--registry {req.registry}: no partner is registered")
+    return names
+
+
+def deploy(req: DeploymentRequest, on_event: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Submit the training to the SuperLink, signed for the partners, and follow it to the end.
+
+    Returns the run's id, status and output directory; a failed run raises (one line).
+    """
+    import tempfile
+
+    from federated.coordinator.server_app import ServerSettings
+    from federated.runtime.deployment import AUTHORIZATION_FILE, control_api_answers, submit, write_app, write_flwr_home
+    from privmodel.core.fileio import ensure_output_dir
+    from privmodel.core.keys import ensure_keys, load_signer
+
+    names = _check_deployment(req)
+    key_dir = ensure_keys(req.keys, actor="coordinator").resolve()
+    signer = load_signer(key_dir)
+    base = ensure_output_dir(req.out).resolve()
+    settings = ServerSettings(
+        config=req.config, policy=str(req.policy.resolve()), out_dir=str(base), keys=str(key_dir),
+        eval_data=str(req.eval_data.resolve()) if req.eval_data else None, expected_partners=req.partners,
+        wait_timeout=120.0, authorization=str(base / AUTHORIZATION_FILE),
+    )
+    with tempfile.TemporaryDirectory(prefix="privmodel-run-") as tmp:
+        home = write_flwr_home(Path(tmp) / "flwr", req.superlink, req.ca)
+        ok, why = control_api_answers(home)
+        if not ok:
+            raise InputError(f"--superlink {req.superlink}: no Control API there ({why}); runs are submitted on the "
+                             "SuperLink's Control API address (127.0.0.1:9093 by default), not the partners' Fleet port")
+        app_dir = write_app(Path(tmp) / "app", settings.to_record())
+        result: dict[str, Any] = submit(home, app_dir, base, req.timeout, on_event=on_event, signer=signer,
+                                        record=settings.to_record(), registry=names)
+    return {**result, "out": base}

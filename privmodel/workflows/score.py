@@ -130,3 +130,56 @@ def evaluate(model_dir: Path, data: Path, keys: Path | None, policy_path: Path |
     result["fairness"] = card.public_fairness(result["fairness"], meta.get("public_categories", {}))
     return {**result, "rows": rows.as_record()}
 
+
+
+def _parent(path: Path) -> Path:
+    return path.parent if str(path.parent) else Path(".")
+
+
+def score_to_file(model_dir: Path, data: Path, out: Path, keys: Path | None, policy_path: Path | None = None,
+                  ledger: Path | None = None) -> Scores:
+    """`privmodel score`: the scores table written atomically to `out`, one signed `model.score` entry."""
+    from privmodel.artifacts.ledger import artifact
+    from privmodel.core.fileio import outputs
+    from privmodel.workflows.run_ledger import ledger_path, open_ledger, recorded_failure
+
+    inputs = [data, model_dir, policy_path]
+    book = ledger_path(ledger, _parent(out))
+    with recorded_failure("model.score", ledger, _parent(out), keys, inputs), \
+            outputs([out], inputs=inputs, ledger=book, action="model.score") as stage:
+        result = score(model_dir, data, keys, policy_path)
+        stage.write_table(out, result.table)
+        open_ledger(book, _parent(out), keys).append(
+            "model.score", inputs=[artifact(data), artifact(model_dir / "model_card.json",
+                                                             f"{model_dir.name}/model_card.json")],
+            outputs=stage.artifacts(), params={"rows": int(len(result.table)), "tier_rule": TIER_RULE,
+                                               "id_column": result.id_column, "rows_removed": result.rows.removed})
+        stage.publish()
+    return result
+
+
+def evaluate_to_file(model_dir: Path, data: Path, out: Path | None, keys: Path | None,
+                     policy_path: Path | None = None, ledger: Path | None = None) -> EvaluationOnRows:
+    """`privmodel evaluate`: the metrics (also as JSON in `out` when given), one signed `model.evaluate` entry."""
+    import json
+
+    from anonymize.json_values import json_ready
+    from privmodel.artifacts import model_card as card
+    from privmodel.artifacts.ledger import artifact
+    from privmodel.core.fileio import outputs
+    from privmodel.workflows.run_ledger import ledger_path, open_ledger, recorded_failure
+
+    book = ledger_path(ledger, _parent(model_dir))
+    inputs = [data, model_dir, policy_path]
+    with recorded_failure("model.evaluate", ledger, _parent(model_dir), keys, inputs), \
+            outputs([out] if out is not None else [], inputs=inputs, ledger=book, action="model.evaluate") as stage:
+        result = evaluate(model_dir, data, keys, policy_path)
+        if out is not None:
+            stage.write_text(out, json.dumps(json_ready(result), indent=2, allow_nan=False) + "\n")
+        open_ledger(book, _parent(model_dir), keys).append(
+            "model.evaluate", inputs=[artifact(data), artifact(model_dir / card.CARD_JSON,
+                                                                f"{model_dir.name}/{card.CARD_JSON}")],
+            outputs=stage.artifacts(), params={"rows": result["n"], "roc_auc": result["roc_auc"],
+                                               "brier": result["brier"], "rows_removed": result["rows"]["removed"]})
+        stage.publish()
+    return result
