@@ -32,10 +32,18 @@ def synth(
     mess_rate: float = typer.Option(
         0.0, "--mess-rate", help="Share of rows (each) with missing values, bad phones/dates, bad ages, duplicates."
     ),
+    vertical: bool = typer.Option(
+        False, "--vertical", help="Write a label party (bank) and a feature party (retailer) over one population."
+    ),
+    overlap: float = typer.Option(0.7, "--overlap", help="With --vertical: share of the bank's customers the retailer holds."),
     ledger: Path = LEDGER_OPTION,
     keys: Path = KEYS_OPTION,
 ) -> None:
     """Generate N synthetic customers over S silos (labels from a known ground truth)."""
+    if vertical:
+        from privmodel.commands.synth_vertical import write_vertical
+
+        return write_vertical(out, customers, overlap, seed, fmt.lower(), ledger, keys)
     from rich.console import Console
     from rich.table import Table
 
