@@ -34,6 +34,9 @@ def register(app: typer.Typer) -> None:
     fed.command("superlink")(superlink)
     fed.command("join")(join)
     fed.command("run")(run)
+    from privmodel.commands.federate_vertical import register as register_vertical
+
+    register_vertical(fed)
     app.add_typer(fed, name="federate")
 
 
