@@ -11,7 +11,7 @@ DP that fits the threat (each party protects its customers' data from the other;
 * feature party: each embedding is clipped to L2 norm `clip` and gets Gaussian noise sigma_e * clip
   before it leaves; its bottom-model update is DP-SGD (per-customer gradient clipped to `clip`, noise
   sigma_b * clip), because the bottom model shapes every later embedding;
-* label party: each returned gradient is clipped to `clip` and gets noise sigma_g * clip (label DP:
+* label party: each returned gradient is clipped to `clip_gradient` and gets noise sigma_g times that (label DP:
   the gradient is a function of the label); its top-model update is DP-SGD too (sigma_t), because
   the top model shapes every later gradient.
 
@@ -56,13 +56,14 @@ class SplitConfig:
     """Hyper-parameters and the per-party privacy target of one vertical run."""
 
     epsilon: float | None = 1.0  # per party; None = non-private (no clipping, no noise)
-    delta: float = 1e-5
-    epochs: int = 8
-    batch_size: int = 1024
-    lr: float = 0.005
+    delta: float = 1e-6
+    epochs: int = 4
+    batch_size: int = 512
+    lr: float = 0.01
     embed_dim: int = 4
     hidden: int = 32
-    clip: float = 1.0
+    clip: float = 1.0  # embeddings (norm bound of what the feature party sends) and both model updates
+    clip_gradient: float = 0.1  # returned gradients: sized to their typical norm, so the noise is too
     embedding_share: float = 0.8  # feature party: share of its privacy on embeddings (rest: bottom updates)
     gradient_share: float = 0.8  # label party: share of its privacy on returned gradients (rest: top updates)
     accountant: str = "prv"
@@ -79,8 +80,8 @@ class SplitConfig:
             raise InputError("--epochs, --batch-size, embed_dim and hidden must be positive")
         if not (0.0 < self.embedding_share < 1.0 and 0.0 < self.gradient_share < 1.0):
             raise InputError("embedding_share and gradient_share must be in (0, 1)")
-        if not (self.clip > 0 and self.lr > 0):
-            raise InputError("clip and lr must be positive")
+        if not (self.clip > 0 and self.clip_gradient > 0 and self.lr > 0):
+            raise InputError("clip, clip_gradient and lr must be positive")
 
 
 @dataclass(frozen=True)
@@ -213,6 +214,16 @@ def _per_sample_step(model: nn.Module, loss_of: Callable[..., torch.Tensor], inp
     optimizer.step()
 
 
+def bounded(z: torch.Tensor, clip: float) -> torch.Tensor:
+    """The bottom model's output layer: clip * tanh(z) / sqrt(k) has L2 norm below `clip` by construction.
+
+    Why not only rescale rows to the bound: rescaling keeps a row's direction and throws its length
+    away, which cost 0.06 AUC with no noise at all (60k people); tanh keeps both inside the bound.
+    The per-row clip that follows is then a no-op kept as the guard the accounting relies on.
+    """
+    return clip * torch.tanh(z) / math.sqrt(z.shape[-1])
+
+
 def clip_rows(v: torch.Tensor, clip: float) -> torch.Tensor:
     """Scale each row to L2 norm at most `clip`."""
     norms = torch.linalg.vector_norm(v, dim=1, keepdim=True)
@@ -244,7 +255,7 @@ class FeatureSide:
         """The embeddings of `rows` as they leave this party: clipped and noised when private."""
         x = torch.from_numpy(self.x[rows])
         with torch.no_grad():
-            h = self.model(x)
+            h = bounded(self.model(x), self.config.clip)
             if self.noise.private:
                 assert self.source is not None
                 h = clip_rows(h, self.config.clip) + self.source.gaussian(tuple(h.shape),
@@ -258,7 +269,7 @@ class FeatureSide:
         clip = self.config.clip
 
         def loss_of(f: Callable[..., torch.Tensor], x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-            h = f(x)
+            h = bounded(f(x), clip)
             return ((clip_rows(h, clip) if private else h) * g).sum()
 
         _per_sample_step(self.model, loss_of, (torch.from_numpy(self.x[rows]), torch.from_numpy(grads)),
@@ -296,8 +307,8 @@ class LabelSide:
         (g,) = torch.autograd.grad(loss, e)
         if self.noise.private:
             assert self.source is not None
-            g = clip_rows(g, self.config.clip) + self.source.gaussian(tuple(g.shape),
-                                                                      self.noise.gradient * self.config.clip)
+            bound = self.config.clip_gradient
+            g = clip_rows(g, bound) + self.source.gaussian(tuple(g.shape), self.noise.gradient * bound)
 
         def loss_of(f: Callable[..., torch.Tensor], xb: torch.Tensor, eb: torch.Tensor,
                     yb: torch.Tensor) -> torch.Tensor:
