@@ -88,6 +88,15 @@ def test_overlap_below_a_partys_minimum_is_refused(parties: Path, tmp_path: Path
     assert budget.spent("retailer-customers", shop.keys).charges == 0
 
 
+def test_a_run_not_signed_by_the_pinned_label_key_is_refused(parties: Path, tmp_path: Path) -> None:
+    bank, shop = _inputs(parties, tmp_path)
+    impostor = tmp_path / "keys-impostor"
+    init_keys(impostor, actor="impostor")
+    with pytest.raises(InputError, match="retailer refused the run: not signed by bank's pinned key"):
+        simulate(bank, shop, FAST, tmp_path / "out", pinned_label_key=impostor)
+    assert budget.spent("retailer-customers", shop.keys).charges == 0
+
+
 def test_two_label_parties_are_refused(parties: Path, tmp_path: Path) -> None:
     bank, _shop = _inputs(parties, tmp_path)
     with pytest.raises(InputError, match="one label party"):

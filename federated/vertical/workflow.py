@@ -127,8 +127,11 @@ def _run_spec(label: _Side, feature: _Side, config: SplitConfig) -> dict[str, An
             "config": cfg, "label_key_id": label.signer.key_id}
 
 
-def _signed_run(label: _Side, feature: _Side, config: SplitConfig, channel: Channel) -> dict[str, Any]:
-    """The label party signs the run; the feature party checks it against the label party's pinned key."""
+def _signed_run(label: _Side, feature: _Side, config: SplitConfig, channel: Channel,
+                pinned_key: Path | None) -> dict[str, Any]:
+    """The label party signs the run; the feature party checks it against the label party's key it
+    pinned (`pinned_key`: a key directory or public key file it got out of band; in a simulation, by
+    default, the label party's own keys directory)."""
     import base64
 
     from cryptography.exceptions import InvalidSignature
@@ -142,7 +145,7 @@ def _signed_run(label: _Side, feature: _Side, config: SplitConfig, channel: Chan
     sig = base64.b64encode(label.signer.sign(body)).decode()
     got = channel.send(label.name, feature.name, "vertical.run",
                        RecordDict({"run": ConfigRecord({"spec": body, "signature": sig})}))
-    pinned = load_public_key(_keys_dir(label.inp.keys))
+    pinned = load_public_key(pinned_key if pinned_key is not None else _keys_dir(label.inp.keys))
     try:
         pinned.verify(base64.b64decode(str(got["run"]["signature"])), bytes(got["run"]["spec"]))  # type: ignore[arg-type]
     except (InvalidSignature, ValueError):
@@ -235,7 +238,7 @@ def _epsilons(config: SplitConfig) -> tuple[Any, dict[str, float]]:
 
 def simulate(label_in: PartyInput, feature_in: PartyInput, config: SplitConfig, out: Path, *,
              test_size: float = 0.2, workers: int = 1, offline: set[str] | None = None,
-             progress: Callable[[str], None] | None = None) -> VerticalResult:
+             progress: Callable[[str], None] | None = None, pinned_label_key: Path | None = None) -> VerticalResult:
     """Both parties in one process over a recording channel (Flower RecordDicts); see the module doc."""
     say = progress or (lambda _m: None)
     config.check()
@@ -244,7 +247,7 @@ def simulate(label_in: PartyInput, feature_in: PartyInput, config: SplitConfig, 
     channel = Channel(keep=False, offline=set(offline or ()))
     with _failures(label, feature):
         _check_pair(label, feature)
-        signed = _signed_run(label, feature, config, channel)
+        signed = _signed_run(label, feature, config, channel, pinned_label_key)
         say("private set intersection")
         rows_l, rows_f, overlap = _psi(label, feature, channel, workers)
         t_psi = time.perf_counter()

@@ -34,6 +34,9 @@ def simulate(
     test_size: float = typer.Option(0.2, "--test-size", help="Share of the shared customers held out for the AUC."),
     workers: int = typer.Option(0, "--psi-workers", help="Processes for PSI (0 = all cores)."),
     seed: int = typer.Option(0, "--seed", help="Weights and batch schedule only (public); never the noise."),
+    pin_label_key: Path = typer.Option(
+        None, "--pin-label-key", help="The label party's public key the feature party trusts (default: --label-keys)."
+    ),
 ) -> None:
     """Private set intersection, then split learning with per-party DP; a card names each party's ε."""
     from rich.console import Console
@@ -51,7 +54,8 @@ def simulate(
     err = Console(stderr=True)
     config = SplitConfig(epsilon=epsilon or None, delta=delta, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
     result = run(PartyInput(label, label_data, label_keys), PartyInput(feature, feature_data, feature_keys), config,
-                 out, test_size=test_size, workers=workers or default_workers(), progress=lambda m: err.print(m))
+                 out, test_size=test_size, workers=workers or default_workers(), progress=lambda m: err.print(m),
+                 pinned_label_key=pin_label_key)
     console = Console()
     for name, p in result.parties.items():
         eps = "non-private" if p["epsilon"] is None else f"ε {p['epsilon']:.3f}, δ {p['delta']:.1e}"
