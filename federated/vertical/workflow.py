@@ -178,7 +178,7 @@ def _charge(side: _Side, epsilon: float, delta: float, params: dict[str, Any]) -
     from privmodel import budget
 
     policy = side.party.policy
-    assert policy.budget is not None and policy.dataset is not None or policy.budget is not None
+    assert policy.budget is not None  # load_party refuses a policy without one
     dataset = budget.dataset_of_frame(policy, side.rows, side.inp.keys)
     record = budget.charge(dataset, epsilon, delta, budget.Cap.of(policy.budget), keys=side.inp.keys,
                            ledger=side.book, params=params)
