@@ -89,3 +89,25 @@ def test_non_private_training_learns_and_messages_hold_only_arrays() -> None:
     kinds = {m.kind for m in channel.log}
     assert kinds == {"split.embedding", "split.gradient"}
     assert len(channel.log) == 2 * 2 * 5  # two epochs of five batches, one round trip each
+
+
+def test_randomized_response_flips_labels_at_the_target_rate() -> None:
+    cfg = split.SplitConfig(epsilon=1.0, label_dp="labels", epochs=2, insecure_seed=11)
+    noise = split.calibrate(cfg)
+    assert noise.gradient == 0.0 and noise.top == 0.0
+    eps = split.party_epsilon(noise, 2, "label", 1e-6)
+    assert 1.0 - 1e-6 < eps <= 1.0 and split.party_delta(noise, "label", 1e-6) == 0.0
+    y = np.tile(np.array([0, 1], dtype=np.int64), 20_000)
+    rng = np.random.default_rng(1)
+    side = split.LabelSide("bank", rng.random((len(y), 2)).astype(np.float32), y, cfg, noise)
+    flipped = float(np.mean(side.y_train != y))
+    assert flipped == pytest.approx(1 / (1 + np.e), abs=0.01)
+    assert np.array_equal(side.y, y)  # the true labels stay for the label party's own evaluation
+
+
+def test_label_epsilon_may_differ_from_the_feature_partys() -> None:
+    noise = split.calibrate(split.SplitConfig(epsilon=1.0, label_epsilon=4.0, epochs=3))
+    assert split.party_epsilon(noise, 3, "feature", 1e-6) == pytest.approx(1.0, rel=0.03)
+    assert split.party_epsilon(noise, 3, "label", 1e-6) == pytest.approx(4.0, rel=0.03)
+    with pytest.raises(InputError, match="--label-epsilon needs --epsilon"):
+        split.calibrate(split.SplitConfig(epsilon=None, label_epsilon=2.0))

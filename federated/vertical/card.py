@@ -22,12 +22,12 @@ def card_markdown(card: dict[str, Any]) -> str:
     if card["noise"] != "secure":
         lines += [f"**{card['noise']}**", ""]
     lines += [f"Model hash (both parties' ledgers): `{card['model_hash']}`", "",
-              "| party | role | epsilon | delta | budget spent after |", "|---|---|---|---|---|"]
+              "| party | role | epsilon | delta | covers | budget spent after |", "|---|---|---|---|---|---|"]
     for name, p in card["parties"].items():
         spent = (p.get("budget") or {}).get("spent_after", {})
         after = f"{spent['epsilon']:.3f} of {p['budget']['cap']['epsilon']:.3f}" if spent else "-"
         delta = "-" if p["delta"] is None else f"{p['delta']:.1e}"
-        lines.append(f"| {name} | {p['role']} | {_eps(p['epsilon'])} | {delta} | {after} |")
+        lines.append(f"| {name} | {p['role']} | {_eps(p['epsilon'])} | {delta} | {p['covers']} | {after} |")
     ov = card["overlap"]
     auc = card["metrics"].get("roc_auc")
     lines += ["", f"Overlap: {ov['size']:,} shared customers ({ov['share_of_label_party']:.1%} of the label party's "

@@ -37,7 +37,7 @@ import math
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -56,6 +56,7 @@ class SplitConfig:
     """Hyper-parameters and the per-party privacy target of one vertical run."""
 
     epsilon: float | None = 1.0  # per party; None = non-private (no clipping, no noise)
+    label_epsilon: float | None = None  # the label party's own target when it differs (None = `epsilon`)
     delta: float = 1e-6
     epochs: int = 4
     batch_size: int = 512
@@ -67,13 +68,19 @@ class SplitConfig:
     embedding_share: float = 0.8  # feature party: share of its privacy on embeddings (rest: bottom updates)
     gradient_share: float = 0.8  # label party: share of its privacy on returned gradients (rest: top updates)
     accountant: str = "prv"
+    # "gradient": the label party's columns and labels are protected (noised gradients, DP-SGD top);
+    # "labels": randomized response on the labels once, the rest is post-processing (labels only)
+    label_dp: Literal["gradient", "labels"] = "gradient"
     seed: int = 0  # weight initialisation and batch schedule only (public); never the noise
     insecure_seed: int | None = None  # TEST ONLY: reproducible noise, NOT differentially private
 
     def check(self) -> None:
         """One clear line for a setting that cannot run."""
-        if self.epsilon is not None and not (self.epsilon > 0 and math.isfinite(self.epsilon)):
-            raise InputError("--epsilon must be a positive finite number")
+        for name, eps in (("--epsilon", self.epsilon), ("--label-epsilon", self.label_epsilon)):
+            if eps is not None and not (eps > 0 and math.isfinite(eps)):
+                raise InputError(f"{name} must be a positive finite number")
+        if self.epsilon is None and self.label_epsilon is not None:
+            raise InputError("--label-epsilon needs --epsilon: a run is private for both parties or for neither")
         if not 0.0 < self.delta < 1.0:
             raise InputError("--delta must be in (0, 1)")
         if self.epochs < 1 or self.batch_size < 1 or self.embed_dim < 1 or self.hidden < 1:
@@ -92,6 +99,7 @@ class Noise:
     bottom: float
     gradient: float
     top: float
+    label_flip: float = 0.0  # randomized response: probability each training label is flipped (label_dp "labels")
 
     @property
     def private(self) -> bool:
@@ -99,7 +107,7 @@ class Noise:
 
     def as_dict(self) -> dict[str, float]:
         return {"embedding": self.embedding, "bottom_update": self.bottom, "returned_gradient": self.gradient,
-                "top_update": self.top}
+                "top_update": self.top, "label_flip": self.label_flip}
 
 
 def effective_sigma(sigmas: list[float]) -> float:
@@ -112,15 +120,24 @@ def calibrate(config: SplitConfig) -> Noise:
     config.check()
     if config.epsilon is None:
         return Noise(0.0, 0.0, 0.0, 0.0)
-    with _quiet():
-        sigma = accounting.noise_for(config.epsilon, config.delta, 1.0, 1, config.accountant)
-    mu2 = 1.0 / sigma**2  # GDP mu^2 of the whole party budget
 
-    def split(share: float) -> tuple[float, float]:
+    def split(epsilon: float, share: float) -> tuple[float, float]:
+        try:
+            with _quiet():
+                sigma = accounting.noise_for(epsilon, config.delta, 1.0, 1, config.accountant)
+        except RuntimeError:  # Opacus' PRV cannot discretize a near-noiseless mechanism
+            raise InputError(f"epsilon {epsilon:g} is beyond what the accountant can calibrate; use a smaller "
+                             "epsilon (or 0 for a non-private run)") from None
+        mu2 = 1.0 / sigma**2  # GDP mu^2 of the whole party budget
         return (1.0 / math.sqrt(share * mu2 / config.epochs), 1.0 / math.sqrt((1.0 - share) * mu2 / config.epochs))
 
-    emb, bottom = split(config.embedding_share)
-    grad, top = split(config.gradient_share)
+    emb, bottom = split(config.epsilon, config.embedding_share)
+    label_eps = config.label_epsilon if config.label_epsilon is not None else config.epsilon
+    if config.label_dp == "labels":
+        # the mask flips with probability in [q - 2^-32, q]: aim q 2^-32 above the target's, so epsilon <= target
+        return Noise(emb, bottom, 0.0, 0.0, 1.0 / (1.0 + math.exp(label_eps)) + 2.0**-32)
+    grad, top = (emb, bottom) if label_eps == config.epsilon and config.gradient_share == config.embedding_share \
+        else split(label_eps, config.gradient_share)
     return Noise(emb, bottom, grad, top)
 
 
@@ -130,10 +147,24 @@ def party_sigmas(noise: Noise, epochs: int, role: str) -> list[float]:
     return pair * epochs
 
 
+def rr_epsilon(flip: float) -> float:
+    """Epsilon of randomized response that flips with probability `flip`. The secret mask flips with
+    probability at most `flip` and at least flip - 2^-32 (`bernoulli_mask`), so this uses the lower end."""
+    low = flip - 2.0**-32
+    return math.log((1.0 - low) / low)
+
+
+def party_delta(noise: Noise, role: str, delta: float) -> float:
+    """Delta of a party's run: 0 for randomized response (pure DP), else the run's delta."""
+    return 0.0 if role == "label" and noise.label_flip > 0 else delta
+
+
 def party_epsilon(noise: Noise, epochs: int, role: str, delta: float, accountant: str = "prv") -> float:
     """Epsilon a training customer's data at `role` ("feature" / "label") spends in one run."""
     if not noise.private:
         return math.inf
+    if role == "label" and noise.label_flip > 0:
+        return rr_epsilon(noise.label_flip)
     with _quiet():
         return accounting.epsilon_for(effective_sigma(party_sigmas(noise, epochs, role)), 1.0, 1, delta, accountant)
 
@@ -288,24 +319,30 @@ class LabelSide:
     source: secure_noise.NoiseSource | None = None
     model: Any = None
     optimizer: Any = None
+    y_train: Any = field(default=None, repr=False)  # the labels training sees: randomized when label_dp "labels"
 
     def __post_init__(self) -> None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.config.seed * 2)
             self.model = TopModel(self.x.shape[1], self.config.embed_dim, self.config.hidden)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.config.lr)
+        self.y_train = self.y
         if self.noise.private:
             self.source = secure_noise.source(None if self.config.insecure_seed is None else self.config.insecure_seed + 1)
+        if self.noise.label_flip > 0:
+            assert self.source is not None
+            flip = self.source.bernoulli_mask(len(self.y), self.noise.label_flip).numpy()
+            self.y_train = np.where(flip, 1 - self.y, self.y)  # the only use of the true labels in training
 
     def step(self, rows: np.ndarray, emb: np.ndarray) -> np.ndarray:
         """Gradients of each customer's loss with respect to its embedding (clipped and noised when
         private), then this party's own DP-SGD step on the top model."""
         x = torch.from_numpy(self.x[rows])
-        y = torch.from_numpy(self.y[rows].astype(np.float32))
+        y = torch.from_numpy(self.y_train[rows].astype(np.float32))
         e = torch.from_numpy(emb).requires_grad_(True)
         loss = F.binary_cross_entropy_with_logits(self.model(x, e.clone()), y, reduction="sum")
         (g,) = torch.autograd.grad(loss, e)
-        if self.noise.private:
+        if self.noise.gradient > 0:
             assert self.source is not None
             bound = self.config.clip_gradient
             g = clip_rows(g, bound) + self.source.gaussian(tuple(g.shape), self.noise.gradient * bound)

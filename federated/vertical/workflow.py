@@ -266,12 +266,10 @@ def _train_and_publish(label: _Side, feature: _Side, rows_l: np.ndarray, rows_f:
     y = _encode(label, feature, rows_l, rows_f)
     train_rows, test_rows = _split(len(y), test_size, config.seed)
     private = config.epsilon is not None
+    deltas = {role: split.party_delta(noise, role, config.delta) for role in ("feature", "label")}
     for side, role in ((feature, "feature"), (label, "label")):
         if private:
-            _charge(side, eps[role], config.delta, {"mechanism": f"vertical split learning ({role} party)",
-                                                    "accountant": config.accountant, "steps": config.epochs,
-                                                    "noise_multiplier": split.effective_sigma(
-                                                        split.party_sigmas(noise, config.epochs, role))})
+            _charge(side, eps[role], deltas[role], _cost(noise, config, role))
     assert label.x is not None and feature.x is not None
     f_side = split.FeatureSide(feature.name, feature.x, config, noise)
     l_side = split.LabelSide(label.name, label.x, y, config, noise)
@@ -281,10 +279,11 @@ def _train_and_publish(label: _Side, feature: _Side, rows_l: np.ndarray, rows_f:
     auc = _auc(y[test_rows], scores)
     model_hash = _agree_hash(label, feature, split.state_hash(l_side.model), split.state_hash(f_side.model), channel)
     parties = {
-        label.name: {"role": "label", "epsilon": eps["label"] if private else None, "delta": config.delta if private else None,
-                     "budget": label.charge},
+        label.name: {"role": "label", "epsilon": eps["label"] if private else None,
+                     "delta": deltas["label"] if private else None, "budget": label.charge,
+                     "covers": "labels only (randomized response)" if noise.label_flip > 0 else "columns and labels"},
         feature.name: {"role": "feature", "epsilon": eps["feature"] if private else None,
-                       "delta": config.delta if private else None, "budget": feature.charge},
+                       "delta": config.delta if private else None, "budget": feature.charge, "covers": "columns"},
     }
     result = VerticalResult(parties, overlap, {"roc_auc": auc, "test_customers": int(len(test_rows)),
                                                "train_customers": int(len(train_rows))},
@@ -292,6 +291,18 @@ def _train_and_publish(label: _Side, feature: _Side, rows_l: np.ndarray, rows_f:
                             dict(channel.bytes_by_sender))
     result.files = _publish(label, feature, l_side, f_side, result, config)
     return result
+
+
+def _cost(noise: Any, config: SplitConfig, role: str) -> dict[str, Any]:
+    """What a party's budget entry says about its mechanism."""
+    from federated.vertical import split
+
+    if role == "label" and noise.label_flip > 0:
+        return {"mechanism": "vertical split learning (label party): randomized response on the labels",
+                "label_flip": noise.label_flip}
+    return {"mechanism": f"vertical split learning ({role} party)", "accountant": config.accountant,
+            "steps": config.epochs,
+            "noise_multiplier": split.effective_sigma(split.party_sigmas(noise, config.epochs, role))}
 
 
 def _agree_hash(label: _Side, feature: _Side, top: str, bottom: str, channel: Channel) -> str:

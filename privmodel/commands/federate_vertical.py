@@ -28,6 +28,11 @@ def simulate(
     out: Path = typer.Option(Path("vertical-sim"), "--out", help="Output directory (one folder per party)."),
     epsilon: float = typer.Option(1.0, "--epsilon", help="Target ε per party for the run; 0 = non-private."),
     delta: float = typer.Option(1e-6, "--delta", help="δ per party."),
+    label_epsilon: float = typer.Option(None, "--label-epsilon", help="The label party's own ε (default: --epsilon)."),
+    label_dp: str = typer.Option(
+        "gradient", "--label-dp",
+        help="gradient: noised gradients + DP-SGD top (columns and labels); labels: randomized response (labels only).",
+    ),
     epochs: int = typer.Option(4, "--epochs", min=1),
     batch_size: int = typer.Option(512, "--batch-size", min=1),
     lr: float = typer.Option(0.01, "--lr"),
@@ -52,13 +57,16 @@ def simulate(
     if epsilon < 0:
         raise InputError("--epsilon must be positive (0 = non-private)")
     err = Console(stderr=True)
-    config = SplitConfig(epsilon=epsilon or None, delta=delta, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
+    if label_dp not in ("gradient", "labels"):
+        raise InputError("--label-dp must be gradient or labels")
+    config = SplitConfig(epsilon=epsilon or None, label_epsilon=label_epsilon, delta=delta, epochs=epochs,
+                         batch_size=batch_size, lr=lr, seed=seed, label_dp="labels" if label_dp == "labels" else "gradient")
     result = run(PartyInput(label, label_data, label_keys), PartyInput(feature, feature_data, feature_keys), config,
                  out, test_size=test_size, workers=workers or default_workers(), progress=lambda m: err.print(m),
                  pinned_label_key=pin_label_key)
     console = Console()
     for name, p in result.parties.items():
-        eps = "non-private" if p["epsilon"] is None else f"ε {p['epsilon']:.3f}, δ {p['delta']:.1e}"
+        eps = "non-private" if p["epsilon"] is None else f"ε {p['epsilon']:.3f}, δ {p['delta']:.1e} ({p['covers']})"
         console.print(f"{name} ({p['role']} party): {eps}")
     auc = result.metrics["roc_auc"]
     console.print(f"overlap {result.overlap['size']:,} customers; test ROC-AUC "
