@@ -114,3 +114,15 @@ def test_cli_simulate_and_bad_input(parties: Path, tmp_path: Path) -> None:
     assert "overlap" in done.stdout and (tmp_path / "cli" / "bank" / "card.md").is_file()
     bad = run_cli(*[a if a != str(shop.party_file) else str(tmp_path / "missing.yaml") for a in args])
     assert bad.returncode == 2 and "cannot read the party file" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_label_dp_by_randomized_response_charges_pure_epsilon(parties: Path, tmp_path: Path) -> None:
+    bank, shop = _inputs(parties, tmp_path)
+    cfg = SplitConfig(epsilon=2.0, label_epsilon=1.0, label_dp="labels", epochs=1, batch_size=256, insecure_seed=4)
+    result = simulate(bank, shop, cfg, tmp_path / "out")
+    assert result.parties["bank"]["delta"] == 0.0 and result.parties["bank"]["epsilon"] <= 1.0
+    assert result.parties["bank"]["covers"] == "labels only (randomized response)"
+    spent = budget.spent("bank-customers", bank.keys)
+    assert spent.delta == 0.0 and spent.epsilon == pytest.approx(1.0, abs=1e-6)
+    assert budget.spent("retailer-customers", shop.keys).epsilon == pytest.approx(result.parties["retailer"]["epsilon"])
+    assert "labels only" in (tmp_path / "out" / "bank" / "card.md").read_text()
