@@ -97,7 +97,7 @@ def utility(args: argparse.Namespace) -> list[tuple[str, str, str, str]]:
     """The utility table's rows: (what, epsilon per party, AUC, note)."""
     from federated.vertical import workflow as wf
     from federated.vertical.channel import Channel
-    from federated.vertical.split import SplitConfig
+    from federated.vertical.split import RR_MAX_EPSILON, SplitConfig
     from privmodel.features import TabularEncoder, encode_labels
 
     rows: list[tuple[str, str, str, str]] = []
@@ -144,6 +144,9 @@ def utility(args: argparse.Namespace) -> list[tuple[str, str, str, str]]:
             rows.append(("vertical split learning, DP", f"{got['feature']:.3f} / {got['label']:.3f}", f"{auc:.4f}",
                          f"vs centralized {auc - central:+.4f} (target >= -0.02); vs label party's best DP "
                          f"{auc - best:+.4f} (target >= +0.02); {sec:.0f} s"))
+            if eps > RR_MAX_EPSILON:
+                print(rows[-2], rows[-1], flush=True)
+                continue
             auc, got, sec, nbytes = _split_auc(xf, xl, y, train, test,
                                                SplitConfig(epsilon=eps, label_dp="labels", **base))
             rows.append(("vertical, label DP by randomized response", f"{got['feature']:.3f} / {got['label']:.3f}",

@@ -103,6 +103,8 @@ def test_randomized_response_flips_labels_at_the_target_rate() -> None:
     flipped = float(np.mean(side.y_train != y))
     assert flipped == pytest.approx(1 / (1 + np.e), abs=0.01)
     assert np.array_equal(side.y, y)  # the true labels stay for the label party's own evaluation
+    with pytest.raises(InputError, match="below the secret mask's resolution"):
+        split.calibrate(split.SplitConfig(epsilon=1.0, label_epsilon=64.0, label_dp="labels"))
 
 
 def test_label_epsilon_may_differ_from_the_feature_partys() -> None:

@@ -134,6 +134,9 @@ def calibrate(config: SplitConfig) -> Noise:
     emb, bottom = split(config.epsilon, config.embedding_share)
     label_eps = config.label_epsilon if config.label_epsilon is not None else config.epsilon
     if config.label_dp == "labels":
+        if label_eps > RR_MAX_EPSILON:
+            raise InputError(f"--label-dp labels: epsilon {label_eps:g} is above {RR_MAX_EPSILON:.1f}, where a flip "
+                             "probability is below the secret mask's resolution (2^-32)")
         # the mask flips with probability in [q - 2^-32, q]: aim q 2^-32 above the target's, so epsilon <= target
         return Noise(emb, bottom, 0.0, 0.0, 1.0 / (1.0 + math.exp(label_eps)) + 2.0**-32)
     grad, top = (emb, bottom) if label_eps == config.epsilon and config.gradient_share == config.embedding_share \
@@ -145,6 +148,9 @@ def party_sigmas(noise: Noise, epochs: int, role: str) -> list[float]:
     """The multipliers of every mechanism one training customer meets at `role`'s side."""
     pair = [noise.embedding, noise.bottom] if role == "feature" else [noise.gradient, noise.top]
     return pair * epochs
+
+
+RR_MAX_EPSILON = math.log(2.0**32 - 2.0)  # flip probability 1 / (1 + e^eps) must stay >= 2 * 2^-32
 
 
 def rr_epsilon(flip: float) -> float:
