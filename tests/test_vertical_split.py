@@ -78,7 +78,7 @@ def test_returned_gradients_carry_label_dp_noise() -> None:
 
 def test_non_private_training_learns_and_messages_hold_only_arrays() -> None:
     feature, label, _ = _sides(None)
-    label.y = (feature.x[:, 0] > 5).astype(np.int64)  # the label depends on the feature party's column only
+    label.y = label.y_train = (feature.x[:, 0] > 5).astype(np.int64)  # the label: the feature party's column only
     channel = Channel()
     train_rows = np.arange(500)
     split.train(feature, label, train_rows, channel)
