@@ -97,6 +97,15 @@ def test_a_run_not_signed_by_the_pinned_label_key_is_refused(parties: Path, tmp_
     assert budget.spent("retailer-customers", shop.keys).charges == 0
 
 
+def test_a_run_past_a_partys_budget_is_refused_before_psi(parties: Path, tmp_path: Path) -> None:
+    bank, shop = _inputs(parties, tmp_path)
+    with pytest.raises(budget.BudgetExceeded, match="privacy budget exceeded for dataset retailer-customers"):
+        simulate(bank, shop, SplitConfig(epsilon=5.0, label_epsilon=1.0, epochs=1), tmp_path / "out")
+    entries = read_entries(tmp_path / "out" / "retailer" / "ledger.jsonl")
+    assert not any(e["action"] == "vertical.psi" for e in entries)
+    assert budget.spent("bank-customers", bank.keys).charges == 0
+
+
 def test_two_label_parties_are_refused(parties: Path, tmp_path: Path) -> None:
     bank, _shop = _inputs(parties, tmp_path)
     with pytest.raises(InputError, match="one label party"):

@@ -3,8 +3,9 @@
 Per party, in this order: its rows through the ONE consent rule (`minimise`, via `minimised_rows`),
 its join keys normalised as its party file says; the label party signs the run (config, parties,
 join keys) and the feature party checks that signature against the label party's pinned public key;
-PSI (size and digest to both ledgers); each party charges its own dataset's budget through
-`privmodel.budget.charge` before any training message leaves it; split learning; the label party
+each party checks its budget (`budget.check`), then PSI (size and digest to both ledgers); each
+party charges its own dataset's budget through `privmodel.budget.charge` before any training
+message leaves it; split learning; the label party
 scores its held-out shared customers; both parties exchange their part's hash and record the same
 model hash; outputs are published atomically after each party's ledger entry.
 
@@ -174,14 +175,19 @@ def _psi(label: _Side, feature: _Side, channel: Channel, workers: int) -> tuple[
     return res_l.rows, res_f.rows, overlap
 
 
-def _charge(side: _Side, epsilon: float, delta: float, params: dict[str, Any]) -> None:
+def _charge(side: _Side, epsilon: float, delta: float, params: dict[str, Any], *, spend: bool = True) -> None:
+    """Charge the party's own dataset (`privmodel.budget.charge`); with spend=False only refuse early
+    (`budget.check`, before PSI: a run that cannot be paid for reveals nothing)."""
     from privmodel import budget
 
     policy = side.party.policy
     assert policy.budget is not None  # load_party refuses a policy without one
     dataset = budget.dataset_of_frame(policy, side.rows, side.inp.keys)
-    record = budget.charge(dataset, epsilon, delta, budget.Cap.of(policy.budget), keys=side.inp.keys,
-                           ledger=side.book, params=params)
+    cap = budget.Cap.of(policy.budget)
+    if not spend:
+        budget.check(dataset, epsilon, delta, cap, keys=side.inp.keys, ledger=side.book, params=params)
+        return
+    record = budget.charge(dataset, epsilon, delta, cap, keys=side.inp.keys, ledger=side.book, params=params)
     side.charge = record.as_dict()
 
 
@@ -240,6 +246,8 @@ def simulate(label_in: PartyInput, feature_in: PartyInput, config: SplitConfig, 
              test_size: float = 0.2, workers: int = 1, offline: set[str] | None = None,
              progress: Callable[[str], None] | None = None, pinned_label_key: Path | None = None) -> VerticalResult:
     """Both parties in one process over a recording channel (Flower RecordDicts); see the module doc."""
+    from federated.vertical import split
+
     say = progress or (lambda _m: None)
     config.check()
     t0 = time.perf_counter()
@@ -248,10 +256,14 @@ def simulate(label_in: PartyInput, feature_in: PartyInput, config: SplitConfig, 
     with _failures(label, feature):
         _check_pair(label, feature)
         signed = _signed_run(label, feature, config, channel, pinned_label_key)
+        noise, eps = _epsilons(config)
+        if config.epsilon is not None:
+            for side, role in ((feature, "feature"), (label, "label")):
+                _charge(side, eps[role], split.party_delta(noise, role, config.delta), _cost(noise, config, role),
+                        spend=False)
         say("private set intersection")
         rows_l, rows_f, overlap = _psi(label, feature, channel, workers)
         t_psi = time.perf_counter()
-        noise, eps = _epsilons(config)
         result = _train_and_publish(label, feature, rows_l, rows_f, config, noise, eps, channel,
                                     test_size, say, signed, overlap)
     result.seconds = {"psi": round(t_psi - t0, 2), "total": round(time.perf_counter() - t0, 2)}
