@@ -40,6 +40,9 @@ def register(app: typer.Typer) -> None:
     fed.command("superlink")(superlink)
     fed.command("join")(join)
     fed.command("run")(run)
+    from privmodel.cli.federate_vertical import register as register_vertical
+
+    register_vertical(fed)
     app.add_typer(fed, name="federate")
 
 

@@ -32,10 +32,26 @@ def synth(
     mess_rate: float = typer.Option(
         0.0, "--mess-rate", help="Share of rows (each) with missing values, bad phones/dates, bad ages, duplicates."
     ),
+    vertical: bool = typer.Option(
+        False, "--vertical", help="Write a label party (bank) and a feature party (retailer) over one population."
+    ),
+    overlap: float = typer.Option(0.7, "--overlap", help="With --vertical: share of the bank's customers the retailer holds."),
     ledger: Path = LEDGER_OPTION,
     keys: Path = KEYS_OPTION,
 ) -> None:
     """Generate N synthetic customers over S silos (labels from a known ground truth)."""
+    if vertical:
+        from rich.console import Console
+
+        from privmodel.workflows.synthesize import synthesize_vertical
+
+        summary = synthesize_vertical(out, customers, overlap, seed, fmt, ledger, keys)
+        Console().print(
+            f"bank {summary['bank_rows']:,} rows (label party), retailer {summary['retailer_rows']:,} rows "
+            f"(feature party), shared {summary['shared']:,} ({overlap:.0%} of the bank's customers); "
+            f"churn rate {summary['churn_rate']:.3f}, ground-truth AUC {summary['bayes_auc']:.3f}; in {out}"
+        )
+        return
     from rich.console import Console
     from rich.table import Table
 

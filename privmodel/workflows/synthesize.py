@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from anonymize.errors import InputError
 from privmodel.workflows.run_ledger import ledger_path, open_ledger, recorded_failure
@@ -74,3 +74,47 @@ def synthesize(req: SynthRequest, status: Callable[[str], None] = lambda _msg: N
         book.append("synth", outputs=stage.artifacts(), params=params)
         stage.publish()
     return Synthesized(data=data, files=list(files), ledger=book_path)
+
+
+def synthesize_vertical(out: Path, customers: int, overlap: float, seed: int = 0, fmt: str = "parquet",
+                        ledger: Path | None = None, keys: Path | None = None) -> dict[str, Any]:
+    """A label party (bank) and a feature party (retailer) over one population (`privmodel synth --vertical`).
+
+    Writes bank.<fmt>, retailer.<fmt>, each party's policy and party file, all or nothing, after one
+    signed `synth.vertical` ledger entry. Returns the summary (rows per party, overlap, base rate).
+    """
+    import pyarrow.csv as pcsv
+    import pyarrow.parquet as pq
+    import yaml
+
+    from privmodel.core.fileio import outputs
+    from privmodel.data.synth.output import FORMATS
+    from privmodel.data.synth.vertical import BANK, RETAILER, check_overlap, generate_vertical, party_policies
+
+    fmt = fmt.lower()
+    if fmt not in FORMATS:
+        raise InputError(f"--format must be one of {', '.join(FORMATS)}")
+    check_overlap(overlap)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: exists and is not a directory")
+    if ledger is not None and not ledger.parent.is_dir():
+        raise InputError(f"--ledger: {ledger.parent}: directory does not exist")
+    book_path = ledger_path(ledger, out)
+    docs = party_policies(max(1, min(1000, customers // 100)))
+    tables = [f"{BANK}.{fmt}", f"{RETAILER}.{fmt}"]
+    params = {"customers": customers, "overlap": overlap, "seed": seed, "format": fmt, "vertical": True}
+    with recorded_failure("synth.vertical", ledger, out, keys), \
+            outputs([out / n for n in [*tables, *docs]], replace=True, ledger=book_path, action="synth.vertical") as stage:
+        book = open_ledger(book_path, out, keys)
+        data = generate_vertical(customers, overlap=overlap, seed=seed)
+        for name, table in zip(tables, (data.bank, data.retailer), strict=True):
+            if fmt == "parquet":
+                pq.write_table(table, stage.path(out / name), compression="snappy")
+            else:
+                pcsv.write_csv(table, stage.path(out / name))
+        for name, doc in docs.items():
+            stage.write_text(out / name, yaml.safe_dump(doc, sort_keys=False, default_flow_style=None))
+        summary: dict[str, Any] = data.summary()
+        book.append("synth.vertical", outputs=stage.artifacts(), params={**params, **summary})
+        stage.publish()
+    return summary

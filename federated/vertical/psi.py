@@ -1,0 +1,207 @@
+"""ECDH private set intersection between two parties (openmined-psi), both learning one agreed order.
+
+Why this shape: openmined-psi's own protocol (client request, server Golomb-compressed set) tells
+only the client the intersection. Vertical training needs both parties to know which of their rows
+are shared, in the same order, without either learning anything else. So each party uses the
+library's two primitives with its own secret P-256 scalar (never written, never sent):
+
+    1. each sends its keys encrypted with its scalar:   L -> F: H(x)^a     F -> L: H(y)^b   (shuffled)
+    2. each raises the other's request to its scalar and returns a 16-byte SHA-256 of each result:
+                                                         F -> L: h(H(x)^ab)  L -> F: h(H(y)^ab)
+    3. each intersects its own tokens with the other's (step 2 gave it both) and sorts the shared
+       rows by token: the same order on both sides; both send (size, digest) and compare.
+
+Under DDH a token of a non-member is a random-looking value to the other party, so each learns the
+intersection, the other's set size and nothing else; no plaintext key, no hash of one, no row number
+crosses (requests are shuffled). The ledger records the size and the digest (a SHA-256 over the
+sorted tokens, known to both), never a member. An overlap below either party's `min_overlap` ends
+the run: a tiny intersection is itself a disclosure.
+
+Cost: 2 elliptic-curve operations per key per party (encrypt own, process the other's), 33 + 16 bytes
+sent per key. Both are spread over processes in batches (`workers`, `batch`); openmined-psi's
+one-sided GCS protocol needs about as many operations but leaves the feature party blind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import secrets
+import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from anonymize.errors import InputError
+from federated.vertical.channel import Channel
+
+POINT_BYTES = 33  # a compressed P-256 point
+TOKEN_BYTES = 16  # SHA-256 prefix of a doubly encrypted key: 128 bits, collisions negligible
+DEFAULT_BATCH = 50_000
+
+
+class OverlapTooSmall(InputError):
+    """The intersection is smaller than a party's policy allows."""
+
+
+def _encrypt_batch(key: bytes, items: list[str]) -> bytes:
+    """H(x)^key for each item, concatenated (worker process)."""
+    from private_set_intersection.python import client
+
+    request = client.CreateFromKey(key, True).CreateRequest(items)
+    out = b"".join(request.encrypted_elements)
+    if len(out) != POINT_BYTES * len(items):
+        raise InputError("psi: unexpected point encoding from openmined-psi")
+    return out
+
+
+def _exponentiate_batch(key: bytes, points: bytes) -> bytes:
+    """SHA-256[:16] of p^key for each 33-byte point p (worker process)."""
+    from private_set_intersection.python import Request, server
+
+    elements = [points[i:i + POINT_BYTES] for i in range(0, len(points), POINT_BYTES)]
+    response = server.CreateFromKey(key, True).ProcessRequest(Request(reveal_intersection=True,
+                                                                      encrypted_elements=elements))
+    return b"".join(hashlib.sha256(p).digest()[:TOKEN_BYTES] for p in response.encrypted_elements)
+
+
+@dataclass
+class Pool:
+    """Where the elliptic-curve work runs: inline (workers=1) or over processes in batches."""
+
+    workers: int = 1
+    batch: int = DEFAULT_BATCH
+    _executor: ProcessPoolExecutor | None = field(default=None, init=False, repr=False)
+
+    def __enter__(self) -> Pool:
+        if self.workers > 1:
+            import multiprocessing
+
+            self._executor = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(cancel_futures=True)
+            self._executor = None
+
+    def map(self, fn: Any, key: bytes, chunks: list[Any]) -> bytes:
+        if self._executor is None or len(chunks) == 1:
+            return b"".join(fn(key, c) for c in chunks)
+        return b"".join(self._executor.map(fn, [key] * len(chunks), chunks))
+
+    def chunks(self, n: int) -> list[slice]:
+        size = max(1, min(self.batch, math.ceil(n / max(1, self.workers))))
+        return [slice(i, i + size) for i in range(0, n, size)] or [slice(0, 0)]
+
+
+@dataclass
+class PsiSide:
+    """One party's state in the protocol. Its scalar lives only here and in its worker processes."""
+
+    name: str
+    keys: Sequence[str]
+    min_overlap: int
+    pool: Pool
+    _scalar: bytes = field(default=b"", repr=False)
+    _order: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64), repr=False)
+    own_tokens: bytes = b""
+    other_tokens: bytes = b""
+
+    def __post_init__(self) -> None:
+        from private_set_intersection.python import client
+
+        self._scalar = client.CreateWithNewKey(True).GetPrivateKeyBytes()
+        # a secret shuffle: the position of a request element says nothing about the table's row order
+        self._order = np.argsort(np.frombuffer(secrets.token_bytes(8 * len(self.keys)), dtype=np.uint64),
+                                 kind="stable")
+
+    def request(self) -> bytes:
+        """Step 1: this party's keys, shuffled, each raised to its scalar."""
+        items = [self.keys[i] for i in self._order]
+        return self.pool.map(_encrypt_batch, self._scalar, [items[s] for s in self.pool.chunks(len(items))])
+
+    def answer(self, points: bytes) -> bytes:
+        """Step 2: the other party's request raised to this party's scalar, as 16-byte tokens."""
+        if len(points) % POINT_BYTES:
+            raise InputError(f"psi: {self.name} received a malformed request")
+        n = len(points) // POINT_BYTES
+        parts = [points[s.start * POINT_BYTES:s.stop * POINT_BYTES] for s in self.pool.chunks(n)]
+        self.other_tokens = self.pool.map(_exponentiate_batch, self._scalar, parts)
+        return self.other_tokens
+
+    def members(self, own_tokens: bytes) -> tuple[np.ndarray, str]:
+        """Step 3: rows of this party's table in the intersection, in the agreed (token) order, and the
+        digest of the sorted shared tokens."""
+        if len(own_tokens) != TOKEN_BYTES * len(self.keys):
+            raise InputError(f"psi: {self.name} received tokens for a set of another size")
+        dtype = np.dtype(f"S{TOKEN_BYTES}")
+        mine = np.frombuffer(own_tokens, dtype=dtype)
+        theirs = np.frombuffer(self.other_tokens, dtype=dtype)
+        shared = np.isin(mine, theirs)
+        idx = np.flatnonzero(shared)
+        by_token = idx[np.argsort(mine[idx], kind="stable")]
+        digest = hashlib.sha256(b"privmodel.psi v1\x00" + mine[by_token].tobytes()).hexdigest()
+        return self._order[by_token], digest
+
+
+@dataclass
+class PsiResult:
+    """What one party keeps: its shared rows in the agreed order, and what the ledger may record."""
+
+    party: str
+    rows: np.ndarray  # positions in the party's key list, agreed order
+    size: int
+    digest: str
+    own_size: int
+    other_size: int
+    seconds: float
+    bytes_sent: int
+
+    def ledger_params(self) -> dict[str, Any]:
+        """Size and digest only: never a member, a key or a row number."""
+        return {"intersection_size": self.size, "intersection_sha256": self.digest,
+                "own_rows": self.own_size, "other_rows": self.other_size, "protocol": "ecdh-p256 (openmined-psi 2.0.6)"}
+
+
+def intersect(label: PsiSide, feature: PsiSide, channel: Channel) -> tuple[PsiResult, PsiResult]:
+    """Run the protocol between the two parties over `channel`; refuse an overlap below either minimum."""
+    from flwr.app import ConfigRecord, RecordDict
+
+    def send(sender: PsiSide, receiver: PsiSide, kind: str, blob: bytes, **extra: int | str) -> bytes:
+        got = channel.send(sender.name, receiver.name, kind, RecordDict({"psi": ConfigRecord({"data": blob, **extra})}))
+        data = got["psi"]["data"]
+        assert isinstance(data, bytes)
+        return data
+
+    start = time.perf_counter()
+    req_l = send(label, feature, "psi.request", label.request(), count=len(label.keys))
+    req_f = send(feature, label, "psi.request", feature.request(), count=len(feature.keys))
+    tokens_l = send(feature, label, "psi.tokens", feature.answer(req_l))
+    tokens_f = send(label, feature, "psi.tokens", label.answer(req_f))
+    rows_l, digest_l = label.members(tokens_l)
+    rows_f, digest_f = feature.members(tokens_f)
+    seconds = time.perf_counter() - start
+    for side, rows, digest, other in ((label, rows_l, digest_l, feature), (feature, rows_f, digest_f, label)):
+        send(side, other, "psi.done", b"", size=len(rows), digest=digest)
+    if len(rows_l) != len(rows_f) or digest_l != digest_f:
+        raise InputError("psi: the parties disagree on the intersection (sizes or digests differ); nothing was trained")
+    size = len(rows_l)
+    for side in (label, feature):
+        if size < side.min_overlap:
+            raise OverlapTooSmall(f"psi: {side.name} refuses an overlap of {size} customers, below its policy's "
+                                  f"min_overlap {side.min_overlap} (a tiny intersection is itself a disclosure)")
+    results = []
+    for side, rows, other in ((label, rows_l, feature), (feature, rows_f, label)):
+        results.append(PsiResult(side.name, rows, size, digest_l, len(side.keys), len(other.keys), seconds,
+                                 channel.bytes_by_sender.get(side.name, 0)))
+    return results[0], results[1]
+
+
+def default_workers() -> int:
+    """Processes for the elliptic-curve work: the machine's cores (at least 1)."""
+    return max(1, os.cpu_count() or 1)

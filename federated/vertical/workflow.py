@@ -1,0 +1,378 @@
+"""The vertical run, end to end, as each party would do it; `simulate` plays both parties in one process.
+
+Per party, in this order: its rows through the ONE consent rule (`minimise`, via `minimised_rows`),
+its join keys normalised as its party file says; the label party signs the run (config, parties,
+join keys) and the feature party checks that signature against the label party's pinned public key;
+each party checks its budget (`budget.check`), then PSI (size and digest to both ledgers); each
+party charges its own dataset's budget through `privmodel.dp.budget.charge` before any training
+message leaves it; split learning; the label party
+scores its held-out shared customers; both parties exchange their part's hash and record the same
+model hash; outputs are published atomically after each party's ledger entry.
+
+What each party writes under `out/<party>/`: its model part (`model.pt`), its ledger (`ledger.jsonl`),
+and, for the label party, `card.json` and `card.md` naming every party's epsilon and the overlap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from anonymize.errors import InputError
+from federated.vertical.channel import Channel
+from federated.vertical.party import Party, load_party, normalised_keys
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from federated.vertical.split import SplitConfig
+    from privmodel.artifacts.ledger import Ledger
+    from privmodel.core.keys import Signer
+    from privmodel.data.features import EncodedData
+
+RUN_ACTION = "vertical.train"
+PSI_ACTION = "vertical.psi"
+
+
+@dataclass(frozen=True)
+class PartyInput:
+    """What one party brings: its party file, its table and its keys (its organisation and budget)."""
+
+    party_file: Path
+    data: Path
+    keys: Path | None
+
+
+@dataclass
+class _Side:
+    """One party's state during a run (never shared with the other side)."""
+
+    party: Party
+    inp: PartyInput
+    rows: pd.DataFrame
+    join: list[str]
+    book: Ledger
+    signer: Signer
+    out: Path
+    x: np.ndarray | None = None
+    charge: dict[str, Any] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.party.name
+
+
+@dataclass
+class VerticalResult:
+    """What the run reports: per-party epsilon and delta, the overlap, the AUC and the shared model hash."""
+
+    parties: dict[str, dict[str, Any]]
+    overlap: dict[str, Any]
+    metrics: dict[str, Any]
+    model_hash: str
+    noise: dict[str, float]
+    config: dict[str, Any]
+    bytes_sent: dict[str, int]
+    seconds: dict[str, float] = field(default_factory=dict)
+    files: list[Path] = field(default_factory=list)
+
+
+def dense(data: EncodedData) -> np.ndarray:
+    """Numeric columns and one-hot categoricals as one float32 matrix (public encoding, no statistics)."""
+    parts = [data.x_num.astype(np.float32)]
+    for j, card in enumerate(data.cat_cardinalities):
+        parts.append(np.eye(card, dtype=np.float32)[data.x_cat[:, j]])
+    return np.concatenate(parts, axis=1).astype(np.float32)
+
+
+def _open_side(inp: PartyInput, out: Path) -> _Side:
+    from privmodel.artifacts.ledger import Ledger
+    from privmodel.core.fileio import read_table
+    from privmodel.core.keys import ensure_keys, load_signer
+    from privmodel.workflows.rows import minimised_rows, text_columns
+
+    party = load_party(inp.party_file)
+    frame = read_table(inp.data, text_columns=[*text_columns(party.policy), *party.join_names])
+    rows = minimised_rows(frame, party.policy, inp.keys, source=str(inp.data), partner=party.name)
+    join = normalised_keys(frame.iloc[rows.positions].reset_index(drop=True), party)
+    signer = load_signer(ensure_keys(inp.keys))
+    side_out = out / party.name
+    side_out.mkdir(parents=True, exist_ok=True)
+    return _Side(party, inp, rows.frame, join, Ledger(side_out / "ledger.jsonl", signer), signer, side_out)
+
+
+def _check_pair(label: _Side, feature: _Side) -> None:
+    if label.party.spec.role != "label" or feature.party.spec.role != "feature":
+        raise InputError("vertical: give one label party (role: label) and one feature party (role: feature)")
+    if label.name == feature.name:
+        raise InputError("vertical: the two parties must have different names")
+    if label.party.join_names != feature.party.join_names:
+        raise InputError(f"vertical: the parties declare different join keys ({', '.join(label.party.join_names)} vs "
+                         f"{', '.join(feature.party.join_names)}); both must name the same keys in the same order")
+
+
+def _run_spec(label: _Side, feature: _Side, config: SplitConfig) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    cfg = {k: v for k, v in asdict(config).items() if k != "insecure_seed"}
+    return {"label_party": label.name, "feature_party": feature.name, "join": label.party.join_names,
+            "config": cfg, "label_key_id": label.signer.key_id}
+
+
+def _signed_run(label: _Side, feature: _Side, config: SplitConfig, channel: Channel,
+                pinned_key: Path | None) -> dict[str, Any]:
+    """The label party signs the run; the feature party checks it against the label party's key it
+    pinned (`pinned_key`: a key directory or public key file it got out of band; in a simulation, by
+    default, the label party's own keys directory)."""
+    import base64
+
+    from cryptography.exceptions import InvalidSignature
+    from flwr.app import ConfigRecord, RecordDict
+
+    from privmodel.artifacts.ledger import canonical_json
+    from privmodel.core.keys import load_public_key
+
+    spec = _run_spec(label, feature, config)
+    body = canonical_json(spec)
+    sig = base64.b64encode(label.signer.sign(body)).decode()
+    got = channel.send(label.name, feature.name, "vertical.run",
+                       RecordDict({"run": ConfigRecord({"spec": body, "signature": sig})}))
+    pinned = load_public_key(pinned_key if pinned_key is not None else _keys_dir(label.inp.keys))
+    try:
+        pinned.verify(base64.b64decode(str(got["run"]["signature"])), bytes(got["run"]["spec"]))  # type: ignore[arg-type]
+    except (InvalidSignature, ValueError):
+        raise InputError(f"vertical: {feature.name} refused the run: not signed by {label.name}'s pinned key") from None
+    return {"run_sha256": hashlib.sha256(body).hexdigest(), "signed_by": label.signer.key_id}
+
+
+def _keys_dir(keys: Path | None) -> Path:
+    from privmodel.core.keys import ensure_keys
+
+    return ensure_keys(keys)
+
+
+def _psi(label: _Side, feature: _Side, channel: Channel, workers: int) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    from federated.vertical.psi import Pool, PsiSide, intersect
+
+    with Pool(workers=workers) as pool:
+        res_l, res_f = intersect(PsiSide(label.name, label.join, label.party.spec.min_overlap, pool),
+                                 PsiSide(feature.name, feature.join, feature.party.spec.min_overlap, pool), channel)
+    for side, res in ((label, res_l), (feature, res_f)):
+        side.book.append(PSI_ACTION, params={**res.ledger_params(), "other_party": (feature if side is label else label).name,
+                                             "min_overlap": side.party.spec.min_overlap})
+    overlap = {"size": res_l.size, "sha256": res_l.digest, f"{label.name}_rows": res_l.own_size,
+               f"{feature.name}_rows": res_f.own_size, "share_of_label_party": res_l.size / max(1, res_l.own_size),
+               "seconds": round(res_l.seconds, 3)}
+    return res_l.rows, res_f.rows, overlap
+
+
+def _charge(side: _Side, epsilon: float, delta: float, params: dict[str, Any], *, spend: bool = True) -> None:
+    """Charge the party's own dataset (`privmodel.dp.budget.charge`); with spend=False only refuse early
+    (`budget.check`, before PSI: a run that cannot be paid for reveals nothing)."""
+    from privmodel.dp import budget
+
+    policy = side.party.policy
+    assert policy.budget is not None  # load_party refuses a policy without one
+    dataset = budget.dataset_of_frame(policy, side.rows, side.inp.keys)
+    cap = budget.Cap.of(policy.budget)
+    if not spend:
+        budget.check(dataset, epsilon, delta, cap, keys=side.inp.keys, ledger=side.book, params=params)
+        return
+    record = budget.charge(dataset, epsilon, delta, cap, keys=side.inp.keys, ledger=side.book, params=params)
+    side.charge = record.as_dict()
+
+
+def _encode(label: _Side, feature: _Side, rows_l: np.ndarray, rows_f: np.ndarray) -> np.ndarray:
+    from privmodel.data.features import TabularEncoder, encode_labels
+
+    label_col = label.party.policy.labels[0]
+    enc_l = TabularEncoder.from_policy(label.party.policy, label=label_col)
+    enc_f = TabularEncoder.from_policy(feature.party.policy, label="")
+    shared_l = label.rows.iloc[rows_l].reset_index(drop=True)
+    label.x = dense(enc_l.transform(shared_l))
+    feature.x = dense(enc_f.transform(feature.rows.iloc[rows_f].reset_index(drop=True)))
+    y: np.ndarray = encode_labels(shared_l[label_col], label_col)
+    return y
+
+
+def _split(n: int, test_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Held-out shared customers by a seeded permutation of the agreed order (public, data-independent)."""
+    if not 0.0 < test_size < 1.0:
+        raise InputError("--test-size must be in (0, 1)")
+    order = np.random.default_rng(np.random.SeedSequence([seed, 0x7E57])).permutation(n)
+    cut = int(round(n * test_size))
+    if cut < 1 or n - cut < 1:
+        raise InputError("vertical: too few shared customers for a train / test split")
+    return np.sort(order[cut:]), np.sort(order[:cut])
+
+
+def _auc(y: np.ndarray, p: np.ndarray) -> float | None:
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(y, p)) if len(np.unique(y)) == 2 else None
+
+
+@contextlib.contextmanager
+def _failures(*sides: _Side) -> Iterator[None]:
+    """A failed run leaves a `failed` entry in every party's ledger (the reason's one line), then re-raises."""
+    try:
+        yield
+    except Exception as exc:
+        for side in sides:
+            with contextlib.suppress(Exception):
+                side.book.record_failure(RUN_ACTION, exc=exc)
+        raise
+
+
+def _epsilons(config: SplitConfig) -> tuple[Any, dict[str, float]]:
+    from federated.vertical import split
+
+    noise = split.calibrate(config)
+    eps = {role: split.party_epsilon(noise, config.epochs, role, config.delta, config.accountant)
+           for role in ("feature", "label")}
+    return noise, eps
+
+
+def simulate(label_in: PartyInput, feature_in: PartyInput, config: SplitConfig, out: Path, *,
+             test_size: float = 0.2, workers: int = 1, offline: set[str] | None = None,
+             progress: Callable[[str], None] | None = None, pinned_label_key: Path | None = None) -> VerticalResult:
+    """Both parties in one process over a recording channel (Flower RecordDicts); see the module doc."""
+    from federated.vertical import split
+
+    say = progress or (lambda _m: None)
+    config.check()
+    t0 = time.perf_counter()
+    label, feature = _open_side(label_in, out), _open_side(feature_in, out)
+    channel = Channel(keep=False, offline=set(offline or ()))
+    with _failures(label, feature):
+        _check_pair(label, feature)
+        signed = _signed_run(label, feature, config, channel, pinned_label_key)
+        noise, eps = _epsilons(config)
+        if config.epsilon is not None:
+            for side, role in ((feature, "feature"), (label, "label")):
+                _charge(side, eps[role], split.party_delta(noise, role, config.delta), _cost(noise, config, role),
+                        spend=False)
+        say("private set intersection")
+        rows_l, rows_f, overlap = _psi(label, feature, channel, workers)
+        t_psi = time.perf_counter()
+        result = _train_and_publish(label, feature, rows_l, rows_f, config, noise, eps, channel,
+                                    test_size, say, signed, overlap)
+    result.seconds = {"psi": round(t_psi - t0, 2), "total": round(time.perf_counter() - t0, 2)}
+    return result
+
+
+def _train_and_publish(label: _Side, feature: _Side, rows_l: np.ndarray, rows_f: np.ndarray, config: SplitConfig,
+                       noise: Any, eps: dict[str, float], channel: Channel, test_size: float,
+                       say: Callable[[str], None], signed: dict[str, Any], overlap: dict[str, Any]) -> VerticalResult:
+    from federated.vertical import split
+
+    y = _encode(label, feature, rows_l, rows_f)
+    train_rows, test_rows = _split(len(y), test_size, config.seed)
+    private = config.epsilon is not None
+    deltas = {role: split.party_delta(noise, role, config.delta) for role in ("feature", "label")}
+    for side, role in ((feature, "feature"), (label, "label")):
+        if private:
+            _charge(side, eps[role], deltas[role], _cost(noise, config, role))
+    assert label.x is not None and feature.x is not None
+    f_side = split.FeatureSide(feature.name, feature.x, config, noise)
+    l_side = split.LabelSide(label.name, label.x, y, config, noise)
+    say("split learning")
+    split.train(f_side, l_side, train_rows, channel, on_epoch=lambda e: say(f"epoch {e}/{config.epochs}"))
+    scores = split.score(f_side, l_side, test_rows, channel)
+    auc = _auc(y[test_rows], scores)
+    model_hash = _agree_hash(label, feature, split.state_hash(l_side.model), split.state_hash(f_side.model), channel)
+    parties = {
+        label.name: {"role": "label", "epsilon": eps["label"] if private else None,
+                     "delta": deltas["label"] if private else None, "budget": label.charge,
+                     "covers": "labels only (randomized response)" if noise.label_flip > 0 else "columns and labels"},
+        feature.name: {"role": "feature", "epsilon": eps["feature"] if private else None,
+                       "delta": config.delta if private else None, "budget": feature.charge, "covers": "columns"},
+    }
+    result = VerticalResult(parties, overlap, {"roc_auc": auc, "test_customers": int(len(test_rows)),
+                                               "train_customers": int(len(train_rows))},
+                            model_hash, noise.as_dict(), {**_run_spec(label, feature, config)["config"], **signed},
+                            dict(channel.bytes_by_sender))
+    result.files = _publish(label, feature, l_side, f_side, result, config)
+    return result
+
+
+def _cost(noise: Any, config: SplitConfig, role: str) -> dict[str, Any]:
+    """What a party's budget entry says about its mechanism."""
+    from federated.vertical import split
+
+    if role == "label" and noise.label_flip > 0:
+        return {"mechanism": "vertical split learning (label party): randomized response on the labels",
+                "label_flip": noise.label_flip}
+    return {"mechanism": f"vertical split learning ({role} party)", "accountant": config.accountant,
+            "steps": config.epochs,
+            "noise_multiplier": split.effective_sigma(split.party_sigmas(noise, config.epochs, role))}
+
+
+def _agree_hash(label: _Side, feature: _Side, top: str, bottom: str, channel: Channel) -> str:
+    """Each party sends its part's hash; both compute sha256(top || bottom)."""
+    from flwr.app import ConfigRecord, RecordDict
+
+    got_b = channel.send(feature.name, label.name, "split.done", RecordDict({"h": ConfigRecord({"part": bottom})}))
+    got_t = channel.send(label.name, feature.name, "split.done", RecordDict({"h": ConfigRecord({"part": top})}))
+    at_label = hashlib.sha256(f"{top}:{got_b['h']['part']!s}".encode()).hexdigest()
+    at_feature = hashlib.sha256(f"{got_t['h']['part']!s}:{bottom}".encode()).hexdigest()
+    if at_label != at_feature:
+        raise InputError("vertical: the parties disagree on the model hash")
+    return at_label
+
+
+def _publish(label: _Side, feature: _Side, l_side: Any, f_side: Any, result: VerticalResult,
+             config: SplitConfig) -> list[Path]:
+    from federated.vertical.card import card_markdown
+    from federated.vertical.split import state_bytes
+    from privmodel.core.fileio import outputs
+
+    files: list[Path] = []
+    for side, part in ((feature, f_side), (label, l_side)):
+        targets = [side.out / "model.pt"] + ([side.out / "card.json", side.out / "card.md"] if side is label else [])
+        with outputs(targets, replace=True, ledger=side.book.path, action=RUN_ACTION) as stage:
+            stage.write_bytes(side.out / "model.pt", state_bytes(part.model))
+            if side is label:
+                card = card_json(result, config)
+                stage.write_text(side.out / "card.json", json.dumps(card, indent=2, sort_keys=True) + "\n")
+                stage.write_text(side.out / "card.md", card_markdown(card))
+            role = result.parties[side.name]
+            side.book.append(RUN_ACTION, outputs=stage.artifacts(), params={
+                "model_hash": result.model_hash, "role": role["role"], "overlap": result.overlap["size"],
+                "intersection_sha256": result.overlap["sha256"], "run_sha256": result.config["run_sha256"],
+                "noise": result.noise, "metrics": result.metrics if side is label else {},
+            }, privacy_cost={"epsilon": role["epsilon"], "delta": role["delta"]} if role["epsilon"] is not None else None)
+            files += stage.publish()
+    return files
+
+
+def card_json(result: VerticalResult, config: SplitConfig) -> dict[str, Any]:
+    """The model card's facts: every party's epsilon, the overlap, what was released without DP."""
+    noise_kind = "INSECURE-reproducible (NOT differentially private)" if config.insecure_seed is not None else "secure"
+    eps = {name: p["epsilon"] for name, p in result.parties.items()}
+    return {
+        "kind": "vertical split learning",
+        "model_hash": result.model_hash,
+        "parties": result.parties,
+        "overlap": result.overlap,
+        "metrics": result.metrics,
+        "noise_multipliers": result.noise,
+        "noise": noise_kind,
+        "config": result.config,
+        "private": all(e is not None and math.isfinite(e) for e in eps.values()),
+        "released_without_dp": [
+            "the intersection size (PSI reveals it to both parties)",
+            "the label party's test ROC-AUC on its held-out shared customers",
+        ],
+        "scoring": "needs both parties online: the feature party sends one embedding per scored customer"
+                   + (", clipped and noised (accounted like a training release)" if config.epsilon is not None else ""),
+    }
