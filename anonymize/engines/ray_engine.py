@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -51,11 +52,15 @@ LOCAL_CPUS = 2
 def ray_session(address: str | None = None, num_cpus: int = LOCAL_CPUS) -> Iterator[int]:
     """Ray for one release: a local instance (temp dir under /tmp) or the cluster at `address`.
 
-    Yields the cluster's CPU count; always shuts Ray down (and removes a local temp dir)."""
+    Yields the cluster's CPU count; shuts down the Ray it started (and removes a local temp dir). A Ray
+    already initialized in this process is used as it is and left running."""
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     import ray
     import ray.data
 
+    if ray.is_initialized() and not address:  # the caller's Ray (a test's, a notebook's): theirs to shut down
+        yield max(1, int(ray.cluster_resources().get("CPU", num_cpus)))
+        return
     temp_dir = None
     try:
         if address:
@@ -70,8 +75,8 @@ def ray_session(address: str | None = None, num_cpus: int = LOCAL_CPUS) -> Itera
         raise InputError(f"--engine ray: cannot start or reach Ray{f' at {address}' if address else ''} "
                          f"({type(exc).__name__})") from None
     try:
-        for name in ("ray", "ray.data"):  # Ray Data logs every dataset it runs at INFO on stderr
-            logging.getLogger(name).setLevel(logging.WARNING)
+        for name in ("ray", "ray.data"):  # Ray Data logs each dataset it runs, and sizing advice, on stderr
+            logging.getLogger(name).setLevel(logging.ERROR)
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
         ctx.execution_options.preserve_order = True
@@ -80,17 +85,6 @@ def ray_session(address: str | None = None, num_cpus: int = LOCAL_CPUS) -> Itera
         ray.shutdown()
         if temp_dir is not None:
             shutil.rmtree(temp_dir, ignore_errors=True)
-
-
-def _unwrap(exc: BaseException) -> BaseException:
-    """The InputError a Ray task raised (Ray wraps user exceptions), else `exc`."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, InputError):
-            return seen
-        cause = getattr(seen, "cause", None)
-        seen = cause if isinstance(cause, BaseException) else seen.__cause__
-    return exc
 
 
 def run_on_ray(
@@ -111,17 +105,11 @@ def run_on_ray(
 
     with ray_session(address) as cpus:
         blocks = max(2, 2 * cpus)
-        try:
-            minimised = minimise_on_ray(df, policy, keys, source=source, partner=partner, progress=progress,
-                                        blocks=blocks)
-            return run(df, policy, keys, population=population, partner=partner, source=source, seed=seed,
-                       progress=progress, minimised=minimised,
-                       generalizer=RayGeneralizer(blocks=blocks, partition_rows=partition_rows))
-        except Exception as exc:  # a user's bad input comes back from a worker wrapped by Ray
-            unwrapped = _unwrap(exc)
-            if unwrapped is exc:
-                raise
-            raise unwrapped from None
+        minimised = minimise_on_ray(df, policy, keys, source=source, partner=partner, progress=progress,
+                                    blocks=blocks)
+        return run(df, policy, keys, population=population, partner=partner, source=source, seed=seed,
+                   progress=progress, minimised=minimised,
+                   generalizer=RayGeneralizer(blocks=blocks, partition_rows=partition_rows))
 
 
 # --- steps 1-4 in blocks ----------------------------------------------------------------------------
@@ -136,12 +124,19 @@ def _stats_actor() -> Any:
 
         def __init__(self) -> None:
             self.records: dict[int, dict[str, Any]] = {}
+            self.failures: dict[int, str] = {}  # a block's InputError (Ray passes the driver only its text)
 
         def add(self, first_row: int, record: dict[str, Any]) -> None:
             self.records[first_row] = record
 
         def all(self) -> list[dict[str, Any]]:
             return [self.records[r] for r in sorted(self.records)]
+
+        def fail(self, first_row: int, message: str) -> None:
+            self.failures[first_row] = message
+
+        def first_failure(self) -> str | None:
+            return self.failures[min(self.failures)] if self.failures else None
 
     return BlockRecords.remote()  # type: ignore[attr-defined]
 
@@ -162,10 +157,28 @@ def _id_hash(series: pd.Series) -> pd.Series:
     return out
 
 
+def _input_error(sink: Any, first_row: int, exc: InputError, rows: np.ndarray | None = None) -> InputError:
+    """Hand a block's bad-input line to the driver (Ray keeps only the traceback text of a task's
+    exception); `rows` maps the block's own row numbers in the message to the input's."""
+    import ray
+
+    message = str(exc)
+    if rows is not None:
+        message = _ROW_IN_MESSAGE.sub(lambda m: f"{m.group(1)}{rows[int(m.group(2)) - 1]}", message)
+    ray.get(sink.fail.remote(first_row, message))
+    return exc
+
+
+_ROW_IN_MESSAGE = re.compile(r"(\brow )(\d+)")
+
+
 def _validate_block(batch: pd.DataFrame, policy: Policy, source: str, sink: Any) -> pd.DataFrame:
     """Step 1 on one block; adds the input row numbers, a whole-row hash and identifier hashes."""
     rows = batch[ROW].to_numpy(dtype=np.int64)
-    result = validate(batch.drop(columns=[ROW]), policy, source)
+    try:
+        result = validate(batch.drop(columns=[ROW]), policy, source)
+    except InputError as exc:
+        raise _input_error(sink, int(rows[0]), exc, rows) from None
     data = result.data
     _report(sink, int(rows[0]), result.info)
     out = data.reset_index(drop=True)
@@ -186,6 +199,14 @@ def _release_block(batch: pd.DataFrame, policy: Policy, keys: Keys, duplicates: 
     """Steps 2-4 on one block: exact duplicates (found across blocks) out, quality counts, consent and
     purpose, pseudonymization. Adds the row numbers and, per token column, the identifier hashes."""
     rows = batch[ROW].to_numpy(dtype=np.int64)
+    try:
+        return _release_rows(batch, rows, policy, keys, duplicates, undeclared, sink)
+    except InputError as exc:
+        raise _input_error(sink, int(rows[0]), exc) from None
+
+
+def _release_rows(batch: pd.DataFrame, rows: np.ndarray, policy: Policy, keys: Keys, duplicates: np.ndarray,
+                  undeclared: list[str], sink: Any) -> pd.DataFrame:
     keep = ~np.isin(rows, duplicates)
     ids = {c: batch.loc[keep, c].to_numpy() for c in batch.columns if str(c).startswith("__id_")}
     data = batch.loc[keep].drop(columns=_aux(batch.columns))
@@ -248,10 +269,12 @@ def minimise_on_ray(
 
     say("validate")
     started = time.perf_counter()
-    validated = _dataset(frame, blocks).map_batches(
-        _validate_block, batch_format="pandas", batch_size=None, zero_copy_batch=True,
-        fn_kwargs={"policy": policy, "source": source, "sink": sink}).materialize()
     import ray
+
+    with _block_failures(sink):
+        validated = _dataset(frame, blocks).map_batches(
+            _validate_block, batch_format="pandas", batch_size=None, zero_copy_batch=True,
+            fn_kwargs={"policy": policy, "source": source, "sink": sink}).materialize()
 
     block_infos = ray.get(sink.all.remote())
     steps = [_merge_validate(block_infos, len(df))]
@@ -270,10 +293,11 @@ def minimise_on_ray(
     say("consent and purpose")
     started = time.perf_counter()
     sink = _stats_actor()
-    released = validated.map_batches(
-        _release_block, batch_format="pandas", batch_size=None,
-        fn_kwargs={"policy": policy, "keys": key_set, "duplicates": duplicates,
-                   "undeclared": steps[0]["undeclared_columns"], "sink": sink}).to_pandas()
+    with _block_failures(sink):
+        released = validated.map_batches(
+            _release_block, batch_format="pandas", batch_size=None,
+            fn_kwargs={"policy": policy, "keys": key_set, "duplicates": duplicates,
+                       "undeclared": steps[0]["undeclared_columns"], "sink": sink}).to_pandas()
     block_records = ray.get(sink.all.remote())
     data = released.sort_values(ROW, kind="stable")
     data.index = pd.Index(data.pop(ROW).to_numpy(), dtype=np.int64)
@@ -288,6 +312,21 @@ def minimise_on_ray(
     return Minimised(data=data, steps=steps, removed=_removed(steps), rows_in=int(len(df)),
                      pseudonymization=pseudo_record["columns"], escrow=escrow, partner=key_set.partner,
                      colliding=colliding, timings=timings)
+
+
+@contextmanager
+def _block_failures(sink: Any) -> Iterator[None]:
+    """A block's bad input comes out as its one-line InputError (the first block's, by row), not as
+    Ray's wrapped traceback."""
+    import ray
+
+    try:
+        yield
+    except Exception:
+        message = ray.get(sink.first_failure.remote())
+        if message is None:
+            raise
+        raise InputError(message) from None
 
 
 def _exact_duplicates(validated: Any, small: pd.DataFrame) -> np.ndarray:

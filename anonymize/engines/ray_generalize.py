@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 PART = "__part"  # partition id of a row (Mondrian)
 POS = "__pos"  # 0-based position of a row in the table handed to generalization
 
+PARTITION_FLOOR = 20_000  # rows a worker finishes in well under a second: no top cuts below this
 Cut = tuple[int, int]  # (QI, threshold code): rows whose code is >= threshold go right
 
 
@@ -82,7 +83,7 @@ class RayGeneralizer:
     """`generalize` with the work over rows on Ray (see the module docstring).
 
     `blocks`: how many blocks the code table is split into; `partition_rows`: the largest Mondrian
-    partition one worker finishes (None: the table over 2 x `blocks`, at least 4 k rows).
+    partition one worker finishes (None: the table over 2 x `blocks`, at least PARTITION_FLOOR and 4 k rows).
     """
 
     blocks: int = 4
@@ -106,7 +107,7 @@ class RayGeneralizer:
     def _lattice(self, df: pd.DataFrame, names: list[str], codes: _Codes, privacy: PrivacyModel) -> Generalized:
         cols = codes.columns
         frame = codes.frame()
-        counted = _dataset(frame, self.blocks).groupby(cols, num_partitions=self.blocks).count().to_pandas()  # the bottom class table
+        counted = _class_table(_dataset(frame, self.blocks), cols)  # the bottom class table
         counts = counted["count()"].to_numpy(dtype=np.int64)
         keys = counted[cols].to_numpy(dtype=np.int64)
         rows = np.repeat(keys, counts, axis=0)  # the class table as rows: the search needs no other column
@@ -134,26 +135,40 @@ class RayGeneralizer:
         root_h = [np.bincount(s, minlength=m)[None, :] for s, m in zip(codes.sens_codes, codes.sens_sizes, strict=True)]
         if not all_satisfied(codes.criteria, np.array([n]), root_h if codes.need_hist else [])[0]:
             raise InputError(_unsatisfiable(privacy))
-        limit = self.partition_rows or max(4 * k, math.ceil(n / (2 * self.blocks)))
+        limit = self.partition_rows or max(4 * k, math.ceil(n / (2 * self.blocks)), PARTITION_FLOOR)
         frame = codes.frame()
         frame[POS] = np.arange(n, dtype=np.int64)
         frame[PART] = np.zeros(n, dtype=np.int64)
         ds = _dataset(frame, self.blocks).materialize()
         ds = _top_cuts(ds, codes, limit)
-        templates = [dataclasses.replace(dom, codes=np.zeros(1, dtype=np.int32)) for dom in codes.domains]
-        finished = (
-            ds.groupby(PART, num_partitions=self.blocks)
-            .map_groups(_finish_partition, batch_format="pandas",
-                        fn_kwargs={"domains": templates, "sens_sizes": codes.sens_sizes, "criteria": codes.criteria,
-                                   "relaxed": privacy.algorithm == "mondrian_relaxed"})
-            .to_pandas()
-            .sort_values(POS)
-        )
+        finished = _finish_partitions(ds, codes, privacy.algorithm == "mondrian_relaxed")
         data = df.copy(deep=False)  # copy-on-write: only the replaced QI columns are new
         for j, col in enumerate(names):
             data[col] = pd.Series(finished[f"l{j}"].to_numpy(dtype=object), index=data.index, dtype=object).astype(str)
         n_classes = int(finished[[PART, "__class"]].drop_duplicates().shape[0])
         return Generalized(data=data, suppressed=0, algorithm=privacy.algorithm, levels=None, classes=n_classes)
+
+
+def _class_table(ds: ray.data.Dataset, cols: list[str]) -> pd.DataFrame:
+    """Distinct rows of `cols` with their counts ("count()"): counted per block, the block counts summed
+    (a group-by with a map-side combine; the class table is small beside the rows)."""
+    per_block = ds.map_batches(lambda b: b.groupby(cols).size().reset_index(name="count()"), batch_format="pandas",
+                               batch_size=None).to_pandas()
+    return per_block.groupby(cols, as_index=False, sort=True)["count()"].sum()
+
+
+def _finish_partitions(ds: ray.data.Dataset, codes: _Codes, relaxed: bool) -> pd.DataFrame:
+    """Each partition finished by the single-machine Mondrian, one Ray task per partition, in parallel:
+    its rows' positions, class and release labels."""
+    import ray
+
+    table = ds.to_pandas()
+    templates = [dataclasses.replace(dom, codes=np.zeros(1, dtype=np.int32)) for dom in codes.domains]
+    finish = ray.remote(_finish_partition)
+    shared = {"domains": ray.put(templates), "criteria": ray.put(codes.criteria)}
+    pending = [finish.remote(group, shared["domains"], codes.sens_sizes, shared["criteria"], relaxed)
+               for _p, group in table.groupby(PART, sort=True)]
+    return pd.concat(ray.get(pending), ignore_index=True).sort_values(POS)
 
 
 def _encode(df: pd.DataFrame, qis: Mapping[str, Hierarchy], privacy: PrivacyModel, sensitive: list[str],
@@ -296,7 +311,7 @@ def _finish_partition(batch: pd.DataFrame, domains: list[Domain], sens_sizes: li
                       criteria: list[Criterion], relaxed: bool) -> pd.DataFrame:
     """One partition finished by the single-machine Mondrian: its class and release labels per row."""
     sub = [dataclasses.replace(dom, codes=batch[f"q{j}"].to_numpy(dtype=np.int32)) for j, dom in enumerate(domains)]
-    sens = [batch[f"s{i}"].to_numpy(dtype=np.int64) for i in range(len(sens_sizes))]
+    sens = [batch[f"s{i}"].to_numpy(dtype=np.int64, copy=True) for i in range(len(sens_sizes))]  # Mondrian reorders them
     part = mondrian(sub, sens, sens_sizes, criteria, relaxed=relaxed)
     if part is None:  # every top cut checked both sides: a partition always passes
         raise InputError("internal: a Mondrian partition fails the criteria it was cut to pass")
