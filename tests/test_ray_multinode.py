@@ -8,6 +8,7 @@ left in its own temp dir, by pid). Skipped only where the `ray` command is absen
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -66,10 +67,8 @@ def _wait_started(proc: subprocess.Popen[bytes], log: Path, deadline: float) -> 
 def _stop(procs: list[subprocess.Popen[bytes]], temp: str) -> None:
     """SIGTERM to each node's process group, then SIGKILL to anything still running from `temp`."""
     for proc in procs:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
     deadline = time.monotonic() + 15
     for proc in procs:
         try:
@@ -78,10 +77,8 @@ def _stop(procs: list[subprocess.Popen[bytes]], temp: str) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
     time.sleep(1)
     for pid in _pids_using(temp):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def _pids_using(temp: str) -> list[int]:

@@ -48,6 +48,13 @@ HASH = "__hash"  # hash of the whole validated row (exact duplicates)
 LOCAL_CPUS = 2
 
 
+def _cpus(default: int) -> int:
+    """CPUs of the Ray cluster this process is connected to."""
+    import ray
+
+    return max(1, int(ray.cluster_resources().get("CPU", default)))  # type: ignore[no-untyped-call]
+
+
 @contextmanager
 def ray_session(address: str | None = None, num_cpus: int = LOCAL_CPUS) -> Iterator[int]:
     """Ray for one release: a local instance (temp dir under /tmp) or the cluster at `address`.
@@ -59,7 +66,7 @@ def ray_session(address: str | None = None, num_cpus: int = LOCAL_CPUS) -> Itera
     import ray.data
 
     if ray.is_initialized() and not address:  # the caller's Ray (a test's, a notebook's): theirs to shut down
-        yield max(1, int(ray.cluster_resources().get("CPU", num_cpus)))
+        yield _cpus(num_cpus)
         return
     temp_dir = None
     try:
@@ -80,7 +87,7 @@ def ray_session(address: str | None = None, num_cpus: int = LOCAL_CPUS) -> Itera
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
         ctx.execution_options.preserve_order = True
-        yield max(1, int(ray.cluster_resources().get("CPU", num_cpus)))
+        yield _cpus(num_cpus)
     finally:
         ray.shutdown()
         if temp_dir is not None:

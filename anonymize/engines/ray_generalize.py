@@ -20,6 +20,7 @@ labels and NCP are the single-machine ones); what runs on Ray is the work over r
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -165,8 +166,8 @@ def _finish_partitions(ds: ray.data.Dataset, codes: _Codes, relaxed: bool) -> pd
     table = ds.to_pandas()
     templates = [dataclasses.replace(dom, codes=np.zeros(1, dtype=np.int32)) for dom in codes.domains]
     finish = ray.remote(_finish_partition)
-    shared = {"domains": ray.put(templates), "criteria": ray.put(codes.criteria)}
-    pending = [finish.remote(group, shared["domains"], codes.sens_sizes, shared["criteria"], relaxed)
+    domains_ref, criteria_ref = ray.put(templates), ray.put(codes.criteria)
+    pending = [finish.remote(group, domains_ref, codes.sens_sizes, criteria_ref, relaxed)
                for _p, group in table.groupby(PART, sort=True)]
     return pd.concat(ray.get(pending), ignore_index=True).sort_values(POS)
 
@@ -225,8 +226,8 @@ def _top_cuts(ds: ray.data.Dataset, codes: _Codes, limit: int) -> ray.data.Datas
     next_id = 1
     while open_parts:
         hist = (
-            ds.map_batches(_block_histograms, batch_format="pandas", batch_size=None,
-                           fn_kwargs={"open_parts": open_parts, "d": d, "n_sens": n_sens})
+            ds.map_batches(functools.partial(_block_histograms, open_parts=open_parts, d=d, n_sens=n_sens),
+                           batch_format="pandas", batch_size=None)
             .to_pandas()
             .groupby([PART, "dim", "code", "sens", "scode"], as_index=False)["n"].sum()
         )
@@ -242,7 +243,8 @@ def _top_cuts(ds: ray.data.Dataset, codes: _Codes, limit: int) -> ray.data.Datas
             next_id += 1
         if not cuts:
             break
-        ds = ds.map_batches(_apply_cuts, batch_format="pandas", batch_size=None, fn_kwargs={"cuts": cuts}).materialize()
+        ds = ds.map_batches(functools.partial(_apply_cuts, cuts=cuts), batch_format="pandas",
+                            batch_size=None).materialize()
         open_parts = children
     return ds
 
