@@ -41,7 +41,7 @@ from anonymize.errors import InputError
 from anonymize.pipeline import Minimised, Release, _pseudonymize_step, _removed, run
 from anonymize.policy.schema import Policy
 from anonymize.pseudonymize import Keys, _canonical, as_keys, colliding_tokens
-from anonymize.quality import _check_shape, consent_and_purpose, consent_rule, quality, validate
+from anonymize.quality import _all_strings, _check_shape, consent_and_purpose, consent_rule, quality, validate
 
 ROW = "__row"  # 1-based row number of the input (the local engine's index)
 HASH = "__hash"  # hash of the whole validated row (exact duplicates)
@@ -159,8 +159,10 @@ def _id_hash(series: pd.Series) -> pd.Series:
     present = series.notna().to_numpy()
     out = pd.Series(pd.NA, index=series.index, dtype="Int64")
     if present.any():
-        text = np.array([_canonical(v) for v in series[present].to_numpy(dtype=object)], dtype=object)
-        out[present] = pd.util.hash_array(text).view(np.int64)
+        values = series[present].to_numpy(dtype=object)
+        if not _all_strings(series):  # text is its own canonical form; other values go one by one
+            values = np.array([_canonical(v) for v in values], dtype=object)
+        out[present] = pd.util.hash_array(values).view(np.int64)
     return out
 
 
