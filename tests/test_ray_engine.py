@@ -129,3 +129,16 @@ def test_tokens_equal_the_local_engine_for_every_row() -> None:
     df = make_table(500, seed=4)
     local, distributed = _both(df, load_policy(POLICY))
     assert np.array_equal(local.data["customer_id"].to_numpy(), distributed.data["customer_id"].to_numpy())
+
+
+def test_unknown_engine_is_one_line(tmp_path) -> None:
+    from tests.conftest import run_cli
+
+    raw = tmp_path / "t.csv"
+    make_table(50).to_csv(raw, index=False)
+    done = run_cli("anonymize", str(raw), "--policy", str(POLICY), "--out", str(tmp_path / "out"), "--engine", "spark")
+    assert done.returncode != 0 and "--engine must be one of local, ray" in done.stderr
+    assert "Traceback" not in done.stderr
+    done = run_cli("anonymize", str(raw), "--policy", str(POLICY), "--out", str(tmp_path / "out"),
+                   "--ray-address", "127.0.0.1:1")
+    assert done.returncode != 0 and "--ray-address needs --engine ray" in done.stderr
