@@ -142,3 +142,19 @@ def test_unknown_engine_is_one_line(tmp_path) -> None:
     done = run_cli("anonymize", str(raw), "--policy", str(POLICY), "--out", str(tmp_path / "out"),
                    "--ray-address", "127.0.0.1:1")
     assert done.returncode != 0 and "--ray-address needs --engine ray" in done.stderr
+
+
+def test_invalid_rows_dropped_in_several_blocks_identical() -> None:
+    """on_invalid: drop_row in two columns, bad values in different blocks: the same removals by reason."""
+    base = load_policy(POLICY)
+    columns = dict(base.columns)
+    for name in ("age", "tenure_months"):
+        columns[name] = columns[name].model_copy(update={"on_invalid": "drop_row"})
+    policy = base.model_copy(update={"columns": columns})
+    df = make_table(400, seed=5)
+    df[["age", "tenure_months"]] = df[["age", "tenure_months"]].astype(object)
+    df.loc[[5, 390], "tenure_months"] = "n/a"
+    df.loc[[200, 201], "age"] = 150  # outside the declared bounds
+    local, distributed = _both(df, policy)
+    assert local.report["counts"]["removed_by_reason"]["invalid:age"] == 2
+    _same_release(local, distributed)

@@ -286,7 +286,7 @@ def minimise_on_ray(
             fn_kwargs={"policy": policy, "source": source, "sink": sink}).materialize()
 
     block_infos = ray.get(sink.all.remote())
-    steps = [_merge_validate(block_infos, len(df))]
+    steps = [_merge_validate(block_infos, len(df), policy)]
     timings["validate"] = time.perf_counter() - started
 
     say("quality")
@@ -370,15 +370,14 @@ def _merge_steps(records: list[dict[str, Any]]) -> dict[str, Any]:
     return merged
 
 
-def _merge_validate(infos: list[dict[str, Any]], rows_in: int) -> dict[str, Any]:
+def _merge_validate(infos: list[dict[str, Any]], rows_in: int, policy: Policy) -> dict[str, Any]:
     merged = _merge_steps(infos)
     merged["rows_in"] = rows_in
-    names = [k for info in infos for k in info["removed"]]
-    merged["removed"] = _sum_counts([i["removed"] for i in infos], sorted(set(names), key=names.index))
+    merged["removed"] = _sum_counts([i["removed"] for i in infos], [f"invalid:{n}" for n in policy.columns])
     coerced: dict[str, str] = {}
     for info in infos:
         coerced.update(info.get("coerced_columns") or {})
-    merged["coerced_columns"] = coerced
+    merged["coerced_columns"] = {n: coerced[n] for n in policy.columns if n in coerced}
     return {"step": "validate", **merged}
 
 
