@@ -9,6 +9,7 @@ table (the release gate, and pycanon as an independent checker) and the informat
 from __future__ import annotations
 
 import os
+import socket
 import tempfile
 from collections.abc import Iterator
 from typing import Any
@@ -158,3 +159,17 @@ def test_invalid_rows_dropped_in_several_blocks_identical() -> None:
     local, distributed = _both(df, policy)
     assert local.report["counts"]["removed_by_reason"]["invalid:age"] == 2
     _same_release(local, distributed)
+
+
+def test_unreachable_ray_address_is_one_line(tmp_path) -> None:
+    from tests.conftest import run_cli
+
+    raw = tmp_path / "t.csv"
+    make_table(50).to_csv(raw, index=False)
+    with socket.socket() as sock:  # a loopback port that nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    done = run_cli("anonymize", str(raw), "--policy", str(POLICY), "--out", str(tmp_path / "out"), "--engine", "ray",
+                   "--ray-address", f"127.0.0.1:{port}", timeout=120)
+    assert done.returncode != 0 and f"--ray-address 127.0.0.1:{port}: no Ray head answers there" in done.stderr
+    assert "Traceback" not in done.stderr

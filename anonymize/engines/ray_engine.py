@@ -28,6 +28,7 @@ import logging
 import os
 import re
 import shutil
+import socket
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -46,6 +47,17 @@ from anonymize.quality import _all_strings, _check_shape, consent_and_purpose, c
 ROW = "__row"  # 1-based row number of the input (the local engine's index)
 HASH = "__hash"  # hash of the whole validated row (exact duplicates)
 LOCAL_CPUS = 2
+
+
+def _reachable(address: str) -> None:
+    """A HOST:PORT head must accept a connection within 5 s (Ray itself retries for minutes)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or "://" in address or not port.isdigit():
+        return  # "auto", ray:// client addresses: Ray's own checks
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError:
+        raise InputError(f"--ray-address {address}: no Ray head answers there") from None
 
 
 def _cpus(default: int) -> int:
@@ -68,6 +80,8 @@ def ray_session(address: str | None = None, num_cpus: int = LOCAL_CPUS) -> Itera
     if ray.is_initialized() and not address:  # the caller's Ray (a test's, a notebook's): theirs to shut down
         yield _cpus(num_cpus)
         return
+    if address:
+        _reachable(address)
     temp_dir = None
     try:
         if address:
