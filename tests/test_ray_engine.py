@@ -9,6 +9,7 @@ table (the release gate, and pycanon as an independent checker) and the informat
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import tempfile
 from collections.abc import Iterator
@@ -44,6 +45,7 @@ def local_ray() -> Iterator[None]:
         yield
     finally:
         ray.shutdown()
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def _with_privacy(policy: Policy, **update: Any) -> Policy:
