@@ -29,7 +29,7 @@ import pandas as pd
 
 from anonymize.criteria.gate import Check, enforce, privacy_checks, suppression_check, token_check
 from anonymize.errors import InputError
-from anonymize.generalization.generalize import generalize
+from anonymize.generalization.generalize import Generalized, generalize
 from anonymize.measures.achieved import privacy_measures, reidentification_risk, utility_loss
 from anonymize.policy.schema import Policy
 from anonymize.pseudonymize import DEFAULT_PARTNER, ColumnSummary, Keys, Pseudonymized, as_keys, pseudonymize
@@ -234,10 +234,16 @@ def run(
     source: str = "input",
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
+    minimised: Minimised | None = None,
+    generalizer: Callable[..., Generalized] = generalize,
 ) -> Release:
-    """Run the release pipeline on `df` as `policy` says; bad input raises one-line InputError."""
+    """Run the release pipeline on `df` as `policy` says; bad input raises one-line InputError.
+
+    Another engine (`anonymize.engines`) hands in its `minimised` steps 1-4 of `df` and its
+    `generalizer` (the signature of `generalize`); the measures, gate and report stay these."""
     say = progress or (lambda _step: None)
-    minimised = minimise(df, policy, keys, source=source, partner=partner, progress=say, fixed_recoding=False)
+    if minimised is None:
+        minimised = minimise(df, policy, keys, source=source, partner=partner, progress=say, fixed_recoding=False)
     steps = minimised.steps
     data = minimised.data
     pseudo_summary = minimised.pseudonymization
@@ -273,7 +279,7 @@ def run(
         original = _generalization_input(data[[*qis, *sensitive]], policy, qis)
         # t-closeness distance: ordered EMD for numeric sensitive columns, equal distance otherwise
         emd_kinds = {n: ("ordered" if policy.columns[n].numeric else "equal") for n in sensitive}
-        result = generalize(original, hierarchies, privacy, sensitive, emd_kinds)
+        result = generalizer(original, hierarchies, privacy, sensitive, emd_kinds)
         offered = len(original)  # rows handed to the algorithm; what it did not release was suppressed
         kept_all = len(result.data) == len(data) and result.data.index.equals(data.index)
         release = data.copy(deep=False) if kept_all else data.loc[result.data.index]

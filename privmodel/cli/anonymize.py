@@ -27,6 +27,8 @@ def anonymize(
     fmt: str = typer.Option("parquet", "--format", help="Release format: parquet or csv."),
     population: Path = typer.Option(None, "--population", help="Population table for journalist risk."),
     ledger: Path = LEDGER_OPTION,
+    engine: str = typer.Option("local", "--engine", help="local (this process) or ray (Ray Data, see docs/scale.md)."),
+    ray_address: str = typer.Option(None, "--ray-address", help="Ray cluster for --engine ray (default: local Ray)."),
 ) -> None:
     """Validate, filter, pseudonymize and generalize INPUT as the policy says; write release + report."""
     from rich.console import Console
@@ -34,7 +36,7 @@ def anonymize(
     from privmodel.workflows.release import ReleaseRequest, release
 
     req = ReleaseRequest(input=input, policy=policy, out=out, keys=keys, partner=partner, fmt=fmt,
-                         population=population, ledger=ledger)
+                         population=population, ledger=ledger, engine=engine, ray_address=ray_address)
     status = Console(stderr=True).status("anonymize: starting")
     with status:
         rows = release(req, progress=lambda step: status.update(f"anonymize: {step}"))

@@ -87,6 +87,8 @@ class ReleaseRequest:
     fmt: str = "parquet"
     population: Path | None = None
     ledger: Path | None = None
+    engine: str = "local"  # "local" or "ray" (anonymize.engines)
+    ray_address: str | None = None  # a Ray cluster for --engine ray; None: Ray in local mode
 
     @property
     def target(self) -> Path:
@@ -104,6 +106,12 @@ def release(req: ReleaseRequest, progress: Callable[[str], None] = lambda _step:
     with recorded_failure(action, req.ledger, req.out, req.keys, inputs):
         if req.fmt not in FORMATS:
             raise InputError(f"--format must be one of {', '.join(FORMATS)}")
+        from anonymize.engines import ENGINES
+
+        if req.engine not in ENGINES:
+            raise InputError(f"--engine must be one of {', '.join(ENGINES)}")
+        if req.ray_address and req.engine != "ray":
+            raise InputError("--ray-address needs --engine ray")
         from anonymize.policy.schema import load_policy
         from privmodel.dp import budget
 
@@ -131,7 +139,14 @@ def _write_release(req: ReleaseRequest, loaded: Policy, inputs: list[Path], acti
         pop = read_table(req.population) if req.population is not None else None
         read_seconds = time.perf_counter() - started
         secret = load_pseudonym_secret(ensure_keys(req.keys))
-        made = run(table, loaded, secret, population=pop, partner=req.partner, source=str(req.input), progress=progress)
+        if req.engine == "ray":
+            from anonymize.engines.ray_engine import run_on_ray
+
+            made = run_on_ray(table, loaded, secret, address=req.ray_address, population=pop, partner=req.partner,
+                              source=str(req.input), progress=progress)
+        else:
+            made = run(table, loaded, secret, population=pop, partner=req.partner, source=str(req.input),
+                       progress=progress)
         del table  # the release holds what it needs; the input's other columns can go before writing
         started = time.perf_counter()
         stage.write_table(target, made.data)
