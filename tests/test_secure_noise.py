@@ -8,6 +8,7 @@ import json
 import math
 import pickle
 import secrets
+from typing import Any
 
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ from privmodel.artifacts import model_card as card
 from privmodel.data.features import EncodedData
 from privmodel.dp import secure_noise
 from privmodel.dp.secure_noise import NoiseSource
-from privmodel.dp.training import TrainConfig, fit
+from privmodel.dp.training import FitResult, TrainConfig, fit
 
 
 def _data(n: int = 300) -> tuple[EncodedData, np.ndarray]:
@@ -29,7 +30,7 @@ def _data(n: int = 300) -> tuple[EncodedData, np.ndarray]:
     return EncodedData(x, np.zeros((n, 0), dtype=np.int64), [], ["a", "b", "c"], []), y
 
 
-def _card(result) -> dict:
+def _card(result: FitResult) -> dict[str, Any]:
     return card.build_card(model_type="logreg", label="churn", features=[], data={"rows": 300},
                            privacy=result.privacy, training={"seed": result.config.seed}, metrics={},
                            baseline_metrics=None, comparison={}, mia=None)
@@ -55,6 +56,52 @@ def test_gaussian_values_are_independent() -> None:
     x = NoiseSource.secure().gaussian(100_000, 1.0).double().numpy()
     for lag in (1, 2, 3):
         assert abs(np.corrcoef(x[:-lag], x[lag:])[0, 1]) < 5 / math.sqrt(len(x))
+
+
+def _reference_gaussian(words: np.ndarray, chunks: int) -> np.ndarray:
+    """The textbook construction, written out with numpy's own trigonometry: per chunk of C values,
+    4 C keystream words -> 2 C Box-Muller pairs -> value j = (cos_j + cos_{C+j} + sin_{j+1} +
+    sin_{C+j+1}) / 2, indices mod C."""
+    c = secure_noise.GAUSSIAN_CHUNK
+    out = []
+    for k in range(chunks):
+        u = (words[4 * c * k:4 * c * (k + 1)] >> np.uint64(11)).astype(np.float64)
+        r = np.sqrt(-2.0 * np.log((u[:2 * c] + 1.0) * 2.0**-53))
+        theta = u[2 * c:] * (2.0 * math.pi * 2.0**-53)
+        cos, sin = r * np.cos(theta), r * np.sin(theta)
+        j = np.arange(c)
+        out.append((cos[j] + cos[c + j] + sin[(j + 1) % c] + sin[c + (j + 1) % c]) / 2)
+    return np.concatenate(out)
+
+
+def test_gaussian_chunks_follow_the_keystream_in_order_and_never_reuse_it() -> None:
+    """Draws of any sizes are consecutive slices of one sequence, which is the textbook Box-Muller
+    sum of the keystream chunk after chunk; the stream moves on by exactly the chunks used."""
+    c = secure_noise.GAUSSIAN_CHUNK
+    sizes = [1, 60, 4569, c, 3, 2 * c + 5, 7]  # crosses several chunk boundaries, one draw spans three
+    total = sum(sizes)
+    chunks = -(-total // c)
+    draws = NoiseSource.insecure(5)
+    pieces = [draws.gaussian(n, 1.0).double().numpy() for n in sizes]
+    joined = np.concatenate(pieces)
+    assert np.array_equal(joined, NoiseSource.insecure(5).gaussian(total, 1.0).double().numpy())
+    raw = NoiseSource.insecure(5)
+    words = raw._words(4 * c * chunks + 4, "<u8")
+    # each keystream word feeds one reference value, so this also says no value was handed out twice
+    assert np.allclose(joined, _reference_gaussian(words, chunks)[:total], rtol=1e-6, atol=1e-6)
+    # the next draw of any kind starts right after the chunks used: no keystream is read twice
+    assert np.array_equal(draws._words(4, "<u8"), words[-4:])
+
+
+def test_many_small_draws_keep_the_distribution() -> None:
+    """A logistic model's steps (61 values each) across many chunk boundaries: std 1, normal, no lag correlation."""
+    source = NoiseSource.secure()
+    x = torch.cat([source.gaussian(61, 1.0) for _ in range(2000)]).double().numpy()
+    assert x.std() == pytest.approx(1.0, rel=0.015)
+    assert stats.kstest(x, "norm").pvalue > 1e-4
+    assert abs(np.corrcoef(x[:-1], x[1:])[0, 1]) < 5 / math.sqrt(len(x))
+    scaled = NoiseSource.insecure(9).gaussian(1000, 2.5).double().numpy()
+    assert np.allclose(scaled, 2.5 * NoiseSource.insecure(9).gaussian(1000, 1.0).double().numpy(), rtol=1e-6)
 
 
 def test_laplace_has_the_stated_scale() -> None:
@@ -106,7 +153,10 @@ def test_a_source_cannot_be_pickled_copied_or_printed_with_its_key() -> None:
     with pytest.raises(TypeError, match="cannot be pickled"):
         copy.deepcopy(source)
     assert repr(source) == "NoiseSource(secure)"
-    assert set(NoiseSource.__slots__) == {"_stream", "kind"}  # no attribute to keep the key on
+    # no attribute to keep the key on: the cipher context, the kind, and the Gaussian chunk with its cursor
+    assert set(NoiseSource.__slots__) == {"_stream", "kind", "_sums", "_next"}
+    source.gaussian(3, 1.0)
+    assert not any(isinstance(getattr(source, name), bytes | bytearray) for name in NoiseSource.__slots__)
 
 
 def test_no_entropy_reaches_the_fit_result_or_the_card(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -119,7 +169,7 @@ def test_no_entropy_reaches_the_fit_result_or_the_card(monkeypatch: pytest.Monke
         keys.append(value)
         return value
 
-    monkeypatch.setattr(secure_noise.secrets, "token_bytes", spy)
+    monkeypatch.setattr(secrets, "token_bytes", spy)  # the module secure_noise draws its keys from
     data, y = _data()
     result = fit(data, y, TrainConfig(epsilon=2.0, delta=1e-4, epochs=2, batch_size=60, accountant="rdp", seed=5))
     assert len(keys) == 1 and len(keys[0]) == secure_noise.KEY_BYTES == 32
