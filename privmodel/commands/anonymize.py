@@ -127,6 +127,7 @@ def anonymize(
         from anonymize.pipeline import run
         from anonymize.policy import load_policy
         from anonymize.report import render_text, to_json
+        from privmodel import budget
         from privmodel.fileio import outputs, read_table
         from privmodel.keys import ensure_keys, load_pseudonym_secret
 
@@ -143,6 +144,12 @@ def anonymize(
             table = read_table(input, text_columns=text)
             pop = read_table(population) if population is not None else None
             read_seconds = time.perf_counter() - started
+            started = time.perf_counter()
+            # the budget identity of the input, from the table in memory (a CSV read with text columns
+            # differs from what `content_id` reads, so that one is read again the way it reads it)
+            same = input.suffix.lower() == ".parquet" or not text
+            source = budget.dataset_of(loaded, input, keys, frame=table if same else None)
+            identity_seconds = time.perf_counter() - started
             secret = load_pseudonym_secret(ensure_keys(keys))
             status, step = _progress()
             with status:
@@ -155,18 +162,17 @@ def anonymize(
             else:
                 stage.retire(escrow_out)  # an earlier release's escrow must not sit beside this one
             # per-stage wall times: reading and writing the tables are the command's, the rest the pipeline's
-            release.report["timings"] = {"read": round(read_seconds, 3), **release.report.get("timings", {}),
+            release.report["timings"] = {"read": round(read_seconds, 3), "identity": round(identity_seconds, 3),
+                                         **release.report.get("timings", {}),
                                          "write": round(time.perf_counter() - started, 3)}
             for path, render in reports.items():
                 stage.write_text(path, render(release.report))
             _append(action, book, out, keys, inputs, stage.artifacts(), _figures(release.report))
             stage.publish()
         rows = release.report["rows"]
-        del release  # lineage below re-reads both tables: free the release's rows first (peak memory)
-        # a model trained on the release charges the raw table's budget (lineage), not a fresh one
-        from privmodel import budget
-
-        budget.record_lineage(budget.dataset_of(loaded, input, keys), target, keys)
+        # a model trained on the release charges the raw table's budget (lineage), not a fresh one;
+        # a Parquet release reads back as the frame written, so its content hash comes from memory
+        budget.record_lineage(source, target, keys, derived_frame=release.data if fmt == "parquet" else None)
     typer.echo(f"released {rows['released']} of {rows['input']} rows to {target} (report: {out / 'report.txt'})")
 
 
