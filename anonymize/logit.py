@@ -90,7 +90,7 @@ def _newton(x: object, y: np.ndarray, strength: float) -> np.ndarray:
     from scipy import linalg, sparse
 
     n = len(y)
-    full = sparse.hstack([x, np.ones((n, 1))], format="csr")  # type: ignore[list-item]
+    full = sparse.hstack([x, np.ones((n, 1))], format="csr")
     penalty = np.full(full.shape[1], strength)
     penalty[-1] = 0.0  # the intercept is not penalized
     params = np.zeros(full.shape[1])
