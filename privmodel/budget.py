@@ -435,18 +435,18 @@ def _value_text(value: Any) -> str:
 
 
 def dataset_of(policy: Policy | None, data_path: str | os.PathLike[str], keys: str | os.PathLike[str] | None,
-               frame: pd.DataFrame | None = None) -> str:
+               content: str | None = None) -> str:
     """The budget identity of a data file: the policy's declared `dataset` id, else the root of the
     file's recorded lineage, else its table content hash (file SHA-256 for a non-table file).
-    `frame`: the file's table exactly as `read_table(data_path)` gives it, when the caller holds it
-    already (the content hash is then computed from it instead of reading the file again)."""
+    `content`: the file's table content hash when the caller has it already (`frame_id` of the table
+    exactly as `read_table(data_path)` gives it), so the file is not read and hashed again."""
     declared = getattr(policy, "dataset", None) if policy is not None else None
     if declared:
         return _check_dataset(declared)
     path = Path(data_path)
     if not path.is_file():
         raise InputError(f"{path}: no such file")
-    names = _file_names(path, frame)
+    names = _file_names(path, content)
     store = _Store.open(keys, create=False)
     if store is not None:
         lineage = store.read().lineage
@@ -472,11 +472,12 @@ def dataset_of_frame(policy: Policy | None, frame: pd.DataFrame, keys: str | os.
     return name
 
 
-def _file_names(path: Path, frame: pd.DataFrame | None = None) -> list[str]:
-    """The hashes a file is known by in lineage: its bytes, then its table content (the identity),
-    from `frame` when given (the file's table as `read_table` reads it)."""
+def _file_names(path: Path, content: str | None = None) -> list[str]:
+    """The hashes a file is known by in lineage: its bytes, then its table content (the identity;
+    `content` when the caller computed it from the table in memory)."""
     names = [sha256_file(path)]
-    content = frame_id(frame) if frame is not None and path.suffix.lower() in _TABLE_SUFFIXES else content_id(path)
+    if content is None or path.suffix.lower() not in _TABLE_SUFFIXES:
+        content = content_id(path)
     if content is not None:
         names.append(content)
     return names
@@ -493,15 +494,15 @@ def _root(name: str, lineage: Mapping[str, str]) -> str:
 
 
 def record_lineage(source_sha256_or_dataset: str | os.PathLike[str], derived_sha256: str | os.PathLike[str],
-                   keys: str | os.PathLike[str] | None, derived_frame: pd.DataFrame | None = None) -> str:
+                   keys: str | os.PathLike[str] | None, derived_content: str | None = None) -> str:
     """Record that a file was derived from customer rows of `source`, so it charges the source's budget.
 
     `source`: the source's dataset id (best: `dataset_of(policy, source_path, keys)`), a hash, or the
     source file's Path. `derived`: the derived file's SHA-256, or its Path (then both its byte hash
     and its table content hash are recorded, so a re-encoded copy of the derived file follows too).
     The first record for a derived hash wins: lineage cannot be re-pointed to a fresh budget.
-    `derived_frame`: the derived file's table as `read_table` would read it back, when the caller
-    holds it (its content hash is computed from it, not from a re-read of the file).
+    `derived_content`: the derived file's content hash when the caller has it (`frame_id` of the
+    table as `read_table` reads the file back), so the file is not read and hashed again.
     Returns the root dataset the derived file now charges.
     """
     if isinstance(source_sha256_or_dataset, os.PathLike):
@@ -509,7 +510,7 @@ def record_lineage(source_sha256_or_dataset: str | os.PathLike[str], derived_sha
     else:
         source = _check_dataset(str(source_sha256_or_dataset).strip())
     if isinstance(derived_sha256, os.PathLike):
-        derived = _file_names(Path(derived_sha256), derived_frame)
+        derived = _file_names(Path(derived_sha256), derived_content)
     else:
         text = str(derived_sha256).strip().lower()
         if not _HEX64.match(text):

@@ -129,6 +129,7 @@ def anonymize(
         from anonymize.report import render_text, to_json
         from privmodel import budget
         from privmodel.fileio import outputs, read_table
+        from privmodel.forked import Pending
         from privmodel.keys import ensure_keys, load_pseudonym_secret
 
         _check_format(fmt)
@@ -144,17 +145,26 @@ def anonymize(
             table = read_table(input, text_columns=text)
             pop = read_table(population) if population is not None else None
             read_seconds = time.perf_counter() - started
-            started = time.perf_counter()
-            # the budget identity of the input, from the table in memory (a CSV read with text columns
-            # differs from what `content_id` reads, so that one is read again the way it reads it)
-            same = input.suffix.lower() == ".parquet" or not text
-            source = budget.dataset_of(loaded, input, keys, frame=table if same else None)
-            identity_seconds = time.perf_counter() - started
+            # the input's content hash (its budget identity) from the table in memory, on the second
+            # core while the pipeline runs; a CSV read with text columns differs from what
+            # `content_id` reads, so that one is read again the way it reads it
+            same = (input.suffix.lower() == ".parquet" or not text) and not getattr(loaded, "dataset", None)
+            hashing = Pending(budget.frame_id, table) if same else None
             secret = load_pseudonym_secret(ensure_keys(keys))
             status, step = _progress()
-            with status:
-                release = run(table, loaded, secret, population=pop, partner=partner, source=str(input), progress=step)
+            try:
+                with status:
+                    release = run(table, loaded, secret, population=pop, partner=partner, source=str(input),
+                                  progress=step)
+                started = time.perf_counter()
+                source = budget.dataset_of(loaded, input, keys, content=hashing.result() if hashing else None)
+                identity_seconds = time.perf_counter() - started  # the wait for the second core, and lineage
+            finally:
+                if hashing is not None:
+                    hashing.close()
             del table  # the release holds what it needs; the input's other columns can go before writing
+            # a Parquet release reads back as the frame written: its content hash is computed meanwhile
+            released = Pending(budget.frame_id, release.data) if fmt == "parquet" else None
             started = time.perf_counter()
             stage.write_table(target, release.data)
             if release.escrow is not None:
@@ -172,7 +182,7 @@ def anonymize(
         rows = release.report["rows"]
         # a model trained on the release charges the raw table's budget (lineage), not a fresh one;
         # a Parquet release reads back as the frame written, so its content hash comes from memory
-        budget.record_lineage(source, target, keys, derived_frame=release.data if fmt == "parquet" else None)
+        budget.record_lineage(source, target, keys, derived_content=released.result() if released else None)
     typer.echo(f"released {rows['released']} of {rows['input']} rows to {target} (report: {out / 'report.txt'})")
 
 
