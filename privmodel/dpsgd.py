@@ -320,12 +320,14 @@ class _DPStep:
 
     def __call__(self) -> int:
         """Take the step; returns the realised batch size."""
-        idx = self.source.bernoulli_mask(self.n, self.sample_rate).nonzero().squeeze(1)
+        # numpy's flatnonzero: the same sorted positions as torch's nonzero, several times faster
+        idx = torch.from_numpy(np.flatnonzero(self.source.bernoulli_mask(self.n, self.sample_rate).numpy()))
         for acc in self.sums:
             acc.zero_()
         for chunk in torch.split(idx, self.physical_batch_size):
-            self.clipper.accumulate(self.model, self.x_num[chunk], self.x_cat[chunk], self.y[chunk],
-                                    self.sums, self.bounds)
+            # index_select gathers the rows ~4x faster than advanced indexing
+            self.clipper.accumulate(self.model, self.x_num.index_select(0, chunk), self.x_cat.index_select(0, chunk),
+                                    self.y.index_select(0, chunk), self.sums, self.bounds)
         self._add_noise()
         for p, acc in zip(self.params, self.sums, strict=True):
             p.grad = acc / self.expected_batch
@@ -378,6 +380,10 @@ def train_dp(
     tally = _BatchTally()
     started = time.perf_counter()
     model.train()
+    threads = torch.get_num_threads()
+    # one intra-op thread: a step's tensors are small, and torch's threads spin idle on a busy machine
+    # (measured on the 2-core machine: 44 ms a step instead of 235 ms at 750k rows, batch 8192)
+    torch.set_num_threads(1)
     try:
         for step in range(int(steps)):
             tally.add(dp_step())
@@ -386,6 +392,7 @@ def train_dp(
                 on_step(step, model)
         average.apply(params)
     finally:
+        torch.set_num_threads(threads)
         clipper.close()
         for p in params:
             p.grad = None
