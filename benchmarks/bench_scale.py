@@ -1,6 +1,6 @@
 """Benchmark of what a user runs at scale: `privmodel anonymize` end to end beside the kernel it wraps.
 
-Run from the project root:  .venv/bin/python benchmarks/bench_scale.py [--rows 1000000]
+Run from the project root:  .venv/bin/python benchmarks/bench_scale.py [--rows 1000000 4000000]
 
 Makes N synthetic customers with `privmodel synth` (starter policy), then times the command a user
 types, `privmodel anonymize`, as a child process: wall seconds, CPU seconds (user + system, its
@@ -9,7 +9,10 @@ Mondrian kernel on N customers as `bench_anonymize.py` measures it (k=10, distin
 process of its own), and the figures issue 13 measured before its work as the anchor. The machine's
 load average is printed with each run: on a shared machine wall time is CPU time / the share of
 cores the run got, so CPU seconds are the figure to compare between busy runs.
-Prints ONE table, then the command's per-stage wall times from its report.json.
+Then `privmodel train --model logreg --epsilon 1 --baseline --mia` on the same customers (unless
+--skip-train). `--rows 1000000 4000000` measures each size in turn. Prints ONE table (with the
+figures issue 13 measured before its work beside the new ones), then each command's per-stage wall
+times (report.json, model_card.json).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -28,9 +32,14 @@ ROOT = Path(__file__).resolve().parents[1]
 # the console script a user types, from this interpreter's environment (else the module)
 _SCRIPT = Path(sys.executable).parent / "privmodel"
 PRIVMODEL = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "privmodel.cli"]
-# issue 13, measured on this 2-core machine before the work (quiet machine), 1M customers
-BEFORE = {"wall_s": 50.0, "rss_mib": 3.1 * 1024, "note": "issue 13 anchor: before, quiet machine"}
-TARGET = "target <= 10 s wall, <= 1.5 GB (1536 MiB) peak RSS"
+# issue 13, measured on this 2-core machine before the work: (command, rows) -> wall s, peak RSS MiB, note
+BEFORE = {
+    ("anonymize", 1_000_000): (50.0, 3.1 * 1024, "issue 13 anchor: before, quiet machine"),
+    ("anonymize", 4_000_000): (290.0, 10.9 * 1024, "issue 13 anchor: before, busy machine"),
+    ("train", 1_000_000): (298.0, 3.3 * 1024, "issue 13 anchor: before"),
+}
+TARGET = {"anonymize": "target at 1M: <= 10 s wall, <= 1536 MiB peak RSS",
+          "train": "target at 1M: <= 30 s wall with --baseline --mia and the card"}
 
 KERNEL = """
 import resource, sys, time
@@ -75,53 +84,86 @@ def run_child(cmd: list[str], cwd: Path) -> dict[str, object]:
     }
 
 
+def _timings(path: Path) -> str:
+    timings = json.loads(path.read_text()).get("timings") or {}
+    return ", ".join(f"{stage} {seconds:.2f}" for stage, seconds in timings.items())
+
+
+def _measure(rows: int, work: Path, skip_train: bool) -> tuple[list[tuple[str, ...]], list[str]]:
+    """synth, then `privmodel anonymize` and `privmodel train` on `rows` customers: table rows and stage lines."""
+    table: list[tuple[str, ...]] = []
+    stages: list[str] = []
+    keys = work / "keys"
+    if not keys.exists():
+        run_child([*PRIVMODEL, "keys", "init", str(keys)], ROOT)
+    data = work / f"data_{rows}"
+    run_child([*PRIVMODEL, "synth", "--customers", str(rows), "--silos", "1", "--format", "parquet",
+               "--out", str(data), "--keys", str(keys)], ROOT)
+    out = work / f"release_{rows}"
+    got = run_child([*PRIVMODEL, "anonymize", str(data / "silo_0.parquet"), "--policy", str(data / "policy.yaml"),
+                     "--keys", str(keys), "--out", str(out)], ROOT)
+    report = json.loads((out / "report.json").read_text())
+    table.append((f"privmodel anonymize {rows:,} (now)", f"{got['wall_s']:.1f}", f"{got['cpu_s']:.1f}",
+                  f"{got['rss_mib']:.0f}", f"{report['rows']['released']:,} released; load {got['load']}"))
+    stages.append(f"anonymize {rows:,} per-stage wall s (report.json): {_timings(out / 'report.json')}")
+    sample = next((u.get("sample") for u in (report.get("model_utility") or {}).values() if u.get("sample")), None)
+    if sample:
+        stages.append(f"  utility check: logistic fits on a random sample of {sample['rows']:,} of {sample['of']:,} rows")
+    _before(table, "anonymize", rows)
+    if not skip_train:
+        model = work / f"model_{rows}"
+        got = run_child([*PRIVMODEL, "train", str(data / "silo_0.parquet"), "--label", "churn", "--policy",
+                         str(data / "policy.yaml"), "--keys", str(keys), "--out", str(model), "--model", "logreg",
+                         "--epsilon", "1", "--baseline", "--mia"], ROOT)
+        card = json.loads((model / "model_card.json").read_text())
+        table.append((f"privmodel train logreg eps 1 {rows:,} (now)", f"{got['wall_s']:.1f}", f"{got['cpu_s']:.1f}",
+                      f"{got['rss_mib']:.0f}", f"--baseline --mia; ROC-AUC {card['metrics']['private']['roc_auc']:.4f}; "
+                                               f"{card['privacy']['steps']} steps; load {got['load']}"))
+        stages.append(f"train {rows:,} per-stage wall s (model_card.json): {_timings(model / 'model_card.json')}")
+        _before(table, "train", rows)
+    return table, stages
+
+
+def _before(table: list[tuple[str, ...]], command: str, rows: int) -> None:
+    if (command, rows) in BEFORE:
+        wall, rss, note = BEFORE[(command, rows)]
+        table.append((f"privmodel {command} {rows:,} (before)", f"{wall:.0f}", "-", f"{rss:.0f}", note))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=1_000_000, help="synthetic customers")
+    parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000], help="synthetic customers (one run each)")
     parser.add_argument("--skip-kernel", action="store_true", help="skip the Mondrian kernel run")
+    parser.add_argument("--skip-train", action="store_true", help="skip `privmodel train`")
     args = parser.parse_args()
 
     print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")
     print(f"machine: {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}, "
-          f"python {platform.python_version()}")
-    rows: list[tuple[str, str, str, str, str]] = []
+          f"python {platform.python_version()}; {TARGET['anonymize']}; {TARGET['train']}")
+    rows: list[tuple[str, ...]] = []
+    stages: list[str] = []
     with tempfile.TemporaryDirectory(prefix="bench_scale_") as tmp:
-        work = Path(tmp)
-        run_child([*PRIVMODEL, "keys", "init", str(work / "keys")], ROOT)
-        data = work / "data"
-        run_child([*PRIVMODEL, "synth", "--customers", str(args.rows), "--silos", "1", "--format", "parquet",
-                   "--out", str(data), "--keys", str(work / "keys")], ROOT)
-        out = work / "release"
-        cli = [*PRIVMODEL, "anonymize", str(data / "silo_0.parquet"), "--policy", str(data / "policy.yaml"),
-               "--keys", str(work / "keys"), "--out", str(out)]
-        got = run_child(cli, ROOT)
-        report = json.loads((out / "report.json").read_text())
-        released = report["rows"]["released"]
-        rows.append((f"privmodel anonymize {args.rows:,} customers (now)", f"{got['wall_s']:.1f}",
-                     f"{got['cpu_s']:.1f}", f"{got['rss_mib']:.0f}",
-                     f"{released:,} rows released; load {got['load']}; {TARGET}"))
-        if args.rows == 1_000_000:
-            rows.append(("privmodel anonymize 1,000,000 (before)", f"{BEFORE['wall_s']:.0f}", "-",
-                         f"{BEFORE['rss_mib']:.0f}", str(BEFORE["note"])))
-        if not args.skip_kernel:
-            code = KERNEL.format(root=str(ROOT), bench=str(ROOT / "benchmarks"), rows=args.rows)
-            kern = run_child([sys.executable, "-c", code], ROOT)
-            seconds, cpu, classes = str(kern["stdout"]).split()[-3:]
-            rows.append((f"kernel: Mondrian {args.rows:,} k=10 l=2", f"{float(seconds):.1f}", f"{float(cpu):.1f}",
-                         f"{kern['rss_mib']:.0f}", f"generalize() only ({classes} classes); process peak RSS "
-                         f"includes generating the data; load {kern['load']}"))
+        for n in args.rows:
+            table, lines = _measure(n, Path(tmp), args.skip_train)
+            rows += table
+            stages += lines
+            if not args.skip_kernel and n == args.rows[0]:
+                code = KERNEL.format(root=str(ROOT), bench=str(ROOT / "benchmarks"), rows=n)
+                kern = run_child([sys.executable, "-c", code], ROOT)
+                seconds, cpu, classes = str(kern["stdout"]).split()[-3:]
+                rows.append((f"kernel: Mondrian {n:,} k=10 l=2", f"{float(seconds):.1f}", f"{float(cpu):.1f}",
+                             f"{kern['rss_mib']:.0f}", f"generalize() only ({classes} classes); peak RSS "
+                             f"includes generating the data; load {kern['load']}"))
+            for name in ("data", "release", "model"):  # free the disk between sizes
+                shutil.rmtree(Path(tmp) / f"{name}_{n}", ignore_errors=True)
     head = ("what", "wall s", "CPU s", "peak RSS MiB", "note")
     widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
     line = "  ".join(f"{{:<{w}}}" for w in widths)
     print(line.format(*head))
     for r in rows:
         print(line.format(*r))
-    timings = report.get("timings") or {}
-    print("per-stage wall s (report.json timings): "
-          + ", ".join(f"{stage} {seconds:.2f}" for stage, seconds in timings.items()))
-    sample = next((u.get("sample") for u in (report.get("model_utility") or {}).values() if u.get("sample")), None)
-    if sample:
-        print(f"utility check: logistic fits on a random sample of {sample['rows']:,} of {sample['of']:,} released rows")
+    for text in stages:
+        print(text)
 
 
 if __name__ == "__main__":
