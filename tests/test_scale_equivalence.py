@@ -297,3 +297,20 @@ def test_dataset_content_hash_of_arrow_written_columns_equals_the_per_value_text
     for name in frame.columns:
         assert budget.frame_id(frame[[name]]) == _ref_frame_id(frame[[name]]), name
     assert budget.frame_id(frame) == _ref_frame_id(frame)
+
+
+def _old_category_codes(series: pd.Series, lookup: dict[str, int]) -> list[int]:
+    text = series.astype(object).where(series.notna(), None).map(lambda v: None if v is None else str(v).strip())
+    return text.map(lookup).fillna(0).to_numpy(dtype=np.int64).tolist()
+
+
+@pytest.mark.parametrize("case", range(len(_series_variants())))
+def test_category_encoding_per_distinct_value_equals_the_per_value_code(case: int) -> None:
+    from privmodel.features import _category_codes
+
+    series = _series_variants()[case]
+    categories = ["yes", "1", "true", "True", "1.0", "2020-01-01", "", "0", "2020-01-01 00:00:00", "False", "nan"]
+    lookup = {c: i + 1 for i, c in enumerate(categories)}
+    assert _category_codes(series, lookup).tolist() == _old_category_codes(series, lookup)
+    as_category = series.astype("category") if series.map(type).nunique() <= 1 else series
+    assert _category_codes(as_category, lookup).tolist() == _old_category_codes(as_category, lookup)
