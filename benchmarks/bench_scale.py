@@ -9,8 +9,8 @@ Mondrian kernel on N customers as `bench_anonymize.py` measures it (k=10, distin
 process of its own), and the figures issue 13 measured before its work as the anchor. The machine's
 load average is printed with each run: on a shared machine wall time is CPU time / the share of
 cores the run got, so CPU seconds are the figure to compare between busy runs.
-Then `privmodel train --model logreg --epsilon 1 --baseline --mia` on the same customers (unless
---skip-train). `--rows 1000000 4000000` measures each size in turn. Prints ONE table (with the
+Then `privmodel train --model logreg --epsilon 1 --baseline --mia` on the same customers (--only
+anonymize | train times one of them). `--rows 1000000 4000000` measures each size in turn. Prints ONE table (with the
 figures issue 13 measured before its work beside the new ones), then each command's per-stage wall
 times (report.json, model_card.json).
 """
@@ -89,7 +89,7 @@ def _timings(path: Path) -> str:
     return ", ".join(f"{stage} {seconds:.2f}" for stage, seconds in timings.items())
 
 
-def _measure(rows: int, work: Path, skip_train: bool) -> tuple[list[tuple[str, ...]], list[str]]:
+def _measure(rows: int, work: Path, commands: list[str]) -> tuple[list[tuple[str, ...]], list[str]]:
     """synth, then `privmodel anonymize` and `privmodel train` on `rows` customers: table rows and stage lines."""
     table: list[tuple[str, ...]] = []
     stages: list[str] = []
@@ -99,6 +99,14 @@ def _measure(rows: int, work: Path, skip_train: bool) -> tuple[list[tuple[str, .
     data = work / f"data_{rows}"
     run_child([*PRIVMODEL, "synth", "--customers", str(rows), "--silos", "1", "--format", "parquet",
                "--out", str(data), "--keys", str(keys)], ROOT)
+    if "anonymize" in commands:
+        _anonymize(rows, data, keys, work, table, stages)
+    if "train" in commands:
+        _train(rows, data, keys, work, table, stages)
+    return table, stages
+
+
+def _anonymize(rows: int, data: Path, keys: Path, work: Path, table: list[tuple[str, ...]], stages: list[str]) -> None:
     out = work / f"release_{rows}"
     got = run_child([*PRIVMODEL, "anonymize", str(data / "silo_0.parquet"), "--policy", str(data / "policy.yaml"),
                      "--keys", str(keys), "--out", str(out)], ROOT)
@@ -110,18 +118,19 @@ def _measure(rows: int, work: Path, skip_train: bool) -> tuple[list[tuple[str, .
     if sample:
         stages.append(f"  utility check: logistic fits on a random sample of {sample['rows']:,} of {sample['of']:,} rows")
     _before(table, "anonymize", rows)
-    if not skip_train:
-        model = work / f"model_{rows}"
-        got = run_child([*PRIVMODEL, "train", str(data / "silo_0.parquet"), "--label", "churn", "--policy",
-                         str(data / "policy.yaml"), "--keys", str(keys), "--out", str(model), "--model", "logreg",
-                         "--epsilon", "1", "--baseline", "--mia"], ROOT)
-        card = json.loads((model / "model_card.json").read_text())
-        table.append((f"privmodel train logreg eps 1 {rows:,} (now)", f"{got['wall_s']:.1f}", f"{got['cpu_s']:.1f}",
-                      f"{got['rss_mib']:.0f}", f"--baseline --mia; ROC-AUC {card['metrics']['private']['roc_auc']:.4f}; "
-                                               f"{card['privacy']['steps']} steps; load {got['load']}"))
-        stages.append(f"train {rows:,} per-stage wall s (model_card.json): {_timings(model / 'model_card.json')}")
-        _before(table, "train", rows)
-    return table, stages
+
+
+def _train(rows: int, data: Path, keys: Path, work: Path, table: list[tuple[str, ...]], stages: list[str]) -> None:
+    model = work / f"model_{rows}"
+    got = run_child([*PRIVMODEL, "train", str(data / "silo_0.parquet"), "--label", "churn", "--policy",
+                     str(data / "policy.yaml"), "--keys", str(keys), "--out", str(model), "--model", "logreg",
+                     "--epsilon", "1", "--baseline", "--mia"], ROOT)
+    card = json.loads((model / "model_card.json").read_text())
+    table.append((f"privmodel train logreg eps 1 {rows:,} (now)", f"{got['wall_s']:.1f}", f"{got['cpu_s']:.1f}",
+                  f"{got['rss_mib']:.0f}", f"--baseline --mia; ROC-AUC {card['metrics']['private']['roc_auc']:.4f}; "
+                                           f"{card['privacy']['steps']} steps; load {got['load']}"))
+    stages.append(f"train {rows:,} per-stage wall s (model_card.json): {_timings(model / 'model_card.json')}")
+    _before(table, "train", rows)
 
 
 def _before(table: list[tuple[str, ...]], command: str, rows: int) -> None:
@@ -134,7 +143,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000], help="synthetic customers (one run each)")
     parser.add_argument("--skip-kernel", action="store_true", help="skip the Mondrian kernel run")
-    parser.add_argument("--skip-train", action="store_true", help="skip `privmodel train`")
+    parser.add_argument("--only", choices=["anonymize", "train"], help="time one command only")
     args = parser.parse_args()
 
     print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")
@@ -144,10 +153,10 @@ def main() -> None:
     stages: list[str] = []
     with tempfile.TemporaryDirectory(prefix="bench_scale_") as tmp:
         for n in args.rows:
-            table, lines = _measure(n, Path(tmp), args.skip_train)
+            table, lines = _measure(n, Path(tmp), [args.only] if args.only else ["anonymize", "train"])
             rows += table
             stages += lines
-            if not args.skip_kernel and n == args.rows[0]:
+            if not args.skip_kernel and args.only != "train" and n == args.rows[0]:
                 code = KERNEL.format(root=str(ROOT), bench=str(ROOT / "benchmarks"), rows=n)
                 kern = run_child([sys.executable, "-c", code], ROOT)
                 seconds, cpu, classes = str(kern["stdout"]).split()[-3:]
