@@ -198,7 +198,7 @@ def split_rows(req: TrainRequest, keys: Path | None) -> SplitRows:
 
     policy = load_policy_with_cap(req.policy)
     assert policy.budget is not None  # load_policy_with_cap refuses a policy without one
-    rows = model_rows(req.data, policy, keys)
+    rows = model_rows(req.data, policy, keys, content_hash=True)
     ready = prep.prepare(rows.frame, policy, req.label, str(req.data), rows.positions)
     train_idx, test_idx = prep.split(ready.y, req.test_size, req.seed)
     prep.check_delta(req.delta, int(train_idx.size))
@@ -214,7 +214,8 @@ def _train(req: TrainRequest, book: Ledger, keys: Path | None, advance: Progress
     policy, rows, ready, train_idx, test_idx = split.policy, split.rows, split.ready, split.train_idx, split.test_idx
     timings = {"rows": time.perf_counter() - started}
     started = time.perf_counter()
-    dataset = budget.dataset_of(policy, req.data, keys)
+    content = rows.content_hash.result() if rows.content_hash is not None else None
+    dataset = budget.dataset_of(policy, req.data, keys, content=content)
     charge = budget.charge(dataset, req.epsilon, req.delta, split.cap,
                            keys=keys, ledger=book,
                            params={"command": "train", "target_epsilon": req.epsilon, "out": req.out.name,
