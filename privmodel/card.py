@@ -377,21 +377,23 @@ def check_no_raw_values(text: str, frame: pd.DataFrame | None, columns: Iterable
     into a document meant for reviewers. Short values (< `min_length` characters) are skipped:
     "F" or "12" occur in any text by chance.
     """
-    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.compute as pc
 
     for column in columns:
         if frame is None or column not in frame.columns:
             continue
-        values = pd.Series(frame[column].dropna().astype(str).unique(), dtype=object)
-        values = values[values.str.len() >= min_length]
-        lengths = sorted({int(n) for n in values.str.len().unique()})
+        values = pa.array(frame[column].dropna().astype(str).array, from_pandas=True).cast(pa.large_string())
+        values = values.filter(pc.greater_equal(pc.utf8_length(values), min_length))
+        lengths = sorted(set(pc.unique(pc.utf8_length(values)).to_pylist()))
         if len(lengths) * len(text) <= max(10 * len(values), 1_000_000):
             # every substring of the text as long as some value, looked up in one hash join: the same
             # test as `value in text` per value, without a scan of the text per value (1M tokens)
-            pieces = {text[i:i + n] for n in lengths for i in range(len(text) - n + 1)}
-            found = bool(values.isin(pieces).any())
+            pieces = pa.array(sorted({text[i:i + n] for n in lengths for i in range(len(text) - n + 1)}),
+                              type=pa.large_string())
+            found = bool(pc.any(pc.is_in(values, value_set=pieces)).as_py())
         else:
-            found = any(value in text for value in values)
+            found = any(value in text for value in values.to_pylist())
         if found:
             raise InputError(f"model card: would contain a raw value of column {column}; refusing to write it")
 

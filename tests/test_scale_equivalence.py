@@ -314,3 +314,23 @@ def test_category_encoding_per_distinct_value_equals_the_per_value_code(case: in
     assert _category_codes(series, lookup).tolist() == _old_category_codes(series, lookup)
     as_category = series.astype("category") if series.map(type).nunique() <= 1 else series
     assert _category_codes(as_category, lookup).tolist() == _old_category_codes(as_category, lookup)
+
+
+def test_card_raw_value_check_refuses_exactly_what_the_per_value_scan_did() -> None:
+    from anonymize.errors import InputError
+    from privmodel import card
+
+    rng = np.random.default_rng(11)
+    alphabet = list("abcé€ 12-")
+    text = "".join(rng.choice(alphabet, 3_000))
+    for trial in range(40):
+        values = ["".join(rng.choice(alphabet, int(rng.integers(1, 9)))) for _ in range(300)]
+        frame = pd.DataFrame({"id": pd.Series(values + [None], dtype="str"), "n": rng.integers(0, 10**6, 301)})
+        for column in ("id", "n"):
+            expected = any(len(v) >= 4 and v in text for v in frame[column].dropna().astype(str))
+            try:
+                card.check_no_raw_values(text, frame, [column])
+                refused = False
+            except InputError:
+                refused = True
+            assert refused == expected, (trial, column)
