@@ -87,7 +87,7 @@ def _loss_and_gradient(params: np.ndarray, x: object, y: np.ndarray, strength: f
 def _newton(x: object, y: np.ndarray, strength: float) -> np.ndarray:
     """The optimum by Newton's method (dense Hessian, halving steps until the loss falls): a few
     iterations where L-BFGS needs hundreds on many rare one-hot columns."""
-    from scipy import linalg, sparse
+    from scipy import sparse
 
     n = len(y)
     full = sparse.hstack([x, np.ones((n, 1))], format="csr")
@@ -98,7 +98,7 @@ def _newton(x: object, y: np.ndarray, strength: float) -> np.ndarray:
     for _ in range(NEWTON_ITER):
         p = 1.0 / (1.0 + np.exp(-(full @ params)))
         hessian = (full.T @ full.multiply((p * (1.0 - p) / n)[:, None])).toarray() + np.diag(penalty)
-        step = linalg.solve(hessian, gradient, assume_a="pos")  # Cholesky: positive definite
+        step = np.linalg.solve(hessian, gradient)  # numpy's: scipy.linalg costs more to import than to run
         size = 1.0
         while True:
             trial = params - size * step
@@ -116,8 +116,6 @@ def _newton(x: object, y: np.ndarray, strength: float) -> np.ndarray:
 def fit_predict(train: pd.DataFrame, y: np.ndarray, test: pd.DataFrame, c: float = 1.0) -> np.ndarray:
     """P(y = 1) on `test` of the L2 logistic regression (inverse strength `c`) fitted on `train`:
     by Newton's method up to NEWTON_WIDTH columns, by L-BFGS (as scikit-learn) beyond."""
-    from scipy.optimize import minimize
-
     design = _Design.fit(train)
     x = design.matrix(train)
     target = y.astype(np.float64)
@@ -128,6 +126,8 @@ def fit_predict(train: pd.DataFrame, y: np.ndarray, test: pd.DataFrame, c: float
         with threadpool_limits(1):  # one small factorisation: BLAS threads only wait on a busy machine
             params = _newton(x, target, strength)
     else:
+        from scipy.optimize import minimize
+
         params = minimize(_loss_and_gradient, np.zeros(design.width + 1), args=(x, target, strength), jac=True,
                           method="L-BFGS-B", options={"maxiter": MAX_ITER, "gtol": 1e-7, "ftol": 1e-12}).x
     z = design.matrix(test) @ params[:-1] + params[-1]
