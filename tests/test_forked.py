@@ -1,4 +1,4 @@
-"""`privmodel.forked.Pending`: the job's result from a forked child, its exception, and no fork."""
+"""`anonymize.forked.Pending`: the job's result from a forked child, its exception, and no fork."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import os
 import pandas as pd
 import pytest
 
+from anonymize import forked
 from anonymize.errors import InputError
-from privmodel import budget, forked
+from privmodel import budget
 
 
 def _pid_and_sum(frame: pd.DataFrame) -> tuple[int, int]:

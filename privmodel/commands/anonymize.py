@@ -124,12 +124,12 @@ def anonymize(
     action = "anonymize.release"
     inputs = [input, policy] + ([population] if population is not None else [])
     with recorded_failure(action, ledger, out, keys, inputs):
+        from anonymize.forked import Pending
         from anonymize.pipeline import run
         from anonymize.policy import load_policy
         from anonymize.report import render_text, to_json
         from privmodel import budget
         from privmodel.fileio import outputs, read_table
-        from privmodel.forked import Pending
         from privmodel.keys import ensure_keys, load_pseudonym_secret
 
         _check_format(fmt)

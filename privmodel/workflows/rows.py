@@ -28,8 +28,8 @@ if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
 
+    from anonymize.forked import Pending
     from anonymize.policy import Policy
-    from privmodel.forked import Pending
 
 UNIT_CUSTOMER = "customer"
 UNIT_RELEASE_ROW = "release row"
@@ -114,8 +114,8 @@ def model_rows(path: Path, policy: Policy, keys: Path | None, content_hash: bool
     pending = None
     # a CSV read with text columns is not the table `content_id` reads: that one is re-read there
     if content_hash and (path.suffix.lower() == ".parquet" or not text) and not getattr(policy, "dataset", None):
+        from anonymize.forked import Pending
         from privmodel.budget import frame_id
-        from privmodel.forked import Pending
 
         pending = Pending(frame_id, frame)
     release = release_beside(path, len(frame), policy)
