@@ -33,3 +33,22 @@ def test_without_fork_the_job_runs_in_the_parent(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(forked.multiprocessing, "get_all_start_methods", lambda: ["spawn"])
     pid, total = forked.Pending(_pid_and_sum, pd.DataFrame({"x": [1, 2]})).result()
     assert pid == os.getpid() and total == 3
+
+
+def test_the_epsilon_history_computed_during_training_is_the_lazy_one() -> None:
+    import numpy as np
+
+    from privmodel.features import EncodedData
+    from privmodel.training import TrainConfig, fit
+
+    rng = np.random.default_rng(0)
+    n = 2_000
+    data = EncodedData(rng.random((n, 2), dtype=np.float32), rng.integers(1, 3, (n, 1)), [3], ["a", "b"], ["c"])
+    y = (rng.random(n) < 0.3).astype(np.float32)
+    config = TrainConfig(epsilon=1.0, epochs=3, batch_size=256, insecure_seed=1)
+    eager = fit(data, y, config, history=True)
+    assert isinstance(eager._history, forked.Pending)
+    lazy = fit(data, y, config)
+    assert lazy._history is None
+    assert eager.epsilon_history == lazy.epsilon_history and len(lazy.epsilon_history) == 3
+    assert eager.epsilon_history[-1]["epsilon"] == eager.privacy["epsilon"]

@@ -140,10 +140,10 @@ def config_for(req: TrainRequest, epsilon: float | None, *, seed: int | None = N
 
 
 def fit_rows(encoder: TabularEncoder, frame: pd.DataFrame, y: np.ndarray, config: TrainConfig,
-             on_step: Callable[[int, int], None] | None = None) -> FitResult:
+             on_step: Callable[[int, int], None] | None = None, history: bool = False) -> FitResult:
     from privmodel.training import fit
 
-    return fit(encoder.transform(frame), y, config, on_step=on_step)
+    return fit(encoder.transform(frame), y, config, on_step=on_step, history=history)
 
 
 def predictor(result: FitResult, encoder: TabularEncoder) -> Callable[[pd.DataFrame], np.ndarray]:
@@ -267,7 +267,8 @@ def _fit_and_measure(req: TrainRequest, ready: prep.Prepared, train_idx: np.ndar
         members, y_members = df_train.iloc[fit_pos].reset_index(drop=True), y_train[fit_pos]
         lr, clip = selection.best_params.get("lr", lr), selection.best_params.get("clip", clip)
     else:
-        result = fit_rows(encoder, df_train, y_train, config_for(req, req.epsilon), on_step=_steps(advance, 0, "private model"))
+        result = fit_rows(encoder, df_train, y_train, config_for(req, req.epsilon), on_step=_steps(advance, 0, "private model"),
+                          history=True)  # the card's epsilon history, computed on the second core meanwhile
     advance(1, "private model trained")
     timings = {"private_model": time.perf_counter() - started}
     started = time.perf_counter()
