@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 
 import pandas as pd
@@ -30,7 +31,7 @@ def test_the_childs_exception_is_raised_by_result() -> None:
 
 
 def test_without_fork_the_job_runs_in_the_parent(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(forked.multiprocessing, "get_all_start_methods", lambda: ["spawn"])
+    monkeypatch.setattr(multiprocessing, "get_all_start_methods", lambda: ["spawn"])
     pid, total = forked.Pending(_pid_and_sum, pd.DataFrame({"x": [1, 2]})).result()
     assert pid == os.getpid() and total == 3
 
