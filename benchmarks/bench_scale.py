@@ -122,13 +122,16 @@ def _anonymize(rows: int, data: Path, keys: Path, work: Path, table: list[tuple[
 
 def _train(rows: int, data: Path, keys: Path, work: Path, table: list[tuple[str, ...]], stages: list[str]) -> None:
     model = work / f"model_{rows}"
+    # the CLI's default delta (1e-6) must stay below 1/n: past ~1M training rows pass 1/(10 customers)
+    delta = ["--delta", f"{1 / (10 * rows):.3g}"] if rows > 1_000_000 else []
     got = run_child([*PRIVMODEL, "train", str(data / "silo_0.parquet"), "--label", "churn", "--policy",
                      str(data / "policy.yaml"), "--keys", str(keys), "--out", str(model), "--model", "logreg",
-                     "--epsilon", "1", "--baseline", "--mia"], ROOT)
+                     "--epsilon", "1", "--baseline", "--mia", *delta], ROOT)
     card = json.loads((model / "model_card.json").read_text())
     table.append((f"privmodel train logreg eps 1 {rows:,} (now)", f"{got['wall_s']:.1f}", f"{got['cpu_s']:.1f}",
                   f"{got['rss_mib']:.0f}", f"--baseline --mia; ROC-AUC {card['metrics']['private']['roc_auc']:.4f}; "
-                                           f"{card['privacy']['steps']} steps; load {got['load']}"))
+                                           f"{card['privacy']['steps']} steps; delta {card['privacy']['delta']:.2g}; "
+                                           f"load {got['load']}"))
     stages.append(f"train {rows:,} per-stage wall s (model_card.json): {_timings(model / 'model_card.json')}")
     _before(table, "train", rows)
 
@@ -156,6 +159,8 @@ def main() -> None:
             table, lines = _measure(n, Path(tmp), [args.only] if args.only else ["anonymize", "train"])
             rows += table
             stages += lines
+            for row in table:  # as measured, so a later failure loses nothing
+                print("measured:", " | ".join(row), flush=True)
             if not args.skip_kernel and args.only != "train" and n == args.rows[0]:
                 code = KERNEL.format(root=str(ROOT), bench=str(ROOT / "benchmarks"), rows=n)
                 kern = run_child([sys.executable, "-c", code], ROOT)
