@@ -57,6 +57,9 @@ class Release:
     data: pd.DataFrame
     report: dict[str, Any]
     escrow: pd.DataFrame | None = None
+    # `content_hash(data)` when `run` was given one: started in a forked child as soon as the
+    # released rows were known, so it is (nearly) done when the release has been written
+    content: Pending[str] | None = None
 
 
 def _generalization_input(data: pd.DataFrame, policy: Policy, qis: list[str]) -> pd.DataFrame:
@@ -235,8 +238,11 @@ def run(
     source: str = "input",
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
+    content_hash: Callable[[pd.DataFrame], str] | None = None,
 ) -> Release:
-    """Run the release pipeline on `df` as `policy` says; bad input raises one-line InputError."""
+    """Run the release pipeline on `df` as `policy` says; bad input raises one-line InputError.
+    `content_hash`: a function of the released table (the caller's budget identity of the release
+    file), computed in a forked child from when the released rows are known (`Release.content`)."""
     say = progress or (lambda _step: None)
     minimised = minimise(df, policy, keys, source=source, partner=partner, progress=say, fixed_recoding=False)
     steps = minimised.steps
@@ -255,6 +261,7 @@ def run(
     emd_kinds: dict[str, str] = {}
     offered = 0
     utility_job: Pending[dict[str, Any]] | None = None
+    content: Pending[str] | None = None
     if qis:
         before = len(data)
         missing_qi = data[qis].isna().any(axis=1).to_numpy()
@@ -309,6 +316,7 @@ def run(
         # the gate run here (the second core); its result is collected for the report below
         chosen = release[[c for c in policy.released_columns() if c in release.columns]]
         utility_job = Pending(_model_utility, data, chosen.reset_index(drop=True), chosen.index, policy, seed)
+        content = Pending(content_hash, chosen) if content_hash is not None else None
         say("measure")
         measures_started = time.perf_counter()
         pop = None
@@ -380,7 +388,9 @@ def run(
         "fairness_groups": policy.fairness_groups,
         "timings": {stage: round(seconds, 3) for stage, seconds in timings.items()},
     }
-    return Release(release, report, escrow)
+    if content is None and content_hash is not None:
+        content = Pending(content_hash, release)
+    return Release(release, report, escrow, content)
 
 
 def _utility_sample(n: int, limit: int, seed: int) -> np.ndarray:

@@ -154,8 +154,9 @@ def anonymize(
             status, step = _progress()
             try:
                 with status:
+                    # the release's content hash (lineage) starts as soon as the released rows are known
                     release = run(table, loaded, secret, population=pop, partner=partner, source=str(input),
-                                  progress=step)
+                                  progress=step, content_hash=budget.frame_id if fmt == "parquet" else None)
                 started = time.perf_counter()
                 source = budget.dataset_of(loaded, input, keys, content=hashing.result() if hashing else None)
                 identity_seconds = time.perf_counter() - started  # the wait for the second core, and lineage
@@ -163,8 +164,7 @@ def anonymize(
                 if hashing is not None:
                     hashing.close()
             del table  # the release holds what it needs; the input's other columns can go before writing
-            # a Parquet release reads back as the frame written: its content hash is computed meanwhile
-            released = Pending(budget.frame_id, release.data) if fmt == "parquet" else None
+            released = release.content  # a Parquet release reads back as the frame written
             started = time.perf_counter()
             stage.write_table(target, release.data)
             if release.escrow is not None:
