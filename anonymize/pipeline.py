@@ -29,6 +29,7 @@ import pandas as pd
 
 from anonymize.criteria.gate import Check, enforce, privacy_checks, suppression_check, token_check
 from anonymize.errors import InputError
+from anonymize.forked import Pending
 from anonymize.generalization.generalize import Generalized, generalize
 from anonymize.measures.achieved import privacy_measures, reidentification_risk, utility_loss
 from anonymize.policy.schema import Policy
@@ -56,6 +57,9 @@ class Release:
     data: pd.DataFrame
     report: dict[str, Any]
     escrow: pd.DataFrame | None = None
+    # `content_hash(data)` when `run` was given one: started in a forked child as soon as the
+    # released rows were known, so it is (nearly) done when the release has been written
+    content: Pending[str] | None = None
 
 
 def _generalization_input(data: pd.DataFrame, policy: Policy, qis: list[str]) -> pd.DataFrame:
@@ -236,11 +240,14 @@ def run(
     progress: Callable[[str], None] | None = None,
     minimised: Minimised | None = None,
     generalizer: Callable[..., Generalized] = generalize,
+    content_hash: Callable[[pd.DataFrame], str] | None = None,
 ) -> Release:
     """Run the release pipeline on `df` as `policy` says; bad input raises one-line InputError.
 
     Another engine (`anonymize.engines`) hands in its `minimised` steps 1-4 of `df` and its
-    `generalizer` (the signature of `generalize`); the measures, gate and report stay these."""
+    `generalizer` (the signature of `generalize`); the measures, gate and report stay these.
+    `content_hash`: a function of the released table (the caller's budget identity of the release
+    file), computed in a forked child from when the released rows are known (`Release.content`)."""
     say = progress or (lambda _step: None)
     if minimised is None:
         minimised = minimise(df, policy, keys, source=source, partner=partner, progress=say, fixed_recoding=False)
@@ -259,6 +266,8 @@ def run(
     utility: dict[str, Any] = {}
     emd_kinds: dict[str, str] = {}
     offered = 0
+    utility_job: Pending[dict[str, Any]] | None = None
+    content: Pending[str] | None = None
     if qis:
         before = len(data)
         missing_qi = data[qis].isna().any(axis=1).to_numpy()
@@ -309,6 +318,11 @@ def run(
             }
         )
         timings["generalize"] = time.perf_counter() - generalize_started
+        # the raw-vs-release AUC needs only the release: a forked child fits it while the measures and
+        # the gate run here (the second core); its result is collected for the report below
+        chosen = release[[c for c in policy.released_columns() if c in release.columns]]
+        utility_job = Pending(_model_utility, data, chosen.reset_index(drop=True), chosen.index, policy, seed)
+        content = Pending(content_hash, chosen) if content_hash is not None else None
         say("measure")
         measures_started = time.perf_counter()
         pop = None
@@ -357,8 +371,9 @@ def run(
     timings["gate"] = time.perf_counter() - gate_started
 
     say("report")
-    with _timed(timings, "utility"):
-        model_utility = _model_utility(data, release, source_rows, policy, seed)
+    with _timed(timings, "utility"):  # the wait for the child's fits, where one was started
+        model_utility = (utility_job.result() if utility_job is not None
+                         else _model_utility(data, release, source_rows, policy, seed))
 
     counts = _counts(steps, int(len(df)), int(len(release)))
     report = {
@@ -379,7 +394,9 @@ def run(
         "fairness_groups": policy.fairness_groups,
         "timings": {stage: round(seconds, 3) for stage, seconds in timings.items()},
     }
-    return Release(release, report, escrow)
+    if content is None and content_hash is not None:
+        content = Pending(content_hash, release)
+    return Release(release, report, escrow, content)
 
 
 def _utility_sample(n: int, limit: int, seed: int) -> np.ndarray:

@@ -240,7 +240,8 @@ def quality(df: pd.DataFrame, policy: Policy) -> StepResult:
     duplicate_ids = {}
     for name in policy.identifiers:
         ids = data[name]
-        duplicate_ids[name] = int((ids.notna() & ids.duplicated(keep="first")).sum())
+        # present values minus distinct present values: the repeats `duplicated(keep="first")` marks
+        duplicate_ids[name] = int(ids.count()) - int(ids.nunique(dropna=True))
     missing = {c: int(data[c].isna().sum()) for c in declared if policy.columns[c].role != "drop"}
     info = {
         "rows_in": len(df),

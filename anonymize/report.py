@@ -51,15 +51,10 @@ def label_auc(
 
     Both models see the same rows (the released ones), the same split and the same preprocessing:
     numeric columns standardized, everything else one-hot. So the gap measures what generalization
-    cost the model, not a difference in sample. scikit-learn is imported here only, per the layer
-    rules (the rest of `anonymize` does not need it).
+    cost the model, not a difference in sample. The model is `anonymize.logit`'s (scikit-learn's
+    LogisticRegression fitted by NumPy/SciPy: importing scikit-learn cost more than the fits).
     """
-    from sklearn.compose import ColumnTransformer
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import roc_auc_score
-    from sklearn.model_selection import train_test_split
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+    from anonymize.logit import fit_predict, roc_auc, stratified_split
 
     y_all = pd.to_numeric(release[label].astype("Float64"), errors="coerce")
     keep = y_all.notna().to_numpy()
@@ -77,25 +72,14 @@ def label_auc(
         return {**result, "skipped": "no feature columns"}
     if len(np.unique(y)) < 2 or np.bincount(y).min() < 4:
         return {**result, "skipped": "label has fewer than 4 rows of each class"}
-    idx = np.arange(len(y))
-    train, test = train_test_split(idx, test_size=test_size, random_state=seed, stratify=y)
+    train, test = stratified_split(y, test_size, seed)
     if len(np.unique(y[test])) < 2:
         return {**result, "skipped": "test split holds one class only"}
     result.update({"train_rows": len(train), "test_rows": len(test), "split_seed": seed})
     for name, frame in (("release", release), ("raw", raw.loc[release.index])):
         x = _model_frame(frame.loc[keep, features])
-        numeric = [c for c in x.columns if pd.api.types.is_float_dtype(x[c])]
-        other = [c for c in x.columns if c not in numeric]
-        prep = ColumnTransformer(
-            [
-                ("num", StandardScaler(), numeric),
-                ("cat", OneHotEncoder(handle_unknown="ignore", min_frequency=1), other),
-            ]
-        )
-        model = make_pipeline(prep, LogisticRegression(max_iter=500))
-        model.fit(x.iloc[train], y[train])
-        score = model.predict_proba(x.iloc[test])[:, 1]
-        result[f"auc_{name}"] = float(roc_auc_score(y[test], score))
+        score = fit_predict(x.iloc[train], y[train], x.iloc[test])
+        result[f"auc_{name}"] = roc_auc(y[test], score)
         result[f"auc_{name}_se"] = auc_standard_error(result[f"auc_{name}"], y[test])
     result["auc_loss"] = result["auc_raw"] - result["auc_release"]
     return result

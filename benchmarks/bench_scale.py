@@ -1,6 +1,6 @@
 """Benchmark of what a user runs at scale: `privmodel anonymize` end to end beside the kernel it wraps.
 
-Run from the project root:  .venv/bin/python benchmarks/bench_scale.py [--rows 1000000]
+Run from the project root:  .venv/bin/python benchmarks/bench_scale.py [--rows 1000000 4000000]
 
 Makes N synthetic customers with `privmodel synth` (starter policy), then times the command a user
 types, `privmodel anonymize`, as a child process: wall seconds, CPU seconds (user + system, its
@@ -9,11 +9,12 @@ Mondrian kernel on N customers as `bench_anonymize.py` measures it (k=10, distin
 process of its own), and the figures issue 13 measured before its work as the anchor. The machine's
 load average is printed with each run: on a shared machine wall time is CPU time / the share of
 cores the run got, so CPU seconds are the figure to compare between busy runs.
-`--engines local,ray` (the default) times both engines on the same data: `--engine ray` is Ray Data in
-local mode with 2 workers. A Ray run is a tree of processes (driver, GCS, raylet, workers, a shared
-object store), so beside wait4's peak RSS (the largest single process) the table gives the peak of the
-process tree's summed PSS, sampled every 0.5 s; CPU seconds count only the processes that were reaped.
-Prints ONE table, then each engine's per-stage wall times from its report.json.
+Then `privmodel train --model logreg --epsilon 1 --baseline --mia` on the same customers (--only
+anonymize | train times one of them). `--rows 1000000 4000000` measures each size in turn. Prints ONE table (with the
+figures issue 13 measured before its work beside the new ones), then each command's per-stage wall
+times (report.json, model_card.json). `--engines local,ray` times `privmodel anonymize` on each engine
+(`--engine ray` is Ray Data in local mode with 2 workers, a tree of processes: the note gives the peak
+of the process tree's summed PSS beside wait4's peak RSS of the largest single process).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -33,9 +35,14 @@ ROOT = Path(__file__).resolve().parents[1]
 # the console script a user types, from this interpreter's environment (else the module)
 _SCRIPT = Path(sys.executable).parent / "privmodel"
 PRIVMODEL = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "privmodel.cli"]
-# issue 13, measured on this 2-core machine before the work (quiet machine), 1M customers
-BEFORE = {"wall_s": 50.0, "rss_mib": 3.1 * 1024, "note": "issue 13 anchor: before, quiet machine"}
-TARGET = "target <= 10 s wall, <= 1.5 GB (1536 MiB) peak RSS"
+# issue 13, measured on this 2-core machine before the work: (command, rows) -> wall s, peak RSS MiB, note
+BEFORE = {
+    ("anonymize", 1_000_000): (50.0, 3.1 * 1024, "issue 13 anchor: before, quiet machine"),
+    ("anonymize", 4_000_000): (290.0, 10.9 * 1024, "issue 13 anchor: before, busy machine"),
+    ("train", 1_000_000): (298.0, 3.3 * 1024, "issue 13 anchor: before"),
+}
+TARGET = {"anonymize": "target at 1M: <= 10 s wall, <= 1536 MiB peak RSS",
+          "train": "target at 1M: <= 30 s wall with --baseline --mia and the card"}
 
 KERNEL = """
 import resource, sys, time
@@ -117,65 +124,106 @@ def run_child(cmd: list[str], cwd: Path) -> dict[str, object]:
     }
 
 
+def _timings(path: Path) -> str:
+    timings = json.loads(path.read_text()).get("timings") or {}
+    return ", ".join(f"{stage} {seconds:.2f}" for stage, seconds in timings.items())
+
+
+def _measure(rows: int, work: Path, commands: list[str], engines: list[str]) -> tuple[list[tuple[str, ...]], list[str]]:
+    """synth, then `privmodel anonymize` and `privmodel train` on `rows` customers: table rows and stage lines."""
+    table: list[tuple[str, ...]] = []
+    stages: list[str] = []
+    keys = work / "keys"
+    if not keys.exists():
+        run_child([*PRIVMODEL, "keys", "init", str(keys)], ROOT)
+    data = work / f"data_{rows}"
+    run_child([*PRIVMODEL, "synth", "--customers", str(rows), "--silos", "1", "--format", "parquet",
+               "--out", str(data), "--keys", str(keys)], ROOT)
+    if "anonymize" in commands:
+        for engine in engines:
+            _anonymize(rows, data, keys, work, table, stages, engine)
+        _before(table, "anonymize", rows)
+    if "train" in commands:
+        _train(rows, data, keys, work, table, stages)
+    return table, stages
+
+
+def _anonymize(rows: int, data: Path, keys: Path, work: Path, table: list[tuple[str, ...]], stages: list[str],
+               engine: str = "local") -> None:
+    out = work / f"release_{rows}"
+    shutil.rmtree(out, ignore_errors=True)  # one release directory per engine in turn
+    got = run_child([*PRIVMODEL, "anonymize", str(data / "silo_0.parquet"), "--policy", str(data / "policy.yaml"),
+                     "--keys", str(keys), "--out", str(out), "--engine", engine], ROOT)
+    report = json.loads((out / "report.json").read_text())
+    table.append((f"privmodel anonymize --engine {engine} {rows:,} (now)", f"{got['wall_s']:.1f}", f"{got['cpu_s']:.1f}",
+                  f"{got['rss_mib']:.0f}", f"{report['rows']['released']:,} released; ncp {report['utility']['ncp']:.4f}; "
+                                           f"tree PSS {got['tree_mib']:.0f} MiB; load {got['load']}"))
+    stages.append(f"anonymize --engine {engine} {rows:,} per-stage wall s (report.json): {_timings(out / 'report.json')}")
+    sample = next((u.get("sample") for u in (report.get("model_utility") or {}).values() if u.get("sample")), None)
+    if sample:
+        stages.append(f"  utility check: logistic fits on a random sample of {sample['rows']:,} of {sample['of']:,} rows")
+
+
+def _train(rows: int, data: Path, keys: Path, work: Path, table: list[tuple[str, ...]], stages: list[str]) -> None:
+    model = work / f"model_{rows}"
+    # the CLI's default delta (1e-6) must stay below 1/n: past ~1M training rows pass 1/(10 customers)
+    delta = ["--delta", f"{1 / (10 * rows):.3g}"] if rows > 1_000_000 else []
+    got = run_child([*PRIVMODEL, "train", str(data / "silo_0.parquet"), "--label", "churn", "--policy",
+                     str(data / "policy.yaml"), "--keys", str(keys), "--out", str(model), "--model", "logreg",
+                     "--epsilon", "1", "--baseline", "--mia", *delta], ROOT)
+    card = json.loads((model / "model_card.json").read_text())
+    table.append((f"privmodel train logreg eps 1 {rows:,} (now)", f"{got['wall_s']:.1f}", f"{got['cpu_s']:.1f}",
+                  f"{got['rss_mib']:.0f}", f"--baseline --mia; ROC-AUC {card['metrics']['private']['roc_auc']:.4f}; "
+                                           f"{card['privacy']['steps']} steps; delta {card['privacy']['delta']:.2g}; "
+                                           f"load {got['load']}"))
+    stages.append(f"train {rows:,} per-stage wall s (model_card.json): {_timings(model / 'model_card.json')}")
+    _before(table, "train", rows)
+
+
+def _before(table: list[tuple[str, ...]], command: str, rows: int) -> None:
+    if (command, rows) in BEFORE:
+        wall, rss, note = BEFORE[(command, rows)]
+        table.append((f"privmodel {command} {rows:,} (before)", f"{wall:.0f}", "-", f"{rss:.0f}", note))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=1_000_000, help="synthetic customers")
+    parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000], help="synthetic customers (one run each)")
     parser.add_argument("--skip-kernel", action="store_true", help="skip the Mondrian kernel run")
-    parser.add_argument("--engines", default="local,ray",
-                        help="engines of `privmodel anonymize` to time, comma-separated: local, ray (Ray Data, "
-                             "local mode with 2 workers)")
+    parser.add_argument("--only", choices=["anonymize", "train"], help="time one command only")
+    parser.add_argument("--engines", default="local", help="engines of `privmodel anonymize`, comma-separated: local, ray")
     args = parser.parse_args()
 
     print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")
     print(f"machine: {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}, "
-          f"python {platform.python_version()}")
-    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
-    rows: list[tuple[str, str, str, str, str, str]] = []
+          f"python {platform.python_version()}; {TARGET['anonymize']}; {TARGET['train']}")
+    rows: list[tuple[str, ...]] = []
+    stages: list[str] = []
     with tempfile.TemporaryDirectory(prefix="bench_scale_") as tmp:
-        work = Path(tmp)
-        run_child([*PRIVMODEL, "keys", "init", str(work / "keys")], ROOT)
-        data = work / "data"
-        run_child([*PRIVMODEL, "synth", "--customers", str(args.rows), "--silos", "1", "--format", "parquet",
-                   "--out", str(data), "--keys", str(work / "keys")], ROOT)
-        reports: dict[str, dict[str, object]] = {}
-        for engine in engines:
-            out = work / f"release_{engine}"
-            cli = [*PRIVMODEL, "anonymize", str(data / "silo_0.parquet"), "--policy", str(data / "policy.yaml"),
-                   "--keys", str(work / "keys"), "--out", str(out), "--engine", engine]
-            got = run_child(cli, ROOT)
-            report = reports[engine] = json.loads((out / "report.json").read_text())
-            released = int(report["rows"]["released"])  # type: ignore[index]
-            what = "2 local Ray workers" if engine == "ray" else "this process"
-            rows.append((f"privmodel anonymize --engine {engine} {args.rows:,} customers", f"{got['wall_s']:.1f}",
-                         f"{got['cpu_s']:.1f}", f"{got['rss_mib']:.0f}", f"{got['tree_mib']:.0f}",
-                         f"{what}; {released:,} rows released; ncp {report['utility']['ncp']:.4f}; "  # type: ignore[index]
-                         f"load {got['load']}" + (f"; {TARGET}" if engine == "local" else "")))
-        if args.rows == 1_000_000:
-            rows.append(("privmodel anonymize 1,000,000 (before)", f"{BEFORE['wall_s']:.0f}", "-",
-                         f"{BEFORE['rss_mib']:.0f}", "-", str(BEFORE["note"])))
-        if not args.skip_kernel:
-            code = KERNEL.format(root=str(ROOT), bench=str(ROOT / "benchmarks"), rows=args.rows)
-            kern = run_child([sys.executable, "-c", code], ROOT)
-            seconds, cpu, classes = str(kern["stdout"]).split()[-3:]
-            rows.append((f"kernel: Mondrian {args.rows:,} k=10 l=2", f"{float(seconds):.1f}", f"{float(cpu):.1f}",
-                         f"{kern['rss_mib']:.0f}", f"{kern['tree_mib']:.0f}", f"generalize() only ({classes} classes); process peak RSS "
-                         f"includes generating the data; load {kern['load']}"))
-    head = ("what", "wall s", "CPU s", "peak RSS MiB", "tree PSS MiB", "note")
+        for n in args.rows:
+            table, lines = _measure(n, Path(tmp), [args.only] if args.only else ["anonymize", "train"],
+                                   [e.strip() for e in args.engines.split(",") if e.strip()])
+            rows += table
+            stages += lines
+            for row in table:  # as measured, so a later failure loses nothing
+                print("measured:", " | ".join(row), flush=True)
+            if not args.skip_kernel and args.only != "train" and n == args.rows[0]:
+                code = KERNEL.format(root=str(ROOT), bench=str(ROOT / "benchmarks"), rows=n)
+                kern = run_child([sys.executable, "-c", code], ROOT)
+                seconds, cpu, classes = str(kern["stdout"]).split()[-3:]
+                rows.append((f"kernel: Mondrian {n:,} k=10 l=2", f"{float(seconds):.1f}", f"{float(cpu):.1f}",
+                             f"{kern['rss_mib']:.0f}", f"generalize() only ({classes} classes); peak RSS "
+                             f"includes generating the data; load {kern['load']}"))
+            for name in ("data", "release", "model"):  # free the disk between sizes
+                shutil.rmtree(Path(tmp) / f"{name}_{n}", ignore_errors=True)
+    head = ("what", "wall s", "CPU s", "peak RSS MiB", "note")
     widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
     line = "  ".join(f"{{:<{w}}}" for w in widths)
     print(line.format(*head))
     for r in rows:
         print(line.format(*r))
-    for engine, report in reports.items():
-        timings = report.get("timings") or {}
-        print(f"per-stage wall s, --engine {engine} (report.json timings): "
-              + ", ".join(f"{stage} {seconds:.2f}" for stage, seconds in timings.items()))  # type: ignore[union-attr]
-    for report in reports.values():
-        utility = report.get("model_utility") or {}
-        sample = next((u.get("sample") for u in utility.values() if u.get("sample")), None)  # type: ignore[union-attr]
-        if sample:
-            print(f"utility check: logistic fits on a random sample of {sample['rows']:,} of {sample['of']:,} released rows")
-            break
+    for text in stages:
+        print(text)
 
 
 if __name__ == "__main__":

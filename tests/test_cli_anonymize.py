@@ -192,3 +192,31 @@ def test_failure_is_recorded_in_a_known_ledger(tmp_path: Path, workspace: dict[s
     assert entry["action"] == "anonymize.release" and entry["outcome"] == "failed"
     assert "is larger than the 2 rows left" in entry["reason"] and entry["outputs"] == []
     assert verify(ledger, [load_public_key(workspace["keys"])]).ok
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_lineage_names_the_release_by_the_hashes_a_reread_gives(suffix: str, tmp_path: Path,
+                                                                workspace: dict[str, Path]) -> None:
+    """The input's identity and the release's content hash are computed from the tables in memory
+    (issue 13); they must be the hashes `content_id` gives when it reads the files again."""
+    from anonymize.policy.schema import load_policy
+    from privmodel.core.fileio import sha256_file
+    from privmodel.dp import budget
+
+    keys = tmp_path / "keys"
+    init_keys(keys, actor="bank-a")
+    raw = tmp_path / f"customers{suffix}"
+    table = crafted()
+    table.to_csv(raw, index=False) if suffix == ".csv" else table.to_parquet(raw, index=False)
+    out = tmp_path / "release"
+    result = run_cli("anonymize", str(raw), "--policy", str(POLICY), "--keys", str(keys), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    lineage = budget._Store.open(keys, create=False).read().lineage  # type: ignore[union-attr]
+    source = budget.content_id(raw)
+    assert source is not None and budget.dataset_of(load_policy(POLICY), raw, keys) == source
+    release = out / "release.parquet"
+    content = budget.content_id(release)
+    assert content is not None and lineage[content] == source
+    assert lineage[sha256_file(release)] == source
+    report = json.loads((out / "report.json").read_text())
+    assert {"read", "identity", "validate", "utility", "write"} <= set(report["timings"])

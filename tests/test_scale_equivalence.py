@@ -275,3 +275,62 @@ def test_parallel_aes_siv_keeps_missing_values_and_numbers() -> None:
     assert parallel.tolist() == _reference_ciphertexts(values, key.siv, "national_id")
     assert parallel.tolist() == pz.encrypt_series(series, key, workers=1).tolist()
     assert parallel[0] is None and parallel.dtype == object
+
+
+def test_dataset_content_hash_of_arrow_written_columns_equals_the_per_value_texts() -> None:
+    """Numbers over every magnitude, strings edged with Python-only whitespace, dates old and new:
+    the Arrow kernels write each exactly as the per-value normal form does."""
+    rng = np.random.default_rng(5)
+    n = 4_000
+    floats = rng.uniform(0, 1, n) * 10.0 ** rng.integers(-12, 24, n) * rng.choice([-1, 1], n)
+    floats[::7] = np.round(floats[::7], 2)
+    floats[::11] = rng.integers(-10**6, 10**6, len(floats[::11]))
+    floats[:8] = [np.nan, np.inf, -np.inf, 1e-4, 9.999e-5, 1e16 - 2, 2.0**53 + 2, 5e-324]
+    edges = [" ", "\t", "\x1c", "\x1f", "\x85", "\xa0", "\u2028", "\u3000", "é", "", "a", "\\"]
+    texts = [f"{rng.choice(edges)}v{i}{rng.choice(edges)}" for i in range(n)]
+    texts[:3] = [None, "", "   "]  # type: ignore[list-item]
+    days = rng.integers(-200_000, 60_000, n)
+    dates: list[object] = [dt.date(1970, 1, 1) + dt.timedelta(days=int(d)) for d in days]
+    dates[::13] = [None] * len(dates[::13])
+    frame = pd.DataFrame({"f": floats, "s": pd.Series(texts, dtype="str"), "o": pd.Series(texts, dtype=object),
+                          "d": dates, "recent": [d if isinstance(d, dt.date) and d.year >= 1800 else None for d in dates]})
+    for name in frame.columns:
+        assert budget.frame_id(frame[[name]]) == _ref_frame_id(frame[[name]]), name
+    assert budget.frame_id(frame) == _ref_frame_id(frame)
+
+
+def _old_category_codes(series: pd.Series, lookup: dict[str, int]) -> list[int]:
+    text = series.astype(object).where(series.notna(), None).map(lambda v: None if v is None else str(v).strip())
+    return text.map(lookup).fillna(0).to_numpy(dtype=np.int64).tolist()
+
+
+@pytest.mark.parametrize("case", range(len(_series_variants())))
+def test_category_encoding_per_distinct_value_equals_the_per_value_code(case: int) -> None:
+    from privmodel.data.features import _category_codes
+
+    series = _series_variants()[case]
+    categories = ["yes", "1", "true", "True", "1.0", "2020-01-01", "", "0", "2020-01-01 00:00:00", "False", "nan"]
+    lookup = {c: i + 1 for i, c in enumerate(categories)}
+    assert _category_codes(series, lookup).tolist() == _old_category_codes(series, lookup)
+    as_category = series.astype("category") if series.map(type).nunique() <= 1 else series
+    assert _category_codes(as_category, lookup).tolist() == _old_category_codes(as_category, lookup)
+
+
+def test_card_raw_value_check_refuses_exactly_what_the_per_value_scan_did() -> None:
+    from anonymize.errors import InputError
+    from privmodel.artifacts import model_card as card
+
+    rng = np.random.default_rng(11)
+    alphabet = list("abcé€ 12-")
+    text = "".join(rng.choice(alphabet, 3_000))
+    for trial in range(40):
+        values = ["".join(rng.choice(alphabet, int(rng.integers(1, 9)))) for _ in range(300)]
+        frame = pd.DataFrame({"id": pd.Series(values + [None], dtype="str"), "n": rng.integers(0, 10**6, 301)})
+        for column in ("id", "n"):
+            expected = any(len(v) >= 4 and v in text for v in frame[column].dropna().astype(str))
+            try:
+                card.check_no_raw_values(text, frame, [column])
+                refused = False
+            except InputError:
+                refused = True
+            assert refused == expected, (trial, column)

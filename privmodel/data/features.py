@@ -436,13 +436,7 @@ class TabularEncoder:
             x_num[:, j] = spec.scale(values)
         x_cat = np.zeros((n, len(self.categorical)), dtype=np.int64)
         for j, cat in enumerate(self.categorical):
-            series = df[cat.name]
-            lookup = {c: i + 1 for i, c in enumerate(cat.categories)}
-            # exact string match on the declared category; bools/ints compare by their str()
-            text = series.astype(object).where(series.notna(), None).map(
-                lambda v: None if v is None else str(v).strip()
-            )
-            x_cat[:, j] = text.map(lookup).fillna(0).to_numpy(dtype=np.int64)
+            x_cat[:, j] = _category_codes(df[cat.name], {c: i + 1 for i, c in enumerate(cat.categories)})
         return EncodedData(x_num, x_cat, self.cat_cardinalities, [s.name for s in self.numeric],
                            [s.name for s in self.categorical])
 
@@ -583,4 +577,20 @@ def dp_categories(series: pd.Series, epsilon: float, delta: float, noise: secure
     if not kept:
         raise InputError(f"column {name!r}: no category is frequent enough for DP selection; give public categories")
     return kept
+
+
+def _category_codes(series: pd.Series, lookup: Mapping[str, int]) -> np.ndarray:
+    """Slot of each value: exact match of `str(value).strip()` on the declared categories (bools and
+    ints compare by their str()), 0 for missing or unknown. A column of one kind of value is encoded
+    once per distinct value (factorize, then take); a mixed object column (1, 1.0 and True hash alike,
+    but their texts differ) value by value."""
+    import pandas as pd
+
+    if series.dtype != object and not isinstance(series.dtype, pd.CategoricalDtype) or (
+            series.dtype == object and pd.api.types.infer_dtype(series, skipna=True) in ("string", "empty")):
+        codes, uniques = pd.factorize(series, use_na_sentinel=True)
+        slots = np.array([lookup.get(str(v).strip(), 0) for v in uniques] + [0], dtype=np.int64)
+        return slots[codes]  # the sentinel -1 takes the trailing 0: missing
+    text = series.astype(object).where(series.notna(), None).map(lambda v: None if v is None else str(v).strip())
+    return text.map(lookup).fillna(0).to_numpy(dtype=np.int64)
 

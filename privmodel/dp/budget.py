@@ -57,6 +57,7 @@ from privmodel.core.keys import Signer, ensure_keys, key_id_of, load_public_key,
 
 if TYPE_CHECKING:
     import pandas as pd
+    import pyarrow as pa
 
     from anonymize.policy.schema import Budget, Policy
 
@@ -224,11 +225,19 @@ def frame_id(frame: object) -> str:
     for start in range(0, len(frame), _HASH_ROWS):
         rows = frame.iloc[start : start + _HASH_ROWS]
         digests += _row_digests([_column_text(rows[name], plans[name]) for name in columns])
-    digests.sort()
     total = hashlib.sha256(b"privmodel-table-v1\0" + canonical_json(columns))
-    for digest in digests:
-        total.update(digest)
+    total.update(_sorted_bytes(digests))
     return total.hexdigest()
+
+
+def _sorted_bytes(digests: list[bytes]) -> bytes:
+    """The 32-byte digests in byte order, concatenated (= hashing them one by one after `sorted`):
+    sorted as four big-endian 64-bit words each by numpy, not as a million Python objects."""
+    import numpy as np
+
+    table = np.frombuffer(b"".join(digests), dtype=">u8").reshape(-1, 4)
+    order = np.lexsort(table.T[::-1])  # last key first: words 0..3 in significance order
+    return table[order].tobytes()
 
 
 _HASH_ROWS = 200_000  # rows written and hashed at a time by `frame_id`
@@ -257,49 +266,95 @@ def _text_plan(col: pd.Series) -> str:
     return "date" if kind in ("date", "datetime") else "value"  # equal dates (datetimes) give one text
 
 
-def _column_text(col: pd.Series, plan: str) -> pd.Series:
-    """One column's normal-form texts (see `content_id`), escaped for joining with U+001F."""
-    import numpy as np
+def _column_text(col: pd.Series, plan: str) -> pa.Array:
+    """One column's normal-form texts (see `content_id`) as an Arrow large_string array, escaped for
+    joining with U+001F. Plain numbers, booleans, strings and dates are written by Arrow kernels;
+    anything else value by value, as the normal form defines it."""
     import pandas as pd
+    import pyarrow as pa
+    import pyarrow.compute as pc
 
-    text: pd.Series
     if plan == "bool":  # numpy bool: no missing value
-        text = pd.Series(np.where(col.to_numpy(), "true", "false"), index=col.index)
-    elif plan == "nullable-bool":
+        return pc.if_else(pa.array(col.to_numpy(dtype=bool)), pa.scalar("true", pa.large_string()),
+                          pa.scalar("false", pa.large_string()))
+    if plan == "int":
+        return pa.array(col.to_numpy(dtype="int64")).cast(pa.large_string())
+    if plan == "float64":
+        return _numbers_text(col)
+    if plan == "string":
+        return _escaped(_stripped(col))
+    text: pd.Series
+    if plan == "nullable-bool":
         text = col.map(lambda v: "" if pd.isna(v) else ("true" if v else "false"))
-    elif plan == "int":
-        text = col.astype("int64").astype(str)
-    elif plan == "float64":
-        text = _numbers_text(col)
     elif plan == "number":
         text = col.map(_number_text)
     elif plan == "time":
         text = _per_unique_text(col, _time_text)
-    elif plan == "string":
-        text = col.where(col.notna(), "").astype(str).str.strip()
     elif plan == "date":
+        dates = _dates_text(col)
+        if dates is not None:
+            return dates
         text = _per_unique_text(col, _value_text)
     else:
         text = col.map(_value_text)
-    text = text.astype(str)
-    if plan in ("string", "value"):  # numbers, booleans and ISO times hold neither a backslash nor U+001F
-        text = text.str.replace("\\", "\\\\", regex=False).str.replace("\x1f", "\\x1f", regex=False)
-    return text
+    array = pa.array(text.astype(str).to_numpy(dtype=object), type=pa.large_string())
+    # numbers, booleans and ISO times hold neither a backslash nor U+001F
+    return _escaped(array) if plan == "value" else array
 
 
-def _row_digests(parts: list[pd.Series]) -> list[bytes]:
+def _stripped(col: pd.Series) -> pa.Array:
+    """`col.where(col.notna(), "").astype(str).str.strip()` of a column of strings, as Arrow text
+    (pandas strips its Arrow strings with this same kernel)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    array = pa.array(col.array if col.dtype != object else col.to_numpy(dtype=object), from_pandas=True)
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    return pc.utf8_trim_whitespace(array.cast(pa.large_string()).fill_null(""))
+
+
+def _escaped(array: pa.Array) -> pa.Array:
+    """Backslash and U+001F escaped (the row separator must not occur inside a value); the replace
+    kernels run only when the text buffer holds either byte at all."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    data = array.buffers()[2]
+    raw = np.frombuffer(data, dtype=np.uint8) if data is not None else np.empty(0, dtype=np.uint8)
+    if (raw == ord("\\")).any():
+        array = pc.replace_substring(array, "\\", "\\\\")
+    if (raw == 0x1F).any():
+        array = pc.replace_substring(array, "\x1f", "\\x1f")
+    return array
+
+
+def _dates_text(col: pd.Series) -> pa.Array | None:
+    """ISO texts of a column of `datetime.date` values by Arrow (missing -> ""), or None when the
+    column holds anything else or a year outside 1700-2200 (those take the per-value path)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    try:
+        array = pa.array(col.to_numpy(dtype=object), from_pandas=True)
+    except (pa.ArrowException, TypeError, ValueError):
+        return None
+    if array.type != pa.date32():
+        return None
+    years = pc.min_max(pc.year(array)).as_py()
+    if years["min"] is not None and not (years["min"] >= 1700 and years["max"] <= 2200):
+        return None
+    return array.cast(pa.large_string()).fill_null("")
+
+
+def _row_digests(parts: list[pa.Array]) -> list[bytes]:
     """SHA-256 of each row's column texts joined by U+001F: the rows joined by Arrow in one pass
     (what `Series.str.cat` gives, without a Python string per row), hashed from the one buffer."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    arrays = []
-    for part in parts:
-        array = pa.array(part.to_numpy(dtype=object) if part.dtype == object else part.array)
-        array = array.combine_chunks() if isinstance(array, pa.ChunkedArray) else array
-        arrays.append(array if array.type == pa.large_string() else array.cast(pa.large_string()))
-    joined = pc.binary_join_element_wise(*arrays, pa.scalar("\x1f", pa.large_string())) if len(arrays) > 1 else arrays[0]
+    joined = pc.binary_join_element_wise(*parts, pa.scalar("\x1f", pa.large_string())) if len(parts) > 1 else parts[0]
     if joined.null_count:  # cannot happen: every text above is a string, missing values are ""
         raise InputError("a dataset's content hash met a missing value in its normal form")
     offsets = np.frombuffer(joined.buffers()[1], dtype=np.int64)[joined.offset : joined.offset + len(joined) + 1]
@@ -309,20 +364,32 @@ def _row_digests(parts: list[pd.Series]) -> list[bytes]:
     return [sha(data[a:b]).digest() for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
-def _numbers_text(col: pd.Series) -> pd.Series:
-    """`col.map(_number_text)` for a float64 column: integral values by numpy, the others by repr."""
+def _numbers_text(col: pd.Series) -> pa.Array:
+    """`col.map(_number_text)` for a float64 column: integral values as int64 by Arrow, the others
+    by Arrow's shortest round-trip text where that is what `repr` writes (positional, 1e-4 <= |x| <
+    1e16), by `repr` otherwise (exponents, infinities)."""
     import numpy as np
-    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.compute as pc
 
     values = col.to_numpy()
-    out = np.full(len(values), "", dtype=object)
     finite = np.isfinite(values)
     with np.errstate(invalid="ignore"):
         integral = finite & (np.floor(values) == values) & (np.abs(values) < 2**53)
-    out[integral] = values[integral].astype(np.int64).astype(str).astype(object)
-    other = ~integral & ~np.isnan(values)  # non-integral and infinite numbers, by repr as before
-    out[other] = [repr(v) for v in values[other].tolist()]
-    return pd.Series(out, index=col.index)
+        positional = finite & ~integral & (np.abs(values) >= 1e-4) & (np.abs(values) < 1e16)
+    shortest = pa.array(np.where(positional, values, 0.0)).cast(pa.large_string())
+    if positional.any():  # Arrow writes some of these with an exponent where repr does not
+        positional &= ~pc.match_substring(shortest, "e").to_numpy(zero_copy_only=False)
+    text = pa.array(np.where(integral, values, 0.0).astype(np.int64)).cast(pa.large_string())
+    text = pc.if_else(pa.array(positional), shortest, text)
+    other = ~integral & ~positional & ~np.isnan(values)  # other numbers, by repr as before
+    if other.any():
+        text = pc.replace_with_mask(text, pa.array(other),
+                                    pa.array([repr(v) for v in values[other].tolist()], type=pa.large_string()))
+    missing = np.isnan(values)
+    if missing.any():
+        text = pc.if_else(pa.array(missing), pa.scalar("", pa.large_string()), text)
+    return text
 
 
 def _per_unique_text(col: pd.Series, fn: Callable[[Any], str]) -> pd.Series:
@@ -367,16 +434,19 @@ def _value_text(value: Any) -> str:
     return str(value).strip()
 
 
-def dataset_of(policy: Policy | None, data_path: str | os.PathLike[str], keys: str | os.PathLike[str] | None) -> str:
+def dataset_of(policy: Policy | None, data_path: str | os.PathLike[str], keys: str | os.PathLike[str] | None,
+               content: str | None = None) -> str:
     """The budget identity of a data file: the policy's declared `dataset` id, else the root of the
-    file's recorded lineage, else its table content hash (file SHA-256 for a non-table file)."""
+    file's recorded lineage, else its table content hash (file SHA-256 for a non-table file).
+    `content`: the file's table content hash when the caller has it already (`frame_id` of the table
+    exactly as `read_table(data_path)` gives it), so the file is not read and hashed again."""
     declared = getattr(policy, "dataset", None) if policy is not None else None
     if declared:
         return _check_dataset(declared)
     path = Path(data_path)
     if not path.is_file():
         raise InputError(f"{path}: no such file")
-    names = _file_names(path)
+    names = _file_names(path, content)
     store = _Store.open(keys, create=False)
     if store is not None:
         lineage = store.read().lineage
@@ -402,10 +472,12 @@ def dataset_of_frame(policy: Policy | None, frame: pd.DataFrame, keys: str | os.
     return name
 
 
-def _file_names(path: Path) -> list[str]:
-    """The hashes a file is known by in lineage: its bytes, then its table content (the identity)."""
+def _file_names(path: Path, content: str | None = None) -> list[str]:
+    """The hashes a file is known by in lineage: its bytes, then its table content (the identity;
+    `content` when the caller computed it from the table in memory)."""
     names = [sha256_file(path)]
-    content = content_id(path)
+    if content is None or path.suffix.lower() not in _TABLE_SUFFIXES:
+        content = content_id(path)
     if content is not None:
         names.append(content)
     return names
@@ -422,13 +494,15 @@ def _root(name: str, lineage: Mapping[str, str]) -> str:
 
 
 def record_lineage(source_sha256_or_dataset: str | os.PathLike[str], derived_sha256: str | os.PathLike[str],
-                   keys: str | os.PathLike[str] | None) -> str:
+                   keys: str | os.PathLike[str] | None, derived_content: str | None = None) -> str:
     """Record that a file was derived from customer rows of `source`, so it charges the source's budget.
 
     `source`: the source's dataset id (best: `dataset_of(policy, source_path, keys)`), a hash, or the
     source file's Path. `derived`: the derived file's SHA-256, or its Path (then both its byte hash
     and its table content hash are recorded, so a re-encoded copy of the derived file follows too).
     The first record for a derived hash wins: lineage cannot be re-pointed to a fresh budget.
+    `derived_content`: the derived file's content hash when the caller has it (`frame_id` of the
+    table as `read_table` reads the file back), so the file is not read and hashed again.
     Returns the root dataset the derived file now charges.
     """
     if isinstance(source_sha256_or_dataset, os.PathLike):
@@ -436,7 +510,7 @@ def record_lineage(source_sha256_or_dataset: str | os.PathLike[str], derived_sha
     else:
         source = _check_dataset(str(source_sha256_or_dataset).strip())
     if isinstance(derived_sha256, os.PathLike):
-        derived = _file_names(Path(derived_sha256))
+        derived = _file_names(Path(derived_sha256), derived_content)
     else:
         text = str(derived_sha256).strip().lower()
         if not _HEX64.match(text):

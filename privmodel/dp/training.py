@@ -29,6 +29,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from anonymize.errors import InputError
+from anonymize.forked import Pending
 from privmodel.core.defaults import DEFAULTS
 from privmodel.dp import accounting, secure_noise
 
@@ -118,26 +119,21 @@ class FitResult:
     config: TrainConfig
     stats: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
-    _history: list[dict[str, float]] | None = field(default=None, repr=False)
+    _history: list[dict[str, float]] | Pending[list[dict[str, float]]] | None = field(default=None, repr=False)
 
     @property
     def epsilon_history(self) -> list[dict[str, float]]:
-        """Epsilon spent after each epoch: [{epoch, steps, epsilon}] (computed once, on first use).
+        """Epsilon spent after each epoch: [{epoch, steps, epsilon}] (computed once, on first use, or
+        during training by `fit(..., history=True)`).
 
         Lazy because each point is a PRV evaluation (~0.1 s); training never needs it.
         """
+        if isinstance(self._history, Pending):
+            self._history = self._history.result()
         if self._history is None:
             p = self.privacy
-            if not p.get("private"):
-                self._history = []
-            else:
-                epochs = self.config.epochs
-                self._history = []
-                for e in range(1, epochs + 1):
-                    s = round(p["steps"] * e / epochs)
-                    eps = accounting.epsilon_for(p["noise_multiplier"], p["sample_rate"], s, p["delta"],
-                                                 p["accountant"])
-                    self._history.append({"epoch": e, "steps": s, "epsilon": eps})
+            self._history = (epsilon_history(p["noise_multiplier"], p["sample_rate"], p["steps"], p["delta"],
+                                             p["accountant"], self.config.epochs) if p.get("private") else [])
         return self._history
 
     def predict_proba(self, data: EncodedData) -> np.ndarray:
@@ -212,11 +208,24 @@ def plan(n: int, config: TrainConfig) -> dict[str, Any]:
             "epsilon": config.epsilon}
 
 
+def epsilon_history(noise_multiplier: float, sample_rate: float, steps: int, delta: float, accountant: str,
+                    epochs: int) -> list[dict[str, float]]:
+    """The accountant's epsilon after each epoch of a run: [{epoch, steps, epsilon}]."""
+    history = []
+    for e in range(1, epochs + 1):
+        s = round(steps * e / epochs)
+        history.append({"epoch": e, "steps": s,
+                        "epsilon": accounting.epsilon_for(noise_multiplier, sample_rate, s, delta, accountant)})
+    return history
+
+
 def fit(data: EncodedData, y: npt.ArrayLike, config: TrainConfig | None = None,
-        on_step: Callable[[int, int], None] | None = None) -> FitResult:
+        on_step: Callable[[int, int], None] | None = None, history: bool = False) -> FitResult:
     """Train a propensity model on encoded data at the config's (epsilon, delta).
 
     on_step(done, total) is called after every DP-SGD step (for progress displays).
+    history: compute the epsilon history (one accountant evaluation per epoch) in a forked child
+    while training runs here on one core, for a caller that will publish it (the model card).
     """
     import torch
 
@@ -232,6 +241,9 @@ def fit(data: EncodedData, y: npt.ArrayLike, config: TrainConfig | None = None,
         torch.manual_seed(config.seed)
         model = build_model(config.model, data.x_num.shape[1], data.cat_cardinalities, config.hidden)
     noise = secure_noise.source(config.insecure_seed)
+    # the history depends only on (sigma, q, steps, delta): known before training starts
+    pending = (Pending(epsilon_history, p["noise_multiplier"], p["sample_rate"], p["steps"], p["delta"],
+                       config.accountant, config.epochs) if history and p["private"] else None)
     stats = train_dp(
         model, data, labels,
         noise_multiplier=p["noise_multiplier"],
@@ -271,7 +283,7 @@ def fit(data: EncodedData, y: npt.ArrayLike, config: TrainConfig | None = None,
             p["noise_multiplier"], p["sample_rate"], p["steps"], p["delta"], config.accountant
         )
         privacy["delta_rule"] = "given" if config.delta is not None else DELTA_RULE
-    return FitResult(model=model, privacy=privacy, config=config, stats=stats.as_dict())
+    return FitResult(model=model, privacy=privacy, config=config, stats=stats.as_dict(), _history=pending)
 
 
 def fit_round(model: Module, data: EncodedData, y: npt.ArrayLike, config: TrainConfig, *, steps: int, run_steps: int, done_steps: int = 0,

@@ -60,8 +60,9 @@ def curve(req: TrainRequest, grid: list[float], repeats: int, book: Ledger, keys
     not_dp = ["the non-private point (ε = inf): trained without DP on the training rows"] if any(
         math.isinf(e) for e in grid) else []
     not_dp.append("every metric of the curve: measured on the held-out split without DP")
+    content = rows.content_hash.result() if rows.content_hash is not None else None  # hashed meanwhile
     if finite:
-        dataset = budget.dataset_of(policy, req.data, keys)
+        dataset = budget.dataset_of(policy, req.data, keys, content=content)
         budget.charge(dataset, spend, req.delta * finite, split.cap,
                       keys=keys, ledger=book, params={"command": "curve", "grid": [str(e) for e in grid],
                                                       "repeats": repeats, "unit": rows.unit})

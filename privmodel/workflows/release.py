@@ -27,6 +27,8 @@ from privmodel.workflows.run_ledger import ledger_path, open_ledger, recorded_fa
 if TYPE_CHECKING:
     import pandas as pd
 
+    from anonymize.forked import Pending
+    from anonymize.pipeline import Release
     from anonymize.policy.schema import ColumnPolicy, Policy
 
 RELEASE_STEM = "release"
@@ -116,17 +118,37 @@ def release(req: ReleaseRequest, progress: Callable[[str], None] = lambda _step:
         from privmodel.dp import budget
 
         loaded = load_policy(req.policy)
-        rows = _write_release(req, loaded, inputs, action, progress)
-        budget.record_lineage(budget.dataset_of(loaded, req.input, req.keys), req.target, req.keys)
+        rows, source, released = _write_release(req, loaded, inputs, action, progress)
+        # a model trained on the release charges the raw table's budget (lineage), not a fresh one;
+        # a Parquet release reads back as the frame written, so its content hash comes from memory
+        budget.record_lineage(source, req.target, req.keys, derived_content=released.result() if released else None)
     return rows
 
 
-def _write_release(req: ReleaseRequest, loaded: Policy, inputs: list[Path], action: str,
-                   progress: Callable[[str], None]) -> dict[str, int]:
+def _make_release(req: ReleaseRequest, loaded: Policy, table: pd.DataFrame, pop: pd.DataFrame | None,
+                  secret: bytes, progress: Callable[[str], None]) -> Release:
+    """The pipeline on the chosen engine; a Parquet release's content hash starts once its rows are known."""
     from anonymize.pipeline import run
+    from privmodel.dp import budget
+
+    if req.engine == "ray":
+        from anonymize.engines.ray_engine import run_on_ray
+
+        return run_on_ray(table, loaded, secret, address=req.ray_address, population=pop, partner=req.partner,
+                          source=str(req.input), progress=progress)
+    return run(table, loaded, secret, population=pop, partner=req.partner, source=str(req.input), progress=progress,
+               content_hash=budget.frame_id if req.fmt == "parquet" else None)
+
+
+def _write_release(req: ReleaseRequest, loaded: Policy, inputs: list[Path], action: str,
+                   progress: Callable[[str], None]) -> tuple[dict[str, int], str, Pending[str] | None]:
+    """Write release, escrow and reports; returns the row counts, the input's budget identity and the
+    release's pending content hash."""
+    from anonymize.forked import Pending
     from anonymize.report import render_text, to_json
     from privmodel.core.fileio import outputs, read_table
     from privmodel.core.keys import ensure_keys, load_pseudonym_secret
+    from privmodel.dp import budget
 
     target, escrow_out = req.target, escrow_path(req.target)
     reports = {req.out / "report.json": to_json, req.out / "report.txt": render_text}
@@ -138,15 +160,19 @@ def _write_release(req: ReleaseRequest, loaded: Policy, inputs: list[Path], acti
         table = read_table(req.input, text_columns=text)
         pop = read_table(req.population) if req.population is not None else None
         read_seconds = time.perf_counter() - started
-        secret = load_pseudonym_secret(ensure_keys(req.keys))
-        if req.engine == "ray":
-            from anonymize.engines.ray_engine import run_on_ray
-
-            made = run_on_ray(table, loaded, secret, address=req.ray_address, population=pop, partner=req.partner,
-                              source=str(req.input), progress=progress)
-        else:
-            made = run(table, loaded, secret, population=pop, partner=req.partner, source=str(req.input),
-                       progress=progress)
+        # the input's content hash (its budget identity) from the table in memory, on the second core
+        # while the pipeline runs; a CSV read with text columns differs from what `content_id` reads,
+        # so that one is read again the way it reads it
+        same = (req.input.suffix.lower() == ".parquet" or not text) and not loaded.dataset
+        hashing = Pending(budget.frame_id, table) if same else None
+        try:
+            made = _make_release(req, loaded, table, pop, load_pseudonym_secret(ensure_keys(req.keys)), progress)
+            started = time.perf_counter()
+            source = budget.dataset_of(loaded, req.input, req.keys, content=hashing.result() if hashing else None)
+            identity_seconds = time.perf_counter() - started  # the wait for the second core, and lineage
+        finally:
+            if hashing is not None:
+                hashing.close()
         del table  # the release holds what it needs; the input's other columns can go before writing
         started = time.perf_counter()
         stage.write_table(target, made.data)
@@ -155,14 +181,14 @@ def _write_release(req: ReleaseRequest, loaded: Policy, inputs: list[Path], acti
         else:
             stage.retire(escrow_out)  # an earlier release's escrow must not sit beside this one
         # per-stage wall times: reading and writing the tables are the workflow's, the rest the pipeline's
-        made.report["timings"] = {"read": round(read_seconds, 3), **made.report.get("timings", {}),
-                                  "write": round(time.perf_counter() - started, 3)}
+        made.report["timings"] = {"read": round(read_seconds, 3), "identity": round(identity_seconds, 3),
+                                  **made.report.get("timings", {}), "write": round(time.perf_counter() - started, 3)}
         for path, render in reports.items():
             stage.write_text(path, render(made.report))
         _append(action, book, req.out, req.keys, inputs, stage.artifacts(), figures(made.report))
         stage.publish()
     rows: dict[str, int] = made.report["rows"]
-    return rows
+    return rows, source, made.content
 
 
 def parse_rows(spec: str | None, n: int) -> list[int]:

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
 
+    from anonymize.forked import Pending
     from anonymize.policy.schema import Policy
 
 UNIT_CUSTOMER = "customer"
@@ -53,6 +54,9 @@ class ModelRows:
     positions: np.ndarray  # 0-based row of the input file each kept row came from
     removed: dict[str, int] = field(default_factory=dict)
     release: ReleaseSource | None = None
+    # the input file's table content hash (its budget identity), computed in a forked child from the
+    # table already read (`model_rows(..., content_hash=True)`), so the budget does not read it again
+    content_hash: Pending[str] | None = field(default=None, repr=False)
 
     @property
     def guarantee(self) -> str:
@@ -100,18 +104,29 @@ def release_beside(path: Path, rows: int, policy: Policy) -> ReleaseSource | Non
                          algorithm=privacy.get("algorithm") if isinstance(privacy.get("algorithm"), str) else None)
 
 
-def model_rows(path: Path, policy: Policy, keys: Path | None) -> ModelRows:
-    """Read `path` and return the rows a model may use under `policy` (see the module docstring)."""
+def model_rows(path: Path, policy: Policy, keys: Path | None, content_hash: bool = False) -> ModelRows:
+    """Read `path` and return the rows a model may use under `policy` (see the module docstring).
+    `content_hash`: also start hashing the table as `budget.content_id` would (see ModelRows)."""
     from privmodel.core.fileio import read_table
 
-    frame = read_table(path, text_columns=text_columns(policy))
+    text = text_columns(policy)
+    frame = read_table(path, text_columns=text)
+    pending = None
+    # a CSV read with text columns is not the table `content_id` reads: that one is re-read there
+    if content_hash and (path.suffix.lower() == ".parquet" or not text) and not getattr(policy, "dataset", None):
+        from anonymize.forked import Pending
+        from privmodel.dp.budget import frame_id
+
+        pending = Pending(frame_id, frame)
     release = release_beside(path, len(frame), policy)
     if release is not None:
         import numpy as np
 
         return ModelRows(frame=frame, unit=UNIT_RELEASE_ROW, rows_in=int(len(frame)),
-                         positions=np.arange(len(frame)), release=release)
-    return minimised_rows(frame, policy, keys, source=str(path))
+                         positions=np.arange(len(frame)), release=release, content_hash=pending)
+    rows = minimised_rows(frame, policy, keys, source=str(path))
+    rows.content_hash = pending
+    return rows
 
 
 def minimised_rows(frame: pd.DataFrame, policy: Policy, keys: Path | None, *, source: str,

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,14 @@ if TYPE_CHECKING:
 
 #: advance(done, description): progress through the phases of a run (fractional `done` allowed)
 Progress = Callable[[float, str], None]
+
+#: figures not covered by ε whose precision a sample of this many rows keeps (issue 13): the
+#: non-private baseline trains on at most BASELINE_ROWS training rows (a logistic model of a few
+#: hundred weights is estimated to well below the held-out AUC's standard error by then), and the
+#: membership audit scores at most MIA_MEMBER_ROWS members (about the non-member count at 1M rows).
+#: Each sample is seeded and uniform (data-independent); the card says when one was taken.
+BASELINE_ROWS = 200_000
+MIA_MEMBER_ROWS = 100_000
 
 
 @dataclass(frozen=True)
@@ -131,10 +140,10 @@ def config_for(req: TrainRequest, epsilon: float | None, *, seed: int | None = N
 
 
 def fit_rows(encoder: TabularEncoder, frame: pd.DataFrame, y: np.ndarray, config: TrainConfig,
-             on_step: Callable[[int, int], None] | None = None) -> FitResult:
+             on_step: Callable[[int, int], None] | None = None, history: bool = False) -> FitResult:
     from privmodel.dp.training import fit
 
-    return fit(encoder.transform(frame), y, config, on_step=on_step)
+    return fit(encoder.transform(frame), y, config, on_step=on_step, history=history)
 
 
 def predictor(result: FitResult, encoder: TabularEncoder) -> Callable[[pd.DataFrame], np.ndarray]:
@@ -189,7 +198,7 @@ def split_rows(req: TrainRequest, keys: Path | None) -> SplitRows:
 
     policy = load_policy_with_cap(req.policy)
     assert policy.budget is not None  # load_policy_with_cap refuses a policy without one
-    rows = model_rows(req.data, policy, keys)
+    rows = model_rows(req.data, policy, keys, content_hash=True)
     ready = prep.prepare(rows.frame, policy, req.label, str(req.data), rows.positions)
     train_idx, test_idx = prep.split(ready.y, req.test_size, req.seed)
     prep.check_delta(req.delta, int(train_idx.size))
@@ -200,15 +209,25 @@ def _train(req: TrainRequest, book: Ledger, keys: Path | None, advance: Progress
            inputs: list[Artifact]) -> TrainOutcome:
     from privmodel.dp import budget
 
+    started = time.perf_counter()
     split = split_rows(req, keys)
     policy, rows, ready, train_idx, test_idx = split.policy, split.rows, split.ready, split.train_idx, split.test_idx
-    dataset = budget.dataset_of(policy, req.data, keys)
+    timings = {"rows": time.perf_counter() - started}
+    started = time.perf_counter()
+    content = rows.content_hash.result() if rows.content_hash is not None else None
+    dataset = budget.dataset_of(policy, req.data, keys, content=content)
     charge = budget.charge(dataset, req.epsilon, req.delta, split.cap,
                            keys=keys, ledger=book,
                            params={"command": "train", "target_epsilon": req.epsilon, "out": req.out.name,
                                    "unit": rows.unit})
+    timings["budget"] = time.perf_counter() - started
     evidence = _fit_and_measure(req, ready, train_idx, test_idx, policy, advance)
+    evidence.timings = {**timings, **evidence.timings}
+    started = time.perf_counter()
     the_card = _card(req, policy, rows, ready, train_idx, test_idx, evidence, charge.as_dict(), dataset)
+    evidence.timings["card"] = time.perf_counter() - started
+    # per-stage wall seconds (writing the model directory, after the card, is not in them)
+    the_card["timings"] = {stage: round(seconds, 3) for stage, seconds in evidence.timings.items()}
     _publish(req, book, inputs, ready.encoder, evidence, the_card, policy, dataset, rows)
     auc = evidence.private_metrics["roc_auc"]
     return TrainOutcome(epsilon=req.epsilon, roc_auc=auc, spent_epsilon=charge.spent_after.epsilon,
@@ -227,6 +246,8 @@ class Evidence:
     selection: Selection[FitResult, pd.DataFrame] | None
     lr: float | None  # None = the rule DEFAULTS.lr_for(model)
     clip: float
+    baseline_rows: int | None = None  # rows the baseline trained on when a sample (BASELINE_ROWS)
+    timings: dict[str, float] = field(default_factory=dict)  # wall seconds per stage of the run
 
 
 def _fit_and_measure(req: TrainRequest, ready: prep.Prepared, train_idx: np.ndarray, test_idx: np.ndarray,
@@ -234,6 +255,7 @@ def _fit_and_measure(req: TrainRequest, ready: prep.Prepared, train_idx: np.ndar
     from privmodel.dp.training import quality_warnings
     from privmodel.evaluation import metrics
 
+    started = time.perf_counter()
     frame, y, encoder = ready.frame, ready.y, ready.encoder
     df_train, df_test = frame.iloc[train_idx].reset_index(drop=True), frame.iloc[test_idx].reset_index(drop=True)
     y_train, y_test = y[train_idx], y[test_idx]
@@ -245,26 +267,44 @@ def _fit_and_measure(req: TrainRequest, ready: prep.Prepared, train_idx: np.ndar
         members, y_members = df_train.iloc[fit_pos].reset_index(drop=True), y_train[fit_pos]
         lr, clip = selection.best_params.get("lr", lr), selection.best_params.get("clip", clip)
     else:
-        result = fit_rows(encoder, df_train, y_train, config_for(req, req.epsilon), on_step=_steps(advance, 0, "private model"))
+        result = fit_rows(encoder, df_train, y_train, config_for(req, req.epsilon), on_step=_steps(advance, 0, "private model"),
+                          history=True)  # the card's epsilon history, computed on the second core meanwhile
     advance(1, "private model trained")
+    timings = {"private_model": time.perf_counter() - started}
+    started = time.perf_counter()
     groups = prep.groups(df_test, policy)
     private_metrics = metrics.evaluate(y_test, predictor(result, encoder)(df_test), groups)
     # a model that ranks no better than a constant is said so on the card, never released silently
     result.warnings = quality_warnings(req.model, private_metrics["roc_auc"])
-    baseline_metrics = None
+    timings["private_metrics"] = time.perf_counter() - started
+    baseline_metrics, baseline_rows = None, None
     baseline_config = config_for(req, None, lr=lr, clip=clip)
     if req.baseline:
-        base = fit_rows(encoder, df_train, y_train, baseline_config, on_step=_steps(advance, 1, "non-private baseline"))
+        started = time.perf_counter()
+        pick = _sample(len(y_train), BASELINE_ROWS, req.seed + 29)
+        baseline_rows = None if pick is None else int(pick.size)
+        rows_b, y_b = (df_train, y_train) if pick is None else (df_train.iloc[pick].reset_index(drop=True), y_train[pick])
+        base = fit_rows(encoder, rows_b, y_b, baseline_config, on_step=_steps(advance, 1, "non-private baseline"))
         baseline_metrics = metrics.evaluate(y_test, predictor(base, encoder)(df_test), groups)
         advance(2, "baseline trained")
+        timings["baseline"] = time.perf_counter() - started
     audit = None
     if req.mia:
+        started = time.perf_counter()
         audit = membership_audit(encoder, predictor(result, encoder), members, y_members, df_test, y_test,
                                  baseline_config, req.delta, req.epsilon, req.seed)
         advance(1 + int(req.baseline) + 1, "membership audit done")
+        timings["membership_audit"] = time.perf_counter() - started
     return Evidence(fit=result, private_metrics=private_metrics, baseline_metrics=baseline_metrics,
                     comparison=metrics.compare(private_metrics, baseline_metrics), mia=audit, selection=selection,
-                    lr=lr, clip=clip)
+                    lr=lr, clip=clip, baseline_rows=baseline_rows, timings=timings)
+
+
+def _sample(n: int, limit: int, seed: int) -> np.ndarray | None:
+    """Sorted positions of a seeded uniform sample of `limit` of `n` rows, or None when n <= limit."""
+    if n <= limit:
+        return None
+    return np.sort(np.random.default_rng(seed).choice(n, size=limit, replace=False))
 
 
 def _steps(advance: Progress, phase: int, label: str) -> Callable[[int, int], None]:
@@ -283,8 +323,11 @@ def not_dp_figures(rows: ModelRows, evidence: Evidence) -> list[dict[str, str]]:
          "source": "the held-out split (rows not trained on, but private)"},
     ]
     if evidence.baseline_metrics is not None:
+        trained_on = ("the training rows" if evidence.baseline_rows is None else
+                      f"a seeded uniform sample of {evidence.baseline_rows:,} training rows (a sample keeps the "
+                      "figure's precision at this size and saves the time)")
         items.append({"figure": "non-private baseline metrics and fairness (opt-in: --baseline)",
-                      "source": "a model trained WITHOUT DP on the training rows, measured on the held-out split"})
+                      "source": f"a model trained WITHOUT DP on {trained_on}, measured on the held-out split"})
     if evidence.mia is not None:
         items.append({"figure": "membership-inference audit statistics (opt-in: --mia)",
                       "source": "the training rows and half of the held-out split"})
@@ -343,7 +386,7 @@ def _publish(req: TrainRequest, book: Ledger, inputs: list[Artifact], encoder: T
         card.write_card(model_path, the_card)
         (model_path / "metrics.json").write_text(json.dumps(json_ready(
             {"private": ev.private_metrics, "baseline": ev.baseline_metrics, "comparison": ev.comparison,
-             "membership_inference": ev.mia}), indent=2, allow_nan=False) + "\n")
+             "membership_inference": ev.mia, "timings": the_card.get("timings")}), indent=2, allow_nan=False) + "\n")
         (model_path / POLICY_COPY).write_bytes(req.policy.read_bytes())  # what `score` filters consent by
         privacy = ev.fit.privacy
         book.append(
@@ -393,6 +436,10 @@ def membership_audit(encoder: TabularEncoder, predict: Callable[[pd.DataFrame], 
     from privmodel.evaluation import mia
 
     rng = np.random.default_rng(seed + 17)
+    trained_on = len(y_train)
+    pick = _sample(trained_on, MIA_MEMBER_ROWS, seed + 23)
+    if pick is not None:
+        df_train, y_train = df_train.iloc[pick].reset_index(drop=True), y_train[pick]
     order = rng.permutation(len(y_test))
     audit_idx, pool_idx = np.sort(order[: len(order) // 2]), np.sort(order[len(order) // 2:])
     nonmembers, y_non = df_test.iloc[audit_idx].reset_index(drop=True), y_test[audit_idx]
@@ -403,8 +450,12 @@ def membership_audit(encoder: TabularEncoder, predict: Callable[[pd.DataFrame], 
         return predictor(fit_rows(encoder, rows, labels, config), encoder)
 
     can_calibrate = len(pool_idx) >= 8 and np.unique(pool[1]).size == 2
-    return mia.audit_model(
+    audit = mia.audit_model(
         predict, df_train, y_train, nonmembers, y_non, delta=delta,
         reference_fit=reference_fit if can_calibrate else None, reference_pool=pool if can_calibrate else None,
         n_reference=2, seed=seed, epsilon_guarantee=epsilon,
     )
+    if pick is not None:
+        audit["method"] += (f"; members: a seeded uniform sample of {pick.size:,} of the {trained_on:,} training rows "
+                            "(the statistics' precision is set by the sample sizes shown)")
+    return audit
