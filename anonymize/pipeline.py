@@ -239,13 +239,13 @@ def run(
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
     minimised: Minimised | None = None,
-    generalizer: Callable[..., Generalized] = generalize,
+    generalizer: Callable[..., Generalized] | None = None,
     content_hash: Callable[[pd.DataFrame], str] | None = None,
 ) -> Release:
     """Run the release pipeline on `df` as `policy` says; bad input raises one-line InputError.
 
     Another engine (`anonymize.engines`) hands in its `minimised` steps 1-4 of `df` and its
-    `generalizer` (the signature of `generalize`); the measures, gate and report stay these.
+    `generalizer` (the signature of `generalize`, the default); the measures, gate and report stay these.
     `content_hash`: a function of the released table (the caller's budget identity of the release
     file), computed in a forked child from when the released rows are known (`Release.content`)."""
     say = progress or (lambda _step: None)
@@ -288,7 +288,7 @@ def run(
         original = _generalization_input(data[[*qis, *sensitive]], policy, qis)
         # t-closeness distance: ordered EMD for numeric sensitive columns, equal distance otherwise
         emd_kinds = {n: ("ordered" if policy.columns[n].numeric else "equal") for n in sensitive}
-        result = generalizer(original, hierarchies, privacy, sensitive, emd_kinds)
+        result = (generalizer or generalize)(original, hierarchies, privacy, sensitive, emd_kinds)
         offered = len(original)  # rows handed to the algorithm; what it did not release was suppressed
         kept_all = len(result.data) == len(data) and result.data.index.equals(data.index)
         release = data.copy(deep=False) if kept_all else data.loc[result.data.index]
