@@ -87,17 +87,17 @@ def simulate(
     epsilon: float = typer.Option(DEFAULTS.epsilon, "--epsilon", help="Target ε per partner over all rounds; 0 = non-private."),
     delta: float = typer.Option(FED.delta, "--delta", help="δ of each partner's run (charged once per run)."),
     strategy: str = typer.Option(FED.strategy, "--strategy", help="fedavg, fedprox or fedadam."),
-    proximal_mu: float = typer.Option(0.0, "--proximal-mu"),
+    proximal_mu: float = typer.Option(FED.proximal_mu, "--proximal-mu"),
     local_steps: int = typer.Option(FED.local_steps, "--local-steps"),
     batch_size: int = typer.Option(FED.batch_size, "--batch-size"),
     lr: float = typer.Option(FED.lr, "--lr"),
     min_partners: int = typer.Option(FED.min_partners, "--min-partners"),
     max_update_norm: float = typer.Option(FED.max_update_norm, "--max-update-norm", help="Robust aggregation bound."),
-    client_dp_noise: float = typer.Option(0.0, "--client-dp-noise", help="Client-level DP noise (Flower wrapper)."),
-    client_dp_clip: float = typer.Option(0.0, "--client-dp-clip"),
+    client_dp_noise: float = typer.Option(FED.client_dp_noise, "--client-dp-noise", help="Client-level DP noise (Flower wrapper)."),
+    client_dp_clip: float = typer.Option(FED.client_dp_clip, "--client-dp-clip"),
     model: str = typer.Option(FED.model, "--model"),
     label: str = typer.Option(FED.label, "--label"),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(FED.seed, "--seed"),
     data: list[Path] = typer.Option(
         None, "--data", help="A partner's own table (repeat per partner) instead of synthetic silos; needs --policy."
     ),
@@ -107,8 +107,8 @@ def simulate(
     secagg: bool = typer.Option(
         False, "--secagg", help="Secure aggregation (SecAgg+): the coordinator only sees the sum of the updates."
     ),
-    secagg_shares: int = typer.Option(3, "--secagg-shares", help="SecAgg+ shares per partner key (at most the partners)."),
-    secagg_threshold: int = typer.Option(2, "--secagg-threshold", help="SecAgg+ shares needed to unmask a dropout."),
+    secagg_shares: int = typer.Option(FED.secagg_shares, "--secagg-shares", help="SecAgg+ shares per partner key (at most the partners)."),
+    secagg_threshold: int = typer.Option(FED.secagg_threshold, "--secagg-threshold", help="SecAgg+ shares needed to unmask a dropout."),
 ) -> None:
     """Simulate partners (synthetic non-IID silos, or --data files) on Flower's simulation engine (Ray)."""
     from rich.console import Console
@@ -267,22 +267,22 @@ def run(
     epsilon: float = typer.Option(DEFAULTS.epsilon, "--epsilon"),
     delta: float = typer.Option(FED.delta, "--delta", help="δ of each partner's run (charged once per run)."),
     strategy: str = typer.Option(FED.strategy, "--strategy"),
-    proximal_mu: float = typer.Option(0.0, "--proximal-mu"),
+    proximal_mu: float = typer.Option(FED.proximal_mu, "--proximal-mu"),
     local_steps: int = typer.Option(FED.local_steps, "--local-steps"),
     batch_size: int = typer.Option(FED.batch_size, "--batch-size"),
     lr: float = typer.Option(FED.lr, "--lr"),
     min_partners: int = typer.Option(FED.min_partners, "--min-partners"),
     max_update_norm: float = typer.Option(FED.max_update_norm, "--max-update-norm"),
-    client_dp_noise: float = typer.Option(0.0, "--client-dp-noise"),
-    client_dp_clip: float = typer.Option(0.0, "--client-dp-clip"),
+    client_dp_noise: float = typer.Option(FED.client_dp_noise, "--client-dp-noise"),
+    client_dp_clip: float = typer.Option(FED.client_dp_clip, "--client-dp-clip"),
     label: str = typer.Option(FED.label, "--label"),
-    round_timeout: float = typer.Option(300.0, "--round-timeout"),
+    round_timeout: float = typer.Option(FED.round_timeout, "--round-timeout"),
     timeout: float = typer.Option(3600.0, "--timeout", help="Whole-run deadline (the run is stopped after it)."),
     secagg: bool = typer.Option(
         False, "--secagg", help="Secure aggregation (SecAgg+): the coordinator only sees the sum of the updates."
     ),
-    secagg_shares: int = typer.Option(3, "--secagg-shares", help="SecAgg+ shares per partner key (at most the partners)."),
-    secagg_threshold: int = typer.Option(2, "--secagg-threshold", help="SecAgg+ shares needed to unmask a dropout."),
+    secagg_shares: int = typer.Option(FED.secagg_shares, "--secagg-shares", help="SecAgg+ shares per partner key (at most the partners)."),
+    secagg_threshold: int = typer.Option(FED.secagg_threshold, "--secagg-threshold", help="SecAgg+ shares needed to unmask a dropout."),
 ) -> None:
     """Submit the federated training to the SuperLink, sign it for the partners, follow it round by round."""
     from rich.console import Console

@@ -21,10 +21,9 @@ import typer
 from anonymize.errors import InputError
 from privmodel.cli.common import KEYS_OPTION, LEDGER_OPTION
 from privmodel.core.defaults import BATCH_RULE, DEFAULTS, LR_RULE
-from privmodel.workflows.run_ledger import recorded_failure
+from privmodel.workflows.run_ledger import open_ledger, recorded_failure
 
 if TYPE_CHECKING:
-    from privmodel.artifacts.ledger import Ledger
     from privmodel.workflows.train import TrainRequest
 
 def register(app: typer.Typer) -> None:
@@ -78,12 +77,6 @@ def _float_list(text: str, option: str) -> list[float]:
     return values
 
 
-def _ledger(ledger: Path | None, out_dir: Path, keys: Path | None) -> Ledger:
-    from privmodel.workflows.run_ledger import open_ledger
-
-    return open_ledger(ledger if ledger is not None else out_dir / "ledger.jsonl", out_dir, keys)
-
-
 def _parent(path: Path) -> Path:
     return path.parent if str(path.parent) else Path(".")
 
@@ -135,7 +128,7 @@ def train(
                    epochs=epochs, batch_size=batch_size, lr=lr, clip=clip, clipping=clipping, accountant=accountant,
                    seed=seed, test_size=test_size, baseline=baseline, mia=mia, tune=space)
     workflow.check_request(req)
-    book = _ledger(ledger, _parent(out), keys)
+    book = open_ledger(ledger, _parent(out), keys)
     with _progress("training", 1 + int(baseline) + int(mia)) as advance:
         outcome = workflow.train(req, book, keys, advance)
     auc = "n/a" if outcome.roc_auc is None else f"{outcome.roc_auc:.3f}"
@@ -242,7 +235,7 @@ def curve(
                    test_size=test_size)
     from privmodel.core.fileio import ensure_output_dir
 
-    book = _ledger(ledger, ensure_output_dir(out), keys)
+    book = open_ledger(ledger, ensure_output_dir(out), keys)
     with _progress("privacy-utility curve", len(eps_grid)) as advance:
         done = [0]
 

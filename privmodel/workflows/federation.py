@@ -39,7 +39,8 @@ class FederationRequest:
         return len(self.data) if self.data else self.silos
 
 
-def _check_files(req: FederationRequest) -> None:
+def _check_files(req: FederationRequest) -> Path:
+    """The partners' files and the federation's policy exist; returns the policy."""
     if req.policy is None:
         raise InputError("--data needs --policy (the policy every partner applies locally)")
     if len(req.data) < 2:
@@ -49,6 +50,7 @@ def _check_files(req: FederationRequest) -> None:
             raise InputError(f"{path}: no such file")
     if req.names and len(req.names) != len(req.data):
         raise InputError(f"--partner: {len(req.names)} names for {len(req.data)} --data files")
+    return req.policy
 
 
 def simulate(req: FederationRequest, on_round: Callable[[dict[str, Any]], None] | None = None,
@@ -63,17 +65,14 @@ def simulate(req: FederationRequest, on_round: Callable[[dict[str, Any]], None] 
         from federated.coordinator.secagg import check_options
 
         check_options(req.config, req.partners)
-    if req.data:
-        _check_files(req)
+    given = _check_files(req) if req.data else None
     on_start()
     base = ensure_output_dir(req.out)
-    if req.data:
-        paths, holdout, policy = list(req.data), req.eval_data, req.policy
+    if given is not None:
+        paths, holdout, policy = list(req.data), req.eval_data, given
     else:
         paths, holdout, policy = synth_silos(base, req.silos, req.customers, req.heterogeneity, req.config.seed,
                                              holdout=max(1000, req.customers // 10))
-    if policy is None:
-        raise InputError("--data needs --policy (the policy every partner applies locally)")
     names = list(req.names) if req.data and req.names else None
     specs = partner_specs(base, paths, policy, names=names)
     if req.config.secagg:
