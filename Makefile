@@ -11,11 +11,12 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-# torch first (the local CPU wheel), then the project; pycanon/anjana pin old stacks: --no-deps.
+# torch first (the local CPU wheel), then the project; pycanon/anjana pin old stacks and openmined-psi
+# pins protobuf==6.30.2 (pyproject.toml says why): --no-deps.
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
 	$(BIN)/pip install -q -e ".[dev]"
-	$(BIN)/pip install -q --no-deps pycanon==1.3.6 anjana==1.2.3 beartype tabulate
+	$(BIN)/pip install -q --no-deps pycanon==1.3.6 anjana==1.2.3 beartype tabulate openmined-psi==2.0.6
 	touch $(STAMP)
 
 demo: $(STAMP)

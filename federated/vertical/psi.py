@@ -113,7 +113,11 @@ class PsiSide:
     other_tokens: bytes = b""
 
     def __post_init__(self) -> None:
-        from private_set_intersection.python import client
+        try:
+            from private_set_intersection.python import client
+        except ImportError:
+            raise InputError("psi: openmined-psi is not installed; install it with "
+                             "`pip install --no-deps openmined-psi==2.0.6` (the Makefile does)") from None
 
         self._scalar = client.CreateWithNewKey(True).GetPrivateKeyBytes()
         # a secret shuffle: the position of a request element says nothing about the table's row order
