@@ -48,6 +48,8 @@ from anonymize.errors import InputError
 from privmodel.dp import accounting, secure_noise
 
 if TYPE_CHECKING:
+    from flwr.app import RecordDict
+
     from federated.vertical.channel import Channel
 
 
@@ -372,12 +374,24 @@ def batches(n: int, batch_size: int, epoch: int, seed: int) -> list[np.ndarray]:
     return [order[i:i + batch_size] for i in range(0, n, batch_size)]
 
 
-def _arrays(channel: Channel, sender: str, receiver: str, kind: str, array: np.ndarray) -> np.ndarray:
+def pack(array: np.ndarray) -> RecordDict:
+    """A split-learning message (embeddings, gradients, scores' embeddings): one array."""
     from flwr.app import Array, ArrayRecord, RecordDict
 
-    got = channel.send(sender, receiver, kind, RecordDict({"split": ArrayRecord({"v": Array(array)})}))
-    out: np.ndarray = got["split"]["v"].numpy()  # type: ignore[union-attr]
+    return RecordDict({"split": ArrayRecord({"v": Array(np.ascontiguousarray(array))})})
+
+
+def unpack(content: RecordDict) -> np.ndarray:
+    """The array of a split-learning message (one line when it is not one)."""
+    try:
+        out: np.ndarray = content["split"]["v"].numpy()  # type: ignore[union-attr]
+    except (KeyError, AttributeError, TypeError):
+        raise InputError("vertical: a split-learning message without its array") from None
     return out
+
+
+def _arrays(channel: Channel, sender: str, receiver: str, kind: str, array: np.ndarray) -> np.ndarray:
+    return unpack(channel.send(sender, receiver, kind, pack(array)))
 
 
 def train(feature: FeatureSide, label: LabelSide, train_rows: np.ndarray, channel: Channel,
@@ -397,8 +411,15 @@ def train(feature: FeatureSide, label: LabelSide, train_rows: np.ndarray, channe
 def score(feature: FeatureSide, label: LabelSide, rows: np.ndarray, channel: Channel) -> np.ndarray:
     """Scores for `rows` (the label party learns them; the feature party sends one noisy embedding each)."""
     out = []
-    for start in range(0, len(rows), 8192):
-        part = rows[start:start + 8192]
+    for part in score_parts(rows):
         emb = _arrays(channel, feature.name, label.name, "split.score", feature.embed(part))
         out.append(label.score(part, emb))
     return np.concatenate(out) if out else np.zeros(0)
+
+
+SCORE_CHUNK = 8192
+
+
+def score_parts(rows: np.ndarray) -> list[np.ndarray]:
+    """The scoring schedule: `rows` in chunks, one `split.score` message each."""
+    return [rows[start:start + SCORE_CHUNK] for start in range(0, len(rows), SCORE_CHUNK)]
