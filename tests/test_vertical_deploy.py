@@ -9,7 +9,11 @@ Every process started here is stopped by pid (`deployment.tracked`).
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
+import threading
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -27,7 +31,7 @@ from privmodel.core.keys import init_keys, load_public_key
 from privmodel.dp import budget
 
 pytestmark = pytest.mark.slow
-CONFIG = SplitConfig(epsilon=2.0, epochs=2, batch_size=256)
+CONFIG = SplitConfig(epsilon=2.0, epochs=2, batch_size=1024)  # few rounds: every message is a Flower round trip
 
 
 @pytest.fixture(scope="module")
@@ -117,10 +121,31 @@ def test_a_signed_run_over_tls_ledgers_verify_and_agree(fed) -> None:
 
 
 def test_the_feature_party_dropping_out_ends_the_run_with_its_name(fed) -> None:
-    node = fed["node"]
-    dep.stop(node.worker)  # the retailer's node process is gone; its SuperNode still answers
-    with pytest.raises(InputError, match="party 'retailer' dropped out during vertical.run"):
-        deploy.run(_request(fed, "dropped-run"))
-    last = read_entries(fed["root"] / "dropped-run" / "bank" / "ledger.jsonl")[-1]
+    """The retailer's node dies once it accepted the run (its SuperNode still answers): the run ends,
+    naming it, with a `failed` entry in the bank's ledger and nothing published."""
+    node, out = fed["node"], fed["root"] / "dropped-run"
+    killed = threading.Event()
+
+    def kill_after_accepting() -> None:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not killed.is_set():
+            with contextlib.suppress(OSError):
+                if '"event": "accepted"' in (out / "progress.jsonl").read_text():
+                    dep.stop(node.worker)
+                    killed.set()
+                    return
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=kill_after_accepting, daemon=True)
+    watcher.start()
+    request = dataclasses.replace(_request(fed, "dropped-run"), config=SplitConfig(epsilon=None, epochs=1))
+    try:
+        with pytest.raises(InputError, match=r"party 'retailer' dropped out during psi\.\w+; the run ended"):
+            deploy.run(request)
+    finally:
+        killed.set()
+        watcher.join(timeout=5)
+    assert node.worker.poll() is not None
+    last = read_entries(out / "bank" / "ledger.jsonl")[-1]
     assert last["outcome"] == "failed" and "retailer" in (last["reason"] or "")
-    assert not (fed["root"] / "dropped-run" / "bank" / "model.pt").exists()
+    assert not (out / "bank" / "model.pt").exists()

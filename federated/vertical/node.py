@@ -192,15 +192,17 @@ class FeatureNode:
             content = from_bytes(arrays["payload"].tobytes() if "payload" in arrays else b"")
             reply_kind, reply = self.step(kind, run_id, content)
         except Exception as exc:  # noqa: BLE001 - answered by kind and one line, never a raw message
-            return self._failure(kind, exc), {}
+            return self._failure(kind, exc, run_id), {}
         return {"ok": True, "kind": reply_kind}, {"payload": np.frombuffer(to_bytes(reply), dtype=np.uint8)}
 
-    def _failure(self, kind: str, exc: Exception) -> dict[str, Any]:
-        """Close the run with a `failed` entry (once), and say why in one line."""
+    def _failure(self, kind: str, exc: Exception, run_id: str) -> dict[str, Any]:
+        """Close the run `run_id` with a `failed` entry (once), and say why in one line. A message for
+        another run than the open one leaves the open one alone."""
         from federated.vertical.workflow import RUN_ACTION
 
-        run, self.run = self.run, None
-        if run is not None:
+        run = self.run
+        if run is not None and run.run_id == run_id:
+            self.run = None
             run.close()
             with contextlib.suppress(Exception):
                 self.side.book.record_failure(RUN_ACTION, params={"run_id": run.run_id, "stage": kind[:24]}, exc=exc)
@@ -243,9 +245,6 @@ class FeatureNode:
 
         from federated.vertical.workflow import _charge, _cost, _epsilons, verify_run
 
-        if self.run is not None:  # the previous run's label party vanished: that run failed
-            self._failure(self.run.stage, InputError(f"vertical: the label party dropped out of run {self.run.run_id} "
-                                                     f"after {self.run.stage}"))
         try:
             body = verify_run(content, self.pinned, self.name, _claimed_label(content))
             spec = signed_spec(body, run_id, self.name, self.side.party.join_names)
@@ -254,6 +253,9 @@ class FeatureNode:
             self.side.book.append(REFUSED_ACTION, params={"run_id": run_id[:24], "request": "vertical.run"},
                                   outcome="failed", reason=str(exc).splitlines()[0])
             raise Refused(str(exc)) from None
+        if self.run is not None:  # a new signed run: the previous run's label party vanished, that run failed
+            self._failure(self.run.stage, InputError(f"vertical: the label party dropped out of run {self.run.run_id} "
+                                                     f"after {self.run.stage}"), self.run.run_id)
         noise, eps = _epsilons(config)
         run = _Run(run_id, spec, hashlib.sha256(body).hexdigest(), config, noise, eps)
         self.run = run

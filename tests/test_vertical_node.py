@@ -1,0 +1,98 @@
+"""The feature party's deployment node without Flower: what it accepts, in what order, and what it records.
+
+Messages go through `FeatureNode.handle` as the lean ClientApp sends them (the RecordDict as Flower's
+protobuf bytes), so these checks are the node's own, not the transport's.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from federated.vertical.client_app import from_bytes, to_bytes
+from federated.vertical.node import FeatureNode, PartyNodeSpec
+from federated.vertical.party import load_party
+from federated.vertical.server_app import VerticalSettings, expected_spec
+from federated.vertical.split import SplitConfig
+from federated.vertical.workflow import sign_run
+from privmodel.artifacts.ledger import read_entries
+from privmodel.core.keys import init_keys, load_signer
+from privmodel.dp import budget
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from privmodel.data.synth.vertical import generate_vertical, party_policies
+
+    root = tmp_path_factory.mktemp("vnode")
+    data = generate_vertical(800, seed=3)
+    for name, doc in party_policies(50).items():
+        (root / name).write_text(yaml.safe_dump(doc, sort_keys=False))
+    pq.write_table(data.bank, root / "bank.parquet")
+    pq.write_table(data.retailer, root / "retailer.parquet")
+    for org in ("bank", "retailer", "outsider"):
+        init_keys(root / f"keys-{org}", actor=org)
+    return {"root": root}
+
+
+def _node(root: Path, tmp: Path) -> FeatureNode:
+    return FeatureNode(PartyNodeSpec(name="retailer", party_file=str(root / "retailer.party.yaml"),
+                                     data=str(root / "retailer.parquet"), keys=str(root / "keys-retailer"),
+                                     workdir=str(tmp / "node"), coordinator_key=str(root / "keys-bank")))
+
+
+def _send(node: FeatureNode, kind: str, run_id: str, content) -> tuple[dict, object]:
+    from flwr.app import RecordDict
+
+    payload = np.frombuffer(to_bytes(content if content is not None else RecordDict({})), dtype=np.uint8)
+    reply, arrays = node.handle("vertical", {"kind": kind, "run_id": run_id}, {"payload": payload})
+    return reply, (from_bytes(arrays["payload"].tobytes()) if "payload" in arrays else None)
+
+
+def _run_message(root: Path, run_id: str, keys: str = "keys-bank", **changes):
+    settings = VerticalSettings(SplitConfig(epsilon=1.0, epochs=1), str(root / "bank.party.yaml"), "", "", "",
+                                "retailer", 7, "")
+    spec = expected_spec(load_party(root / "bank.party.yaml"), settings, load_signer(root / keys).key_id)
+    spec.update({"run_id": run_id, "time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), **changes})
+    return sign_run(load_signer(root / keys), spec)
+
+
+def _ledger(tmp: Path) -> list[dict]:
+    return read_entries(tmp / "node" / "retailer" / "ledger.jsonl")
+
+
+def test_refuses_an_outsiders_run_another_runs_signature_and_a_future_date(world, tmp_path: Path) -> None:
+    root = world["root"]
+    node = _node(root, tmp_path)
+    cases = [(_run_message(root, "11", keys="keys-outsider"), "not signed by bank's pinned key"),
+             (_run_message(root, "12"), "the signature is for run 12, not this run"),
+             (_run_message(root, "11", time="2999-01-01T00:00:00+00:00"), "dated in the future"),
+             (_run_message(root, "11", feature_party="telco"), "names another feature party")]
+    for message, why in cases:
+        reply, _ = _send(node, "vertical.run", "11", message)
+        assert reply["ok"] is False and reply["kind"] == "refused" and why in reply["error"], reply
+    refused = [e for e in _ledger(tmp_path) if e["action"] == "vertical.run_refused"]
+    assert len(refused) == len(cases) and all(e["outcome"] == "failed" for e in refused)
+    assert not any(e["action"] == "vertical.psi" for e in _ledger(tmp_path))
+    assert budget.spent("retailer-customers", root / "keys-retailer").charges == 0
+
+
+def test_messages_out_of_order_or_of_another_run_are_refused(world, tmp_path: Path) -> None:
+    root = world["root"]
+    node = _node(root, tmp_path)
+    reply, _ = _send(node, "psi.request", "21", None)  # no run accepted yet
+    assert reply["ok"] is False and "has not accepted" in reply["error"]
+    reply, answer = _send(node, "vertical.run", "21", _run_message(root, "21"))
+    assert reply == {"ok": True, "kind": "vertical.ready"} and answer is not None
+    reply, _ = _send(node, "split.start", "99", None)  # another run's message leaves run 21 open
+    assert reply["ok"] is False and node.run is not None and node.run.run_id == "21"
+    reply, _ = _send(node, "split.start", "21", None)  # before PSI: out of order, run 21 ends as failed
+    assert reply["ok"] is False and "out of order (after vertical.ready)" in reply["error"]
+    assert node.run is None
+    last = _ledger(tmp_path)[-1]
+    assert last["action"] == "vertical.train" and last["outcome"] == "failed" and "out of order" in last["reason"]
