@@ -295,7 +295,7 @@ def start_superlink(
 
 
 class NodeSpec(Protocol):
-    """What `join` needs of a partner's spec (horizontal `PartnerSpec`, vertical `PartySpec`)."""
+    """What `join` needs of a partner's spec (horizontal `PartnerSpec`, vertical `PartyNodeSpec`)."""
 
     name: str
     data: str

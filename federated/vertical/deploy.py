@@ -41,6 +41,10 @@ def join(spec: PartyNodeSpec, superlink: str, ca: Path, auth_key: Path, start_ti
     if not Path(spec.coordinator_key).exists():
         raise InputError(f"party {party.name}: --label-key {spec.coordinator_key}: no such file")
     spec.name = party.name
+    if not spec.keys:  # this organisation's default key directory, made on first use (as `federate join` does)
+        from privmodel.core.keys import ensure_keys
+
+        spec.keys = str(ensure_keys(None, actor=party.name).resolve())
     return start_node(spec, superlink, ca, auth_key, start_timeout=start_timeout, worker_module="federated.vertical.node")
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass, fields
@@ -117,12 +118,15 @@ class GridLink:
         self.messages += 1
         self.bytes_by_sender[self.label] += len(to_bytes(content))
         if not replies:
+            print(f"vertical: {kind} to {self.feature}: no answer within {self.timeout:.0f} s", flush=True)
             raise PartyDropped(self.feature, kind)
         reply = replies[0]
         if reply.has_error():
             if reply.error.code == INVALID_FAB:  # its SuperNode's gate: not privmodel's app
                 raise InputError(f"vertical: {self.feature} refused the run's app ({str(reply.error.reason)[:160]})")
             if reply.error.code not in KIND_CODES.values():  # unreachable node, or the SuperLink's own error
+                print(f"vertical: {kind} to {self.feature}: error {reply.error.code} "  # the ServerApp's log
+                      f"({str(reply.error.reason)[:200]})", flush=True)
                 raise PartyDropped(self.feature, kind)
             raise InputError(str(reply.error.reason).splitlines()[0])
         got_kind, got = unwrap(reply.content)
@@ -256,8 +260,6 @@ class LabelRun:
         rows_l, overlap = self._psi()
         self.clock.psi = time.perf_counter() - self.clock.start
         self.emit({"event": "psi", "overlap": overlap["size"], "seconds": round(self.clock.psi, 3)})
-        import hashlib
-
         signed = {"run_sha256": hashlib.sha256(body).hexdigest(), "signed_by": label.signer.key_id,
                   "run_id": self.run_id}
         return self._train(rows_l, overlap, noise, eps, signed)

@@ -121,11 +121,10 @@ def join(
     from federated.vertical.deploy import join as start_node
     from federated.vertical.node import PartyNodeSpec
     from federated.vertical.psi import default_workers
-    from privmodel.core.keys import ensure_keys
 
     console = Console(highlight=False, soft_wrap=True)
     spec = PartyNodeSpec(name="", party_file=str(party.resolve()), data=str(data.resolve()),
-                         keys=str(ensure_keys(keys).resolve()), workdir=str(workdir.resolve()),
+                         keys=str(keys.resolve()) if keys else "", workdir=str(workdir.resolve()),
                          coordinator_key=str(label_key.resolve()), psi_workers=psi_workers or default_workers())
 
     def _term(*_: object) -> None:
