@@ -7,6 +7,7 @@ protobuf bytes), so these checks are the node's own, not the transport's.
 from __future__ import annotations
 
 import datetime as dt
+import json
 from pathlib import Path
 
 import numpy as np
@@ -96,3 +97,74 @@ def test_messages_out_of_order_or_of_another_run_are_refused(world, tmp_path: Pa
     assert node.run is None
     last = _ledger(tmp_path)[-1]
     assert last["action"] == "vertical.train" and last["outcome"] == "failed" and "out of order" in last["reason"]
+
+
+class _LocalLink:
+    """The deployment's two sides joined in one process: each message through the node's `handle`,
+    as Flower protobuf bytes (what the ClientApp forwards), no SuperLink."""
+
+    def __init__(self, node: FeatureNode, run_id: str, label: str) -> None:
+        self.node, self.run_id = node, run_id
+        self.bytes_by_sender = {label: 0, node.name: 0}
+        self.messages = 0
+        self.kinds: list[str] = []
+
+    def exchange(self, kind, content, expect):
+        reply, answer = _send(self.node, kind, self.run_id, content)
+        self.messages += 1
+        self.kinds.append(kind)
+        assert reply["ok"], reply
+        assert reply["kind"] in ((expect,) if isinstance(expect, str) else expect)
+        return reply["kind"], answer
+
+    def wait(self, timeout: float) -> None:
+        return None
+
+    def abort(self, reason: str) -> None:
+        _send(self.node, "vertical.abort", self.run_id, None)
+
+
+@pytest.mark.slow
+def test_the_deployed_sides_train_like_the_simulation_and_agree(world, tmp_path: Path) -> None:
+    """The label party's ServerApp side and the feature party's node, joined in one process: the
+    same messages, one model hash in both ledgers, an AUC like the simulation's on the same data."""
+    import base64
+
+    from federated.vertical.server_app import LabelRun
+    from federated.vertical.workflow import PartyInput, simulate
+    from privmodel.artifacts.ledger import canonical_json, verify
+    from privmodel.core.keys import load_public_key
+    from privmodel.data.synth.vertical import generate_vertical
+
+    root = tmp_path / "parties"  # enough shared customers for a held-out AUC that says something
+    root.mkdir()
+    data = generate_vertical(2500, seed=11)
+    for path in world["root"].glob("*.yaml"):  # the party files and their policies
+        (root / path.name).write_bytes(path.read_bytes())
+    pq.write_table(data.bank, root / "bank.parquet")
+    pq.write_table(data.retailer, root / "retailer.parquet")
+    for org in ("bank", "retailer"):
+        init_keys(root / f"keys-{org}", actor=org)
+    config = SplitConfig(epsilon=None, epochs=8, batch_size=128)
+    node = _node(root, tmp_path)
+    settings = VerticalSettings(config, str(root / "bank.party.yaml"), str(root / "bank.parquet"), str(root / "keys-bank"),
+                                str(tmp_path / "bank-run"), "retailer", 7, str(tmp_path / "authorization.json"))
+    spec = expected_spec(load_party(root / "bank.party.yaml"), settings, load_signer(root / "keys-bank").key_id)
+    body = canonical_json({**spec, "run_id": "31", "time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")})
+    signature = base64.b64encode(load_signer(root / "keys-bank").sign(body)).decode()
+    (tmp_path / "authorization.json").write_text(json.dumps({"body": body.decode(), "signature": signature}))
+    links: list[_LocalLink] = []
+    done = LabelRun(settings, "31", lambda label: links.append(_LocalLink(node, "31", label)) or links[-1]).run()
+    assert links[0].kinds[:5] == ["vertical.run", "psi.request", "psi.tokens", "psi.done", "split.start"]
+    hashes = set()
+    for org, ledger in (("bank", tmp_path / "bank-run" / "bank" / "ledger.jsonl"), ("retailer", tmp_path / "node" / "retailer" / "ledger.jsonl")):
+        assert verify(ledger, [load_public_key(root / f"keys-{org}")]).ok
+        hashes.add([e for e in read_entries(ledger) if e["action"] == "vertical.train"][-1]["params"]["model_hash"])
+    assert hashes == {done["model_hash"]}
+    sim = simulate(PartyInput(root / "bank.party.yaml", root / "bank.parquet", root / "keys-bank"),
+                   PartyInput(root / "retailer.party.yaml", root / "retailer.parquet", root / "keys-retailer"),
+                   config, tmp_path / "sim")
+    assert sim.overlap["size"] == done["overlap"]["size"]
+    # PSI's scalars are fresh each run, so the agreed order and the batches differ: close, not equal
+    deployed, simulated = done["metrics"]["roc_auc"], sim.metrics["roc_auc"]
+    assert deployed > 0.72 and simulated > 0.72 and abs(deployed - simulated) < 0.1, (deployed, simulated)

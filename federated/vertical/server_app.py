@@ -25,9 +25,10 @@ import contextlib
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from flwr.app import Context, Message, MessageType, RecordDict
@@ -96,6 +97,19 @@ def expected_spec(label: Any, settings: VerticalSettings, key_id: str) -> dict[s
             "test_size": settings.test_size, "feature_node": settings.feature_node}
 
 
+class Link(Protocol):
+    """The label party's transport to the feature party: `exchange` one message for its answer."""
+
+    bytes_by_sender: dict[str, int]
+    messages: int
+
+    def exchange(self, kind: str, content: RecordDict, expect: str | tuple[str, ...]) -> tuple[str, RecordDict]: ...
+
+    def wait(self, timeout: float) -> None: ...
+
+    def abort(self, reason: str) -> None: ...
+
+
 class GridLink:
     """The deployment's transport: a message to the feature party is a Flower query to its node; the
     reply is that party's next message. Bytes are counted as `Channel` counts them (the protocol's
@@ -136,6 +150,14 @@ class GridLink:
             raise InputError(f"vertical: {self.feature} answered {got_kind[:24] or 'nothing'} where "
                              f"{' or '.join(wanted)} was due")
         return got_kind, got
+
+    def wait(self, timeout: float) -> None:
+        """Until the feature party's node is connected to the SuperLink, or PartyDropped."""
+        deadline = time.monotonic() + timeout
+        while self.node not in set(self.grid.get_node_ids()):
+            if time.monotonic() > deadline:
+                raise PartyDropped(self.feature, "the wait for its node (did it run `privmodel federate vertical join`?)")
+            time.sleep(0.2)
 
     def abort(self, reason: str) -> None:
         """Tell the feature party the run ended (it records the failure); best effort."""
@@ -178,15 +200,6 @@ def _authorization(path: Path, run_id: str, label: _Side, settings: VerticalSett
     return auth["body"].encode(), str(auth["signature"])
 
 
-def _wait_for_node(grid: Grid, settings: VerticalSettings) -> None:
-    deadline = time.monotonic() + settings.wait_timeout
-    while settings.feature_node not in set(grid.get_node_ids()):
-        if time.monotonic() > deadline:
-            raise PartyDropped(settings.feature_party, "the wait for its node (did it run `privmodel federate "
-                                                       "vertical join`?)")
-        time.sleep(0.2)
-
-
 @dataclass
 class _Clock:
     start: float
@@ -203,20 +216,20 @@ class _Clock:
 class LabelRun:
     """The label party's side of one deployed run."""
 
-    def __init__(self, grid: Grid, settings: VerticalSettings) -> None:
+    def __init__(self, settings: VerticalSettings, run_id: str, connect: Callable[[str], Link]) -> None:
+        """`connect(label party's name)` gives the link to the feature party (`GridLink` in a deployment;
+        tests join the two sides in one process)."""
         from federated.vertical.workflow import PartyInput, _open_side
         from privmodel.core.fileio import ensure_output_dir
 
-        self.grid, self.settings, self.config = grid, settings, settings.config
+        self.settings, self.config, self.run_id = settings, settings.config, run_id
         self.out = ensure_output_dir(settings.out_dir)
         self.progress = self.out / "progress.jsonl"
         self.progress.write_text("")
-        self.run_id = str(grid.run.run_id)
         self.clock = _Clock(time.perf_counter(), rounds=[])
         self.label = _open_side(PartyInput(Path(settings.label_party), Path(settings.label_data),
                                            Path(settings.label_keys)), self.out)
-        self.link = GridLink(grid, self.label.name, settings.feature_party, settings.feature_node,
-                             settings.message_timeout)
+        self.link = connect(self.label.name)
 
     def emit(self, event: dict[str, Any]) -> None:
         from federated.coordinator.server_app import _emit
@@ -254,7 +267,7 @@ class LabelRun:
 
             _charge(label, eps["label"], split.party_delta(noise, "label", config.delta), _cost(noise, config, "label"),
                     spend=False)
-        _wait_for_node(self.grid, self.settings)
+        self.link.wait(self.settings.wait_timeout)
         self.link.exchange("vertical.run", run_message(body, signature), "vertical.ready")
         self.emit({"event": "accepted", "party": self.settings.feature_party})
         rows_l, overlap = self._psi()
@@ -364,7 +377,9 @@ def make_server_app() -> ServerApp:
 
     @server.main()
     def main(grid: Grid, context: Context) -> None:
-        LabelRun(grid, VerticalSettings.from_record(dict(context.run_config))).run()
+        settings = VerticalSettings.from_record(dict(context.run_config))
+        LabelRun(settings, str(grid.run.run_id), lambda label: GridLink(
+            grid, label, settings.feature_party, settings.feature_node, settings.message_timeout)).run()
 
     return server
 
