@@ -2,7 +2,8 @@
 
 The bank (label party) runs the SuperLink and submits; the retailer (feature party) joins with its
 own node key, its long-lived node and the bank's pinned public key. A signed run: both ledgers verify
-and agree on the model hash, both budgets charged once. An outsider's run (signed by another key) is
+and agree on the model hash, both budgets charged once; new customers scored with that model, the
+retailer charging its budget for the embeddings it sends. An outsider's run (signed by another key) is
 refused by the retailer before PSI and in its ledger. The retailer's node gone: the run ends naming it.
 Every process started here is stopped by pid (`deployment.tracked`).
 """
@@ -31,7 +32,7 @@ from privmodel.core.keys import init_keys, load_public_key
 from privmodel.dp import budget
 
 pytestmark = pytest.mark.slow
-CONFIG = SplitConfig(epsilon=2.0, epochs=2, batch_size=1024)  # few rounds: every message is a Flower round trip
+CONFIG = SplitConfig(epsilon=1.5, epochs=2, batch_size=1024)  # few rounds: every message is a Flower round trip
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +118,17 @@ def test_a_signed_run_over_tls_ledgers_verify_and_agree(fed) -> None:
     assert (root / "retailer-node" / "retailer" / "model.pt").is_file()
     card = json.loads((root / "bank-run" / "bank" / "card.json").read_text())
     assert set(card["parties"]) == {"bank", "retailer"} and card["model_hash"] == done["model_hash"]
-    assert 1.9 < card["parties"]["retailer"]["epsilon"] <= 2.0
+    assert 1.4 < card["parties"]["retailer"]["epsilon"] <= 1.5
+
+    # new customers (here the bank's table again) scored with that model, both parties online
+    scored = deploy.run(dataclasses.replace(_request(fed, "bank-score"), model_dir=root / "bank-run" / "bank"))["done"]
+    assert scored["model_hash"] == done["model_hash"] and scored["scored"] == scored["overlap"]["size"] > 0
+    assert pq.read_table(root / "bank-score" / "bank" / "scores.parquet").num_rows == scored["scored"]
+    entry = [e for e in read_entries(_retailer_ledger(fed)) if e["action"] == "vertical.score"][-1]
+    assert entry["params"]["model_hash"] == done["model_hash"]
+    spent = budget.spent("retailer-customers", root / "keys-retailer")
+    score_eps = scored["parties"]["retailer"]["epsilon"]
+    assert spent.charges == 2 and spent.epsilon == pytest.approx(card["parties"]["retailer"]["epsilon"] + score_eps)
 
 
 def test_the_feature_party_dropping_out_ends_the_run_with_its_name(fed) -> None:

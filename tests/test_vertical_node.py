@@ -155,6 +155,7 @@ def test_the_deployed_sides_train_like_the_simulation_and_agree(world, tmp_path:
     (tmp_path / "authorization.json").write_text(json.dumps({"body": body.decode(), "signature": signature}))
     links: list[_LocalLink] = []
     done = LabelRun(settings, "31", lambda label: links.append(_LocalLink(node, "31", label)) or links[-1]).run()
+    scored = _score(root, node, settings, done["model_hash"], tmp_path)
     assert links[0].kinds[:5] == ["vertical.run", "psi.request", "psi.tokens", "psi.done", "split.start"]
     hashes = set()
     for org, ledger in (("bank", tmp_path / "bank-run" / "bank" / "ledger.jsonl"), ("retailer", tmp_path / "node" / "retailer" / "ledger.jsonl")):
@@ -168,3 +169,49 @@ def test_the_deployed_sides_train_like_the_simulation_and_agree(world, tmp_path:
     # PSI's scalars are fresh each run, so the agreed order and the batches differ: close, not equal
     deployed, simulated = done["metrics"]["roc_auc"], sim.metrics["roc_auc"]
     assert deployed > 0.72 and simulated > 0.72 and abs(deployed - simulated) < 0.1, (deployed, simulated)
+    return scored
+
+
+def _authorize(root: Path, settings: VerticalSettings, run_id: str) -> None:
+    import base64
+
+    from privmodel.artifacts.ledger import canonical_json
+
+    signer = load_signer(root / "keys-bank")
+    spec = expected_spec(load_party(root / "bank.party.yaml"), settings, signer.key_id)
+    body = canonical_json({**spec, "run_id": run_id, "time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")})
+    Path(settings.authorization).write_text(json.dumps({"body": body.decode(),
+                                                         "signature": base64.b64encode(signer.sign(body)).decode()}))
+
+
+def _score(root: Path, node: FeatureNode, trained: VerticalSettings, model_hash: str, tmp_path: Path) -> dict:
+    """New customers (here: the bank's table again) scored with the trained parts, both sides online."""
+    import dataclasses
+
+    from sklearn.metrics import roc_auc_score
+
+    from federated.vertical.server_app import LabelRun
+
+    settings = dataclasses.replace(trained, out_dir=str(tmp_path / "bank-score"), mode="score", model_hash=model_hash,
+                                   model_dir=str(Path(trained.out_dir) / "bank"),
+                                   authorization=str(tmp_path / "score-auth.json"))
+    _authorize(root, dataclasses.replace(settings, model_hash="f" * 64), "41")  # a model it does not hold
+    reply, _ = _send(node, "vertical.run", "41", _signed_message(settings.authorization))
+    assert reply["ok"] is False and "refused to score: it does not hold the model part of ffffffffffffffff" in reply["error"]
+    _authorize(root, settings, "42")
+    done = LabelRun(settings, "42", lambda label: _LocalLink(node, "42", label)).run()
+    scores = pq.read_table(tmp_path / "bank-score" / "bank" / "scores.parquet").to_pandas()
+    assert len(scores) == done["scored"] == done["overlap"]["size"] and scores["row"].is_unique
+    churn = pq.read_table(root / "bank.parquet").column("churn").to_numpy()[scores["row"].to_numpy()]
+    assert roc_auc_score(churn, scores["score"]) > 0.72  # the loaded parts make the trained model
+    for ledger in (tmp_path / "bank-score" / "bank" / "ledger.jsonl", tmp_path / "node" / "retailer" / "ledger.jsonl"):
+        entry = [e for e in read_entries(ledger) if e["action"] == "vertical.score"][-1]
+        assert entry["params"]["model_hash"] == model_hash and entry["params"]["scored"] == done["scored"]
+    return done
+
+
+def _signed_message(path: str):
+    from federated.vertical.workflow import run_message
+
+    auth = json.loads(Path(path).read_text())
+    return run_message(auth["body"].encode(), auth["signature"])

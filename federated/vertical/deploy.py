@@ -66,6 +66,23 @@ class RunRequest:
     psi_workers: int = 1
     timeout: float = 3600.0
     message_timeout: float = 300.0
+    model_dir: Path | None = None  # scoring: the label party's part of a trained model (`model.pt`, `card.json`)
+
+
+def trained_model(model_dir: Path) -> tuple[SplitConfig, str]:
+    """The configuration and model hash of a trained model, from the label party's card beside its part."""
+    from federated.vertical.server_app import SPLIT_FIELDS
+    from federated.vertical.split import SplitConfig
+
+    try:
+        card = json.loads((model_dir / "card.json").read_text())
+        config = SplitConfig(**{k: card["config"][k] for k in SPLIT_FIELDS})
+        digest = str(card["model_hash"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise InputError(f"--model {model_dir}: not the label party's output of a vertical run (card.json)") from None
+    if not (model_dir / "model.pt").is_file():
+        raise InputError(f"--model {model_dir}: model.pt is missing")
+    return config, digest
 
 
 def _check(req: RunRequest) -> int:
@@ -91,6 +108,8 @@ def _check(req: RunRequest) -> int:
 
 def run(req: RunRequest, on_event: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Submit the run, sign it for the feature party once the SuperLink gave it an id, follow it.
+    With `model_dir`, a scoring run: the label party's new customers scored with that trained model
+    (configuration and hash from its card), both parties online.
 
     Returns the run's id, status and the label party's `done` event (model hash, metrics, seconds per
     round, bytes); a failed run raises with its one line (a dropped party named)."""
@@ -103,15 +122,20 @@ def run(req: RunRequest, on_event: Callable[[dict[str, Any]], None] | None = Non
     from privmodel.core.keys import ensure_keys, load_signer
 
     node = _check(req)
+    mode, model_hash, config = "train", "", req.config
+    if req.model_dir is not None:
+        mode = "score"
+        config, model_hash = trained_model(req.model_dir)
     label = load_party(req.label_party)
     keys = ensure_keys(req.label_keys, actor=label.name).resolve()
     signer = load_signer(keys)
     base = ensure_output_dir(req.out).resolve()
     settings = VerticalSettings(
-        config=req.config, label_party=str(req.label_party.resolve()), label_data=str(req.label_data.resolve()),
+        config=config, label_party=str(req.label_party.resolve()), label_data=str(req.label_data.resolve()),
         label_keys=str(keys), out_dir=str(base), feature_party=req.feature_party, feature_node=node,
         authorization=str(base / AUTHORIZATION_FILE), test_size=req.test_size, psi_workers=req.psi_workers,
-        message_timeout=req.message_timeout,
+        message_timeout=req.message_timeout, mode=mode, model_hash=model_hash,
+        model_dir=str(req.model_dir.resolve()) if req.model_dir is not None else "",
     )
     spec = expected_spec(label, settings, signer.key_id)
 

@@ -198,14 +198,15 @@ class FeatureNode:
     def _failure(self, kind: str, exc: Exception, run_id: str) -> dict[str, Any]:
         """Close the run `run_id` with a `failed` entry (once), and say why in one line. A message for
         another run than the open one leaves the open one alone."""
-        from federated.vertical.workflow import RUN_ACTION
+        from federated.vertical.workflow import RUN_ACTION, SCORE_ACTION
 
         run = self.run
         if run is not None and run.run_id == run_id:
             self.run = None
             run.close()
+            action = SCORE_ACTION if _scoring(run.spec) else RUN_ACTION
             with contextlib.suppress(Exception):
-                self.side.book.record_failure(RUN_ACTION, params={"run_id": run.run_id, "stage": kind[:24]}, exc=exc)
+                self.side.book.record_failure(action, params={"run_id": run.run_id, "stage": kind[:24]}, exc=exc)
         if isinstance(exc, Refused):
             return {"ok": False, "kind": "refused", "error": str(exc)}
         if isinstance(exc, InputError):
@@ -243,12 +244,14 @@ class FeatureNode:
         """Check the label party's signature (pinned key), the run it names, then this party's budget."""
         from flwr.app import ConfigRecord, RecordDict
 
-        from federated.vertical.workflow import _charge, _cost, _epsilons, verify_run
+        from federated.vertical.workflow import _charge, _epsilons, verify_run
 
         try:
             body = verify_run(content, self.pinned, self.name, _claimed_label(content))
             spec = signed_spec(body, run_id, self.name, self.side.party.join_names)
             config = config_of(spec)
+            if _scoring(spec):
+                self._check_model(str(spec.get("model_hash", "")))
         except InputError as exc:
             self.side.book.append(REFUSED_ACTION, params={"run_id": run_id[:24], "request": "vertical.run"},
                                   outcome="failed", reason=str(exc).splitlines()[0])
@@ -260,8 +263,33 @@ class FeatureNode:
         run = _Run(run_id, spec, hashlib.sha256(body).hexdigest(), config, noise, eps)
         self.run = run
         if config.epsilon is not None:
-            _charge(self.side, eps["feature"], config.delta, _cost(noise, config, "feature"), spend=False)
+            _charge(self.side, *self._cost(run), spend=False)
         return "vertical.ready", RecordDict({"ready": ConfigRecord({"party": self.name})})
+
+    def _cost(self, run: _Run) -> tuple[float, float, dict[str, Any]]:
+        """(epsilon, delta, what the budget entry says) of this party in this run: training, or scoring
+        (one noised embedding per scored customer: `split.score_epsilon`)."""
+        from federated.vertical import split
+        from federated.vertical.workflow import _cost
+
+        if _scoring(run.spec):
+            return (split.score_epsilon(run.noise, run.config.delta, run.config.accountant), run.config.delta,
+                    {"mechanism": "vertical scoring (feature party): one embedding per scored customer",
+                     "noise_multiplier": run.noise.embedding, "model_hash": str(run.spec["model_hash"])})
+        return run.eps["feature"], run.config.delta, _cost(run.noise, run.config, "feature")
+
+    def _check_model(self, digest: str) -> None:
+        """Scoring needs the model part this party published last, and the run must name that model."""
+        from federated.vertical.workflow import RUN_ACTION
+        from privmodel.artifacts.ledger import read_entries
+
+        book = self.side.book.path
+        trained = [e for e in read_entries(book) if e["action"] == RUN_ACTION and e["outcome"] != "failed"] \
+            if book.exists() else []
+        last = str(trained[-1]["params"].get("model_hash", "")) if trained else ""
+        if not digest or last != digest or not (self.side.out / "model.pt").is_file():
+            raise Refused(f"vertical: {self.name} refused to score: it does not hold the model part of "
+                          f"{digest[:16] or '(none named)'} (its last trained model: {last[:16] or 'none'})")
 
     def _psi_request(self, run: _Run, content: RecordDict) -> tuple[str, RecordDict]:
         from federated.vertical.psi import Pool, PsiSide, blob_of, psi_message
@@ -299,15 +327,20 @@ class FeatureNode:
     def _split_start(self, run: _Run, _content: RecordDict) -> tuple[str, RecordDict]:
         """Encode the shared rows, charge this party's budget, then the first embedding."""
         from federated.vertical import split
-        from federated.vertical.workflow import _charge, _cost, _split, encode_feature
+        from federated.vertical.workflow import _charge, _split, encode_feature
 
         assert run.rows is not None
         encode_feature(self.side, run.rows)
-        train_rows, test_rows = _split(run.size, float(run.spec["test_size"]), run.config.seed)
+        if _scoring(run.spec):  # every shared customer is scored with the part this party trained
+            train_rows, test_rows = np.zeros(0, dtype=np.int64), np.arange(run.size)
+        else:
+            train_rows, test_rows = _split(run.size, float(run.spec["test_size"]), run.config.seed)
         if run.config.epsilon is not None:
-            _charge(self.side, run.eps["feature"], run.config.delta, _cost(run.noise, run.config, "feature"))
+            _charge(self.side, *self._cost(run))
         assert self.side.x is not None
         run.f_side = split.FeatureSide(self.name, self.side.x, run.config, run.noise)
+        if _scoring(run.spec):
+            split.load_state(run.f_side.model, (self.side.out / "model.pt").read_bytes())
         run.steps = feature_steps(run.f_side, train_rows, test_rows)
         return next(run.steps)
 
@@ -326,6 +359,8 @@ class FeatureNode:
 
         assert run.f_side is not None
         digest = model_hash(str(content["h"]["part"]), split.state_hash(run.f_side.model))
+        if _scoring(run.spec):
+            return self._scored(run, digest)
         label = str(run.spec["label_party"])
         parties = parties_of(label, self.name, run.noise, run.eps, run.config, None, self.side.charge)
         result = VerticalResult(parties, run.overlap, {}, digest, run.noise.as_dict(),
@@ -333,6 +368,26 @@ class FeatureNode:
         publish_side(self.side, run.f_side, result, run.config)
         self.run = None
         return "vertical.published", RecordDict({"h": ConfigRecord({"model_hash": digest})})
+
+    def _scored(self, run: _Run, digest: str) -> tuple[str, RecordDict]:
+        """A scoring run: the parts must still make the model it named; `vertical.score` in the ledger."""
+        from flwr.app import ConfigRecord, RecordDict
+
+        from federated.vertical.workflow import SCORE_ACTION
+
+        if digest != run.spec["model_hash"]:
+            raise InputError("vertical: the parties' parts do not make the model the scoring run names")
+        eps, delta, _ = self._cost(run)
+        private = run.config.epsilon is not None
+        self.side.book.append(SCORE_ACTION, params={
+            "model_hash": digest, "role": "feature", "scored": run.size, "intersection_sha256": run.digest,
+            "run_sha256": run.run_sha256, "run_id": run.run_id}, privacy_cost={"epsilon": eps, "delta": delta} if private else None)
+        self.run = None
+        return "vertical.published", RecordDict({"h": ConfigRecord({"model_hash": digest})})
+
+
+def _scoring(spec: dict[str, Any]) -> bool:
+    return spec.get("mode") == "score"
 
 
 def feature_steps(f_side: FeatureSide, train_rows: np.ndarray, test_rows: np.ndarray) -> Steps:

@@ -63,6 +63,9 @@ class VerticalSettings:
     psi_workers: int = 1
     wait_timeout: float = 120.0
     message_timeout: float = 300.0
+    mode: str = "train"  # or "score": new customers scored with a trained model, both parties online
+    model_dir: str = ""  # scoring: the label party's part (its `model.pt`) from the training run
+    model_hash: str = ""  # scoring: the model both parties' ledgers recorded
 
     def to_record(self) -> dict[str, Any]:
         """Flat scalars for the app's run config."""
@@ -94,7 +97,8 @@ def expected_spec(label: Any, settings: VerticalSettings, key_id: str) -> dict[s
     from federated.vertical.workflow import run_spec
 
     return {**run_spec(label, settings.feature_party, settings.config, key_id), "kind": RUN_KIND,
-            "test_size": settings.test_size, "feature_node": settings.feature_node}
+            "test_size": settings.test_size, "feature_node": settings.feature_node, "mode": settings.mode,
+            "model_hash": settings.model_hash}
 
 
 class Link(Protocol):
@@ -239,10 +243,10 @@ class LabelRun:
     def run(self) -> dict[str, Any]:
         """The whole run; any failure: a `failed` entry in the label party's ledger, the feature party
         told (unless it dropped out), a `failed` event naming the cause, then raised."""
-        from federated.vertical.workflow import _failures
+        from federated.vertical.workflow import RUN_ACTION, SCORE_ACTION, _failures
 
         try:
-            with _failures(self.label):
+            with _failures(self.label, action=SCORE_ACTION if self.settings.mode == "score" else RUN_ACTION):
                 return self._run()
         except Exception as exc:
             from privmodel.artifacts.ledger import failure_reason
@@ -275,7 +279,59 @@ class LabelRun:
         self.emit({"event": "psi", "overlap": overlap["size"], "seconds": round(self.clock.psi, 3)})
         signed = {"run_sha256": hashlib.sha256(body).hexdigest(), "signed_by": label.signer.key_id,
                   "run_id": self.run_id}
+        if self.settings.mode == "score":
+            return self._score(rows_l, overlap, noise, signed)
         return self._train(rows_l, overlap, noise, eps, signed)
+
+    def _score(self, rows_l: np.ndarray, overlap: dict[str, Any], noise: Any, signed: dict[str, Any]) -> dict[str, Any]:
+        """Score every shared new customer with the trained parts (the feature party sends one noised
+        embedding each and charges its budget for it); `scores.parquet`: the row in the label party's
+        table and its score, published with a `vertical.score` ledger entry."""
+        from federated.vertical import split
+        from federated.vertical.workflow import encode_label, model_hash, part_message
+
+        label, config, link = self.label, self.config, self.link
+        encode_label(label, rows_l, with_labels=False)
+        assert label.x is not None and label.positions is not None
+        l_side = split.LabelSide(label.name, label.x, np.zeros(len(rows_l), dtype=np.int64), config, noise)
+        split.load_state(l_side.model, (Path(self.settings.model_dir) / "model.pt").read_bytes())
+        kind, got = link.exchange("split.start", RecordDict({}), "split.score")
+        scores = []
+        for part in split.score_parts(np.arange(len(rows_l))):
+            if kind != "split.score":
+                raise InputError(f"vertical: {self.settings.feature_party} ended scoring early")
+            scores.append(l_side.score(part, split.unpack(got)))
+            kind, got = link.exchange("split.next", RecordDict({}), ("split.score", "split.done"))
+        top = split.state_hash(l_side.model)
+        digest = model_hash(top, str(got["h"]["part"]))
+        if kind != "split.done" or digest != self.settings.model_hash:
+            raise InputError("vertical: the parties' parts do not make the model the scoring run names")
+        link.exchange("split.done", part_message(top), "vertical.published")
+        files = self._publish_scores(label.positions[rows_l], np.concatenate(scores), {
+            "model_hash": digest, "role": "label", "scored": int(len(rows_l)),
+            "intersection_sha256": overlap["sha256"], **signed})
+        feature_eps = split.score_epsilon(noise, config.delta, config.accountant) if config.epsilon is not None else None
+        done = {"event": "done", "mode": "score", "model_hash": digest, "scored": int(len(rows_l)), "overlap": overlap,
+                "parties": {self.settings.feature_party: {"role": "feature", "epsilon": feature_eps}},
+                "seconds": self.clock.summary(), "bytes": dict(link.bytes_by_sender), "messages": link.messages,
+                "files": [str(f) for f in files]}
+        self.emit(done)
+        return done
+
+    def _publish_scores(self, rows: np.ndarray, scores: np.ndarray, params: dict[str, Any]) -> list[Path]:
+        import pandas as pd
+
+        from federated.vertical.workflow import SCORE_ACTION
+        from privmodel.core.fileio import outputs
+
+        label = self.label
+        order = np.argsort(rows, kind="stable")
+        target = label.out / "scores.parquet"
+        with outputs([target], replace=True, ledger=label.book.path, action=SCORE_ACTION) as stage:
+            stage.write_table(target, pd.DataFrame({"row": rows[order].astype(np.int64), "score": scores[order]}))
+            label.book.append(SCORE_ACTION, outputs=stage.artifacts(), params=params)
+            files: list[Path] = stage.publish()
+        return files
 
     def _psi(self) -> tuple[np.ndarray, dict[str, Any]]:
         """The label party's PSI steps (`psi.intersect`'s, with the feature party answering remotely)."""

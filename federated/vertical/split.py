@@ -177,6 +177,15 @@ def party_epsilon(noise: Noise, epochs: int, role: str, delta: float, accountant
         return accounting.epsilon_for(effective_sigma(party_sigmas(noise, epochs, role)), 1.0, 1, delta, accountant)
 
 
+def score_epsilon(noise: Noise, delta: float, accountant: str = "prv") -> float:
+    """Epsilon of scoring one customer after training: the feature party releases one clipped, noised
+    embedding of it (one Gaussian mechanism at the embedding's multiplier, sensitivity `clip`)."""
+    if not noise.private:
+        return math.inf
+    with _quiet():
+        return accounting.epsilon_for(noise.embedding, 1.0, 1, delta, accountant)
+
+
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
     """Opacus' PRV takes log(1 - q) = log(0) at sampling rate 1 (harmless: that branch is unused); silence it."""
@@ -214,6 +223,14 @@ def state_hash(model: nn.Module) -> str:
         arr = tensor.detach().cpu().numpy().astype(np.float32)
         digest.update(name.encode() + b"\x00" + str(arr.shape).encode() + b"\x00" + arr.tobytes())
     return digest.hexdigest()
+
+
+def load_state(model: nn.Module, data: bytes) -> None:
+    """Load a part saved by `state_bytes` (tensors only: `weights_only`), or one clear line."""
+    try:
+        model.load_state_dict(torch.load(io.BytesIO(data), weights_only=True))
+    except (RuntimeError, ValueError, KeyError, EOFError) as exc:
+        raise InputError(f"vertical: the saved model part does not fit this model ({type(exc).__name__})") from None
 
 
 def state_bytes(model: nn.Module) -> bytes:

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from privmodel.data.features import EncodedData
 
 RUN_ACTION = "vertical.train"
+SCORE_ACTION = "vertical.score"
 PSI_ACTION = "vertical.psi"
 
 
@@ -68,6 +69,7 @@ class _Side:
     out: Path
     x: np.ndarray | None = None
     charge: dict[str, Any] | None = None
+    positions: np.ndarray | None = None  # each kept (consenting) row's position in the party's table
 
     @property
     def name(self) -> str:
@@ -110,7 +112,8 @@ def _open_side(inp: PartyInput, out: Path) -> _Side:
     signer = load_signer(ensure_keys(inp.keys))
     side_out = out / party.name
     side_out.mkdir(parents=True, exist_ok=True)
-    return _Side(party, inp, rows.frame, join, Ledger(side_out / "ledger.jsonl", signer), signer, side_out)
+    return _Side(party, inp, rows.frame, join, Ledger(side_out / "ledger.jsonl", signer), signer, side_out,
+                 positions=np.asarray(rows.positions))
 
 
 def _check_pair(label: _Side, feature: _Side) -> None:
@@ -233,13 +236,16 @@ def _encode(label: _Side, feature: _Side, rows_l: np.ndarray, rows_f: np.ndarray
     return encode_label(label, rows_l)
 
 
-def encode_label(label: _Side, rows_l: np.ndarray) -> np.ndarray:
-    """The label party's shared rows (agreed order) as a dense matrix; returns their labels."""
+def encode_label(label: _Side, rows_l: np.ndarray, *, with_labels: bool = True) -> np.ndarray:
+    """The label party's shared rows (agreed order) as a dense matrix; returns their labels (zeros
+    when scoring new customers, `with_labels` False: their label is what the score predicts)."""
     from privmodel.data.features import TabularEncoder, encode_labels
 
     label_col = label.party.policy.labels[0]
     shared_l = label.rows.iloc[rows_l].reset_index(drop=True)
     label.x = dense(TabularEncoder.from_policy(label.party.policy, label=label_col).transform(shared_l))
+    if not with_labels:
+        return np.zeros(len(shared_l), dtype=np.int64)
     y: np.ndarray = encode_labels(shared_l[label_col], label_col)
     return y
 
@@ -270,14 +276,14 @@ def _auc(y: np.ndarray, p: np.ndarray) -> float | None:
 
 
 @contextlib.contextmanager
-def _failures(*sides: _Side) -> Iterator[None]:
+def _failures(*sides: _Side, action: str = RUN_ACTION) -> Iterator[None]:
     """A failed run leaves a `failed` entry in every party's ledger (the reason's one line), then re-raises."""
     try:
         yield
     except Exception as exc:
         for side in sides:
             with contextlib.suppress(Exception):
-                side.book.record_failure(RUN_ACTION, exc=exc)
+                side.book.record_failure(action, exc=exc)
         raise
 
 

@@ -5,6 +5,8 @@ join      the feature party's long-lived node (its table, policy, keys, budget, 
           key) and its SuperNode, on the label party's SuperLink (`privmodel federate superlink`)
 run       the label party signs and submits the run to its SuperLink and follows it
           (`federated.vertical.deploy`); non-zero exit when the run failed
+score     the label party's new customers scored with a trained model, the feature party online
+          (a signed run too; the feature party charges its budget for the embeddings it sends)
 
 Each party brings its party file (role, policy, join keys), its table and its keys directory (its
 organisation: signer and budget store). The commands only parse, call one workflow and print; flwr
@@ -27,6 +29,7 @@ def register(fed: typer.Typer) -> None:
     vertical.command("simulate")(simulate)
     vertical.command("join")(join)
     vertical.command("run")(run)
+    vertical.command("score")(score)
     fed.add_typer(vertical, name="vertical")
 
 
@@ -197,3 +200,39 @@ def run(
     console.print(f"run {result['run_id']} {result['status']}; test ROC-AUC {'-' if auc is None else f'{auc:.4f}'}; "
                   f"model hash {done['model_hash'][:16]}; {done['seconds']['per_round']} s per round; "
                   f"card {result['out'] / next(n for n, p in done['parties'].items() if p['role'] == 'label') / 'card.md'}")
+
+
+def score(
+    superlink: str = typer.Option("127.0.0.1:9093", "--superlink", help="HOST:PORT of the SuperLink's Control API."),
+    ca: Path = typer.Option(..., "--ca", help="CA certificate of the SuperLink."),
+    registry: Path = typer.Option(Path("superlink/registry.json"), "--registry",
+                                  help="The SuperLink's registry.json (party name -> node id -> key)."),
+    model: Path = typer.Option(..., "--model", help="The label party's output of the training run (model.pt, card.json)."),
+    label: Path = typer.Option(..., "--label", help="The label party's file (role: label)."),
+    label_data: Path = typer.Option(..., "--label-data", help="The new customers (the label party's columns)."),
+    label_keys: Path = typer.Option(None, "--label-keys", help="The label party's key directory (signs the run)."),
+    feature_party: str = typer.Option(..., "--feature-party", help="The feature party's registered name."),
+    out: Path = typer.Option(Path("vertical-scores"), "--out", help="The label party's scores.parquet and ledger."),
+    psi_workers: int = typer.Option(0, "--psi-workers", min=0, help="Processes for PSI (0 = all cores)."),
+    message_timeout: float = typer.Option(300.0, "--message-timeout", help="Seconds the feature party may take per message."),
+    timeout: float = typer.Option(3600.0, "--timeout", help="Whole-run deadline (the run is stopped after it)."),
+) -> None:
+    """Score the label party's new customers with a trained vertical model; both parties online."""
+    from rich.console import Console
+
+    from federated.vertical.deploy import RunRequest, trained_model
+    from federated.vertical.deploy import run as submit_run
+    from federated.vertical.psi import default_workers
+
+    console = Console(highlight=False)
+    config, _ = trained_model(model)
+    req = RunRequest(superlink=superlink, ca=ca, registry=registry, label_party=label, label_data=label_data,
+                     label_keys=label_keys, feature_party=feature_party, out=out, config=config,
+                     psi_workers=psi_workers or default_workers(), timeout=timeout, message_timeout=message_timeout,
+                     model_dir=model)
+    result = submit_run(req)
+    done = result["done"]
+    eps = next(iter(done["parties"].values()))["epsilon"]
+    console.print(f"run {result['run_id']} {result['status']}: {done['scored']:,} shared customers scored with model "
+                  f"{done['model_hash'][:16]}; {feature_party} spent ε {'-' if eps is None else f'{eps:.3f}'}; "
+                  f"scores in {done['files'][0]}")
