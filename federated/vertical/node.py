@@ -20,6 +20,11 @@ The order of one run, label party -> this node (answer):
     split.done     top part's hash        -> vertical.published (model hash; model part published)
     vertical.abort reason                 -> vertical.aborted   (the label party failed: `failed` entry)
 
+A scoring run (`mode: score`, `privmodel federate vertical score`) has the same order without training
+batches: the node refuses unless the run names the model whose part it published last, charges one
+embedding release per shared customer (`split.score_epsilon`), embeds every shared customer with its saved
+part, and records `vertical.score` instead of publishing.
+
 A message out of this order, a refused signature or overlap, a budget that cannot pay: one line back
 to the label party and, once a run was accepted, a `failed` entry in this party's ledger. A run left
 open by a label party that vanished is recorded as failed when the next run starts.
