@@ -1,6 +1,7 @@
 """Vertical federation on synthetic partners: AUC against centralized and label-party-alone; PSI at 1M x 1M.
 
-Run: `python benchmarks/bench_vertical.py` (defaults: 200,000 people, epsilon 1 per party, PSI 1M x 1M).
+Run: `python benchmarks/bench_vertical.py` (defaults: 200,000 people, epsilon 1 per party, PSI 1M x 1M);
+`--only deploy` for the deployment section alone.
 
 Same records everywhere: the parties' consenting rows (`minimise`), the intersection from the real PSI,
 the held-out shared customers from the workflow's own split. Rows of the utility table:
@@ -18,6 +19,12 @@ AUCs are on the held-out shared customers. PSI section: two random sets of `--ps
 in common, `federated.vertical.psi` over `--psi-workers` processes; the reference is the issue's
 265 s single-threaded (openmined-psi's own one-sided protocol, another machine), and this machine's
 single-process rate measured on a sample and scaled linearly.
+
+Deployment section (`--deploy-customers`, default 10,000 people; `--deploy-epochs`): seconds per round
+(one batch: embeddings up, gradients down) of the split-learning kernel in one process, the
+`privmodel federate vertical simulate` command end to end (a subprocess, as a user runs it), and the
+loopback deployment over Flower (the bank's TLS SuperLink, the retailer's node joined with its own node
+key, a signed `vertical run`), on the same parties and configuration.
 """
 
 from __future__ import annotations
@@ -203,6 +210,100 @@ def psi_bench(n: int, workers: int, sample: int) -> list[tuple[str, str, str, st
     return out
 
 
+def _simulate_cli(root: Path, bank: Any, shop: Any, config: Any) -> tuple[float, str]:
+    """`privmodel federate vertical simulate` as a user runs it: wall seconds and its last lines."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "privmodel.cli", "federate", "vertical", "simulate",
+           "--label", str(bank.party_file), "--label-data", str(bank.data), "--label-keys", str(bank.keys),
+           "--feature", str(shop.party_file), "--feature-data", str(shop.data), "--feature-keys", str(shop.keys),
+           "--out", str(root / "sim"), "--epochs", str(config.epochs), "--batch-size", str(config.batch_size),
+           "--lr", str(config.lr), "--epsilon", str(config.epsilon or 0), "--psi-workers", "1", "--seed", str(config.seed)]
+    t0 = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False,
+                          env={**os.environ, "FLWR_TELEMETRY_ENABLED": "0"})
+    wall = time.perf_counter() - t0
+    if done.returncode != 0:
+        raise SystemExit(f"simulate failed: {done.stderr.strip().splitlines()[-1:]}")
+    return wall, " ".join(done.stdout.split())
+
+
+def _loopback(root: Path, bank: Any, shop: Any, config: Any) -> tuple[float, dict[str, Any]]:
+    """Two organisations on loopback: the bank's TLS SuperLink with the retailer's node key registered,
+    the retailer's node joined (pinning the bank's key), a signed `vertical run`; every process stopped."""
+    from federated.runtime import deployment as dep
+    from federated.runtime.tls import make_node_key, make_tls
+    from federated.vertical import deploy
+    from federated.vertical.node import PartyNodeSpec
+
+    make_tls(root / "tls")
+    make_node_key(root / "node-retailer")
+    with dep.tracked() as items:
+        link = dep.start_superlink(root / "tls", root / "link")
+        items.append(link)
+        link.register(root / "node-retailer" / "auth.pub", "retailer")
+        spec = PartyNodeSpec(name="retailer", party_file=str(shop.party_file), data=str(shop.data), keys=str(shop.keys),
+                             workdir=str(root / "retailer-node"), coordinator_key=str(bank.keys))
+        items.append(deploy.join(spec, link.address, root / "tls" / "ca.crt", root / "node-retailer" / "auth.key"))
+        t0 = time.perf_counter()
+        result = deploy.run(deploy.RunRequest(
+            superlink=link.control_address, ca=root / "tls" / "ca.crt", registry=link.registry_path,
+            label_party=bank.party_file, label_data=bank.data, label_keys=bank.keys, feature_party="retailer",
+            out=root / "bank-run", config=config, timeout=3600))
+        wall = time.perf_counter() - t0
+    done: dict[str, Any] = result["done"]
+    return wall, done
+
+
+def deploy_bench(args: argparse.Namespace) -> list[tuple[str, str, str, str]]:
+    """Seconds per round (one batch: embeddings up, gradients down) of the split-learning kernel in one
+    process, of the `simulate` command end to end, and of the loopback deployment over Flower (TLS, two
+    organisations, a signed run), on the same parties and configuration."""
+    import re
+
+    from federated.vertical import workflow as wf
+    from federated.vertical.channel import Channel
+    from federated.vertical.split import SplitConfig
+
+    rows: list[tuple[str, str, str, str]] = []
+    eps = args.epsilons[0] if args.epsilons else None
+    config = SplitConfig(epsilon=eps, delta=args.delta, epochs=args.deploy_epochs, batch_size=args.batch_size,
+                         lr=args.lr, seed=args.seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        os.environ["FLWR_HOME"] = str(root / "flwr-home")
+        os.environ["FLWR_TELEMETRY_ENABLED"] = "0"
+        os.environ["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
+        bank, shop = _write_parties(root, args.deploy_customers, args.seed)
+        label, feature = wf._open_side(bank, root / "kernel"), wf._open_side(shop, root / "kernel")
+        rows_l, rows_f, overlap = wf._psi(label, feature, Channel(keep=False), 1)
+        y = wf._encode(label, feature, rows_l, rows_f)
+        train, test = wf._split(len(y), 0.2, args.seed)
+        assert label.x is not None and feature.x is not None
+        _auc, _eps, kernel_s, _bytes = _split_auc(feature.x, label.x, y, train, test, config)
+        n_rounds = config.epochs * -(-len(train) // config.batch_size)
+        rows.append(("split learning kernel, one process (split.train)", f"{kernel_s:.1f}",
+                     f"{kernel_s / n_rounds:.3f}", f"{n_rounds} rounds, {overlap['size']:,} shared customers, "
+                     f"batch {config.batch_size}, ε {eps or '-'} per party"))
+        print(rows[-1], flush=True)
+        wall, text = _simulate_cli(root, bank, shop, config)
+        total = re.search(r"total ([0-9.]+) s", text)
+        psi = re.search(r"PSI ([0-9.]+) s", text)
+        rows.append(("`privmodel federate vertical simulate`, end to end", f"{wall:.1f}", "-",
+                     f"the workflow's own total {total.group(1) if total else '?'} s (PSI {psi.group(1) if psi else '?'} s, "
+                     "1 process); the rest is the interpreter, imports and the CLI"))
+        print(rows[-1], flush=True)
+        wall, done = _loopback(root, bank, shop, config)
+        sec = done["seconds"]
+        rows.append(("loopback deployment: TLS SuperLink, 2 organisations, signed run", f"{wall:.1f}",
+                     f"{sec['per_round']:.2f}", f"{sec['rounds']} rounds, {done['messages']} Flower messages; "
+                     f"PSI {sec['psi']:.1f} s, training {sec['train']:.1f} s, ServerApp total {sec['total']:.1f} s; "
+                     f"AUC {done['metrics']['roc_auc']:.4f}; load {os.getloadavg()[0]:.1f}"))
+        print(rows[-1], flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--customers", type=int, default=200_000)
@@ -216,7 +317,9 @@ def main() -> None:
     parser.add_argument("--psi-n", type=int, default=1_000_000)
     parser.add_argument("--psi-sample", type=int, default=20_000)
     parser.add_argument("--psi-workers", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--only", choices=["utility", "psi"], default=None)
+    parser.add_argument("--deploy-customers", type=int, default=10_000, help="people for the deployment section")
+    parser.add_argument("--deploy-epochs", type=int, default=2)
+    parser.add_argument("--only", choices=["utility", "psi", "deploy"], default=None)
     args = parser.parse_args()
     import torch
     from rich.console import Console
@@ -224,14 +327,22 @@ def main() -> None:
 
     torch.set_num_threads(1)  # small tensors: intra-op threads only spin on a shared machine
     console = Console(width=200)
-    if args.only != "psi":
+    if args.only in (None, "utility"):
         table = Table(title=f"vertical: {args.customers:,} people, AUC on held-out shared customers")
         for col in ("model", "ε per party (feature / label)", "ROC-AUC", "note"):
             table.add_column(col)
         for row in utility(args):
             table.add_row(*row)
         console.print(table)
-    if args.only != "utility" and args.psi_n > 0:
+    if args.only in (None, "deploy"):
+        table = Table(title=f"vertical deployment: {args.deploy_customers:,} people, {args.deploy_epochs} epochs; a round "
+                            "is one batch (embeddings up, gradients down)")
+        for col in ("what", "wall s", "s per round", "note"):
+            table.add_column(col)
+        for row in deploy_bench(args):
+            table.add_row(*row)
+        console.print(table)
+    if args.only in (None, "psi") and args.psi_n > 0:
         table = Table(title=f"PSI (ECDH P-256, openmined-psi), {os.cpu_count()} CPUs")
         for col in ("what", "wall s", "MB sent (both)", "note"):
             table.add_column(col)

@@ -13,7 +13,7 @@ FAB verification (`--trusted-entities`) needs a FAB signed by Flower's platform 
 (FAB_VERIFICATION_ERROR reply, no ClientApp started) with our own test: the FAB must be exactly the
 app `privmodel federate run` writes, i.e. hold only `pyproject.toml` (plus Flower's `.info/`
 metadata) naming the installed `federated.coordinator.server_app:app` / `federated.partner.client_app:app` (with SecAgg+,
-`federated.runtime.secagg_deploy:server_app` / `:client_app`), no code of its own. The run's configuration is then checked by the training worker against the coordinator's
+`federated.runtime.secagg_deploy:server_app` / `:client_app`; vertical: `VERTICAL_APP`), no code of its own. The run's configuration is then checked by the training worker against the coordinator's
 signature before any data is read. A refused FAB is reported to the worker, which records it in the
 partner's ledger. TLS, node authentication and message handling are Flower's own.
 """
@@ -30,9 +30,12 @@ import zipfile
 from typing import Any
 
 POLL_SECONDS = float(os.environ.get("PRIVMODEL_SUPERNODE_POLL", "0.2"))
-APPS = (  # the two apps `federate run` writes: Message API, and SecAgg+ (legacy workflow)
+# `privmodel federate vertical run`: the label party's ServerApp, the feature party's lean ClientApp
+VERTICAL_APP = {"serverapp": "federated.vertical.server_app:app", "clientapp": "federated.vertical.client_app:app"}
+APPS = (  # the apps `federate run` writes: Message API, and SecAgg+ (legacy workflow)
     {"serverapp": "federated.coordinator.server_app:app", "clientapp": "federated.partner.client_app:app"},
     {"serverapp": "federated.runtime.secagg_deploy:server_app", "clientapp": "federated.runtime.secagg_deploy:client_app"},
+    VERTICAL_APP,
 )
 ALLOWED_FILES = ("pyproject.toml", ".info/CONTENT")
 

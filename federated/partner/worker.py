@@ -600,14 +600,16 @@ def _load_arrays(model: Module, arrays: dict[str, np.ndarray]) -> None:
 # --- the deployment worker process ----------------------------------------------------------------
 
 
-def serve(spec: PartnerSpec, address: str, token_file: str, parent_pid: int | None = None, ready_file: str | None = None) -> None:
+def serve(spec: Any, address: str, token_file: str, parent_pid: int | None = None, ready_file: str | None = None,
+          make: Callable[[Any], Any] | None = None) -> None:
     """Serve requests on a Unix socket until SIGTERM, or until the parent (`federate join`) dies.
 
     Data is loaded before the socket opens, so a bad data file or policy fails the join at once with
-    a line naming the partner, rather than in the middle of a round.
+    a line naming the partner, rather than in the middle of a round. `make(spec)` builds the worker
+    (default `PartnerWorker`; a vertical party's node has the same `name` and `handle`).
     """
     token = read_token(token_file)
-    worker = PartnerWorker(spec)
+    worker = (make or PartnerWorker)(spec)
     stop = threading.Event()
 
     def _stop(*_: Any) -> None:
@@ -665,8 +667,10 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the worker process started by `privmodel federate join`."""
+def main(argv: list[str] | None = None, spec_type: Callable[..., Any] = PartnerSpec,
+         make: Callable[[Any], Any] | None = None) -> int:
+    """Entry point of the worker process started by `privmodel federate join` (and, with its own
+    `spec_type` and `make`, by `privmodel federate vertical join`)."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m federated.partner.worker")
@@ -676,9 +680,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parent-pid", type=int, default=None)
     parser.add_argument("--ready-file", default=None)
     args = parser.parse_args(argv)
-    spec = PartnerSpec(**json.loads(Path(args.spec).read_text()))
+    spec = spec_type(**json.loads(Path(args.spec).read_text()))
     try:
-        serve(spec, args.address, args.token_file, args.parent_pid, args.ready_file)
+        serve(spec, args.address, args.token_file, args.parent_pid, args.ready_file, make)
     except InputError as exc:
         if args.ready_file:
             Path(args.ready_file).write_text(json.dumps({"error": str(exc).splitlines()[0]}))

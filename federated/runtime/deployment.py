@@ -26,10 +26,9 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from anonymize.errors import InputError
-from federated.partner.worker import PartnerSpec
 
 if TYPE_CHECKING:
     from privmodel.core.keys import Signer
@@ -295,11 +294,22 @@ def start_superlink(
 # --- partner side -------------------------------------------------------------------------------
 
 
+class NodeSpec(Protocol):
+    """What `join` needs of a partner's spec (horizontal `PartnerSpec`, vertical `PartyNodeSpec`)."""
+
+    name: str
+    data: str
+    workdir: str
+    coordinator_key: str
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+
 @dataclass
 class Partner:
     """A joined partner: its training worker and its SuperNode."""
 
-    spec: PartnerSpec
+    spec: NodeSpec
     worker: subprocess.Popen[bytes]
     supernode: subprocess.Popen[bytes]
     workdir: Path
@@ -369,10 +379,13 @@ def check_superlink_reachable(address: str, ca_cert: Path, partner: str, timeout
 
 
 def join(
-    spec: PartnerSpec, superlink: str, ca_cert: Path, auth_key: Path, label: str = "churn",
-    start_timeout: float = 300.0, runtime_port: int = 0,
+    spec: NodeSpec, superlink: str, ca_cert: Path, auth_key: Path, label: str = "churn",
+    start_timeout: float = 300.0, runtime_port: int = 0, worker_module: str = "federated.partner.worker",
 ) -> Partner:
-    """Start the partner's training worker (data loaded, anonymized) and its SuperNode."""
+    """Start the partner's training worker (data loaded, anonymized) and its SuperNode.
+
+    `worker_module` is the worker process (`python -m`): the horizontal partner's, or a vertical party's
+    (`federated.vertical.node`); both take the same arguments and serve the same local socket."""
     from federated.runtime.messages import new_token
     from federated.runtime.tls import check_ca
 
@@ -403,7 +416,7 @@ def join(
     ready = sock_dir / "ready.json"
     logs = {"worker": workdir / "worker.log", "supernode": workdir / "supernode.log"}
     worker = spawn(
-        [sys.executable, "-m", "federated.partner.worker", "--spec", str(spec_file), "--address", address,
+        [sys.executable, "-m", worker_module, "--spec", str(spec_file), "--address", address,
          "--token-file", str(token_file), "--parent-pid", str(os.getpid()), "--ready-file", str(ready)],
         logs["worker"], base_env(),
     )
@@ -472,12 +485,15 @@ def _worker_error(ready: Path, log: Path, name: str) -> str:
 # --- run submission -----------------------------------------------------------------------------
 
 
-def write_app(directory: Path, record: dict[str, Any]) -> Path:
+def write_app(directory: Path, record: dict[str, Any], components_of: dict[str, str] | None = None) -> Path:
     """The Flower app submitted by `federate run`: components point at the installed package, and
-    the run configuration (every setting of the run) is embedded as the app's config."""
+    the run configuration (every setting of the run) is embedded as the app's config.
+    `components_of` names other installed components (vertical: `federated.partner.supernode.APPS`)."""
     directory.mkdir(parents=True, exist_ok=True)
     secagg = str(record.get("secagg", False)).lower() in ("1", "true", "yes")
-    if secagg:  # SecAgg+ (legacy workflow): see federated/runtime/secagg_deploy.py
+    if components_of is not None:
+        components = [f'{k} = "{v}"' for k, v in sorted(components_of.items())]
+    elif secagg:  # SecAgg+ (legacy workflow): see federated/runtime/secagg_deploy.py
         components = ['serverapp = "federated.runtime.secagg_deploy:server_app"', 'clientapp = "federated.runtime.secagg_deploy:client_app"']
     else:
         components = ['serverapp = "federated.coordinator.server_app:app"', 'clientapp = "federated.partner.client_app:app"']
@@ -534,6 +550,7 @@ def authorize(path: Path, run_id: int, record: dict[str, Any], signer: Signer, r
 def submit(
     link_home: Path, app_dir: Path, out_dir: Path, timeout: float, on_event: Callable[[dict[str, Any]], None] | None = None,
     *, signer: Signer | None = None, record: dict[str, Any] | None = None, registry: dict[str, dict[str, Any]] | None = None,
+    sign: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Submit the run, sign it for the partners (`authorize`, when a signer is given), follow the
     coordinator's progress file, and check the final status.
@@ -551,6 +568,8 @@ def submit(
     run_id = int(info["run-id"])
     if signer is not None:
         authorize(out_dir / AUTHORIZATION_FILE, run_id, record or {}, signer, registry or {})
+    if sign is not None:  # another kind of run (vertical) signs its own authorization once the id is known
+        sign(run_id)
     reader = _ProgressReader(progress, on_event)
     status = _follow(link_home, run_id, reader, timeout)
     reader.drain(final=True)

@@ -32,12 +32,15 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from anonymize.errors import InputError
 from federated.vertical.channel import Channel
+
+if TYPE_CHECKING:
+    from flwr.app import RecordDict
 
 POINT_BYTES = 33  # a compressed P-256 point
 TOKEN_BYTES = 16  # SHA-256 prefix of a doubly encrypted key: 128 bits, collisions negligible
@@ -174,13 +177,8 @@ class PsiResult:
 
 def intersect(label: PsiSide, feature: PsiSide, channel: Channel) -> tuple[PsiResult, PsiResult]:
     """Run the protocol between the two parties over `channel`; refuse an overlap below either minimum."""
-    from flwr.app import ConfigRecord, RecordDict
-
     def send(sender: PsiSide, receiver: PsiSide, kind: str, blob: bytes, **extra: int | str) -> bytes:
-        got = channel.send(sender.name, receiver.name, kind, RecordDict({"psi": ConfigRecord({"data": blob, **extra})}))
-        data = got["psi"]["data"]
-        assert isinstance(data, bytes)
-        return data
+        return blob_of(channel.send(sender.name, receiver.name, kind, psi_message(blob, **extra)))
 
     start = time.perf_counter()
     req_l = send(label, feature, "psi.request", label.request(), count=len(label.keys))
@@ -192,18 +190,46 @@ def intersect(label: PsiSide, feature: PsiSide, channel: Channel) -> tuple[PsiRe
     seconds = time.perf_counter() - start
     for side, rows, digest, other in ((label, rows_l, digest_l, feature), (feature, rows_f, digest_f, label)):
         send(side, other, "psi.done", b"", size=len(rows), digest=digest)
-    if len(rows_l) != len(rows_f) or digest_l != digest_f:
-        raise InputError("psi: the parties disagree on the intersection (sizes or digests differ); nothing was trained")
+    check_agreed(len(rows_l), digest_l, len(rows_f), digest_f)
     size = len(rows_l)
     for side in (label, feature):
-        if size < side.min_overlap:
-            raise OverlapTooSmall(f"psi: {side.name} refuses an overlap of {size} customers, below its policy's "
-                                  f"min_overlap {side.min_overlap} (a tiny intersection is itself a disclosure)")
+        check_overlap(side, size)
     results = []
     for side, rows, other in ((label, rows_l, feature), (feature, rows_f, label)):
         results.append(PsiResult(side.name, rows, size, digest_l, len(side.keys), len(other.keys), seconds,
                                  channel.bytes_by_sender.get(side.name, 0)))
     return results[0], results[1]
+
+
+def psi_message(blob: bytes, **extra: int | str) -> RecordDict:
+    """Every PSI message: one ConfigRecord `psi` with the `data` bytes (and counts, size, digest)."""
+    from flwr.app import ConfigRecord, RecordDict
+
+    return RecordDict({"psi": ConfigRecord({"data": blob, **extra})})
+
+
+def blob_of(content: RecordDict) -> bytes:
+    """The data bytes of a PSI message (one line when it has none)."""
+    try:
+        data = content["psi"]["data"]
+    except (KeyError, TypeError):
+        data = None
+    if not isinstance(data, bytes):
+        raise InputError("psi: a PSI message without its data")
+    return data
+
+
+def check_agreed(size: int, digest: str, other_size: int, other_digest: str) -> None:
+    """Both parties must hold the same intersection (size and digest of the sorted tokens)."""
+    if size != other_size or digest != other_digest:
+        raise InputError("psi: the parties disagree on the intersection (sizes or digests differ); nothing was trained")
+
+
+def check_overlap(side: PsiSide, size: int) -> None:
+    """A party refuses an intersection below its policy's minimum: a tiny one is itself a disclosure."""
+    if size < side.min_overlap:
+        raise OverlapTooSmall(f"psi: {side.name} refuses an overlap of {size} customers, below its policy's "
+                              f"min_overlap {side.min_overlap} (a tiny intersection is itself a disclosure)")
 
 
 def default_workers() -> int:

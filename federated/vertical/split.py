@@ -48,6 +48,8 @@ from anonymize.errors import InputError
 from privmodel.dp import accounting, secure_noise
 
 if TYPE_CHECKING:
+    from flwr.app import RecordDict
+
     from federated.vertical.channel import Channel
 
 
@@ -175,6 +177,15 @@ def party_epsilon(noise: Noise, epochs: int, role: str, delta: float, accountant
         return accounting.epsilon_for(effective_sigma(party_sigmas(noise, epochs, role)), 1.0, 1, delta, accountant)
 
 
+def score_epsilon(noise: Noise, delta: float, accountant: str = "prv") -> float:
+    """Epsilon of scoring one customer after training: the feature party releases one clipped, noised
+    embedding of it (one Gaussian mechanism at the embedding's multiplier, sensitivity `clip`)."""
+    if not noise.private:
+        return math.inf
+    with _quiet():
+        return accounting.epsilon_for(noise.embedding, 1.0, 1, delta, accountant)
+
+
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
     """Opacus' PRV takes log(1 - q) = log(0) at sampling rate 1 (harmless: that branch is unused); silence it."""
@@ -212,6 +223,14 @@ def state_hash(model: nn.Module) -> str:
         arr = tensor.detach().cpu().numpy().astype(np.float32)
         digest.update(name.encode() + b"\x00" + str(arr.shape).encode() + b"\x00" + arr.tobytes())
     return digest.hexdigest()
+
+
+def load_state(model: nn.Module, data: bytes) -> None:
+    """Load a part saved by `state_bytes` (tensors only: `weights_only`), or one clear line."""
+    try:
+        model.load_state_dict(torch.load(io.BytesIO(data), weights_only=True))
+    except (RuntimeError, ValueError, KeyError, EOFError) as exc:
+        raise InputError(f"vertical: the saved model part does not fit this model ({type(exc).__name__})") from None
 
 
 def state_bytes(model: nn.Module) -> bytes:
@@ -372,12 +391,24 @@ def batches(n: int, batch_size: int, epoch: int, seed: int) -> list[np.ndarray]:
     return [order[i:i + batch_size] for i in range(0, n, batch_size)]
 
 
-def _arrays(channel: Channel, sender: str, receiver: str, kind: str, array: np.ndarray) -> np.ndarray:
+def pack(array: np.ndarray) -> RecordDict:
+    """A split-learning message (embeddings, gradients, scores' embeddings): one array."""
     from flwr.app import Array, ArrayRecord, RecordDict
 
-    got = channel.send(sender, receiver, kind, RecordDict({"split": ArrayRecord({"v": Array(array)})}))
-    out: np.ndarray = got["split"]["v"].numpy()  # type: ignore[union-attr]
+    return RecordDict({"split": ArrayRecord({"v": Array(np.ascontiguousarray(array))})})
+
+
+def unpack(content: RecordDict) -> np.ndarray:
+    """The array of a split-learning message (one line when it is not one)."""
+    try:
+        out: np.ndarray = content["split"]["v"].numpy()  # type: ignore[union-attr]
+    except (KeyError, AttributeError, TypeError):
+        raise InputError("vertical: a split-learning message without its array") from None
     return out
+
+
+def _arrays(channel: Channel, sender: str, receiver: str, kind: str, array: np.ndarray) -> np.ndarray:
+    return unpack(channel.send(sender, receiver, kind, pack(array)))
 
 
 def train(feature: FeatureSide, label: LabelSide, train_rows: np.ndarray, channel: Channel,
@@ -397,8 +428,15 @@ def train(feature: FeatureSide, label: LabelSide, train_rows: np.ndarray, channe
 def score(feature: FeatureSide, label: LabelSide, rows: np.ndarray, channel: Channel) -> np.ndarray:
     """Scores for `rows` (the label party learns them; the feature party sends one noisy embedding each)."""
     out = []
-    for start in range(0, len(rows), 8192):
-        part = rows[start:start + 8192]
+    for part in score_parts(rows):
         emb = _arrays(channel, feature.name, label.name, "split.score", feature.embed(part))
         out.append(label.score(part, emb))
     return np.concatenate(out) if out else np.zeros(0)
+
+
+SCORE_CHUNK = 8192
+
+
+def score_parts(rows: np.ndarray) -> list[np.ndarray]:
+    """The scoring schedule: `rows` in chunks, one `split.score` message each."""
+    return [rows[start:start + SCORE_CHUNK] for start in range(0, len(rows), SCORE_CHUNK)]

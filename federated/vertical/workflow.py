@@ -33,13 +33,17 @@ from federated.vertical.party import Party, load_party, normalised_keys
 
 if TYPE_CHECKING:
     import pandas as pd
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    from flwr.app import RecordDict
 
+    from federated.vertical.psi import PsiResult
     from federated.vertical.split import SplitConfig
     from privmodel.artifacts.ledger import Ledger
     from privmodel.core.keys import Signer
     from privmodel.data.features import EncodedData
 
 RUN_ACTION = "vertical.train"
+SCORE_ACTION = "vertical.score"
 PSI_ACTION = "vertical.psi"
 
 
@@ -65,6 +69,7 @@ class _Side:
     out: Path
     x: np.ndarray | None = None
     charge: dict[str, Any] | None = None
+    positions: np.ndarray | None = None  # each kept (consenting) row's position in the party's table
 
     @property
     def name(self) -> str:
@@ -107,7 +112,8 @@ def _open_side(inp: PartyInput, out: Path) -> _Side:
     signer = load_signer(ensure_keys(inp.keys))
     side_out = out / party.name
     side_out.mkdir(parents=True, exist_ok=True)
-    return _Side(party, inp, rows.frame, join, Ledger(side_out / "ledger.jsonl", signer), signer, side_out)
+    return _Side(party, inp, rows.frame, join, Ledger(side_out / "ledger.jsonl", signer), signer, side_out,
+                 positions=np.asarray(rows.positions))
 
 
 def _check_pair(label: _Side, feature: _Side) -> None:
@@ -120,12 +126,50 @@ def _check_pair(label: _Side, feature: _Side) -> None:
                          f"{', '.join(feature.party.join_names)}); both must name the same keys in the same order")
 
 
-def _run_spec(label: _Side, feature: _Side, config: SplitConfig) -> dict[str, Any]:
+def run_spec(label: Party, feature_name: str, config: SplitConfig, label_key_id: str) -> dict[str, Any]:
+    """What the label party signs: both parties, the join keys and the whole configuration (never the
+    test-only insecure seed). A deployment adds the run id, the held-out share and the time."""
     from dataclasses import asdict
 
     cfg = {k: v for k, v in asdict(config).items() if k != "insecure_seed"}
-    return {"label_party": label.name, "feature_party": feature.name, "join": label.party.join_names,
-            "config": cfg, "label_key_id": label.signer.key_id}
+    return {"label_party": label.name, "feature_party": feature_name, "join": label.join_names,
+            "config": cfg, "label_key_id": label_key_id}
+
+
+def _run_spec(label: _Side, feature: _Side, config: SplitConfig) -> dict[str, Any]:
+    return run_spec(label.party, feature.name, config, label.signer.key_id)
+
+
+def sign_run(signer: Signer, spec: dict[str, Any]) -> RecordDict:
+    """The `vertical.run` message: the spec as canonical JSON and the label party's signature of it."""
+    import base64
+
+    from privmodel.artifacts.ledger import canonical_json
+
+    body = canonical_json(spec)
+    return run_message(body, base64.b64encode(signer.sign(body)).decode())
+
+
+def run_message(body: bytes, signature: str) -> RecordDict:
+    """The `vertical.run` message of a signed spec (a deployment's signature comes from `vertical run`)."""
+    from flwr.app import ConfigRecord, RecordDict
+
+    return RecordDict({"run": ConfigRecord({"spec": body, "signature": signature})})
+
+
+def verify_run(got: RecordDict, pinned: Ed25519PublicKey, feature_name: str, label_name: str) -> bytes:
+    """The feature party's check of a `vertical.run` message against the label party's key it pinned;
+    returns the signed spec's bytes, or refuses with one line."""
+    import base64
+
+    from cryptography.exceptions import InvalidSignature
+
+    try:
+        body = bytes(got["run"]["spec"])  # type: ignore[arg-type]
+        pinned.verify(base64.b64decode(str(got["run"]["signature"]), validate=True), body)
+    except (InvalidSignature, ValueError, TypeError, KeyError):
+        raise InputError(f"vertical: {feature_name} refused the run: not signed by {label_name}'s pinned key") from None
+    return body
 
 
 def _signed_run(label: _Side, feature: _Side, config: SplitConfig, channel: Channel,
@@ -133,24 +177,11 @@ def _signed_run(label: _Side, feature: _Side, config: SplitConfig, channel: Chan
     """The label party signs the run; the feature party checks it against the label party's key it
     pinned (`pinned_key`: a key directory or public key file it got out of band; in a simulation, by
     default, the label party's own keys directory)."""
-    import base64
-
-    from cryptography.exceptions import InvalidSignature
-    from flwr.app import ConfigRecord, RecordDict
-
-    from privmodel.artifacts.ledger import canonical_json
     from privmodel.core.keys import load_public_key
 
-    spec = _run_spec(label, feature, config)
-    body = canonical_json(spec)
-    sig = base64.b64encode(label.signer.sign(body)).decode()
-    got = channel.send(label.name, feature.name, "vertical.run",
-                       RecordDict({"run": ConfigRecord({"spec": body, "signature": sig})}))
+    got = channel.send(label.name, feature.name, "vertical.run", sign_run(label.signer, _run_spec(label, feature, config)))
     pinned = load_public_key(pinned_key if pinned_key is not None else _keys_dir(label.inp.keys))
-    try:
-        pinned.verify(base64.b64decode(str(got["run"]["signature"])), bytes(got["run"]["spec"]))  # type: ignore[arg-type]
-    except (InvalidSignature, ValueError):
-        raise InputError(f"vertical: {feature.name} refused the run: not signed by {label.name}'s pinned key") from None
+    body = verify_run(got, pinned, feature.name, label.name)
     return {"run_sha256": hashlib.sha256(body).hexdigest(), "signed_by": label.signer.key_id}
 
 
@@ -166,13 +197,22 @@ def _psi(label: _Side, feature: _Side, channel: Channel, workers: int) -> tuple[
     with Pool(workers=workers) as pool:
         res_l, res_f = intersect(PsiSide(label.name, label.join, label.party.spec.min_overlap, pool),
                                  PsiSide(feature.name, feature.join, feature.party.spec.min_overlap, pool), channel)
-    for side, res in ((label, res_l), (feature, res_f)):
-        side.book.append(PSI_ACTION, params={**res.ledger_params(), "other_party": (feature if side is label else label).name,
-                                             "min_overlap": side.party.spec.min_overlap})
-    overlap = {"size": res_l.size, "sha256": res_l.digest, f"{label.name}_rows": res_l.own_size,
-               f"{feature.name}_rows": res_f.own_size, "share_of_label_party": res_l.size / max(1, res_l.own_size),
-               "seconds": round(res_l.seconds, 3)}
-    return res_l.rows, res_f.rows, overlap
+    record_psi(label, res_l, feature.name)
+    record_psi(feature, res_f, label.name)
+    return res_l.rows, res_f.rows, overlap_of(res_l, label.name, feature.name)
+
+
+def record_psi(side: _Side, res: PsiResult, other: str) -> None:
+    """A party's `vertical.psi` ledger entry: sizes and the intersection's digest, never a member."""
+    side.book.append(PSI_ACTION, params={**res.ledger_params(), "other_party": other,
+                                         "min_overlap": side.party.spec.min_overlap})
+
+
+def overlap_of(res_l: PsiResult, label: str, feature: str) -> dict[str, Any]:
+    """The overlap as the card and the result report it (from the label party's PSI result)."""
+    return {"size": res_l.size, "sha256": res_l.digest, f"{label}_rows": res_l.own_size,
+            f"{feature}_rows": res_l.other_size, "share_of_label_party": res_l.size / max(1, res_l.own_size),
+            "seconds": round(res_l.seconds, 3)}
 
 
 def _charge(side: _Side, epsilon: float, delta: float, params: dict[str, Any], *, spend: bool = True) -> None:
@@ -192,16 +232,30 @@ def _charge(side: _Side, epsilon: float, delta: float, params: dict[str, Any], *
 
 
 def _encode(label: _Side, feature: _Side, rows_l: np.ndarray, rows_f: np.ndarray) -> np.ndarray:
+    encode_feature(feature, rows_f)
+    return encode_label(label, rows_l)
+
+
+def encode_label(label: _Side, rows_l: np.ndarray, *, with_labels: bool = True) -> np.ndarray:
+    """The label party's shared rows (agreed order) as a dense matrix; returns their labels (zeros
+    when scoring new customers, `with_labels` False: their label is what the score predicts)."""
     from privmodel.data.features import TabularEncoder, encode_labels
 
     label_col = label.party.policy.labels[0]
-    enc_l = TabularEncoder.from_policy(label.party.policy, label=label_col)
-    enc_f = TabularEncoder.from_policy(feature.party.policy, label="")
     shared_l = label.rows.iloc[rows_l].reset_index(drop=True)
-    label.x = dense(enc_l.transform(shared_l))
-    feature.x = dense(enc_f.transform(feature.rows.iloc[rows_f].reset_index(drop=True)))
+    label.x = dense(TabularEncoder.from_policy(label.party.policy, label=label_col).transform(shared_l))
+    if not with_labels:
+        return np.zeros(len(shared_l), dtype=np.int64)
     y: np.ndarray = encode_labels(shared_l[label_col], label_col)
     return y
+
+
+def encode_feature(feature: _Side, rows_f: np.ndarray) -> None:
+    """The feature party's shared rows (agreed order) as a dense matrix."""
+    from privmodel.data.features import TabularEncoder
+
+    enc_f = TabularEncoder.from_policy(feature.party.policy, label="")
+    feature.x = dense(enc_f.transform(feature.rows.iloc[rows_f].reset_index(drop=True)))
 
 
 def _split(n: int, test_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -222,14 +276,14 @@ def _auc(y: np.ndarray, p: np.ndarray) -> float | None:
 
 
 @contextlib.contextmanager
-def _failures(*sides: _Side) -> Iterator[None]:
+def _failures(*sides: _Side, action: str = RUN_ACTION) -> Iterator[None]:
     """A failed run leaves a `failed` entry in every party's ledger (the reason's one line), then re-raises."""
     try:
         yield
     except Exception as exc:
         for side in sides:
             with contextlib.suppress(Exception):
-                side.book.record_failure(RUN_ACTION, exc=exc)
+                side.book.record_failure(action, exc=exc)
         raise
 
 
@@ -290,19 +344,28 @@ def _train_and_publish(label: _Side, feature: _Side, rows_l: np.ndarray, rows_f:
     scores = split.score(f_side, l_side, test_rows, channel)
     auc = _auc(y[test_rows], scores)
     model_hash = _agree_hash(label, feature, split.state_hash(l_side.model), split.state_hash(f_side.model), channel)
-    parties = {
-        label.name: {"role": "label", "epsilon": eps["label"] if private else None,
-                     "delta": deltas["label"] if private else None, "budget": label.charge,
-                     "covers": "labels only (randomized response)" if noise.label_flip > 0 else "columns and labels"},
-        feature.name: {"role": "feature", "epsilon": eps["feature"] if private else None,
-                       "delta": config.delta if private else None, "budget": feature.charge, "covers": "columns"},
-    }
+    parties = parties_of(label.name, feature.name, noise, eps, config, label.charge, feature.charge)
     result = VerticalResult(parties, overlap, {"roc_auc": auc, "test_customers": int(len(test_rows)),
                                                "train_customers": int(len(train_rows))},
                             model_hash, noise.as_dict(), {**_run_spec(label, feature, config)["config"], **signed},
                             dict(channel.bytes_by_sender))
     result.files = _publish(label, feature, l_side, f_side, result, config)
     return result
+
+
+def parties_of(label: str, feature: str, noise: Any, eps: dict[str, float], config: SplitConfig,
+               label_charge: dict[str, Any] | None, feature_charge: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """Each party's role, epsilon, delta, budget charge and what its epsilon covers (card and ledgers)."""
+    from federated.vertical import split
+
+    private = config.epsilon is not None
+    return {
+        label: {"role": "label", "epsilon": eps["label"] if private else None,
+                "delta": split.party_delta(noise, "label", config.delta) if private else None, "budget": label_charge,
+                "covers": "labels only (randomized response)" if noise.label_flip > 0 else "columns and labels"},
+        feature: {"role": "feature", "epsilon": eps["feature"] if private else None,
+                  "delta": config.delta if private else None, "budget": feature_charge, "covers": "columns"},
+    }
 
 
 def _cost(noise: Any, config: SplitConfig, role: str) -> dict[str, Any]:
@@ -319,39 +382,54 @@ def _cost(noise: Any, config: SplitConfig, role: str) -> dict[str, Any]:
 
 def _agree_hash(label: _Side, feature: _Side, top: str, bottom: str, channel: Channel) -> str:
     """Each party sends its part's hash; both compute sha256(top || bottom)."""
-    from flwr.app import ConfigRecord, RecordDict
-
-    got_b = channel.send(feature.name, label.name, "split.done", RecordDict({"h": ConfigRecord({"part": bottom})}))
-    got_t = channel.send(label.name, feature.name, "split.done", RecordDict({"h": ConfigRecord({"part": top})}))
-    at_label = hashlib.sha256(f"{top}:{got_b['h']['part']!s}".encode()).hexdigest()
-    at_feature = hashlib.sha256(f"{got_t['h']['part']!s}:{bottom}".encode()).hexdigest()
+    got_b = channel.send(feature.name, label.name, "split.done", part_message(bottom))
+    got_t = channel.send(label.name, feature.name, "split.done", part_message(top))
+    at_label = model_hash(top, str(got_b["h"]["part"]))
+    at_feature = model_hash(str(got_t["h"]["part"]), bottom)
     if at_label != at_feature:
         raise InputError("vertical: the parties disagree on the model hash")
     return at_label
 
 
+def part_message(part_hash: str) -> RecordDict:
+    """The `split.done` message: the SHA-256 of the sender's model part."""
+    from flwr.app import ConfigRecord, RecordDict
+
+    return RecordDict({"h": ConfigRecord({"part": part_hash})})
+
+
+def model_hash(top: str, bottom: str) -> str:
+    """The model hash both ledgers record: sha256(top || bottom) of the two parts' hashes."""
+    return hashlib.sha256(f"{top}:{bottom}".encode()).hexdigest()
+
+
 def _publish(label: _Side, feature: _Side, l_side: Any, f_side: Any, result: VerticalResult,
              config: SplitConfig) -> list[Path]:
+    return publish_side(feature, f_side, result, config) + publish_side(label, l_side, result, config)
+
+
+def publish_side(side: _Side, part: Any, result: VerticalResult, config: SplitConfig) -> list[Path]:
+    """One party publishes its model part (and, the label party, the card) atomically with its
+    `vertical.train` ledger entry naming the model hash both parties agreed on."""
     from federated.vertical.card import card_markdown
     from federated.vertical.split import state_bytes
     from privmodel.core.fileio import outputs
 
-    files: list[Path] = []
-    for side, part in ((feature, f_side), (label, l_side)):
-        targets = [side.out / "model.pt"] + ([side.out / "card.json", side.out / "card.md"] if side is label else [])
-        with outputs(targets, replace=True, ledger=side.book.path, action=RUN_ACTION) as stage:
-            stage.write_bytes(side.out / "model.pt", state_bytes(part.model))
-            if side is label:
-                card = card_json(result, config)
-                stage.write_text(side.out / "card.json", json.dumps(card, indent=2, sort_keys=True) + "\n")
-                stage.write_text(side.out / "card.md", card_markdown(card))
-            role = result.parties[side.name]
-            side.book.append(RUN_ACTION, outputs=stage.artifacts(), params={
-                "model_hash": result.model_hash, "role": role["role"], "overlap": result.overlap["size"],
-                "intersection_sha256": result.overlap["sha256"], "run_sha256": result.config["run_sha256"],
-                "noise": result.noise, "metrics": result.metrics if side is label else {},
-            }, privacy_cost={"epsilon": role["epsilon"], "delta": role["delta"]} if role["epsilon"] is not None else None)
-            files += stage.publish()
+    is_label = side.party.spec.role == "label"
+    targets = [side.out / "model.pt"] + ([side.out / "card.json", side.out / "card.md"] if is_label else [])
+    with outputs(targets, replace=True, ledger=side.book.path, action=RUN_ACTION) as stage:
+        stage.write_bytes(side.out / "model.pt", state_bytes(part.model))
+        if is_label:
+            card = card_json(result, config)
+            stage.write_text(side.out / "card.json", json.dumps(card, indent=2, sort_keys=True) + "\n")
+            stage.write_text(side.out / "card.md", card_markdown(card))
+        role = result.parties[side.name]
+        side.book.append(RUN_ACTION, outputs=stage.artifacts(), params={
+            "model_hash": result.model_hash, "role": role["role"], "overlap": result.overlap["size"],
+            "intersection_sha256": result.overlap["sha256"], "run_sha256": result.config["run_sha256"],
+            "noise": result.noise, "metrics": result.metrics if is_label else {},
+        }, privacy_cost={"epsilon": role["epsilon"], "delta": role["delta"]} if role["epsilon"] is not None else None)
+        files: list[Path] = stage.publish()
     return files
 
 
