@@ -25,7 +25,6 @@ from privmodel.workflows.rows import model_rows
 from tests.conftest import run_cli
 from tests.test_cli_train import POLICY, make_table
 
-FAST = {"epochs": 3, "batch_size": 64, "lr": 0.5, "seed": 1}
 
 
 def _inputs(tmp: Path, n: int = 600) -> tuple[Path, Path]:
@@ -71,7 +70,7 @@ def test_memmap_training_gives_the_in_memory_model(tmp_path: Path, small_batches
     data, policy_path = _inputs(tmp_path)
     enc = encoded.encode_file(data, wf.load_policy_with_cap(policy_path), "churn", None, tmp_path)
     train_idx, _ = prep.split(enc.y, 0.25, 0)
-    config = TrainConfig(model="logreg", epsilon=1.0, delta=1e-5, insecure_seed=7, **FAST)
+    config = TrainConfig(model="logreg", epsilon=1.0, delta=1e-5, insecure_seed=7, epochs=3, batch_size=64, lr=0.5, seed=1)
     by_index = fit(enc.data, enc.y, config, rows=train_idx)
     in_memory = fit(enc.data.take(train_idx), enc.y[train_idx], config)
     assert by_index.privacy == in_memory.privacy and by_index.privacy["n"] == train_idx.size
@@ -88,7 +87,7 @@ def test_delta_follows_the_rule_and_is_recorded(tmp_path: Path, monkeypatch: pyt
     monkeypatch.setattr(wf, "DEFAULTS", Defaults(delta=1e-3))
     data, policy = _inputs(tmp_path)
     out, keys = tmp_path / "model", None
-    req = wf.TrainRequest(data=data, label="churn", policy=policy, out=out, model="logreg", **FAST)
+    req = wf.TrainRequest(data=data, label="churn", policy=policy, out=out, model="logreg", epochs=3, batch_size=64, lr=0.5, seed=1)
     assert req.delta is None
     book = open_ledger(None, tmp_path, keys)
     outcome = wf.train(req, book, keys)
@@ -100,8 +99,8 @@ def test_delta_follows_the_rule_and_is_recorded(tmp_path: Path, monkeypatch: pyt
     assert set(card["timings"]) >= {"encode", "budget", "private_model", "private_metrics", "card"}
     entries = read_entries(book.path)
     trained = next(e for e in entries if e["action"] == "model.train")
-    assert trained["privacy_cost"]["delta"] == pytest.approx(expected)
-    assert trained["params"]["delta"] == pytest.approx(expected)
+    assert (trained["privacy_cost"] or {})["delta"] == pytest.approx(expected)
+    assert (trained["params"] or {})["delta"] == pytest.approx(expected)
     assert not list(tmp_path.glob(".model.encoded-*"))  # the memory-mapped arrays are removed
 
 
@@ -115,7 +114,7 @@ def test_run_delta_past_a_million_rows() -> None:
 def test_bad_input_is_one_line(tmp_path: Path, small_batches: None) -> None:
     data, policy_path = _inputs(tmp_path)
     enc = encoded.encode_file(data, wf.load_policy_with_cap(policy_path), "churn", None, tmp_path)
-    config = TrainConfig(model="logreg", epsilon=1.0, delta=1e-5, **FAST)
+    config = TrainConfig(model="logreg", epsilon=1.0, delta=1e-5, epochs=3, batch_size=64, lr=0.5, seed=1)
     with pytest.raises(InputError, match="row positions outside"):
         fit(enc.data, enc.y, config, rows=np.array([0, len(enc.y)], dtype=np.int64))
     # a non-finite feature in a later batch names the file's data row

@@ -242,7 +242,8 @@ class TableHasher:
     column is written from the whole column; here each slice decides, and `result()` is the same
     digest whenever every slice's plan writes values as the whole column's would (`_SAME_TEXT`), else
     None (the caller then hashes the file with `content_id`). `add` returns the slice's row digests
-    (the normal form of each row), which also tell repeated rows apart.
+    (the normal form of each row), which also tell repeated rows apart; `chunks[-1]` holds them
+    concatenated.
     """
 
     def __init__(self) -> None:

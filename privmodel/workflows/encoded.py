@@ -94,9 +94,10 @@ class _Repeats:
         self.prefixes = np.empty(0, dtype=np.uint64)  # first 8 bytes of every earlier digest, sorted
         self.earlier: list[np.ndarray] = []  # each earlier batch's digests as (rows, 4) uint64
 
-    def mark(self, digests: list[bytes]) -> np.ndarray:
-        """Boolean mask of the rows whose digest an earlier batch had; then remember this batch."""
-        words = np.frombuffer(b"".join(digests), dtype=np.uint64).reshape(-1, 4)
+    def mark(self, digests: bytes) -> np.ndarray:
+        """Boolean mask of the rows whose digest an earlier batch had; then remember this batch.
+        `digests`: the batch's 32-byte row digests, concatenated (viewed, not copied)."""
+        words = np.frombuffer(digests, dtype=np.uint64).reshape(-1, 4)
         first = words[:, 0]
         repeated = np.zeros(len(first), dtype=bool)
         if self.prefixes.size:
@@ -216,10 +217,10 @@ def encode_file(path: Path, policy: Policy, label: str, keys: Path | None, direc
     for frame in batches:
         source = str(path) if len(frame) == total else f"{path} (data rows {offset + 1}-{offset + len(frame)})"
         frame = frame.reset_index(drop=True)
-        digests = hasher.add(frame)
+        hasher.add(frame)
         kept, positions = frame, np.arange(len(frame))
         if release is None:
-            kept, positions = _minimised(frame, repeats.mark(digests), policy, keys, source, removed)
+            kept, positions = _minimised(frame, repeats.mark(hasher.chunks[-1]), policy, keys, source, removed)
         if kept.empty:  # every row of the batch removed by the policy
             offset += len(frame)
             continue
