@@ -1,7 +1,9 @@
 """Train and release a DP propensity model: the one owner of "train", called by the CLI and the demo.
 
 Order of a run (each rule in one place):
-1. rows     - `rows.model_rows`: consent and purpose filter, minimisation; the unit of privacy
+1. rows     - `encoded.encode_file`: batch by batch, the consent and purpose filter and minimisation
+              (`rows.minimised_rows`), labels, feature checks and the policy's encoder, into
+              memory-mapped arrays; the unit of privacy; then the split and `run_delta`
 2. budget   - `budget.charge` of the TARGET ε (or the whole search) before any training: a run that
               would pass the organisation's cap for this dataset never touches the data
 3. training - `privmodel.dp.training.fit` (secret DP noise), optional private hyper-parameter search
@@ -49,7 +51,8 @@ Progress = Callable[[float, str], None]
 #: figures not covered by ε whose precision a sample of this many rows keeps (issue 13): the
 #: non-private baseline trains on at most BASELINE_ROWS training rows (a logistic model of a few
 #: hundred weights is estimated to well below the held-out AUC's standard error by then), and the
-#: membership audit scores at most MIA_MEMBER_ROWS members (about the non-member count at 1M rows).
+#: membership audit scores at most MIA_MEMBER_ROWS members and as many non-members (about the
+#: non-member count at 1M rows), and its reference models train on at most BASELINE_ROWS held-out rows.
 #: Each sample is seeded and uniform (data-independent); the card says when one was taken.
 BASELINE_ROWS = 200_000
 MIA_MEMBER_ROWS = 100_000
@@ -359,7 +362,8 @@ def not_dp_figures(rows: ModelRows, evidence: Evidence) -> list[dict[str, str]]:
                       "source": f"a model trained WITHOUT DP on {trained_on}, measured on the held-out split"})
     if evidence.mia is not None:
         items.append({"figure": "membership-inference audit statistics (opt-in: --mia)",
-                      "source": "the training rows and half of the held-out split"})
+                      "source": "the training rows and half of the held-out split (seeded uniform samples of "
+                                f"at most {MIA_MEMBER_ROWS:,} members and non-members on large tables)"})
     return items
 
 
@@ -474,6 +478,12 @@ def membership_audit(data: EncodedData, y: np.ndarray, predict: Callable[[np.nda
         members = members[pick]
     order = rng.permutation(len(test_idx))
     audit_idx, pool_idx = np.sort(order[: len(order) // 2]), np.sort(order[len(order) // 2:])
+    held_out = len(audit_idx)
+    # past ~1M rows the halves are sampled too (10M rows: 1M each), seeded and uniform
+    audit_pick, pool_pick = _sample(len(audit_idx), MIA_MEMBER_ROWS, seed + 37), _sample(len(pool_idx), BASELINE_ROWS,
+                                                                                          seed + 41)
+    audit_idx = audit_idx if audit_pick is None else audit_idx[audit_pick]
+    pool_idx = pool_idx if pool_pick is None else pool_idx[pool_pick]
     nonmembers = test_idx[audit_idx]
     pool = (test_idx[pool_idx], y[test_idx[pool_idx]])
 
@@ -490,4 +500,7 @@ def membership_audit(data: EncodedData, y: np.ndarray, predict: Callable[[np.nda
     if pick is not None:
         audit["method"] += (f"; members: a seeded uniform sample of {pick.size:,} of the {trained_on:,} training rows "
                             "(the statistics' precision is set by the sample sizes shown)")
+    if audit_pick is not None or pool_pick is not None:
+        audit["method"] += (f"; non-members: {len(audit_idx):,} of {held_out:,} held-out rows, reference models "
+                            f"trained on {len(pool_idx):,} of the other {len(order) - held_out:,} (seeded uniform samples)")
     return audit
