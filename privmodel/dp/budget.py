@@ -226,7 +226,8 @@ def frame_id(frame: object) -> str:
         rows = frame.iloc[start : start + _HASH_ROWS]
         digests += _row_digests([_column_text(rows[name], plans[name]) for name in columns])
     total = hashlib.sha256(b"privmodel-table-v1\0" + canonical_json(columns))
-    total.update(_sorted_bytes(digests))
+    for piece in _sorted_bytes(digests):
+        total.update(piece)
     return total.hexdigest()
 
 
@@ -277,18 +278,21 @@ class TableHasher:
         if any(len(seen) > 1 and not any(seen <= same for same in _SAME_TEXT) for seen in self.plans.values()):
             return None
         total = hashlib.sha256(b"privmodel-table-v1\0" + canonical_json(self.columns))
-        total.update(_sorted_bytes(self.chunks))  # the concatenation of the slices' digests
+        for piece in _sorted_bytes(self.chunks):  # the concatenation of the slices' digests
+            total.update(piece)
         return total.hexdigest()
 
 
-def _sorted_bytes(digests: list[bytes]) -> bytes:
-    """The 32-byte digests in byte order, concatenated (= hashing them one by one after `sorted`):
-    sorted as four big-endian 64-bit words each by numpy, not as a million Python objects."""
+def _sorted_bytes(digests: list[bytes]) -> Iterator[bytes]:
+    """The 32-byte digests in byte order, concatenated, in pieces (hashing them = hashing them one by
+    one after `sorted`): sorted as four big-endian 64-bit words each by numpy, not as a million Python
+    objects; handed out a million at a time, so 10M rows never hold a second sorted copy."""
     import numpy as np
 
     table = np.frombuffer(b"".join(digests), dtype=">u8").reshape(-1, 4)
     order = np.lexsort(table.T[::-1])  # last key first: words 0..3 in significance order
-    return table[order].tobytes()
+    for start in range(0, len(order), 1 << 20):
+        yield table[order[start:start + (1 << 20)]].tobytes()
 
 
 _HASH_ROWS = 200_000  # rows written and hashed at a time by `frame_id`
