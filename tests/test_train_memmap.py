@@ -26,7 +26,6 @@ from tests.conftest import run_cli
 from tests.test_cli_train import POLICY, make_table
 
 
-
 def _inputs(tmp: Path, n: int = 600) -> tuple[Path, Path]:
     frame = make_table(n)
     # rows repeated exactly, some in a later batch than their first copy, one within a batch
