@@ -15,6 +15,8 @@ figures issue 13 measured before its work beside the new ones), then each comman
 times (report.json, model_card.json). `--engines local,ray` times `privmodel anonymize` on each engine
 (`--engine ray` is Ray Data in local mode with 2 workers, a tree of processes: the note gives the peak
 of the process tree's summed PSS beside wait4's peak RSS of the largest single process).
+`--tile 1000000` makes each larger size from copies of one 1M `privmodel synth` output (customer ids
+suffixed per copy), for sizes whose synth run does not fit the machine.
 """
 
 from __future__ import annotations
@@ -129,7 +131,30 @@ def _timings(path: Path) -> str:
     return ", ".join(f"{stage} {seconds:.2f}" for stage, seconds in timings.items())
 
 
-def _measure(rows: int, work: Path, commands: list[str], engines: list[str]) -> tuple[list[tuple[str, ...]], list[str]]:
+def _tile(data: Path, rows: int, tile: int, work: Path, keys: Path) -> None:
+    """`rows` customers in data/silo_0.parquet as copies of one `privmodel synth` output of `tile`
+    customers (for sizes whose synth does not fit here): copy k gets the customer ids suffixed -k,
+    so no row repeats another (exact duplicates would be removed); written one copy at a time."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    source = work / f"tile_{tile}"
+    if not (source / "silo_0.parquet").exists():
+        run_child([*PRIVMODEL, "synth", "--customers", str(tile), "--silos", "1", "--format", "parquet",
+                   "--out", str(source), "--keys", str(keys)], ROOT)
+    base = pq.read_table(source / "silo_0.parquet")
+    ids = base.column_names.index("customer_id")
+    data.mkdir(parents=True, exist_ok=True)
+    shutil.copy(source / "policy.yaml", data / "policy.yaml")
+    with pq.ParquetWriter(data / "silo_0.parquet", base.schema) as writer:
+        for k, start in enumerate(range(0, rows, tile)):
+            part = base.slice(0, min(tile, rows - start))
+            suffixed = pc.binary_join_element_wise(part.column(ids), pc.cast(str(k), base.schema.field(ids).type), "-")
+            writer.write_table(part.set_column(ids, base.schema.field(ids), suffixed), row_group_size=262_144)
+
+
+def _measure(rows: int, work: Path, commands: list[str], engines: list[str],
+             tile: int | None = None) -> tuple[list[tuple[str, ...]], list[str]]:
     """synth, then `privmodel anonymize` and `privmodel train` on `rows` customers: table rows and stage lines."""
     table: list[tuple[str, ...]] = []
     stages: list[str] = []
@@ -137,8 +162,13 @@ def _measure(rows: int, work: Path, commands: list[str], engines: list[str]) -> 
     if not keys.exists():
         run_child([*PRIVMODEL, "keys", "init", str(keys)], ROOT)
     data = work / f"data_{rows}"
-    run_child([*PRIVMODEL, "synth", "--customers", str(rows), "--silos", "1", "--format", "parquet",
-               "--out", str(data), "--keys", str(keys)], ROOT)
+    if tile is not None and rows > tile:
+        _tile(data, rows, tile, work, keys)
+        stages.append(f"{rows:,} customers: {-(-rows // tile)} copies of one synth output of {tile:,} "
+                      "(customer ids suffixed per copy)")
+    else:
+        run_child([*PRIVMODEL, "synth", "--customers", str(rows), "--silos", "1", "--format", "parquet",
+                   "--out", str(data), "--keys", str(keys)], ROOT)
     if "anonymize" in commands:
         for engine in engines:
             _anonymize(rows, data, keys, work, table, stages, engine)
@@ -166,15 +196,14 @@ def _anonymize(rows: int, data: Path, keys: Path, work: Path, table: list[tuple[
 
 def _train(rows: int, data: Path, keys: Path, work: Path, table: list[tuple[str, ...]], stages: list[str]) -> None:
     model = work / f"model_{rows}"
-    # the CLI's default delta (1e-6) must stay below 1/n: past ~1M training rows pass 1/(10 customers)
-    delta = ["--delta", f"{1 / (10 * rows):.3g}"] if rows > 1_000_000 else []
+    # no --delta: the default rule min(1e-6, 1/(10 n)) applies past 1M training rows too
     got = run_child([*PRIVMODEL, "train", str(data / "silo_0.parquet"), "--label", "churn", "--policy",
                      str(data / "policy.yaml"), "--keys", str(keys), "--out", str(model), "--model", "logreg",
-                     "--epsilon", "1", "--baseline", "--mia", *delta], ROOT)
+                     "--epsilon", "1", "--baseline", "--mia"], ROOT)
     card = json.loads((model / "model_card.json").read_text())
     table.append((f"privmodel train logreg eps 1 {rows:,} (now)", f"{got['wall_s']:.1f}", f"{got['cpu_s']:.1f}",
                   f"{got['rss_mib']:.0f}", f"--baseline --mia; ROC-AUC {card['metrics']['private']['roc_auc']:.4f}; "
-                                           f"{card['privacy']['steps']} steps; delta {card['privacy']['delta']:.2g}; "
+                                           f"batch {card['training']['batch_size']:,}, {card['privacy']['steps']} steps; delta {card['privacy']['delta']:.2g}; "
                                            f"load {got['load']}"))
     stages.append(f"train {rows:,} per-stage wall s (model_card.json): {_timings(model / 'model_card.json')}")
     _before(table, "train", rows)
@@ -192,6 +221,8 @@ def main() -> None:
     parser.add_argument("--skip-kernel", action="store_true", help="skip the Mondrian kernel run")
     parser.add_argument("--only", choices=["anonymize", "train"], help="time one command only")
     parser.add_argument("--engines", default="local", help="engines of `privmodel anonymize`, comma-separated: local, ray")
+    parser.add_argument("--tile", type=int, help="make sizes above this many customers from copies of one synth "
+                        "output of this size (customer ids made unique per copy) instead of one synth run")
     args = parser.parse_args()
 
     print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")
@@ -202,7 +233,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench_scale_") as tmp:
         for n in args.rows:
             table, lines = _measure(n, Path(tmp), [args.only] if args.only else ["anonymize", "train"],
-                                   [e.strip() for e in args.engines.split(",") if e.strip()])
+                                   [e.strip() for e in args.engines.split(",") if e.strip()], args.tile)
             rows += table
             stages += lines
             for row in table:  # as measured, so a later failure loses nothing
@@ -214,7 +245,7 @@ def main() -> None:
                 rows.append((f"kernel: Mondrian {n:,} k=10 l=2", f"{float(seconds):.1f}", f"{float(cpu):.1f}",
                              f"{kern['rss_mib']:.0f}", f"generalize() only ({classes} classes); peak RSS "
                              f"includes generating the data; load {kern['load']}"))
-            for name in ("data", "release", "model"):  # free the disk between sizes
+            for name in ("data", "release", "model"):  # free the disk between sizes (a tile source is kept)
                 shutil.rmtree(Path(tmp) / f"{name}_{n}", ignore_errors=True)
     head = ("what", "wall s", "CPU s", "peak RSS MiB", "note")
     widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]

@@ -16,9 +16,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize(("n", "batch"), [(100, 100), (1_000, 512), (5_282, 1024), (24_420, 2048),
-                                          (150_000, 8192), (10_000_000, 8192)])
+                                          (150_000, 8192), (750_000, 16384), (7_500_000, 32768),
+                                          (10_000_000, 65536)])
 def test_batch_size_rule(n: int, batch: int) -> None:
-    # power of two nearest 16 sqrt(n), in [256, 8192], never above n -- computed by hand here
+    # power of two nearest 16 sqrt(n), at least 256 (no upper cap: issue 13), never above n -- by hand here
     assert DEFAULTS.batch_size_for(n) == batch
     assert Defaults(batch_size=300).batch_size_for(n) == 300  # a given batch size is kept
 
@@ -45,11 +46,12 @@ def test_every_door_reads_the_same_defaults() -> None:
     assert est.max_grad_norm == config.max_grad_norm == req.clip == fed.max_grad_norm == DEFAULTS.clip
     assert est.model == config.model == req.model == fed.model == DEFAULTS.model
     assert est.accountant == config.accountant == req.accountant == DEFAULTS.accountant
-    assert req.delta == fed.delta == DEFAULTS.delta
+    assert est.delta is config.delta is req.delta is None  # the rule DEFAULTS.delta_for(n)
+    assert fed.delta == DEFAULTS.delta
     options = {name: p.default.default for name, p in inspect.signature(cli.train).parameters.items()
                if hasattr(p.default, "default")}
     assert (options["epochs"], options["batch_size"], options["lr"], options["clip"], options["delta"],
-            options["model"]) == (DEFAULTS.epochs, None, None, DEFAULTS.clip, DEFAULTS.delta, DEFAULTS.model)
+            options["model"]) == (DEFAULTS.epochs, None, None, DEFAULTS.clip, None, DEFAULTS.model)
     curve = {name: p.default.default for name, p in inspect.signature(cli.curve).parameters.items()
              if hasattr(p.default, "default")}
     assert (curve["epochs"], curve["batch_size"], curve["lr"], curve["clip"]) == (DEFAULTS.epochs, None, None,

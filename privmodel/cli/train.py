@@ -96,7 +96,8 @@ def train(
     policy_path: Path = typer.Option(..., "--policy", help="Policy YAML: consent, purpose, public bounds, budget cap."),
     out: Path = typer.Option(..., "--out", help="Model directory to create (must not exist)."),
     epsilon: float = typer.Option(DEFAULTS.epsilon, "--epsilon", help="Target ε of the training run (charged before training)."),
-    delta: float = typer.Option(DEFAULTS.delta, "--delta", help="Target δ (must be below 1/n)."),
+    delta: float | None = typer.Option(None, "--delta", help=f"Target δ (must be below 1/n); default: "
+                                       f"{DEFAULTS.delta_rule} for n training rows."),
     model: str = typer.Option(DEFAULTS.model, "--model", help="logreg | mlp"),
     epochs: int = typer.Option(DEFAULTS.epochs, "--epochs", min=1),
     batch_size: int | None = typer.Option(DEFAULTS.batch_size, "--batch-size", min=1,
@@ -134,7 +135,7 @@ def train(
     auc = "n/a" if outcome.roc_auc is None else f"{outcome.roc_auc:.3f}"
     removed = sum(outcome.rows["removed"].values())
     Console().print(
-        f"[green]trained[/green] {out}: ε = {epsilon:g}, δ = {delta:g} per {outcome.rows['unit']} ({accountant}); "
+        f"[green]trained[/green] {out}: ε = {epsilon:g}, δ = {outcome.delta:g} per {outcome.rows['unit']} ({accountant}); "
         f"{outcome.rows['rows_used']} rows used, {removed} removed by the policy; held-out ROC-AUC {auc}; "
         f"budget spent ε = {outcome.spent_epsilon:.3f}, δ = {outcome.spent_delta:g}",
         soft_wrap=True, markup=True, highlight=False,

@@ -50,13 +50,20 @@ class Defaults:
         return self.lr[model]
 
     def batch_size_for(self, n: int) -> int:
-        """Expected batch size for n training rows: the power of two nearest 16 sqrt(n), in [256, 8192],
-        and at most n (sample rate <= 1). E.g. 5,000 rows -> 1024, 25,000 -> 2048, 150,000 -> 8192."""
+        """Expected batch size for n training rows: the power of two nearest 16 sqrt(n), at least 256,
+        and at most n (sample rate <= 1). E.g. 5,000 rows -> 1024, 25,000 -> 2048, 150,000 -> 8192,
+        750,000 -> 16,384, 7.5M -> 32,768.
+
+        No upper cap (issue 13): with a cap the number of steps grew as n, and the run's time with it
+        past the cap; growing as sqrt(n), the steps do too. Only the LOGICAL batch grows: DP-SGD
+        computes it in physical chunks of `TrainConfig.physical_batch_size` rows, so memory stays
+        bounded. Measured on 1M synthetic customers (DP logreg, epsilon = 1): batch 8,192, 16,384
+        and 65,536 give the same held-out ROC-AUC (issue 13 report)."""
         if self.batch_size is not None:
             return self.batch_size
         target = 16.0 * math.sqrt(max(n, 1))
         size = 2 ** round(math.log2(target))
-        return int(max(1, min(n, max(256, min(8192, size)))))
+        return int(max(1, min(n, max(256, size))))
 
     def delta_for(self, n: int) -> float:
         """min(delta, 1/(10 n)) for n training rows."""
@@ -69,5 +76,5 @@ class Defaults:
 
 DEFAULTS = Defaults()
 #: how the CLI's --help states the rules
-BATCH_RULE = "the power of two nearest 16 sqrt(n), in [256, 8192]"
+BATCH_RULE = "the power of two nearest 16 sqrt(n), at least 256"
 LR_RULE = ", ".join(f"{model} {lr:g}" for model, lr in DEFAULTS.lr.items())

@@ -480,8 +480,10 @@ class TabularEncoder:
 
 
 # ---------------------------------------------------------------------- labels
-def encode_labels(series: pd.Series, column: str = "label", positive: object = None) -> np.ndarray:
-    """Binary label -> float32 0/1. InputError when missing, not binary or a single class.
+def encode_labels(series: pd.Series, column: str = "label", positive: object = None,
+                  both_classes: bool = True) -> np.ndarray:
+    """Binary label -> float32 0/1. InputError when missing, not binary or a single class
+    (`both_classes=False`: one batch of a table, whose classes the caller checks on the whole).
 
     Recognized without help: booleans, 0/1, yes/no, true/false (any case). Other two-valued labels
     need `positive` (which value is the 1), since guessing the direction would flip the model.
@@ -515,7 +517,7 @@ def encode_labels(series: pd.Series, column: str = "label", positive: object = N
                 f"column {column!r}, row {int(np.flatnonzero(bad)[0]) + 1}: label is not binary "
                 "(use 0/1, true/false, yes/no, or name the positive class)"
             )
-    if y.min() == y.max():
+    if both_classes and y.min() == y.max():
         raise InputError(f"column {column!r}: label has a single class; a propensity model needs both")
     return y
 

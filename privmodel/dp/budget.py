@@ -226,18 +226,73 @@ def frame_id(frame: object) -> str:
         rows = frame.iloc[start : start + _HASH_ROWS]
         digests += _row_digests([_column_text(rows[name], plans[name]) for name in columns])
     total = hashlib.sha256(b"privmodel-table-v1\0" + canonical_json(columns))
-    total.update(_sorted_bytes(digests))
+    for piece in _sorted_bytes(digests):
+        total.update(piece)
     return total.hexdigest()
 
 
-def _sorted_bytes(digests: list[bytes]) -> bytes:
-    """The 32-byte digests in byte order, concatenated (= hashing them one by one after `sorted`):
-    sorted as four big-endian 64-bit words each by numpy, not as a million Python objects."""
+#: column plans that write every value alike (an int column is "float64" in a slice with a missing
+#: value, and float64 writes integral values as integers; likewise for booleans)
+_SAME_TEXT = ({"int", "float64"}, {"bool", "nullable-bool"})
+
+
+class TableHasher:
+    """`frame_id` of a table read slice by slice (Parquet batches), without holding the table.
+
+    Why: a table too large for memory still needs its budget identity. `frame_id` decides how a
+    column is written from the whole column; here each slice decides, and `result()` is the same
+    digest whenever every slice's plan writes values as the whole column's would (`_SAME_TEXT`), else
+    None (the caller then hashes the file with `content_id`). `add` returns the slice's row digests
+    (the normal form of each row), which also tell repeated rows apart; `chunks[-1]` holds them
+    concatenated.
+    """
+
+    def __init__(self) -> None:
+        self.columns: list[str] | None = None
+        self.plans: dict[str, set[str]] = {}
+        self.chunks: list[bytes] = []  # each slice's row digests, concatenated (32 bytes a row)
+
+    def add(self, frame: pd.DataFrame) -> list[bytes]:
+        if frame.shape[1] == 0:
+            raise InputError("a dataset's content hash needs a table with at least one column")
+        frame = frame.set_axis([str(c) for c in frame.columns], axis=1)
+        columns = sorted(frame.columns)
+        if self.columns is None:
+            self.columns = columns
+        elif columns != self.columns:
+            raise InputError("a dataset's content hash met slices with different columns")
+        plans = {name: _text_plan(frame[name]) for name in columns}
+        for name, plan in plans.items():
+            self.plans.setdefault(name, set()).add(plan)
+        digests: list[bytes] = []
+        for start in range(0, len(frame), _HASH_ROWS):
+            rows = frame.iloc[start : start + _HASH_ROWS]
+            digests += _row_digests([_column_text(rows[name], plans[name]) for name in columns])
+        self.chunks.append(b"".join(digests))
+        return digests
+
+    def result(self) -> str | None:
+        """`frame_id` of the whole table, or None when the slices' plans could write it differently."""
+        if self.columns is None:
+            raise InputError("a dataset's content hash needs a table with at least one column")
+        if any(len(seen) > 1 and not any(seen <= same for same in _SAME_TEXT) for seen in self.plans.values()):
+            return None
+        total = hashlib.sha256(b"privmodel-table-v1\0" + canonical_json(self.columns))
+        for piece in _sorted_bytes(self.chunks):  # the concatenation of the slices' digests
+            total.update(piece)
+        return total.hexdigest()
+
+
+def _sorted_bytes(digests: list[bytes]) -> Iterator[bytes]:
+    """The 32-byte digests in byte order, concatenated, in pieces (hashing them = hashing them one by
+    one after `sorted`): sorted as four big-endian 64-bit words each by numpy, not as a million Python
+    objects; handed out a million at a time, so 10M rows never hold a second sorted copy."""
     import numpy as np
 
     table = np.frombuffer(b"".join(digests), dtype=">u8").reshape(-1, 4)
     order = np.lexsort(table.T[::-1])  # last key first: words 0..3 in significance order
-    return table[order].tobytes()
+    for start in range(0, len(order), 1 << 20):
+        yield table[order[start:start + (1 << 20)]].tobytes()
 
 
 _HASH_ROWS = 200_000  # rows written and hashed at a time by `frame_id`

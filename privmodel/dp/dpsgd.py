@@ -340,10 +340,14 @@ class _DPStep:
 
     def __init__(self, model: nn.Module, clipper: PerSampleClipper,
                  tensors: tuple[torch.Tensor, torch.Tensor, torch.Tensor], dp: DPParams,
-                 source: secure_noise.NoiseSource, opt: torch.optim.Optimizer, physical_batch_size: int) -> None:
+                 source: secure_noise.NoiseSource, opt: torch.optim.Optimizer, physical_batch_size: int,
+                 rows: torch.Tensor | None = None) -> None:
         self.model, self.clipper, self.source, self.opt = model, clipper, source, opt
         self.x_num, self.x_cat, self.y = tensors
-        self.n = self.x_num.shape[0]
+        # `rows`: the positions of the training rows in the arrays (a memory-mapped table holds the
+        # held-out rows too); the Poisson mask is over them, and the sampled ones are read by index
+        self.rows = rows
+        self.n = self.x_num.shape[0] if rows is None else int(rows.shape[0])
         self.sample_rate = dp.sample_rate
         self.physical_batch_size = physical_batch_size
         self.params = clipper.params
@@ -357,8 +361,9 @@ class _DPStep:
 
     def __call__(self) -> int:
         """Take the step; returns the realised batch size."""
-        # numpy's flatnonzero: the same sorted positions as torch's nonzero, several times faster
-        idx = torch.from_numpy(np.flatnonzero(self.source.bernoulli_mask(self.n, self.sample_rate).numpy()))
+        idx = torch.from_numpy(self.source.poisson_positions(self.n, self.sample_rate))
+        if self.rows is not None:
+            idx = self.rows.index_select(0, idx)
         for acc in self.sums:
             acc.zero_()
         for chunk in torch.split(idx, self.physical_batch_size):
@@ -395,6 +400,7 @@ def train_dp(
     physical_batch_size: int = 8192,
     average_from: float | None = 0.5,
     on_step: Callable[[int, nn.Module], None] | None = None,
+    rows: npt.NDArray[np.int64] | None = None,
 ) -> TrainStats:
     """Run `steps` DP-SGD steps on `model` in place; returns what was executed.
 
@@ -402,17 +408,23 @@ def train_dp(
     The accountant's inputs are exactly (noise_multiplier, sample_rate, steps) (see `DPParams`).
     noise: where the Poisson masks and the Gaussian noise come from; None = a fresh secure source.
     There is deliberately no seed: reproducible noise must be asked for by name (tests only).
+    rows: train on these positions of `data` / `y` only (sorted, distinct; None = every row): the
+    arrays may be memory-mapped over a whole table, and only the sampled rows are ever read.
     """
     dp = DPParams(noise_multiplier, sample_rate, steps, max_grad_norm, clipping)
     _check_options(dp, optimizer, physical_batch_size)
     tensors = _as_tensors(data, y)
-    if tensors[0].shape[0] == 0:
+    positions = None if rows is None else torch.from_numpy(np.ascontiguousarray(rows, dtype=np.int64))
+    if positions is not None and positions.numel() and not (
+            int(positions.min()) >= 0 and int(positions.max()) < tensors[0].shape[0]):
+        raise InputError("train: row positions outside the table")
+    if (tensors[0].shape[0] if positions is None else positions.numel()) == 0:
         raise InputError("train: no rows")
     clipper = _clipper_for(model)
     params = clipper.params
     opt = _make_optimizer(optimizer, params, lr)
     source = noise if noise is not None else secure_noise.NoiseSource.secure()
-    dp_step = _DPStep(model, clipper, tensors, dp, source, opt, physical_batch_size)
+    dp_step = _DPStep(model, clipper, tensors, dp, source, opt, physical_batch_size, positions)
     average = _TailAverage(params, steps, average_from)
     tally = _BatchTally()
     started = time.perf_counter()

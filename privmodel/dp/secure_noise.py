@@ -15,6 +15,8 @@ What it does
   and over `os.urandom` per draw (a system call per step, about 18x slower than AES-CTR here).
 * Poisson masks: row i joins the batch when a 32-bit keystream word is below floor(q * 2^32), so the
   realised rate is at most q (short by < 2.4e-10); the accountant's q is therefore an upper bound.
+  On large tables at small rates (`poisson_positions`) the same Bernoulli process is drawn by its
+  geometric gaps, one uniform per chosen row instead of one per row (issue 13: 10M rows).
 * Gaussian noise: Box-Muller on 53-bit uniforms (u1 in (0, 1], u2 in [0, 1)), computed in float64;
   each returned value is the SUM OF FOUR independent standard normals divided by 2 (variance 1),
   times the standard deviation. This is Opacus' `secure_mode` (`_generate_noise`, n = 2 in
@@ -86,6 +88,9 @@ _INSECURE_LABEL = b"privmodel.dp.secure_noise insecure test key v1\x00"
 _TWO_POW_M53 = 2.0**-53
 #: Gaussian values made per refill: amortises the per-call cost over steps of small models, while the
 #: work arrays (4 uniforms a value: 256 KiB) stay in cache
+#: `poisson_positions` draws gaps instead of a mask from this many rows, at rates up to SPARSE_MAX_RATE
+SPARSE_MIN_ROWS = 1 << 16
+SPARSE_MAX_RATE = 1.0 / 16.0
 GAUSSIAN_CHUNK = 1 << 13
 #: torch runs an elementwise op on fewer elements than this in the calling thread (at::internal::GRAIN_SIZE)
 TORCH_GRAIN = 32768
@@ -152,6 +157,40 @@ class NoiseSource:
             return torch.ones(int(n), dtype=torch.bool)
         threshold = np.uint32(math.floor(p * 2.0**32))
         return torch.from_numpy(self._words(int(n), "<u4") < threshold)
+
+    def poisson_positions(self, n: int, p: float) -> np.ndarray:
+        """Sorted int64 positions in [0, n) of a Poisson sample: each row in independently with
+        probability <= p.
+
+        Why two ways: the mask (`bernoulli_mask`) costs one keystream word per ROW per step, so a
+        run's sampling cost grows as n * steps; past SPARSE_MIN_ROWS rows at rates below
+        SPARSE_MAX_RATE the positions are drawn by their gaps instead, one 53-bit uniform per CHOSEN
+        row: the number of rows skipped before the next chosen one is Geometric(r), by inversion
+        floor(ln(1 - u) / ln(1 - r)) in float64 (P(gap >= k) = (1 - r)^k, so every row is in
+        independently with probability r). r is the mask's rate floor(p 2^32) / 2^32 shrunk by
+        2^-30 of itself, so float64 rounding in the inversion (relative ~1e-15) cannot lift any
+        row's rate above the accountant's q; the gaps are truncated where 1 - u = 2^-53 (a mass of
+        2^-53 per gap, like the Gaussian sampler's).
+        """
+        if not 0.0 <= p <= 1.0:
+            raise InputError("secure_noise: a sampling rate must be in [0, 1]")
+        if n < SPARSE_MIN_ROWS or p > SPARSE_MAX_RATE:
+            return np.flatnonzero(self.bernoulli_mask(n, p).numpy()).astype(np.int64)
+        rate = math.floor(p * 2.0**32) / 2.0**32 * (1.0 - 2.0**-30)
+        if rate <= 0.0:
+            return np.empty(0, dtype=np.int64)
+        log_keep = math.log1p(-rate)
+        parts, last = [], -1
+        while last < n:
+            # enough gaps for the rest of the rows with ~6 standard deviations to spare
+            left = (n - last) * rate
+            u = self._uniform53(int(left + 6.0 * math.sqrt(left) + 16))
+            u *= _TWO_POW_M53  # [0, 1)
+            gaps = np.floor(np.log1p(-u) / log_keep).astype(np.int64)
+            chosen = last + np.cumsum(gaps + 1)
+            parts.append(chosen[chosen < n])
+            last = int(chosen[-1])
+        return np.concatenate(parts)
 
     def _box_muller(self, pairs: int) -> tuple[np.ndarray, np.ndarray]:
         """Two numpy float64 [pairs] arrays of N(0, 1): the cos and sin outputs of Box-Muller pairs.

@@ -158,18 +158,23 @@ def check_labels(y: npt.ArrayLike, n: int) -> np.ndarray:
     return arr.astype(np.float32)
 
 
+_CHECK_ROWS = 1 << 20  # rows checked at a time (the arrays may be memory-mapped over 10M rows)
+
+
 def _check_features(data: EncodedData) -> None:
-    x = np.asarray(data.x_num)
-    bad = ~np.isfinite(x)
-    if bad.any():
-        row, col = (int(v) for v in np.argwhere(bad)[0])
-        name = data.num_names[col] if col < len(data.num_names) else f"#{col}"
-        raise InputError(f"column {name!r}, row {row + 1}: missing or non-finite numeric value")
-    for j, card in enumerate(data.cat_cardinalities):
-        codes = np.asarray(data.x_cat[:, j])
-        out = (codes < 0) | (codes >= card)
-        if out.any():
-            raise InputError(f"column {data.cat_names[j]!r}, row {int(np.flatnonzero(out)[0]) + 1}: category code out of range")
+    for start in range(0, len(data), _CHECK_ROWS):
+        x = np.asarray(data.x_num[start:start + _CHECK_ROWS])
+        bad = ~np.isfinite(x)
+        if bad.any():
+            row, col = (int(v) for v in np.argwhere(bad)[0])
+            name = data.num_names[col] if col < len(data.num_names) else f"#{col}"
+            raise InputError(f"column {name!r}, row {start + row + 1}: missing or non-finite numeric value")
+        for j, card in enumerate(data.cat_cardinalities):
+            codes = np.asarray(data.x_cat[start:start + _CHECK_ROWS, j])
+            out = (codes < 0) | (codes >= card)
+            if out.any():
+                raise InputError(f"column {data.cat_names[j]!r}, row {start + int(np.flatnonzero(out)[0]) + 1}: "
+                                 "category code out of range")
 
 
 def resolve_delta(delta: float | None, n: int) -> float:
@@ -220,21 +225,31 @@ def epsilon_history(noise_multiplier: float, sample_rate: float, steps: int, del
 
 
 def fit(data: EncodedData, y: npt.ArrayLike, config: TrainConfig | None = None,
-        on_step: Callable[[int, int], None] | None = None, history: bool = False) -> FitResult:
+        on_step: Callable[[int, int], None] | None = None, history: bool = False,
+        rows: npt.NDArray[np.int64] | None = None) -> FitResult:
     """Train a propensity model on encoded data at the config's (epsilon, delta).
 
     on_step(done, total) is called after every DP-SGD step (for progress displays).
     history: compute the epsilon history (one accountant evaluation per epoch) in a forked child
     while training runs here on one core, for a caller that will publish it (the model card).
+    rows: train on these sorted positions of `data` / `y` only (None = all): n is their number, and
+    the arrays (memory-mapped over a whole table, say) are read only where a step samples them.
     """
     import torch
 
     from privmodel.dp.dpsgd import train_dp
     from privmodel.dp.networks import build_model
 
-    n = len(data)
+    n = len(data) if rows is None else len(rows)
     config = (config or TrainConfig()).resolved(n)
-    labels = check_labels(y, n)
+    if rows is None:
+        labels = check_labels(y, n)
+    else:
+        labels = np.asarray(y, dtype=np.float32).ravel()
+        if labels.shape[0] != len(data) or (n and not (int(rows.min()) >= 0 and int(rows.max()) < len(data))):
+            raise InputError(f"train: {len(data)} feature rows, {labels.shape[0]} labels and row positions "
+                             "outside them")
+        check_labels(labels[rows], n)  # the training rows: binary, both classes
     _check_features(data)
     p = plan(n, config)
     with torch.random.fork_rng(devices=[]):
@@ -257,6 +272,7 @@ def fit(data: EncodedData, y: npt.ArrayLike, config: TrainConfig | None = None,
         physical_batch_size=config.physical_batch_size,
         average_from=config.average_from,
         on_step=None if on_step is None else lambda step, _model: on_step(step + 1, int(p["steps"])),
+        rows=rows,
     )
     privacy: dict[str, Any] = {
         "private": p["private"],

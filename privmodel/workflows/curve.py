@@ -63,7 +63,7 @@ def curve(req: TrainRequest, grid: list[float], repeats: int, book: Ledger, keys
     content = rows.content_hash.result() if rows.content_hash is not None else None  # hashed meanwhile
     if finite:
         dataset = budget.dataset_of(policy, req.data, keys, content=content)
-        budget.charge(dataset, spend, req.delta * finite, split.cap,
+        budget.charge(dataset, spend, split.delta * finite, split.cap,
                       keys=keys, ledger=book, params={"command": "curve", "grid": [str(e) for e in grid],
                                                       "repeats": repeats, "unit": rows.unit})
 
@@ -73,8 +73,8 @@ def curve(req: TrainRequest, grid: list[float], repeats: int, book: Ledger, keys
         return result, predictor(result, encoder)
 
     points = utility_curve.compute_curve(train_at, df_test, y[test_idx], grid, repeats, req.seed, tick)
-    privacy_cost = {"epsilon": spend, "delta": req.delta * finite, "unit": rows.unit} if finite else None
-    params = {"label": req.label, "model": req.model, "grid": [str(e) for e in grid], "delta": req.delta,
+    privacy_cost = {"epsilon": spend, "delta": split.delta * finite, "unit": rows.unit} if finite else None
+    params = {"label": req.label, "model": req.model, "grid": [str(e) for e in grid], "delta": split.delta,
               "epochs": req.epochs, "repeats": repeats, "seed": req.seed, "rows": rows.as_record(),
               "released_without_dp": not_dp}
     paths = _publish(req, points, book, params, privacy_cost)

@@ -33,8 +33,10 @@ def _file_row(positions: np.ndarray | None, i: int) -> int:
     return int(positions[i]) + 1 if positions is not None else i + 1
 
 
-def labels(frame: pd.DataFrame, label: str, source: str, positions: np.ndarray | None = None) -> np.ndarray:
-    """0/1 labels of `label`; one line naming the file and row when missing or single-class."""
+def labels(frame: pd.DataFrame, label: str, source: str, positions: np.ndarray | None = None,
+           both_classes: bool = True) -> np.ndarray:
+    """0/1 labels of `label`; one line naming the file and row when missing or single-class
+    (`both_classes=False`: a batch of a table, whose classes are checked on the whole)."""
     from privmodel.data.features import encode_labels
 
     if label not in frame.columns:
@@ -43,10 +45,15 @@ def labels(frame: pd.DataFrame, label: str, source: str, positions: np.ndarray |
     if missing.any():
         row = _file_row(positions, int(np.flatnonzero(missing)[0]))
         raise InputError(f"{source}: label column {label} is empty at data row {row}")
-    y = np.asarray(encode_labels(frame[label], label), dtype=float)
-    if y.min() == y.max():
-        raise InputError(f"{source}: label column {label} has a single class; a propensity model needs both")
+    y = np.asarray(encode_labels(frame[label], label, both_classes=both_classes), dtype=float)
+    if both_classes:
+        check_both_classes(y, label, source)
     return y
+
+
+def check_both_classes(y: np.ndarray, label: str, source: str) -> None:
+    if y.size == 0 or y.min() == y.max():
+        raise InputError(f"{source}: label column {label} has a single class; a propensity model needs both")
 
 
 def check_features(frame: pd.DataFrame, encoder: TabularEncoder, source: str,

@@ -57,6 +57,8 @@ class ModelRows:
     # the input file's table content hash (its budget identity), computed in a forked child from the
     # table already read (`model_rows(..., content_hash=True)`), so the budget does not read it again
     content_hash: Pending[str] | None = field(default=None, repr=False)
+    # rows kept when `frame` holds none of them (`encoded.encode_file`: they went to memory-mapped arrays)
+    used: int | None = None
 
     @property
     def guarantee(self) -> str:
@@ -71,7 +73,7 @@ class ModelRows:
 
     def as_record(self) -> dict[str, object]:
         """JSON-ready counts for the card and the ledger (numbers and names only)."""
-        return {"unit": self.unit, "rows_in": self.rows_in, "rows_used": int(len(self.frame)),
+        return {"unit": self.unit, "rows_in": self.rows_in, "rows_used": int(len(self.frame)) if self.used is None else self.used,
                 "removed": dict(self.removed),
                 "release": None if self.release is None else {"name": self.release.name, "k": self.release.k,
                                                               "algorithm": self.release.algorithm}}

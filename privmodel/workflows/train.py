@@ -1,7 +1,9 @@
 """Train and release a DP propensity model: the one owner of "train", called by the CLI and the demo.
 
 Order of a run (each rule in one place):
-1. rows     - `rows.model_rows`: consent and purpose filter, minimisation; the unit of privacy
+1. rows     - `encoded.encode_file`: batch by batch, the consent and purpose filter and minimisation
+              (`rows.minimised_rows`), labels, feature checks and the policy's encoder, into
+              memory-mapped arrays; the unit of privacy; then the split and `run_delta`
 2. budget   - `budget.charge` of the TARGET ε (or the whole search) before any training: a run that
               would pass the organisation's cap for this dataset never touches the data
 3. training - `privmodel.dp.training.fit` (secret DP noise), optional private hyper-parameter search
@@ -19,7 +21,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,12 +37,13 @@ if TYPE_CHECKING:
 
     from anonymize.policy.schema import Policy
     from privmodel.artifacts.ledger import Artifact, Ledger
-    from privmodel.data.features import TabularEncoder
+    from privmodel.data.features import EncodedData, TabularEncoder
     from privmodel.dp.budget import Cap
     from privmodel.dp.training import FitResult, TrainConfig
     from privmodel.dp.tuning import Selection
     from privmodel.evaluation.metrics import Evaluation
     from privmodel.evaluation.mia import MembershipAudit
+    from privmodel.workflows.encoded import EncodedRows
 
 #: advance(done, description): progress through the phases of a run (fractional `done` allowed)
 Progress = Callable[[float, str], None]
@@ -48,7 +51,8 @@ Progress = Callable[[float, str], None]
 #: figures not covered by ε whose precision a sample of this many rows keeps (issue 13): the
 #: non-private baseline trains on at most BASELINE_ROWS training rows (a logistic model of a few
 #: hundred weights is estimated to well below the held-out AUC's standard error by then), and the
-#: membership audit scores at most MIA_MEMBER_ROWS members (about the non-member count at 1M rows).
+#: membership audit scores at most MIA_MEMBER_ROWS members and as many non-members (about the
+#: non-member count at 1M rows), and its reference models train on at most BASELINE_ROWS held-out rows.
 #: Each sample is seeded and uniform (data-independent); the card says when one was taken.
 BASELINE_ROWS = 200_000
 MIA_MEMBER_ROWS = 100_000
@@ -57,14 +61,15 @@ MIA_MEMBER_ROWS = 100_000
 @dataclass(frozen=True)
 class TrainRequest:
     """Everything a training run is asked to do. Defaults: privmodel.core.defaults (THE defaults of every door).
-    batch_size / lr None = the rules `DEFAULTS.batch_size_for(n)` / `DEFAULTS.lr_for(model)`."""
+    batch_size / lr None = the rules `DEFAULTS.batch_size_for(n)` / `DEFAULTS.lr_for(model)`;
+    delta None = `DEFAULTS.delta_for(n)` for the n training rows (`run_delta`, the one place it is decided)."""
 
     data: Path
     label: str
     policy: Path
     out: Path
     epsilon: float = DEFAULTS.epsilon
-    delta: float = DEFAULTS.delta
+    delta: float | None = None
     model: str = DEFAULTS.model
     epochs: int = DEFAULTS.epochs
     batch_size: int | None = DEFAULTS.batch_size
@@ -84,6 +89,7 @@ class TrainOutcome:
     """What the CLI prints."""
 
     epsilon: float
+    delta: float  # the delta used (`run_delta`)
     roc_auc: float | None
     spent_epsilon: float
     spent_delta: float
@@ -109,11 +115,21 @@ def check_request(req: TrainRequest) -> None:
         raise InputError(f"{req.data}: no such file")
 
 
-def check_privacy_args(epsilon: float, delta: float) -> None:
+def check_privacy_args(epsilon: float, delta: float | None) -> None:
     if not (epsilon > 0) or not np.isfinite(epsilon):
         raise InputError("--epsilon must be a positive finite number")
-    if not 0.0 < delta < 1.0:
+    if delta is not None and not 0.0 < delta < 1.0:
         raise InputError("--delta must be in (0, 1)")
+
+
+def run_delta(delta: float | None, n_train: int) -> float:
+    """THE delta of a run on n_train training rows: the one given (checked below 1/n), else the rule
+    `DEFAULTS.delta_for(n)` = min(1e-6, 1/(10 n)), so a table past 1M rows is not refused for want of
+    a --delta nobody asked for. The card, the ledger and the budget charge record the value returned."""
+    if delta is None:
+        return DEFAULTS.delta_for(n_train)
+    prep.check_delta(delta, n_train)
+    return float(delta)
 
 
 def _parent(path: Path) -> Path:
@@ -190,6 +206,7 @@ class SplitRows:
     ready: prep.Prepared
     train_idx: np.ndarray
     test_idx: np.ndarray
+    delta: float  # `run_delta` for the training rows
 
 
 def split_rows(req: TrainRequest, keys: Path | None) -> SplitRows:
@@ -201,37 +218,48 @@ def split_rows(req: TrainRequest, keys: Path | None) -> SplitRows:
     rows = model_rows(req.data, policy, keys, content_hash=True)
     ready = prep.prepare(rows.frame, policy, req.label, str(req.data), rows.positions)
     train_idx, test_idx = prep.split(ready.y, req.test_size, req.seed)
-    prep.check_delta(req.delta, int(train_idx.size))
-    return SplitRows(policy, Cap(policy.budget.epsilon, policy.budget.delta), rows, ready, train_idx, test_idx)
+    delta = run_delta(req.delta, int(train_idx.size))
+    return SplitRows(policy, Cap(policy.budget.epsilon, policy.budget.delta), rows, ready, train_idx, test_idx, delta)
 
 
 def _train(req: TrainRequest, book: Ledger, keys: Path | None, advance: Progress,
            inputs: list[Artifact]) -> TrainOutcome:
+    """Encode the table once (memory-mapped, `encoded.encode_file`), split, charge, fit, measure, publish."""
+    import tempfile
+
     from privmodel.dp import budget
+    from privmodel.dp.budget import Cap
+    from privmodel.workflows.encoded import encode_file
 
     started = time.perf_counter()
-    split = split_rows(req, keys)
-    policy, rows, ready, train_idx, test_idx = split.policy, split.rows, split.ready, split.train_idx, split.test_idx
-    timings = {"rows": time.perf_counter() - started}
-    started = time.perf_counter()
-    content = rows.content_hash.result() if rows.content_hash is not None else None
-    dataset = budget.dataset_of(policy, req.data, keys, content=content)
-    charge = budget.charge(dataset, req.epsilon, req.delta, split.cap,
-                           keys=keys, ledger=book,
-                           params={"command": "train", "target_epsilon": req.epsilon, "out": req.out.name,
-                                   "unit": rows.unit})
-    timings["budget"] = time.perf_counter() - started
-    evidence = _fit_and_measure(req, ready, train_idx, test_idx, policy, advance)
-    evidence.timings = {**timings, **evidence.timings}
-    started = time.perf_counter()
-    the_card = _card(req, policy, rows, ready, train_idx, test_idx, evidence, charge.as_dict(), dataset)
-    evidence.timings["card"] = time.perf_counter() - started
-    # per-stage wall seconds (writing the model directory, after the card, is not in them)
-    the_card["timings"] = {stage: round(seconds, 3) for stage, seconds in evidence.timings.items()}
-    _publish(req, book, inputs, ready.encoder, evidence, the_card, policy, dataset, rows)
+    policy = load_policy_with_cap(req.policy)
+    assert policy.budget is not None  # load_policy_with_cap refuses a policy without one
+    # the encoded arrays live beside the model directory (on disk, not in memory), removed afterwards
+    with tempfile.TemporaryDirectory(prefix=f".{req.out.name}.encoded-", dir=_parent(req.out)) as tmp:
+        enc = encode_file(req.data, policy, req.label, keys, Path(tmp))
+        train_idx, test_idx = prep.split(enc.y, req.test_size, req.seed)
+        req = replace(req, delta=run_delta(req.delta, int(train_idx.size)))  # every record states the delta used
+        assert req.delta is not None
+        timings = {"encode": time.perf_counter() - started}
+        started = time.perf_counter()
+        dataset = budget.dataset_of(policy, req.data, keys, content=enc.content)
+        charge = budget.charge(dataset, req.epsilon, req.delta, Cap(policy.budget.epsilon, policy.budget.delta),
+                               keys=keys, ledger=book,
+                               params={"command": "train", "target_epsilon": req.epsilon, "out": req.out.name,
+                                       "unit": enc.rows.unit})
+        timings["budget"] = time.perf_counter() - started
+        evidence = _fit_and_measure(req, enc, train_idx, test_idx, advance)
+        evidence.timings = {**timings, **evidence.timings}
+        started = time.perf_counter()
+        the_card = _card(req, policy, enc, train_idx, test_idx, evidence, charge.as_dict(), dataset)
+        evidence.timings["card"] = time.perf_counter() - started
+        # per-stage wall seconds (writing the model directory, after the card, is not in them)
+        the_card["timings"] = {stage: round(seconds, 3) for stage, seconds in evidence.timings.items()}
+        _publish(req, book, inputs, enc.encoder, evidence, the_card, policy, dataset, enc.rows)
     auc = evidence.private_metrics["roc_auc"]
-    return TrainOutcome(epsilon=req.epsilon, roc_auc=auc, spent_epsilon=charge.spent_after.epsilon,
-                        spent_delta=charge.spent_after.delta, rows=rows.as_record(), warnings=list(evidence.fit.warnings))
+    return TrainOutcome(epsilon=req.epsilon, delta=req.delta, roc_auc=auc, spent_epsilon=charge.spent_after.epsilon,
+                        spent_delta=charge.spent_after.delta, rows=enc.rows.as_record(),
+                        warnings=list(evidence.fit.warnings))
 
 
 @dataclass
@@ -243,37 +271,41 @@ class Evidence:
     baseline_metrics: Evaluation | None
     comparison: dict[str, Any]
     mia: MembershipAudit | None
-    selection: Selection[FitResult, pd.DataFrame] | None
+    selection: Selection[FitResult, np.ndarray] | None
     lr: float | None  # None = the rule DEFAULTS.lr_for(model)
     clip: float
     baseline_rows: int | None = None  # rows the baseline trained on when a sample (BASELINE_ROWS)
     timings: dict[str, float] = field(default_factory=dict)  # wall seconds per stage of the run
 
 
-def _fit_and_measure(req: TrainRequest, ready: prep.Prepared, train_idx: np.ndarray, test_idx: np.ndarray,
-                     policy: Policy, advance: Progress) -> Evidence:
-    from privmodel.dp.training import quality_warnings
+def encoded_predictor(result: FitResult, data: EncodedData) -> Callable[[np.ndarray], np.ndarray]:
+    """predict_proba on rows of `data` given by position (the rows are read from the arrays then)."""
+    return lambda rows: np.asarray(result.predict_proba(data.take(rows)), dtype=float)
+
+
+def _fit_and_measure(req: TrainRequest, enc: EncodedRows, train_idx: np.ndarray, test_idx: np.ndarray,
+                     advance: Progress) -> Evidence:
+    """Rows are positions in the encoded arrays throughout: nothing but the sampled rows is read."""
+    from privmodel.dp.training import fit, quality_warnings
     from privmodel.evaluation import metrics
 
+    assert req.delta is not None  # run_delta resolved it
     started = time.perf_counter()
-    frame, y, encoder = ready.frame, ready.y, ready.encoder
-    df_train, df_test = frame.iloc[train_idx].reset_index(drop=True), frame.iloc[test_idx].reset_index(drop=True)
-    y_train, y_test = y[train_idx], y[test_idx]
+    data, y = enc.data, enc.y
     selection, lr, clip = None, req.lr, req.clip
-    members, y_members = df_train, y_train  # the rows the released model was trained on
+    members = train_idx  # the rows the released model was trained on
     if req.tune:
-        selection, fit_pos = tune(req, encoder, df_train, y_train)
+        selection, members = tune(req, data, y, train_idx)
         result = selection.fit
-        members, y_members = df_train.iloc[fit_pos].reset_index(drop=True), y_train[fit_pos]
         lr, clip = selection.best_params.get("lr", lr), selection.best_params.get("clip", clip)
     else:
-        result = fit_rows(encoder, df_train, y_train, config_for(req, req.epsilon), on_step=_steps(advance, 0, "private model"),
-                          history=True)  # the card's epsilon history, computed on the second core meanwhile
+        result = fit(data, y, config_for(req, req.epsilon), on_step=_steps(advance, 0, "private model"),
+                     history=True, rows=train_idx)  # the card's epsilon history, computed on the second core meanwhile
     advance(1, "private model trained")
     timings = {"private_model": time.perf_counter() - started}
     started = time.perf_counter()
-    groups = prep.groups(df_test, policy)
-    private_metrics = metrics.evaluate(y_test, predictor(result, encoder)(df_test), groups)
+    groups = enc.groups(test_idx)
+    private_metrics = metrics.evaluate(y[test_idx], encoded_predictor(result, data)(test_idx), groups)
     # a model that ranks no better than a constant is said so on the card, never released silently
     result.warnings = quality_warnings(req.model, private_metrics["roc_auc"])
     timings["private_metrics"] = time.perf_counter() - started
@@ -281,17 +313,17 @@ def _fit_and_measure(req: TrainRequest, ready: prep.Prepared, train_idx: np.ndar
     baseline_config = config_for(req, None, lr=lr, clip=clip)
     if req.baseline:
         started = time.perf_counter()
-        pick = _sample(len(y_train), BASELINE_ROWS, req.seed + 29)
+        pick = _sample(len(train_idx), BASELINE_ROWS, req.seed + 29)
         baseline_rows = None if pick is None else int(pick.size)
-        rows_b, y_b = (df_train, y_train) if pick is None else (df_train.iloc[pick].reset_index(drop=True), y_train[pick])
-        base = fit_rows(encoder, rows_b, y_b, baseline_config, on_step=_steps(advance, 1, "non-private baseline"))
-        baseline_metrics = metrics.evaluate(y_test, predictor(base, encoder)(df_test), groups)
+        base = fit(data, y, baseline_config, on_step=_steps(advance, 1, "non-private baseline"),
+                   rows=train_idx if pick is None else train_idx[pick])
+        baseline_metrics = metrics.evaluate(y[test_idx], encoded_predictor(base, data)(test_idx), groups)
         advance(2, "baseline trained")
         timings["baseline"] = time.perf_counter() - started
     audit = None
     if req.mia:
         started = time.perf_counter()
-        audit = membership_audit(encoder, predictor(result, encoder), members, y_members, df_test, y_test,
+        audit = membership_audit(data, y, encoded_predictor(result, data), members, test_idx,
                                  baseline_config, req.delta, req.epsilon, req.seed)
         advance(1 + int(req.baseline) + 1, "membership audit done")
         timings["membership_audit"] = time.perf_counter() - started
@@ -330,22 +362,24 @@ def not_dp_figures(rows: ModelRows, evidence: Evidence) -> list[dict[str, str]]:
                       "source": f"a model trained WITHOUT DP on {trained_on}, measured on the held-out split"})
     if evidence.mia is not None:
         items.append({"figure": "membership-inference audit statistics (opt-in: --mia)",
-                      "source": "the training rows and half of the held-out split"})
+                      "source": "the training rows and half of the held-out split (seeded uniform samples of "
+                                f"at most {MIA_MEMBER_ROWS:,} members and non-members on large tables)"})
     return items
 
 
-def _card(req: TrainRequest, policy: Policy, rows: ModelRows, ready: prep.Prepared, train_idx: np.ndarray,
+def _card(req: TrainRequest, policy: Policy, enc: EncodedRows, train_idx: np.ndarray,
           test_idx: np.ndarray, ev: Evidence, charge: dict[str, Any], dataset: str) -> dict[str, Any]:
     from privmodel.artifacts import model_card as card
     from privmodel.core.fileio import sha256_file
 
-    features = card.feature_statements(policy, list(ready.encoder.columns))
+    rows = enc.rows
+    features = card.feature_statements(policy, list(enc.encoder.columns))
     the_card = card.build_card(
         model_type=req.model, label=req.label, features=features,
         data={"file": req.data.name, "sha256": sha256_file(req.data), "dataset": dataset, "policy": req.policy.name,
               "policy_sha256": sha256_file(req.policy), "policy_name": policy.name, "purpose": policy.purpose.name,
               "unit_of_privacy": rows.unit, "rows_read": rows.rows_in,
-              "rows_removed_consent": int(sum(rows.removed.values())), "rows": int(len(ready.frame)),
+              "rows_removed_consent": int(sum(rows.removed.values())), "rows": int(len(enc.y)),
               "training_rows": int(train_idx.size), "held_out_rows": int(test_idx.size),
               **({"release": rows.release.name, "release_k": rows.release.k} if rows.release else {})},
         privacy=ev.fit.privacy,
@@ -361,8 +395,7 @@ def _card(req: TrainRequest, policy: Policy, rows: ModelRows, ready: prep.Prepar
     the_card["warnings"] = list(ev.fit.warnings)
     # what the budget was charged before training: the target (the accountant's figure for the run is in privacy)
     the_card["total_privacy_cost"] = {"epsilon": req.epsilon, "delta": req.delta}
-    identifier_cols = [c for c in policy.with_role("identifier", "sensitive", "drop") if c in ready.frame.columns]
-    card.check_no_raw_values(card.render_markdown(the_card) + json.dumps(the_card), ready.frame, identifier_cols)
+    enc.check_card(card.render_markdown(the_card) + json.dumps(the_card))
     return the_card
 
 
@@ -401,61 +434,73 @@ def _publish(req: TrainRequest, book: Ledger, inputs: list[Artifact], encoder: T
         stage.publish()
 
 
-def tune(req: TrainRequest, encoder: TabularEncoder, df_train: pd.DataFrame,
-         y_train: np.ndarray) -> tuple[Selection[FitResult, pd.DataFrame], np.ndarray]:
+def tune(req: TrainRequest, data: EncodedData, y: np.ndarray,
+         train_idx: np.ndarray) -> tuple[Selection[FitResult, np.ndarray], np.ndarray]:
     """Private hyper-parameter search (privmodel.dp.tuning): trials train on 80 % of the training rows and
-    are scored privately on the other 20 % (a seeded permutation of positions: data-independent)."""
+    are scored privately on the other 20 % (a seeded permutation of positions: data-independent).
+    Returns the selection and the rows (positions) its model trained on."""
     from privmodel.dp import tuning
+    from privmodel.dp.training import fit
 
+    assert req.delta is not None  # run_delta resolved it
     rng = np.random.default_rng(req.seed + 31)
-    perm = rng.permutation(len(y_train))
+    perm = rng.permutation(len(train_idx))
     n_val = max(2, len(perm) // 5)
-    val_pos, fit_pos = np.sort(perm[:n_val]), np.sort(perm[n_val:])
-    df_fit, y_fit = df_train.iloc[fit_pos].reset_index(drop=True), y_train[fit_pos]
-    df_val, y_val = df_train.iloc[val_pos].reset_index(drop=True), y_train[val_pos]
-    if np.unique(y_fit).size < 2:
+    val_rows, fit_rows_ = train_idx[np.sort(perm[:n_val])], train_idx[np.sort(perm[n_val:])]
+    if np.unique(y[fit_rows_]).size < 2:
         raise InputError("--tune: the tuning split leaves a single class; use more rows")
 
     def trainer(params: Mapping[str, Any], eps: float, dlt: float,
-                trial_seed: int) -> tuple[FitResult, Callable[[pd.DataFrame], np.ndarray]]:
+                trial_seed: int) -> tuple[FitResult, Callable[[np.ndarray], np.ndarray]]:
         config = config_for(req, eps, seed=trial_seed, lr=params.get("lr"), clip=params.get("clip"))
         config = config.model_copy(update={"delta": dlt})
-        result = fit_rows(encoder, df_fit, y_fit, config)
-        return result, predictor(result, encoder)
+        result = fit(data, y, config, rows=fit_rows_)
+        return result, encoded_predictor(result, data)
 
-    selection = tuning.select(tuning.grid(dict(req.tune)), trainer, df_val, y_val, epsilon=req.epsilon,
+    selection = tuning.select(tuning.grid(dict(req.tune)), trainer, val_rows, y[val_rows], epsilon=req.epsilon,
                               delta=req.delta, seed=req.seed)
-    return selection, fit_pos
+    return selection, fit_rows_
 
 
-def membership_audit(encoder: TabularEncoder, predict: Callable[[pd.DataFrame], np.ndarray], df_train: pd.DataFrame,
-                     y_train: np.ndarray, df_test: pd.DataFrame, y_test: np.ndarray, baseline_config: TrainConfig,
+def membership_audit(data: EncodedData, y: np.ndarray, predict: Callable[[np.ndarray], np.ndarray],
+                     members: np.ndarray, test_idx: np.ndarray, baseline_config: TrainConfig,
                      delta: float, epsilon: float, seed: int) -> MembershipAudit:
     """Members = training rows; non-members = half the held-out rows; the other half trains the
-    non-private reference models of the calibrated attack (disjoint from every audited row)."""
+    non-private reference models of the calibrated attack (disjoint from every audited row).
+    Rows are positions in the encoded arrays (`members`, `test_idx`)."""
+    from privmodel.dp.training import fit
     from privmodel.evaluation import mia
 
     rng = np.random.default_rng(seed + 17)
-    trained_on = len(y_train)
+    trained_on = len(members)
     pick = _sample(trained_on, MIA_MEMBER_ROWS, seed + 23)
     if pick is not None:
-        df_train, y_train = df_train.iloc[pick].reset_index(drop=True), y_train[pick]
-    order = rng.permutation(len(y_test))
+        members = members[pick]
+    order = rng.permutation(len(test_idx))
     audit_idx, pool_idx = np.sort(order[: len(order) // 2]), np.sort(order[len(order) // 2:])
-    nonmembers, y_non = df_test.iloc[audit_idx].reset_index(drop=True), y_test[audit_idx]
-    pool = (df_test.iloc[pool_idx].reset_index(drop=True), y_test[pool_idx])
+    held_out = len(audit_idx)
+    # past ~1M rows the halves are sampled too (10M rows: 1M each), seeded and uniform
+    audit_pick, pool_pick = _sample(len(audit_idx), MIA_MEMBER_ROWS, seed + 37), _sample(len(pool_idx), BASELINE_ROWS,
+                                                                                          seed + 41)
+    audit_idx = audit_idx if audit_pick is None else audit_idx[audit_pick]
+    pool_idx = pool_idx if pool_pick is None else pool_idx[pool_pick]
+    nonmembers = test_idx[audit_idx]
+    pool = (test_idx[pool_idx], y[test_idx[pool_idx]])
 
-    def reference_fit(rows: pd.DataFrame, labels: np.ndarray, ref_seed: int) -> Callable[[pd.DataFrame], np.ndarray]:
+    def reference_fit(rows: np.ndarray, _labels: np.ndarray, ref_seed: int) -> Callable[[np.ndarray], np.ndarray]:
         config = baseline_config.model_copy(update={"seed": ref_seed})
-        return predictor(fit_rows(encoder, rows, labels, config), encoder)
+        return encoded_predictor(fit(data, y, config, rows=np.asarray(rows, dtype=np.int64)), data)
 
     can_calibrate = len(pool_idx) >= 8 and np.unique(pool[1]).size == 2
     audit = mia.audit_model(
-        predict, df_train, y_train, nonmembers, y_non, delta=delta,
+        predict, members, y[members], nonmembers, y[nonmembers], delta=delta,
         reference_fit=reference_fit if can_calibrate else None, reference_pool=pool if can_calibrate else None,
         n_reference=2, seed=seed, epsilon_guarantee=epsilon,
     )
     if pick is not None:
         audit["method"] += (f"; members: a seeded uniform sample of {pick.size:,} of the {trained_on:,} training rows "
                             "(the statistics' precision is set by the sample sizes shown)")
+    if audit_pick is not None or pool_pick is not None:
+        audit["method"] += (f"; non-members: {len(audit_idx):,} of {held_out:,} held-out rows, reference models "
+                            f"trained on {len(pool_idx):,} of the other {len(order) - held_out:,} (seeded uniform samples)")
     return audit
