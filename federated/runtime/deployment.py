@@ -634,12 +634,12 @@ def _follow(link_home: Path, run_id: int, reader: _ProgressReader, timeout: floa
 
 def _check_outcome(link_home: Path, run_id: int, out_dir: Path, status: str, events: list[dict[str, Any]]) -> None:
     """Success needs the SuperLink's "finished:completed" and the coordinator's "done" event; the
-    ServerApp log is kept for any other ending."""
-    if status != "finished:completed":
+    ServerApp log is kept for any other ending, and when the coordinator reported a failure."""
+    failed = [e for e in events if e.get("event") == "failed"]
+    if status != "finished:completed" or failed:
         _, log_text = flwr_cli(["log", str(run_id), CONNECTION, "--show"], link_home, timeout=60)
         with contextlib.suppress(OSError):
             (out_dir / "serverapp.log").write_text(log_text)
-    failed = [e for e in events if e.get("event") == "failed"]
     if failed:
         raise InputError(f"run {run_id} failed: {failed[-1]['reason']}")
     if status != "finished:completed" or not any(e.get("event") == "done" for e in events):
