@@ -35,6 +35,7 @@ import json
 import os
 import signal
 import socket
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -644,12 +645,14 @@ def serve(spec: Any, address: str, token_file: str, parent_pid: int | None = Non
             with conn:
                 try:
                     if not accept_authenticated(conn, token):
+                        print("worker: a caller failed the token handshake; connection closed", file=sys.stderr, flush=True)
                         continue
                     conn.settimeout(None)
                     header, arrays = recv_frame(conn)
                     reply, out = worker.handle(str(header.get("op", "")), header, arrays)
                     send_frame(conn, reply, out)
-                except (WireError, OSError):
+                except (WireError, OSError) as exc:  # the caller's side is gone or broke the framing
+                    print(f"worker: connection dropped ({type(exc).__name__}: {str(exc)[:120]})", file=sys.stderr, flush=True)
                     continue
     finally:
         server.close()

@@ -104,7 +104,28 @@ def call(
     arrays: dict[str, np.ndarray] | None = None,
     timeout: float = 300.0,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """One authenticated request to the worker at `address` (a Unix socket path or host:port)."""
+    """One authenticated request to the worker at `address` (a Unix socket path or host:port).
+
+    A connection the worker's side closes before the request is fully sent (BrokenPipe or reset
+    while sending) is tried once more on a fresh connection: the worker cannot have acted on a
+    request it did not receive whole, so the retry never runs a request twice. This was seen under
+    load on the loopback vertical deployment, with nothing in the worker's log; its cause is not known.
+    """
+    try:
+        return _call_once(address, token, header, arrays, timeout)
+    except _NotSent:
+        try:
+            return _call_once(address, token, header, arrays, timeout)
+        except _NotSent as exc:
+            raise WireError(f"training worker at {address} failed ({exc}) while the request was sent") from None
+
+
+class _NotSent(Exception):
+    """The connection broke before the request was sent whole."""
+
+
+def _call_once(address: str, token: bytes, header: dict[str, Any], arrays: dict[str, np.ndarray] | None,
+               timeout: float) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     try:
         if ":" in address and not address.startswith("/"):
             host, port = address.rsplit(":", 1)
@@ -117,9 +138,14 @@ def call(
         raise WireError(f"training worker at {address} is not reachable ({exc.strerror or type(exc).__name__})") from None
     try:
         sock.settimeout(timeout)
-        nonce = _recv_exact(sock, NONCE_BYTES)
-        sock.sendall(proof(token, nonce))
-        send_frame(sock, header, arrays)
+        try:
+            nonce = _recv_exact(sock, NONCE_BYTES)
+            sock.sendall(proof(token, nonce))
+            send_frame(sock, header, arrays)
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            raise _NotSent(type(exc).__name__) from None
+        except WireError as exc:  # closed before its nonce: nothing was sent
+            raise _NotSent(str(exc)) from None
         return recv_frame(sock)
     except TimeoutError:
         raise WireError(f"training worker at {address} did not answer within {timeout:.0f} s") from None
