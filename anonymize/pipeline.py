@@ -31,7 +31,7 @@ from anonymize.criteria.gate import Check, enforce, privacy_checks, suppression_
 from anonymize.errors import InputError
 from anonymize.forked import Pending
 from anonymize.generalization.generalize import Generalized, generalize
-from anonymize.measures.achieved import privacy_measures, reidentification_risk, utility_loss
+from anonymize.measures.achieved import equivalence_classes, privacy_measures, reidentification_risk, utility_loss
 from anonymize.policy.schema import Policy
 from anonymize.pseudonymize import DEFAULT_PARTNER, ColumnSummary, Keys, Pseudonymized, as_keys, pseudonymize
 from anonymize.quality import StepResult, consent_and_purpose, hierarchy_of, quality, validate
@@ -265,6 +265,7 @@ def run(
     risk: dict[str, Any] = {}
     utility: dict[str, Any] = {}
     emd_kinds: dict[str, str] = {}
+    classes: tuple[np.ndarray, int] | None = None
     offered = 0
     utility_job: Pending[dict[str, Any]] | None = None
     content: Pending[str] | None = None
@@ -328,12 +329,15 @@ def run(
         pop = None
         if population is not None:  # raw QI values, matched to release classes by containment
             pop = _generalization_input(population, policy, [q for q in qis if q in population.columns])
+        # the classes of the released strings, found once for the risk, the utility and the gate's figures
+        classes = equivalence_classes(release, qis)
         risk = dict(
             reidentification_risk(
-                release, qis, pop, threshold=RISK_THRESHOLD, hierarchies=hierarchies if pop is not None else None
+                release, qis, pop, threshold=RISK_THRESHOLD, hierarchies=hierarchies if pop is not None else None,
+                classes=classes,
             )
         )
-        utility = dict(utility_loss(original, release, hierarchies, int(result.suppressed)))
+        utility = dict(utility_loss(original, release, hierarchies, int(result.suppressed), classes=classes))
         utility.setdefault("suppressed", int(result.suppressed))
         if result.levels is not None:
             utility.setdefault("levels", result.levels)
@@ -359,7 +363,7 @@ def run(
     say("release gate")
     gate_started = time.perf_counter()
     checks = _gate_checks(release, policy, qis, sensitive, emd_kinds, offered, minimised, pseudo_summary,
-                          report_privacy)
+                          report_privacy, classes)
     gate = enforce(checks)
 
     escrow = minimised.escrow
@@ -431,14 +435,16 @@ def _counts(steps: list[dict[str, Any]], rows_in: int, rows_out: int) -> dict[st
 
 def _gate_checks(release: pd.DataFrame, policy: Policy, qis: list[str], sensitive: list[str],
                  emd_kinds: dict[str, str], offered: int, minimised: Minimised,
-                 pseudo_summary: dict[str, Any], report_privacy: dict[str, Any]) -> list[Check]:
+                 pseudo_summary: dict[str, Any], report_privacy: dict[str, Any],
+                 classes: tuple[np.ndarray, int] | None = None) -> list[Check]:
     """Every criterion of the policy, measured on the very table that is written (k / l / t by the code
-    the report prints); the achieved figures go into `report_privacy`."""
+    the report prints); the achieved figures go into `report_privacy`. `classes`: the equivalence classes
+    of these rows' released strings, when the measures found them already (same rows, same order)."""
     privacy = policy.privacy
     checks: list[Check] = []
     if qis:
         recursive_l = privacy.l.value if privacy.l is not None and privacy.l.variant == "recursive" else None
-        achieved = privacy_measures(release, qis, sensitive, emd_kinds, recursive_l=recursive_l)
+        achieved = privacy_measures(release, qis, sensitive, emd_kinds, recursive_l=recursive_l, classes=classes)
         report_privacy["achieved"] = achieved
         checks += privacy_checks(privacy, achieved, sensitive)
         checks.append(suppression_check(privacy, offered - len(release), offered))
