@@ -3,17 +3,19 @@ of one process: the same classes and release strings, strict and relaxed, with l
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from anonymize.generalization import mondrian
 from anonymize.generalization.generalize import generalize
-from anonymize.generalization.hierarchies import build_hierarchy
+from anonymize.generalization.hierarchies import Hierarchy, build_hierarchy
 from anonymize.policy.spec import IntervalsHierarchy, LDiversity, PrefixHierarchy, PrivacyModel, TreeHierarchy
 
 
-def _table(n: int = 6000) -> tuple[pd.DataFrame, dict[str, object]]:
+def _table(n: int = 6000) -> tuple[pd.DataFrame, dict[str, Hierarchy]]:
     rng = np.random.default_rng(3)
     df = pd.DataFrame({
         "age": rng.integers(18, 90, n),
@@ -32,11 +34,12 @@ def _table(n: int = 6000) -> tuple[pd.DataFrame, dict[str, object]]:
 
 
 @pytest.mark.parametrize("algorithm", ["mondrian", "mondrian_relaxed"])
-def test_shared_splitting_equals_one_process(monkeypatch: pytest.MonkeyPatch, algorithm: str) -> None:
+def test_shared_splitting_equals_one_process(monkeypatch: pytest.MonkeyPatch,
+                                             algorithm: Literal["mondrian", "mondrian_relaxed"]) -> None:
     df, qis = _table()
     privacy = PrivacyModel(k=5, l=LDiversity(value=2, variant="distinct"), algorithm=algorithm)
-    one = generalize(df, qis, privacy, ["disease"])  # type: ignore[arg-type]
+    one = generalize(df, qis, privacy, ["disease"])
     monkeypatch.setattr(mondrian, "PARALLEL_MIN_ROWS", 100)
-    shared = generalize(df, qis, privacy, ["disease"])  # type: ignore[arg-type]
+    shared = generalize(df, qis, privacy, ["disease"])
     assert shared.classes == one.classes > 100
     pd.testing.assert_frame_equal(shared.data, one.data)
