@@ -244,6 +244,7 @@ def run(
     content_hash: Callable[[pd.DataFrame], str] | None = None,
     rows_of: Callable[[np.ndarray], pd.DataFrame] | None = None,
     columns: list[str] | None = None,
+    compact: bool = False,
 ) -> Release:
     """Run the release pipeline on `df` as `policy` says; bad input raises one-line InputError.
 
@@ -254,7 +255,7 @@ def run(
     A streamed engine (`anonymize.engines.stream`) hands in `minimised` with only the columns every row
     needs here (quasi-identifiers, sensitive, token columns); `rows_of(row numbers)` gives whole minimised
     rows (for the utility check's sample) and `columns` the release's columns, which `data` then holds
-    only in part."""
+    only in part; `compact` keeps the released quasi-identifiers as categoricals (`generalize`)."""
     say = progress or (lambda _step: None)
     if minimised is None:
         minimised = minimise(df, policy, keys, source=source, partner=partner, progress=say, fixed_recoding=False)
@@ -296,7 +297,8 @@ def run(
         original = _generalization_input(data[[*qis, *sensitive]], policy, qis)
         # t-closeness distance: ordered EMD for numeric sensitive columns, equal distance otherwise
         emd_kinds = {n: ("ordered" if policy.columns[n].numeric else "equal") for n in sensitive}
-        result = (generalizer or generalize)(original, hierarchies, privacy, sensitive, emd_kinds)
+        extra = {"categorical": True} if compact else {}
+        result = (generalizer or generalize)(original, hierarchies, privacy, sensitive, emd_kinds, **extra)
         offered = len(original)  # rows handed to the algorithm; what it did not release was suppressed
         kept_all = len(result.data) == len(data) and result.data.index.equals(data.index)
         release = data.copy(deep=False) if kept_all else data.loc[result.data.index]
@@ -481,7 +483,8 @@ def _model_utility(data: pd.DataFrame, release: pd.DataFrame, source_rows: pd.In
         raw_rows = rows_of(source_rows[positions].to_numpy(dtype=np.int64))
         released_rows = raw_rows.copy(deep=False)
         for name in release.columns:
-            released_rows[name] = release[name].iloc[positions].set_axis(raw_rows.index)
+            values = release[name].iloc[positions].set_axis(raw_rows.index)
+            released_rows[name] = values.astype(str) if isinstance(values.dtype, pd.CategoricalDtype) else values
         released_rows = released_rows[columns if columns is not None else list(released_rows.columns)]
     features = [c for c in released_rows.columns
                 if c not in policy.labels and policy.columns[c].role != "identifier"]

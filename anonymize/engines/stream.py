@@ -199,13 +199,33 @@ def _second_pass(path: Path, policy: Policy, keys: Keys, source: str, batch_rows
             validated, _ = validate_batch(frame, rows, policy, source)
             out, record = release_rows(validated, policy, keys, duplicates, undeclared)  # indexed by input rows
             records.append(record)
-            narrow.append(out[[c for c in out.columns if c in keep or c == ROW or str(c).startswith(ID)]])
+            part = out[[c for c in out.columns if c in keep or c == ROW or str(c).startswith(ID)]]
+            narrow.append(part.astype({c: "category" for c in _texts(part, policy)}))
             writer.write(out.drop(columns=[c for c in aux_columns(out.columns) if c != ROW]))
     finally:
         writer.close()
-    data = pd.concat(narrow, ignore_index=True)
+    return records, _compact_concat(narrow, policy)
+
+
+def _texts(part: pd.DataFrame, policy: Policy) -> list[str]:
+    """The text quasi-identifiers of a batch (kept as categoricals: each distinct text once)."""
+    return [c for c in policy.quasi_identifiers if c in part.columns and isinstance(part[c].dtype, pd.StringDtype)]
+
+
+def _compact_concat(parts: list[pd.DataFrame], policy: Policy) -> pd.DataFrame:
+    """The batches' narrow columns as one frame indexed by input row; text quasi-identifiers as one
+    categorical each (a code per row, each distinct text once: what generalization reads of them)."""
+    from pandas.api.types import union_categoricals
+
+    columns: dict[str, Any] = {}
+    for name in parts[0].columns:
+        if isinstance(parts[0][name].dtype, pd.CategoricalDtype):
+            columns[name] = union_categoricals([p[name] for p in parts], sort_categories=True)
+        else:
+            columns[name] = pd.concat([p[name] for p in parts], ignore_index=True)
+    data = pd.DataFrame(columns)
     data.index = pd.Index(data.pop(ROW).to_numpy(dtype=np.int64))
-    return records, data
+    return data
 
 
 def minimise_streamed(path: Path, policy: Policy, keys: Keys | bytes, spill: Spill, *, source: str = "input",
@@ -271,7 +291,8 @@ class StreamedRelease:
             positions = np.searchsorted(rows, frame.index.to_numpy())
             out = frame.copy(deep=False)
             for name in narrow.columns:
-                out[name] = narrow[name].iloc[positions].set_axis(frame.index)
+                values = narrow[name].iloc[positions].set_axis(frame.index)
+                out[name] = values.astype(str) if isinstance(values.dtype, pd.CategoricalDtype) else values
             yield out[self.columns].reset_index(drop=True)
 
 
@@ -288,7 +309,7 @@ def run_streamed(path: Path, policy: Policy, keys: Keys | bytes, *, population: 
         columns = [c for c in policy.released_columns() if c in spill.columns or c in minimised.data.columns]
         release = run(pd.DataFrame(index=pd.RangeIndex(minimised.rows_in)), policy, keys, population=population,
                       partner=partner, source=source, seed=seed, progress=progress, minimised=minimised,
-                      rows_of=spill.rows, columns=columns)
+                      rows_of=spill.rows, columns=columns, compact=True)
     except BaseException:
         close_spill(spill)
         raise

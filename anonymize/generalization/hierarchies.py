@@ -406,7 +406,10 @@ class Hierarchy:
         )
 
     def _encode_tree(self, values: pd.Series, column: str) -> TreeDomain:
-        text = values.astype(str) if values.dtype != object else values.map(str)
+        if isinstance(values.dtype, pd.CategoricalDtype):  # a streamed table's text: already one code per row
+            text = values
+        else:
+            text = values.astype(str) if values.dtype != object else values.map(str)
         # each distinct text once: the column's codes come from its few distinct values (factorize is
         # Arrow's hash kernel on pandas' string dtype; no Python string per row)
         row_codes, distinct = pd.factorize(text)
