@@ -1,13 +1,14 @@
 """`privmodel anonymize --engine ray`: the release pipeline with its work over rows on Ray Data.
 
-The same functions as the single-machine engine, run per block (`map_batches`), so one rule stays in
-one place: `validate`, `quality`, `consent_and_purpose` (the consent rule) and the pseudonymize step
-of `anonymize.pipeline`; the same keys give the same tokens and ciphertexts on every worker. What
+The per-batch functions of `anonymize.engines.batches` run per block (`map_batches`), the ones the
+streamed single-machine engine runs per Parquet batch; they call `validate`, `quality`,
+`consent_and_purpose` (the consent rule) and the pseudonymize step of `anonymize.pipeline`, so one
+rule stays in one place; the same keys give the same tokens and ciphertexts on every worker. What
 needs the whole table is done across blocks:
 
-- exact duplicates: a 64-bit hash of each validated row; rows whose hash repeats are compared in
-  full, in row order, so the rows removed are the single-machine ones;
-- duplicate identifiers, token collisions and distinct tokens: from per-row hashes / tokens;
+- exact duplicates: only rows whose first two identifiers' hashes both repeat can be one; those are
+  compared in full, in row order, so the rows removed are the single-machine ones;
+- duplicate identifiers, token collisions and distinct values: from per-row identifier hashes / tokens;
 - generalization: `anonymize.engines.ray_generalize` (class counting and lattice roll-ups from a
   distributed group-by; Mondrian top cuts from per-block histograms, partitions finished in parallel).
 
