@@ -158,7 +158,7 @@ def duplicate_rows(candidates: pd.DataFrame) -> np.ndarray:
 
 def duplicate_identifiers(small: pd.DataFrame, duplicates: np.ndarray, policy: Policy) -> dict[str, int]:
     """Per identifier: present values that repeat an earlier one, exact duplicates left out."""
-    unique_rows = small[~small[ROW].isin(duplicates)]
+    unique_rows = small[~small[ROW].isin(duplicates)] if len(duplicates) else small
     return {n: int((unique_rows[f"{ID}{n}"].notna() & unique_rows[f"{ID}{n}"].duplicated()).sum())
             for n in policy.identifiers if f"{ID}{n}" in unique_rows.columns}
 

@@ -155,7 +155,7 @@ def _first_pass(path: Path, policy: Policy, source: str, batch_rows: int) -> tup
     """Validate every batch: the batches' validate records, the small per-row columns (row numbers,
     hashes) and the input's row count."""
     infos: list[dict[str, Any]] = []
-    smalls: list[pd.DataFrame] = []
+    smalls: list[dict[str, pd.Series]] = []
     present: set[str] = set()
     rows_in = 0
     for frame, rows in parquet_batches(path, batch_rows):
@@ -165,13 +165,16 @@ def _first_pass(path: Path, policy: Policy, source: str, batch_rows: int) -> tup
         present |= column_values(frame, policy)
         out, info = validate_batch(frame, rows, policy, source)
         infos.append(info)
-        smalls.append(out[[c for c in out.columns if c in (ROW, HASH) or str(c).startswith(ID)]])
+        smalls.append({c: out[c].copy() for c in out.columns if c in (ROW, HASH) or str(c).startswith(ID)})
     if rows_in == 0:
         raise InputError(f"{source}: table has no rows")
     check_column_values(present, policy, source)
     if not sum(int(i["rows_out"]) for i in infos):
         raise InputError(f"{source}: no rows left after removing invalid values")
-    return infos, pd.concat(smalls, ignore_index=True), rows_in
+    # column by column, each batch's part let go as it is joined: never two copies of the table's hashes
+    small = pd.DataFrame({name: pd.concat([part.pop(name) for part in smalls], ignore_index=True)
+                          for name in list(smalls[0])})
+    return infos, small, rows_in
 
 
 def _duplicates(path: Path, policy: Policy, source: str, batch_rows: int, small: pd.DataFrame) -> np.ndarray:
