@@ -31,7 +31,7 @@ from anonymize.criteria.gate import Check, enforce, privacy_checks, suppression_
 from anonymize.errors import InputError
 from anonymize.forked import Pending
 from anonymize.generalization.generalize import Generalized, generalize
-from anonymize.measures.achieved import privacy_measures, reidentification_risk, utility_loss
+from anonymize.measures.achieved import equivalence_classes, privacy_measures, reidentification_risk, utility_loss
 from anonymize.policy.schema import Policy
 from anonymize.pseudonymize import DEFAULT_PARTNER, ColumnSummary, Keys, Pseudonymized, as_keys, pseudonymize
 from anonymize.quality import StepResult, consent_and_purpose, hierarchy_of, quality, validate
@@ -60,6 +60,7 @@ class Release:
     # `content_hash(data)` when `run` was given one: started in a forked child as soon as the
     # released rows were known, so it is (nearly) done when the release has been written
     content: Pending[str] | None = None
+    rows: np.ndarray | None = None  # the input's row numbers of the released rows, in release order
 
 
 def _generalization_input(data: pd.DataFrame, policy: Policy, qis: list[str]) -> pd.DataFrame:
@@ -241,13 +242,20 @@ def run(
     minimised: Minimised | None = None,
     generalizer: Callable[..., Generalized] | None = None,
     content_hash: Callable[[pd.DataFrame], str] | None = None,
+    rows_of: Callable[[np.ndarray], pd.DataFrame] | None = None,
+    columns: list[str] | None = None,
+    compact: bool = False,
 ) -> Release:
     """Run the release pipeline on `df` as `policy` says; bad input raises one-line InputError.
 
     Another engine (`anonymize.engines`) hands in its `minimised` steps 1-4 of `df` and its
     `generalizer` (the signature of `generalize`, the default); the measures, gate and report stay these.
     `content_hash`: a function of the released table (the caller's budget identity of the release
-    file), computed in a forked child from when the released rows are known (`Release.content`)."""
+    file), computed in a forked child from when the released rows are known (`Release.content`).
+    A streamed engine (`anonymize.engines.stream`) hands in `minimised` with only the columns every row
+    needs here (quasi-identifiers, sensitive, token columns); `rows_of(row numbers)` gives whole minimised
+    rows (for the utility check's sample) and `columns` the release's columns, which `data` then holds
+    only in part; `compact` keeps the released quasi-identifiers as categoricals (`generalize`)."""
     say = progress or (lambda _step: None)
     if minimised is None:
         minimised = minimise(df, policy, keys, source=source, partner=partner, progress=say, fixed_recoding=False)
@@ -265,6 +273,7 @@ def run(
     risk: dict[str, Any] = {}
     utility: dict[str, Any] = {}
     emd_kinds: dict[str, str] = {}
+    classes: tuple[np.ndarray, int] | None = None
     offered = 0
     utility_job: Pending[dict[str, Any]] | None = None
     content: Pending[str] | None = None
@@ -288,7 +297,8 @@ def run(
         original = _generalization_input(data[[*qis, *sensitive]], policy, qis)
         # t-closeness distance: ordered EMD for numeric sensitive columns, equal distance otherwise
         emd_kinds = {n: ("ordered" if policy.columns[n].numeric else "equal") for n in sensitive}
-        result = (generalizer or generalize)(original, hierarchies, privacy, sensitive, emd_kinds)
+        extra = {"categorical": True} if compact else {}
+        result = (generalizer or generalize)(original, hierarchies, privacy, sensitive, emd_kinds, **extra)
         offered = len(original)  # rows handed to the algorithm; what it did not release was suppressed
         kept_all = len(result.data) == len(data) and result.data.index.equals(data.index)
         release = data.copy(deep=False) if kept_all else data.loc[result.data.index]
@@ -321,19 +331,23 @@ def run(
         # the raw-vs-release AUC needs only the release: a forked child fits it while the measures and
         # the gate run here (the second core); its result is collected for the report below
         chosen = release[[c for c in policy.released_columns() if c in release.columns]]
-        utility_job = Pending(_model_utility, data, chosen.reset_index(drop=True), chosen.index, policy, seed)
+        utility_job = Pending(_model_utility, data, chosen.reset_index(drop=True), chosen.index, policy, seed,
+                              rows_of, columns)
         content = Pending(content_hash, chosen) if content_hash is not None else None
         say("measure")
         measures_started = time.perf_counter()
         pop = None
         if population is not None:  # raw QI values, matched to release classes by containment
             pop = _generalization_input(population, policy, [q for q in qis if q in population.columns])
+        # the classes of the released strings, found once for the risk, the utility and the gate's figures
+        classes = equivalence_classes(release, qis)
         risk = dict(
             reidentification_risk(
-                release, qis, pop, threshold=RISK_THRESHOLD, hierarchies=hierarchies if pop is not None else None
+                release, qis, pop, threshold=RISK_THRESHOLD, hierarchies=hierarchies if pop is not None else None,
+                classes=classes,
             )
         )
-        utility = dict(utility_loss(original, release, hierarchies, int(result.suppressed)))
+        utility = dict(utility_loss(original, release, hierarchies, int(result.suppressed), classes=classes))
         utility.setdefault("suppressed", int(result.suppressed))
         if result.levels is not None:
             utility.setdefault("levels", result.levels)
@@ -359,7 +373,7 @@ def run(
     say("release gate")
     gate_started = time.perf_counter()
     checks = _gate_checks(release, policy, qis, sensitive, emd_kinds, offered, minimised, pseudo_summary,
-                          report_privacy)
+                          report_privacy, classes)
     gate = enforce(checks)
 
     escrow = minimised.escrow
@@ -373,7 +387,7 @@ def run(
     say("report")
     with _timed(timings, "utility"):  # the wait for the child's fits, where one was started
         model_utility = (utility_job.result() if utility_job is not None
-                         else _model_utility(data, release, source_rows, policy, seed))
+                         else _model_utility(data, release, source_rows, policy, seed, rows_of, columns))
 
     counts = _counts(steps, int(len(df)), int(len(release)))
     report = {
@@ -381,7 +395,7 @@ def run(
         "policy": {"name": policy.name, "purpose": policy.purpose.name, "version": policy.version},
         "partner": minimised.partner,
         "rows": {"input": int(len(df)), "released": int(len(release))},
-        "columns": list(release.columns),
+        "columns": list(release.columns) if columns is None else columns,
         "steps": steps,
         "counts": counts,
         "pseudonymization": pseudo_summary,
@@ -396,7 +410,7 @@ def run(
     }
     if content is None and content_hash is not None:
         content = Pending(content_hash, release)
-    return Release(release, report, escrow, content)
+    return Release(release, report, escrow, content, rows=source_rows.to_numpy(dtype=np.int64))
 
 
 def _utility_sample(n: int, limit: int, seed: int) -> np.ndarray:
@@ -431,14 +445,16 @@ def _counts(steps: list[dict[str, Any]], rows_in: int, rows_out: int) -> dict[st
 
 def _gate_checks(release: pd.DataFrame, policy: Policy, qis: list[str], sensitive: list[str],
                  emd_kinds: dict[str, str], offered: int, minimised: Minimised,
-                 pseudo_summary: dict[str, Any], report_privacy: dict[str, Any]) -> list[Check]:
+                 pseudo_summary: dict[str, Any], report_privacy: dict[str, Any],
+                 classes: tuple[np.ndarray, int] | None = None) -> list[Check]:
     """Every criterion of the policy, measured on the very table that is written (k / l / t by the code
-    the report prints); the achieved figures go into `report_privacy`."""
+    the report prints); the achieved figures go into `report_privacy`. `classes`: the equivalence classes
+    of these rows' released strings, when the measures found them already (same rows, same order)."""
     privacy = policy.privacy
     checks: list[Check] = []
     if qis:
         recursive_l = privacy.l.value if privacy.l is not None and privacy.l.variant == "recursive" else None
-        achieved = privacy_measures(release, qis, sensitive, emd_kinds, recursive_l=recursive_l)
+        achieved = privacy_measures(release, qis, sensitive, emd_kinds, recursive_l=recursive_l, classes=classes)
         report_privacy["achieved"] = achieved
         checks += privacy_checks(privacy, achieved, sensitive)
         checks.append(suppression_check(privacy, offered - len(release), offered))
@@ -450,18 +466,29 @@ def _gate_checks(release: pd.DataFrame, policy: Policy, qis: list[str], sensitiv
 
 
 def _model_utility(data: pd.DataFrame, release: pd.DataFrame, source_rows: pd.Index, policy: Policy,
-                   seed: int) -> dict[str, Any]:
+                   seed: int, rows_of: Callable[[np.ndarray], pd.DataFrame] | None = None,
+                   columns: list[str] | None = None) -> dict[str, Any]:
     """Raw-vs-release AUC per label on a uniform random sample of the released rows (seeded by `seed`, a
     data-independent choice) when there are more than UTILITY_SAMPLE_ROWS; the report states the sample
-    and each AUC's standard error."""
+    and each AUC's standard error. With `rows_of` (a streamed table) the sampled rows are fetched whole
+    and `release` holds only some of the release's `columns`: the others are the minimised rows' own."""
     model_utility: dict[str, Any] = {}
     if not policy.labels or not len(release):
         return model_utility
     positions = _utility_sample(len(release), UTILITY_SAMPLE_ROWS, seed)
-    raw_rows = data.loc[source_rows[positions]]
-    released_rows = release.iloc[positions].set_index(source_rows[positions])
-    features = [c for c in release.columns if c not in policy.labels and policy.columns[c].role != "identifier"]
-    for label in (lbl for lbl in policy.labels if lbl in release.columns):
+    if rows_of is None:
+        raw_rows = data.loc[source_rows[positions]]
+        released_rows = release.iloc[positions].set_index(source_rows[positions])
+    else:
+        raw_rows = rows_of(source_rows[positions].to_numpy(dtype=np.int64))
+        released_rows = raw_rows.copy(deep=False)
+        for name in release.columns:
+            values = release[name].iloc[positions].set_axis(raw_rows.index)
+            released_rows[name] = values.astype(str) if isinstance(values.dtype, pd.CategoricalDtype) else values
+        released_rows = released_rows[columns if columns is not None else list(released_rows.columns)]
+    features = [c for c in released_rows.columns
+                if c not in policy.labels and policy.columns[c].role != "identifier"]
+    for label in (lbl for lbl in policy.labels if lbl in released_rows.columns):
         model_utility[label] = label_auc(raw_rows, released_rows, label, features, seed=seed,
                                          sampled_from=len(release))
     return model_utility

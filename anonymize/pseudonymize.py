@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NotRequired, TypedDict, cast
@@ -268,25 +269,38 @@ def siv_workers(n: int) -> int:
 
 
 def _siv_encrypt_all(siv_key: bytes, messages: list[bytes], ad: list[bytes], workers: int) -> bytes:
-    """Base64url ciphertexts of `messages`, concatenated in input order.
+    """Base64url ciphertexts of `messages`, concatenated in input order."""
+    return _siv_encrypt_started(siv_key, messages, ad, workers)()
+
+
+def _siv_encrypt_started(siv_key: bytes, messages: list[bytes], ad: list[bytes], workers: int) -> Callable[[], bytes]:
+    """`_siv_encrypt_all`, started: the worker processes encrypt while the caller goes on; calling the
+    result waits for them (one process: the work is done when called).
 
     AES-SIV is deterministic, so the chunks computed by worker processes are byte for byte what one
     process computes; chunks are joined in input order whatever order they finish in.
     """
     if workers <= 1 or len(messages) < 2 * _SIV_CHUNK:
-        return _siv_b64(AESSIV(siv_key), messages, ad)
+        return lambda: _siv_b64(AESSIV(siv_key), messages, ad)
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     bounds = [(i, min(i + _SIV_CHUNK, len(messages))) for i in range(0, len(messages), _SIV_CHUNK)]
-    with ProcessPoolExecutor(
-        max_workers=workers,
-        mp_context=multiprocessing.get_context("fork"),
-        initializer=_siv_worker_init,
-        initargs=(siv_key, messages, ad),
-    ) as pool:
-        parts = list(pool.map(_siv_worker_chunk, *zip(*bounds, strict=True)))
-    return b"".join(parts)
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"),
+                               initializer=_siv_worker_init, initargs=(siv_key, messages, ad))
+    try:
+        futures = [pool.submit(_siv_worker_chunk, a, b) for a, b in bounds]
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+
+    def joined() -> bytes:
+        try:
+            return b"".join([f.result() for f in futures])
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    return joined
 
 
 def _messages(series: Values) -> tuple[list[bytes], np.ndarray]:
@@ -308,13 +322,27 @@ def encrypt_series(
     back as pandas' Arrow-backed string dtype (one buffer, no Python string per value), one with
     missing values as object with None, as before.
     """
-    import pyarrow as pa
+    return encrypt_started(series, key, column, workers=workers)()
 
+
+def encrypt_started(
+    series: Values, key: ColumnKey, column: str | None = None, *, workers: int | None = None
+) -> Callable[[], pd.Series]:
+    """`encrypt_series`, started: the worker processes encrypt while the caller does other work (the
+    token columns, say); calling the result waits for them and gives `encrypt_series`' Series."""
     column = column or key.column
     ad = [column.encode("utf-8")]
     messages, missing = _messages(series)
     count = len(messages)
-    blob = _siv_encrypt_all(key.siv, messages, ad, siv_workers(count) if workers is None else workers)
+    blob = _siv_encrypt_started(key.siv, messages, ad, siv_workers(count) if workers is None else workers)
+    return lambda: _ciphertext_series(series, messages, missing, blob())
+
+
+def _ciphertext_series(series: Values, messages: list[bytes], missing: np.ndarray, blob: bytes) -> pd.Series:
+    """The concatenated base64url ciphertexts of `messages` as `encrypt_series` returns them."""
+    import pyarrow as pa
+
+    count = len(messages)
     lengths = np.fromiter((len(m) for m in messages), dtype=np.int64, count=count)
     widths = (4 * (lengths + 16) + 2) // 3  # unpadded base64 of the 16-byte IV + ciphertext
     offsets = np.zeros(count + 1, dtype=np.int64)
@@ -455,6 +483,24 @@ def pseudonymize(df: pd.DataFrame, policy: Policy, keys: Keys | bytes, partner: 
     escrow_parts: list[pd.DataFrame] = []
     summary: dict[str, ColumnSummary] = {}
     colliding: dict[str, frozenset[str]] = {}
+    # encrypt columns start first: their worker processes run while the token columns are computed here
+    encrypting = {name: encrypt_started(out[name], k.column_key(policy.purpose.name, name), name)
+                  for name in policy.identifiers if name in out.columns and policy.columns[name].method == "encrypt"}
+    try:
+        out = _pseudonymize_columns(out, policy, k, encrypting, escrow_parts, summary, colliding)
+    except BaseException:
+        for finish in encrypting.values():  # wait for the started workers (they end with their chunks)
+            with contextlib.suppress(Exception):
+                finish()
+        raise
+    escrow = pd.concat(escrow_parts, ignore_index=True) if escrow_parts else None
+    return Pseudonymized(out, escrow, summary, colliding)
+
+
+def _pseudonymize_columns(out: pd.DataFrame, policy: Policy, k: Keys, encrypting: dict[str, Callable[[], pd.Series]],
+                          escrow_parts: list[pd.DataFrame], summary: dict[str, ColumnSummary],
+                          colliding: dict[str, frozenset[str]]) -> pd.DataFrame:
+    """`pseudonymize`'s work column by column, in the policy's order (encrypt columns already started)."""
     for name in policy.identifiers:
         if name not in out.columns:
             continue
@@ -478,11 +524,10 @@ def pseudonymize(df: pd.DataFrame, policy: Policy, keys: Keys | bytes, partner: 
                     info["escrow"] = True
                 out[name] = tokens
             else:
-                out[name] = encrypt_series(series, ckey, name)
+                out[name] = encrypting[name]()
             info["distinct"] = int(out[name].nunique(dropna=True))
         summary[name] = info
-    escrow = pd.concat(escrow_parts, ignore_index=True) if escrow_parts else None
-    return Pseudonymized(out, escrow, summary, colliding)
+    return out
 
 
 def _escrow_frame(name: str, raw: pd.Series, tokens: pd.Series, key: ColumnKey) -> pd.DataFrame:

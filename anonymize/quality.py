@@ -181,8 +181,11 @@ def _check_shape(df: pd.DataFrame, policy: Policy, source: str) -> None:
         raise InputError(f"{source}: policy column {missing[0]!r} is not in the data{more}")
 
 
-def validate(df: pd.DataFrame, policy: Policy, source: str = "input") -> StepResult:
-    """Step 1: the table has every declared column, parseable values in the declared domains."""
+def validate(df: pd.DataFrame, policy: Policy, source: str = "input", *, whole_table: bool = True) -> StepResult:
+    """Step 1: the table has every declared column, parseable values in the declared domains.
+
+    `whole_table=False`: `df` is one batch of a larger table, so a column missing throughout it is not
+    refused here (the engine asks that of the whole table: `anonymize.engines.batches.check_column_values`)."""
     _check_shape(df, policy, source)
     data = df.copy(deep=False)  # copy-on-write: converted columns replace, never overwrite, the input's
     data.index = pd.RangeIndex(1, len(data) + 1)  # row numbers in messages = 1-based data rows
@@ -194,7 +197,7 @@ def validate(df: pd.DataFrame, policy: Policy, source: str = "input") -> StepRes
         if col.role == "drop":
             continue
         series = data[name]
-        if series.isna().all():
+        if whole_table and series.isna().all():
             raise InputError(f"{source}: column {name!r} has no values (every row is missing)")
         converted, bad, what = _coerce(series, col)
         if not bad.any():
@@ -213,7 +216,7 @@ def validate(df: pd.DataFrame, policy: Policy, source: str = "input") -> StepRes
         data[name] = converted
     if drop_mask.any():  # a boolean filter copies every column: only when a row goes
         data = data[~drop_mask]
-    if data.empty:
+    if data.empty and whole_table:
         raise InputError(f"{source}: no rows left after removing invalid values")
     info = {
         "rows_in": len(df),

@@ -1,13 +1,14 @@
 """`privmodel anonymize --engine ray`: the release pipeline with its work over rows on Ray Data.
 
-The same functions as the single-machine engine, run per block (`map_batches`), so one rule stays in
-one place: `validate`, `quality`, `consent_and_purpose` (the consent rule) and the pseudonymize step
-of `anonymize.pipeline`; the same keys give the same tokens and ciphertexts on every worker. What
+The per-batch functions of `anonymize.engines.batches` run per block (`map_batches`), the ones the
+streamed single-machine engine runs per Parquet batch; they call `validate`, `quality`,
+`consent_and_purpose` (the consent rule) and the pseudonymize step of `anonymize.pipeline`, so one
+rule stays in one place; the same keys give the same tokens and ciphertexts on every worker. What
 needs the whole table is done across blocks:
 
-- exact duplicates: a 64-bit hash of each validated row; rows whose hash repeats are compared in
-  full, in row order, so the rows removed are the single-machine ones;
-- duplicate identifiers, token collisions and distinct tokens: from per-row hashes / tokens;
+- exact duplicates: only rows whose first two identifiers' hashes both repeat can be one; those are
+  compared in full, in row order, so the rows removed are the single-machine ones;
+- duplicate identifiers, token collisions and distinct values: from per-row identifier hashes / tokens;
 - generalization: `anonymize.engines.ray_generalize` (class counting and lattice roll-ups from a
   distributed group-by; Mondrian top cuts from per-block histograms, partitions finished in parallel).
 
@@ -26,7 +27,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import shutil
 import socket
 import tempfile
@@ -38,14 +38,30 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from anonymize.engines.batches import (
+    HASH,
+    ID,
+    ROW,
+    aux_columns,
+    check_column_values,
+    column_values,
+    duplicate_candidates,
+    duplicate_identifiers,
+    duplicate_rows,
+    input_rows,
+    merge_pseudonymize,
+    merge_quality,
+    merge_steps,
+    merge_validate,
+    release_rows,
+    validate_batch,
+)
 from anonymize.errors import InputError
-from anonymize.pipeline import Minimised, Release, _pseudonymize_step, _removed, run
+from anonymize.pipeline import Minimised, Release, _removed, run
 from anonymize.policy.schema import Policy
-from anonymize.pseudonymize import Keys, _canonical, as_keys, colliding_tokens
-from anonymize.quality import _all_strings, _check_shape, consent_and_purpose, consent_rule, quality, validate
+from anonymize.pseudonymize import Keys, as_keys
+from anonymize.quality import _check_shape
 
-ROW = "__row"  # 1-based row number of the input (the local engine's index)
-HASH = "__hash"  # hash of the whole validated row (exact duplicates)
 LOCAL_CPUS = 2
 
 
@@ -168,97 +184,37 @@ def _report(sink: Any, first_row: int, record: dict[str, Any]) -> None:
     ray.get(sink.add.remote(first_row, json.loads(json.dumps(record, default=str))))
 
 
-def _id_hash(series: pd.Series) -> pd.Series:
-    """64-bit hash of each identifier value as it is tokenized (12 and 12.0 are one value); missing stays missing."""
-    present = series.notna().to_numpy()
-    out = pd.Series(pd.NA, index=series.index, dtype="Int64")
-    if present.any():
-        values = series[present].to_numpy(dtype=object)
-        if not _all_strings(series):  # text is its own canonical form; other values go one by one
-            values = np.array([_canonical(v) for v in values], dtype=object)
-        out[present] = pd.util.hash_array(values).view(np.int64)
-    return out
-
-
 def _input_error(sink: Any, first_row: int, exc: InputError, rows: np.ndarray | None = None) -> InputError:
     """Hand a block's bad-input line to the driver (Ray keeps only the traceback text of a task's
     exception); `rows` maps the block's own row numbers in the message to the input's."""
     import ray
 
-    message = str(exc)
     if rows is not None:
-        message = _ROW_IN_MESSAGE.sub(lambda m: f"{m.group(1)}{rows[int(m.group(2)) - 1]}", message)
-    ray.get(sink.fail.remote(first_row, message))
+        exc = input_rows(exc, rows)
+    ray.get(sink.fail.remote(first_row, str(exc)))
     return exc
 
 
-_ROW_IN_MESSAGE = re.compile(r"(\brow )(\d+)")
-
-
 def _validate_block(batch: pd.DataFrame, policy: Policy, source: str, sink: Any) -> pd.DataFrame:
-    """Step 1 on one block; adds the input row numbers, a whole-row hash and identifier hashes."""
+    """Step 1 on one block (`batches.validate_batch`); reports its record and which columns hold values."""
     rows = batch[ROW].to_numpy(dtype=np.int64)
+    raw = batch.drop(columns=[ROW])
     try:
-        result = validate(batch.drop(columns=[ROW]), policy, source)
+        out, info = validate_batch(raw, rows, policy, source)
     except InputError as exc:
-        raise _input_error(sink, int(rows[0]), exc, rows) from None
-    data = result.data
-    _report(sink, int(rows[0]), result.info)
-    out = data.reset_index(drop=True)
-    out[HASH] = pd.util.hash_pandas_object(data, index=False).to_numpy().view(np.int64)
-    for name in policy.identifiers:
-        if name in data.columns:
-            out[f"__id_{name}"] = _id_hash(data[name]).to_numpy()
-    out[ROW] = rows[data.index.to_numpy() - 1]
+        raise _input_error(sink, int(rows[0]), exc) from None
+    _report(sink, int(rows[0]), {"info": info, "present": sorted(column_values(raw, policy))})
     return out
-
-
-def _aux(columns: pd.Index) -> list[str]:
-    return [c for c in columns if str(c).startswith("__")]
 
 
 def _release_block(batch: pd.DataFrame, policy: Policy, keys: Keys, duplicates: np.ndarray,
                    undeclared: list[str], sink: Any) -> pd.DataFrame:
-    """Steps 2-4 on one block: exact duplicates (found across blocks) out, quality counts, consent and
-    purpose, pseudonymization. Adds the row numbers and, per token column, the identifier hashes."""
+    """Steps 2-4 on one block (`batches.release_rows`); reports its records."""
     rows = batch[ROW].to_numpy(dtype=np.int64)
     try:
-        return _release_rows(batch, rows, policy, keys, duplicates, undeclared, sink)
+        out, record = release_rows(batch, policy, keys, duplicates, undeclared)
     except InputError as exc:
         raise _input_error(sink, int(rows[0]), exc) from None
-
-
-def _release_rows(batch: pd.DataFrame, rows: np.ndarray, policy: Policy, keys: Keys, duplicates: np.ndarray,
-                  undeclared: list[str], sink: Any) -> pd.DataFrame:
-    keep = ~np.isin(rows, duplicates)
-    ids = {c: batch.loc[keep, c].to_numpy() for c in batch.columns if str(c).startswith("__id_")}
-    data = batch.loc[keep].drop(columns=_aux(batch.columns))
-    data.index = pd.Index(rows[keep])
-    checked = quality(data, policy)
-    consent = policy.purpose.consent
-    kept_any = len(data) > 0 and (consent is None or consent_rule(data[consent])[0].any())
-    if kept_any:
-        purpose = consent_and_purpose(checked.data, policy, undeclared)
-        pseudo, pseudo_record = _pseudonymize_step(purpose.data, policy, keys)
-        purpose_info, escrow = purpose.info, pseudo.escrow
-    else:  # no row of this block goes on: the step records of an empty block, from one probe row
-        probe = batch.drop(columns=_aux(batch.columns)).iloc[:1]
-        if consent is not None:
-            probe = probe.assign(**{consent: pd.array([True], dtype="boolean")})
-        purpose = consent_and_purpose(probe, policy, undeclared)
-        pseudo, pseudo_record = _pseudonymize_step(purpose.data.iloc[:0], policy, keys)
-        removed = consent_rule(data[consent])[1] if consent is not None else {}
-        purpose_info = {**purpose.info, "rows_in": len(data), "rows_out": 0, "removed": removed}
-        escrow = None
-    out = pseudo.data
-    positions = pd.Index(rows[keep]).get_indexer(out.index)
-    for name in policy.identifiers:
-        if f"__id_{name}" in ids and name in out.columns:
-            out[f"__id_{name}"] = ids[f"__id_{name}"][positions]
-    out = out.reset_index(drop=True)
-    out[ROW] = rows[keep][positions]
-    record = {"quality": checked.info, "purpose": purpose_info, "pseudonymize": pseudo_record,
-              "escrow": escrow.to_dict(orient="list") if escrow is not None else None}
     _report(sink, int(rows[0]), record)
     return out
 
@@ -300,17 +256,16 @@ def minimise_on_ray(
             fn_kwargs={"policy": policy, "source": source, "sink": sink}).materialize()
 
     block_infos = ray.get(sink.all.remote())
-    steps = [_merge_validate(block_infos, len(df), policy)]
+    check_column_values(set().union(*(set(b["present"]) for b in block_infos)), policy, source)
+    steps = [merge_validate([b["info"] for b in block_infos], len(df), policy)]
     timings["validate"] = time.perf_counter() - started
 
     say("quality")
     started = time.perf_counter()
-    small = validated.select_columns([ROW, HASH, *[f"__id_{n}" for n in policy.identifiers]]).to_pandas()
+    small = validated.select_columns([c for c in validated.columns() if c in (ROW, HASH) or c.startswith(ID)]).to_pandas()
     small = small.sort_values(ROW, kind="stable").reset_index(drop=True)
-    duplicates = _exact_duplicates(validated, small)
-    unique_rows = small[~small[ROW].isin(duplicates)]
-    duplicate_ids = {n: int((unique_rows[f"__id_{n}"].notna() & unique_rows[f"__id_{n}"].duplicated()).sum())
-                     for n in policy.identifiers}
+    duplicates = _exact_duplicates(validated, small, policy)
+    duplicate_ids = duplicate_identifiers(small, duplicates, policy)
     timings["quality"] = time.perf_counter() - started
 
     say("consent and purpose")
@@ -324,13 +279,13 @@ def minimise_on_ray(
     block_records = ray.get(sink.all.remote())
     data = released.sort_values(ROW, kind="stable")
     data.index = pd.Index(data.pop(ROW).to_numpy(), dtype=np.int64)
-    steps.append(_merge_quality(block_records, policy, len(small), len(duplicates), duplicate_ids))
-    steps.append({"step": "purpose", **_merge_steps([r["purpose"] for r in block_records])})
+    steps.append(merge_quality(block_records, policy, len(small), len(duplicates), duplicate_ids))
+    steps.append({"step": "purpose", **merge_steps([r["purpose"] for r in block_records])})
     timings["purpose"] = time.perf_counter() - started
     started = time.perf_counter()
-    pseudo_record, colliding, escrow = _merge_pseudonymize(block_records, data, policy)
+    pseudo_record, colliding, escrow = merge_pseudonymize(block_records, data, policy)
     steps.append(pseudo_record)
-    data = data.drop(columns=_aux(data.columns))
+    data = data.drop(columns=aux_columns(data.columns))
     timings["pseudonymize"] = time.perf_counter() - started
     return Minimised(data=data, steps=steps, removed=_removed(steps), rows_in=int(len(df)),
                      pseudonymization=pseudo_record["columns"], escrow=escrow, partner=key_set.partner,
@@ -352,84 +307,12 @@ def _block_failures(sink: Any) -> Iterator[None]:
         raise InputError(message) from None
 
 
-def _exact_duplicates(validated: Any, small: pd.DataFrame) -> np.ndarray:
-    """Row numbers of exact duplicate rows (each after the first of its kind), as `quality` removes them:
-    rows whose whole-row hash repeats are fetched and compared in full, in row order."""
-    repeated = small.loc[small[HASH].duplicated(keep=False), HASH].unique()
-    if not len(repeated):
+def _exact_duplicates(validated: Any, small: pd.DataFrame, policy: Policy) -> np.ndarray:
+    """Row numbers of exact duplicate rows, as `quality` removes them: the candidate rows
+    (`batches.duplicate_candidates`) are fetched from the blocks and compared in full (`batches.duplicate_rows`)."""
+    wanted = duplicate_candidates(small, policy)
+    if not len(wanted):
         return np.zeros(0, dtype=np.int64)
-    wanted = set(repeated.tolist())
-    candidates = validated.map_batches(lambda b: b[b[HASH].isin(wanted)], batch_format="pandas",
-                                       batch_size=None).to_pandas().sort_values(ROW, kind="stable")
-    values = candidates.drop(columns=_aux(candidates.columns))
-    return np.asarray(candidates.loc[values.duplicated(keep="first").to_numpy(), ROW], dtype=np.int64)
-
-
-def _sum_counts(dicts: list[dict[str, int]], order: list[str] | None = None) -> dict[str, int]:
-    """Counts summed over blocks; keys in `order` first (the single-machine key order)."""
-    total: dict[str, int] = {}
-    for d in dicts:
-        for key, n in (d or {}).items():
-            total[key] = total.get(key, 0) + int(n)
-    rank = {key: i for i, key in enumerate(order or [])}
-    return dict(sorted(total.items(), key=lambda kv: rank.get(kv[0], len(rank))))
-
-
-def _merge_steps(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """One step record from its blocks': rows and removals summed, the rest as the first block says."""
-    merged = dict(records[0])
-    merged["rows_in"] = sum(int(r["rows_in"]) for r in records)
-    merged["rows_out"] = sum(int(r["rows_out"]) for r in records)
-    merged["removed"] = _sum_counts([r.get("removed") or {} for r in records], list(merged.get("removed") or {}))
-    return merged
-
-
-def _merge_validate(infos: list[dict[str, Any]], rows_in: int, policy: Policy) -> dict[str, Any]:
-    merged = _merge_steps(infos)
-    merged["rows_in"] = rows_in
-    merged["removed"] = _sum_counts([i["removed"] for i in infos], [f"invalid:{n}" for n in policy.columns])
-    coerced: dict[str, str] = {}
-    for info in infos:
-        coerced.update(info.get("coerced_columns") or {})
-    merged["coerced_columns"] = {n: coerced[n] for n in policy.columns if n in coerced}
-    return {"step": "validate", **merged}
-
-
-def _merge_quality(records: list[dict[str, Any]], policy: Policy, rows_in: int, duplicates: int,
-                   duplicate_ids: dict[str, int]) -> dict[str, Any]:
-    infos = [r["quality"] for r in records]
-    merged = _merge_steps(infos)
-    merged["rows_in"] = rows_in
-    merged["removed"] = {"exact_duplicates": duplicates} if duplicates else {}
-    merged["exact_duplicates"] = duplicates
-    merged["duplicate_identifiers"] = duplicate_ids
-    merged["missing_values"] = _sum_counts([i["missing_values"] for i in infos], list(policy.columns))
-    merged["rows_with_missing_values"] = sum(int(i["rows_with_missing_values"]) for i in infos)
-    return {"step": "quality", **merged}
-
-
-def _merge_pseudonymize(records: list[dict[str, Any]], data: pd.DataFrame,
-                        policy: Policy) -> tuple[dict[str, Any], dict[str, frozenset[str]], pd.DataFrame | None]:
-    """The pseudonymize record over all blocks: counts summed, distinct tokens, collisions and escrow
-    over the whole table (a token column's collisions from the identifier hashes beside it)."""
-    merged = _merge_steps([r["pseudonymize"] for r in records])
-    columns: dict[str, Any] = {}
-    colliding: dict[str, frozenset[str]] = {}
-    for name, first in merged["columns"].items():
-        info = dict(first)
-        for key in ("values", "missing"):
-            info[key] = sum(int(r["pseudonymize"]["columns"][name][key]) for r in records)
-        if "collisions" in info:
-            colliding[name] = colliding_tokens(data[f"__id_{name}"], data[name])
-            info["collisions"] = len(colliding[name])
-        if "distinct" in info:
-            info["distinct"] = int(data[name].nunique(dropna=True))
-        columns[name] = info
-    merged["columns"] = columns
-    parts = [pd.DataFrame(r["escrow"], dtype=object) for r in records if r["escrow"] is not None]
-    escrow = None
-    if parts:  # per column in the policy's order, each token once (its first row's), as `pseudonymize` keeps it
-        rows = pd.concat(parts, ignore_index=True)
-        escrow = pd.concat([rows[rows["column"] == n].drop_duplicates(subset="token") for n in policy.identifiers],
-                           ignore_index=True)
-    return {"step": "pseudonymize", **merged}, colliding, escrow
+    candidates = validated.map_batches(lambda b: b[b[ROW].isin(wanted)], batch_format="pandas",
+                                       batch_size=None).to_pandas()
+    return duplicate_rows(candidates)

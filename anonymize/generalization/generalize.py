@@ -76,8 +76,13 @@ def generalize(
     privacy: PrivacyModel,
     sensitive: Sequence[str] = (),
     t_kinds: Mapping[str, str] | None = None,
+    categorical: bool = False,
 ) -> Generalized:
-    """Generalize `qis` of `df` until every released class satisfies `privacy` (k, l, t)."""
+    """Generalize `qis` of `df` until every released class satisfies `privacy` (k, l, t).
+
+    `categorical`: Mondrian's release strings as pandas categoricals (one string per distinct label and
+    a code per row) instead of a string per row: the same values (`.astype(str)` gives the string
+    columns), for a streamed release that writes them batch by batch."""
     sensitive = list(sensitive)
     _check_inputs(df, qis, privacy, sensitive)
     domains = [h.encode(df[col], col) for col, h in qis.items()]
@@ -112,7 +117,12 @@ def generalize(
         raise InputError(_unsatisfiable(privacy))
     data = df.copy(deep=False)  # copy-on-write: only the replaced QI columns are new
     for col, labels in zip(names, part.labels, strict=True):
-        data[col] = pd.Series(np.asarray(labels, dtype=object)[part.classes], index=data.index, dtype=object).astype(str)
+        if categorical:
+            class_codes, distinct = pd.factorize(np.asarray(labels, dtype=object))
+            data[col] = pd.Series(pd.Categorical.from_codes(class_codes[part.classes], categories=pd.Index(distinct, dtype=object)),
+                                  index=data.index)
+        else:
+            data[col] = pd.Series(np.asarray(labels, dtype=object)[part.classes], index=data.index, dtype=object).astype(str)
     return Generalized(data=data, suppressed=0, algorithm=privacy.algorithm, levels=None, classes=part.n_classes)
 
 

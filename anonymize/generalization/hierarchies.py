@@ -406,10 +406,16 @@ class Hierarchy:
         )
 
     def _encode_tree(self, values: pd.Series, column: str) -> TreeDomain:
-        text = values.astype(str) if values.dtype != object else values.map(str)
+        if isinstance(values.dtype, pd.CategoricalDtype):  # a streamed table's text: already one code per row
+            text = values
+        else:
+            text = values.astype(str) if values.dtype != object else values.map(str)
+        # each distinct text once: the column's codes come from its few distinct values (factorize is
+        # Arrow's hash kernel on pandas' string dtype; no Python string per row)
+        row_codes, distinct = pd.factorize(text)
+        distinct_text = [str(u) for u in distinct]
         if isinstance(self.spec, PrefixHierarchy):
-            uniq = np.unique(text.to_numpy(dtype=object).astype(str))
-            leaves = [str(u) for u in uniq]
+            leaves = sorted(set(distinct_text))
             paths = []
             for leaf in leaves:
                 paths.append(tuple(leaf[:keep] + "*" * max(len(leaf) - keep, 0) for keep in self.spec.keep))
@@ -417,11 +423,11 @@ class Hierarchy:
         elif self.tree is not None:
             tree = self.tree
         else:  # flat: value -> '*'; leaves are the declared categories or the observed values
-            leaves = list(self.categories) if self.categories is not None else sorted(set(text.tolist()))
+            leaves = list(self.categories) if self.categories is not None else sorted(set(distinct_text))
             tree = tuple((leaf, ()) for leaf in leaves)
         leaves_ordered, anc, names = _layout_tree(tree, column)
         index = pd.Index(leaves_ordered)
-        codes = index.get_indexer(pd.Index(text))  # what get_indexer does to any array-like (ensure_index)
+        codes = index.get_indexer(pd.Index(distinct_text, dtype=object))[row_codes]
         bad = codes < 0
         if bad.any():
             row = _row_label(values.index, int(np.argmax(bad)))

@@ -13,6 +13,11 @@ at the median (numeric: `np.partition`; categorical: the children of the node th
 block), and a split is kept only when every child satisfies all criteria (k, l, t), so every final
 partition does too.
 
+On a large table the blocks of the first cuts are shared out between this process and one forked
+child (the second core): the matrix lives in shared memory, each process refines disjoint row
+ranges of it in place, and since a block's split depends on its own rows alone, the partitions are
+exactly the one-process ones.
+
 Strict mode releases non-overlapping ranges and hierarchy nodes. Relaxed mode cuts numeric blocks
 exactly in half (the median value may fall on both sides) and, when a categorical node's children
 cannot all satisfy the criteria, cuts the depth-first leaf order in half; such blocks release as a
@@ -29,6 +34,9 @@ import numpy as np
 from anonymize.criteria import Criterion, all_satisfied
 from anonymize.criteria.k_anonymity import KAnonymity
 from anonymize.generalization.hierarchies import Domain, NumericDomain, TreeDomain
+
+#: From this many rows, the splitting is shared with a forked child (`_Splitter.partition`).
+PARALLEL_MIN_ROWS = 200_000
 
 Block = tuple[int, int, list[np.ndarray]]  # rows [start, stop) of the matrix and their sensitive histograms
 Candidate = tuple[float, int, int, int]  # (normalized width, QI, LCA level, lowest code) of one dimension
@@ -80,11 +88,17 @@ class _Splitter:
     ) -> None:
         self.n = n = len(domains[0].codes)
         self.d = len(domains)
-        self.X = np.empty((n, self.d), dtype=np.int32)
+        self.shared = n >= PARALLEL_MIN_ROWS
+        array = _shared_array if self.shared else np.empty
+        self.X = array((n, self.d), np.int32)
         for j, dom in enumerate(domains):
             self.X[:, j] = dom.codes
-        self.rows = np.arange(n, dtype=np.int64)
-        self.S = [np.ascontiguousarray(s, dtype=np.int64) for s in sensitive_codes]
+        self.rows = array((n,), np.int64)
+        self.rows[:] = np.arange(n, dtype=np.int64)
+        self.S = []
+        for s in sensitive_codes:
+            self.S.append(array((n,), np.int64))
+            self.S[-1][:] = s
         self.ms = list(sensitive_sizes)
         self.criteria = criteria
         self.relaxed = relaxed
@@ -103,9 +117,37 @@ class _Splitter:
         return [np.bincount(s, minlength=m) for s, m in zip(self.S, self.ms, strict=True)]
 
     def partition(self, root_h: list[np.ndarray]) -> list[int]:
+        """The final blocks' starts. A large table: the first cuts here, then the blocks they made in two
+        groups of about equal rows, one refined by a forked child (in the shared matrix), one here."""
+        if not self.shared:
+            return self.partition_from([(0, self.n, root_h)])
+        from anonymize.forked import Pending
+
+        finals: list[int] = []
+        queue: list[Block] = [(0, self.n, root_h)]
+        while queue and len(queue) < 8:  # breadth first: blocks of similar size to share out
+            s, e, h = queue.pop(0)
+            kids = self.split_block(s, e, h) if e - s >= 2 * self.k else None
+            if kids is None:
+                finals.append(s)
+            else:
+                queue.extend(kids)
+        mine: list[Block] = []
+        theirs: list[Block] = []
+        for block in sorted(queue, key=lambda b: b[0] - b[1]):  # largest first, each to the lighter side
+            lighter = mine if sum(e - s for s, e, _ in mine) <= sum(e - s for s, e, _ in theirs) else theirs
+            lighter.append(block)
+        child = Pending(self.partition_from, theirs)
+        try:
+            finals += self.partition_from(mine)
+            finals += child.result()
+        finally:
+            child.close()
+        return finals
+
+    def partition_from(self, stack: list[Block]) -> list[int]:
         """Split blocks (explicit stack, no recursion) until none can split; the final blocks' starts."""
         finals: list[int] = []
-        stack: list[Block] = [(0, self.n, root_h)]
         while stack:
             s, e, h = stack.pop()
             kids = self.split_block(s, e, h) if e - s >= 2 * self.k else None
@@ -254,6 +296,15 @@ class _Splitter:
             if self.binary_ok(s, e, mask, nl, h):
                 return self.cut_binary(s, e, nl, mask, h)
         return None
+
+
+def _shared_array(shape: tuple[int, ...], dtype: type[np.generic]) -> np.ndarray:
+    """A zeroed array in anonymous shared memory: what a forked child writes there, this process sees."""
+    import mmap
+
+    count = int(np.prod(shape))
+    buffer = mmap.mmap(-1, max(count * np.dtype(dtype).itemsize, 1))
+    return np.frombuffer(buffer, dtype=dtype, count=count).reshape(shape)
 
 
 def _assemble(

@@ -88,6 +88,7 @@ def privacy_measures(
     sensitive: Sequence[str] = (),
     t_kinds: Mapping[str, str] | None = None,
     recursive_l: int | None = None,
+    classes: tuple[np.ndarray, int] | None = None,
 ) -> PrivacyMeasures:
     """k, classes, class-size histogram; per sensitive column l (distinct, entropy, recursive) and t.
 
@@ -98,6 +99,7 @@ def privacy_measures(
       sorted in decreasing order; inf when some class has fewer than l values);
     - t: largest EMD between a class's and the release's sensitive distribution; `t_kinds[col]` is
       "ordered" (default for numeric columns) or "equal" (default otherwise).
+    `classes`: `equivalence_classes(release, qis)` when the caller has it already.
     """
     qis = list(qis)
     for col in [*qis, *sensitive]:
@@ -107,7 +109,7 @@ def privacy_measures(
     out: PrivacyMeasures = {"records": n, "k": 0, "classes": 0, "class_size_histogram": class_size_histogram(np.empty(0)), "l": {}, "t": {}, "t_kind": {}}
     if n == 0:
         return out
-    cls, n_cls = equivalence_classes(release, qis)
+    cls, n_cls = classes if classes is not None else equivalence_classes(release, qis)
     sizes = np.bincount(cls, minlength=n_cls)
     out["k"], out["classes"], out["class_size_histogram"] = int(sizes.min()), int(n_cls), class_size_histogram(sizes)
     for col in sensitive:

@@ -104,11 +104,13 @@ def reidentification_risk(
     population: pd.DataFrame | None = None,
     threshold: float = 0.2,
     hierarchies: Mapping[str, Hierarchy] | None = None,
+    classes: tuple[np.ndarray, int] | None = None,
 ) -> RiskFigures:
     """Prosecutor max / avg, journalist (when a population is given), marketer, records at risk.
 
     `population` holds either released-style strings for the QIs (generalized the same way) or, when
     `hierarchies` is given, raw QI values that are matched to release classes by containment.
+    `classes`: `equivalence_classes(release, qis)` when the caller has it already (one pass for all figures).
     """
     if not 0 < threshold <= 1:
         raise InputError("risk threshold must be in (0, 1]")
@@ -122,7 +124,7 @@ def reidentification_risk(
         return {"records": 0, "prosecutor_max": 0.0, "prosecutor_avg": 0.0, "journalist_max": None,
                 "journalist_avg": None, "marketer": 0.0, "records_at_risk": 0, "share_at_risk": 0.0,
                 "threshold": threshold}
-    cls, n_cls = equivalence_classes(release, qis)
+    cls, n_cls = classes if classes is not None else equivalence_classes(release, qis)
     size = np.bincount(cls, minlength=n_cls)[cls]
     risk = 1.0 / size
     out: RiskFigures = {

@@ -37,11 +37,13 @@ def utility_loss(
     qis: Mapping[str, Hierarchy],
     suppressed: int,
     k: int | None = None,
+    classes: tuple[np.ndarray, int] | None = None,
 ) -> UtilityLoss:
     """NCP (fraction, overall and per column), discernibility, C_avg, suppressed.
 
     `original` is the input of generalization: it fixes each column's domain (numeric span, leaves).
-    `k` is the requested k for C_avg; by default the release's achieved k.
+    `k` is the requested k for C_avg; by default the release's achieved k. `classes`:
+    `equivalence_classes(release, qis)` when the caller has it already.
     """
     if suppressed < 0:
         raise InputError("suppressed count must not be negative")
@@ -60,7 +62,7 @@ def utility_loss(
         per_col[col] = (total + suppressed) / n_total
     discernibility, n_cls, avg_class_size = int(suppressed) * n_total, 0, 0.0
     if n_kept:
-        cls, n_cls = equivalence_classes(release, list(qis))
+        cls, n_cls = classes if classes is not None else equivalence_classes(release, list(qis))
         sizes = np.bincount(cls, minlength=n_cls)
         k_ref = k if k is not None else int(sizes.min())
         discernibility += int((sizes.astype(np.int64) ** 2).sum())

@@ -29,6 +29,8 @@ def anonymize(
     ledger: Path = LEDGER_OPTION,
     engine: str = typer.Option("local", "--engine", help="local (this process) or ray (Ray Data, see docs/scale.md)."),
     ray_address: str = typer.Option(None, "--ray-address", help="Ray cluster for --engine ray (default: local Ray)."),
+    batch_rows: int = typer.Option(None, "--batch-rows", help="Stream a Parquet input in batches of this many rows "
+                                   "(default: only inputs over 2M rows stream, in batches of 524,288)."),
 ) -> None:
     """Validate, filter, pseudonymize and generalize INPUT as the policy says; write release + report."""
     from rich.console import Console
@@ -36,7 +38,8 @@ def anonymize(
     from privmodel.workflows.release import ReleaseRequest, release
 
     req = ReleaseRequest(input=input, policy=policy, out=out, keys=keys, partner=partner, fmt=fmt,
-                         population=population, ledger=ledger, engine=engine, ray_address=ray_address)
+                         population=population, ledger=ledger, engine=engine, ray_address=ray_address,
+                         batch_rows=batch_rows)
     status = Console(stderr=True).status("anonymize: starting")
     with status:
         rows = release(req, progress=lambda step: status.update(f"anonymize: {step}"))

@@ -91,6 +91,9 @@ class ReleaseRequest:
     ledger: Path | None = None
     engine: str = "local"  # "local" or "ray" (anonymize.engines)
     ray_address: str | None = None  # a Ray cluster for --engine ray; None: Ray in local mode
+    # rows per batch of the streamed local engine (anonymize.engines.stream); None: a Parquet input
+    # streams when it has more than STREAM_MIN_ROWS rows, else it is released in memory
+    batch_rows: int | None = None
 
     @property
     def target(self) -> Path:
@@ -118,11 +121,86 @@ def release(req: ReleaseRequest, progress: Callable[[str], None] = lambda _step:
         from privmodel.dp import budget
 
         loaded = load_policy(req.policy)
-        rows, source, released = _write_release(req, loaded, inputs, action, progress)
-        # a model trained on the release charges the raw table's budget (lineage), not a fresh one;
-        # a Parquet release reads back as the frame written, so its content hash comes from memory
-        budget.record_lineage(source, req.target, req.keys, derived_content=released.result() if released else None)
+        batch_rows = _streamed_batch_rows(req)
+        content: str | None
+        if batch_rows is not None:
+            rows, source, content = _write_streamed(req, loaded, inputs, action, progress, batch_rows)
+        else:
+            rows, source, released = _write_release(req, loaded, inputs, action, progress)
+            # a Parquet release reads back as the frame written, so its content hash comes from memory
+            content = released.result() if released else None
+        # a model trained on the release charges the raw table's budget (lineage), not a fresh one
+        budget.record_lineage(source, req.target, req.keys, derived_content=content)
     return rows
+
+
+def _streamed_batch_rows(req: ReleaseRequest) -> int | None:
+    """Rows per batch when the release streams (a Parquet input on the local engine: asked for with
+    `batch_rows`, or larger than STREAM_MIN_ROWS), else None (the table is released in memory)."""
+    from anonymize.engines.stream import BATCH_ROWS, STREAM_MIN_ROWS, parquet_rows
+
+    if req.batch_rows is not None and req.batch_rows < 1:
+        raise InputError("--batch-rows must be a positive number of rows")
+    if req.engine != "local" or req.input.suffix.lower() != ".parquet" or not req.input.is_file():
+        if req.batch_rows is not None:
+            raise InputError("--batch-rows streams a Parquet input on the local engine only")
+        return None
+    if req.batch_rows is not None:
+        return req.batch_rows
+    return BATCH_ROWS if parquet_rows(req.input) > STREAM_MIN_ROWS else None
+
+
+def _write_streamed(req: ReleaseRequest, loaded: Policy, inputs: list[Path], action: str,
+                    progress: Callable[[str], None], batch_rows: int) -> tuple[dict[str, int], str, str | None]:
+    """`_write_release` for a Parquet input streamed by batches (`anonymize.engines.stream`): the same
+    outputs, report, ledger entry and lineage; neither the input nor the release is ever whole in memory."""
+    from anonymize.engines.stream import close_spill, run_streamed
+    from anonymize.forked import Pending
+    from anonymize.report import render_text, to_json
+    from privmodel.core.fileio import _check_readable, outputs, read_table
+    from privmodel.core.keys import ensure_keys, load_pseudonym_secret
+    from privmodel.dp import budget
+    from privmodel.workflows.streamed import parquet_frame_id, write_batches
+
+    target, escrow_out = req.target, escrow_path(req.target)
+    reports = {req.out / "report.json": to_json, req.out / "report.txt": render_text}
+    book = ledger_path(req.ledger, req.out)
+    with outputs([target, escrow_out, *reports], inputs=inputs, secret=[escrow_out], replace=True,
+                 ledger=book, action=action) as stage:
+        _check_readable(req.input)
+        pop = read_table(req.population) if req.population is not None else None
+        # the input's content hash (its budget identity), batch by batch on the second core
+        hashing = Pending(parquet_frame_id, req.input, batch_rows) if not loaded.dataset else None
+        try:
+            made = run_streamed(req.input, loaded, load_pseudonym_secret(ensure_keys(req.keys)), population=pop,
+                                partner=req.partner, source=str(req.input), progress=progress, batch_rows=batch_rows)
+            started = time.perf_counter()
+            source = budget.dataset_of(loaded, req.input, req.keys, content=hashing.result() if hashing else None)
+            identity_seconds = time.perf_counter() - started
+        finally:
+            if hashing is not None:
+                hashing.close()
+        try:
+            started = time.perf_counter()
+            staged = stage.path(target)
+            write_batches(staged, made.released_batches(), req.fmt)
+        finally:
+            close_spill(made.spill)
+        released = Pending(parquet_frame_id, staged, batch_rows) if req.fmt == "parquet" else None
+        report = made.release.report
+        if made.release.escrow is not None:
+            stage.write_table(escrow_out, made.release.escrow)
+        else:
+            stage.retire(escrow_out)
+        report["timings"] = {"identity": round(identity_seconds, 3), **report.get("timings", {}),
+                             "write": round(time.perf_counter() - started, 3)}
+        for path, render in reports.items():
+            stage.write_text(path, render(report))
+        _append(action, book, req.out, req.keys, inputs, stage.artifacts(), figures(report))
+        content = released.result() if released is not None else None  # before publish moves the file
+        stage.publish()
+    rows: dict[str, int] = report["rows"]
+    return rows, source, content
 
 
 def _make_release(req: ReleaseRequest, loaded: Policy, table: pd.DataFrame, pop: pd.DataFrame | None,
