@@ -106,10 +106,12 @@ def call(
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """One authenticated request to the worker at `address` (a Unix socket path or host:port).
 
-    A connection the worker's side closes before the request is fully sent (BrokenPipe or reset
-    while sending) is tried once more on a fresh connection: the worker cannot have acted on a
-    request it did not receive whole, so the retry never runs a request twice. This was seen under
-    load on the loopback vertical deployment, with nothing in the worker's log; its cause is not known.
+    A connection the worker's side closed before it read the request whole is tried once more on a
+    fresh connection: BrokenPipe or a reset while sending, or a reset instead of the answer (a socket
+    closed with unread data resets its peer; one that read the request and then died gives end-of-file,
+    which is not retried). The worker cannot have acted on a request it did not read whole, so the retry
+    never runs a request twice. This was seen under load on the loopback vertical deployment, with
+    nothing in the worker's log; its cause is not known.
     """
     try:
         return _call_once(address, token, header, arrays, timeout)
@@ -121,7 +123,7 @@ def call(
 
 
 class _NotSent(Exception):
-    """The connection broke before the request was sent whole."""
+    """The connection broke before the worker read the request whole."""
 
 
 def _call_once(address: str, token: bytes, header: dict[str, Any], arrays: dict[str, np.ndarray] | None,
@@ -146,7 +148,10 @@ def _call_once(address: str, token: bytes, header: dict[str, Any], arrays: dict[
             raise _NotSent(type(exc).__name__) from None
         except WireError as exc:  # closed before its nonce: nothing was sent
             raise _NotSent(str(exc)) from None
-        return recv_frame(sock)
+        try:
+            return recv_frame(sock)
+        except ConnectionResetError:
+            raise _NotSent("ConnectionResetError") from None
     except TimeoutError:
         raise WireError(f"training worker at {address} did not answer within {timeout:.0f} s") from None
     except OSError as exc:

@@ -232,8 +232,9 @@ def frame_id(frame: object) -> str:
 
 
 #: column plans that write every value alike (an int column is "float64" in a slice with a missing
-#: value, and float64 writes integral values as integers; likewise for booleans)
-_SAME_TEXT = ({"int", "float64"}, {"bool", "nullable-bool"})
+#: value, and float64 writes integral values as integers; likewise for booleans, which a slice with a
+#: missing value may hold as objects ("value" writes each boolean as the boolean plans do))
+_SAME_TEXT = ({"int", "float64"}, {"bool", "nullable-bool", "value"})
 
 
 class TableHasher:
@@ -285,14 +286,14 @@ class TableHasher:
 
 def _sorted_bytes(digests: list[bytes]) -> Iterator[bytes]:
     """The 32-byte digests in byte order, concatenated, in pieces (hashing them = hashing them one by
-    one after `sorted`): sorted as four big-endian 64-bit words each by numpy, not as a million Python
-    objects; handed out a million at a time, so 10M rows never hold a second sorted copy."""
+    one after `sorted`): one buffer sorted in place by numpy (void items compare byte by byte, as bytes
+    do), not as millions of Python objects and with no second sorted copy; handed out a million at a time."""
     import numpy as np
 
-    table = np.frombuffer(b"".join(digests), dtype=">u8").reshape(-1, 4)
-    order = np.lexsort(table.T[::-1])  # last key first: words 0..3 in significance order
-    for start in range(0, len(order), 1 << 20):
-        yield table[order[start:start + (1 << 20)]].tobytes()
+    ordered = np.frombuffer(bytearray().join(digests), dtype="V32")
+    ordered.sort()
+    for start in range(0, len(ordered), 1 << 20):
+        yield ordered[start:start + (1 << 20)].tobytes()
 
 
 _HASH_ROWS = 200_000  # rows written and hashed at a time by `frame_id`

@@ -4,7 +4,6 @@ by batch, so no step holds the whole table (`anonymize.engines.stream`, docs/sca
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -13,43 +12,26 @@ if TYPE_CHECKING:
     import pandas as pd
 
 
-def batches_frame_id(frames: Iterable[pd.DataFrame]) -> str:
-    """`privmodel.dp.budget.frame_id` of the table the `frames` make up, one frame at a time: each row's
-    normal-form digest depends on that row alone and the digests are sorted, so batches give the whole
-    table's digest (tests/test_stream.py checks it against `frame_id`). Only the 32-byte row digests are
-    held, in one buffer sorted in place (byte order, as `budget._sorted_bytes` orders them) and hashed
-    in slices. (A candidate for `budget` itself, beside `frame_id`, which this reuses piece by piece.)"""
-    import numpy as np
+def batches_frame_id(frames: Iterable[pd.DataFrame]) -> str | None:
+    """`privmodel.dp.budget.frame_id` of the table the `frames` make up, one frame at a time
+    (`budget.TableHasher`: only the 32-byte row digests are held); None when the frames' values could
+    be written differently from the whole table's (the caller then hashes the file)."""
+    from privmodel.dp.budget import TableHasher
 
-    from anonymize.errors import InputError
-    from privmodel.artifacts.ledger import canonical_json
-    from privmodel.dp import budget
-
-    columns: list[str] | None = None
-    digests = bytearray()
+    hasher = TableHasher()
     for frame in frames:
-        named = frame.set_axis([str(c) for c in frame.columns], axis=1)
-        if columns is None:
-            columns = sorted(named.columns)
-        plans = {name: budget._text_plan(named[name]) for name in columns}
-        for start in range(0, len(named), budget._HASH_ROWS):
-            rows = named.iloc[start : start + budget._HASH_ROWS]
-            digests += b"".join(budget._row_digests([budget._column_text(rows[n], plans[n]) for n in columns]))
-    if not columns:
-        raise InputError("a dataset's content hash needs a table with at least one column")
-    total = hashlib.sha256(b"privmodel-table-v1\0" + canonical_json(columns))
-    ordered = np.frombuffer(digests, dtype="V32")
-    ordered.sort()  # numpy compares void items byte by byte: the digests' byte order, in place
-    for start in range(0, len(ordered), 1 << 20):
-        total.update(ordered[start : start + (1 << 20)].tobytes())
-    return total.hexdigest()
+        hasher.add(frame)
+    return hasher.result()
 
 
 def parquet_frame_id(path: Path, batch_rows: int) -> str:
     """`budget.content_id` of a Parquet file, read batch by batch."""
     from anonymize.engines.stream import parquet_batches
+    from privmodel.dp.budget import content_id
 
-    return batches_frame_id(frame for frame, _rows in parquet_batches(path, batch_rows))
+    found = batches_frame_id(frame for frame, _rows in parquet_batches(path, batch_rows)) or content_id(path)
+    assert found is not None  # a .parquet file always has a content id
+    return found
 
 
 def write_batches(path: Path, frames: Iterable[pd.DataFrame], fmt: str) -> int:
