@@ -47,12 +47,16 @@ def _node(root: Path, tmp: Path) -> FeatureNode:
                                      workdir=str(tmp / "node"), coordinator_key=str(root / "keys-bank")))
 
 
-def _send(node: FeatureNode, kind: str, run_id: str, content) -> tuple[dict, object]:
+def _send(node: FeatureNode, kind: str, run_id: str, content, seq: int = 0) -> tuple[dict, object]:
+    reply, arrays = _send_raw(node, kind, run_id, content, seq)
+    return reply, (from_bytes(arrays["payload"].tobytes()) if "payload" in arrays else None)
+
+
+def _send_raw(node: FeatureNode, kind: str, run_id: str, content, seq: int = 0) -> tuple[dict, dict]:
     from flwr.app import RecordDict
 
     payload = np.frombuffer(to_bytes(content if content is not None else RecordDict({})), dtype=np.uint8)
-    reply, arrays = node.handle("vertical", {"kind": kind, "run_id": run_id}, {"payload": payload})
-    return reply, (from_bytes(arrays["payload"].tobytes()) if "payload" in arrays else None)
+    return node.handle("vertical", {"kind": kind, "run_id": run_id, "seq": seq}, {"payload": payload})
 
 
 def _run_message(root: Path, run_id: str, keys: str = "keys-bank", **changes):
@@ -97,6 +101,28 @@ def test_messages_out_of_order_or_of_another_run_are_refused(world, tmp_path: Pa
     assert node.run is None
     last = _ledger(tmp_path)[-1]
     assert last["action"] == "vertical.train" and last["outcome"] == "failed" and "out of order" in last["reason"]
+
+
+def test_a_message_delivered_twice_is_answered_once(world, tmp_path: Path) -> None:
+    """At-least-once delivery (a retried connection): the same (run, kind, seq) gets the recorded
+    answer, byte for byte, and the run does not step twice; a new seq is a new step."""
+    from federated.vertical.psi import psi_message
+
+    root = world["root"]
+    node = _node(root, tmp_path)
+    message = _run_message(root, "31")
+    first = _send_raw(node, "vertical.run", "31", message, seq=1)
+    again = _send_raw(node, "vertical.run", "31", message, seq=1)
+    assert first[0] == again[0] == {"ok": True, "kind": "vertical.ready"}
+    assert first[1]["payload"].tobytes() == again[1]["payload"].tobytes()
+    request = psi_message(b"\x00" * 64, count=2)
+    one = _send_raw(node, "psi.request", "31", request, seq=2)
+    two = _send_raw(node, "psi.request", "31", request, seq=2)
+    assert one[0] == two[0] == {"ok": True, "kind": "psi.request"}
+    assert one[1]["payload"].tobytes() == two[1]["payload"].tobytes()  # fresh secrets would differ
+    assert node.run is not None and node.run.stage == "psi.request"
+    reply, _ = _send(node, "psi.request", "31", request, seq=3)  # a new message: a real (out-of-order) step
+    assert reply["ok"] is False and "out of order (after psi.request)" in reply["error"]
 
 
 class _LocalLink:

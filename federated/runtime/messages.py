@@ -71,7 +71,11 @@ def send_frame(sock: socket.socket, header: dict[str, Any], arrays: dict[str, np
     body = json.dumps({**header, "arrays": specs}, allow_nan=True).encode("utf-8")
     sock.sendall(struct.pack(">I", len(body)) + body)
     for blob in blobs:
-        sock.sendall(blob)
+        # Never a zero-length send: once the peer has read a request whose last array is empty, it
+        # may answer and close before that send, which then fails with BrokenPipe although the
+        # request was delivered (and acted on).
+        if blob:
+            sock.sendall(blob)
 
 
 def recv_frame(sock: socket.socket) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -104,30 +108,7 @@ def call(
     arrays: dict[str, np.ndarray] | None = None,
     timeout: float = 300.0,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """One authenticated request to the worker at `address` (a Unix socket path or host:port).
-
-    A connection the worker's side closed before it read the request whole is tried once more on a
-    fresh connection: BrokenPipe or a reset while sending, or a reset instead of the answer (a socket
-    closed with unread data resets its peer; one that read the request and then died gives end-of-file,
-    which is not retried). The worker cannot have acted on a request it did not read whole, so the retry
-    never runs a request twice. This was seen under load on the loopback vertical deployment, with
-    nothing in the worker's log; its cause is not known.
-    """
-    try:
-        return _call_once(address, token, header, arrays, timeout)
-    except _NotSent:
-        try:
-            return _call_once(address, token, header, arrays, timeout)
-        except _NotSent as exc:
-            raise WireError(f"training worker at {address} failed ({exc}) while the request was sent") from None
-
-
-class _NotSent(Exception):
-    """The connection broke before the worker read the request whole."""
-
-
-def _call_once(address: str, token: bytes, header: dict[str, Any], arrays: dict[str, np.ndarray] | None,
-               timeout: float) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """One authenticated request to the worker at `address` (a Unix socket path or host:port)."""
     try:
         if ":" in address and not address.startswith("/"):
             host, port = address.rsplit(":", 1)
@@ -140,18 +121,10 @@ def _call_once(address: str, token: bytes, header: dict[str, Any], arrays: dict[
         raise WireError(f"training worker at {address} is not reachable ({exc.strerror or type(exc).__name__})") from None
     try:
         sock.settimeout(timeout)
-        try:
-            nonce = _recv_exact(sock, NONCE_BYTES)
-            sock.sendall(proof(token, nonce))
-            send_frame(sock, header, arrays)
-        except (BrokenPipeError, ConnectionResetError) as exc:
-            raise _NotSent(type(exc).__name__) from None
-        except WireError as exc:  # closed before its nonce: nothing was sent
-            raise _NotSent(str(exc)) from None
-        try:
-            return recv_frame(sock)
-        except ConnectionResetError:
-            raise _NotSent("ConnectionResetError") from None
+        nonce = _recv_exact(sock, NONCE_BYTES)
+        sock.sendall(proof(token, nonce))
+        send_frame(sock, header, arrays)
+        return recv_frame(sock)
     except TimeoutError:
         raise WireError(f"training worker at {address} did not answer within {timeout:.0f} s") from None
     except OSError as exc:

@@ -66,11 +66,20 @@ def _forward(msg: Message, context: Context) -> Message:
     address, token_file = node.get("worker-address"), node.get("worker-token-file")
     if not address or not token_file:
         return Message(Error(code=ERR_INPUT, reason=f"party {party}: node config lacks worker-address"), reply_to=msg)
-    header = {"op": "vertical", "kind": kind, "run_id": str(msg.metadata.run_id)}
+    envelope = msg.content[ENVELOPE] if ENVELOPE in msg.content else ConfigRecord({})
+    header = {"op": "vertical", "kind": kind, "run_id": str(msg.metadata.run_id), "seq": int(str(envelope.get("seq", 0)))}
     payload = np.frombuffer(to_bytes(content), dtype=np.uint8)
-    timeout = float(str(msg.content[ENVELOPE].get("timeout", 300))) if ENVELOPE in msg.content else 300.0
+    timeout = float(str(envelope.get("timeout", 300)))
+    token = read_token(str(token_file))
     try:
-        reply, arrays = call(str(address), read_token(str(token_file)), header, {"payload": payload}, timeout=timeout)
+        try:
+            reply, arrays = call(str(address), token, header, {"payload": payload}, timeout=timeout)
+        except WireError:
+            if not header["seq"]:
+                raise
+            # once more: the node answers a message it has answered already from its record, so a
+            # connection lost around the answer is never a second step
+            reply, arrays = call(str(address), token, header, {"payload": payload}, timeout=timeout)
     except WireError as exc:
         return Message(Error(code=ERR_DROPPED, reason=f"party {party}: {exc}"), reply_to=msg)
     if not reply.get("ok"):

@@ -174,6 +174,8 @@ class FeatureNode:
         except InputError as exc:
             raise InputError(f"party {self.name}: --label-key: {exc}") from None
         self.run: _Run | None = None
+        # the last message answered ((run id, kind, seq), answer), kept to answer a repeated delivery
+        self._answered: tuple[tuple[str, str, int], tuple[dict[str, Any], dict[str, np.ndarray]]] | None = None
         self._handlers: dict[str, Callable[[_Run, RecordDict], tuple[str, RecordDict]]] = {
             "psi.request": self._psi_request, "psi.tokens": self._psi_tokens, "psi.done": self._psi_done,
             "split.start": self._split_start, "split.gradient": self._split_step, "split.next": self._split_step,
@@ -193,12 +195,18 @@ class FeatureNode:
         if op != "vertical":
             return {"ok": False, "kind": "input", "error": f"party {self.name}: unknown request {op[:16]!r}"}, {}
         kind, run_id = str(header.get("kind", "")), str(header.get("run_id", ""))
+        seq = (run_id, kind, int(header.get("seq", 0) or 0))
+        if seq[2] and self._answered is not None and self._answered[0] == seq:
+            return self._answered[1]  # delivered twice (a retried connection): the same answer, no second step
         try:
             content = from_bytes(arrays["payload"].tobytes() if "payload" in arrays else b"")
             reply_kind, reply = self.step(kind, run_id, content)
+            answer: tuple[dict[str, Any], dict[str, np.ndarray]] = (
+                {"ok": True, "kind": reply_kind}, {"payload": np.frombuffer(to_bytes(reply), dtype=np.uint8)})
         except Exception as exc:  # noqa: BLE001 - answered by kind and one line, never a raw message
-            return self._failure(kind, exc, run_id), {}
-        return {"ok": True, "kind": reply_kind}, {"payload": np.frombuffer(to_bytes(reply), dtype=np.uint8)}
+            answer = self._failure(kind, exc, run_id), {}
+        self._answered = (seq, answer) if seq[2] else None
+        return answer
 
     def _failure(self, kind: str, exc: Exception, run_id: str) -> dict[str, Any]:
         """Close the run `run_id` with a `failed` entry (once), and say why in one line. A message for

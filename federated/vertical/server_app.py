@@ -130,8 +130,9 @@ class GridLink:
         from federated.coordinator.server_app import exchange
         from federated.vertical.client_app import KIND_CODES, to_bytes, unwrap, wrap
 
-        msg = Message(content=wrap(kind, content, timeout=int(self.timeout)), message_type=MessageType.QUERY,
-                      dst_node_id=self.node)
+        # seq: the node answers a message it has already answered from its record (at-least-once delivery)
+        msg = Message(content=wrap(kind, content, timeout=int(self.timeout), seq=self.messages + 1),
+                      message_type=MessageType.QUERY, dst_node_id=self.node)
         replies = exchange(self.grid, [msg], self.timeout, poll=0.02)
         self.messages += 1
         self.bytes_by_sender[self.label] += len(to_bytes(content))
