@@ -130,6 +130,7 @@ def minimise(
     partner: str | None = None,
     progress: Callable[[str], None] | None = None,
     fixed_recoding: bool = True,
+    empty_ok: bool = False,
 ) -> Minimised:
     """Steps 1-4 of a release, shared by the release path and every model path (train, curve,
     score, estimator, federated partners): the one consent filter of the project.
@@ -142,6 +143,8 @@ def minimise(
     interval at level N of its intervals hierarchy (fixed bins, the same for any table). `run`
     passes False: a release generalizes from the exact values under k / l / t instead.
     Bad input raises a one-line InputError naming `source`, the column and the row.
+    `empty_ok`: `df` is one batch of a larger table, in which no row may consent while others do (the
+    caller refuses a table left empty).
     """
     key_set = as_keys(keys, partner)
     say = progress or (lambda _step: None)
@@ -161,7 +164,7 @@ def minimise(
         data = record("quality", quality(data, policy))
     say("consent and purpose")
     with _timed(timings, "purpose"):
-        data = record("purpose", consent_and_purpose(data, policy, undeclared))
+        data = record("purpose", consent_and_purpose(data, policy, undeclared, whole_table=not empty_ok))
     say("pseudonymize")
     with _timed(timings, "pseudonymize"):
         pseudo, pseudo_record = _pseudonymize_step(data, policy, key_set)

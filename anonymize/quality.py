@@ -306,8 +306,12 @@ def consent_flags(series: pd.Series, policy: Policy, source: str) -> pd.Series:
     return values
 
 
-def consent_and_purpose(df: pd.DataFrame, policy: Policy, undeclared: list[str]) -> StepResult:
-    """Step 3: remove rows without consent for the purpose; drop columns the purpose does not need."""
+def consent_and_purpose(df: pd.DataFrame, policy: Policy, undeclared: list[str], *,
+                        whole_table: bool = True) -> StepResult:
+    """Step 3: remove rows without consent for the purpose; drop columns the purpose does not need.
+
+    `whole_table=False`: `df` is one batch of a larger table, which may have no consenting row while
+    others have; the caller refuses a table left empty."""
     data = df
     removed: dict[str, int] = {}
     consent = policy.purpose.consent
@@ -316,7 +320,7 @@ def consent_and_purpose(df: pd.DataFrame, policy: Policy, undeclared: list[str])
         keep_rows, removed = consent_rule(data[consent])
         if not keep_rows.any():
             data = data.iloc[:0]
-    if data.empty:
+    if data.empty and whole_table:
         raise InputError(f"{policy.source}: no rows left after the consent filter for purpose {policy.purpose.name!r}")
     keep = set(policy.released_columns()) | {n for n in policy.identifiers if policy.columns[n].method == "drop"}
     dropped = {
@@ -329,7 +333,7 @@ def consent_and_purpose(df: pd.DataFrame, policy: Policy, undeclared: list[str])
     }
     all_dropped = [c for group in dropped.values() for c in group]
     data = data.drop(columns=[c for c in all_dropped if c in data.columns])
-    if keep_rows is not None and not keep_rows.all():  # filter after the drop: copy only what is kept
+    if keep_rows is not None and not keep_rows.all() and len(data):  # filter after the drop: copy only what is kept
         data = data[keep_rows]
     info = {
         "rows_in": len(df),

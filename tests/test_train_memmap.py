@@ -153,3 +153,25 @@ def test_sparse_poisson_positions_have_the_stated_rate() -> None:
     assert np.all(np.abs(halves - q) < 5 * np.sqrt(q / (draws * n / 2)))
     assert source.poisson_positions(n, 0.0).size == 0
     assert source.poisson_positions(100, 1.0).tolist() == list(range(100))
+
+
+def test_a_batch_without_consent_is_not_an_empty_table(tmp_path: Path, small_batches: None) -> None:
+    """A file sorted by consent: its first batches hold no consenting customer, the table has many;
+    the batched path keeps what the whole-table path keeps and counts the removals alike."""
+    frame = make_table(600)
+    frame["consent_analytics"] = np.arange(600) >= 300  # batches 1-2 (128 rows each): nobody consents
+    data, policy_path = tmp_path / "customers.parquet", tmp_path / "policy.yaml"
+    frame.to_parquet(data, index=False)
+    text = (POLICY % {"cap": 10.0}).replace("name: churn_modeling\n", "name: churn_modeling\n  consent: consent_analytics\n")
+    policy_path.write_text(text + "  consent_analytics: {role: consent, type: boolean}\n")
+    policy = wf.load_policy_with_cap(policy_path)
+    enc = encoded.encode_file(data, policy, "churn", None, tmp_path)
+    rows = model_rows(data, policy, None)
+    ready = prep.prepare(rows.frame, policy, "churn", str(data), rows.positions)
+    assert len(enc.y) == len(ready.y) == 300
+    np.testing.assert_array_equal(enc.y, ready.y)
+    assert enc.rows.removed == rows.removed and sum(enc.rows.removed.values()) == 300
+    nobody = frame.assign(consent_analytics=False)
+    nobody.to_parquet(data, index=False)
+    with pytest.raises(InputError, match="no rows left after the (policy's )?consent filter"):
+        encoded.encode_file(data, policy, "churn", None, tmp_path)

@@ -227,7 +227,8 @@ def encode_file(path: Path, policy: Policy, label: str, keys: Path | None, direc
         hasher.add(frame)
         kept, positions = frame, np.arange(len(frame))
         if release is None:
-            kept, positions = _minimised(frame, repeats.mark(hasher.chunks[-1]), policy, keys, source, removed)
+            kept, positions = _minimised(frame, repeats.mark(hasher.chunks[-1]), policy, keys, source, removed,
+                                         one_of_many=len(frame) < total)
         if kept.empty:  # every row of the batch removed by the policy
             offset += len(frame)
             continue
@@ -260,13 +261,14 @@ def encode_file(path: Path, policy: Policy, label: str, keys: Path | None, direc
 
 
 def _minimised(frame: pd.DataFrame, repeated: np.ndarray, policy: Policy, keys: Path | None, source: str,
-               removed: dict[str, int]) -> tuple[pd.DataFrame, np.ndarray]:
-    """A batch through `minimised_rows`, rows repeating an earlier batch removed first."""
+               removed: dict[str, int], one_of_many: bool) -> tuple[pd.DataFrame, np.ndarray]:
+    """A batch through `minimised_rows`, rows repeating an earlier batch removed first; `one_of_many`: a
+    batch without a consenting customer is not an error (the whole table is judged after the pass)."""
     fresh = np.flatnonzero(~repeated)
     if repeated.any():
         removed["exact_duplicates"] = removed.get("exact_duplicates", 0) + int(repeated.sum())
         frame = frame.iloc[fresh].reset_index(drop=True)
-    rows = minimised_rows(frame, policy, keys, source=source)
+    rows = minimised_rows(frame, policy, keys, source=source, empty_ok=one_of_many)
     for reason, count in rows.removed.items():
         removed[reason] = removed.get(reason, 0) + int(count)
     return rows.frame, fresh[rows.positions]
