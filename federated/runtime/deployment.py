@@ -547,6 +547,23 @@ def authorize(path: Path, run_id: int, record: dict[str, Any], signer: Signer, r
     return body
 
 
+def submit_to(
+    superlink: str, ca: Path, config: dict[str, Any], out_dir: Path, timeout: float,
+    on_event: Callable[[dict[str, Any]], None] | None = None, *, components_of: dict[str, str] | None = None,
+    **signing: Any,
+) -> dict[str, Any]:
+    """Submit the app whose run configuration is `config` to the SuperLink's Control API at `superlink`, from a
+    private flwr home in a temporary directory, then `submit` (follow, check); `signing` is `submit`'s."""
+    with tempfile.TemporaryDirectory(prefix="privmodel-run-") as tmp:
+        home = write_flwr_home(Path(tmp) / "flwr", superlink, ca)
+        ok, why = control_api_answers(home)
+        if not ok:
+            raise InputError(f"--superlink {superlink}: no Control API there ({why}); runs are submitted on the "
+                             "SuperLink's Control API address (127.0.0.1:9093 by default), not the partners' Fleet port")
+        app_dir = write_app(Path(tmp) / "app", config, components_of)
+        return submit(home, app_dir, out_dir, timeout, on_event=on_event, **signing)
+
+
 def submit(
     link_home: Path, app_dir: Path, out_dir: Path, timeout: float, on_event: Callable[[dict[str, Any]], None] | None = None,
     *, signer: Signer | None = None, record: dict[str, Any] | None = None, registry: dict[str, dict[str, Any]] | None = None,

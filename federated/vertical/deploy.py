@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,7 +113,7 @@ def run(req: RunRequest, on_event: Callable[[dict[str, Any]], None] | None = Non
     Returns the run's id, status and the label party's `done` event (model hash, metrics, seconds per
     round, bytes); a failed run raises with its one line (a dropped party named)."""
     from federated.partner.supernode import VERTICAL_APP
-    from federated.runtime.deployment import AUTHORIZATION_FILE, control_api_answers, submit, write_app, write_flwr_home
+    from federated.runtime.deployment import AUTHORIZATION_FILE, submit_to
     from federated.vertical.party import load_party
     from federated.vertical.server_app import VerticalSettings, expected_spec
     from privmodel.artifacts.ledger import canonical_json
@@ -145,13 +144,7 @@ def run(req: RunRequest, on_event: Callable[[dict[str, Any]], None] | None = Non
         atomic_write_text(base / AUTHORIZATION_FILE, json.dumps(
             {"body": body.decode(), "signature": base64.b64encode(signer.sign(body)).decode()}) + "\n")
 
-    with tempfile.TemporaryDirectory(prefix="privmodel-vrun-") as tmp:
-        home = write_flwr_home(Path(tmp) / "flwr", req.superlink, req.ca)
-        ok, why = control_api_answers(home)
-        if not ok:
-            raise InputError(f"--superlink {req.superlink}: no Control API there ({why}); runs are submitted on the "
-                             "SuperLink's Control API address (127.0.0.1:9093 by default)")
-        app_dir = write_app(Path(tmp) / "app", settings.to_record(), VERTICAL_APP)
-        result: dict[str, Any] = submit(home, app_dir, base, req.timeout, on_event=on_event, sign=sign)
+    result = submit_to(req.superlink, req.ca, settings.to_record(), base, req.timeout, on_event,
+                       components_of=VERTICAL_APP, sign=sign)
     done: dict[str, Any] = next((e for e in reversed(result["events"]) if e.get("event") == "done"), {})
     return {**result, "out": base, "done": done}

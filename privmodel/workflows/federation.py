@@ -125,10 +125,8 @@ def deploy(req: DeploymentRequest, on_event: Callable[[dict[str, Any]], None] | 
 
     Returns the run's id, status and output directory; a failed run raises (one line).
     """
-    import tempfile
-
     from federated.coordinator.server_app import ServerSettings
-    from federated.runtime.deployment import AUTHORIZATION_FILE, control_api_answers, submit, write_app, write_flwr_home
+    from federated.runtime.deployment import AUTHORIZATION_FILE, submit_to
     from privmodel.core.fileio import ensure_output_dir
     from privmodel.core.keys import ensure_keys, load_signer
 
@@ -141,13 +139,6 @@ def deploy(req: DeploymentRequest, on_event: Callable[[dict[str, Any]], None] | 
         eval_data=str(req.eval_data.resolve()) if req.eval_data else None, expected_partners=req.partners,
         wait_timeout=120.0, authorization=str(base / AUTHORIZATION_FILE),
     )
-    with tempfile.TemporaryDirectory(prefix="privmodel-run-") as tmp:
-        home = write_flwr_home(Path(tmp) / "flwr", req.superlink, req.ca)
-        ok, why = control_api_answers(home)
-        if not ok:
-            raise InputError(f"--superlink {req.superlink}: no Control API there ({why}); runs are submitted on the "
-                             "SuperLink's Control API address (127.0.0.1:9093 by default), not the partners' Fleet port")
-        app_dir = write_app(Path(tmp) / "app", settings.to_record())
-        result: dict[str, Any] = submit(home, app_dir, base, req.timeout, on_event=on_event, signer=signer,
-                                        record=settings.to_record(), registry=names)
+    result = submit_to(req.superlink, req.ca, settings.to_record(), base, req.timeout, on_event, signer=signer,
+                       record=settings.to_record(), registry=names)
     return {**result, "out": base}
