@@ -613,10 +613,3 @@ def rotate_tokens(
         new_escrow.append(_escrow_table(name, mapping.values(), encrypt_series(plain, new_key, name)))
         rotated[name] = int(current.notna().sum())
     return Rotated(data, pd.concat(new_escrow, ignore_index=True) if new_escrow else None, rotated)
-
-
-def column_keys(policy: Policy, keys: Keys | bytes, columns: Iterable[str] | None = None) -> Mapping[str, ColumnKey]:
-    """Derived keys for the policy's identifier columns (for re-identification tooling)."""
-    k = as_keys(keys)
-    names = list(columns) if columns is not None else policy.identifiers
-    return {n: k.column_key(policy.purpose.name, n) for n in names}

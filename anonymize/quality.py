@@ -318,9 +318,7 @@ def consent_and_purpose(df: pd.DataFrame, policy: Policy, undeclared: list[str],
     keep_rows = None
     if consent is not None:
         keep_rows, removed = consent_rule(data[consent])
-        if not keep_rows.any():
-            data = data.iloc[:0]
-    if data.empty and whole_table:
+    if whole_table and (data.empty or (keep_rows is not None and not keep_rows.any())):
         raise InputError(f"{policy.source}: no rows left after the consent filter for purpose {policy.purpose.name!r}")
     keep = set(policy.released_columns()) | {n for n in policy.identifiers if policy.columns[n].method == "drop"}
     dropped = {
@@ -333,7 +331,7 @@ def consent_and_purpose(df: pd.DataFrame, policy: Policy, undeclared: list[str],
     }
     all_dropped = [c for group in dropped.values() for c in group]
     data = data.drop(columns=[c for c in all_dropped if c in data.columns])
-    if keep_rows is not None and not keep_rows.all() and len(data):  # filter after the drop: copy only what is kept
+    if keep_rows is not None and not keep_rows.all():  # filter after the drop: copy only what is kept
         data = data[keep_rows]
     info = {
         "rows_in": len(df),
