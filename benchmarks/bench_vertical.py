@@ -111,12 +111,12 @@ def utility(args: argparse.Namespace) -> list[tuple[str, str, str, str]]:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         bank_in, shop_in = _write_parties(root, args.customers, args.seed)
-        label, feature = wf._open_side(bank_in, root / "out"), wf._open_side(shop_in, root / "out")
+        label, feature = wf.open_side(bank_in, root / "out"), wf.open_side(shop_in, root / "out")
         t0 = time.perf_counter()
         rows_l, rows_f, overlap = wf._psi(label, feature, Channel(keep=False), args.psi_workers)
         psi_s = time.perf_counter() - t0
         y = wf._encode(label, feature, rows_l, rows_f)
-        train, test = wf._split(len(y), 0.2, args.seed)
+        train, test = wf.split_shared(len(y), 0.2, args.seed)
         assert label.x is not None and feature.x is not None
         xl, xf = label.x, feature.x
         joined = np.concatenate([xl, xf], axis=1)
@@ -276,10 +276,10 @@ def deploy_bench(args: argparse.Namespace) -> list[tuple[str, str, str, str]]:
         os.environ["FLWR_TELEMETRY_ENABLED"] = "0"
         os.environ["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
         bank, shop = _write_parties(root, args.deploy_customers, args.seed)
-        label, feature = wf._open_side(bank, root / "kernel"), wf._open_side(shop, root / "kernel")
+        label, feature = wf.open_side(bank, root / "kernel"), wf.open_side(shop, root / "kernel")
         rows_l, rows_f, overlap = wf._psi(label, feature, Channel(keep=False), 1)
         y = wf._encode(label, feature, rows_l, rows_f)
-        train, test = wf._split(len(y), 0.2, args.seed)
+        train, test = wf.split_shared(len(y), 0.2, args.seed)
         assert label.x is not None and feature.x is not None
         _auc, _eps, kernel_s, _bytes = _split_auc(feature.x, label.x, y, train, test, config)
         n_rounds = config.epochs * -(-len(train) // config.batch_size)

@@ -1,10 +1,10 @@
 """A feature party's long-lived node in a vertical deployment (`privmodel federate vertical join`).
 
 Why a node of its own: the party's table, its consent-filtered rows and normalised join keys are
-loaded once (`workflow._open_side`, the simulation's own path), and its keys, ledger and budget stay
+loaded once (`workflow.open_side`, the simulation's own path), and its keys, ledger and budget stay
 on its machine. The lean ClientApp (`federated.vertical.client_app`) hands it each message of the
 label party's run; it answers with its own next message. Messages are the simulation's RecordDicts
-and every step calls the simulation's functions: `verify_run` (the pinned label key), `_charge`
+and every step calls the simulation's functions: `verify_run` (the pinned label key), `charge_party`
 (`privmodel.dp.budget.check` / `charge`), `PsiSide` (PSI), `split.FeatureSide` (clipped, noised
 embeddings; DP-SGD bottom model), `publish_side` (model part and `vertical.train` ledger entry).
 
@@ -51,7 +51,7 @@ if TYPE_CHECKING:
 
     from federated.vertical.psi import Pool, PsiSide
     from federated.vertical.split import FeatureSide, Noise, SplitConfig
-    from federated.vertical.workflow import _Side
+    from federated.vertical.workflow import PartySide
 
 RUN_KIND = "privmodel.vertical.run/1"
 FUTURE_SKEW_S = 300.0
@@ -157,11 +157,11 @@ class FeatureNode:
     """The feature party: loads its side once; answers the label party's messages, run by run."""
 
     def __init__(self, spec: PartyNodeSpec) -> None:
-        from federated.vertical.workflow import PartyInput, _open_side
+        from federated.vertical.workflow import PartyInput, open_side
         from privmodel.core.keys import load_public_key
 
         self.spec = spec
-        self.side: _Side = _open_side(PartyInput(Path(spec.party_file), Path(spec.data), Path(spec.keys)),
+        self.side: PartySide = open_side(PartyInput(Path(spec.party_file), Path(spec.data), Path(spec.keys)),
                                       Path(spec.workdir))
         self.name = self.side.name
         if self.side.party.spec.role != "feature":
@@ -257,7 +257,7 @@ class FeatureNode:
         """Check the label party's signature (pinned key), the run it names, then this party's budget."""
         from flwr.app import ConfigRecord, RecordDict
 
-        from federated.vertical.workflow import _charge, _epsilons, verify_run
+        from federated.vertical.workflow import charge_party, party_epsilons, verify_run
 
         try:
             body = verify_run(content, self.pinned, self.name, _claimed_label(content))
@@ -272,24 +272,24 @@ class FeatureNode:
         if self.run is not None:  # a new signed run: the previous run's label party vanished, that run failed
             self._failure(self.run.stage, InputError(f"vertical: the label party dropped out of run {self.run.run_id} "
                                                      f"after {self.run.stage}"), self.run.run_id)
-        noise, eps = _epsilons(config)
+        noise, eps = party_epsilons(config)
         run = _Run(run_id, spec, hashlib.sha256(body).hexdigest(), config, noise, eps)
         self.run = run
         if config.epsilon is not None:
-            _charge(self.side, *self._cost(run), spend=False)
+            charge_party(self.side, *self._cost(run), spend=False)
         return "vertical.ready", RecordDict({"ready": ConfigRecord({"party": self.name})})
 
     def _cost(self, run: _Run) -> tuple[float, float, dict[str, Any]]:
         """(epsilon, delta, what the budget entry says) of this party in this run: training, or scoring
         (one noised embedding per scored customer: `split.score_epsilon`)."""
         from federated.vertical import split
-        from federated.vertical.workflow import _cost
+        from federated.vertical.workflow import party_cost
 
         if _scoring(run.spec):
             return (split.score_epsilon(run.noise, run.config.delta, run.config.accountant), run.config.delta,
                     {"mechanism": "vertical scoring (feature party): one embedding per scored customer",
                      "noise_multiplier": run.noise.embedding, "model_hash": str(run.spec["model_hash"])})
-        return run.eps["feature"], run.config.delta, _cost(run.noise, run.config, "feature")
+        return run.eps["feature"], run.config.delta, party_cost(run.noise, run.config, "feature")
 
     def _check_model(self, digest: str) -> None:
         """Scoring needs the model part this party published last, and the run must name that model."""
@@ -340,16 +340,16 @@ class FeatureNode:
     def _split_start(self, run: _Run, _content: RecordDict) -> tuple[str, RecordDict]:
         """Encode the shared rows, charge this party's budget, then the first embedding."""
         from federated.vertical import split
-        from federated.vertical.workflow import _charge, _split, encode_feature
+        from federated.vertical.workflow import charge_party, encode_feature, split_shared
 
         assert run.rows is not None
         encode_feature(self.side, run.rows)
         if _scoring(run.spec):  # every shared customer is scored with the part this party trained
             train_rows, test_rows = np.zeros(0, dtype=np.int64), np.arange(run.size)
         else:
-            train_rows, test_rows = _split(run.size, float(run.spec["test_size"]), run.config.seed)
+            train_rows, test_rows = split_shared(run.size, float(run.spec["test_size"]), run.config.seed)
         if run.config.epsilon is not None:
-            _charge(self.side, *self._cost(run))
+            charge_party(self.side, *self._cost(run))
         assert self.side.x is not None
         run.f_side = split.FeatureSide(self.name, self.side.x, run.config, run.noise)
         if _scoring(run.spec):

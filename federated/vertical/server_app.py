@@ -39,7 +39,7 @@ from federated.vertical.channel import PartyDropped
 from federated.vertical.split import SplitConfig
 
 if TYPE_CHECKING:
-    from federated.vertical.workflow import _Side
+    from federated.vertical.workflow import PartySide
 
 AUTH_WAIT_S = 60.0
 INVALID_FAB = 7  # flwr.common.constant.ErrorCode.INVALID_FAB
@@ -176,7 +176,7 @@ class GridLink:
         exchange(self.grid, [msg], min(self.timeout, 30.0), poll=0.05)
 
 
-def _authorization(path: Path, run_id: str, label: _Side, settings: VerticalSettings) -> tuple[bytes, str]:
+def _authorization(path: Path, run_id: str, label: PartySide, settings: VerticalSettings) -> tuple[bytes, str]:
     """Wait for `vertical run`'s signature of THIS run and check that it signs these settings."""
     from cryptography.exceptions import InvalidSignature
 
@@ -224,7 +224,7 @@ class LabelRun:
     def __init__(self, settings: VerticalSettings, run_id: str, connect: Callable[[str], Link]) -> None:
         """`connect(label party's name)` gives the link to the feature party (`GridLink` in a deployment;
         tests join the two sides in one process)."""
-        from federated.vertical.workflow import PartyInput, _open_side
+        from federated.vertical.workflow import PartyInput, open_side
         from privmodel.core.fileio import ensure_output_dir
 
         self.settings, self.config, self.run_id = settings, settings.config, run_id
@@ -232,7 +232,7 @@ class LabelRun:
         self.progress = self.out / "progress.jsonl"
         self.progress.write_text("")
         self.clock = _Clock(time.perf_counter(), rounds=[])
-        self.label = _open_side(PartyInput(Path(settings.label_party), Path(settings.label_data),
+        self.label = open_side(PartyInput(Path(settings.label_party), Path(settings.label_data),
                                            Path(settings.label_keys)), self.out)
         self.link = connect(self.label.name)
 
@@ -244,10 +244,10 @@ class LabelRun:
     def run(self) -> dict[str, Any]:
         """The whole run; any failure: a `failed` entry in the label party's ledger, the feature party
         told (unless it dropped out), a `failed` event naming the cause, then raised."""
-        from federated.vertical.workflow import RUN_ACTION, SCORE_ACTION, _failures
+        from federated.vertical.workflow import RUN_ACTION, SCORE_ACTION, record_failures
 
         try:
-            with _failures(self.label, action=SCORE_ACTION if self.settings.mode == "score" else RUN_ACTION):
+            with record_failures(self.label, action=SCORE_ACTION if self.settings.mode == "score" else RUN_ACTION):
                 return self._run()
         except Exception as exc:
             from privmodel.artifacts.ledger import failure_reason
@@ -260,17 +260,17 @@ class LabelRun:
             raise
 
     def _run(self) -> dict[str, Any]:
-        from federated.vertical.workflow import _charge, _cost, _epsilons, run_message
+        from federated.vertical.workflow import charge_party, party_cost, party_epsilons, run_message
 
         label, config = self.label, self.config
         if label.party.spec.role != "label":
             raise InputError(f"vertical: {label.name} is not a label party (role: label); it cannot run")
         body, signature = _authorization(Path(self.settings.authorization), self.run_id, label, self.settings)
-        noise, eps = _epsilons(config)
+        noise, eps = party_epsilons(config)
         if config.epsilon is not None:
             from federated.vertical import split
 
-            _charge(label, eps["label"], split.party_delta(noise, "label", config.delta), _cost(noise, config, "label"),
+            charge_party(label, eps["label"], split.party_delta(noise, "label", config.delta), party_cost(noise, config, "label"),
                     spend=False)
         self.link.wait(self.settings.wait_timeout)
         self.link.exchange("vertical.run", run_message(body, signature), "vertical.ready")
@@ -362,22 +362,22 @@ class LabelRun:
         from federated.vertical.workflow import (
             VerticalResult,
             _auc,
-            _charge,
-            _cost,
-            _split,
             card_json,
+            charge_party,
             encode_label,
             model_hash,
             part_message,
             parties_of,
+            party_cost,
             publish_side,
+            split_shared,
         )
 
         label, config = self.label, self.config
         y = encode_label(label, rows_l)
-        train_rows, test_rows = _split(len(y), self.settings.test_size, config.seed)
+        train_rows, test_rows = split_shared(len(y), self.settings.test_size, config.seed)
         if config.epsilon is not None:
-            _charge(label, eps["label"], split.party_delta(noise, "label", config.delta), _cost(noise, config, "label"))
+            charge_party(label, eps["label"], split.party_delta(noise, "label", config.delta), party_cost(noise, config, "label"))
         assert label.x is not None
         l_side = split.LabelSide(label.name, label.x, y, config, noise)
         kind, got = self._rounds(l_side, train_rows)

@@ -57,7 +57,7 @@ class PartyInput:
 
 
 @dataclass
-class _Side:
+class PartySide:
     """One party's state during a run (never shared with the other side)."""
 
     party: Party
@@ -99,7 +99,7 @@ def dense(data: EncodedData) -> np.ndarray:
     return np.concatenate(parts, axis=1).astype(np.float32)
 
 
-def _open_side(inp: PartyInput, out: Path) -> _Side:
+def open_side(inp: PartyInput, out: Path) -> PartySide:
     from privmodel.artifacts.ledger import Ledger
     from privmodel.core.fileio import read_table
     from privmodel.core.keys import ensure_keys, load_signer
@@ -112,11 +112,11 @@ def _open_side(inp: PartyInput, out: Path) -> _Side:
     signer = load_signer(ensure_keys(inp.keys))
     side_out = out / party.name
     side_out.mkdir(parents=True, exist_ok=True)
-    return _Side(party, inp, rows.frame, join, Ledger(side_out / "ledger.jsonl", signer), signer, side_out,
+    return PartySide(party, inp, rows.frame, join, Ledger(side_out / "ledger.jsonl", signer), signer, side_out,
                  positions=np.asarray(rows.positions))
 
 
-def _check_pair(label: _Side, feature: _Side) -> None:
+def _check_pair(label: PartySide, feature: PartySide) -> None:
     if label.party.spec.role != "label" or feature.party.spec.role != "feature":
         raise InputError("vertical: give one label party (role: label) and one feature party (role: feature)")
     if label.name == feature.name:
@@ -136,7 +136,7 @@ def run_spec(label: Party, feature_name: str, config: SplitConfig, label_key_id:
             "config": cfg, "label_key_id": label_key_id}
 
 
-def _run_spec(label: _Side, feature: _Side, config: SplitConfig) -> dict[str, Any]:
+def _run_spec(label: PartySide, feature: PartySide, config: SplitConfig) -> dict[str, Any]:
     return run_spec(label.party, feature.name, config, label.signer.key_id)
 
 
@@ -172,7 +172,7 @@ def verify_run(got: RecordDict, pinned: Ed25519PublicKey, feature_name: str, lab
     return body
 
 
-def _signed_run(label: _Side, feature: _Side, config: SplitConfig, channel: Channel,
+def _signed_run(label: PartySide, feature: PartySide, config: SplitConfig, channel: Channel,
                 pinned_key: Path | None) -> dict[str, Any]:
     """The label party signs the run; the feature party checks it against the label party's key it
     pinned (`pinned_key`: a key directory or public key file it got out of band; in a simulation, by
@@ -191,7 +191,7 @@ def _keys_dir(keys: Path | None) -> Path:
     return ensure_keys(keys)
 
 
-def _psi(label: _Side, feature: _Side, channel: Channel, workers: int) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+def _psi(label: PartySide, feature: PartySide, channel: Channel, workers: int) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     from federated.vertical.psi import Pool, PsiSide, intersect
 
     with Pool(workers=workers) as pool:
@@ -202,7 +202,7 @@ def _psi(label: _Side, feature: _Side, channel: Channel, workers: int) -> tuple[
     return res_l.rows, res_f.rows, overlap_of(res_l, label.name, feature.name)
 
 
-def record_psi(side: _Side, res: PsiResult, other: str) -> None:
+def record_psi(side: PartySide, res: PsiResult, other: str) -> None:
     """A party's `vertical.psi` ledger entry: sizes and the intersection's digest, never a member."""
     side.book.append(PSI_ACTION, params={**res.ledger_params(), "other_party": other,
                                          "min_overlap": side.party.spec.min_overlap})
@@ -215,7 +215,7 @@ def overlap_of(res_l: PsiResult, label: str, feature: str) -> dict[str, Any]:
             "seconds": round(res_l.seconds, 3)}
 
 
-def _charge(side: _Side, epsilon: float, delta: float, params: dict[str, Any], *, spend: bool = True) -> None:
+def charge_party(side: PartySide, epsilon: float, delta: float, params: dict[str, Any], *, spend: bool = True) -> None:
     """Charge the party's own dataset (`privmodel.dp.budget.charge`); with spend=False only refuse early
     (`budget.check`, before PSI: a run that cannot be paid for reveals nothing)."""
     from privmodel.dp import budget
@@ -231,12 +231,12 @@ def _charge(side: _Side, epsilon: float, delta: float, params: dict[str, Any], *
     side.charge = record.as_dict()
 
 
-def _encode(label: _Side, feature: _Side, rows_l: np.ndarray, rows_f: np.ndarray) -> np.ndarray:
+def _encode(label: PartySide, feature: PartySide, rows_l: np.ndarray, rows_f: np.ndarray) -> np.ndarray:
     encode_feature(feature, rows_f)
     return encode_label(label, rows_l)
 
 
-def encode_label(label: _Side, rows_l: np.ndarray, *, with_labels: bool = True) -> np.ndarray:
+def encode_label(label: PartySide, rows_l: np.ndarray, *, with_labels: bool = True) -> np.ndarray:
     """The label party's shared rows (agreed order) as a dense matrix; returns their labels (zeros
     when scoring new customers, `with_labels` False: their label is what the score predicts)."""
     from privmodel.data.features import TabularEncoder, encode_labels
@@ -250,7 +250,7 @@ def encode_label(label: _Side, rows_l: np.ndarray, *, with_labels: bool = True) 
     return y
 
 
-def encode_feature(feature: _Side, rows_f: np.ndarray) -> None:
+def encode_feature(feature: PartySide, rows_f: np.ndarray) -> None:
     """The feature party's shared rows (agreed order) as a dense matrix."""
     from privmodel.data.features import TabularEncoder
 
@@ -258,7 +258,7 @@ def encode_feature(feature: _Side, rows_f: np.ndarray) -> None:
     feature.x = dense(enc_f.transform(feature.rows.iloc[rows_f].reset_index(drop=True)))
 
 
-def _split(n: int, test_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def split_shared(n: int, test_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Held-out shared customers by a seeded permutation of the agreed order (public, data-independent)."""
     if not 0.0 < test_size < 1.0:
         raise InputError("--test-size must be in (0, 1)")
@@ -276,7 +276,7 @@ def _auc(y: np.ndarray, p: np.ndarray) -> float | None:
 
 
 @contextlib.contextmanager
-def _failures(*sides: _Side, action: str = RUN_ACTION) -> Iterator[None]:
+def record_failures(*sides: PartySide, action: str = RUN_ACTION) -> Iterator[None]:
     """A failed run leaves a `failed` entry in every party's ledger (the reason's one line), then re-raises."""
     try:
         yield
@@ -287,7 +287,7 @@ def _failures(*sides: _Side, action: str = RUN_ACTION) -> Iterator[None]:
         raise
 
 
-def _epsilons(config: SplitConfig) -> tuple[Any, dict[str, float]]:
+def party_epsilons(config: SplitConfig) -> tuple[Any, dict[str, float]]:
     from federated.vertical import split
 
     noise = split.calibrate(config)
@@ -305,15 +305,15 @@ def simulate(label_in: PartyInput, feature_in: PartyInput, config: SplitConfig, 
     say = progress or (lambda _m: None)
     config.check()
     t0 = time.perf_counter()
-    label, feature = _open_side(label_in, out), _open_side(feature_in, out)
+    label, feature = open_side(label_in, out), open_side(feature_in, out)
     channel = Channel(keep=False, offline=set(offline or ()))
-    with _failures(label, feature):
+    with record_failures(label, feature):
         _check_pair(label, feature)
         signed = _signed_run(label, feature, config, channel, pinned_label_key)
-        noise, eps = _epsilons(config)
+        noise, eps = party_epsilons(config)
         if config.epsilon is not None:
             for side, role in ((feature, "feature"), (label, "label")):
-                _charge(side, eps[role], split.party_delta(noise, role, config.delta), _cost(noise, config, role),
+                charge_party(side, eps[role], split.party_delta(noise, role, config.delta), party_cost(noise, config, role),
                         spend=False)
         say("private set intersection")
         rows_l, rows_f, overlap = _psi(label, feature, channel, workers)
@@ -324,18 +324,18 @@ def simulate(label_in: PartyInput, feature_in: PartyInput, config: SplitConfig, 
     return result
 
 
-def _train_and_publish(label: _Side, feature: _Side, rows_l: np.ndarray, rows_f: np.ndarray, config: SplitConfig,
+def _train_and_publish(label: PartySide, feature: PartySide, rows_l: np.ndarray, rows_f: np.ndarray, config: SplitConfig,
                        noise: Any, eps: dict[str, float], channel: Channel, test_size: float,
                        say: Callable[[str], None], signed: dict[str, Any], overlap: dict[str, Any]) -> VerticalResult:
     from federated.vertical import split
 
     y = _encode(label, feature, rows_l, rows_f)
-    train_rows, test_rows = _split(len(y), test_size, config.seed)
+    train_rows, test_rows = split_shared(len(y), test_size, config.seed)
     private = config.epsilon is not None
     deltas = {role: split.party_delta(noise, role, config.delta) for role in ("feature", "label")}
     for side, role in ((feature, "feature"), (label, "label")):
         if private:
-            _charge(side, eps[role], deltas[role], _cost(noise, config, role))
+            charge_party(side, eps[role], deltas[role], party_cost(noise, config, role))
     assert label.x is not None and feature.x is not None
     f_side = split.FeatureSide(feature.name, feature.x, config, noise)
     l_side = split.LabelSide(label.name, label.x, y, config, noise)
@@ -368,7 +368,7 @@ def parties_of(label: str, feature: str, noise: Any, eps: dict[str, float], conf
     }
 
 
-def _cost(noise: Any, config: SplitConfig, role: str) -> dict[str, Any]:
+def party_cost(noise: Any, config: SplitConfig, role: str) -> dict[str, Any]:
     """What a party's budget entry says about its mechanism."""
     from federated.vertical import split
 
@@ -380,7 +380,7 @@ def _cost(noise: Any, config: SplitConfig, role: str) -> dict[str, Any]:
             "noise_multiplier": split.effective_sigma(split.party_sigmas(noise, config.epochs, role))}
 
 
-def _agree_hash(label: _Side, feature: _Side, top: str, bottom: str, channel: Channel) -> str:
+def _agree_hash(label: PartySide, feature: PartySide, top: str, bottom: str, channel: Channel) -> str:
     """Each party sends its part's hash; both compute sha256(top || bottom)."""
     got_b = channel.send(feature.name, label.name, "split.done", part_message(bottom))
     got_t = channel.send(label.name, feature.name, "split.done", part_message(top))
@@ -403,12 +403,12 @@ def model_hash(top: str, bottom: str) -> str:
     return hashlib.sha256(f"{top}:{bottom}".encode()).hexdigest()
 
 
-def _publish(label: _Side, feature: _Side, l_side: Any, f_side: Any, result: VerticalResult,
+def _publish(label: PartySide, feature: PartySide, l_side: Any, f_side: Any, result: VerticalResult,
              config: SplitConfig) -> list[Path]:
     return publish_side(feature, f_side, result, config) + publish_side(label, l_side, result, config)
 
 
-def publish_side(side: _Side, part: Any, result: VerticalResult, config: SplitConfig) -> list[Path]:
+def publish_side(side: PartySide, part: Any, result: VerticalResult, config: SplitConfig) -> list[Path]:
     """One party publishes its model part (and, the label party, the card) atomically with its
     `vertical.train` ledger entry naming the model hash both parties agreed on."""
     from federated.vertical.card import card_markdown
