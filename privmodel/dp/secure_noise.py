@@ -192,6 +192,40 @@ class NoiseSource:
             last = int(chosen[-1])
         return np.concatenate(parts)
 
+    def randomized_response(self, values: np.ndarray, k: int, epsilon: float) -> tuple[np.ndarray, float]:
+        """k-ary randomized response on integer `values` in [0, k): (answers, epsilon they spend).
+
+        Each value is replaced, with probability q, by a value uniform over all k (so it stays itself
+        with 1 - q + q / k); q = k / (e^eps + k - 1) makes that eps-LDP (pure). q is rounded UP to the
+        keystream's 2^-32 grid, which can only lower the epsilon; the epsilon returned is the one the
+        rounded q gives, ln(k / q - k + 1). The uniform value is drawn by rejection on 32-bit words
+        (no modulo bias). For k = 2 this is the classic label flip with probability 1 / (1 + e^eps).
+        """
+        values = np.asarray(values)
+        if not (isinstance(k, int | np.integer) and k >= 2):
+            raise InputError("secure_noise: randomized response needs k >= 2 values")
+        if not (epsilon > 0.0 and math.isfinite(epsilon)):
+            raise InputError("secure_noise: randomized response needs a positive finite epsilon")
+        if values.size and (int(values.min()) < 0 or int(values.max()) >= k):
+            raise InputError(f"secure_noise: randomized response values must be in [0, {k})")
+        grid = math.ceil(k / (math.exp(epsilon) + k - 1) * 2.0**32)
+        if grid < 1:
+            raise InputError(f"secure_noise: epsilon {epsilon:g} is beyond the keystream's 2^-32 resolution")
+        replace = self._words(values.size, "<u4") < np.uint32(min(grid, 2**32 - 1))
+        answers = values.astype(np.int64, copy=True).ravel()
+        answers[replace] = self._uniform_below(k, int(replace.sum()))
+        q = min(grid, 2**32 - 1) / 2.0**32
+        return answers.reshape(values.shape), math.log(k / q - k + 1.0)
+
+    def _uniform_below(self, k: int, count: int) -> np.ndarray:
+        """count integers uniform on [0, k), by rejection of 32-bit words at or above the largest multiple of k."""
+        limit = (2**32 // k) * k
+        out = np.empty(0, dtype=np.int64)
+        while out.size < count:
+            words = self._words(count - out.size + 16, "<u4").astype(np.int64)
+            out = np.concatenate([out, words[words < limit] % k])
+        return out[:count]
+
     def _box_muller(self, pairs: int) -> tuple[np.ndarray, np.ndarray]:
         """Two numpy float64 [pairs] arrays of N(0, 1): the cos and sin outputs of Box-Muller pairs.
 

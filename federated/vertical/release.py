@@ -1,0 +1,205 @@
+"""One-shot release: each party's data crosses to the other ONCE, by randomized response, and nothing else does.
+
+Why: in split learning (`split.py`) a shared customer's embedding crosses every epoch and the other
+party knows the batch schedule, so nothing is amplified: at epsilon 1 the embedding drowns in noise
+(9.5 times its clip norm) and the joint model falls below the bank alone (docs/vertical.md). The
+oracle bound (`benchmarks/vertical_ldp_bound.py`) shows what ONE per-customer message can carry at
+epsilon 1: a Gaussian-noised score nothing, a randomized-response bit most of the value. So here:
+
+1. label party -> feature party (`release.labels`): the training customers' labels by randomized
+   response (`NoiseSource.randomized_response`, k = 2, pure epsilon_label-DP); the held-out
+   customers' labels never leave;
+2. feature party: trains its own model on its columns and those released labels (its data, never
+   sent; the labels are post-processing), scores every shared customer and cuts the scores at their
+   quantiles into k bins;
+3. feature party -> label party (`release.bins`): every shared customer's bin by k-ary randomized
+   response (pure epsilon_feature-DP), once: the training customers' for the top model, the
+   held-out ones' for scoring;
+4. label party: trains the top model on its own columns, the received bins and ITS RELEASED labels,
+   so everything it holds is post-processing of its one release (the top model is label-DP at
+   epsilon_label; its own columns it never sends).
+
+Per party and per shared customer that is one pure-DP mechanism (delta 0): no composition, no
+accountant; `NoiseSource.randomized_response` returns the epsilon the rounded probabilities spend
+(tests cross-check it with dp-accounting's randomized-response PLD). Scoring a NEW customer costs the
+feature party one more release of that customer's bin at epsilon_feature.
+
+Non-private (`epsilon=None`): labels and bins cross exactly (bins = `NONPRIVATE_BINS`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from anonymize.errors import InputError
+from privmodel.dp import secure_noise
+
+if TYPE_CHECKING:
+    from federated.vertical.channel import Channel
+    from privmodel.data.features import EncodedData
+    from privmodel.dp.training import FitResult
+
+#: bins when the run is non-private (the score's resolution, not a privacy setting)
+NONPRIVATE_BINS = 16
+#: below this feature epsilon 2 bins carry most, above it 4 (benchmarks/vertical_ldp_bound.py, 200k people:
+#: oracle AUC at eps 1: 0.751 with 2 bins, 0.739 with 4; at eps 4: 0.810 with 2, 0.826 with 4)
+TWO_BINS_BELOW = 2.5
+
+
+@dataclass(frozen=True)
+class ReleaseConfig:
+    """One one-shot run: each party's epsilon per shared customer, the bins, and the two models."""
+
+    epsilon: float | None = 1.0  # the feature party's (its bins); None = non-private
+    label_epsilon: float | None = None  # the label party's (its labels); None = `epsilon`
+    bins: int | None = None  # None: 2 below TWO_BINS_BELOW, else 4
+    model: Literal["logreg", "mlp"] = "mlp"
+    epochs: int = 10
+    seed: int = 0  # weight initialisation only (public); never the randomized response
+    insecure_seed: int | None = None  # TEST ONLY: reproducible responses, NOT differentially private
+
+    def check(self) -> None:
+        """One clear line for a setting that cannot run."""
+        for name, eps in (("--epsilon", self.epsilon), ("--label-epsilon", self.label_epsilon)):
+            if eps is not None and not (eps > 0 and np.isfinite(eps)):
+                raise InputError(f"{name} must be a positive finite number")
+        if self.epsilon is None and self.label_epsilon is not None:
+            raise InputError("--label-epsilon needs --epsilon: a run is private for both parties or for neither")
+        if self.bins is not None and not 2 <= self.bins <= 64:
+            raise InputError("--bins must be between 2 and 64")
+        if self.epochs < 1:
+            raise InputError("--epochs must be positive")
+
+    @property
+    def private(self) -> bool:
+        return self.epsilon is not None
+
+    @property
+    def label_eps(self) -> float | None:
+        return self.label_epsilon if self.label_epsilon is not None else self.epsilon
+
+    @property
+    def k(self) -> int:
+        """The number of score bins the feature party releases."""
+        if self.bins is not None:
+            return self.bins
+        if self.epsilon is None:
+            return NONPRIVATE_BINS
+        return 2 if self.epsilon < TWO_BINS_BELOW else 4
+
+
+def _dense(x: np.ndarray) -> EncodedData:
+    from privmodel.data.features import EncodedData
+
+    return EncodedData(np.ascontiguousarray(x, dtype=np.float32), np.zeros((len(x), 0), dtype=np.int64), [],
+                       [f"x{i}" for i in range(x.shape[1])], [])
+
+
+def _fit(x: np.ndarray, y: np.ndarray, config: ReleaseConfig) -> FitResult:
+    """A non-private fit on data the caller holds (its own columns, released labels): nothing leaves."""
+    from privmodel.dp.training import TrainConfig, fit
+
+    return fit(_dense(x), y, TrainConfig(model=config.model, epsilon=None, epochs=config.epochs, seed=config.seed))
+
+
+def _logits(result: FitResult, x: np.ndarray) -> np.ndarray:
+    import torch
+
+    data = _dense(x)
+    with torch.no_grad():
+        return np.asarray(result.model(torch.from_numpy(data.x_num), torch.from_numpy(data.x_cat)).numpy()).ravel()
+
+
+def quantile_bins(scores: np.ndarray, k: int) -> np.ndarray:
+    """Each score's bin among k of (about) equal size, cut at the scores' own quantiles (kept by their owner)."""
+    cuts = np.quantile(scores, np.linspace(0.0, 1.0, k + 1)[1:-1])
+    return np.searchsorted(cuts, scores, side="right").astype(np.int64)
+
+
+def one_hot(bins: np.ndarray, k: int) -> np.ndarray:
+    """k - 1 indicator columns (bin 0 is the reference)."""
+    return np.eye(k, dtype=np.float32)[bins][:, 1:]
+
+
+@dataclass
+class FeatureRelease:
+    """The feature party: its encoded columns for the shared customers (in the agreed order) and its model."""
+
+    name: str
+    x: np.ndarray
+    config: ReleaseConfig
+    epsilon_spent: float | None = None  # per shared customer, after `bins`
+    model: Any = field(default=None, repr=False)
+
+    def bins(self, train_rows: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """Fit on the released labels of `train_rows`, bin every shared customer's score, release the bins."""
+        if len(labels) != len(train_rows):
+            raise InputError(f"vertical: {len(labels)} released labels for {len(train_rows)} training customers")
+        self.model = _fit(self.x[train_rows], labels, self.config)
+        k = self.config.k
+        bins = quantile_bins(_logits(self.model, self.x), k)
+        if self.config.epsilon is None:
+            return bins
+        source = secure_noise.source(None if self.config.insecure_seed is None else self.config.insecure_seed + 1)
+        answers, self.epsilon_spent = source.randomized_response(bins, k, self.config.epsilon)
+        return answers
+
+
+@dataclass
+class LabelRelease:
+    """The label party: its encoded columns and labels for the shared customers and its top model."""
+
+    name: str
+    x: np.ndarray
+    y: np.ndarray
+    config: ReleaseConfig
+    epsilon_spent: float | None = None  # per training customer, after `labels`
+    released: np.ndarray | None = field(default=None, repr=False)
+    model: Any = field(default=None, repr=False)
+    bins: np.ndarray | None = field(default=None, repr=False)
+
+    def labels(self, train_rows: np.ndarray) -> np.ndarray:
+        """The training customers' labels as released: by randomized response unless non-private."""
+        y = np.asarray(self.y[train_rows], dtype=np.int64)
+        eps = self.config.label_eps
+        if eps is None:
+            self.released = y
+        else:
+            source = secure_noise.source(self.config.insecure_seed)
+            self.released, self.epsilon_spent = source.randomized_response(y, 2, eps)
+        return self.released
+
+    def fit(self, train_rows: np.ndarray, bins: np.ndarray) -> None:
+        """The top model on own columns + received bins, with the labels it released (post-processing)."""
+        k = self.config.k
+        if len(bins) != len(self.x) or (len(bins) and (int(bins.min()) < 0 or int(bins.max()) >= k)):
+            raise InputError(f"vertical: expected {len(self.x)} bins in [0, {k}) from the feature party")
+        if self.released is None:
+            raise InputError("vertical: the top model needs the labels released first")
+        self.bins = bins
+        self.model = _fit(self._inputs(train_rows), self.released, self.config)
+
+    def _inputs(self, rows: np.ndarray) -> np.ndarray:
+        assert self.bins is not None
+        return np.concatenate([self.x[rows], one_hot(self.bins[rows], self.config.k)], axis=1)
+
+    def score(self, rows: np.ndarray) -> np.ndarray:
+        """Churn probabilities of shared customers whose bins were released (no new message)."""
+        if self.model is None:
+            raise InputError("vertical: score before the top model was trained")
+        return np.asarray(1.0 / (1.0 + np.exp(-_logits(self.model, self._inputs(rows)))))
+
+
+def train(feature: FeatureRelease, label: LabelRelease, train_rows: np.ndarray, channel: Channel) -> None:
+    """The two messages of a run, in order: released labels down, released bins up; then the top model."""
+    from federated.vertical.split import pack, unpack
+
+    label.config.check()
+    labels = unpack(channel.send(label.name, feature.name, "release.labels",
+                                 pack(label.labels(train_rows).astype(np.int8))))
+    bins = unpack(channel.send(feature.name, label.name, "release.bins",
+                               pack(feature.bins(train_rows, labels.astype(np.int64)).astype(np.int16))))
+    label.fit(train_rows, bins.astype(np.int64))
