@@ -208,14 +208,11 @@ class NoiseSource:
             raise InputError("secure_noise: randomized response needs a positive finite epsilon")
         if values.size and (int(values.min()) < 0 or int(values.max()) >= k):
             raise InputError(f"secure_noise: randomized response values must be in [0, {k})")
-        grid = math.ceil(k / (math.exp(epsilon) + k - 1) * 2.0**32)
-        if grid < 1:
-            raise InputError(f"secure_noise: epsilon {epsilon:g} is beyond the keystream's 2^-32 resolution")
-        replace = self._words(values.size, "<u4") < np.uint32(min(grid, 2**32 - 1))
+        grid = _rr_grid(k, epsilon)
+        replace = self._words(values.size, "<u4") < np.uint32(grid)
         answers = values.astype(np.int64, copy=True).ravel()
         answers[replace] = self._uniform_below(k, int(replace.sum()))
-        q = min(grid, 2**32 - 1) / 2.0**32
-        return answers.reshape(values.shape), math.log(k / q - k + 1.0)
+        return answers.reshape(values.shape), randomized_response_epsilon(k, epsilon)
 
     def _uniform_below(self, k: int, count: int) -> np.ndarray:
         """count integers uniform on [0, k), by rejection of 32-bit words at or above the largest multiple of k."""
@@ -310,6 +307,21 @@ class NoiseSource:
         logs = np.log((u[: 2 * size] + 1.0) * _TWO_POW_M53)  # ln of (0, 1]
         terms = logs * np.cos(math.pi * _TWO_POW_M53 * u[2 * size:])
         return float(scale) * (terms[:size] + terms[size:])
+
+
+def _rr_grid(k: int, epsilon: float) -> int:
+    """Randomized response's replacement probability q = k / (e^eps + k - 1), rounded UP to 2^-32 units."""
+    grid = min(math.ceil(k / (math.exp(epsilon) + k - 1) * 2.0**32), 2**32 - 1)
+    if grid < 1:
+        raise InputError(f"secure_noise: epsilon {epsilon:g} is beyond the keystream's 2^-32 resolution")
+    return grid
+
+
+def randomized_response_epsilon(k: int, epsilon: float) -> float:
+    """The epsilon `NoiseSource.randomized_response(values, k, epsilon)` spends: ln(k / q - k + 1) for
+    its rounded q (at most `epsilon`); known before any value is drawn (a budget is checked first)."""
+    q = _rr_grid(k, epsilon) / 2.0**32
+    return math.log(k / q - k + 1.0)
 
 
 def source(insecure_seed: int | None = None) -> NoiseSource:
