@@ -212,6 +212,7 @@ def _chunks(setup: _Setup, mess_rate: float, chunk_rows: int) -> Iterator[SynthD
 
             add_mess(data, mess_rate, streams[5])
         yield data
+        del data  # not kept alive while the next chunk is generated
 
 
 def _chunk(

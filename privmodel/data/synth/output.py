@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from contextlib import suppress
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -71,14 +72,13 @@ def stage_outputs(stage: Staging, data: SynthData | Iterable[SynthData], out: Pa
     """
     import yaml
 
-    first: SynthData | None = None
+    first: SynthData | None = None  # the run's set-up, without rows
     with _Writers(stage, out, fmt) as writers:
         for chunk in [data] if isinstance(data, SynthData) else data:
-            first = first or chunk
-            files = silo_files(chunk.table, fmt, one_file)
-            for name, table in files.items():
-                writers.write(name, table)
-            writers.close_all_but(list(files)[-1:])  # silo-sorted: only the last silo may go on
+            first = first or replace(chunk, table=chunk.table.schema.empty_table(), p_churn=np.zeros(0),
+                                     p_will_purchase=np.zeros(0))
+            writers.write_chunk(silo_files(chunk.table, fmt, one_file))
+            del chunk  # else the loop keeps this chunk alive while the next one is generated
         if first is None:
             raise InputError("no rows to write")
         if not one_file:  # a silo without rows still gets its (empty) file, as every planned name does
@@ -123,8 +123,15 @@ class _Writers:
             self.names.append(name)
         writer.write_table(table)
 
+    def write_chunk(self, files: dict[str, pa.Table]) -> None:
+        """Append one chunk's rows per file, then finish the files it completed (silo-sorted:
+        only its last silo may go on in the next chunk; few files open however many silos)."""
+        for name, table in files.items():
+            self.write(name, table)
+        self.close_all_but(list(files)[-1:])
+
     def close_all_but(self, keep: list[str]) -> None:
-        """Finish every file but `keep` (few open files however many silos)."""
+        """Finish every open file but `keep`."""
         for name in [n for n in self.open if n not in keep]:
             self.open.pop(name).close()
 

@@ -55,6 +55,7 @@ class SynthSummary:
         for chunk in chunks:
             self.add(chunk)
             yield chunk
+            del chunk  # not kept alive while the next chunk is generated
 
     @property
     def total_rows(self) -> int:
