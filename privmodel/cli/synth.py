@@ -55,7 +55,6 @@ def synth(
     from rich.console import Console
     from rich.table import Table
 
-    from privmodel.data.synth import bayes_auc
     from privmodel.workflows.synthesize import SynthRequest, synthesize
 
     req = SynthRequest(out=out, customers=customers, silos=silos, seed=seed, fmt=fmt, heterogeneity=heterogeneity,
@@ -64,35 +63,30 @@ def synth(
     status = Console(stderr=True).status("starting")
     with status:
         made = synthesize(req, status.update)
-    data, files, book_path, out_dir = made.data, made.files, made.ledger, out
+    facts, files, book_path, out_dir = made.summary, made.files, made.ledger, out
 
-    table = Table(title=f"{data.table.num_rows:,} customers in {out_dir}")
+    table = Table(title=f"{facts.total_rows:,} customers in {out_dir}")
     for column in ("silo", "rows", "churn rate", "purchase rate", "mean age", "home region"):
         table.add_column(column, justify="right" if column != "home region" else "left")
-    silo_col = data.table.column("silo").to_numpy()
-    churn = data.table.column("churn").to_numpy()
-    buy = data.table.column("will_purchase").to_numpy()
-    age = data.table.column("age").to_numpy()
-    valid_age = (age >= 18) & (age <= 100)  # injected out-of-range ages would distort the mean
-    for prof in data.profiles:
-        rows = silo_col == prof.silo
+    for prof in facts.profiles:
+        s = prof.silo
+        rows = max(int(facts.rows[s]), 1)
         table.add_row(
-            str(prof.silo),
-            f"{int(rows.sum()):,}",
-            f"{churn[rows].mean():.3f}",
-            f"{buy[rows].mean():.3f}",
-            f"{age[rows & valid_age].mean():.1f}",
-            data.regions[prof.home_region],
+            str(s),
+            f"{int(facts.rows[s]):,}",
+            f"{facts.churn[s] / rows:.3f}",
+            f"{facts.purchase[s] / rows:.3f}",
+            f"{facts.age_sum[s] / max(int(facts.age_rows[s]), 1):.1f}",
+            facts.regions[prof.home_region],
         )
     console = Console()
     console.print(table)
     console.print(
-        f"ground truth: Bayes AUC churn {bayes_auc(data.p_churn):.3f}, "
-        f"will_purchase {bayes_auc(data.p_will_purchase):.3f}"
+        f"ground truth: Bayes AUC churn {facts.auc_churn.value():.3f}, "
+        f"will_purchase {facts.auc_purchase.value():.3f}"
     )
-    if data.mess:
+    if facts.mess:
         console.print(
-            "mess injected (rows each): " + ", ".join(f"{k} {v}" for k, v in data.mess.items() if k != "rate")
+            "mess injected (rows each): " + ", ".join(f"{k} {v}" for k, v in facts.mess.items() if k != "rate")
         )
     console.print("files: " + ", ".join(p.name for p in files) + f"; ledger: {book_path}")
-

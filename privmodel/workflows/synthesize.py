@@ -15,7 +15,7 @@ from anonymize.errors import InputError
 from privmodel.workflows.run_ledger import ledger_path, open_ledger, recorded_failure
 
 if TYPE_CHECKING:
-    from privmodel.data.synth.core import SynthData
+    from privmodel.data.synth.summary import SynthSummary
 
 
 @dataclass(frozen=True)
@@ -31,22 +31,24 @@ class SynthRequest:
     mess_rate: float = 0.0
     ledger: Path | None = None
     keys: Path | None = None
+    chunk_rows: int | None = None  # rows generated and written at a time (None: CHUNK_ROWS)
 
 
 @dataclass(frozen=True)
 class Synthesized:
-    data: SynthData
+    summary: SynthSummary  # per-silo figures and Bayes AUCs; the rows themselves are only in the files
     files: list[Path]
     ledger: Path
 
 
 def synthesize(req: SynthRequest, status: Callable[[str], None] = lambda _msg: None) -> Synthesized:
-    """Generate and write the customers; `status(message)` is called as each phase starts."""
+    """Generate and write the customers chunk by chunk (memory follows the chunk size, not N);
+    `status(message)` is called as each phase starts."""
     from privmodel.core.fileio import outputs
-    from privmodel.data.synth import generate_data
-    from privmodel.data.synth.core import check_params
+    from privmodel.data.synth.core import CHUNK_ROWS, check_params, generate_chunks
     from privmodel.data.synth.locales import check_locales
     from privmodel.data.synth.output import FORMATS, planned_names, stage_outputs, stale_silos
+    from privmodel.data.synth.summary import SynthSummary
 
     fmt = req.fmt.lower()
     if fmt not in FORMATS:
@@ -66,14 +68,14 @@ def synthesize(req: SynthRequest, status: Callable[[str], None] = lambda _msg: N
     with recorded_failure("synth", req.ledger, req.out, req.keys), \
             outputs(targets, replace=True, ledger=book_path, action="synth") as stage:
         book = open_ledger(book_path, req.out, req.keys)
-        status(f"generating {req.customers:,} customers over {req.silos} silo(s)...")
-        data = generate_data(req.customers, req.silos, seed=req.seed, heterogeneity=req.heterogeneity,
-                             locales=locales, mess_rate=req.mess_rate)
-        status("writing files...")
-        files = stage_outputs(stage, data, req.out, fmt, req.one_file)
+        status(f"generating and writing {req.customers:,} customers over {req.silos} silo(s)...")
+        chunks = generate_chunks(req.customers, req.silos, seed=req.seed, heterogeneity=req.heterogeneity,
+                                 locales=locales, mess_rate=req.mess_rate, chunk_rows=req.chunk_rows or CHUNK_ROWS)
+        summary = SynthSummary()
+        files = stage_outputs(stage, summary.gather(chunks), req.out, fmt, req.one_file)
         book.append("synth", outputs=stage.artifacts(), params=params)
         stage.publish()
-    return Synthesized(data=data, files=list(files), ledger=book_path)
+    return Synthesized(summary=summary, files=list(files), ledger=book_path)
 
 
 def synthesize_vertical(out: Path, customers: int, overlap: float, seed: int = 0, fmt: str = "parquet",

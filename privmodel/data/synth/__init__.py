@@ -7,6 +7,7 @@ whose Bayes AUC is known. See docs/synth.md.
 
 from privmodel.data.synth.core import (
     BEHAVIOUR,
+    CHUNK_ROWS,
     COLUMNS,
     CONSENT,
     IDENTIFIERS,
@@ -14,6 +15,7 @@ from privmodel.data.synth.core import (
     QUASI_IDENTIFIERS,
     SynthData,
     generate,
+    generate_chunks,
     generate_data,
     true_probabilities,
 )
@@ -24,6 +26,7 @@ from privmodel.data.synth.truth import bayes_auc
 __all__ = [
     "AS_OF",
     "BEHAVIOUR",
+    "CHUNK_ROWS",
     "COLUMNS",
     "CONSENT",
     "IDENTIFIERS",
@@ -35,6 +38,7 @@ __all__ = [
     "SynthData",
     "bayes_auc",
     "generate",
+    "generate_chunks",
     "generate_data",
     "silo_profiles",
     "true_probabilities",

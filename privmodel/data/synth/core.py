@@ -7,8 +7,8 @@ table bit for bit, and the Faker pools are seeded from the same seed.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Literal, overload
 
 import numpy as np
@@ -96,6 +96,9 @@ def check_params(n_customers: int, n_silos: int, heterogeneity: float, mess_rate
         raise InputError("--mess-rate must be between 0 and 0.2")
 
 
+CHUNK_ROWS = 1_000_000  # rows generated (and written) at a time: peak memory follows this, not N
+
+
 def generate_data(
     n_customers: int,
     n_silos: int = 1,
@@ -104,37 +107,139 @@ def generate_data(
     heterogeneity: float = 0.5,
     locales: str | Sequence[str] = "en_US",
     mess_rate: float = 0.0,
+    chunk_rows: int = CHUNK_ROWS,
 ) -> SynthData:
-    """The full generator; `generate` wraps it for pandas users."""
+    """The full generator in memory (the chunks of `generate_chunks` put together, so it gives the
+    same rows as `privmodel synth`); `generate` wraps it for pandas users."""
+    parts = list(generate_chunks(n_customers, n_silos, seed=seed, heterogeneity=heterogeneity, locales=locales,
+                                 mess_rate=mess_rate, chunk_rows=chunk_rows))
+    if len(parts) == 1:
+        return parts[0]
+    return replace(
+        parts[0],
+        table=pa.concat_tables([p.table for p in parts]),
+        p_churn=np.concatenate([p.p_churn for p in parts]),
+        p_will_purchase=np.concatenate([p.p_will_purchase for p in parts]),
+        mess=merge_mess([p.mess for p in parts]),
+    )
+
+
+def merge_mess(counts: Sequence[dict[str, float]]) -> dict[str, float]:
+    """The mess counts of a run from those of its chunks (the rate once, the row counts added)."""
+    merged: dict[str, float] = {}
+    for one in counts:
+        for kind, value in one.items():
+            merged[kind] = value if kind == "rate" else merged.get(kind, 0) + value
+    return merged
+
+
+def generate_chunks(
+    n_customers: int,
+    n_silos: int = 1,
+    *,
+    seed: int = 0,
+    heterogeneity: float = 0.5,
+    locales: str | Sequence[str] = "en_US",
+    mess_rate: float = 0.0,
+    chunk_rows: int = CHUNK_ROWS,
+) -> Iterator[SynthData]:
+    """The population as consecutive blocks of at most `chunk_rows` rows (plus their duplicates
+    with mess), in silo order, so a caller can write N rows holding one block at a time.
+
+    Silo profiles, city mix, postcodes and the Faker pools are set up once; chunk c draws from its
+    own streams (stream k of chunk 0 is child k of `SeedSequence(seed)`, as in a one-chunk run;
+    of chunk c > 0 that child's child c), and unique columns continue from the previous chunk
+    (`identity.UniqueParts`). The same seed and chunk size give the same rows. Mess is injected
+    per chunk at the same rate, duplicates inside their own chunk and silo.
+    """
     check_params(n_customers, n_silos, heterogeneity, mess_rate)
     if not isinstance(seed, int | np.integer) or seed < 0:
         raise InputError("--seed must be a non-negative integer")
+    if not isinstance(chunk_rows, int | np.integer) or chunk_rows <= 0:
+        raise InputError("chunk_rows must be a positive integer")
     locs = check_locales(locales if isinstance(locales, str) else list(locales))
-    n, n_loc = int(n_customers), len(locs)
-    streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(8)]
-    pools = [build_pools(loc, seed) for loc in locs]
+    return _chunks(_setup(int(n_customers), int(n_silos), int(seed), heterogeneity, locs), mess_rate, int(chunk_rows))
 
-    profiles = population.silo_profiles(n_silos, heterogeneity, seed, n_loc)
-    sizes = population.silo_sizes(n, n_silos)
-    silo = np.repeat(np.arange(n_silos, dtype=np.int64), sizes)
-    weights = population.city_weights(n_loc, seed)
-    city = population.draw_cities(streams[0], sizes, profiles, weights, heterogeneity)
+
+@dataclass(frozen=True)
+class _Setup:
+    """What every chunk of one run shares (small: no per-row arrays)."""
+
+    n: int
+    seed: int
+    heterogeneity: float
+    locs: tuple[str, ...]
+    pools: list[Pools]
+    profiles: list[SiloProfile]
+    sizes: np.ndarray  # rows per silo
+    weights: np.ndarray
+    zips: list[str]
+    cities: list[str]
+    regions: list[str]
+
+
+def _setup(n: int, n_silos: int, seed: int, heterogeneity: float, locs: tuple[str, ...]) -> _Setup:
+    pools = [build_pools(loc, seed) for loc in locs]
+    n_loc = len(locs)
+    return _Setup(
+        n=n,
+        seed=seed,
+        heterogeneity=heterogeneity,
+        locs=locs,
+        pools=pools,
+        profiles=population.silo_profiles(n_silos, heterogeneity, seed, n_loc),
+        sizes=population.silo_sizes(n, n_silos),
+        weights=population.city_weights(n_loc, seed),
+        zips=population.zip_table(n_loc, [LOCALES[loc].zip_len for loc in locs], seed),
+        cities=_distinct_cities(pools),
+        regions=[f"{LOCALES[loc].country} {r}" for loc in locs for r in REGIONS],
+    )
+
+
+def _chunks(setup: _Setup, mess_rate: float, chunk_rows: int) -> Iterator[SynthData]:
+    parts = identity.UniqueParts()
+    ends = np.cumsum(setup.sizes)
+    for index, first in enumerate(range(0, setup.n, chunk_rows)):
+        rows = np.arange(first, min(first + chunk_rows, setup.n), dtype=np.int64)
+        silo = np.searchsorted(ends, rows, side="right").astype(np.int64)
+        streams = [
+            np.random.default_rng(np.random.SeedSequence(setup.seed, spawn_key=(k, index) if index else (k,)))
+            for k in range(8)
+        ]
+        data = _chunk(setup, silo, streams, parts)
+        if mess_rate > 0:
+            from privmodel.data.synth.mess import add_mess
+
+            add_mess(data, mess_rate, streams[5])
+        yield data
+        del data  # not kept alive while the next chunk is generated
+
+
+def _chunk(
+    setup: _Setup, silo: np.ndarray, streams: list[np.random.Generator], parts: identity.UniqueParts
+) -> SynthData:
+    """The rows of one chunk (`silo`: the silo of each row, sorted)."""
+    n, profiles = len(silo), setup.profiles
+    counts = np.bincount(silo, minlength=len(profiles))
+    present = np.flatnonzero(counts)
+    sizes = counts[present]
+    city = population.draw_cities(
+        streams[0], sizes, [profiles[s] for s in present], setup.weights, setup.heterogeneity
+    )
     per_locale = len(REGIONS) * CITIES_PER_REGION
     loc_idx = city // per_locale
-    zips = population.zip_table(n_loc, [LOCALES[loc].zip_len for loc in locs], seed)
     zip_idx = city * ZIPS_PER_CITY + streams[0].integers(0, ZIPS_PER_CITY, size=n)
     people = population.draw_people(streams[1], silo, profiles)
 
-    cities = _distinct_cities(pools)
-    regions = [f"{LOCALES[loc].country} {r}" for loc in locs for r in REGIONS]
     cols: dict[str, pa.Array | np.ndarray] = {}
-    cols["customer_id"] = identity.customer_ids(streams[2], n)
-    cols.update(_identity_columns(streams[3], pools, loc_idx, people, np.array(zips, dtype=np.int64)[zip_idx]))
+    cols["customer_id"] = identity.customer_ids(streams[2], n, parts)
+    zip_codes = np.array(setup.zips, dtype=np.int64)[zip_idx]
+    cols.update(_identity_columns(streams[3], setup.pools, loc_idx, people, zip_codes, parts))
     cols["birth_date"] = pa.array(people["birth_date"], type=pa.date32())
     cols["age"] = people["age"]
     cols["gender"] = _labels(GENDERS, people["gender"])
-    cols["zip_code"] = pa.array(zips, type=pa.string()).take(pa.array(zip_idx))
-    cols["city"] = pa.array(cities, type=pa.string()).take(pa.array(city))
+    cols["zip_code"] = pa.array(setup.zips, type=pa.string()).take(pa.array(zip_idx))
+    cols["city"] = pa.array(setup.cities, type=pa.string()).take(pa.array(city))
     cols["occupation"] = _labels(tuple(OCCUPATIONS), people["occupation"])
     cols["marital_status"] = _labels(MARITAL, people["marital_status"])
     for name in BEHAVIOUR:
@@ -149,21 +254,15 @@ def generate_data(
     cols["churn"] = (u[0] < p_churn).astype(np.int64)
     cols["will_purchase"] = (u[1] < p_buy).astype(np.int64)
     cols["silo"] = silo
-    table = pa.table({name: cols[name] for name in COLUMNS})
-    data = SynthData(
-        table,
+    return SynthData(
+        pa.table({name: cols[name] for name in COLUMNS}),
         p_churn,
         p_buy,
         profiles,
-        locs,
-        regions,
-        {c: regions[i // CITIES_PER_REGION] for i, c in enumerate(cities)},
+        setup.locs,
+        setup.regions,
+        {c: setup.regions[i // CITIES_PER_REGION] for i, c in enumerate(setup.cities)},
     )
-    if mess_rate > 0:
-        from privmodel.data.synth.mess import add_mess
-
-        add_mess(data, mess_rate, streams[5])
-    return data
 
 
 @overload
@@ -263,10 +362,12 @@ def _identity_columns(
     loc_idx: np.ndarray,
     people: dict[str, np.ndarray],
     zip_codes: np.ndarray,
+    parts: identity.UniqueParts,
 ) -> dict[str, pa.Array]:
     """Identifier columns per locale block, then put back in row order."""
     n = len(loc_idx)
-    email_no = rng.permutation(n) + 1  # distinct suffix per row keeps every e-mail unique
+    # distinct suffix per row (continuing the earlier chunks' numbers) keeps every e-mail unique
+    email_no = parts.start("email", n) + rng.permutation(n) + 1
     blocks: dict[str, list[pa.Array]] = {
         k: [] for k in ("full_name", "email", "phone", "national_id", "street_address")
     }
@@ -283,7 +384,9 @@ def _identity_columns(
                 rng, zip_codes[rows], people["birth_date"][rows], people["gender"][rows] == 0
             )
         else:
-            block["national_id"] = identity.render_template(fmt.national_id, rng, len(rows), unique=True)
+            block["national_id"] = identity.render_template(
+                fmt.national_id, rng, len(rows), unique=f"national_id {pool.locale}", parts=parts
+            )
         for key in blocks:
             blocks[key].append(block[key])
     if len(order) == 1:

@@ -7,6 +7,7 @@ pyarrow wraps as a string array without copying.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -32,14 +33,51 @@ def fixed_width_strings(chars: np.ndarray) -> pa.Array:
     return pa.Array.from_buffers(kind, n, [None, pa.py_buffer(offsets), pa.py_buffer(data)]).cast(pa.string())
 
 
-def _bijection(rng: np.random.Generator, n: int, modulus: int) -> np.ndarray:
-    """n distinct numbers in [0, modulus) in scrambled order (modulus a power of ten)."""
-    while True:
-        a = int(rng.integers(modulus // 3, modulus))
-        if a % 2 and a % 5:
-            break
-    b = int(rng.integers(modulus))
-    return (a * rng.permutation(n).astype(np.int64) + b) % modulus
+@dataclass(frozen=True)
+class Bijection:
+    """i -> (a * i + b) mod modulus (modulus a power of ten, a coprime to it): distinct i, distinct values."""
+
+    a: int
+    b: int
+    modulus: int
+
+    @classmethod
+    def draw(cls, rng: np.random.Generator, modulus: int) -> Bijection:
+        while True:
+            a = int(rng.integers(modulus // 3, modulus))
+            if a % 2 and a % 5:
+                break
+        return cls(a, int(rng.integers(modulus)), modulus)
+
+    def scrambled(self, rng: np.random.Generator, start: int, n: int) -> np.ndarray:
+        """The images of start .. start + n - 1 in random order."""
+        return (self.a * (start + rng.permutation(n).astype(np.int64)) + self.b) % self.modulus
+
+
+@dataclass
+class UniqueParts:
+    """Run-wide state that keeps unique columns unique across chunks generated one by one.
+
+    Each named column gets one bijection, drawn by the first chunk at the point a one-chunk run
+    draws it (so a run of one chunk keeps its bytes), and each chunk maps the next block of
+    integers through it.
+    """
+
+    keys: dict[str, Bijection] = field(default_factory=dict)
+    used: dict[str, int] = field(default_factory=dict)
+
+    def start(self, name: str, n: int) -> int:
+        """First integer of the next block of n for `name`."""
+        first = self.used.get(name, 0)
+        self.used[name] = first + n
+        return first
+
+    def take(self, name: str, rng: np.random.Generator, n: int, modulus: int) -> np.ndarray:
+        """n values of [0, modulus), distinct from every value `name` took before."""
+        key = self.keys.get(name)
+        if key is None:
+            key = self.keys[name] = Bijection.draw(rng, modulus)
+        return key.scrambled(rng, self.start(name, n), n)
 
 
 def _digits(values: np.ndarray, width: int) -> np.ndarray:
@@ -53,8 +91,11 @@ def _digits(values: np.ndarray, width: int) -> np.ndarray:
     return out
 
 
-def render_template(template: str, rng: np.random.Generator, n: int, unique: bool = False) -> pa.Array:
-    """Fill '#' (digit) and 'N' (digit 2-9); `unique` makes the last 8 digit slots distinct per row."""
+def render_template(
+    template: str, rng: np.random.Generator, n: int, unique: str = "", parts: UniqueParts | None = None
+) -> pa.Array:
+    """Fill '#' (digit) and 'N' (digit 2-9); `unique` (a name in `parts`) makes the last 8 digit slots
+    distinct per row, across every call with the same `parts`."""
     raw = np.frombuffer(template.encode("ascii"), dtype=np.uint8)
     slots = np.flatnonzero((raw == ord("#")) | (raw == ord("N")))
     chars = np.empty((n, len(raw)), dtype=np.uint8)
@@ -64,14 +105,14 @@ def render_template(template: str, rng: np.random.Generator, n: int, unique: boo
         low = ord("2") if raw[pos] == ord("N") else ord("0")
         chars[:, pos] = rng.integers(low, ord("9") + 1, size=n, dtype=np.uint8)
     if k:
-        chars[:, slots[len(slots) - k :]] = _digits(_bijection(rng, n, 10**k), k) + np.uint8(ord("0"))
+        chars[:, slots[len(slots) - k :]] = _digits((parts or UniqueParts()).take(unique, rng, n, 10**k), k) + np.uint8(ord("0"))
     return fixed_width_strings(chars)
 
 
-def customer_ids(rng: np.random.Generator, n: int) -> pa.Array:
-    """'C' + 9 digits, unique per row and unrelated to row order."""
+def customer_ids(rng: np.random.Generator, n: int, parts: UniqueParts | None = None) -> pa.Array:
+    """'C' + 9 digits, unique per row (and across chunks sharing `parts`), unrelated to row order."""
     chars = np.full((n, 10), ord("C"), dtype=np.uint8)
-    chars[:, 1:] = _digits(_bijection(rng, n, 10**9), 9) + np.uint8(ord("0"))
+    chars[:, 1:] = _digits((parts or UniqueParts()).take("customer_id", rng, n, 10**9), 9) + np.uint8(ord("0"))
     return fixed_width_strings(chars)
 
 

@@ -9,11 +9,13 @@ than pandas and its bytes depend only on the table (same seed, same bytes).
 from __future__ import annotations
 
 from collections.abc import Iterable
+from contextlib import suppress
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from anonymize.errors import InputError
 from privmodel.core.fileio import Staging, outputs
@@ -27,15 +29,19 @@ ONE_FILE_STEM = "customers"
 CHURN_FEATURES = ("age", "gender", "zip_code", "occupation", "marital_status", *BEHAVIOUR)
 
 
-def silo_files(data: SynthData, fmt: str, one_file: bool) -> dict[str, pa.Table]:
-    """File name -> table: silo_<s>.<fmt> without the silo column, or one file keeping it."""
+def silo_files(table: pa.Table, fmt: str, one_file: bool) -> dict[str, pa.Table]:
+    """File name -> rows of `table` (one chunk, silo-sorted): silo_<s>.<fmt> without the silo column
+    for each silo in it, or one file keeping it."""
     if fmt not in FORMATS:
         raise InputError(f"--format must be one of {', '.join(FORMATS)}")
-    table = data.table
     if one_file:
         return {f"{ONE_FILE_STEM}.{fmt}": table}
-    silo = table.column("silo")
-    return {f"silo_{p.silo}.{fmt}": table.filter(pc.equal(silo, p.silo)).drop_columns(["silo"]) for p in data.profiles}
+    silo = table.column("silo").to_numpy()
+    present = np.unique(silo)
+    starts = np.searchsorted(silo, present, side="left")
+    ends = np.searchsorted(silo, present, side="right")
+    rest = table.drop_columns(["silo"])
+    return {f"silo_{s}.{fmt}": rest.slice(a, b - a) for s, a, b in zip(present, starts, ends, strict=True)}
 
 
 def planned_names(n_silos: int, fmt: str, one_file: bool, policy: bool = True) -> list[str]:
@@ -57,30 +63,88 @@ def stale_silos(out: Path, keep: Iterable[str]) -> list[Path]:
     return found
 
 
-def stage_outputs(stage: Staging, data: SynthData, out: Path, fmt: str = "parquet", one_file: bool = False,
-                  policy: bool = True) -> list[Path]:
-    """Write the silo files (and policy.yaml) into `stage`; retire stale silos. Returns the final paths."""
-    import pyarrow.csv as pcsv
-    import pyarrow.parquet as pq
+def stage_outputs(stage: Staging, data: SynthData | Iterable[SynthData], out: Path, fmt: str = "parquet",
+                  one_file: bool = False, policy: bool = True) -> list[Path]:
+    """Write the silo files (and policy.yaml) into `stage`; retire stale silos. Returns the final paths.
+
+    `data` is one population or its chunks (`generate_chunks`): each chunk is appended to the open
+    files and dropped, so memory follows the chunk size, not the row count.
+    """
     import yaml
 
-    written: list[Path] = []
-    for name, table in silo_files(data, fmt, one_file).items():
-        tmp = stage.path(out / name)
-        if fmt == "parquet":
-            pq.write_table(table, tmp, compression="snappy")
-        else:
-            pcsv.write_csv(table, tmp, pcsv.WriteOptions(quoting_style="needed"))
-        written.append(out / name)
+    first: SynthData | None = None  # the run's set-up, without rows
+    with _Writers(stage, out, fmt) as writers:
+        for chunk in [data] if isinstance(data, SynthData) else data:
+            first = first or replace(chunk, table=chunk.table.schema.empty_table(), p_churn=np.zeros(0),
+                                     p_will_purchase=np.zeros(0))
+            writers.write_chunk(silo_files(chunk.table, fmt, one_file))
+            del chunk  # else the loop keeps this chunk alive while the next one is generated
+        if first is None:
+            raise InputError("no rows to write")
+        if not one_file:  # a silo without rows still gets its (empty) file, as every planned name does
+            empty = first.table.drop_columns(["silo"]).schema.empty_table()
+            for name in planned_names(len(first.profiles), fmt, one_file, policy=False):
+                if name not in writers.names:
+                    writers.write(name, empty)
+    written = [out / name for name in writers.names]
     if policy:
         text = yaml.safe_dump(
-            starter_policy(data, one_file), sort_keys=False, allow_unicode=True, width=120, default_flow_style=None
+            starter_policy(first, one_file), sort_keys=False, allow_unicode=True, width=120, default_flow_style=None
         )
         stage.write_text(out / POLICY_NAME, POLICY_HEADER + text)
         written.append(out / POLICY_NAME)
     for path in stale_silos(out, (p.name for p in written)):
         stage.retire(path)  # one dataset per directory: an earlier run's extra silos go at publish
     return written
+
+
+class _Writers:
+    """One streaming writer per output file, opened at its first rows, all closed on leaving."""
+
+    def __init__(self, stage: Staging, out: Path, fmt: str) -> None:
+        self.stage, self.out, self.fmt = stage, out, fmt
+        self.open: dict[str, Any] = {}
+        self.names: list[str] = []
+
+    def write(self, name: str, table: pa.Table) -> None:
+        import pyarrow.csv as pcsv
+        import pyarrow.parquet as pq
+
+        writer = self.open.get(name)
+        if writer is None:
+            if name in self.names:
+                raise RuntimeError(f"{name}: rows after the file was closed (chunks must be in silo order)")
+            tmp = self.stage.path(self.out / name)
+            if self.fmt == "parquet":
+                writer = pq.ParquetWriter(tmp, table.schema, compression="snappy")
+            else:
+                writer = pcsv.CSVWriter(tmp, table.schema, write_options=pcsv.WriteOptions(quoting_style="needed"))
+            self.open[name] = writer
+            self.names.append(name)
+        writer.write_table(table)
+
+    def write_chunk(self, files: dict[str, pa.Table]) -> None:
+        """Append one chunk's rows per file, then finish the files it completed (silo-sorted:
+        only its last silo may go on in the next chunk; few files open however many silos)."""
+        for name, table in files.items():
+            self.write(name, table)
+        self.close_all_but(list(files)[-1:])
+
+    def close_all_but(self, keep: list[str]) -> None:
+        """Finish every open file but `keep`."""
+        for name in [n for n in self.open if n not in keep]:
+            self.open.pop(name).close()
+
+    def __enter__(self) -> _Writers:
+        return self
+
+    def __exit__(self, failed: type[BaseException] | None, *_: object) -> None:
+        for writer in self.open.values():
+            if failed is None:
+                writer.close()
+            else:  # the staged files are discarded anyway: keep the first error
+                with suppress(Exception):
+                    writer.close()
 
 
 def write_outputs(
