@@ -449,7 +449,8 @@ def parties_of(label: str, feature: str | Sequence[str], noise: Any, eps: dict[s
     from federated.vertical import split
 
     names = [feature] if isinstance(feature, str) else list(feature)
-    charges = list(feature_charge) if isinstance(feature_charge, list | tuple) else [feature_charge]
+    charges: list[dict[str, Any] | None] = (list(feature_charge) if isinstance(feature_charge, list | tuple)
+                                            else [feature_charge])  # type: ignore[list-item]
     private = config.epsilon is not None
     out = {
         label: {"role": "label", "epsilon": eps["label"] if private else None,
