@@ -17,7 +17,7 @@ from sklearn.metrics import roc_auc_score
 
 from federated.vertical import split
 from federated.vertical.channel import Channel, PartyDropped
-from federated.vertical.psi import OverlapTooSmall
+from federated.vertical.psi import OverlapTooSmall, Pool, PsiSide, label_learns
 from federated.vertical.workflow import PartyInput, open_side, psi_common, simulate
 from privmodel.artifacts.ledger import read_entries, verify
 from privmodel.core.keys import init_keys, load_public_key
@@ -69,6 +69,20 @@ def test_gradient_blocks_are_one_jointly_clipped_and_noised_release() -> None:
     assert both.std() == pytest.approx(noise.gradient * cfg.clip_gradient, rel=0.15)
     # the label party's epsilon is the two-party one: one gradient release per batch whatever N is
     assert split.party_sigmas(noise, 2, "label") == [noise.gradient, noise.top] * 2
+
+
+def test_the_one_sided_pass_tells_the_feature_party_nothing_and_checks_the_label_partys_minimum() -> None:
+    a = [f"k{i}" for i in range(300)]
+    b = [f"k{i}" for i in range(200, 600)]
+    pool = Pool(workers=1)
+    channel = Channel()
+    rows, _digest = label_learns(PsiSide("bank", a, 50, pool), PsiSide("retailer", b, 1, pool), channel)
+    assert sorted(a[i] for i in rows) == sorted(set(a) & set(b))
+    assert [(m.sender, m.kind) for m in channel.log] == [("bank", "psi.request"), ("retailer", "psi.request"),
+                                                         ("retailer", "psi.tokens")]  # no token, no size back
+    with pytest.raises(OverlapTooSmall, match="bank refuses an overlap of 10 customers with telco, below its policy's "
+                                              "min_overlap 50"):
+        label_learns(PsiSide("bank", a, 50, pool), PsiSide("telco", b[90:], 1, pool), Channel())
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,7 @@
-"""`privmodel federate vertical simulate | join | run`: vertical federation between a label and a feature party.
+"""`privmodel federate vertical simulate | join | run`: vertical federation between a label and feature parties.
 
-simulate  both parties in one process (`federated.vertical.workflow.simulate`)
+simulate  every party in one process (`federated.vertical.workflow.simulate`): one label party and
+          one or more feature parties (repeat --feature, --feature-data, --feature-keys)
 join      the feature party's long-lived node (its table, policy, keys, budget, the label party's pinned
           key) and its SuperNode, on the label party's SuperLink (`privmodel federate superlink`)
 run       the label party signs and submits the run to its SuperLink and follows it
