@@ -169,12 +169,12 @@ def generate_vertical(n_customers: int, *, overlap: float = DEFAULT_OVERLAP, see
     retail_rows = rng.permutation(retail_rows)
     bank = _bank_table(t, bank_rows, churn, rng)
     retailer = _retailer_table(t, retail_rows, cols["channel"], rng)
-    data = VerticalData(bank, retailer, p[bank_rows], sigmoid(INTERCEPT + bank_z[bank_rows]), overlap, shared)
+    result = VerticalData(bank, retailer, p[bank_rows], sigmoid(INTERCEPT + bank_z[bank_rows]), overlap, shared)
     if telco_rows is not None and telco_cols is not None and telco_rng is not None:
-        data.telco = _telco_table(t, telco_rows, telco_cols, telco_rng)
-        data.shared_all = len(np.intersect1d(np.intersect1d(bank_rows, retail_rows), telco_rows))
-        data.p_without_telco = sigmoid(INTERCEPT + bank_z + retail_z)[bank_rows]
-    return data
+        result.telco = _telco_table(t, telco_rows, telco_cols, telco_rng)
+        result.shared_all = len(np.intersect1d(np.intersect1d(bank_rows, retail_rows), telco_rows))
+        result.p_without_telco = sigmoid(INTERCEPT + bank_z + retail_z)[bank_rows]
+    return result
 
 
 def _bank_table(t: pa.Table, rows: np.ndarray, churn: np.ndarray, rng: np.random.Generator) -> pa.Table:
