@@ -15,6 +15,10 @@ the held-out shared customers from the workflow's own split. Rows of the utility
   shared customers, non-private and DP at epsilon (logreg and MLP; the better is its "best DP model",
   picked on the held-out set, which flatters the baseline, not the vertical model).
 
+`--feature-parties 2` adds the telco (a third party; the synthetic truth then needs its columns too):
+the shared customers are then those of all three parties (`workflow.psi_common`), and the table adds
+centralized and vertical rows for the bank and retailer alone on the same customers (2-party vs 3-party).
+
 AUCs are on the held-out shared customers. PSI section: two random sets of `--psi-n` keys with half
 in common, `federated.vertical.psi` over `--psi-workers` processes; the reference is the issue's
 265 s single-threaded (openmined-psi's own one-sided protocol, another machine), and this machine's
@@ -39,7 +43,7 @@ from typing import Any, Literal
 import numpy as np
 
 
-def _write_parties(root: Path, customers: int, seed: int) -> tuple[Any, Any]:
+def _write_parties(root: Path, customers: int, seed: int, feature_parties: int = 1) -> list[Any]:
     import pyarrow.parquet as pq
     import yaml
 
@@ -47,16 +51,15 @@ def _write_parties(root: Path, customers: int, seed: int) -> tuple[Any, Any]:
     from privmodel.core.keys import init_keys
     from privmodel.data.synth.vertical import generate_vertical, party_policies
 
-    data = generate_vertical(customers, seed=seed)
-    for name, doc in party_policies(1000).items():
+    data = generate_vertical(customers, seed=seed, feature_parties=feature_parties)
+    for name, doc in party_policies(1000, feature_parties).items():
         (root / name).write_text(yaml.safe_dump(doc, sort_keys=False))
-    pq.write_table(data.bank, root / "bank.parquet")
-    pq.write_table(data.retailer, root / "retailer.parquet")
     inputs = []
-    for name in ("bank", "retailer"):
+    for name, table in data.tables().items():
+        pq.write_table(table, root / f"{name}.parquet")
         init_keys(root / f"keys-{name}", actor=name)
         inputs.append(PartyInput(root / f"{name}.party.yaml", root / f"{name}.parquet", root / f"keys-{name}"))
-    return inputs[0], inputs[1]
+    return inputs
 
 
 def _encoded(x: np.ndarray) -> Any:
@@ -81,7 +84,7 @@ def _fit_auc(x_tr: np.ndarray, y_tr: np.ndarray, x_te: np.ndarray, y_te: np.ndar
     return float(roc_auc_score(y_te, logits.numpy().ravel()))
 
 
-def _split_auc(xf: np.ndarray, xl: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray,
+def _split_auc(xf: np.ndarray | list[np.ndarray], xl: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray,
                config: Any) -> tuple[float, dict[str, float], float, int]:
     from sklearn.metrics import roc_auc_score
 
@@ -89,8 +92,10 @@ def _split_auc(xf: np.ndarray, xl: np.ndarray, y: np.ndarray, train: np.ndarray,
     from federated.vertical.channel import Channel
 
     noise = split.calibrate(config)
-    f_side = split.FeatureSide("retailer", xf, config, noise)
-    l_side = split.LabelSide("bank", xl, y, config, noise)
+    xfs = xf if isinstance(xf, list) else [xf]
+    f_side = [split.FeatureSide(name, x, config, noise, index=i)
+              for i, (name, x) in enumerate(zip(("retailer", "telco"), xfs, strict=False))]
+    l_side = split.LabelSide("bank", xl, y, config, noise, feature_parties=len(xfs))
     channel = Channel(keep=False)
     t0 = time.perf_counter()
     split.train(f_side, l_side, train, channel)
@@ -110,26 +115,40 @@ def utility(args: argparse.Namespace) -> list[tuple[str, str, str, str]]:
     rows: list[tuple[str, str, str, str]] = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        bank_in, shop_in = _write_parties(root, args.customers, args.seed)
-        label, feature = wf.open_side(bank_in, root / "out"), wf.open_side(shop_in, root / "out")
+        inputs = _write_parties(root, args.customers, args.seed, args.feature_parties)
+        label = wf.open_side(inputs[0], root / "out")
+        features = [wf.open_side(inp, root / "out") for inp in inputs[1:]]
         t0 = time.perf_counter()
-        rows_l, rows_f, overlap = wf._psi(label, feature, Channel(keep=False), args.psi_workers)
+        rows_l, rows_fs, overlap = wf.psi_common(label, features, Channel(keep=False), args.psi_workers)
         psi_s = time.perf_counter() - t0
-        y = wf._encode(label, feature, rows_l, rows_f)
+        for side, rows_f in zip(features, rows_fs, strict=True):
+            wf.encode_feature(side, rows_f)
+        y = wf.encode_label(label, rows_l)
         train, test = wf.split_shared(len(y), 0.2, args.seed)
-        assert label.x is not None and feature.x is not None
-        xl, xf = label.x, feature.x
-        joined = np.concatenate([xl, xf], axis=1)
-        print(f"shared {overlap['size']:,} of {overlap['bank_rows']:,} bank / {overlap['retailer_rows']:,} retailer "
-              f"consenting rows; PSI {psi_s:.1f} s; train {len(train):,}, test {len(test):,}", flush=True)
+        assert label.x is not None and all(f.x is not None for f in features)
+        xl, xfs = label.x, [f.x for f in features if f.x is not None]
+        xf = xfs if len(xfs) > 1 else xfs[0]
+        joined = np.concatenate([xl, *xfs], axis=1)
+        rows_of = ", ".join(f"{overlap[f'{n}_rows']:,} {n}" for n in ("bank", *(f.name for f in features)))
+        print(f"shared {overlap['size']:,} of {rows_of} consenting rows; PSI {psi_s:.1f} s; "
+              f"train {len(train):,}, test {len(test):,}", flush=True)
         base = {"delta": args.delta, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
                 "seed": args.seed}
         central = _fit_auc(joined[train], y[train], joined[test], y[test], "mlp", None, args.delta, args.central_epochs)
         rows.append(("centralized MLP, joined columns", "-", f"{central:.4f}", "privmodel.dp.training.fit, non-private"))
         auc, _eps, sec, nbytes = _split_auc(xf, xl, y, train, test, SplitConfig(epsilon=None, **base))
-        rows.append(("vertical split learning", "-", f"{auc:.4f}",
+        rows.append(("vertical split learning" + (f", {len(inputs)} parties" if len(xfs) > 1 else ""), "-", f"{auc:.4f}",
                      f"gap to centralized {auc - central:+.4f} (target >= -0.005); {sec:.0f} s, {nbytes / 1e6:.0f} MB"))
         print(rows[-1], flush=True)
+        if len(xfs) > 1:  # the bank and the retailer alone, on the same customers: what the telco adds
+            pair = np.concatenate([xl, xfs[0]], axis=1)
+            central2 = _fit_auc(pair[train], y[train], pair[test], y[test], "mlp", None, args.delta, args.central_epochs)
+            rows.append(("centralized MLP, bank + retailer columns only", "-", f"{central2:.4f}",
+                         f"same customers; the telco adds {central - central2:+.4f}"))
+            auc2, _eps, _sec, _n = _split_auc(xfs[0], xl, y, train, test, SplitConfig(epsilon=None, **base))
+            rows.append(("vertical split learning, bank + retailer only", "-", f"{auc2:.4f}",
+                         f"same customers; 3 parties {auc - auc2:+.4f}"))
+            print(rows[-2], rows[-1], flush=True)
         # the label party alone: all its consenting rows except the held-out shared customers
         enc_b = TabularEncoder.from_policy(label.party.policy, label="churn")
         held = np.zeros(len(label.rows), dtype=bool)
@@ -148,9 +167,15 @@ def utility(args: argparse.Namespace) -> list[tuple[str, str, str, str]]:
             rows.append(("label party alone, DP (best of logreg/MLP)", f"{eps:g}", f"{best:.4f}",
                          f"logreg {alone_dp['logreg']:.4f}, MLP {alone_dp['mlp']:.4f}"))
             auc, got, sec, nbytes = _split_auc(xf, xl, y, train, test, SplitConfig(epsilon=eps, **base))
-            rows.append(("vertical split learning, DP", f"{got['feature']:.3f} / {got['label']:.3f}", f"{auc:.4f}",
+            rows.append(("vertical split learning, DP" + (f", {len(inputs)} parties" if len(xfs) > 1 else ""),
+                         f"{got['feature']:.3f} / {got['label']:.3f}", f"{auc:.4f}",
                          f"vs centralized {auc - central:+.4f} (target >= -0.02); vs label party's best DP "
                          f"{auc - best:+.4f} (target >= +0.02); {sec:.0f} s"))
+            if len(xfs) > 1:
+                auc2, _got, _sec, _n = _split_auc(xfs[0], xl, y, train, test, SplitConfig(epsilon=eps, **base))
+                rows.append(("vertical split learning, DP, bank + retailer only", f"{got['feature']:.3f} / "
+                             f"{got['label']:.3f}", f"{auc2:.4f}", f"same customers; 3 parties {auc - auc2:+.4f}"))
+                print(rows[-1], flush=True)
             if eps > RR_MAX_EPSILON:
                 print(rows[-2], rows[-1], flush=True)
                 continue
@@ -319,6 +344,8 @@ def main() -> None:
     parser.add_argument("--psi-workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--deploy-customers", type=int, default=10_000, help="people for the deployment section")
     parser.add_argument("--deploy-epochs", type=int, default=2)
+    parser.add_argument("--feature-parties", type=int, choices=[1, 2], default=1,
+                        help="utility section: 2 adds the telco (3 parties; 2-party rows on the same customers)")
     parser.add_argument("--only", choices=["utility", "psi", "deploy"], default=None)
     args = parser.parse_args()
     import torch

@@ -77,7 +77,9 @@ def test_refuses_an_outsiders_run_another_runs_signature_and_a_future_date(world
     cases = [(_run_message(root, "11", keys="keys-outsider"), "not signed by bank's pinned key"),
              (_run_message(root, "12"), "the signature is for run 12, not this run"),
              (_run_message(root, "11", time="2999-01-01T00:00:00+00:00"), "dated in the future"),
-             (_run_message(root, "11", feature_party="telco"), "names another feature party")]
+             (_run_message(root, "11", feature_party="telco"), "names another feature party"),
+             (_run_message(root, "11", feature_parties=["retailer", "telco"]),
+              "a deployment trains with one feature party; this run names 2")]
     for message, why in cases:
         reply, _ = _send(node, "vertical.run", "11", message)
         assert reply["ok"] is False and reply["kind"] == "refused" and why in reply["error"], reply

@@ -21,7 +21,7 @@ def card_markdown(card: dict[str, Any]) -> str:
     lines = ["# Vertical model card", ""]
     if card["noise"] != "secure":
         lines += [f"**{card['noise']}**", ""]
-    lines += [f"Model hash (both parties' ledgers): `{card['model_hash']}`", "",
+    lines += [f"Model hash (every party's ledger): `{card['model_hash']}`", "",
               "| party | role | epsilon | delta | covers | budget spent after |", "|---|---|---|---|---|---|"]
     for name, p in card["parties"].items():
         spent = (p.get("budget") or {}).get("spent_after", {})
@@ -32,10 +32,12 @@ def card_markdown(card: dict[str, Any]) -> str:
     auc = card["metrics"].get("roc_auc")
     lines += ["", f"Overlap: {ov['size']:,} shared customers ({ov['share_of_label_party']:.1%} of the label party's "
               f"consenting rows); intersection digest `{ov['sha256'][:16]}`.",
+              *([f"Common set: the customers of every party ({len(ov['pairs'])} feature parties); each pair's digest "
+                 "of it is in both parties' ledgers."] if "pairs" in ov else []),
               f"Test ROC-AUC (label party, {card['metrics']['test_customers']:,} held-out shared customers): "
               + ("-" if auc is None else f"{auc:.4f}"), "",
               "Epsilon is per shared customer and per party: it covers that party's columns (and, for the label "
-              "party, its labels) in every message the other party saw. See docs/vertical.md.", "",
+              "party, its labels) in every message the other parties saw. See docs/vertical.md.", "",
               "Released without DP: " + "; ".join(card["released_without_dp"]) + ".",
               f"Scoring: {card['scoring']}.", ""]
     return "\n".join(lines)

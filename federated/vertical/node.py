@@ -98,6 +98,9 @@ def signed_spec(body: bytes, run_id: str, own: str, join: list[str]) -> dict[str
                       "not this run")
     if skew > FUTURE_SKEW_S:
         raise Refused(f"vertical: {own} refused the run: its signature is dated in the future")
+    if "feature_parties" in spec:  # several feature parties run in `federate vertical simulate` only
+        raise Refused(f"vertical: {own} refused the run: a deployment trains with one feature party; this run names "
+                      f"{len(spec['feature_parties']) if isinstance(spec['feature_parties'], list) else 'several'}")
     if spec.get("feature_party") != own or spec.get("label_party") == own:
         raise Refused(f"vertical: {own} refused the run: it names another feature party")
     if spec.get("join") != join:

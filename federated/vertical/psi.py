@@ -17,6 +17,16 @@ crosses (requests are shuffled). The ledger records the size and the digest (a S
 sorted tokens, known to both), never a member. An overlap below either party's `min_overlap` ends
 the run: a tiny intersection is itself a disclosure.
 
+Several feature parties (`common`): the label party L first runs a one-sided pass with each feature
+party F_i (`label_learns`: steps 1 and 2 without L's tokens going back, so only L learns L n F_i and
+F_i learns nothing but L's set size), computes the common set C = L n F_1 n ... n F_N on its own
+side, then runs the two-sided protocol above with each F_i on C's keys only. So F_i learns C (and |C|
+as L's input size), never L n F_i: nothing about another feature party's members beyond what C
+itself says (a member of C is a customer of every party). L finally tells each F_i, as a
+permutation of their pair's agreed order, the training order (pair 1's): pair orders come from
+secret scalars, so that permutation looks uniformly random to F_i. Each pairwise overlap is checked
+against L's minimum, C against every party's. With one feature party this is exactly the protocol above.
+
 Cost: 2 elliptic-curve operations per key per party (encrypt own, process the other's), 33 + 16 bytes
 sent per key. Both are spread over processes in batches (`workers`, `batch`); openmined-psi's
 one-sided GCS protocol needs about as many operations but leaves the feature party blind.
@@ -225,11 +235,46 @@ def check_agreed(size: int, digest: str, other_size: int, other_digest: str) -> 
         raise InputError("psi: the parties disagree on the intersection (sizes or digests differ); nothing was trained")
 
 
-def check_overlap(side: PsiSide, size: int) -> None:
+def check_overlap(side: PsiSide, size: int, other: str = "") -> None:
     """A party refuses an intersection below its policy's minimum: a tiny one is itself a disclosure."""
     if size < side.min_overlap:
-        raise OverlapTooSmall(f"psi: {side.name} refuses an overlap of {size} customers, below its policy's "
+        with_ = f" with {other}" if other else ""
+        raise OverlapTooSmall(f"psi: {side.name} refuses an overlap of {size} customers{with_}, below its policy's "
                               f"min_overlap {side.min_overlap} (a tiny intersection is itself a disclosure)")
+
+
+def label_learns(label: PsiSide, feature: PsiSide, channel: Channel) -> tuple[np.ndarray, str]:
+    """The one-sided pass: only the label party learns its rows in the pairwise intersection (agreed
+    order and digest); the feature party receives the label party's request (its size) and no token.
+    Refuses, naming the feature party, a pairwise overlap below the label party's minimum."""
+    def send(sender: PsiSide, receiver: PsiSide, kind: str, blob: bytes, **extra: int | str) -> bytes:
+        return blob_of(channel.send(sender.name, receiver.name, kind, psi_message(blob, **extra)))
+
+    req_l = send(label, feature, "psi.request", label.request(), count=len(label.keys))
+    req_f = send(feature, label, "psi.request", feature.request(), count=len(feature.keys))
+    tokens_l = send(feature, label, "psi.tokens", feature.answer(req_l))
+    label.answer(req_f)  # kept by the label party: never sent back
+    rows, digest = label.members(tokens_l)
+    check_overlap(label, len(rows), feature.name)
+    return rows, digest
+
+
+def order_message(order: np.ndarray) -> RecordDict:
+    """The `psi.order` message: the training order as positions in the pair's agreed order."""
+    from flwr.app import Array, ArrayRecord, RecordDict
+
+    return RecordDict({"psi": ArrayRecord({"order": Array(np.ascontiguousarray(order.astype(np.int64)))})})
+
+
+def order_of(content: RecordDict, size: int) -> np.ndarray:
+    """The permutation in a `psi.order` message; one line when it is not a permutation of 0..size-1."""
+    try:
+        order: np.ndarray = content["psi"]["order"].numpy()  # type: ignore[union-attr]
+    except (KeyError, AttributeError, TypeError):
+        raise InputError("psi: an order message without its permutation") from None
+    if len(order) != size or not np.array_equal(np.sort(order), np.arange(size)):
+        raise InputError("psi: the training order is not a permutation of the common set")
+    return order
 
 
 def default_workers() -> int:

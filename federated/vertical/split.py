@@ -1,4 +1,4 @@
-"""Split learning between a feature party (bottom model) and a label party (top model and labels), with DP.
+"""Split learning between feature parties (one bottom model each) and a label party (top model and labels), with DP.
 
 Shape (Flower's vertical-FL example): the feature party maps its columns to a k-dimensional embedding
 per customer; the label party's top model reads its own columns and that embedding and owns the loss.
@@ -24,6 +24,14 @@ sigma_eff = (sum_k 1 / sigma_k^2)^(-1/2) (Gaussian DP composes in quadrature). `
 target epsilon between a party's two mechanisms by `share`; `party_epsilon` reports it through
 `privmodel.dp.accounting` (Opacus PRV; tests cross-check with dp-accounting's PLD on the composed events).
 A scored (test) customer meets one more embedding release, at sigma_e, accounted alike.
+
+Several feature parties (N >= 1): each runs its own bottom model and its own two mechanisms on its own
+columns, so each feature party's epsilon is accounted exactly as above, independently of the others.
+The top model reads the N embeddings side by side; the label party clips the gradient with respect to
+the concatenated embeddings as ONE row (norm `clip_gradient`), noises it once, and sends each feature
+party only its own block: one Gaussian mechanism per batch whatever N is, so the label party's epsilon
+does not grow with N. A feature party's block depends on the other parties' embeddings only through
+their noised releases (post-processing). With N = 1 every computation is the two-party one.
 
 All noise comes from `privmodel.dp.secure_noise` (one NoiseSource per party per run).
 """
@@ -297,15 +305,19 @@ class FeatureSide:
     source: secure_noise.NoiseSource | None = None
     model: Any = None
     optimizer: Any = None
+    index: int = 0  # the party's place among the feature parties (its block of the top model's input)
     _last: tuple[Any, Any] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.config.seed * 2 + 1)
+            torch.manual_seed(self.config.seed * 2 + 1 + 1000 * self.index)
             self.model = _mlp(self.x.shape[1], self.config.hidden, self.config.embed_dim)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.config.lr)
         if self.noise.private:
-            self.source = secure_noise.source(self.config.insecure_seed)
+            test_seed = self.config.insecure_seed
+            if test_seed is not None and self.index:
+                test_seed += 1 + self.index  # the label party's is insecure_seed + 1
+            self.source = secure_noise.source(test_seed)
 
     def embed(self, rows: np.ndarray) -> np.ndarray:
         """The embeddings of `rows` as they leave this party: clipped and noised when private."""
@@ -345,11 +357,12 @@ class LabelSide:
     model: Any = None
     optimizer: Any = None
     y_train: Any = field(default=None, repr=False)  # the labels training sees: randomized when label_dp "labels"
+    feature_parties: int = 1  # how many embeddings the top model reads, side by side
 
     def __post_init__(self) -> None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.config.seed * 2)
-            self.model = TopModel(self.x.shape[1], self.config.embed_dim, self.config.hidden)
+            self.model = TopModel(self.x.shape[1], self.config.embed_dim * self.feature_parties, self.config.hidden)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.config.lr)
         self.y_train = self.y
         if self.noise.private:
@@ -362,9 +375,16 @@ class LabelSide:
     def step(self, rows: np.ndarray, emb: np.ndarray) -> np.ndarray:
         """Gradients of each customer's loss with respect to its embedding (clipped and noised when
         private), then this party's own DP-SGD step on the top model."""
+        return self.step_many(rows, [emb])[0]
+
+    def step_many(self, rows: np.ndarray, embs: list[np.ndarray]) -> list[np.ndarray]:
+        """`step` with one embedding per feature party: the gradient of the concatenated embeddings is
+        clipped and noised as one row (one mechanism), then cut into each party's block."""
+        if len(embs) != self.feature_parties:
+            raise InputError(f"vertical: {self.name} expected {self.feature_parties} embeddings, got {len(embs)}")
         x = torch.from_numpy(self.x[rows])
         y = torch.from_numpy(self.y_train[rows].astype(np.float32))
-        e = torch.from_numpy(emb).requires_grad_(True)
+        e = torch.from_numpy(np.concatenate(embs, axis=1) if len(embs) > 1 else embs[0]).requires_grad_(True)
         loss = F.binary_cross_entropy_with_logits(self.model(x, e.clone()), y, reduction="sum")
         (g,) = torch.autograd.grad(loss, e)
         if self.noise.gradient > 0:
@@ -378,11 +398,14 @@ class LabelSide:
 
         _per_sample_step(self.model, loss_of, (x, e.detach(), y), self.config.clip, self.noise.top,
                          self.source, self.optimizer)
-        return g.detach().numpy().astype(np.float32)
+        out = g.detach().numpy().astype(np.float32)
+        k = self.config.embed_dim
+        return [out] if len(embs) == 1 else [np.ascontiguousarray(out[:, i * k:(i + 1) * k]) for i in range(len(embs))]
 
-    def score(self, rows: np.ndarray, emb: np.ndarray) -> np.ndarray:
+    def score(self, rows: np.ndarray, emb: np.ndarray | list[np.ndarray]) -> np.ndarray:
+        e = np.concatenate(emb, axis=1) if isinstance(emb, list) else emb
         with torch.no_grad():
-            return torch.sigmoid(self.model(torch.from_numpy(self.x[rows]), torch.from_numpy(emb))).numpy()
+            return torch.sigmoid(self.model(torch.from_numpy(self.x[rows]), torch.from_numpy(e))).numpy()
 
 
 def batches(n: int, batch_size: int, epoch: int, seed: int) -> list[np.ndarray]:
@@ -411,26 +434,33 @@ def _arrays(channel: Channel, sender: str, receiver: str, kind: str, array: np.n
     return unpack(channel.send(sender, receiver, kind, pack(array)))
 
 
-def train(feature: FeatureSide, label: LabelSide, train_rows: np.ndarray, channel: Channel,
+def _features(feature: FeatureSide | list[FeatureSide]) -> list[FeatureSide]:
+    return feature if isinstance(feature, list) else [feature]
+
+
+def train(feature: FeatureSide | list[FeatureSide], label: LabelSide, train_rows: np.ndarray, channel: Channel,
           on_epoch: Callable[[int], None] | None = None) -> None:
-    """Run the epochs over `train_rows` (positions in the agreed order), one round trip per batch."""
+    """Run the epochs over `train_rows` (positions in the agreed order), one round trip per batch and
+    feature party (each feature party sees only its own gradient block)."""
     cfg = label.config
+    sides = _features(feature)
     for epoch in range(cfg.epochs):
         for idx in batches(len(train_rows), cfg.batch_size, epoch, cfg.seed):
             rows = train_rows[idx]
-            emb = _arrays(channel, feature.name, label.name, "split.embedding", feature.embed(rows))
-            grads = _arrays(channel, label.name, feature.name, "split.gradient", label.step(rows, emb))
-            feature.backward(rows, grads)
+            embs = [_arrays(channel, f.name, label.name, "split.embedding", f.embed(rows)) for f in sides]
+            for f, g in zip(sides, label.step_many(rows, embs), strict=True):
+                f.backward(rows, _arrays(channel, label.name, f.name, "split.gradient", g))
         if on_epoch is not None:
             on_epoch(epoch + 1)
 
 
-def score(feature: FeatureSide, label: LabelSide, rows: np.ndarray, channel: Channel) -> np.ndarray:
-    """Scores for `rows` (the label party learns them; the feature party sends one noisy embedding each)."""
+def score(feature: FeatureSide | list[FeatureSide], label: LabelSide, rows: np.ndarray, channel: Channel) -> np.ndarray:
+    """Scores for `rows` (the label party learns them; each feature party sends one noisy embedding each)."""
+    sides = _features(feature)
     out = []
     for part in score_parts(rows):
-        emb = _arrays(channel, feature.name, label.name, "split.score", feature.embed(part))
-        out.append(label.score(part, emb))
+        embs = [_arrays(channel, f.name, label.name, "split.score", f.embed(part)) for f in sides]
+        out.append(label.score(part, embs if len(embs) > 1 else embs[0]))
     return np.concatenate(out) if out else np.zeros(0)
 
 

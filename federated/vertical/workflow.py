@@ -1,4 +1,10 @@
-"""The vertical run, end to end, as each party would do it; `simulate` plays both parties in one process.
+"""The vertical run, end to end, as each party would do it; `simulate` plays every party in one process.
+
+One label party and N >= 1 feature parties (N = 1 is the two-party run, unchanged). With several, the
+label party runs PSI with each feature party (`psi_common`: see federated/vertical/psi.py) and the
+training set is the common set C, the customers of every party; a feature party learns C and nothing
+about another feature party's members beyond it. Every feature party has its own bottom model, epsilon
+and budget charge; the label party's epsilon does not grow with N (federated/vertical/split.py).
 
 Per party, in this order: its rows through the ONE consent rule (`minimise`, via `minimised_rows`),
 its join keys normalised as its party file says; the label party signs the run (config, parties,
@@ -20,7 +26,7 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -116,28 +122,33 @@ def open_side(inp: PartyInput, out: Path) -> PartySide:
                  positions=np.asarray(rows.positions))
 
 
-def _check_pair(label: PartySide, feature: PartySide) -> None:
-    if label.party.spec.role != "label" or feature.party.spec.role != "feature":
-        raise InputError("vertical: give one label party (role: label) and one feature party (role: feature)")
-    if label.name == feature.name:
-        raise InputError("vertical: the two parties must have different names")
-    if label.party.join_names != feature.party.join_names:
-        raise InputError(f"vertical: the parties declare different join keys ({', '.join(label.party.join_names)} vs "
-                         f"{', '.join(feature.party.join_names)}); both must name the same keys in the same order")
+def _check_parties(label: PartySide, features: list[PartySide]) -> None:
+    if label.party.spec.role != "label" or any(f.party.spec.role != "feature" for f in features):
+        raise InputError("vertical: give one label party (role: label) and feature parties (role: feature)")
+    names = [label.name, *(f.name for f in features)]
+    if len(set(names)) != len(names):
+        raise InputError("vertical: the parties must have different names")
+    for feature in features:
+        if label.party.join_names != feature.party.join_names:
+            raise InputError(f"vertical: {feature.name} declares other join keys than {label.name} "
+                             f"({', '.join(label.party.join_names)} vs {', '.join(feature.party.join_names)}); "
+                             "every party must name the same keys in the same order")
 
 
-def run_spec(label: Party, feature_name: str, config: SplitConfig, label_key_id: str) -> dict[str, Any]:
-    """What the label party signs: both parties, the join keys and the whole configuration (never the
-    test-only insecure seed). A deployment adds the run id, the held-out share and the time."""
+def run_spec(label: Party, feature_name: str | Sequence[str], config: SplitConfig, label_key_id: str) -> dict[str, Any]:
+    """What the label party signs: every party, the join keys and the whole configuration (never the
+    test-only insecure seed). A deployment adds the run id, the held-out share and the time. One
+    feature party is named by `feature_party` (as a deployment expects), several by `feature_parties`."""
     from dataclasses import asdict
 
     cfg = {k: v for k, v in asdict(config).items() if k != "insecure_seed"}
-    return {"label_party": label.name, "feature_party": feature_name, "join": label.join_names,
-            "config": cfg, "label_key_id": label_key_id}
+    names = [feature_name] if isinstance(feature_name, str) else list(feature_name)
+    who: dict[str, Any] = {"feature_party": names[0]} if len(names) == 1 else {"feature_parties": names}
+    return {"label_party": label.name, **who, "join": label.join_names, "config": cfg, "label_key_id": label_key_id}
 
 
-def _run_spec(label: PartySide, feature: PartySide, config: SplitConfig) -> dict[str, Any]:
-    return run_spec(label.party, feature.name, config, label.signer.key_id)
+def _run_spec(label: PartySide, features: list[PartySide], config: SplitConfig) -> dict[str, Any]:
+    return run_spec(label.party, [f.name for f in features], config, label.signer.key_id)
 
 
 def sign_run(signer: Signer, spec: dict[str, Any]) -> RecordDict:
@@ -172,16 +183,18 @@ def verify_run(got: RecordDict, pinned: Ed25519PublicKey, feature_name: str, lab
     return body
 
 
-def _signed_run(label: PartySide, feature: PartySide, config: SplitConfig, channel: Channel,
+def _signed_run(label: PartySide, features: list[PartySide], config: SplitConfig, channel: Channel,
                 pinned_key: Path | None) -> dict[str, Any]:
-    """The label party signs the run; the feature party checks it against the label party's key it
+    """The label party signs the run; each feature party checks it against the label party's key it
     pinned (`pinned_key`: a key directory or public key file it got out of band; in a simulation, by
     default, the label party's own keys directory)."""
     from privmodel.core.keys import load_public_key
 
-    got = channel.send(label.name, feature.name, "vertical.run", sign_run(label.signer, _run_spec(label, feature, config)))
+    message = sign_run(label.signer, _run_spec(label, features, config))
     pinned = load_public_key(pinned_key if pinned_key is not None else _keys_dir(label.inp.keys))
-    body = verify_run(got, pinned, feature.name, label.name)
+    for feature in features:
+        body = verify_run(channel.send(label.name, feature.name, "vertical.run", message), pinned, feature.name,
+                          label.name)
     return {"run_sha256": hashlib.sha256(body).hexdigest(), "signed_by": label.signer.key_id}
 
 
@@ -202,10 +215,72 @@ def _psi(label: PartySide, feature: PartySide, channel: Channel, workers: int) -
     return res_l.rows, res_f.rows, overlap_of(res_l, label.name, feature.name)
 
 
-def record_psi(side: PartySide, res: PsiResult, other: str) -> None:
+def record_psi(side: PartySide, res: PsiResult, other: str, phase: str | None = None) -> None:
     """A party's `vertical.psi` ledger entry: sizes and the intersection's digest, never a member."""
+    extra = {} if phase is None else {"phase": phase}
     side.book.append(PSI_ACTION, params={**res.ledger_params(), "other_party": other,
-                                         "min_overlap": side.party.spec.min_overlap})
+                                         "min_overlap": side.party.spec.min_overlap, **extra})
+
+
+PAIRWISE = "pairwise (only the label party learns it)"
+COMMON = "common set (customers of every party)"
+
+
+def psi_common(label: PartySide, features: list[PartySide], channel: Channel,
+               workers: int) -> tuple[np.ndarray, list[np.ndarray], dict[str, Any]]:
+    """The label party's rows and each feature party's rows of the common set, in one training order,
+    and the overlap for the card. One feature party: the two-party PSI (`_psi`). Several: the
+    one-sided pass with each, C on the label party's side, the two-sided PSI on C's keys with each,
+    and each feature party told the training order (federated/vertical/psi.py)."""
+    from functools import reduce
+
+    from federated.vertical.psi import Pool, PsiSide, intersect, label_learns, order_message, order_of
+
+    if len(features) == 1:
+        rows_l, rows_f, overlap = _psi(label, features[0], channel, workers)
+        return rows_l, [rows_f], overlap
+    t0 = time.perf_counter()
+    l_min = label.party.spec.min_overlap
+    with Pool(workers=workers) as pool:
+        pairs = []
+        for f in features:
+            rows, digest = label_learns(PsiSide(label.name, label.join, l_min, pool),
+                                        PsiSide(f.name, f.join, f.party.spec.min_overlap, pool), channel)
+            label.book.append(PSI_ACTION, params={"phase": PAIRWISE, "intersection_size": len(rows),
+                                                  "intersection_sha256": digest, "own_rows": len(label.join),
+                                                  "other_rows": len(f.join), "other_party": f.name, "min_overlap": l_min})
+            f.book.append(PSI_ACTION, params={"phase": PAIRWISE, "own_rows": len(f.join), "other_rows": len(label.join),
+                                              "other_party": label.name})
+            pairs.append(rows)
+        common = reduce(np.intersect1d, pairs)
+        keys = [label.join[i] for i in common]
+        results = []
+        for f in features:
+            res_l, res_f = intersect(PsiSide(label.name, keys, l_min, pool),
+                                     PsiSide(f.name, f.join, f.party.spec.min_overlap, pool), channel)
+            record_psi(label, res_l, f.name, COMMON)
+            record_psi(f, res_f, label.name, COMMON)
+            results.append((common[res_l.rows], res_l, res_f))
+    order = results[0][0]
+    rows_fs = [results[0][2].rows]
+    for f, (rows_l, _res_l, res_f) in zip(features[1:], results[1:], strict=True):
+        by_row = np.argsort(rows_l)
+        perm = by_row[np.searchsorted(rows_l[by_row], order)]  # pair order position of each training row
+        got = channel.send(label.name, f.name, "psi.order", order_message(perm))
+        rows_fs.append(res_f.rows[order_of(got, res_f.size)])
+    return order, rows_fs, _common_overlap(label, features, results, time.perf_counter() - t0)
+
+
+def _common_overlap(label: PartySide, features: list[PartySide], results: list[Any], seconds: float) -> dict[str, Any]:
+    """The card's overlap of a run with several feature parties: C's size, each party's rows, each
+    pair's digest of C (the one its ledgers record) and one digest over them; no pairwise size."""
+    digests = {f.name: res_l.digest for f, (_r, res_l, _f) in zip(features, results, strict=True)}
+    size = results[0][1].size
+    combined = hashlib.sha256(("privmodel.psi common v1\x00" + ":".join(digests.values())).encode()).hexdigest()
+    rows = {f"{f.name}_rows": res_l.other_size for f, (_r, res_l, _f) in zip(features, results, strict=True)}
+    return {"size": size, "sha256": combined, f"{label.name}_rows": len(label.join), **rows,
+            "share_of_label_party": size / max(1, len(label.join)), "seconds": round(seconds, 3),
+            "pairs": {name: {"sha256": d} for name, d in digests.items()}}
 
 
 def overlap_of(res_l: PsiResult, label: str, feature: str) -> dict[str, Any]:
@@ -296,76 +371,96 @@ def party_epsilons(config: SplitConfig) -> tuple[Any, dict[str, float]]:
     return noise, eps
 
 
-def simulate(label_in: PartyInput, feature_in: PartyInput, config: SplitConfig, out: Path, *,
+def simulate(label_in: PartyInput, feature_in: PartyInput | Sequence[PartyInput], config: SplitConfig, out: Path, *,
              test_size: float = 0.2, workers: int = 1, offline: set[str] | None = None,
              progress: Callable[[str], None] | None = None, pinned_label_key: Path | None = None) -> VerticalResult:
-    """Both parties in one process over a recording channel (Flower RecordDicts); see the module doc."""
+    """Every party in one process over a recording channel (Flower RecordDicts); see the module doc.
+    `feature_in`: one feature party, or several (the label party joins them on the common set)."""
     from federated.vertical import split
 
     say = progress or (lambda _m: None)
     config.check()
+    feature_ins = [feature_in] if isinstance(feature_in, PartyInput) else list(feature_in)
+    if not feature_ins:
+        raise InputError("vertical: give at least one feature party")
     t0 = time.perf_counter()
-    label, feature = open_side(label_in, out), open_side(feature_in, out)
+    label = open_side(label_in, out)
+    features = [open_side(f, out) for f in feature_ins]
     channel = Channel(keep=False, offline=set(offline or ()))
-    with record_failures(label, feature):
-        _check_pair(label, feature)
-        signed = _signed_run(label, feature, config, channel, pinned_label_key)
+    with record_failures(label, *features):
+        _check_parties(label, features)
+        signed = _signed_run(label, features, config, channel, pinned_label_key)
         noise, eps = party_epsilons(config)
         if config.epsilon is not None:
-            for side, role in ((feature, "feature"), (label, "label")):
+            for side, role in _roles(label, features):
                 charge_party(side, eps[role], split.party_delta(noise, role, config.delta), party_cost(noise, config, role),
                         spend=False)
         say("private set intersection")
-        rows_l, rows_f, overlap = _psi(label, feature, channel, workers)
+        rows_l, rows_fs, overlap = psi_common(label, features, channel, workers)
         t_psi = time.perf_counter()
-        result = _train_and_publish(label, feature, rows_l, rows_f, config, noise, eps, channel,
+        result = _train_and_publish(label, features, rows_l, rows_fs, config, noise, eps, channel,
                                     test_size, say, signed, overlap)
     result.seconds = {"psi": round(t_psi - t0, 2), "total": round(time.perf_counter() - t0, 2)}
     return result
 
 
-def _train_and_publish(label: PartySide, feature: PartySide, rows_l: np.ndarray, rows_f: np.ndarray, config: SplitConfig,
-                       noise: Any, eps: dict[str, float], channel: Channel, test_size: float,
+def _roles(label: PartySide, features: list[PartySide]) -> list[tuple[PartySide, str]]:
+    """Every party with its role: the feature parties first, then the label party (charge order)."""
+    return [*((f, "feature") for f in features), (label, "label")]
+
+
+def _train_and_publish(label: PartySide, features: list[PartySide], rows_l: np.ndarray, rows_fs: list[np.ndarray],
+                       config: SplitConfig, noise: Any, eps: dict[str, float], channel: Channel, test_size: float,
                        say: Callable[[str], None], signed: dict[str, Any], overlap: dict[str, Any]) -> VerticalResult:
     from federated.vertical import split
 
-    y = _encode(label, feature, rows_l, rows_f)
+    for feature, rows_f in zip(features, rows_fs, strict=True):
+        encode_feature(feature, rows_f)
+    y = encode_label(label, rows_l)
     train_rows, test_rows = split_shared(len(y), test_size, config.seed)
-    private = config.epsilon is not None
-    deltas = {role: split.party_delta(noise, role, config.delta) for role in ("feature", "label")}
-    for side, role in ((feature, "feature"), (label, "label")):
-        if private:
-            charge_party(side, eps[role], deltas[role], party_cost(noise, config, role))
-    assert label.x is not None and feature.x is not None
-    f_side = split.FeatureSide(feature.name, feature.x, config, noise)
-    l_side = split.LabelSide(label.name, label.x, y, config, noise)
+    if config.epsilon is not None:
+        for side, role in _roles(label, features):
+            charge_party(side, eps[role], split.party_delta(noise, role, config.delta), party_cost(noise, config, role))
+    assert label.x is not None and all(f.x is not None for f in features)
+    f_sides = [split.FeatureSide(f.name, f.x, config, noise, index=i) for i, f in enumerate(features)]  # type: ignore[arg-type]
+    l_side = split.LabelSide(label.name, label.x, y, config, noise, feature_parties=len(features))
     say("split learning")
-    split.train(f_side, l_side, train_rows, channel, on_epoch=lambda e: say(f"epoch {e}/{config.epochs}"))
-    scores = split.score(f_side, l_side, test_rows, channel)
+    split.train(f_sides, l_side, train_rows, channel, on_epoch=lambda e: say(f"epoch {e}/{config.epochs}"))
+    scores = split.score(f_sides, l_side, test_rows, channel)
     auc = _auc(y[test_rows], scores)
-    model_hash = _agree_hash(label, feature, split.state_hash(l_side.model), split.state_hash(f_side.model), channel)
-    parties = parties_of(label.name, feature.name, noise, eps, config, label.charge, feature.charge)
+    model_hash = _agree_hash(label, features, split.state_hash(l_side.model),
+                             [split.state_hash(f.model) for f in f_sides], channel)
+    parties = parties_of(label.name, [f.name for f in features], noise, eps, config, label.charge,
+                         [f.charge for f in features])
     result = VerticalResult(parties, overlap, {"roc_auc": auc, "test_customers": int(len(test_rows)),
                                                "train_customers": int(len(train_rows))},
-                            model_hash, noise.as_dict(), {**_run_spec(label, feature, config)["config"], **signed},
+                            model_hash, noise.as_dict(), {**_run_spec(label, features, config)["config"], **signed},
                             dict(channel.bytes_by_sender))
-    result.files = _publish(label, feature, l_side, f_side, result, config)
+    result.files = [p for f, part in zip(features, f_sides, strict=True) for p in publish_side(f, part, result, config)]
+    result.files += publish_side(label, l_side, result, config)
     return result
 
 
-def parties_of(label: str, feature: str, noise: Any, eps: dict[str, float], config: SplitConfig,
-               label_charge: dict[str, Any] | None, feature_charge: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
-    """Each party's role, epsilon, delta, budget charge and what its epsilon covers (card and ledgers)."""
+def parties_of(label: str, feature: str | Sequence[str], noise: Any, eps: dict[str, float], config: SplitConfig,
+               label_charge: dict[str, Any] | None,
+               feature_charge: dict[str, Any] | None | Sequence[dict[str, Any] | None]) -> dict[str, dict[str, Any]]:
+    """Each party's role, epsilon, delta, budget charge and what its epsilon covers (card and ledgers);
+    `feature`/`feature_charge`: one feature party's, or a list (one per feature party, same order)."""
     from federated.vertical import split
 
+    names = [feature] if isinstance(feature, str) else list(feature)
+    charges: list[dict[str, Any] | None] = (list(feature_charge) if isinstance(feature_charge, list | tuple)
+                                            else [feature_charge])  # type: ignore[list-item]
     private = config.epsilon is not None
-    return {
+    out = {
         label: {"role": "label", "epsilon": eps["label"] if private else None,
                 "delta": split.party_delta(noise, "label", config.delta) if private else None, "budget": label_charge,
                 "covers": "labels only (randomized response)" if noise.label_flip > 0 else "columns and labels"},
-        feature: {"role": "feature", "epsilon": eps["feature"] if private else None,
-                  "delta": config.delta if private else None, "budget": feature_charge, "covers": "columns"},
     }
+    for name, charge in zip(names, charges, strict=True):
+        out[name] = {"role": "feature", "epsilon": eps["feature"] if private else None,
+                     "delta": config.delta if private else None, "budget": charge, "covers": "columns"}
+    return out
 
 
 def party_cost(noise: Any, config: SplitConfig, role: str) -> dict[str, Any]:
@@ -380,32 +475,33 @@ def party_cost(noise: Any, config: SplitConfig, role: str) -> dict[str, Any]:
             "noise_multiplier": split.effective_sigma(split.party_sigmas(noise, config.epochs, role))}
 
 
-def _agree_hash(label: PartySide, feature: PartySide, top: str, bottom: str, channel: Channel) -> str:
-    """Each party sends its part's hash; both compute sha256(top || bottom)."""
-    got_b = channel.send(feature.name, label.name, "split.done", part_message(bottom))
-    got_t = channel.send(label.name, feature.name, "split.done", part_message(top))
-    at_label = model_hash(top, str(got_b["h"]["part"]))
-    at_feature = model_hash(str(got_t["h"]["part"]), bottom)
-    if at_label != at_feature:
-        raise InputError("vertical: the parties disagree on the model hash")
+def _agree_hash(label: PartySide, features: list[PartySide], top: str, bottoms: list[str], channel: Channel) -> str:
+    """Each party sends its part's hash; every party computes sha256(top || bottom_1 || ... || bottom_N).
+    With several feature parties the label party relays every bottom hash (hashes of model parts only)."""
+    got = [str(channel.send(f.name, label.name, "split.done", part_message(b))["h"]["part"])
+           for f, b in zip(features, bottoms, strict=True)]
+    at_label = model_hash(top, *got)
+    relay = got if len(features) > 1 else None
+    for i, (f, own) in enumerate(zip(features, bottoms, strict=True)):
+        back = channel.send(label.name, f.name, "split.done", part_message(top, relay))["h"]
+        parts = str(back["bottoms"]).split(":") if relay is not None else [own]
+        if parts[i] != own or model_hash(str(back["part"]), *parts) != at_label:
+            raise InputError(f"vertical: {f.name} and {label.name} disagree on the model hash")
     return at_label
 
 
-def part_message(part_hash: str) -> RecordDict:
-    """The `split.done` message: the SHA-256 of the sender's model part."""
+def part_message(part_hash: str, bottoms: list[str] | None = None) -> RecordDict:
+    """The `split.done` message: the SHA-256 of the sender's model part (and, from the label party to
+    one of several feature parties, every bottom part's hash in order)."""
     from flwr.app import ConfigRecord, RecordDict
 
-    return RecordDict({"h": ConfigRecord({"part": part_hash})})
+    extra = {} if bottoms is None else {"bottoms": ":".join(bottoms)}
+    return RecordDict({"h": ConfigRecord({"part": part_hash, **extra})})
 
 
-def model_hash(top: str, bottom: str) -> str:
-    """The model hash both ledgers record: sha256(top || bottom) of the two parts' hashes."""
-    return hashlib.sha256(f"{top}:{bottom}".encode()).hexdigest()
-
-
-def _publish(label: PartySide, feature: PartySide, l_side: Any, f_side: Any, result: VerticalResult,
-             config: SplitConfig) -> list[Path]:
-    return publish_side(feature, f_side, result, config) + publish_side(label, l_side, result, config)
+def model_hash(top: str, *bottoms: str) -> str:
+    """The model hash every ledger records: sha256(top || bottom_1 || ...) of the parts' hashes."""
+    return hashlib.sha256(":".join([top, *bottoms]).encode()).hexdigest()
 
 
 def publish_side(side: PartySide, part: Any, result: VerticalResult, config: SplitConfig) -> list[Path]:
@@ -426,7 +522,7 @@ def publish_side(side: PartySide, part: Any, result: VerticalResult, config: Spl
         role = result.parties[side.name]
         side.book.append(RUN_ACTION, outputs=stage.artifacts(), params={
             "model_hash": result.model_hash, "role": role["role"], "overlap": result.overlap["size"],
-            "intersection_sha256": result.overlap["sha256"], "run_sha256": result.config["run_sha256"],
+            "intersection_sha256": result.overlap.get("pairs", {}).get(side.name, result.overlap)["sha256"], "run_sha256": result.config["run_sha256"],
             "noise": result.noise, "metrics": result.metrics if is_label else {},
         }, privacy_cost={"epsilon": role["epsilon"], "delta": role["delta"]} if role["epsilon"] is not None else None)
         files: list[Path] = stage.publish()
@@ -448,9 +544,12 @@ def card_json(result: VerticalResult, config: SplitConfig) -> dict[str, Any]:
         "config": result.config,
         "private": all(e is not None and math.isfinite(e) for e in eps.values()),
         "released_without_dp": [
-            "the intersection size (PSI reveals it to both parties)",
+            "the intersection size (PSI reveals it to both parties)" if len(eps) == 2 else
+            "the common set (each party learns which of its customers are customers of every party) and its size; "
+            "the label party alone also learns each pairwise overlap",
             "the label party's test ROC-AUC on its held-out shared customers",
         ],
-        "scoring": "needs both parties online: the feature party sends one embedding per scored customer"
+        "scoring": ("needs both parties online: the feature party sends" if len(eps) == 2 else
+                    "needs every party online: each feature party sends") + " one embedding per scored customer"
                    + (", clipped and noised (accounted like a training release)" if config.epsilon is not None else ""),
     }

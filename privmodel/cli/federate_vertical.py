@@ -1,6 +1,7 @@
-"""`privmodel federate vertical simulate | join | run`: vertical federation between a label and a feature party.
+"""`privmodel federate vertical simulate | join | run`: vertical federation between a label and feature parties.
 
-simulate  both parties in one process (`federated.vertical.workflow.simulate`)
+simulate  every party in one process (`federated.vertical.workflow.simulate`): one label party and
+          one or more feature parties (repeat --feature, --feature-data, --feature-keys)
 join      the feature party's long-lived node (its table, policy, keys, budget, the label party's pinned
           key) and its SuperNode, on the label party's SuperLink (`privmodel federate superlink`)
 run       the label party signs and submits the run to its SuperLink and follows it
@@ -22,6 +23,7 @@ import typer
 
 if TYPE_CHECKING:
     from federated.vertical.split import SplitConfig
+    from federated.vertical.workflow import PartyInput
 
 
 def register(fed: typer.Typer) -> None:
@@ -37,9 +39,13 @@ def simulate(
     label: Path = typer.Option(..., "--label", help="The label party's file (role: label)."),
     label_data: Path = typer.Option(..., "--label-data", help="The label party's table."),
     label_keys: Path = typer.Option(None, "--label-keys", help="The label party's key directory (its budget)."),
-    feature: Path = typer.Option(..., "--feature", help="The feature party's file (role: feature)."),
-    feature_data: Path = typer.Option(..., "--feature-data", help="The feature party's table."),
-    feature_keys: Path = typer.Option(None, "--feature-keys", help="The feature party's key directory (its budget)."),
+    feature: list[Path] = typer.Option(
+        ..., "--feature", help="A feature party's file (role: feature); repeat for several feature parties."
+    ),
+    feature_data: list[Path] = typer.Option(..., "--feature-data", help="Its table (one per --feature, same order)."),
+    feature_keys: list[Path] = typer.Option(
+        None, "--feature-keys", help="Its key directory, its budget (none, or one per --feature, same order)."
+    ),
     out: Path = typer.Option(Path("vertical-sim"), "--out", help="Output directory (one folder per party)."),
     epsilon: float = typer.Option(1.0, "--epsilon", help="Target ε per party for the run; 0 = non-private."),
     delta: float = typer.Option(1e-6, "--delta", help="δ per party."),
@@ -58,7 +64,8 @@ def simulate(
         None, "--pin-label-key", help="The label party's public key the feature party trusts (default: --label-keys)."
     ),
 ) -> None:
-    """Private set intersection, then split learning with per-party DP; a card names each party's ε."""
+    """Private set intersection, then split learning with per-party DP; a card names each party's ε.
+    With several feature parties the model trains on the customers of every party."""
     from rich.console import Console
 
     from anonymize.errors import InputError
@@ -70,18 +77,29 @@ def simulate(
         raise InputError(f"{out}: exists and is not a directory")
     err = Console(stderr=True)
     config = _config(epsilon, label_epsilon, delta, label_dp, epochs, batch_size, lr, seed)
-    result = run(PartyInput(label, label_data, label_keys), PartyInput(feature, feature_data, feature_keys), config,
-                 out, test_size=test_size, workers=workers or default_workers(), progress=lambda m: err.print(m),
+    features = _feature_inputs(feature, feature_data, feature_keys)
+    result = run(PartyInput(label, label_data, label_keys), features, config, out, test_size=test_size, workers=workers or default_workers(), progress=lambda m: err.print(m),
                  pinned_label_key=pin_label_key)
     console = Console()
     for name, p in result.parties.items():
         eps = "non-private" if p["epsilon"] is None else f"ε {p['epsilon']:.3f}, δ {p['delta']:.1e} ({p['covers']})"
         console.print(f"{name} ({p['role']} party): {eps}")
     auc = result.metrics["roc_auc"]
-    console.print(f"overlap {result.overlap['size']:,} customers; test ROC-AUC "
+    console.print(f"overlap {result.overlap['size']:,} customers"
+                  + (" (customers of every party)" if len(result.parties) > 2 else "") + "; test ROC-AUC "
                   f"{'-' if auc is None else f'{auc:.4f}'}; model hash {result.model_hash[:16]}; "
                   f"PSI {result.seconds['psi']:.1f} s, total {result.seconds['total']:.1f} s")
     console.print(f"card: {out / next(n for n, p in result.parties.items() if p['role'] == 'label') / 'card.md'}")
+
+
+def _feature_inputs(files: list[Path], data: list[Path], keys: list[Path] | None) -> list[PartyInput]:
+    """One PartyInput per --feature (one line when the repeated options do not pair up)."""
+    from anonymize.errors import InputError
+    from federated.vertical.workflow import PartyInput
+
+    if len(data) != len(files) or (keys and len(keys) != len(files)):
+        raise InputError("give one --feature-data (and, if any, one --feature-keys) per --feature, in the same order")
+    return [PartyInput(f, d, keys[i] if keys else None) for i, (f, d) in enumerate(zip(files, data, strict=True))]
 
 
 def _config(epsilon: float, label_epsilon: float | None, delta: float, label_dp: str, epochs: int, batch_size: int,

@@ -35,7 +35,12 @@ def synth(
     vertical: bool = typer.Option(
         False, "--vertical", help="Write a label party (bank) and a feature party (retailer) over one population."
     ),
-    overlap: float = typer.Option(0.7, "--overlap", help="With --vertical: share of the bank's customers the retailer holds."),
+    overlap: float = typer.Option(
+        0.7, "--overlap", help="With --vertical: share of the bank's customers each feature party holds."
+    ),
+    feature_parties: int = typer.Option(
+        1, "--feature-parties", help="With --vertical: 1 (retailer) or 2 (retailer and telco) feature parties."
+    ),
     ledger: Path = LEDGER_OPTION,
     keys: Path = KEYS_OPTION,
 ) -> None:
@@ -45,10 +50,13 @@ def synth(
 
         from privmodel.workflows.synthesize import synthesize_vertical
 
-        summary = synthesize_vertical(out, customers, overlap, seed, fmt, ledger, keys)
+        summary = synthesize_vertical(out, customers, overlap, seed, fmt, ledger, keys, feature_parties)
+        telco = (f", telco {summary['telco_rows']:,} rows (feature party); {summary['shared_all']:,} customers of all "
+                 "three" if "telco_rows" in summary else "")
         Console().print(
             f"bank {summary['bank_rows']:,} rows (label party), retailer {summary['retailer_rows']:,} rows "
-            f"(feature party), shared {summary['shared']:,} ({overlap:.0%} of the bank's customers); "
+            f"(feature party){telco}, shared {summary['shared']:,} ({overlap:.0%} of the bank's customers, per "
+            "feature party); "
             f"churn rate {summary['churn_rate']:.3f}, ground-truth AUC {summary['bayes_auc']:.3f}; in {out}"
         )
         return

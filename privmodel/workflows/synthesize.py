@@ -79,11 +79,13 @@ def synthesize(req: SynthRequest, status: Callable[[str], None] = lambda _msg: N
 
 
 def synthesize_vertical(out: Path, customers: int, overlap: float, seed: int = 0, fmt: str = "parquet",
-                        ledger: Path | None = None, keys: Path | None = None) -> dict[str, Any]:
-    """A label party (bank) and a feature party (retailer) over one population (`privmodel synth --vertical`).
+                        ledger: Path | None = None, keys: Path | None = None, feature_parties: int = 1) -> dict[str, Any]:
+    """A label party (bank) and feature parties (retailer; with `feature_parties` 2 also a telco) over
+    one population (`privmodel synth --vertical`).
 
-    Writes bank.<fmt>, retailer.<fmt>, each party's policy and party file, all or nothing, after one
-    signed `synth.vertical` ledger entry. Returns the summary (rows per party, overlap, base rate).
+    Writes bank.<fmt>, retailer.<fmt> (telco.<fmt>), each party's policy and party file, all or
+    nothing, after one signed `synth.vertical` ledger entry. Returns the summary (rows per party,
+    overlap, base rate).
     """
     import pyarrow.csv as pcsv
     import pyarrow.parquet as pq
@@ -91,25 +93,34 @@ def synthesize_vertical(out: Path, customers: int, overlap: float, seed: int = 0
 
     from privmodel.core.fileio import outputs
     from privmodel.data.synth.output import FORMATS
-    from privmodel.data.synth.vertical import BANK, RETAILER, check_overlap, generate_vertical, party_policies
+    from privmodel.data.synth.vertical import (
+        BANK,
+        FEATURE_PARTIES,
+        check_feature_parties,
+        check_overlap,
+        generate_vertical,
+        party_policies,
+    )
 
     fmt = fmt.lower()
     if fmt not in FORMATS:
         raise InputError(f"--format must be one of {', '.join(FORMATS)}")
     check_overlap(overlap)
+    check_feature_parties(feature_parties)
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: exists and is not a directory")
     if ledger is not None and not ledger.parent.is_dir():
         raise InputError(f"--ledger: {ledger.parent}: directory does not exist")
     book_path = ledger_path(ledger, out)
-    docs = party_policies(max(1, min(1000, customers // 100)))
-    tables = [f"{BANK}.{fmt}", f"{RETAILER}.{fmt}"]
-    params = {"customers": customers, "overlap": overlap, "seed": seed, "format": fmt, "vertical": True}
+    docs = party_policies(max(1, min(1000, customers // 100)), feature_parties)
+    tables = [f"{name}.{fmt}" for name in (BANK, *FEATURE_PARTIES[:feature_parties])]
+    params = {"customers": customers, "overlap": overlap, "seed": seed, "format": fmt, "vertical": True,
+              **({"feature_parties": feature_parties} if feature_parties > 1 else {})}
     with recorded_failure("synth.vertical", ledger, out, keys), \
             outputs([out / n for n in [*tables, *docs]], replace=True, ledger=book_path, action="synth.vertical") as stage:
         book = open_ledger(book_path, out, keys)
-        data = generate_vertical(customers, overlap=overlap, seed=seed)
-        for name, table in zip(tables, (data.bank, data.retailer), strict=True):
+        data = generate_vertical(customers, overlap=overlap, seed=seed, feature_parties=feature_parties)
+        for name, table in zip(tables, data.tables().values(), strict=True):
             if fmt == "parquet":
                 pq.write_table(table, stage.path(out / name), compression="snappy")
             else:
