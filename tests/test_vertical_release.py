@@ -4,6 +4,7 @@ with dp-accounting, exactly two messages that hold only released values, and a m
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,8 +15,12 @@ from sklearn.metrics import roc_auc_score
 from anonymize.errors import InputError
 from federated.vertical import release
 from federated.vertical.channel import Channel
-from federated.vertical.split import unpack
-from privmodel.dp import secure_noise
+from federated.vertical.split import SplitConfig, unpack
+from federated.vertical.workflow import PartyInput, simulate
+from privmodel.artifacts.ledger import read_entries, verify
+from privmodel.core.keys import init_keys, load_public_key
+from privmodel.dp import budget, secure_noise
+from tests.conftest import run_cli
 
 torch.set_num_threads(1)
 
@@ -112,9 +117,67 @@ def test_non_private_release_learns_from_both_parties_and_private_beats_label_pa
 def test_bad_bins_and_settings_are_refused() -> None:
     feature, label = _parties(release.ReleaseConfig(epsilon=1.0, insecure_seed=1))
     label.labels(np.arange(10))
-    with pytest.raises(InputError, match="expected 3000 bins in \\[0, 2\\)"):
-        label.fit(np.arange(10), np.full(3_000, 2))
+    with pytest.raises(InputError, match="expected 3000 bins in \\[0, 2\\) from each feature party"):
+        label.fit(np.arange(10), [np.full(3_000, 2)])
     with pytest.raises(InputError, match="--bins must be between 2 and 64"):
         release.ReleaseConfig(bins=1).check()
     with pytest.raises(InputError, match="--label-epsilon needs --epsilon"):
         release.ReleaseConfig(epsilon=None, label_epsilon=1.0).check()
+
+
+# --- the protocol in the vertical workflow: budgets, ledgers, card, CLI -----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def parties(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("vertical-release")
+    done = run_cli("synth", "--vertical", "--customers", "1500", "--out", str(root / "data"), "--seed", "5")
+    assert done.returncode == 0, done.stderr
+    return root / "data"
+
+
+def _inputs(data: Path, tmp: Path) -> tuple[PartyInput, PartyInput]:
+    for name in ("bank", "retailer"):
+        init_keys(tmp / f"keys-{name}", actor=name)
+    return (PartyInput(data / "bank.party.yaml", data / "bank.parquet", tmp / "keys-bank"),
+            PartyInput(data / "retailer.party.yaml", data / "retailer.parquet", tmp / "keys-retailer"))
+
+
+def test_release_run_charges_pure_epsilon_once_and_every_ledger_agrees(parties: Path, tmp_path: Path) -> None:
+    bank, shop = _inputs(parties, tmp_path)
+    config = SplitConfig(epsilon=2.0, label_epsilon=1.0, epochs=3, protocol="release", insecure_seed=4)
+    result = simulate(bank, shop, config, tmp_path / "out")
+    assert result.parties["bank"]["delta"] == 0.0 and result.parties["retailer"]["delta"] == 0.0
+    assert result.parties["bank"]["covers"].startswith("columns and labels")
+    for inp, name, target, k in ((bank, "bank", 1.0, 2), (shop, "retailer", 2.0, 2)):
+        book = tmp_path / "out" / name / "ledger.jsonl"
+        assert verify(book, [load_public_key(inp.keys)]).ok  # type: ignore[arg-type]
+        train = next(e for e in read_entries(book) if e["action"] == "vertical.train")
+        assert train["params"]["model_hash"] == result.model_hash
+        spent = budget.spent(f"{name}-customers", inp.keys)
+        assert spent.charges == 1 and spent.delta == 0.0
+        assert spent.epsilon == pytest.approx(result.parties[name]["epsilon"]) and target - 1e-6 < spent.epsilon <= target
+        assert _pld_epsilon(k, spent.epsilon) == pytest.approx(spent.epsilon, abs=1e-5)  # dp-accounting agrees
+    assert result.noise["bins"] == 2.0 and result.noise["label_flip"] == pytest.approx(1 / (1 + math.e), abs=1e-6)
+    card = (tmp_path / "out" / "bank" / "card.md").read_text()
+    assert "Protocol: vertical one-shot release." in card and "one more randomized-response release" in card
+    assert result.metrics["roc_auc"] is not None and result.metrics["roc_auc"] > 0.6
+
+
+def test_cli_release_protocol_and_a_deployment_refuses_it(parties: Path, tmp_path: Path) -> None:
+    bank, shop = _inputs(parties, tmp_path)
+    args = ["federate", "vertical", "simulate", "--label", str(bank.party_file), "--label-data", str(bank.data),
+            "--label-keys", str(bank.keys), "--feature", str(shop.party_file), "--feature-data", str(shop.data),
+            "--feature-keys", str(shop.keys), "--out", str(tmp_path / "cli"), "--psi-workers", "1",
+            "--protocol", "release", "--epochs", "2", "--bins", "3"]
+    done = run_cli(*args)
+    assert done.returncode == 0, done.stderr
+    assert "retailer (feature party): ε 1.000, δ 0.0e+00 (columns)" in done.stdout
+    bad = run_cli(*[a if a != "release" else "gossip" for a in args])
+    assert bad.returncode == 2 and "--protocol must be split or release" in bad.stderr and "Traceback" not in bad.stderr
+    split_bins = run_cli(*[a for a in args if a not in ("--protocol", "release")])
+    assert split_bins.returncode == 2 and "--bins applies to --protocol release" in split_bins.stderr
+    from federated.vertical.node import config_of
+
+    with pytest.raises(InputError, match="a deployment runs split learning, not --protocol release"):
+        config_of({"config": {"protocol": "release"}})

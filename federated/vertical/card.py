@@ -18,7 +18,7 @@ def _eps(value: Any) -> str:
 
 def card_markdown(card: dict[str, Any]) -> str:
     """Markdown for `card.json`'s facts."""
-    lines = ["# Vertical model card", ""]
+    lines = ["# Vertical model card", "", f"Protocol: {card['kind']}.", ""]
     if card["noise"] != "secure":
         lines += [f"**{card['noise']}**", ""]
     lines += [f"Model hash (every party's ledger): `{card['model_hash']}`", "",

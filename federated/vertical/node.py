@@ -118,6 +118,8 @@ def config_of(spec: dict[str, Any]) -> SplitConfig:
     except TypeError:
         raise InputError("vertical: the signed configuration has unknown settings") from None
     config.check()
+    if config.protocol != "split":
+        raise InputError(f"vertical: a deployment runs split learning, not --protocol {config.protocol[:16]}")
     return config
 
 

@@ -29,6 +29,7 @@ Non-private (`epsilon=None`): labels and bins cross exactly (bins = `NONPRIVATE_
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -38,7 +39,10 @@ from anonymize.errors import InputError
 from privmodel.dp import secure_noise
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from federated.vertical.channel import Channel
+    from federated.vertical.split import SplitConfig
     from privmodel.data.features import EncodedData
     from privmodel.dp.training import FitResult
 
@@ -73,6 +77,12 @@ class ReleaseConfig:
         if self.epochs < 1:
             raise InputError("--epochs must be positive")
 
+    @classmethod
+    def of(cls, config: SplitConfig) -> ReleaseConfig:
+        """The release settings of a vertical run's configuration (`protocol: release`)."""
+        return cls(epsilon=config.epsilon, label_epsilon=config.label_epsilon, bins=config.bins, epochs=config.epochs,
+                   seed=config.seed, insecure_seed=config.insecure_seed)
+
     @property
     def private(self) -> bool:
         return self.epsilon is not None
@@ -101,6 +111,14 @@ def planned_epsilons(config: ReleaseConfig) -> dict[str, float | None]:
             "label": secure_noise.randomized_response_epsilon(2, label_eps)}
 
 
+def randomization(config: ReleaseConfig, eps: dict[str, Any]) -> dict[str, float]:
+    """What the card and ledgers state about the randomization (0 when non-private)."""
+    if eps.get("feature") is None or eps.get("label") is None:
+        return {"label_flip": 0.0, "bins": float(config.k), "bin_kept": 1.0}
+    k, e_f, e_l = config.k, float(eps["feature"]), float(eps["label"])
+    return {"label_flip": 1.0 / (1.0 + math.exp(e_l)), "bins": float(k), "bin_kept": math.exp(e_f) / (math.exp(e_f) + k - 1)}
+
+
 def party_cost(config: ReleaseConfig, role: str) -> dict[str, Any]:
     """What a party's budget entry says about its mechanism."""
     if role == "feature":
@@ -117,19 +135,21 @@ def _dense(x: np.ndarray) -> EncodedData:
                        [f"x{i}" for i in range(x.shape[1])], [])
 
 
-def _fit(x: np.ndarray, y: np.ndarray, config: ReleaseConfig) -> FitResult:
+def _fit(x: np.ndarray, y: np.ndarray, config: ReleaseConfig) -> nn.Module:
     """A non-private fit on data the caller holds (its own columns, released labels): nothing leaves."""
     from privmodel.dp.training import TrainConfig, fit
 
-    return fit(_dense(x), y, TrainConfig(model=config.model, epsilon=None, epochs=config.epochs, seed=config.seed))
+    result: FitResult = fit(_dense(x), y, TrainConfig(model=config.model, epsilon=None, epochs=config.epochs,
+                                                      seed=config.seed))
+    return result.model
 
 
-def _logits(result: FitResult, x: np.ndarray) -> np.ndarray:
+def _logits(model: nn.Module, x: np.ndarray) -> np.ndarray:
     import torch
 
     data = _dense(x)
     with torch.no_grad():
-        return np.asarray(result.model(torch.from_numpy(data.x_num), torch.from_numpy(data.x_cat)).numpy()).ravel()
+        return np.asarray(model(torch.from_numpy(data.x_num), torch.from_numpy(data.x_cat)).numpy()).ravel()
 
 
 def quantile_bins(scores: np.ndarray, k: int) -> np.ndarray:
@@ -178,7 +198,7 @@ class LabelRelease:
     epsilon_spent: float | None = None  # per training customer, after `labels`
     released: np.ndarray | None = field(default=None, repr=False)
     model: Any = field(default=None, repr=False)
-    bins: np.ndarray | None = field(default=None, repr=False)
+    bins: list[np.ndarray] = field(default_factory=list, repr=False)  # one array per feature party
 
     def labels(self, train_rows: np.ndarray) -> np.ndarray:
         """The training customers' labels as released: by randomized response unless non-private."""
@@ -191,19 +211,21 @@ class LabelRelease:
             self.released, self.epsilon_spent = source.randomized_response(y, 2, eps)
         return self.released
 
-    def fit(self, train_rows: np.ndarray, bins: np.ndarray) -> None:
-        """The top model on own columns + received bins, with the labels it released (post-processing)."""
+    def fit(self, train_rows: np.ndarray, bins: list[np.ndarray]) -> None:
+        """The top model on own columns + every feature party's received bins, with the labels it
+        released (post-processing)."""
         k = self.config.k
-        if len(bins) != len(self.x) or (len(bins) and (int(bins.min()) < 0 or int(bins.max()) >= k)):
-            raise InputError(f"vertical: expected {len(self.x)} bins in [0, {k}) from the feature party")
+        for b in bins:
+            if len(b) != len(self.x) or (len(b) and (int(b.min()) < 0 or int(b.max()) >= k)):
+                raise InputError(f"vertical: expected {len(self.x)} bins in [0, {k}) from each feature party")
         if self.released is None:
             raise InputError("vertical: the top model needs the labels released first")
-        self.bins = bins
+        self.bins = list(bins)
         self.model = _fit(self._inputs(train_rows), self.released, self.config)
 
     def _inputs(self, rows: np.ndarray) -> np.ndarray:
-        assert self.bins is not None
-        return np.concatenate([self.x[rows], one_hot(self.bins[rows], self.config.k)], axis=1)
+        k = self.config.k
+        return np.concatenate([self.x[rows], *(one_hot(b[rows], k) for b in self.bins)], axis=1)
 
     def score(self, rows: np.ndarray) -> np.ndarray:
         """Churn probabilities of shared customers whose bins were released (no new message)."""
@@ -212,13 +234,17 @@ class LabelRelease:
         return np.asarray(1.0 / (1.0 + np.exp(-_logits(self.model, self._inputs(rows)))))
 
 
-def train(feature: FeatureRelease, label: LabelRelease, train_rows: np.ndarray, channel: Channel) -> None:
-    """The two messages of a run, in order: released labels down, released bins up; then the top model."""
+def train(features: FeatureRelease | list[FeatureRelease], label: LabelRelease, train_rows: np.ndarray,
+          channel: Channel) -> None:
+    """The messages of a run, in order: per feature party the released labels down (ONE draw, the same
+    array to each) and its released bins up; then the top model."""
     from federated.vertical.split import pack, unpack
 
     label.config.check()
-    labels = unpack(channel.send(label.name, feature.name, "release.labels",
-                                 pack(label.labels(train_rows).astype(np.int8))))
-    bins = unpack(channel.send(feature.name, label.name, "release.bins",
-                               pack(feature.bins(train_rows, labels.astype(np.int64)).astype(np.int16))))
-    label.fit(train_rows, bins.astype(np.int64))
+    released = label.labels(train_rows).astype(np.int8)
+    bins = []
+    for feature in [features] if isinstance(features, FeatureRelease) else features:
+        labels = unpack(channel.send(label.name, feature.name, "release.labels", pack(released)))
+        answer = feature.bins(train_rows, labels.astype(np.int64)).astype(np.int16)
+        bins.append(unpack(channel.send(feature.name, label.name, "release.bins", pack(answer))).astype(np.int64))
+    label.fit(train_rows, bins)

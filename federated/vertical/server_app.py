@@ -43,7 +43,8 @@ if TYPE_CHECKING:
 
 AUTH_WAIT_S = 60.0
 INVALID_FAB = 7  # flwr.common.constant.ErrorCode.INVALID_FAB
-SPLIT_FIELDS = [f.name for f in fields(SplitConfig) if f.name != "insecure_seed"]
+# a deployment runs split learning: the one-shot release protocol (and its bins) runs in `simulate` only
+SPLIT_FIELDS = [f.name for f in fields(SplitConfig) if f.name not in ("insecure_seed", "protocol", "bins")]
 OPTIONAL = ("epsilon", "label_epsilon")  # None travels as 0 (Flower's run config holds no None)
 
 

@@ -83,9 +83,17 @@ class SplitConfig:
     label_dp: Literal["gradient", "labels"] = "gradient"
     seed: int = 0  # weight initialisation and batch schedule only (public); never the noise
     insecure_seed: int | None = None  # TEST ONLY: reproducible noise, NOT differentially private
+    # "split": this module's split learning; "release": `federated.vertical.release` (each party's data
+    # crosses once, by randomized response; epsilon, label_epsilon, epochs, seed and bins apply)
+    protocol: Literal["split", "release"] = "split"
+    bins: int | None = None  # release only: score bins per feature party (None: by epsilon)
 
     def check(self) -> None:
         """One clear line for a setting that cannot run."""
+        if self.protocol not in ("split", "release"):
+            raise InputError("--protocol must be split or release")
+        if self.bins is not None and (self.protocol != "release" or not 2 <= self.bins <= 64):
+            raise InputError("--bins applies to --protocol release and must be between 2 and 64")
         for name, eps in (("--epsilon", self.epsilon), ("--label-epsilon", self.label_epsilon)):
             if eps is not None and not (eps > 0 and math.isfinite(eps)):
                 raise InputError(f"{name} must be a positive finite number")

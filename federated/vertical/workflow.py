@@ -371,13 +371,37 @@ def party_epsilons(config: SplitConfig) -> tuple[Any, dict[str, float]]:
     return noise, eps
 
 
+@dataclass(frozen=True)
+class PrivacyPlan:
+    """Per role ("feature", "label"): the epsilon, delta and budget entry of a run's mechanisms, known
+    before PSI (every party's budget is checked first; no entries when non-private); `noise`: split
+    learning's multipliers (None for the one-shot release)."""
+
+    noise: Any
+    eps: dict[str, Any]
+    deltas: dict[str, float]
+    costs: dict[str, dict[str, Any]]
+
+
+def privacy_plan(config: SplitConfig) -> PrivacyPlan:
+    """The plan of either protocol: split learning (`split.calibrate`) or the one-shot release (pure DP)."""
+    from federated.vertical import release, split
+
+    roles = ("feature", "label")
+    if config.protocol == "release":
+        rc = release.ReleaseConfig.of(config)
+        return PrivacyPlan(None, release.planned_epsilons(rc), dict.fromkeys(roles, 0.0),
+                           {r: release.party_cost(rc, r) for r in roles})
+    noise, eps = party_epsilons(config)
+    return PrivacyPlan(noise, eps, {r: split.party_delta(noise, r, config.delta) for r in roles},
+                       {r: party_cost(noise, config, r) for r in roles} if noise.private else {})
+
+
 def simulate(label_in: PartyInput, feature_in: PartyInput | Sequence[PartyInput], config: SplitConfig, out: Path, *,
              test_size: float = 0.2, workers: int = 1, offline: set[str] | None = None,
              progress: Callable[[str], None] | None = None, pinned_label_key: Path | None = None) -> VerticalResult:
     """Every party in one process over a recording channel (Flower RecordDicts); see the module doc.
     `feature_in`: one feature party, or several (the label party joins them on the common set)."""
-    from federated.vertical import split
-
     say = progress or (lambda _m: None)
     config.check()
     feature_ins = [feature_in] if isinstance(feature_in, PartyInput) else list(feature_in)
@@ -390,15 +414,14 @@ def simulate(label_in: PartyInput, feature_in: PartyInput | Sequence[PartyInput]
     with record_failures(label, *features):
         _check_parties(label, features)
         signed = _signed_run(label, features, config, channel, pinned_label_key)
-        noise, eps = party_epsilons(config)
+        plan = privacy_plan(config)
         if config.epsilon is not None:
             for side, role in _roles(label, features):
-                charge_party(side, eps[role], split.party_delta(noise, role, config.delta), party_cost(noise, config, role),
-                        spend=False)
+                charge_party(side, plan.eps[role], plan.deltas[role], plan.costs[role], spend=False)
         say("private set intersection")
         rows_l, rows_fs, overlap = psi_common(label, features, channel, workers)
         t_psi = time.perf_counter()
-        result = _train_and_publish(label, features, rows_l, rows_fs, config, noise, eps, channel,
+        result = _train_and_publish(label, features, rows_l, rows_fs, config, plan, channel,
                                     test_size, say, signed, overlap)
     result.seconds = {"psi": round(t_psi - t0, 2), "total": round(time.perf_counter() - t0, 2)}
     return result
@@ -410,7 +433,7 @@ def _roles(label: PartySide, features: list[PartySide]) -> list[tuple[PartySide,
 
 
 def _train_and_publish(label: PartySide, features: list[PartySide], rows_l: np.ndarray, rows_fs: list[np.ndarray],
-                       config: SplitConfig, noise: Any, eps: dict[str, float], channel: Channel, test_size: float,
+                       config: SplitConfig, plan: PrivacyPlan, channel: Channel, test_size: float,
                        say: Callable[[str], None], signed: dict[str, Any], overlap: dict[str, Any]) -> VerticalResult:
     from federated.vertical import split
 
@@ -420,25 +443,54 @@ def _train_and_publish(label: PartySide, features: list[PartySide], rows_l: np.n
     train_rows, test_rows = split_shared(len(y), test_size, config.seed)
     if config.epsilon is not None:
         for side, role in _roles(label, features):
-            charge_party(side, eps[role], split.party_delta(noise, role, config.delta), party_cost(noise, config, role))
+            charge_party(side, plan.eps[role], plan.deltas[role], plan.costs[role])
     assert label.x is not None and all(f.x is not None for f in features)
-    f_sides = [split.FeatureSide(f.name, f.x, config, noise, index=i) for i, f in enumerate(features)]  # type: ignore[arg-type]
-    l_side = split.LabelSide(label.name, label.x, y, config, noise, feature_parties=len(features))
-    say("split learning")
-    split.train(f_sides, l_side, train_rows, channel, on_epoch=lambda e: say(f"epoch {e}/{config.epochs}"))
-    scores = split.score(f_sides, l_side, test_rows, channel)
+    run = _released if config.protocol == "release" else _split_learning
+    l_side, f_sides, scores, noise = run(label, features, y, train_rows, test_rows, config, plan, channel, say)
     auc = _auc(y[test_rows], scores)
     model_hash = _agree_hash(label, features, split.state_hash(l_side.model),
                              [split.state_hash(f.model) for f in f_sides], channel)
-    parties = parties_of(label.name, [f.name for f in features], noise, eps, config, label.charge,
+    parties = parties_of(label.name, [f.name for f in features], plan.noise, plan.eps, config, label.charge,
                          [f.charge for f in features])
     result = VerticalResult(parties, overlap, {"roc_auc": auc, "test_customers": int(len(test_rows)),
                                                "train_customers": int(len(train_rows))},
-                            model_hash, noise.as_dict(), {**_run_spec(label, features, config)["config"], **signed},
+                            model_hash, noise, {**_run_spec(label, features, config)["config"], **signed},
                             dict(channel.bytes_by_sender))
     result.files = [p for f, part in zip(features, f_sides, strict=True) for p in publish_side(f, part, result, config)]
     result.files += publish_side(label, l_side, result, config)
     return result
+
+
+Trained = tuple[Any, list[Any], np.ndarray, dict[str, float]]
+
+
+def _split_learning(label: PartySide, features: list[PartySide], y: np.ndarray, train_rows: np.ndarray,
+                    test_rows: np.ndarray, config: SplitConfig, plan: PrivacyPlan, channel: Channel,
+                    say: Callable[[str], None]) -> Trained:
+    """Split learning over the channel: (label side, feature sides, test scores, noise multipliers)."""
+    from federated.vertical import split
+
+    noise = plan.noise
+    f_sides = [split.FeatureSide(f.name, f.x, config, noise, index=i) for i, f in enumerate(features)]  # type: ignore[arg-type]
+    l_side = split.LabelSide(label.name, label.x, y, config, noise, feature_parties=len(features))  # type: ignore[arg-type]
+    say("split learning")
+    split.train(f_sides, l_side, train_rows, channel, on_epoch=lambda e: say(f"epoch {e}/{config.epochs}"))
+    scores = split.score(f_sides, l_side, test_rows, channel)
+    return l_side, f_sides, scores, noise.as_dict()
+
+
+def _released(label: PartySide, features: list[PartySide], y: np.ndarray, train_rows: np.ndarray,
+              test_rows: np.ndarray, config: SplitConfig, plan: PrivacyPlan, channel: Channel,
+              say: Callable[[str], None]) -> Trained:
+    """The one-shot release over the channel: (label side, feature sides, test scores, what was randomized)."""
+    from federated.vertical import release
+
+    rc = release.ReleaseConfig.of(config)
+    f_sides = [release.FeatureRelease(f.name, f.x, rc) for f in features]  # type: ignore[arg-type]
+    l_side = release.LabelRelease(label.name, label.x, y, rc)  # type: ignore[arg-type]
+    say("one-shot release")
+    release.train(f_sides, l_side, train_rows, channel)
+    return l_side, f_sides, l_side.score(test_rows), release.randomization(rc, plan.eps)
 
 
 def parties_of(label: str, feature: str | Sequence[str], noise: Any, eps: dict[str, float], config: SplitConfig,
@@ -452,14 +504,20 @@ def parties_of(label: str, feature: str | Sequence[str], noise: Any, eps: dict[s
     charges: list[dict[str, Any] | None] = (list(feature_charge) if isinstance(feature_charge, list | tuple)
                                             else [feature_charge])  # type: ignore[list-item]
     private = config.epsilon is not None
+    released = config.protocol == "release"
+    if released:
+        label_delta, covers = 0.0, "columns and labels (its labels crossed once, by randomized response)"
+    else:
+        label_delta = split.party_delta(noise, "label", config.delta)
+        covers = "labels only (randomized response)" if noise.label_flip > 0 else "columns and labels"
     out = {
         label: {"role": "label", "epsilon": eps["label"] if private else None,
-                "delta": split.party_delta(noise, "label", config.delta) if private else None, "budget": label_charge,
-                "covers": "labels only (randomized response)" if noise.label_flip > 0 else "columns and labels"},
+                "delta": label_delta if private else None, "budget": label_charge, "covers": covers},
     }
     for name, charge in zip(names, charges, strict=True):
         out[name] = {"role": "feature", "epsilon": eps["feature"] if private else None,
-                     "delta": config.delta if private else None, "budget": charge, "covers": "columns"}
+                     "delta": (0.0 if released else config.delta) if private else None, "budget": charge,
+                     "covers": "columns"}
     return out
 
 
@@ -534,7 +592,7 @@ def card_json(result: VerticalResult, config: SplitConfig) -> dict[str, Any]:
     noise_kind = "INSECURE-reproducible (NOT differentially private)" if config.insecure_seed is not None else "secure"
     eps = {name: p["epsilon"] for name, p in result.parties.items()}
     return {
-        "kind": "vertical split learning",
+        "kind": "vertical one-shot release" if config.protocol == "release" else "vertical split learning",
         "model_hash": result.model_hash,
         "parties": result.parties,
         "overlap": result.overlap,
@@ -549,7 +607,17 @@ def card_json(result: VerticalResult, config: SplitConfig) -> dict[str, Any]:
             "the label party alone also learns each pairwise overlap",
             "the label party's test ROC-AUC on its held-out shared customers",
         ],
-        "scoring": ("needs both parties online: the feature party sends" if len(eps) == 2 else
-                    "needs every party online: each feature party sends") + " one embedding per scored customer"
-                   + (", clipped and noised (accounted like a training release)" if config.epsilon is not None else ""),
+        "scoring": _scoring(config, len(eps) - 1),
     }
+
+
+def _scoring(config: SplitConfig, feature_parties: int) -> str:
+    """The card's sentence on what scoring a customer needs and costs."""
+    every = "both parties" if feature_parties == 1 else "every party"
+    if config.protocol == "release":
+        return (f"the held-out customers were scored from the bins released for them in the run; scoring a new "
+                f"customer needs {every} online and costs each feature party one more randomized-response release "
+                "of that customer's bin at its epsilon")
+    return (f"needs {every} online: " + ("the feature party sends" if feature_parties == 1 else "each feature party sends")
+            + " one embedding per scored customer"
+            + (", clipped and noised (accounted like a training release)" if config.epsilon is not None else ""))

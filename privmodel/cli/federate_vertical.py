@@ -54,7 +54,13 @@ def simulate(
         "gradient", "--label-dp",
         help="gradient: noised gradients + DP-SGD top (columns and labels); labels: randomized response (labels only).",
     ),
-    epochs: int = typer.Option(4, "--epochs", min=1),
+    protocol: str = typer.Option(
+        "split", "--protocol",
+        help="split: split learning (an embedding per customer per epoch); release: each party's data crosses once, "
+             "by randomized response (labels down, the feature party's score bins up; docs/vertical.md).",
+    ),
+    bins: int = typer.Option(None, "--bins", help="release: score bins per feature party (default: 2 below ε 2.5, else 4)."),
+    epochs: int = typer.Option(None, "--epochs", min=1, help="Default: 4 (split), 30 (release: non-private fits)."),
     batch_size: int = typer.Option(512, "--batch-size", min=1),
     lr: float = typer.Option(0.01, "--lr"),
     test_size: float = typer.Option(0.2, "--test-size", help="Share of the shared customers held out for the AUC."),
@@ -76,7 +82,10 @@ def simulate(
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: exists and is not a directory")
     err = Console(stderr=True)
-    config = _config(epsilon, label_epsilon, delta, label_dp, epochs, batch_size, lr, seed)
+    if protocol not in ("split", "release"):
+        raise InputError("--protocol must be split or release")
+    config = _config(epsilon, label_epsilon, delta, label_dp, epochs or (30 if protocol == "release" else 4),
+                     batch_size, lr, seed, protocol=protocol, bins=bins)
     features = _feature_inputs(feature, feature_data, feature_keys)
     result = run(PartyInput(label, label_data, label_keys), features, config, out, test_size=test_size, workers=workers or default_workers(), progress=lambda m: err.print(m),
                  pinned_label_key=pin_label_key)
@@ -103,7 +112,7 @@ def _feature_inputs(files: list[Path], data: list[Path], keys: list[Path] | None
 
 
 def _config(epsilon: float, label_epsilon: float | None, delta: float, label_dp: str, epochs: int, batch_size: int,
-            lr: float, seed: int) -> SplitConfig:
+            lr: float, seed: int, *, protocol: str = "split", bins: int | None = None) -> SplitConfig:
     """The options as a checked SplitConfig (one line for a bad one)."""
     from anonymize.errors import InputError
     from federated.vertical.split import SplitConfig
@@ -113,7 +122,8 @@ def _config(epsilon: float, label_epsilon: float | None, delta: float, label_dp:
     if label_dp not in ("gradient", "labels"):
         raise InputError("--label-dp must be gradient or labels")
     config = SplitConfig(epsilon=epsilon or None, label_epsilon=label_epsilon, delta=delta, epochs=epochs,
-                         batch_size=batch_size, lr=lr, seed=seed, label_dp="labels" if label_dp == "labels" else "gradient")
+                         batch_size=batch_size, lr=lr, seed=seed, label_dp="labels" if label_dp == "labels" else "gradient",
+                         protocol="release" if protocol == "release" else "split", bins=bins)
     config.check()
     return config
 
