@@ -243,3 +243,43 @@ def _signed_message(path: str):
 
     auth = json.loads(Path(path).read_text())
     return run_message(auth["body"].encode(), auth["signature"])
+
+
+def test_the_deployed_sides_run_the_one_shot_release(world, tmp_path: Path) -> None:
+    """`protocol: release` over the deployment's messages: two training messages (released labels down,
+    released bins up), pure epsilon charged once on each side, one model hash in both ledgers; the
+    settings survive Flower's run config (bins and protocol), and scoring new customers is refused."""
+    import base64
+
+    from federated.vertical.server_app import LabelRun
+    from privmodel.artifacts.ledger import canonical_json, verify
+    from privmodel.core.keys import load_public_key
+
+    root = world["root"]
+    config = SplitConfig(epsilon=2.0, epochs=3, protocol="release", bins=3)
+    node = _node(root, tmp_path)
+    settings = VerticalSettings(config, str(root / "bank.party.yaml"), str(root / "bank.parquet"), str(root / "keys-bank"),
+                                str(tmp_path / "bank-run"), "retailer", 7, str(tmp_path / "authorization.json"))
+    settings = VerticalSettings.from_record(settings.to_record())
+    assert settings.config == config
+    spec = expected_spec(load_party(root / "bank.party.yaml"), settings, load_signer(root / "keys-bank").key_id)
+    body = canonical_json({**spec, "run_id": "41", "time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")})
+    signature = base64.b64encode(load_signer(root / "keys-bank").sign(body)).decode()
+    (tmp_path / "authorization.json").write_text(json.dumps({"body": body.decode(), "signature": signature}))
+    links: list[_LocalLink] = []
+    done = LabelRun(settings, "41", lambda label: links.append(_LocalLink(node, "41", label)) or links[-1]).run()
+    assert links[0].kinds[3:] == ["psi.done", "release.labels", "split.done"]
+    assert done["card"]["kind"] == "vertical one-shot release" and done["card"]["noise_multipliers"]["bins"] == 3.0
+    for org, ledger in (("bank", tmp_path / "bank-run" / "bank" / "ledger.jsonl"),
+                        ("retailer", tmp_path / "node" / "retailer" / "ledger.jsonl")):
+        assert verify(ledger, [load_public_key(root / f"keys-{org}")]).ok
+        assert [e for e in read_entries(ledger) if e["action"] == "vertical.train"][-1]["params"]["model_hash"] \
+            == done["model_hash"]
+        spent = budget.spent(f"{org}-customers", root / f"keys-{org}")
+        target = 2.0
+        assert spent.delta == 0.0 and target - 1e-6 < spent.epsilon <= target
+    scoring = VerticalSettings(config, settings.label_party, settings.label_data, settings.label_keys,
+                               str(tmp_path / "score"), "retailer", 7, str(tmp_path / "authorization.json"),
+                               mode="score", model_hash=done["model_hash"])
+    with pytest.raises(Exception, match="scores its run's customers only"):
+        LabelRun(scoring, "42", lambda label: _LocalLink(node, "42", label)).run()

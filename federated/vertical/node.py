@@ -20,6 +20,12 @@ The order of one run, label party -> this node (answer):
     split.done     top part's hash        -> vertical.published (model hash; model part published)
     vertical.abort reason                 -> vertical.aborted   (the label party failed: `failed` entry)
 
+A one-shot release run (`protocol: release`, `federated.vertical.release`) replaces the split.* rounds:
+
+    release.labels released labels        -> release.bins       (budget charged; every shared customer's
+                                                                   released bin and the bottom part's hash)
+    split.done     top part's hash        -> vertical.published
+
 A scoring run (`mode: score`, `privmodel federate vertical score`) has the same order without training
 batches: the node refuses unless the run names the model whose part it published last, charges one
 embedding release per shared customer (`split.score_epsilon`), embeds every shared customer with its saved
@@ -50,8 +56,9 @@ if TYPE_CHECKING:
     from flwr.app import RecordDict
 
     from federated.vertical.psi import Pool, PsiSide
+    from federated.vertical.release import FeatureRelease
     from federated.vertical.split import FeatureSide, Noise, SplitConfig
-    from federated.vertical.workflow import PartySide
+    from federated.vertical.workflow import PartySide, PrivacyPlan
 
 RUN_KIND = "privmodel.vertical.run/1"
 FUTURE_SKEW_S = 300.0
@@ -118,8 +125,6 @@ def config_of(spec: dict[str, Any]) -> SplitConfig:
     except TypeError:
         raise InputError("vertical: the signed configuration has unknown settings") from None
     config.check()
-    if config.protocol != "split":
-        raise InputError(f"vertical: a deployment runs split learning, not --protocol {config.protocol[:16]}")
     return config
 
 
@@ -131,8 +136,9 @@ class _Run:
     spec: dict[str, Any]
     run_sha256: str
     config: SplitConfig
-    noise: Noise
+    noise: Noise | None  # split learning's multipliers (None for the one-shot release)
     eps: dict[str, float]
+    plan: PrivacyPlan
     stage: str = "vertical.ready"
     pool: Pool | None = None
     psi: PsiSide | None = None
@@ -141,7 +147,7 @@ class _Run:
     digest: str = ""
     size: int = 0
     overlap: dict[str, Any] = field(default_factory=dict)
-    f_side: FeatureSide | None = None
+    f_side: FeatureSide | FeatureRelease | None = None
     steps: Steps | None = None
 
     def close(self) -> None:
@@ -154,7 +160,7 @@ class _Run:
 EXPECTS = {
     "psi.request": ("vertical.ready",), "psi.tokens": ("psi.request",), "psi.done": ("psi.tokens",),
     "split.start": ("psi.done",), "split.gradient": ("split.embedding",), "split.next": ("split.score",),
-    "split.done": ("split.done",),
+    "split.done": ("split.done", "release.bins"), "release.labels": ("psi.done",),
 }
 
 
@@ -184,7 +190,7 @@ class FeatureNode:
         self._handlers: dict[str, Callable[[_Run, RecordDict], tuple[str, RecordDict]]] = {
             "psi.request": self._psi_request, "psi.tokens": self._psi_tokens, "psi.done": self._psi_done,
             "split.start": self._split_start, "split.gradient": self._split_step, "split.next": self._split_step,
-            "split.done": self._split_done,
+            "split.done": self._split_done, "release.labels": self._release_labels,
         }
 
     # --- the local socket's requests -----------------------------------------------------------
@@ -262,13 +268,15 @@ class FeatureNode:
         """Check the label party's signature (pinned key), the run it names, then this party's budget."""
         from flwr.app import ConfigRecord, RecordDict
 
-        from federated.vertical.workflow import charge_party, party_epsilons, verify_run
+        from federated.vertical.workflow import charge_party, privacy_plan, verify_run
 
         try:
             body = verify_run(content, self.pinned, self.name, _claimed_label(content))
             spec = signed_spec(body, run_id, self.name, self.side.party.join_names)
             config = config_of(spec)
             if _scoring(spec):
+                if config.protocol == "release":
+                    raise InputError("vertical: a one-shot release model scores its run's customers only")
                 self._check_model(str(spec.get("model_hash", "")))
         except InputError as exc:
             self.side.book.append(REFUSED_ACTION, params={"run_id": run_id[:24], "request": "vertical.run"},
@@ -277,8 +285,8 @@ class FeatureNode:
         if self.run is not None:  # a new signed run: the previous run's label party vanished, that run failed
             self._failure(self.run.stage, InputError(f"vertical: the label party dropped out of run {self.run.run_id} "
                                                      f"after {self.run.stage}"), self.run.run_id)
-        noise, eps = party_epsilons(config)
-        run = _Run(run_id, spec, hashlib.sha256(body).hexdigest(), config, noise, eps)
+        plan = privacy_plan(config)
+        run = _Run(run_id, spec, hashlib.sha256(body).hexdigest(), config, plan.noise, plan.eps, plan)
         self.run = run
         if config.epsilon is not None:
             charge_party(self.side, *self._cost(run), spend=False)
@@ -288,13 +296,13 @@ class FeatureNode:
         """(epsilon, delta, what the budget entry says) of this party in this run: training, or scoring
         (one noised embedding per scored customer: `split.score_epsilon`)."""
         from federated.vertical import split
-        from federated.vertical.workflow import party_cost
 
         if _scoring(run.spec):
+            assert run.noise is not None
             return (split.score_epsilon(run.noise, run.config.delta, run.config.accountant), run.config.delta,
                     {"mechanism": "vertical scoring (feature party): one embedding per scored customer",
                      "noise_multiplier": run.noise.embedding, "model_hash": str(run.spec["model_hash"])})
-        return run.eps["feature"], run.config.delta, party_cost(run.noise, run.config, "feature")
+        return run.eps["feature"], run.plan.deltas["feature"], run.plan.costs["feature"]
 
     def _check_model(self, digest: str) -> None:
         """Scoring needs the model part this party published last, and the run must name that model."""
@@ -356,10 +364,13 @@ class FeatureNode:
         if run.config.epsilon is not None:
             charge_party(self.side, *self._cost(run))
         assert self.side.x is not None
-        run.f_side = split.FeatureSide(self.name, self.side.x, run.config, run.noise)
+        if run.noise is None:
+            raise InputError("vertical: split.start in a one-shot release run")
+        f_side = split.FeatureSide(self.name, self.side.x, run.config, run.noise)
+        run.f_side = f_side
         if _scoring(run.spec):
-            split.load_state(run.f_side.model, (self.side.out / "model.pt").read_bytes())
-        run.steps = feature_steps(run.f_side, train_rows, test_rows)
+            split.load_state(f_side.model, (self.side.out / "model.pt").read_bytes())
+        run.steps = feature_steps(f_side, train_rows, test_rows)
         return next(run.steps)
 
     def _split_step(self, run: _Run, content: RecordDict) -> tuple[str, RecordDict]:
@@ -368,11 +379,33 @@ class FeatureNode:
         assert run.steps is not None
         return run.steps.send(split.unpack(content) if run.stage == "split.embedding" else None)
 
+    def _release_labels(self, run: _Run, content: RecordDict) -> tuple[str, RecordDict]:
+        """The one-shot release: charge, fit on the released labels, answer with every shared customer's
+        released bin and this party's part's hash."""
+        from flwr.app import ConfigRecord
+
+        from federated.vertical import release, split
+        from federated.vertical.workflow import charge_party, encode_feature, split_shared
+
+        assert run.rows is not None
+        if run.config.protocol != "release":
+            raise InputError("vertical: release.labels in a split-learning run")
+        encode_feature(self.side, run.rows)
+        train_rows, _ = split_shared(run.size, float(run.spec["test_size"]), run.config.seed)
+        if run.config.epsilon is not None:
+            charge_party(self.side, *self._cost(run))
+        assert self.side.x is not None
+        f_side = release.FeatureRelease(self.name, self.side.x, release.ReleaseConfig.of(run.config))
+        run.f_side = f_side
+        reply = split.pack(f_side.bins(train_rows, split.unpack(content).astype(np.int64)).astype(np.int16))
+        reply["h"] = ConfigRecord({"part": split.state_hash(f_side.model)})
+        return "release.bins", reply
+
     def _split_done(self, run: _Run, content: RecordDict) -> tuple[str, RecordDict]:
         """Both parts' hashes give the model hash; publish this party's part with its ledger entry."""
         from flwr.app import ConfigRecord, RecordDict
 
-        from federated.vertical import split
+        from federated.vertical import release, split
         from federated.vertical.workflow import VerticalResult, model_hash, parties_of, publish_side
 
         assert run.f_side is not None
@@ -381,7 +414,9 @@ class FeatureNode:
             return self._scored(run, digest)
         label = str(run.spec["label_party"])
         parties = parties_of(label, self.name, run.noise, run.eps, run.config, None, self.side.charge)
-        result = VerticalResult(parties, run.overlap, {}, digest, run.noise.as_dict(),
+        noise = run.noise.as_dict() if run.noise is not None else release.randomization(
+            release.ReleaseConfig.of(run.config), run.eps)
+        result = VerticalResult(parties, run.overlap, {}, digest, noise,
                                 {**run.spec["config"], "run_sha256": run.run_sha256, "signed_by": run.spec["label_key_id"]}, {})
         publish_side(self.side, run.f_side, result, run.config)
         self.run = None

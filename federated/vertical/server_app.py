@@ -43,9 +43,9 @@ if TYPE_CHECKING:
 
 AUTH_WAIT_S = 60.0
 INVALID_FAB = 7  # flwr.common.constant.ErrorCode.INVALID_FAB
-# a deployment runs split learning: the one-shot release protocol (and its bins) runs in `simulate` only
-SPLIT_FIELDS = [f.name for f in fields(SplitConfig) if f.name not in ("insecure_seed", "protocol", "bins")]
-OPTIONAL = ("epsilon", "label_epsilon")  # None travels as 0 (Flower's run config holds no None)
+SPLIT_FIELDS = [f.name for f in fields(SplitConfig) if f.name != "insecure_seed"]
+OPTIONAL = ("epsilon", "label_epsilon", "bins")  # None travels as 0 (Flower's run config holds no None)
+OPTIONAL_KIND: dict[str, Any] = {"epsilon": float, "label_epsilon": float, "bins": int}
 
 
 @dataclass
@@ -71,7 +71,7 @@ class VerticalSettings:
     def to_record(self) -> dict[str, Any]:
         """Flat scalars for the app's run config."""
         cfg = {k: v for k, v in asdict(self.config).items() if k in SPLIT_FIELDS}
-        cfg.update({k: cfg[k] or 0.0 for k in OPTIONAL})
+        cfg.update({k: cfg[k] or OPTIONAL_KIND[k](0) for k in OPTIONAL})
         own = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "config"}
         own["feature_node"] = str(self.feature_node)  # a node id may not fit TOML's 64-bit integers
         return {**cfg, **own}
@@ -83,7 +83,7 @@ class VerticalSettings:
         cfg: dict[str, Any] = {}
         for name in SPLIT_FIELDS:
             default = getattr(defaults, name)
-            kind = float if name in OPTIONAL else type(default)
+            kind = OPTIONAL_KIND[name] if name in OPTIONAL else type(default)
             cfg[name] = kind(rec[name]) if name in rec else default
         for name in OPTIONAL:
             cfg[name] = cfg[name] or None
@@ -261,18 +261,18 @@ class LabelRun:
             raise
 
     def _run(self) -> dict[str, Any]:
-        from federated.vertical.workflow import charge_party, party_cost, party_epsilons, run_message
+        from federated.vertical.workflow import charge_party, privacy_plan, run_message
 
         label, config = self.label, self.config
         if label.party.spec.role != "label":
             raise InputError(f"vertical: {label.name} is not a label party (role: label); it cannot run")
+        if self.settings.mode == "score" and config.protocol == "release":
+            raise InputError("vertical: a one-shot release model scores its run's customers only; scoring new "
+                             "customers in a deployment needs --protocol split")
         body, signature = _authorization(Path(self.settings.authorization), self.run_id, label, self.settings)
-        noise, eps = party_epsilons(config)
+        plan = privacy_plan(config)
         if config.epsilon is not None:
-            from federated.vertical import split
-
-            charge_party(label, eps["label"], split.party_delta(noise, "label", config.delta), party_cost(noise, config, "label"),
-                    spend=False)
+            charge_party(label, plan.eps["label"], plan.deltas["label"], plan.costs["label"], spend=False)
         self.link.wait(self.settings.wait_timeout)
         self.link.exchange("vertical.run", run_message(body, signature), "vertical.ready")
         self.emit({"event": "accepted", "party": self.settings.feature_party})
@@ -282,8 +282,8 @@ class LabelRun:
         signed = {"run_sha256": hashlib.sha256(body).hexdigest(), "signed_by": label.signer.key_id,
                   "run_id": self.run_id}
         if self.settings.mode == "score":
-            return self._score(rows_l, overlap, noise, signed)
-        return self._train(rows_l, overlap, noise, eps, signed)
+            return self._score(rows_l, overlap, plan.noise, signed)
+        return self._train(rows_l, overlap, plan, signed)
 
     def _score(self, rows_l: np.ndarray, overlap: dict[str, Any], noise: Any, signed: dict[str, Any]) -> dict[str, Any]:
         """Score every shared new customer with the trained parts (the feature party sends one noised
@@ -356,10 +356,10 @@ class LabelRun:
         record_psi(label, res, self.settings.feature_party)
         return rows, overlap_of(res, label.name, self.settings.feature_party)
 
-    def _train(self, rows_l: np.ndarray, overlap: dict[str, Any], noise: Any, eps: dict[str, float],
-               signed: dict[str, Any]) -> dict[str, Any]:
-        """Encode, charge, split learning with the feature party, score, agree on the hash, publish."""
-        from federated.vertical import split
+    def _train(self, rows_l: np.ndarray, overlap: dict[str, Any], plan: Any, signed: dict[str, Any]) -> dict[str, Any]:
+        """Encode, charge, train with the feature party (split learning or the one-shot release), score,
+        agree on the hash, publish."""
+        from federated.vertical import release, split
         from federated.vertical.workflow import (
             VerticalResult,
             _auc,
@@ -369,7 +369,6 @@ class LabelRun:
             model_hash,
             part_message,
             parties_of,
-            party_cost,
             publish_side,
             split_shared,
         )
@@ -378,25 +377,20 @@ class LabelRun:
         y = encode_label(label, rows_l)
         train_rows, test_rows = split_shared(len(y), self.settings.test_size, config.seed)
         if config.epsilon is not None:
-            charge_party(label, eps["label"], split.party_delta(noise, "label", config.delta), party_cost(noise, config, "label"))
-        assert label.x is not None
-        l_side = split.LabelSide(label.name, label.x, y, config, noise)
-        kind, got = self._rounds(l_side, train_rows)
-        scores = []
-        for part in split.score_parts(test_rows):
-            scores.append(l_side.score(part, split.unpack(got)))
-            kind, got = self.link.exchange("split.next", RecordDict({}), ("split.score", "split.done"))
-        if kind != "split.done":
-            raise InputError(f"vertical: {self.settings.feature_party} sent more scoring messages than scheduled")
+            charge_party(label, plan.eps["label"], plan.deltas["label"], plan.costs["label"])
+        trained = self._release if config.protocol == "release" else self._split
+        l_side, scores, bottom = trained(y, train_rows, test_rows, plan)
         top = split.state_hash(l_side.model)
-        digest = model_hash(top, str(got["h"]["part"]))
+        digest = model_hash(top, bottom)
         _, got = self.link.exchange("split.done", part_message(top), "vertical.published")
         if str(got["h"]["model_hash"]) != digest:
             raise InputError("vertical: the parties disagree on the model hash")
-        auc = _auc(y[test_rows], np.concatenate(scores)) if scores else None
+        auc = _auc(y[test_rows], scores) if len(scores) else None
         metrics = {"roc_auc": auc, "test_customers": int(len(test_rows)), "train_customers": int(len(train_rows))}
-        parties = parties_of(label.name, self.settings.feature_party, noise, eps, config, label.charge, None)
-        result = VerticalResult(parties, overlap, metrics, digest, noise.as_dict(),
+        parties = parties_of(label.name, self.settings.feature_party, plan.noise, plan.eps, config, label.charge, None)
+        noise = plan.noise.as_dict() if plan.noise is not None else release.randomization(
+            release.ReleaseConfig.of(config), plan.eps)
+        result = VerticalResult(parties, overlap, metrics, digest, noise,
                                 {**{k: v for k, v in asdict(config).items() if k != "insecure_seed"}, **signed},
                                 dict(self.link.bytes_by_sender), self.clock.summary())
         files = publish_side(label, l_side, result, config)
@@ -405,6 +399,39 @@ class LabelRun:
                 "messages": self.link.messages, "files": [str(f) for f in files], "card": card_json(result, config)}
         self.emit(done)
         return done
+
+    def _split(self, y: np.ndarray, train_rows: np.ndarray, test_rows: np.ndarray,
+               plan: Any) -> tuple[Any, np.ndarray, str]:
+        """Split learning's rounds, then the held-out customers' scores: (top side, scores, bottom part's hash)."""
+        from federated.vertical import split
+
+        assert self.label.x is not None
+        l_side = split.LabelSide(self.label.name, self.label.x, y, self.config, plan.noise)
+        kind, got = self._rounds(l_side, train_rows)
+        scores = []
+        for part in split.score_parts(test_rows):
+            scores.append(l_side.score(part, split.unpack(got)))
+            kind, got = self.link.exchange("split.next", RecordDict({}), ("split.score", "split.done"))
+        if kind != "split.done":
+            raise InputError(f"vertical: {self.settings.feature_party} sent more scoring messages than scheduled")
+        return l_side, np.concatenate(scores) if scores else np.zeros(0), str(got["h"]["part"])
+
+    def _release(self, y: np.ndarray, train_rows: np.ndarray, test_rows: np.ndarray,
+                 plan: Any) -> tuple[Any, np.ndarray, str]:
+        """The one-shot release: released labels down, released bins (and the bottom part's hash) up."""
+        from federated.vertical import release, split
+
+        assert self.label.x is not None
+        l_side = release.LabelRelease(self.label.name, self.label.x, y, release.ReleaseConfig.of(self.config))
+        t0 = time.perf_counter()
+        _, got = self.link.exchange("release.labels", split.pack(l_side.labels(train_rows).astype(np.int8)),
+                                    "release.bins")
+        assert self.clock.rounds is not None
+        self.clock.rounds.append(time.perf_counter() - t0)
+        l_side.fit(train_rows, [split.unpack(got).astype(np.int64)])
+        self.emit({"event": "round", "round": 1, "rounds": 1, "seconds": round(self.clock.rounds[-1], 3),
+                   "batches": 1, "per_round": round(self.clock.rounds[-1], 4)})
+        return l_side, l_side.score(test_rows), str(got["h"]["part"])
 
     def _rounds(self, l_side: Any, train_rows: np.ndarray) -> tuple[str, RecordDict]:
         """One round per batch of the public schedule: an embedding comes up with the answer to the

@@ -190,7 +190,10 @@ def run(
     delta: float = typer.Option(1e-6, "--delta", help="δ per party."),
     label_epsilon: float = typer.Option(None, "--label-epsilon", help="The label party's own ε (default: --epsilon)."),
     label_dp: str = typer.Option("gradient", "--label-dp", help="gradient (columns and labels) or labels (randomized response)."),
-    epochs: int = typer.Option(4, "--epochs", min=1),
+    protocol: str = typer.Option("split", "--protocol", help="split (split learning) or release (each party's data "
+                                 "crosses once, by randomized response)."),
+    bins: int = typer.Option(None, "--bins", help="release: score bins (default: 2 below ε 2.5, else 4)."),
+    epochs: int = typer.Option(None, "--epochs", min=1, help="Default: 4 (split), 30 (release)."),
     batch_size: int = typer.Option(512, "--batch-size", min=1),
     lr: float = typer.Option(0.01, "--lr"),
     test_size: float = typer.Option(0.2, "--test-size", help="Share of the shared customers held out for the AUC."),
@@ -202,12 +205,16 @@ def run(
     """Submit a vertical run to the label party's SuperLink, signed for the feature party; follow it."""
     from rich.console import Console
 
+    from anonymize.errors import InputError
     from federated.vertical.deploy import RunRequest
     from federated.vertical.deploy import run as submit_run
     from federated.vertical.psi import default_workers
 
     console = Console(highlight=False)
-    config = _config(epsilon, label_epsilon, delta, label_dp, epochs, batch_size, lr, seed)
+    if protocol not in ("split", "release"):
+        raise InputError("--protocol must be split or release")
+    config = _config(epsilon, label_epsilon, delta, label_dp, epochs or (30 if protocol == "release" else 4),
+                     batch_size, lr, seed, protocol=protocol, bins=bins)
     req = RunRequest(superlink=superlink, ca=ca, registry=registry, label_party=label, label_data=label_data,
                      label_keys=label_keys, feature_party=feature_party, out=out, config=config, test_size=test_size,
                      psi_workers=psi_workers or default_workers(), timeout=timeout, message_timeout=message_timeout)
