@@ -168,17 +168,11 @@ def _encode_block(batch: pd.DataFrame, policy: Policy, label: str, keys: Path | 
     for key, width, part in ((X_NUM, len(encoder.numeric), "x_num"), (X_CAT, len(encoder.categorical), "x_cat")):
         if width:  # a zero-width column is left out (Ray has no (n, 0) tensors)
             result[key] = getattr(out.data, part) if out.data is not None else np.empty((0, width))
-    for name in out.kept.columns:  # text (None for a missing value): what the driver's steps read of them
-        values = out.kept[name]
-        result[KEPT + str(name)] = np.array([None if _missing(v) else v for v in values.to_numpy(dtype=object)],
-                                            dtype=object)
+    for name in out.kept.columns:  # None for a missing value (what the driver's steps read as missing)
+        values = out.kept[name].to_numpy(dtype=object, copy=True)
+        values[out.kept[name].isna().to_numpy()] = None
+        result[KEPT + str(name)] = values
     return result
-
-
-def _missing(value: object) -> bool:
-    import pandas as pd
-
-    return bool(pd.isna(value)) if np.ndim(value) == 0 else False
 
 
 def _encode(dataset: Any, table: encoded.Gathered, repeated: np.ndarray, label: str, keys: Path | None,
