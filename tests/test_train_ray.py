@@ -9,6 +9,7 @@ One local Ray (2 CPUs, temp dir under /tmp) serves the module; blocks are forced
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
+from anonymize.errors import InputError  # noqa: E402
 from privmodel.dp import budget  # noqa: E402
 from privmodel.workflows import encoded, encoded_ray  # noqa: E402
 from privmodel.workflows import train as wf  # noqa: E402
@@ -99,10 +101,19 @@ def test_ray_engine_gives_the_local_arrays(tmp_path: Path, small_blocks: None, s
     expected = distributed.encoder.transform(consenting.drop_duplicates())
     np.testing.assert_array_equal(distributed.data.x_num, expected.x_num)
     np.testing.assert_array_equal(distributed.data.x_cat, expected.x_cat)
+    if suffix == "parquet":  # a block's bad value: the local engine's one line, the file's data rows named
+        bad = frame.assign(tenure_months=frame["tenure_months"].astype(float))
+        bad.loc[1300, "tenure_months"] = np.nan  # a consenting customer
+        bad.to_parquet(data, index=False)
+        (tmp_path / "bad").mkdir()
+        with pytest.raises(InputError, match=r"data rows (\d+)-\d+\): feature column tenure_months .* data row (\d+)$") as err:
+            encoded_ray.encode_file_on_ray(data, policy, "churn", None, tmp_path / "bad")
+        first, within = re.search(r"data rows (\d+)-.* data row (\d+)$", str(err.value)).groups()  # type: ignore[union-attr]
+        assert int(first) + int(within) - 1 == 1301  # the block's rows are named, as the local engine names its batch's
 
 
 def test_cli_engine_ray_bad_address_is_one_line(tmp_path: Path) -> None:
-    """Through the CLI (a subprocess, as a user runs it): one line, non-zero exit, no traceback, no model."""
+    """Through the CLI (a subprocess, as a user runs it): one line, exit 2, no traceback, no model."""
     import socket
 
     from tests.conftest import run_cli
@@ -119,3 +130,12 @@ def test_cli_engine_ray_bad_address_is_one_line(tmp_path: Path) -> None:
     assert not out.exists()
     done = run_cli(*args, "--ray-address", f"127.0.0.1:{port}")
     assert done.returncode == 2 and "--ray-address needs --engine ray" in done.stderr
+    # a bad value found in a Ray block: its one line, not Ray's task traceback
+    frame = pd.read_parquet(data)
+    frame["tenure_months"] = frame["tenure_months"].astype(float)
+    frame.loc[1300, "tenure_months"] = np.nan
+    frame.to_parquet(data, index=False)
+    done = run_cli(*args, "--engine", "ray", timeout=180)
+    assert done.returncode == 2 and not out.exists()
+    assert done.stderr.strip().splitlines() == [
+        f"error: {data}: feature column tenure_months is empty or not finite at data row 1301"]

@@ -254,7 +254,7 @@ class Gathered:
     groups: _Groups
     spill: _Spill
     hasher: TableHasher = field(default_factory=lambda: _table_hasher())
-    repeats: _Repeats = field(default_factory=lambda: _Repeats())
+    repeats: _Repeats = field(default_factory=_Repeats)
     removed: dict[str, int] = field(default_factory=dict)
 
     @classmethod

@@ -4,6 +4,9 @@ The input is read as a Ray dataset (Parquet: `ray.data.read_parquet`, zipped wit
 column; CSV: read as `encoded` reads it, so the same text columns, then handed to Ray in slices) and
 goes through two passes of per-block maps, with the whole-table steps on the driver in block order:
 
+The zipped dataset is materialized once in Ray's object store (shared memory, spilled to disk past its
+size), so the driver process itself holds one batch at a time and the digests (32 bytes a row).
+
 1. each block's row digests (`budget.TableHasher.add`, the normal form the content hash uses); the
    driver takes them in row order into the table's hasher and `encoded._Repeats`, which gives the rows
    repeating an earlier row (exact duplicates across blocks);
@@ -23,7 +26,9 @@ arguments and a cluster needs Ray's TLS.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -54,7 +59,7 @@ def encode_file_on_ray(path: Path, policy: Policy, label: str, keys: Path | None
     from privmodel.workflows.rows import text_columns
 
     text = text_columns(policy)
-    with ray_session(address):
+    with ray_session(address), _quiet():
         import ray.data
 
         # the driver's steps take the blocks in row order (a Ray the caller started may not ask for it)
@@ -64,6 +69,19 @@ def encode_file_on_ray(path: Path, policy: Policy, label: str, keys: Path | None
         repeated = _digests(dataset, table)
         _encode(dataset, table, repeated, label, keys, path)
         return table.finish(label, hash_content, text)
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """Ray Data logs a failed block's traceback at ERROR on stderr; the block's bad input reaches the
+    user as its one line (`_block_failures`), so only CRITICAL records pass while this runs."""
+    logger = logging.getLogger("ray.data")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _dataset(path: Path, text: list[str]) -> tuple[int, Any]:
@@ -80,7 +98,9 @@ def _dataset(path: Path, text: list[str]) -> tuple[int, Any]:
     total, _batches = encoded._batches(path, text)  # the row count (and the checks) of the local engine
     del _batches
     rows = ray.data.range(total).rename_columns({"id": ROW})
-    return total, rows.zip(ray.data.read_parquet(str(path)))
+    # the zip aligns the row numbers with the file's rows by buffering both in the object store (it
+    # spills to disk past its size); materialized once, both passes read it instead of the file twice
+    return total, rows.zip(ray.data.read_parquet(str(path))).materialize()
 
 
 def _split(batch: pd.DataFrame) -> tuple[np.ndarray, pd.DataFrame]:
