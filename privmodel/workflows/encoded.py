@@ -223,16 +223,17 @@ def kept_columns(policy: Policy) -> list[str]:
                                *policy.with_role("identifier", "sensitive", "drop")]))
 
 
-def encode_batch(frame: pd.DataFrame, repeated: np.ndarray | None, policy: Policy, label: str, keys: Path | None,
+def encode_batch(frame: pd.DataFrame, repeated: np.ndarray | None, policy: Policy, label: str, secret: bytes | None,
                  encoder: TabularEncoder, source: str, one_of_many: bool) -> BatchRows:
     """THE per-batch step of training's data preparation, on every engine (this process, a Ray block):
     rows repeating an earlier batch out, the consent rule and minimisation (`_minimised` ->
-    `rows.minimised_rows`), labels, feature checks, the policy's encoder. `repeated` None: the input
-    is an anonymize release (its rows are used as they are). `frame` has a 0-based RangeIndex."""
+    `rows.minimised_rows`, with the pseudonymization `secret` of `Gathered.secret`), labels, feature
+    checks, the policy's encoder. `repeated` None: the input is an anonymize release (its rows are used
+    as they are). `frame` has a 0-based RangeIndex."""
     kept, positions = frame, np.arange(len(frame))
     removed: dict[str, int] = {}
     if repeated is not None:
-        kept, positions = _minimised(frame, repeated, policy, keys, source, removed, one_of_many)
+        kept, positions = _minimised(frame, repeated, policy, secret, source, removed, one_of_many)
     columns = [c for c in kept_columns(policy) if c in kept.columns]
     if kept.empty:
         return BatchRows(None, np.empty(0), kept[columns], removed)
@@ -265,6 +266,13 @@ class Gathered:
         return cls(path, policy, total, release_beside(path, total, policy), encoder,
                    _Sink.open(directory, total, encoder), _Groups([str(c) for c in policy.fairness_groups], total),
                    _Spill(directory, policy))
+
+    def secret(self, keys: Path | None) -> bytes | None:
+        """The pseudonymization secret `minimise` needs, loaded once on the driver (None for a release,
+        whose rows are used as they are: no key directory is needed or made then)."""
+        from privmodel.core.keys import ensure_keys, load_pseudonym_secret
+
+        return None if self.release else load_pseudonym_secret(ensure_keys(keys))
 
     def add(self, batch: BatchRows) -> None:
         """A batch's result, after every earlier batch's."""
@@ -325,13 +333,14 @@ def encode_file(path: Path, policy: Policy, label: str, keys: Path | None, direc
     text = text_columns(policy)
     total, batches = _batches(path, text)
     table = Gathered.open(path, policy, label, total, directory)
+    secret = table.secret(keys)
     offset = 0
     for frame in batches:
         source = batch_source(path, offset, len(frame), total)
         frame = frame.reset_index(drop=True)
         table.hasher.add(frame)
         repeated = None if table.release else table.repeats.mark(table.hasher.chunks[-1])
-        table.add(encode_batch(frame, repeated, policy, label, keys, table.encoder, source,
+        table.add(encode_batch(frame, repeated, policy, label, secret, table.encoder, source,
                                one_of_many=len(frame) < total))
         offset += len(frame)
         release_unused()
@@ -341,7 +350,7 @@ def encode_file(path: Path, policy: Policy, label: str, keys: Path | None, direc
     return table.finish(label, hash_content, text)
 
 
-def _minimised(frame: pd.DataFrame, repeated: np.ndarray, policy: Policy, keys: Path | None, source: str,
+def _minimised(frame: pd.DataFrame, repeated: np.ndarray, policy: Policy, secret: bytes | None, source: str,
                removed: dict[str, int], one_of_many: bool) -> tuple[pd.DataFrame, np.ndarray]:
     """A batch through `minimised_rows`, rows repeating an earlier batch removed first; `one_of_many`: a
     batch without a consenting customer is not an error (the whole table is judged after the pass)."""
@@ -349,7 +358,7 @@ def _minimised(frame: pd.DataFrame, repeated: np.ndarray, policy: Policy, keys: 
     if repeated.any():
         removed["exact_duplicates"] = removed.get("exact_duplicates", 0) + int(repeated.sum())
         frame = frame.iloc[fresh].reset_index(drop=True)
-    rows = minimised_rows(frame, policy, keys, source=source, empty_ok=one_of_many)
+    rows = minimised_rows(frame, policy, None, source=source, empty_ok=one_of_many, secret=secret)
     for reason, count in rows.removed.items():
         removed[reason] = removed.get(reason, 0) + int(count)
     return rows.frame, fresh[rows.positions]

@@ -19,9 +19,9 @@ size), so the driver process itself holds one batch at a time and the digests (3
 Rows removed per block are reported to a small actor keyed by the block's first row (a retried task
 does not count twice), as `anonymize.engines.ray_engine` does; so are a block's bad-input lines. Ray
 is started as for `anonymize --engine ray` (`ray_session`: local mode with 2 CPUs and a temp dir under
-/tmp, shut down afterwards; a cluster with `address`). Training reads no pseudonymization secret here
-unless the policy pseudonymizes during minimisation: then, as for anonymize, the secret travels in task
-arguments and a cluster needs Ray's TLS.
+/tmp, shut down afterwards; a cluster with `address`). Minimisation pseudonymizes identifiers with the
+key directory's secret: the driver loads it once and, as for anonymize, it travels to the workers in
+task arguments (a worker node has no key directory; on a cluster Ray's TLS must protect it).
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def encode_file_on_ray(path: Path, policy: Policy, label: str, keys: Path | None
         total, dataset = _dataset(path, text)
         table = encoded.Gathered.open(path, policy, label, total, directory)
         repeated = _digests(dataset, table)
-        _encode(dataset, table, repeated, label, keys, path)
+        _encode(dataset, table, repeated, label, table.secret(keys), path)
         return table.finish(label, hash_content, text)
 
 
@@ -167,7 +167,7 @@ def _in_order(batches: Iterator[dict[str, np.ndarray]], strict: bool) -> Iterato
         yield batch
 
 
-def _encode_block(batch: pd.DataFrame, policy: Policy, label: str, keys: Path | None, encoder: TabularEncoder,
+def _encode_block(batch: pd.DataFrame, policy: Policy, label: str, secret: bytes | None, encoder: TabularEncoder,
                   repeated: np.ndarray | None, path: Path, total: int, sink: Any) -> dict[str, np.ndarray]:
     """Pass 2 on one block: `encoded.encode_batch`, its arrays and kept columns returned, its removed
     rows reported to the actor."""
@@ -177,7 +177,7 @@ def _encode_block(batch: pd.DataFrame, policy: Policy, label: str, keys: Path | 
     first = int(rows[0])
     mask = None if repeated is None else np.isin(rows, repeated)
     try:
-        out = encoded.encode_batch(frame, mask, policy, label, keys, encoder,
+        out = encoded.encode_batch(frame, mask, policy, label, secret, encoder,
                                    encoded.batch_source(path, first, len(frame), total),
                                    one_of_many=len(frame) < total)
     except InputError as exc:
@@ -195,7 +195,7 @@ def _encode_block(batch: pd.DataFrame, policy: Policy, label: str, keys: Path | 
     return result
 
 
-def _encode(dataset: Any, table: encoded.Gathered, repeated: np.ndarray, label: str, keys: Path | None,
+def _encode(dataset: Any, table: encoded.Gathered, repeated: np.ndarray, label: str, secret: bytes | None,
             path: Path) -> None:
     """Pass 2: every block through `encoded.encode_batch`; the results streamed into `table` in row order."""
     import pandas as pd
@@ -209,7 +209,7 @@ def _encode(dataset: Any, table: encoded.Gathered, repeated: np.ndarray, label: 
     with _block_failures(sink):
         results = dataset.map_batches(
             _encode_block, batch_format="pandas", batch_size=BLOCK_ROWS,
-            fn_kwargs={"policy": table.policy, "label": label, "keys": keys, "encoder": encoder,
+            fn_kwargs={"policy": table.policy, "label": label, "secret": secret, "encoder": encoder,
                        "repeated": None if table.release else repeated, "path": path, "total": table.total,
                        "sink": sink})
         for batch in _in_order(results.iter_batches(batch_size=BLOCK_ROWS, batch_format="numpy"), strict=False):
