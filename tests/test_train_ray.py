@@ -87,8 +87,13 @@ def test_ray_engine_gives_the_local_arrays(tmp_path: Path, small_blocks: None, s
     # the card check reads the spilled raw values (here the customer tokens): one named is refused on both
     import pyarrow as pa
 
-    with pa.memory_map(str(local.spilled["customer_id"])) as source:
-        token = pa.ipc.open_file(source).read_all().column(0)[-1].as_py()
+    def spilled(enc: encoded.EncodedRows, name: str) -> list[str]:
+        with pa.memory_map(str(enc.spilled[name])) as source:
+            return [str(v) for v in pa.ipc.open_file(source).read_all().column(0).to_pylist()]
+
+    for name in local.spilled:  # the same tokens: one secret, loaded on the driver, on every worker
+        assert spilled(distributed, name) == spilled(local, name)
+    token = spilled(local, "customer_id")[-1]
     for enc in (local, distributed):
         enc.check_card("a card that names nobody")
         with pytest.raises(Exception, match="customer_id"):
