@@ -66,8 +66,9 @@ def encode_file_on_ray(path: Path, policy: Policy, label: str, keys: Path | None
         ray.data.DataContext.get_current().execution_options.preserve_order = True
         total, dataset = _dataset(path, text)
         table = encoded.Gathered.open(path, policy, label, total, directory)
+        secret = table.secret(keys)  # before any pass: a missing key directory is refused at once
         repeated = _digests(dataset, table)
-        _encode(dataset, table, repeated, label, table.secret(keys), path)
+        _encode(dataset, table, repeated, label, secret, path)
         return table.finish(label, hash_content, text)
 
 
