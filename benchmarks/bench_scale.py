@@ -12,9 +12,10 @@ cores the run got, so CPU seconds are the figure to compare between busy runs.
 Then `privmodel train --model logreg --epsilon 1 --baseline --mia` on the same customers (--only
 anonymize | train times one of them). `--rows 1000000 4000000` measures each size in turn. Prints ONE table (with the
 figures issue 13 measured before its work beside the new ones), then each command's per-stage wall
-times (report.json, model_card.json). `--engines local,ray` times `privmodel anonymize` on each engine
-(`--engine ray` is Ray Data in local mode with 2 workers, a tree of processes: the note gives the peak
-of the process tree's summed PSS beside wait4's peak RSS of the largest single process).
+times (report.json, model_card.json). `--engines local,ray` times `privmodel anonymize` and `privmodel
+train` (its data preparation) on each engine (`--engine ray` is Ray Data in local mode with 2 workers, a
+tree of processes: the note gives the peak of the process tree's summed PSS beside wait4's peak RSS of
+the largest single process).
 `--tile 1000000` makes each larger size from copies of one 1M `privmodel synth` output (customer ids
 suffixed per copy), for sizes whose synth run does not fit the machine.
 """
@@ -174,7 +175,9 @@ def _measure(rows: int, work: Path, commands: list[str], engines: list[str],
             _anonymize(rows, data, keys, work, table, stages, engine)
         _before(table, "anonymize", rows)
     if "train" in commands:
-        _train(rows, data, keys, work, table, stages)
+        for engine in engines:
+            _train(rows, data, keys, work, table, stages, engine)
+        _before(table, "train", rows)
     return table, stages
 
 
@@ -194,19 +197,22 @@ def _anonymize(rows: int, data: Path, keys: Path, work: Path, table: list[tuple[
         stages.append(f"  utility check: logistic fits on a random sample of {sample['rows']:,} of {sample['of']:,} rows")
 
 
-def _train(rows: int, data: Path, keys: Path, work: Path, table: list[tuple[str, ...]], stages: list[str]) -> None:
+def _train(rows: int, data: Path, keys: Path, work: Path, table: list[tuple[str, ...]], stages: list[str],
+           engine: str = "local") -> None:
     model = work / f"model_{rows}"
+    shutil.rmtree(model, ignore_errors=True)  # one model directory per engine in turn
     # no --delta: the default rule min(1e-6, 1/(10 n)) applies past 1M training rows too
     got = run_child([*PRIVMODEL, "train", str(data / "silo_0.parquet"), "--label", "churn", "--policy",
                      str(data / "policy.yaml"), "--keys", str(keys), "--out", str(model), "--model", "logreg",
-                     "--epsilon", "1", "--baseline", "--mia"], ROOT)
+                     "--epsilon", "1", "--baseline", "--mia", "--engine", engine,
+                     "--ledger", str(work / f"ledger_{rows}_{engine}.jsonl")], ROOT)
     card = json.loads((model / "model_card.json").read_text())
-    table.append((f"privmodel train logreg eps 1 {rows:,} (now)", f"{got['wall_s']:.1f}", f"{got['cpu_s']:.1f}",
+    table.append((f"privmodel train --engine {engine} logreg eps 1 {rows:,} (now)", f"{got['wall_s']:.1f}", f"{got['cpu_s']:.1f}",
                   f"{got['rss_mib']:.0f}", f"--baseline --mia; ROC-AUC {card['metrics']['private']['roc_auc']:.4f}; "
                                            f"batch {card['training']['batch_size']:,}, {card['privacy']['steps']} steps; delta {card['privacy']['delta']:.2g}; "
-                                           f"load {got['load']}"))
-    stages.append(f"train {rows:,} per-stage wall s (model_card.json): {_timings(model / 'model_card.json')}")
-    _before(table, "train", rows)
+                                           f"tree PSS {got['tree_mib']:.0f} MiB; load {got['load']}"))
+    stages.append(f"train --engine {engine} {rows:,} per-stage wall s (model_card.json): "
+                  f"{_timings(model / 'model_card.json')}")
 
 
 def _before(table: list[tuple[str, ...]], command: str, rows: int) -> None:
@@ -220,7 +226,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000], help="synthetic customers (one run each)")
     parser.add_argument("--skip-kernel", action="store_true", help="skip the Mondrian kernel run")
     parser.add_argument("--only", choices=["anonymize", "train"], help="time one command only")
-    parser.add_argument("--engines", default="local", help="engines of `privmodel anonymize`, comma-separated: local, ray")
+    parser.add_argument("--engines", default="local", help="engines of `privmodel anonymize` and `privmodel train`, comma-separated: local, ray")
     parser.add_argument("--tile", type=int, help="make sizes above this many customers from copies of one synth "
                         "output of this size (customer ids made unique per copy) instead of one synth run")
     args = parser.parse_args()

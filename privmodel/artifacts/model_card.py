@@ -210,15 +210,17 @@ def render_markdown(card: Mapping[str, Any]) -> str:
     lines += _fairness_lines(card)
     lines += _not_dp_lines(card.get("released_without_dp") or [])
     lines += _audit_lines(card.get("membership_inference"))
-    lines += _timing_lines(card.get("timings") or {})
+    lines += _timing_lines(card.get("timings") or {}, card.get("engine"))
     return "\n".join(lines) + "\n"
 
 
-def _timing_lines(timings: Mapping[str, float]) -> list[str]:
-    """Wall seconds of each stage of the run that made the model (what a larger table will cost)."""
+def _timing_lines(timings: Mapping[str, float], engine: str | None = None) -> list[str]:
+    """Wall seconds of each stage of the run that made the model (what a larger table will cost), and
+    the engine its data preparation ran on."""
     if not timings:
         return []
-    return ["## Run time", "", "Wall seconds per stage: "
+    on = f" (data preparation on the {_md(engine)} engine)" if engine else ""
+    return ["## Run time", "", f"Wall seconds per stage{on}: "
             + ", ".join(f"{_md(stage.replace('_', ' '))} {seconds:.2f}" for stage, seconds in timings.items()) + ".", ""]
 
 

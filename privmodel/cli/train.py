@@ -117,6 +117,9 @@ def train(
     tune_clip: str | None = typer.Option(None, "--tune-clip", help="Search these clipping norms (comma-separated)."),
     ledger: Path | None = LEDGER_OPTION,
     keys: Path | None = KEYS_OPTION,
+    engine: str = typer.Option("local", "--engine", help="Data preparation: local (this process) or ray (Ray Data, "
+                               "see docs/scale.md)."),
+    ray_address: str = typer.Option(None, "--ray-address", help="Ray cluster for --engine ray (default: local Ray)."),
 ) -> None:
     """Train a DP propensity model, charge the dataset's budget and write the model card."""
     from rich.console import Console
@@ -127,7 +130,8 @@ def train(
     space = {k: _float_list(v, f"--tune-{k}") for k, v in (("lr", tune_lr), ("clip", tune_clip)) if v}
     req = _request(data=data, label=label, policy=policy_path, out=out, epsilon=epsilon, delta=delta, model=model,
                    epochs=epochs, batch_size=batch_size, lr=lr, clip=clip, clipping=clipping, accountant=accountant,
-                   seed=seed, test_size=test_size, baseline=baseline, mia=mia, tune=space)
+                   seed=seed, test_size=test_size, baseline=baseline, mia=mia, tune=space, engine=engine,
+                   ray_address=ray_address)
     workflow.check_request(req)
     book = open_ledger(ledger, _parent(out), keys)
     with _progress("training", 1 + int(baseline) + int(mia)) as advance:

@@ -272,6 +272,17 @@ class TableHasher:
         self.chunks.append(b"".join(digests))
         return digests
 
+    def add_digests(self, columns: list[str], plans: Mapping[str, set[str]], chunks: list[bytes]) -> None:
+        """Slices hashed elsewhere (`add` in Ray blocks): their sorted columns, each column's plans and
+        their row digests in table order."""
+        if self.columns is None:
+            self.columns = list(columns)
+        elif list(columns) != self.columns:
+            raise InputError("a dataset's content hash met slices with different columns")
+        for name, seen in plans.items():
+            self.plans.setdefault(name, set()).update(seen)
+        self.chunks.extend(chunks)
+
     def result(self) -> str | None:
         """`frame_id` of the whole table, or None when the slices' plans could write it differently."""
         if self.columns is None:

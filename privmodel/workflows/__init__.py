@@ -10,6 +10,7 @@ secret DP noise (`privmodel.dp.training.fit`), the held-out split (`prepare.spli
 | `rows` | the rows a model path may read, and the unit of privacy they give |
 | `prepare` | labels, the policy's encoder, feature checks, the split, δ < 1/n |
 | `train` | train + card + budget + ledger + publish (`TrainRequest` holds the defaults) |
+| `encoded`, `encoded_ray` | training's data preparation batch by batch into memory-mapped arrays; on Ray Data (`train --engine ray`) |
 | `score` | score and evaluate a trained model (consenting customers only) |
 | `curve` | privacy-utility curve, every private point charged |
 | `release` | anonymize a table into a release (and re-identify / re-key one, with authority) |

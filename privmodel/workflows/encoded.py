@@ -38,13 +38,21 @@ import numpy as np
 
 from anonymize.errors import InputError
 from privmodel.workflows import prepare as prep
-from privmodel.workflows.rows import UNIT_CUSTOMER, UNIT_RELEASE_ROW, ModelRows, minimised_rows, release_beside
+from privmodel.workflows.rows import (
+    UNIT_CUSTOMER,
+    UNIT_RELEASE_ROW,
+    ModelRows,
+    ReleaseSource,
+    minimised_rows,
+    release_beside,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from anonymize.policy.schema import Policy
     from privmodel.data.features import EncodedData, TabularEncoder
+    from privmodel.dp.budget import TableHasher
 
 #: rows per batch: a few tens of MB of pandas objects at a time
 BATCH_ROWS = 262_144
@@ -198,13 +206,124 @@ class _Groups:
             codes[start:start + len(local)] = np.array([*mapping, -1], dtype=np.int32)[local]
 
 
+@dataclass
+class BatchRows:
+    """One batch's model rows (`encode_batch`): encoded features, labels, the columns the whole-table
+    steps keep per row (fairness groups, raw values for the card check) and the rows removed, by reason."""
+
+    data: EncodedData | None  # None: the policy removed every row of the batch
+    y: np.ndarray
+    kept: pd.DataFrame
+    removed: dict[str, int]
+
+
+def kept_columns(policy: Policy) -> list[str]:
+    """Columns a batch hands back per kept row: fairness groups and the card check's raw-value columns."""
+    return list(dict.fromkeys([*(str(c) for c in policy.fairness_groups),
+                               *policy.with_role("identifier", "sensitive", "drop")]))
+
+
+def encode_batch(frame: pd.DataFrame, repeated: np.ndarray | None, policy: Policy, label: str, secret: bytes | None,
+                 encoder: TabularEncoder, source: str, one_of_many: bool) -> BatchRows:
+    """THE per-batch step of training's data preparation, on every engine (this process, a Ray block):
+    rows repeating an earlier batch out, the consent rule and minimisation (`_minimised` ->
+    `rows.minimised_rows`, with the pseudonymization `secret` of `Gathered.secret`), labels, feature
+    checks, the policy's encoder. `repeated` None: the input is an anonymize release (its rows are used
+    as they are). `frame` has a 0-based RangeIndex."""
+    kept, positions = frame, np.arange(len(frame))
+    removed: dict[str, int] = {}
+    if repeated is not None:
+        kept, positions = _minimised(frame, repeated, policy, secret, source, removed, one_of_many)
+    columns = [c for c in kept_columns(policy) if c in kept.columns]
+    if kept.empty:
+        return BatchRows(None, np.empty(0), kept[columns], removed)
+    y = prep.labels(kept, label, source, positions, both_classes=False)  # checked on the whole table
+    prep.check_features(kept, encoder, source, positions)
+    return BatchRows(encoder.transform(kept), y, kept[columns], removed)
+
+
+@dataclass
+class Gathered:
+    """What the batches are gathered into on the driver, in table order (every engine)."""
+
+    path: Path
+    policy: Policy
+    total: int
+    release: ReleaseSource | None
+    encoder: TabularEncoder
+    sink: _Sink
+    groups: _Groups
+    spill: _Spill
+    hasher: TableHasher = field(default_factory=lambda: _table_hasher())
+    repeats: _Repeats = field(default_factory=_Repeats)
+    removed: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def open(cls, path: Path, policy: Policy, label: str, total: int, directory: Path) -> Gathered:
+        from privmodel.data.features import TabularEncoder
+
+        encoder = TabularEncoder.from_policy(policy, label)
+        return cls(path, policy, total, release_beside(path, total, policy), encoder,
+                   _Sink.open(directory, total, encoder), _Groups([str(c) for c in policy.fairness_groups], total),
+                   _Spill(directory, policy))
+
+    def secret(self, keys: Path | None) -> bytes | None:
+        """The pseudonymization secret `minimise` needs, loaded once on the driver (None for a release,
+        whose rows are used as they are: no key directory is needed or made then)."""
+        from privmodel.core.keys import ensure_keys, load_pseudonym_secret
+
+        return None if self.release else load_pseudonym_secret(ensure_keys(keys))
+
+    def add(self, batch: BatchRows) -> None:
+        """A batch's result, after every earlier batch's."""
+        for reason, count in batch.removed.items():
+            self.removed[reason] = self.removed.get(reason, 0) + int(count)
+        if batch.data is None:
+            return
+        self.groups.add(batch.kept, self.sink.used)
+        self.spill.add(batch.kept)
+        self.sink.add(batch.data, batch.y)
+
+    def finish(self, label: str, hash_content: bool, text: list[str]) -> EncodedRows:
+        """The whole-table checks (rows left, both classes) and the EncodedRows of the gathered batches."""
+        import pandas as pd
+
+        from privmodel.data.features import EncodedData
+
+        self.spill.close()
+        path, sink, encoder, used = self.path, self.sink, self.encoder, self.sink.used
+        if used == 0:
+            raise InputError(f"{path}: no rows left after the policy's consent filter")
+        prep.check_both_classes(sink.y[:used], label, str(path))
+        data = EncodedData(sink.x_num[:used], sink.x_cat[:used], [s.cardinality for s in encoder.categorical],
+                           [s.name for s in encoder.numeric], [s.name for s in encoder.categorical])
+        rows = ModelRows(frame=pd.DataFrame(), unit=UNIT_RELEASE_ROW if self.release else UNIT_CUSTOMER,
+                         rows_in=self.total, positions=np.empty(0, dtype=np.int64), removed=self.removed,
+                         release=self.release, used=used)
+        hashed = path.suffix.lower() == ".parquet" or not text
+        content = (self.hasher.result() if hash_content and hashed and not getattr(self.policy, "dataset", None)
+                   else None)
+        return EncodedRows(data=data, y=sink.y[:used], encoder=encoder, rows=rows, content=content,
+                           group_codes={k: v[:used] for k, v in self.groups.codes.items()},
+                           group_values=self.groups.values, spilled=self.spill.paths)
+
+
+def _table_hasher() -> TableHasher:
+    from privmodel.dp.budget import TableHasher
+
+    return TableHasher()
+
+
+def batch_source(path: Path, first: int, rows: int, total: int) -> str:
+    """How a batch's messages name it: the file, or its data rows (1-based) when it is one of many."""
+    return str(path) if rows == total else f"{path} (data rows {first + 1}-{first + rows})"
+
+
 def encode_file(path: Path, policy: Policy, label: str, keys: Path | None, directory: Path,
                 hash_content: bool = True) -> EncodedRows:
     """Read, filter, check and encode `path` batch by batch into memory-mapped arrays in `directory`."""
     from pyarrow import default_memory_pool
 
-    from privmodel.data.features import EncodedData, TabularEncoder
-    from privmodel.dp.budget import TableHasher
     from privmodel.workflows.rows import text_columns
 
     # Arrow's allocator keeps freed batches for reuse; handing them back keeps the process at one
@@ -213,54 +332,25 @@ def encode_file(path: Path, policy: Policy, label: str, keys: Path | None, direc
 
     text = text_columns(policy)
     total, batches = _batches(path, text)
-    release = release_beside(path, total, policy)
-    encoder = TabularEncoder.from_policy(policy, label)
-    sink = _Sink.open(directory, total, encoder)
-    groups = _Groups([str(c) for c in policy.fairness_groups], total)
-    spill = _Spill(directory, policy)
-    hasher, repeats = TableHasher(), _Repeats()
-    removed: dict[str, int] = {}
+    table = Gathered.open(path, policy, label, total, directory)
+    secret = table.secret(keys)
     offset = 0
     for frame in batches:
-        source = str(path) if len(frame) == total else f"{path} (data rows {offset + 1}-{offset + len(frame)})"
+        source = batch_source(path, offset, len(frame), total)
         frame = frame.reset_index(drop=True)
-        hasher.add(frame)
-        kept, positions = frame, np.arange(len(frame))
-        if release is None:
-            kept, positions = _minimised(frame, repeats.mark(hasher.chunks[-1]), policy, keys, source, removed,
-                                         one_of_many=len(frame) < total)
-        if kept.empty:  # every row of the batch removed by the policy
-            offset += len(frame)
-            continue
-        y = prep.labels(kept, label, source, positions, both_classes=False)  # checked on the whole table
-        prep.check_features(kept, encoder, source, positions)
-        groups.add(kept, sink.used)
-        spill.add(kept)
-        sink.add(encoder.transform(kept), y)
+        table.hasher.add(frame)
+        repeated = None if table.release else table.repeats.mark(table.hasher.chunks[-1])
+        table.add(encode_batch(frame, repeated, policy, label, secret, table.encoder, source,
+                               one_of_many=len(frame) < total))
         offset += len(frame)
         release_unused()
-    spill.close()
-    del batches, frame, kept
+    del batches, frame
     gc.collect()  # the last batch's frames, then their Arrow buffers handed back
     release_unused()
-    used = sink.used
-    if used == 0:
-        raise InputError(f"{path}: no rows left after the policy's consent filter")
-    prep.check_both_classes(sink.y[:used], label, str(path))
-    data = EncodedData(sink.x_num[:used], sink.x_cat[:used], [s.cardinality for s in encoder.categorical],
-                       [s.name for s in encoder.numeric], [s.name for s in encoder.categorical])
-    import pandas as pd
-
-    rows = ModelRows(frame=pd.DataFrame(), unit=UNIT_RELEASE_ROW if release else UNIT_CUSTOMER, rows_in=total,
-                     positions=np.empty(0, dtype=np.int64), removed=removed, release=release, used=used)
-    hashed = path.suffix.lower() == ".parquet" or not text
-    content = hasher.result() if hash_content and hashed and not getattr(policy, "dataset", None) else None
-    return EncodedRows(data=data, y=sink.y[:used], encoder=encoder, rows=rows, content=content,
-                       group_codes={k: v[:used] for k, v in groups.codes.items()}, group_values=groups.values,
-                       spilled=spill.paths)
+    return table.finish(label, hash_content, text)
 
 
-def _minimised(frame: pd.DataFrame, repeated: np.ndarray, policy: Policy, keys: Path | None, source: str,
+def _minimised(frame: pd.DataFrame, repeated: np.ndarray, policy: Policy, secret: bytes | None, source: str,
                removed: dict[str, int], one_of_many: bool) -> tuple[pd.DataFrame, np.ndarray]:
     """A batch through `minimised_rows`, rows repeating an earlier batch removed first; `one_of_many`: a
     batch without a consenting customer is not an error (the whole table is judged after the pass)."""
@@ -268,7 +358,7 @@ def _minimised(frame: pd.DataFrame, repeated: np.ndarray, policy: Policy, keys: 
     if repeated.any():
         removed["exact_duplicates"] = removed.get("exact_duplicates", 0) + int(repeated.sum())
         frame = frame.iloc[fresh].reset_index(drop=True)
-    rows = minimised_rows(frame, policy, keys, source=source, empty_ok=one_of_many)
+    rows = minimised_rows(frame, policy, None, source=source, empty_ok=one_of_many, secret=secret)
     for reason, count in rows.removed.items():
         removed[reason] = removed.get(reason, 0) + int(count)
     return rows.frame, fresh[rows.positions]

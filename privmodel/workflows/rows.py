@@ -132,9 +132,10 @@ def model_rows(path: Path, policy: Policy, keys: Path | None, content_hash: bool
 
 
 def minimised_rows(frame: pd.DataFrame, policy: Policy, keys: Path | None, *, source: str,
-                   partner: str | None = None, empty_ok: bool = False) -> ModelRows:
+                   partner: str | None = None, empty_ok: bool = False, secret: bytes | None = None) -> ModelRows:
     """Raw customer rows through the policy's consent filter and minimisation (one function for all paths);
-    `empty_ok` for one batch of a larger table (see `minimise`)."""
+    `empty_ok` for one batch of a larger table (see `minimise`); `secret`: the pseudonymization secret
+    of `keys`, loaded once by the caller (a batched or Ray run: a worker node has no key directory)."""
     from anonymize.pipeline import minimise
     from privmodel.core.keys import ensure_keys, load_pseudonym_secret
 
@@ -142,7 +143,8 @@ def minimised_rows(frame: pd.DataFrame, policy: Policy, keys: Path | None, *, so
     if consent is not None and consent not in frame.columns:
         raise InputError(f"{source}: consent column {consent} is missing; purpose {policy.purpose.name!r} needs it "
                          "to remove customers without consent (or train on an anonymize release)")
-    secret = load_pseudonym_secret(ensure_keys(keys))
+    if secret is None:
+        secret = load_pseudonym_secret(ensure_keys(keys))
     result = minimise(frame, policy, secret, source=source, partner=partner, empty_ok=empty_ok)
     return ModelRows(frame=result.data.reset_index(drop=True), unit=UNIT_CUSTOMER, rows_in=int(result.rows_in),
                      positions=result.positions, removed={k: int(v) for k, v in result.removed.items()})

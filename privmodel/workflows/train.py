@@ -82,6 +82,8 @@ class TrainRequest:
     baseline: bool = False
     mia: bool = False
     tune: Mapping[str, list[float]] = field(default_factory=dict)
+    engine: str = "local"  # data preparation: "local" (this process) or "ray" (Ray Data, `encoded_ray`)
+    ray_address: str | None = None  # a Ray cluster for engine "ray"; None: Ray in local mode
 
 
 @dataclass
@@ -111,6 +113,12 @@ def check_request(req: TrainRequest) -> None:
     for option, value in (("--lr", req.lr), ("--clip", req.clip), ("--test-size", req.test_size)):
         if value is not None and not (value > 0 and math.isfinite(value)):
             raise InputError(f"{option} must be a positive finite number")
+    from anonymize.engines import ENGINES
+
+    if req.engine not in ENGINES:
+        raise InputError(f"--engine must be one of {', '.join(ENGINES)}")
+    if req.ray_address and req.engine != "ray":
+        raise InputError("--ray-address needs --engine ray")
     if not req.data.is_file():
         raise InputError(f"{req.data}: no such file")
 
@@ -184,7 +192,7 @@ def _params(req: TrainRequest) -> dict[str, Any]:
     return {"label": req.label, "model": req.model, "epsilon": req.epsilon, "delta": req.delta,
             "epochs": req.epochs, "batch_size": req.batch_size, "lr": req.lr, "max_grad_norm": req.clip,
             "clipping": req.clipping, "accountant": req.accountant, "seed": req.seed, "test_size": req.test_size,
-            "baseline": req.baseline, "mia": req.mia, "out": req.out.name}
+            "baseline": req.baseline, "mia": req.mia, "out": req.out.name, "engine": req.engine}
 
 
 def load_policy_with_cap(path: Path) -> Policy:
@@ -229,14 +237,13 @@ def _train(req: TrainRequest, book: Ledger, keys: Path | None, advance: Progress
 
     from privmodel.dp import budget
     from privmodel.dp.budget import Cap
-    from privmodel.workflows.encoded import encode_file
 
     started = time.perf_counter()
     policy = load_policy_with_cap(req.policy)
     assert policy.budget is not None  # load_policy_with_cap refuses a policy without one
     # the encoded arrays live beside the model directory (on disk, not in memory), removed afterwards
     with tempfile.TemporaryDirectory(prefix=f".{req.out.name}.encoded-", dir=_parent(req.out)) as tmp:
-        enc = encode_file(req.data, policy, req.label, keys, Path(tmp))
+        enc = encode_rows(req, policy, keys, Path(tmp))
         train_idx, test_idx = prep.split(enc.y, req.test_size, req.seed)
         req = replace(req, delta=run_delta(req.delta, int(train_idx.size)))  # every record states the delta used
         assert req.delta is not None
@@ -255,11 +262,23 @@ def _train(req: TrainRequest, book: Ledger, keys: Path | None, advance: Progress
         evidence.timings["card"] = time.perf_counter() - started
         # per-stage wall seconds (writing the model directory, after the card, is not in them)
         the_card["timings"] = {stage: round(seconds, 3) for stage, seconds in evidence.timings.items()}
+        the_card["engine"] = req.engine  # where the data preparation ran
         _publish(req, book, inputs, enc.encoder, evidence, the_card, policy, dataset, enc.rows)
     auc = evidence.private_metrics["roc_auc"]
     return TrainOutcome(epsilon=req.epsilon, delta=req.delta, roc_auc=auc, spent_epsilon=charge.spent_after.epsilon,
                         spent_delta=charge.spent_after.delta, rows=enc.rows.as_record(),
                         warnings=list(evidence.fit.warnings))
+
+
+def encode_rows(req: TrainRequest, policy: Policy, keys: Path | None, directory: Path) -> EncodedRows:
+    """The table's model rows, encoded into memory-mapped arrays in `directory`, on the request's engine."""
+    if req.engine == "ray":
+        from privmodel.workflows.encoded_ray import encode_file_on_ray
+
+        return encode_file_on_ray(req.data, policy, req.label, keys, directory, address=req.ray_address)
+    from privmodel.workflows.encoded import encode_file
+
+    return encode_file(req.data, policy, req.label, keys, directory)
 
 
 @dataclass
