@@ -93,6 +93,10 @@ def ray_session(address: str | None = None, num_cpus: int = LOCAL_CPUS) -> Itera
     import ray
     import ray.data
 
+    # Ray Data logs each dataset it runs and sizing advice (INFO/WARNING), and a failed block's whole
+    # traceback (ERROR), on stderr; a block's bad input reaches the user as its one line (`block_failures`)
+    logging.getLogger("ray").setLevel(logging.ERROR)
+    logging.getLogger("ray.data").setLevel(logging.CRITICAL)
     if ray.is_initialized() and not address:  # the caller's Ray (a test's, a notebook's): theirs to shut down
         yield _cpus(num_cpus)
         return
@@ -112,8 +116,6 @@ def ray_session(address: str | None = None, num_cpus: int = LOCAL_CPUS) -> Itera
         raise InputError(f"--engine ray: cannot start or reach Ray{f' at {address}' if address else ''} "
                          f"({type(exc).__name__})") from None
     try:
-        for name in ("ray", "ray.data"):  # Ray Data logs each dataset it runs, and sizing advice, on stderr
-            logging.getLogger(name).setLevel(logging.ERROR)
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
         ctx.execution_options.preserve_order = True
@@ -152,7 +154,7 @@ def run_on_ray(
 # --- steps 1-4 in blocks ----------------------------------------------------------------------------
 
 
-def _stats_actor() -> Any:
+def stats_actor() -> Any:
     import ray
 
     @ray.remote(num_cpus=0)
@@ -178,13 +180,13 @@ def _stats_actor() -> Any:
     return BlockRecords.remote()  # type: ignore[attr-defined]
 
 
-def _report(sink: Any, first_row: int, record: dict[str, Any]) -> None:
+def report_block(sink: Any, first_row: int, record: dict[str, Any]) -> None:
     import ray
 
     ray.get(sink.add.remote(first_row, json.loads(json.dumps(record, default=str))))
 
 
-def _input_error(sink: Any, first_row: int, exc: InputError, rows: np.ndarray | None = None) -> InputError:
+def block_input_error(sink: Any, first_row: int, exc: InputError, rows: np.ndarray | None = None) -> InputError:
     """Hand a block's bad-input line to the driver (Ray keeps only the traceback text of a task's
     exception); `rows` maps the block's own row numbers in the message to the input's."""
     import ray
@@ -202,8 +204,8 @@ def _validate_block(batch: pd.DataFrame, policy: Policy, source: str, sink: Any)
     try:
         out, info = validate_batch(raw, rows, policy, source)
     except InputError as exc:
-        raise _input_error(sink, int(rows[0]), exc) from None
-    _report(sink, int(rows[0]), {"info": info, "present": sorted(column_values(raw, policy))})
+        raise block_input_error(sink, int(rows[0]), exc) from None
+    report_block(sink, int(rows[0]), {"info": info, "present": sorted(column_values(raw, policy))})
     return out
 
 
@@ -214,8 +216,8 @@ def _release_block(batch: pd.DataFrame, policy: Policy, keys: Keys, duplicates: 
     try:
         out, record = release_rows(batch, policy, keys, duplicates, undeclared)
     except InputError as exc:
-        raise _input_error(sink, int(rows[0]), exc) from None
-    _report(sink, int(rows[0]), record)
+        raise block_input_error(sink, int(rows[0]), exc) from None
+    report_block(sink, int(rows[0]), record)
     return out
 
 
@@ -244,13 +246,13 @@ def minimise_on_ray(
     timings: dict[str, float] = {}
     frame = df.copy(deep=False)
     frame[ROW] = np.arange(1, len(df) + 1, dtype=np.int64)
-    sink = _stats_actor()
+    sink = stats_actor()
 
     say("validate")
     started = time.perf_counter()
     import ray
 
-    with _block_failures(sink):
+    with block_failures(sink):
         validated = _dataset(frame, blocks).map_batches(
             _validate_block, batch_format="pandas", batch_size=None, zero_copy_batch=True,
             fn_kwargs={"policy": policy, "source": source, "sink": sink}).materialize()
@@ -270,8 +272,8 @@ def minimise_on_ray(
 
     say("consent and purpose")
     started = time.perf_counter()
-    sink = _stats_actor()
-    with _block_failures(sink):
+    sink = stats_actor()
+    with block_failures(sink):
         released = validated.map_batches(
             _release_block, batch_format="pandas", batch_size=None,
             fn_kwargs={"policy": policy, "keys": key_set, "duplicates": duplicates,
@@ -293,7 +295,7 @@ def minimise_on_ray(
 
 
 @contextmanager
-def _block_failures(sink: Any) -> Iterator[None]:
+def block_failures(sink: Any) -> Iterator[None]:
     """A block's bad input comes out as its one-line InputError (the first block's, by row), not as
     Ray's wrapped traceback."""
     import ray

@@ -122,7 +122,7 @@ class _Repeats:
         return repeated
 
 
-def _batches(path: Path, text_columns: list[str]) -> tuple[int, Iterator[pd.DataFrame]]:
+def table_batches(path: Path, text_columns: list[str]) -> tuple[int, Iterator[pd.DataFrame]]:
     """(rows in the file, its batches as DataFrames): Parquet by record batch, CSV read whole then sliced."""
     from privmodel.core.fileio import read_table
 
@@ -331,7 +331,7 @@ def encode_file(path: Path, policy: Policy, label: str, keys: Path | None, direc
     release_unused = default_memory_pool().release_unused
 
     text = text_columns(policy)
-    total, batches = _batches(path, text)
+    total, batches = table_batches(path, text)
     table = Gathered.open(path, policy, label, total, directory)
     secret = table.secret(keys)
     offset = 0

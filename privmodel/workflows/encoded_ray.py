@@ -26,9 +26,7 @@ task arguments (a worker node has no key directory; on a cluster Ray's TLS must 
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -59,7 +57,7 @@ def encode_file_on_ray(path: Path, policy: Policy, label: str, keys: Path | None
     from privmodel.workflows.rows import text_columns
 
     text = text_columns(policy)
-    with ray_session(address), _quiet():
+    with ray_session(address):
         import ray.data
 
         # the driver's steps take the blocks in row order (a Ray the caller started may not ask for it)
@@ -70,19 +68,6 @@ def encode_file_on_ray(path: Path, policy: Policy, label: str, keys: Path | None
         repeated = _digests(dataset, table)
         _encode(dataset, table, repeated, label, secret, path)
         return table.finish(label, hash_content, text)
-
-
-@contextmanager
-def _quiet() -> Iterator[None]:
-    """Ray Data logs a failed block's traceback at ERROR on stderr; the block's bad input reaches the
-    user as its one line (`_block_failures`), so only CRITICAL records pass while this runs."""
-    logger = logging.getLogger("ray.data")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 def _dataset(path: Path, text: list[str]) -> tuple[int, Any]:
@@ -96,7 +81,7 @@ def _dataset(path: Path, text: list[str]) -> tuple[int, Any]:
         frame.insert(0, ROW, np.arange(len(frame), dtype=np.int64))
         parts = [frame.iloc[a:a + BLOCK_ROWS] for a in range(0, len(frame), BLOCK_ROWS)]
         return len(frame), ray.data.from_pandas(parts)
-    total, _batches = encoded._batches(path, text)  # the row count (and the checks) of the local engine
+    total, _batches = encoded.table_batches(path, text)  # the row count (and the checks) of the local engine
     del _batches
     rows = ray.data.range(total).rename_columns({"id": ROW})
     # the zip aligns the row numbers with the file's rows by buffering both in the object store (it
@@ -111,7 +96,7 @@ def _split(batch: pd.DataFrame) -> tuple[np.ndarray, pd.DataFrame]:
 
 def _digest_block(batch: pd.DataFrame, sink: Any) -> dict[str, np.ndarray]:
     """Pass 1 on one block: its rows' digests, and (to the actor) its columns and text plans."""
-    from anonymize.engines.ray_engine import _input_error, _report
+    from anonymize.engines.ray_engine import block_input_error, report_block
     from privmodel.dp.budget import TableHasher
 
     rows, frame = _split(batch)
@@ -119,8 +104,8 @@ def _digest_block(batch: pd.DataFrame, sink: Any) -> dict[str, np.ndarray]:
     try:
         hasher.add(frame)
     except InputError as exc:
-        raise _input_error(sink, int(rows[0]), exc) from None
-    _report(sink, int(rows[0]), {"columns": hasher.columns,
+        raise block_input_error(sink, int(rows[0]), exc) from None
+    report_block(sink, int(rows[0]), {"columns": hasher.columns,
                                  "plans": {k: sorted(v) for k, v in hasher.plans.items()}})
     words = np.frombuffer(hasher.chunks[-1], dtype=np.uint64).reshape(-1, 4)
     return {ROW: rows, DIGEST: words}
@@ -130,12 +115,12 @@ def _digests(dataset: Any, table: encoded.Gathered) -> np.ndarray:
     """Pass 1: the table's hasher and the rows (0-based) repeating an earlier row, taken in row order."""
     import ray
 
-    from anonymize.engines.ray_engine import _block_failures, _stats_actor
+    from anonymize.engines.ray_engine import block_failures, stats_actor
 
-    sink = _stats_actor()
+    sink = stats_actor()
     repeated: list[np.ndarray] = []
     chunks: list[bytes] = []
-    with _block_failures(sink):
+    with block_failures(sink):
         digests = dataset.map_batches(_digest_block, batch_format="pandas", batch_size=BLOCK_ROWS,
                                       fn_kwargs={"sink": sink})
         for batch in _in_order(digests.iter_batches(batch_size=BLOCK_ROWS, batch_format="numpy"), strict=True):
@@ -172,7 +157,7 @@ def _encode_block(batch: pd.DataFrame, policy: Policy, label: str, secret: bytes
                   repeated: np.ndarray | None, path: Path, total: int, sink: Any) -> dict[str, np.ndarray]:
     """Pass 2 on one block: `encoded.encode_batch`, its arrays and kept columns returned, its removed
     rows reported to the actor."""
-    from anonymize.engines.ray_engine import _input_error, _report
+    from anonymize.engines.ray_engine import block_input_error, report_block
 
     rows, frame = _split(batch)
     first = int(rows[0])
@@ -182,8 +167,8 @@ def _encode_block(batch: pd.DataFrame, policy: Policy, label: str, secret: bytes
                                    encoded.batch_source(path, first, len(frame), total),
                                    one_of_many=len(frame) < total)
     except InputError as exc:
-        raise _input_error(sink, first, exc) from None
-    _report(sink, first, {"removed": out.removed})
+        raise block_input_error(sink, first, exc) from None
+    report_block(sink, first, {"removed": out.removed})
     n = len(out.y)
     result = {ROW: np.full(n, first, dtype=np.int64), Y: np.asarray(out.y, dtype=np.float64)}
     for key, width, part in ((X_NUM, len(encoder.numeric), "x_num"), (X_CAT, len(encoder.categorical), "x_cat")):
@@ -202,12 +187,12 @@ def _encode(dataset: Any, table: encoded.Gathered, repeated: np.ndarray, label: 
     import pandas as pd
     import ray
 
-    from anonymize.engines.ray_engine import _block_failures, _stats_actor
+    from anonymize.engines.ray_engine import block_failures, stats_actor
     from privmodel.data.features import EncodedData
 
-    sink = _stats_actor()
+    sink = stats_actor()
     encoder = table.encoder
-    with _block_failures(sink):
+    with block_failures(sink):
         results = dataset.map_batches(
             _encode_block, batch_format="pandas", batch_size=BLOCK_ROWS,
             fn_kwargs={"policy": table.policy, "label": label, "secret": secret, "encoder": encoder,
