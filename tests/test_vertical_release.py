@@ -6,10 +6,12 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import dp_accounting
 import numpy as np
 import pytest
 import torch
 from dp_accounting.pld import privacy_loss_distribution
+from dp_accounting.pld.pld_privacy_accountant import PLDAccountant
 from sklearn.metrics import roc_auc_score
 
 from anonymize.errors import InputError
@@ -99,6 +101,18 @@ def test_two_messages_hold_only_released_values_and_no_held_out_label() -> None:
     assert bins.shape == (3_000,) and set(np.unique(bins)) <= {0, 1}  # eps 1: two bins
     assert feature.epsilon_spent is not None and label.epsilon_spent is not None
     assert feature.epsilon_spent <= 1.0 and label.epsilon_spent <= 1.0
+    # the feature party's three mechanisms, each checked apart: its DP-SGD model by dp-accounting's PLD
+    # on the Poisson-sampled Gaussian steps, then the histogram's and the randomized response's pure epsilon
+    rec = feature.model_privacy
+    acc = PLDAccountant(value_discretization_interval=1e-4)
+    acc.compose(dp_accounting.PoissonSampledDpEvent(rec["sample_rate"], dp_accounting.GaussianDpEvent(
+        rec["noise_multiplier"])), int(rec["steps"]))
+    model_eps = float(acc.get_epsilon(rec["delta"]))
+    part = release.feature_split(1.0)
+    assert model_eps == pytest.approx(rec["epsilon"], rel=0.03) and model_eps <= part["model"] * 1.03
+    rr = secure_noise.randomized_response_epsilon(2, part["rr"])
+    assert _pld_epsilon(2, rr) == pytest.approx(rr, abs=1e-5)
+    assert feature.epsilon_spent == pytest.approx(rec["epsilon"] + part["cuts"] + rr)
 
 
 def test_non_private_release_learns_from_both_parties_and_private_beats_label_party_alone() -> None:
@@ -147,17 +161,17 @@ def test_release_run_charges_pure_epsilon_once_and_every_ledger_agrees(parties: 
     bank, shop = _inputs(parties, tmp_path)
     config = SplitConfig(epsilon=2.0, label_epsilon=1.0, epochs=3, protocol="release", insecure_seed=4)
     result = simulate(bank, shop, config, tmp_path / "out")
-    assert result.parties["bank"]["delta"] == 0.0 and result.parties["retailer"]["delta"] == 0.0
+    assert result.parties["bank"]["delta"] == 0.0 and result.parties["retailer"]["delta"] == config.delta
     assert result.parties["bank"]["covers"].startswith("columns and labels")
-    for inp, name, target, k in ((bank, "bank", 1.0, 2), (shop, "retailer", 2.0, 2)):
+    for inp, name, target, delta in ((bank, "bank", 1.0, 0.0), (shop, "retailer", 2.0, config.delta)):
         book = tmp_path / "out" / name / "ledger.jsonl"
         assert verify(book, [load_public_key(inp.keys)]).ok  # type: ignore[arg-type]
         train = next(e for e in read_entries(book) if e["action"] == "vertical.train")
         assert train["params"]["model_hash"] == result.model_hash
         spent = budget.spent(f"{name}-customers", inp.keys)
-        assert spent.charges == 1 and spent.delta == 0.0
+        assert spent.charges == 1 and spent.delta == delta
         assert spent.epsilon == pytest.approx(result.parties[name]["epsilon"]) and target - 1e-6 < spent.epsilon <= target
-        assert _pld_epsilon(k, spent.epsilon) == pytest.approx(spent.epsilon, abs=1e-5)  # dp-accounting agrees
+    assert _pld_epsilon(2, result.parties["bank"]["epsilon"]) == pytest.approx(result.parties["bank"]["epsilon"], abs=1e-5)
     assert result.noise["bins"] == 2.0 and result.noise["label_flip"] == pytest.approx(1 / (1 + math.e), abs=1e-6)
     card = (tmp_path / "out" / "bank" / "card.md").read_text()
     assert "Protocol: vertical one-shot release." in card and "one more randomized-response release" in card
@@ -172,7 +186,7 @@ def test_cli_release_protocol_and_bad_options(parties: Path, tmp_path: Path) -> 
             "--protocol", "release", "--epochs", "2", "--bins", "3"]
     done = run_cli(*args)
     assert done.returncode == 0, done.stderr
-    assert "retailer (feature party): ε 1.000, δ 0.0e+00 (columns)" in done.stdout
+    assert "retailer (feature party): ε 1.000, δ 1.0e-06 (columns)" in done.stdout
     bad = run_cli(*[a if a != "release" else "gossip" for a in args])
     assert bad.returncode == 2 and "--protocol must be split or release" in bad.stderr and "Traceback" not in bad.stderr
     split_bins = run_cli(*[a for a in args if a not in ("--protocol", "release")])

@@ -390,8 +390,8 @@ def privacy_plan(config: SplitConfig) -> PrivacyPlan:
     roles = ("feature", "label")
     if config.protocol == "release":
         rc = release.ReleaseConfig.of(config)
-        return PrivacyPlan(None, release.planned_epsilons(rc), dict.fromkeys(roles, 0.0),
-                           {r: release.party_cost(rc, r) for r in roles})
+        return PrivacyPlan(None, release.planned_epsilons(rc), release.planned_deltas(rc),
+                           {r: release.party_cost(rc, r) for r in roles} if config.epsilon is not None else {})
     noise, eps = party_epsilons(config)
     return PrivacyPlan(noise, eps, {r: split.party_delta(noise, r, config.delta) for r in roles},
                        {r: party_cost(noise, config, r) for r in roles} if noise.private else {})
@@ -516,8 +516,7 @@ def parties_of(label: str, feature: str | Sequence[str], noise: Any, eps: dict[s
     }
     for name, charge in zip(names, charges, strict=True):
         out[name] = {"role": "feature", "epsilon": eps["feature"] if private else None,
-                     "delta": (0.0 if released else config.delta) if private else None, "budget": charge,
-                     "covers": "columns"}
+                     "delta": config.delta if private else None, "budget": charge, "covers": "columns"}
     return out
 
 
