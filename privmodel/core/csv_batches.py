@@ -82,6 +82,7 @@ def csv_table(path: Path, text_columns: Iterable[str] = ()) -> CsvTable:
     check_text(src)
     header, starts = scan_csv_records(src)
     text = tuple(c for c in text_columns if c in header)
+    lines = np.fromiter(starts, dtype=np.int64)  # the csv module's rows, first: its errors come first
     seen: dict[str, list[Any]] = {}  # each column's chunk dtypes, an all-missing chunk as None
     rows = 0
     for chunk in _chunks(src, _SCAN_ROWS, list(text)):
@@ -89,10 +90,9 @@ def csv_table(path: Path, text_columns: Iterable[str] = ()) -> CsvTable:
         for name in chunk.columns:
             column = chunk[name]
             kinds = seen.setdefault(name, [])
-            kind = None if column.isna().all() else column.dtype
+            kind = None if name not in text and column.isna().all() else column.dtype  # text stays text
             if kind not in kinds:
                 kinds.append(kind)
-    lines = np.fromiter(starts, dtype=np.int64)  # the csv module's rows (ragged rows refused here)
     if rows == 0:
         raise InputError(f"{src}: table has a header but no rows")
     if rows != len(lines):  # the two parsers disagree: refuse rather than guess
