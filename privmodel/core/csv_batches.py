@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 #: rows per chunk of the first pass (only the dtypes of each chunk are kept)
-_SCAN_ROWS = 1 << 18
+_SCAN_ROWS = 1 << 16
 
 
 @dataclass(frozen=True)
