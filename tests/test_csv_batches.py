@@ -108,3 +108,12 @@ def test_header_only_and_duplicate_names(tmp_path: Path) -> None:
     assert _same_error(path) == f"{path}: table has a header but no rows"
     path.write_text("a,a\n1,2\n", encoding="utf-8")
     assert _same_error(path) == f"{path}: header field 2 repeats a column name; names must be unique"
+
+
+def test_unnamed_and_spaced_header_fields(tmp_path: Path) -> None:
+    """pandas names an empty header field 'Unnamed: 1'; the batches carry pandas' names."""
+    path = tmp_path / "u.csv"
+    path.write_text("a,, c\n" + "".join(f"{i},x{i}, {i:03d}\n" for i in range(40)), encoding="utf-8")
+    for text in ((), ("c", "a")):
+        whole = read_table(path, text_columns=text)
+        pd.testing.assert_frame_equal(pd.concat(list(csv_batches(path, text, 9)[1]), ignore_index=True), whole)

@@ -77,20 +77,29 @@ def csv_batches(path: Path, text_columns: Iterable[str], batch_rows: int) -> tup
 
 def csv_table(path: Path, text_columns: Iterable[str] = ()) -> CsvTable:
     """The first pass over a CSV file: `read_table`'s checks, the row count and each column's dtype."""
+    import pandas as pd
+
     src = Path(path)
     _check_readable(src)
     check_text(src)
     header, starts = scan_csv_records(src)
     text = tuple(c for c in text_columns if c in header)
     lines = np.fromiter(starts, dtype=np.int64)  # the csv module's rows, first: its errors come first
-    seen: dict[str, list[Any]] = {}  # each column's chunk dtypes, an all-missing chunk as None
+    names = [str(n) for n in next(_chunks(src, 1, list(text))).columns]  # pandas' names ('Unnamed: 1' for '')
+    if len(names) != len(header):
+        raise InputError(f"{src}: malformed CSV (ambiguous quoting or line breaks)")
+    text_names = {names[position] for position, name in enumerate(header) if name in text}
+    seen: dict[str, list[Any]] = {name: [pd.api.types.pandas_dtype("str")] for name in text_names}
+    # the declared text columns are text whatever they hold: the first pass parses only the others
+    others = [position for position, name in enumerate(header) if name not in text] or [0]
     rows = 0
-    for chunk in _chunks(src, _SCAN_ROWS, list(text)):
+    for chunk in _chunks(src, _SCAN_ROWS, list(text), others):
         rows += len(chunk)
         for name in chunk.columns:
-            column = chunk[name]
+            if name in text_names:
+                continue
             kinds = seen.setdefault(name, [])
-            kind = None if name not in text and column.isna().all() else column.dtype  # text stays text
+            kind = None if chunk[name].isna().all() else chunk[name].dtype
             if kind not in kinds:
                 kinds.append(kind)
     if rows == 0:
@@ -98,19 +107,20 @@ def csv_table(path: Path, text_columns: Iterable[str] = ()) -> CsvTable:
     if rows != len(lines):  # the two parsers disagree: refuse rather than guess
         raise InputError(f"{src}: malformed CSV (ambiguous quoting or line breaks)")
     one_line_each = bool(lines[-1] - lines[0] == len(lines) - 1)
-    return CsvTable(src, text, rows, {name: _whole_dtype(kinds) for name, kinds in seen.items()},
+    return CsvTable(src, text, rows, {name: _whole_dtype(seen[name]) for name in names},
                     int(lines[0]) if one_line_each else -1, None if one_line_each else lines)
 
 
-def _chunks(src: Path, rows: int, as_text: list[str]) -> Iterator[pd.DataFrame]:
-    """`_read_csv`'s pandas read of the file, `rows` at a time; `as_text` columns read as text."""
+def _chunks(src: Path, rows: int, as_text: list[str], columns: list[int] | None = None) -> Iterator[pd.DataFrame]:
+    """`_read_csv`'s pandas read of the file, `rows` at a time; `as_text` columns read as text; only the
+    columns at positions `columns` (None: all)."""
     import pandas as pd
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", pd.errors.DtypeWarning)
             reader = pd.read_csv(src, skipinitialspace=True, dtype=dict.fromkeys(as_text, "str") or None,
-                                 index_col=False, chunksize=rows)
+                                 index_col=False, chunksize=rows, usecols=columns)
             with reader:
                 yield from reader
     except pd.errors.EmptyDataError:
