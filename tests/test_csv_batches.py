@@ -117,3 +117,19 @@ def test_unnamed_and_spaced_header_fields(tmp_path: Path) -> None:
     for text in ((), ("c", "a")):
         whole = read_table(path, text_columns=text)
         pd.testing.assert_frame_equal(pd.concat(list(csv_batches(path, text, 9)[1]), ignore_index=True), whole)
+
+
+def test_text_check_across_blocks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A character cut by a block boundary is fine; a bad byte still names its line."""
+    from privmodel.core import fileio
+
+    monkeypatch.setattr(fileio, "_TEXT_BLOCK", 3)
+    path = tmp_path / "b.csv"
+    path.write_bytes(b"a,b\n" + b"".join(b"%d,\xc3\xa9\xe2\x82\xac\n" % i for i in range(20)))
+    fileio.check_text(path)
+    path.write_bytes(b"a,b\n" + b"".join(b"%d,\xc3\xa9\n" % i for i in range(20)) + b"1,\xc3\n")
+    with pytest.raises(InputError, match=r"invalid byte at line 22\)"):
+        fileio.check_text(path)
+    path.write_bytes(b"a,b\n" + b"".join(b"%d,\xc3\xa9\n" % i for i in range(20)) + b"1,\xc3x\n")
+    with pytest.raises(InputError, match=r"invalid byte at line 22\)"):
+        fileio.check_text(path)

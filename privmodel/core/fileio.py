@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 TABLE_SUFFIXES = (".csv", ".parquet")
 PathLike = str | os.PathLike[str]
 _CSV_FIELD_LIMIT = 16 << 20  # one field of 16 MiB is already no customer table; csv's default is 128 KiB
+_TEXT_BLOCK = 1 << 22  # bytes read at a time by `check_text`
 
 
 # --- identity of paths ---------------------------------------------------------------------------
@@ -701,7 +702,7 @@ def check_text(src: Path) -> None:
     nul_line = 0  # the first NUL's line: reported once the whole file is known to be UTF-8
     with open(src, "rb") as handle:
         while True:
-            block = handle.read(1 << 22)
+            block = handle.read(_TEXT_BLOCK)
             pending = decoder.getstate()[0]  # the bytes of a character cut by the last block
             try:
                 decoder.decode(block, final=not block)
