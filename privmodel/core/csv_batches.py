@@ -13,7 +13,7 @@ naming 'line N', the csv module and pandas must agree on the rows, an infinite n
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,11 +41,11 @@ class CsvTable:
     first_line: int  # the line of the first data row when every row is one line, else -1
     lines: np.ndarray | None  # the start line of each data row when some row is not one line
 
-    def lines_of(self, start: int, stop: int) -> list[int]:
+    def lines_of(self, start: int, stop: int) -> Sequence[int]:
         """The file line each data row `start`..`stop` (0-based) starts on."""
         if self.lines is not None:
             return self.lines[start:stop].tolist()
-        return list(range(self.first_line + start, self.first_line + stop))
+        return range(self.first_line + start, self.first_line + stop)
 
     def batches(self, batch_rows: int) -> Iterator[tuple[pd.DataFrame, np.ndarray]]:
         """Each batch of `batch_rows` rows as the whole-file read has them (same dtypes and values, index

@@ -18,7 +18,7 @@ import hashlib
 import os
 import secrets
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal, overload
@@ -628,7 +628,7 @@ def _record_starts(src: Path, handle: IO[str], reader: Any, expected: int) -> It
             raise InputError(f"{src}: malformed CSV near line {reader.line_num} ({str(exc).splitlines()[0]})") from None
 
 
-def _check_finite(frame: pd.DataFrame, src: Path, lines: list[int] | None) -> None:
+def _check_finite(frame: pd.DataFrame, src: Path, lines: Sequence[int] | None) -> None:
     import numpy as np
 
     for name in frame.columns:
