@@ -1,4 +1,7 @@
-"""The single-machine release of a Parquet table larger than memory: rows streamed by batch.
+"""The single-machine release of a table larger than memory: rows streamed by batch.
+
+The input is a Parquet file (read by row-group batches) or a CSV file (`privmodel.core.csv_batches`:
+batches with the whole-file read's dtypes); after the reader (`batch_reader`) both take one path.
 
 Memory is bounded by what generalization needs of every row (the quasi-identifier and sensitive
 columns, the token columns the release gate checks, 64-bit hashes), not by the table: every other
@@ -19,7 +22,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,6 +57,37 @@ from anonymize.quality import _check_shape
 STREAM_MIN_ROWS = 2_000_000
 #: Rows per batch: the transient memory of one batch's steps (~1 KB a row at most) stays well under 1 GB.
 BATCH_ROWS = 1 << 19
+
+
+#: reads the input batch by batch: `read(batch_rows)` yields (frame, the input's 1-based row numbers)
+Reader = Callable[[int], Iterator[tuple[pd.DataFrame, np.ndarray]]]
+
+
+def text_columns(policy: Policy) -> list[str]:
+    """The columns a CSV input reads as text (zip codes and IDs keep their leading zeros)."""
+    return [name for name, col in policy.columns.items() if col.type in ("string", "categorical")]
+
+
+def table_rows(path: Path) -> int:
+    """What decides whether an input streams: a Parquet file's rows (its footer), a CSV file's lines
+    after the header (each row takes at least one; counted without parsing)."""
+    if path.suffix.lower() != ".csv":
+        return parquet_rows(path)
+    lines = 0
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            lines += block.count(b"\n")
+    return max(lines - 1, 0)
+
+
+def batch_reader(path: Path, text: Iterable[str] = ()) -> Reader:
+    """The input's batches, each as `read_table(path, text)` gives the whole file (same dtypes): a
+    Parquet file by row groups, a CSV file checked and its dtypes decided once here (`csv_table`)."""
+    if path.suffix.lower() == ".csv":
+        from privmodel.core.csv_batches import csv_table
+
+        return csv_table(path, text).batches
+    return lambda batch_rows: parquet_batches(path, batch_rows)
 
 
 def parquet_rows(path: Path) -> int:
@@ -170,14 +204,14 @@ def _narrow_columns(policy: Policy) -> list[str]:
     return [*policy.quasi_identifiers, *policy.sensitive, *tokens]
 
 
-def _first_pass(path: Path, policy: Policy, source: str, batch_rows: int) -> tuple[list[dict[str, Any]], pd.DataFrame, int]:
+def _first_pass(read: Reader, policy: Policy, source: str, batch_rows: int) -> tuple[list[dict[str, Any]], pd.DataFrame, int]:
     """Validate every batch: the batches' validate records, the small per-row columns (row numbers,
     hashes) and the input's row count."""
     infos: list[dict[str, Any]] = []
     smalls: list[dict[str, pd.Series]] = []
     present: set[str] = set()
     rows_in = 0
-    for frame, rows in parquet_batches(path, batch_rows):
+    for frame, rows in read(batch_rows):
         if rows_in == 0:
             _check_shape(frame, policy, source)
         rows_in += len(frame)
@@ -196,19 +230,19 @@ def _first_pass(path: Path, policy: Policy, source: str, batch_rows: int) -> tup
     return infos, small, rows_in
 
 
-def _duplicates(path: Path, policy: Policy, source: str, batch_rows: int, small: pd.DataFrame) -> np.ndarray:
+def _duplicates(read: Reader, policy: Policy, source: str, batch_rows: int, small: pd.DataFrame) -> np.ndarray:
     """Exact duplicate rows: the candidates (`duplicate_candidates`), read again and compared in full."""
     wanted = duplicate_candidates(small, policy)
     if not len(wanted):
         return np.zeros(0, dtype=np.int64)
     parts = []
-    for frame, rows in parquet_batches(path, batch_rows):
+    for frame, rows in read(batch_rows):
         out, _ = validate_batch(frame, rows, policy, source)
         parts.append(out[out[ROW].isin(wanted)])
     return duplicate_rows(pd.concat(parts, ignore_index=True))
 
 
-def _second_pass(path: Path, policy: Policy, keys: Keys, source: str, batch_rows: int, duplicates: np.ndarray,
+def _second_pass(read: Reader, policy: Policy, keys: Keys, source: str, batch_rows: int, duplicates: np.ndarray,
                  undeclared: list[str], spill: Spill) -> tuple[list[dict[str, Any]], pd.DataFrame]:
     """Steps 2-4 batch by batch: each batch's records; the narrow columns of every row kept in memory,
     the whole minimised rows spilled."""
@@ -217,7 +251,7 @@ def _second_pass(path: Path, policy: Policy, keys: Keys, source: str, batch_rows
     keep = _narrow_columns(policy)
     writer = _SpillWriter(spill)
     try:
-        for frame, rows in parquet_batches(path, batch_rows):
+        for frame, rows in read(batch_rows):
             validated, _ = validate_batch(frame, rows, policy, source)
             out, record = release_rows(validated, policy, keys, duplicates, undeclared)  # indexed by input rows
             records.append(record)
@@ -252,26 +286,27 @@ def _compact_concat(parts: list[pd.DataFrame], policy: Policy) -> pd.DataFrame:
 
 def minimise_streamed(path: Path, policy: Policy, keys: Keys | bytes, spill: Spill, *, source: str = "input",
                       partner: str | None = None, progress: Callable[[str], None] | None = None) -> Minimised:
-    """`anonymize.pipeline.minimise(..., fixed_recoding=False)` of a Parquet file, batch by batch: the same
-    step records and counts; `data` holds only the narrow columns of each row (the rest is in `spill`)."""
+    """`anonymize.pipeline.minimise(..., fixed_recoding=False)` of a Parquet or CSV file, batch by batch: the
+    same step records and counts; `data` holds only the narrow columns of each row (the rest is in `spill`)."""
     key_set = as_keys(keys, partner)
     say = progress or (lambda _step: None)
     timings: dict[str, float] = {}
     say("validate")
     started = time.perf_counter()
-    infos, small, rows_in = _first_pass(path, policy, source, spill.batch_rows)
+    read = batch_reader(path, text_columns(policy))
+    infos, small, rows_in = _first_pass(read, policy, source, spill.batch_rows)
     steps = [merge_validate(infos, rows_in, policy)]
     timings["validate"] = time.perf_counter() - started
     say("quality")
     started = time.perf_counter()
-    duplicates = _duplicates(path, policy, source, spill.batch_rows, small)
+    duplicates = _duplicates(read, policy, source, spill.batch_rows, small)
     duplicate_ids = duplicate_identifiers(small, duplicates, policy)
     validated_rows = len(small)
     del small
     timings["quality"] = time.perf_counter() - started
     say("consent and purpose")
     started = time.perf_counter()
-    records, data = _second_pass(path, policy, key_set, source, spill.batch_rows, duplicates,
+    records, data = _second_pass(read, policy, key_set, source, spill.batch_rows, duplicates,
                                  steps[0]["undeclared_columns"], spill)
     steps.append(merge_quality(records, policy, validated_rows, len(duplicates), duplicate_ids))
     steps.append({"step": "purpose", **merge_steps([r["purpose"] for r in records])})
@@ -322,7 +357,7 @@ def run_streamed(path: Path, policy: Policy, keys: Keys | bytes, *, population: 
                  partner: str | None = None, source: str = "input", seed: int = 0,
                  progress: Callable[[str], None] | None = None, batch_rows: int = BATCH_ROWS,
                  spill_dir: Path | None = None) -> StreamedRelease:
-    """`anonymize.pipeline.run` on a Parquet file streamed by batches (module docstring). The caller writes
+    """`anonymize.pipeline.run` on a Parquet or CSV file streamed by batches (module docstring). The caller writes
     `released_batches()` and then calls `close_spill`."""
     work = Path(tempfile.mkdtemp(prefix="privmodel-spill-", dir=spill_dir))  # 0700: raw quasi-identifiers
     spill = Spill(work / "minimised.parquet", batch_rows)

@@ -29,7 +29,7 @@ def anonymize(
     ledger: Path = LEDGER_OPTION,
     engine: str = typer.Option("local", "--engine", help="local (this process) or ray (Ray Data, see docs/scale.md)."),
     ray_address: str = typer.Option(None, "--ray-address", help="Ray cluster for --engine ray (default: local Ray)."),
-    batch_rows: int = typer.Option(None, "--batch-rows", help="Stream a Parquet input in batches of this many rows "
+    batch_rows: int = typer.Option(None, "--batch-rows", help="Stream a Parquet or CSV input in batches of this many rows "
                                    "(default: only inputs over 2M rows stream, in batches of 524,288)."),
 ) -> None:
     """Validate, filter, pseudonymize and generalize INPUT as the policy says; write release + report."""

@@ -18,10 +18,10 @@ import hashlib
 import os
 import secrets
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, overload
+from typing import IO, TYPE_CHECKING, Any, Literal, overload
 
 from anonymize.errors import InputError
 
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 TABLE_SUFFIXES = (".csv", ".parquet")
 PathLike = str | os.PathLike[str]
 _CSV_FIELD_LIMIT = 16 << 20  # one field of 16 MiB is already no customer table; csv's default is 128 KiB
+_TEXT_BLOCK = 1 << 22  # bytes read at a time by `check_text`
 
 
 # --- identity of paths ---------------------------------------------------------------------------
@@ -578,37 +579,56 @@ class RowOrigin:
 
 def _scan_csv(src: Path) -> tuple[list[str], list[int]]:
     """Header and the file line each data record starts on; ragged rows are one line, never padded."""
-    lines: list[int] = []
+    header, starts = scan_csv_records(src)
+    return header, list(starts)
+
+
+def scan_csv_records(src: Path) -> tuple[list[str], Iterator[int]]:
+    """The header (checked now) and an iterator over the file line each data record starts on, read as
+    it goes (the file is never whole in memory); a ragged or malformed row is one InputError line."""
     csv.field_size_limit(_CSV_FIELD_LIMIT)
-    with open(src, newline="", encoding="utf-8") as handle:
-        reader = csv.reader(handle, skipinitialspace=True, strict=False)
+    handle = open(src, newline="", encoding="utf-8")  # noqa: SIM115 - closed by the iterator or here
+    reader = csv.reader(handle, skipinitialspace=True, strict=False)
+    try:
+        header: list[str] = []
+        while not header:
+            header = next(reader)
+        seen: set[str] = set()
+        for position, name in enumerate(header, start=1):
+            if name in seen:
+                raise InputError(f"{src}: header field {position} repeats a column name; names must be unique")
+            seen.add(name)
+    except StopIteration:
+        handle.close()
+        raise InputError(f"{src}: empty file (no header row)") from None
+    except csv.Error as exc:
+        handle.close()
+        raise InputError(f"{src}: malformed CSV near line {reader.line_num} ({str(exc).splitlines()[0]})") from None
+    except BaseException:
+        handle.close()
+        raise
+    return header, _record_starts(src, handle, reader, len(header))
+
+
+def _record_starts(src: Path, handle: IO[str], reader: Any, expected: int) -> Iterator[int]:
+    """The start line of each data record after the header (blank lines skipped, as pandas does)."""
+    with handle:
+        start = reader.line_num + 1
         try:
-            header: list[str] = []
-            while not header:
-                header = next(reader)
-            seen: set[str] = set()
-            for position, name in enumerate(header, start=1):
-                if name in seen:
-                    raise InputError(f"{src}: header field {position} repeats a column name; names must be unique")
-                seen.add(name)
-            expected = len(header)
-            start = reader.line_num + 1
             for record in reader:
-                if record and (len(record) != expected) and not (len(record) == 1 and record[0] == "" and expected > 1):
+                blank = not record or (len(record) == 1 and record[0] == "" and expected > 1)
+                if not blank and len(record) != expected:
                     raise InputError(
                         f"{src}: line {start} has {len(record)} field{'s' * (len(record) != 1)}, expected {expected}"
                     )
-                if record and not (len(record) == 1 and record[0] == "" and expected > 1):
-                    lines.append(start)
+                if not blank:
+                    yield start
                 start = reader.line_num + 1
-        except StopIteration:
-            raise InputError(f"{src}: empty file (no header row)") from None
         except csv.Error as exc:
             raise InputError(f"{src}: malformed CSV near line {reader.line_num} ({str(exc).splitlines()[0]})") from None
-    return header, lines
 
 
-def _check_finite(frame: pd.DataFrame, src: Path, lines: list[int] | None) -> None:
+def _check_finite(frame: pd.DataFrame, src: Path, lines: Sequence[int] | None) -> None:
     import numpy as np
 
     for name in frame.columns:
@@ -673,23 +693,36 @@ def _read_parquet(src: Path) -> pd.DataFrame:
     return frame
 
 
-def _check_text(src: Path, raw: bytes) -> None:
-    """UTF-8 without NUL bytes, or one line naming the first bad line."""
-    try:
-        raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise InputError(f"{src}: not UTF-8 text (invalid byte at line {line})") from None
-    if b"\x00" in raw:
-        line = raw[: raw.index(b"\x00")].count(b"\n") + 1
-        raise InputError(f"{src}: line {line} holds a NUL byte; not a text table")
+def check_text(src: Path) -> None:
+    """UTF-8 without NUL bytes, or one line naming the first bad line; read a block at a time."""
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    lines_before = 0
+    nul_line = 0  # the first NUL's line: reported once the whole file is known to be UTF-8
+    with open(src, "rb") as handle:
+        while True:
+            block = handle.read(_TEXT_BLOCK)
+            pending = decoder.getstate()[0]  # the bytes of a character cut by the last block
+            try:
+                decoder.decode(block, final=not block)
+            except UnicodeDecodeError as exc:
+                line = lines_before + (pending + block)[: max(exc.start, 0)].count(b"\n") + 1
+                raise InputError(f"{src}: not UTF-8 text (invalid byte at line {line})") from None
+            if b"\x00" in block and not nul_line:
+                nul_line = lines_before + block[: block.index(b"\x00")].count(b"\n") + 1
+            if not block:
+                break
+            lines_before += block.count(b"\n")
+    if nul_line:
+        raise InputError(f"{src}: line {nul_line} holds a NUL byte; not a text table")
 
 
 def _read_csv(src: Path, text_columns: Iterable[str]) -> tuple[pd.DataFrame, list[int]]:
     """The frame and the file line of each data row; the csv scan and pandas must agree on the rows."""
     import pandas as pd
 
-    _check_text(src, src.read_bytes())
+    check_text(src)
     header, lines = _scan_csv(src)
     try:
         dtype = {c: "str" for c in text_columns if c in header}

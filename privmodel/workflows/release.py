@@ -91,8 +91,8 @@ class ReleaseRequest:
     ledger: Path | None = None
     engine: str = "local"  # "local" or "ray" (anonymize.engines)
     ray_address: str | None = None  # a Ray cluster for --engine ray; None: Ray in local mode
-    # rows per batch of the streamed local engine (anonymize.engines.stream); None: a Parquet input
-    # streams when it has more than STREAM_MIN_ROWS rows, else it is released in memory
+    # rows per batch of the streamed local engine (anonymize.engines.stream); None: a Parquet or CSV
+    # input streams when it has more than STREAM_MIN_ROWS rows (CSV: lines), else it is released in memory
     batch_rows: int | None = None
 
     @property
@@ -135,24 +135,24 @@ def release(req: ReleaseRequest, progress: Callable[[str], None] = lambda _step:
 
 
 def _streamed_batch_rows(req: ReleaseRequest) -> int | None:
-    """Rows per batch when the release streams (a Parquet input on the local engine: asked for with
-    `batch_rows`, or larger than STREAM_MIN_ROWS), else None (the table is released in memory)."""
-    from anonymize.engines.stream import BATCH_ROWS, STREAM_MIN_ROWS, parquet_rows
+    """Rows per batch when the release streams (a Parquet or CSV input on the local engine: asked for
+    with `batch_rows`, or larger than STREAM_MIN_ROWS), else None (the table is released in memory)."""
+    from anonymize.engines.stream import BATCH_ROWS, STREAM_MIN_ROWS, table_rows
 
     if req.batch_rows is not None and req.batch_rows < 1:
         raise InputError("--batch-rows must be a positive number of rows")
-    if req.engine != "local" or req.input.suffix.lower() != ".parquet" or not req.input.is_file():
+    if req.engine != "local" or req.input.suffix.lower() not in (".parquet", ".csv") or not req.input.is_file():
         if req.batch_rows is not None:
-            raise InputError("--batch-rows streams a Parquet input on the local engine only")
+            raise InputError("--batch-rows streams a Parquet or CSV input on the local engine only")
         return None
     if req.batch_rows is not None:
         return req.batch_rows
-    return BATCH_ROWS if parquet_rows(req.input) > STREAM_MIN_ROWS else None
+    return BATCH_ROWS if table_rows(req.input) > STREAM_MIN_ROWS else None
 
 
 def _write_streamed(req: ReleaseRequest, loaded: Policy, inputs: list[Path], action: str,
                     progress: Callable[[str], None], batch_rows: int) -> tuple[dict[str, int], str, str | None]:
-    """`_write_release` for a Parquet input streamed by batches (`anonymize.engines.stream`): the same
+    """`_write_release` for a Parquet or CSV input streamed by batches (`anonymize.engines.stream`): the same
     outputs, report, ledger entry and lineage; neither the input nor the release is ever whole in memory."""
     from anonymize.engines.stream import close_spill, run_streamed
     from anonymize.forked import Pending
@@ -160,7 +160,7 @@ def _write_streamed(req: ReleaseRequest, loaded: Policy, inputs: list[Path], act
     from privmodel.core.fileio import _check_readable, outputs, read_table
     from privmodel.core.keys import ensure_keys, load_pseudonym_secret
     from privmodel.dp import budget
-    from privmodel.workflows.streamed import parquet_frame_id, write_batches
+    from privmodel.workflows.streamed import table_frame_id, write_batches
 
     target, escrow_out = req.target, escrow_path(req.target)
     reports = {req.out / "report.json": to_json, req.out / "report.txt": render_text}
@@ -170,7 +170,7 @@ def _write_streamed(req: ReleaseRequest, loaded: Policy, inputs: list[Path], act
         _check_readable(req.input)
         pop = read_table(req.population) if req.population is not None else None
         # the input's content hash (its budget identity), batch by batch on the second core
-        hashing = Pending(parquet_frame_id, req.input, batch_rows) if not loaded.dataset else None
+        hashing = Pending(table_frame_id, req.input, batch_rows) if not loaded.dataset else None
         try:
             made = run_streamed(req.input, loaded, load_pseudonym_secret(ensure_keys(req.keys)), population=pop,
                                 partner=req.partner, source=str(req.input), progress=progress, batch_rows=batch_rows)
@@ -186,7 +186,7 @@ def _write_streamed(req: ReleaseRequest, loaded: Policy, inputs: list[Path], act
             write_batches(staged, made.released_batches(), req.fmt)
         finally:
             close_spill(made.spill)
-        released = Pending(parquet_frame_id, staged, batch_rows) if req.fmt == "parquet" else None
+        released = Pending(table_frame_id, staged, batch_rows) if req.fmt == "parquet" else None
         report = made.release.report
         if made.release.escrow is not None:
             stage.write_table(escrow_out, made.release.escrow)
@@ -222,6 +222,7 @@ def _write_release(req: ReleaseRequest, loaded: Policy, inputs: list[Path], acti
                    progress: Callable[[str], None]) -> tuple[dict[str, int], str, Pending[str] | None]:
     """Write release, escrow and reports; returns the row counts, the input's budget identity and the
     release's pending content hash."""
+    from anonymize.engines.stream import text_columns
     from anonymize.forked import Pending
     from anonymize.report import render_text, to_json
     from privmodel.core.fileio import outputs, read_table
@@ -233,7 +234,7 @@ def _write_release(req: ReleaseRequest, loaded: Policy, inputs: list[Path], acti
     book = ledger_path(req.ledger, req.out)
     with outputs([target, escrow_out, *reports], inputs=inputs, secret=[escrow_out], replace=True,
                  ledger=book, action=action) as stage:
-        text = [name for name, col in loaded.columns.items() if col.type in ("string", "categorical")]
+        text = text_columns(loaded)
         started = time.perf_counter()
         table = read_table(req.input, text_columns=text)
         pop = read_table(req.population) if req.population is not None else None

@@ -1,4 +1,4 @@
-"""`privmodel anonymize` on a Parquet table larger than memory: the streamed engine's release written
+"""`privmodel anonymize` on a Parquet or CSV table larger than memory: the streamed engine's release written
 batch by batch, and the content hashes (budget identities) of the input and the release computed batch
 by batch, so no step holds the whole table (`anonymize.engines.stream`, docs/scale.md)."""
 
@@ -24,13 +24,14 @@ def batches_frame_id(frames: Iterable[pd.DataFrame]) -> str | None:
     return hasher.result()
 
 
-def parquet_frame_id(path: Path, batch_rows: int) -> str:
-    """`budget.content_id` of a Parquet file, read batch by batch."""
-    from anonymize.engines.stream import parquet_batches
+def table_frame_id(path: Path, batch_rows: int) -> str:
+    """`budget.content_id` of a Parquet or CSV file, read batch by batch (as `content_id` reads it: a CSV
+    without text columns)."""
+    from anonymize.engines.stream import batch_reader
     from privmodel.dp.budget import content_id
 
-    found = batches_frame_id(frame for frame, _rows in parquet_batches(path, batch_rows)) or content_id(path)
-    assert found is not None  # a .parquet file always has a content id
+    found = batches_frame_id(frame for frame, _rows in batch_reader(path)(batch_rows)) or content_id(path)
+    assert found is not None  # a .parquet or .csv file always has a content id
     return found
 
 
