@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from anonymize.errors import InputError
-from privmodel.core.fileio import _check_finite, _check_readable, check_text, scan_csv_records
+from privmodel.core.fileio import _check_finite, check_readable, check_text, scan_csv_records
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -80,7 +80,7 @@ def csv_table(path: Path, text_columns: Iterable[str] = ()) -> CsvTable:
     import pandas as pd
 
     src = Path(path)
-    _check_readable(src)
+    check_readable(src)
     check_text(src)
     header, starts = scan_csv_records(src)
     text = tuple(c for c in text_columns if c in header)

@@ -657,7 +657,7 @@ def read_table(path: PathLike, text_columns: Iterable[str] = (),
     place of data row i, for messages about rows found later (non-finite features, say).
     """
     src = Path(path)
-    _check_readable(src)
+    check_readable(src)
     suffix = src.suffix.lower()
     lines: list[int] | None
     if suffix == ".parquet":
@@ -670,7 +670,7 @@ def read_table(path: PathLike, text_columns: Iterable[str] = (),
     return (frame, RowOrigin(str(src), None if lines is None else tuple(lines))) if with_origin else frame
 
 
-def _check_readable(src: Path) -> None:
+def check_readable(src: Path) -> None:
     if not src.exists():
         raise InputError(f"{src}: no such file")
     if not src.is_file():

@@ -1,7 +1,7 @@
 """Encode once, to memory-mapped arrays: the rows a model may use, read batch by batch (issue 13).
 
 Why: `privmodel train` on 10M customers cannot hold the table as a DataFrame (a few GB a million
-rows of object strings). Each batch (a Parquet record batch; a CSV is read whole, then sliced) goes
+rows of object strings). Each batch (a Parquet record batch; a CSV batch by `csv_batches`) goes
 through the steps `rows.model_rows` and `prepare.prepare` apply to a whole table -- the consent
 filter and minimisation (`rows.minimised_rows` -> `anonymize.pipeline.minimise`), labels and feature
 checks -- is encoded by the policy's encoder and written into memory-mapped arrays on disk
@@ -123,12 +123,17 @@ class _Repeats:
 
 
 def table_batches(path: Path, text_columns: list[str]) -> tuple[int, Iterator[pd.DataFrame]]:
-    """(rows in the file, its batches as DataFrames): Parquet by record batch, CSV read whole then sliced."""
-    from privmodel.core.fileio import read_table
+    """(rows in the file, its batches as DataFrames): Parquet by record batch, CSV by `csv_batches` (the
+    dtypes `read_table` gives the whole file, decided in a first pass); neither is held whole."""
+    from privmodel.core.fileio import check_readable
 
+    check_readable(path)
+    if path.suffix.lower() == ".csv":
+        from privmodel.core.csv_batches import csv_batches
+
+        return csv_batches(path, text_columns, BATCH_ROWS)
     if path.suffix.lower() != ".parquet":
-        frame = read_table(path, text_columns=text_columns)
-        return len(frame), (frame.iloc[a:a + BATCH_ROWS] for a in range(0, len(frame), BATCH_ROWS))
+        raise InputError(f"{path}: unsupported table format {path.suffix!r} (use .csv or .parquet)")
     import pyarrow.parquet as pq
 
     try:

@@ -157,7 +157,7 @@ def _write_streamed(req: ReleaseRequest, loaded: Policy, inputs: list[Path], act
     from anonymize.engines.stream import close_spill, run_streamed
     from anonymize.forked import Pending
     from anonymize.report import render_text, to_json
-    from privmodel.core.fileio import _check_readable, outputs, read_table
+    from privmodel.core.fileio import check_readable, outputs, read_table
     from privmodel.core.keys import ensure_keys, load_pseudonym_secret
     from privmodel.dp import budget
     from privmodel.workflows.streamed import table_frame_id, write_batches
@@ -167,7 +167,7 @@ def _write_streamed(req: ReleaseRequest, loaded: Policy, inputs: list[Path], act
     book = ledger_path(req.ledger, req.out)
     with outputs([target, escrow_out, *reports], inputs=inputs, secret=[escrow_out], replace=True,
                  ledger=book, action=action) as stage:
-        _check_readable(req.input)
+        check_readable(req.input)
         pop = read_table(req.population) if req.population is not None else None
         # the input's content hash (its budget identity), batch by batch on the second core
         hashing = Pending(table_frame_id, req.input, batch_rows) if not loaded.dataset else None
