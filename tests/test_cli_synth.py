@@ -9,11 +9,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from privmodel.artifacts.ledger import read_entries, verify
 from privmodel.cli import main
 from privmodel.core.fileio import read_table, sha256_file
 from privmodel.core.keys import load_public_key
+from tests.conftest import run_cli
 
 
 def _run(*args: str, keys: Path) -> subprocess.CompletedProcess:
@@ -164,3 +166,15 @@ def test_command_module_imports_light() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert json.loads(result.stdout.replace("'", '"')) == []
+
+
+def test_one_file_with_one_silo_writes_a_policy_anonymize_accepts(tmp_path: Path) -> None:
+    """Regression: one silo in one file wrote `silo` bounds [0, 0], which the policy loader refuses."""
+    done = run_cli("synth", "--customers", "400", "--one-file", "--out", str(tmp_path / "d"))
+    assert done.returncode == 0, done.stderr
+    policy = yaml.safe_load((tmp_path / "d" / "policy.yaml").read_text())
+    assert policy["columns"]["silo"]["bounds"] == [0, 1]
+    assert run_cli("keys", "init", str(tmp_path / "keys")).returncode == 0
+    rel = run_cli("anonymize", str(tmp_path / "d" / "customers.parquet"), "--policy", str(tmp_path / "d" / "policy.yaml"),
+                  "--out", str(tmp_path / "rel"), "--keys", str(tmp_path / "keys"))
+    assert rel.returncode == 0, rel.stderr

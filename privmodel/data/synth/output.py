@@ -243,7 +243,8 @@ def starter_policy(data: SynthData, one_file: bool = False) -> dict[str, Any]:
     for name in ("churn", "will_purchase"):
         ordered[name] = {"role": "label", "type": "boolean"}
     if one_file:
-        ordered["silo"] = {"role": "feature", "type": "integer", "bounds": [0, len(data.profiles) - 1]}
+        # bounds need low < high: one silo still gets [0, 1] (public metadata; the values are all 0)
+        ordered["silo"] = {"role": "feature", "type": "integer", "bounds": [0, max(1, len(data.profiles) - 1)]}
     return {
         "version": 1,
         "name": "synthetic-customers-churn",
