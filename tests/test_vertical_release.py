@@ -109,7 +109,8 @@ def test_two_messages_hold_only_released_values_and_no_held_out_label() -> None:
         rec["noise_multiplier"])), int(rec["steps"]))
     model_eps = float(acc.get_epsilon(rec["delta"]))
     part = release.feature_split(1.0)
-    assert model_eps == pytest.approx(rec["epsilon"], rel=0.03) and model_eps <= part["model"] * 1.03
+    # the reported figure (Opacus' PRV) is not below dp-accounting's, and close to it
+    assert 0.9 * rec["epsilon"] <= model_eps <= 1.01 * rec["epsilon"] and rec["epsilon"] <= part["model"] * 1.001
     rr = secure_noise.randomized_response_epsilon(2, part["rr"])
     assert _pld_epsilon(2, rr) == pytest.approx(rr, abs=1e-5)
     assert feature.epsilon_spent == pytest.approx(rec["epsilon"] + part["cuts"] + rr)
