@@ -204,7 +204,7 @@ def utility(args: argparse.Namespace) -> list[tuple[str, str, str, str]]:
             rows.append(("vertical one-shot release, DP" + (f", {len(inputs)} parties" if len(xfs) > 1 else ""),
                          f"{spent['feature']:.3f} / {spent['label']:.3f}", f"{mean:.4f}",
                          f"vs centralized {mean - central:+.4f} (target >= -0.02); vs label party's best DP "
-                         f"{mean - best:+.4f} (target >= +0.02); {_spread(aucs)}; pure DP; {sec:.1f} s a run"))
+                         f"{mean - best:+.4f} (target >= +0.02); {_spread(aucs)}; {sec:.1f} s a run"))
             print(rows[-1], flush=True)
             auc, got, sec, nbytes = _split_auc(xf, xl, y, train, test, SplitConfig(epsilon=eps, **base))
             rows.append(("vertical split learning, DP" + (f", {len(inputs)} parties" if len(xfs) > 1 else ""),
