@@ -31,6 +31,10 @@ probabilities spend (tests cross-check it with dp-accounting's randomized-respon
 customer costs the feature party one more release of that customer's bin (its randomized-response
 share).
 
+Neighbouring relation: as in `split.py`, one shared customer's row at a party replaced by a null row
+(zero-out; DP-SGD's add/remove). The histogram's Laplace noise is sized for replace-one (sensitivity
+2), which covers zero-out (1) too; randomized response is epsilon-LDP between any two inputs.
+
 Non-private (`epsilon=None`): labels and bins cross exactly (bins = `NONPRIVATE_BINS`).
 """
 
