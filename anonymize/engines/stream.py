@@ -114,24 +114,35 @@ def _give_back_memory() -> None:
 @dataclass
 class Spill:
     """The minimised rows (validated, consented, pseudonymized: every column the release may keep) in a
-    private Parquet file, by input row number (`ROW`), until the release is written."""
+    private Parquet file, by input row number (`ROW`), until the release is written. `path` may also be
+    a directory of per-block files whose names sort in row order (`anonymize.engines.ray_stream`)."""
 
     path: Path
     batch_rows: int
     columns: list[str] = field(default_factory=list)
 
+    def files(self) -> list[Path]:
+        """The spill's files in row order."""
+        if self.path.is_dir():
+            return sorted(self.path.glob("*.parquet"))
+        return [self.path] if self.path.exists() else []
+
     def batches(self, columns: list[str] | None = None) -> Iterator[pd.DataFrame]:
-        """The spilled rows batch by batch, indexed by input row number."""
+        """The spilled rows batch by batch, indexed by input row number (every file's in the first's types)."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        if not self.path.exists():
-            return
         wanted = None if columns is None else [*columns, ROW]
-        for batch in pq.ParquetFile(self.path).iter_batches(batch_size=self.batch_rows, columns=wanted):
-            frame = pa.Table.from_batches([batch]).to_pandas()
-            frame.index = pd.Index(frame.pop(ROW).to_numpy(dtype=np.int64))
-            yield frame
+        first: Any = None
+        for path in self.files():
+            handle = pq.ParquetFile(path)
+            first = handle.schema_arrow if first is None else first
+            for batch in handle.iter_batches(batch_size=self.batch_rows, columns=wanted):
+                table = pa.Table.from_batches([batch])
+                target = pa.schema([first.field(n) for n in table.column_names], metadata=first.metadata)
+                frame = (table if table.schema.types == target.types else table.cast(target)).to_pandas()
+                frame.index = pd.Index(frame.pop(ROW).to_numpy(dtype=np.int64))
+                yield frame
 
     def rows(self, wanted: np.ndarray) -> pd.DataFrame:
         """The spilled rows at input row numbers `wanted` (ascending), indexed by them."""
