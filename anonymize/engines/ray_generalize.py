@@ -97,13 +97,15 @@ class RayGeneralizer:
         privacy: PrivacyModel,
         sensitive: Sequence[str] = (),
         t_kinds: Mapping[str, str] | None = None,
+        categorical: bool = False,
     ) -> Generalized:
+        """`categorical`: Mondrian's release strings as pandas categoricals, as `generalize` gives them."""
         sensitive = list(sensitive)
         _check_inputs(df, qis, privacy, sensitive)
         codes = _encode(df, qis, privacy, sensitive, t_kinds)
         if privacy.algorithm == "lattice":
             return self._lattice(df, list(qis), codes, privacy)
-        return self._mondrian(df, list(qis), codes, privacy)
+        return self._mondrian(df, list(qis), codes, privacy, categorical)
 
     def _lattice(self, df: pd.DataFrame, names: list[str], codes: _Codes, privacy: PrivacyModel) -> Generalized:
         cols = codes.columns
@@ -130,7 +132,8 @@ class RayGeneralizer:
         return Generalized(data=data, suppressed=int(suppressed.sum()), algorithm="lattice",
                            levels=dict(zip(names, res.levels, strict=True)), classes=res.n_classes)
 
-    def _mondrian(self, df: pd.DataFrame, names: list[str], codes: _Codes, privacy: PrivacyModel) -> Generalized:
+    def _mondrian(self, df: pd.DataFrame, names: list[str], codes: _Codes, privacy: PrivacyModel,
+                  categorical: bool = False) -> Generalized:
         n = len(df)
         k = _k_of(codes.criteria)
         root_h = [np.bincount(s, minlength=m)[None, :] for s, m in zip(codes.sens_codes, codes.sens_sizes, strict=True)]
@@ -145,7 +148,13 @@ class RayGeneralizer:
         finished = _finish_partitions(ds, codes, privacy.algorithm == "mondrian_relaxed")
         data = df.copy(deep=False)  # copy-on-write: only the replaced QI columns are new
         for j, col in enumerate(names):
-            data[col] = pd.Series(finished[f"l{j}"].to_numpy(dtype=object), index=data.index, dtype=object).astype(str)
+            labels = finished[f"l{j}"].to_numpy(dtype=object)
+            if categorical:  # one string per distinct label, a code per row
+                class_codes, distinct = pd.factorize(labels)
+                data[col] = pd.Series(pd.Categorical.from_codes(class_codes, pd.Index(distinct, dtype=object).astype(str)),
+                                      index=data.index)
+            else:
+                data[col] = pd.Series(labels, index=data.index, dtype=object).astype(str)
         n_classes = int(finished[[PART, "__class"]].drop_duplicates().shape[0])
         return Generalized(data=data, suppressed=0, algorithm=privacy.algorithm, levels=None, classes=n_classes)
 

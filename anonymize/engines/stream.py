@@ -148,24 +148,35 @@ def _give_back_memory() -> None:
 @dataclass
 class Spill:
     """The minimised rows (validated, consented, pseudonymized: every column the release may keep) in a
-    private Parquet file, by input row number (`ROW`), until the release is written."""
+    private Parquet file, by input row number (`ROW`), until the release is written. `path` may also be
+    a directory of per-block files whose names sort in row order (`anonymize.engines.ray_stream`)."""
 
     path: Path
     batch_rows: int
     columns: list[str] = field(default_factory=list)
 
+    def files(self) -> list[Path]:
+        """The spill's files in row order."""
+        if self.path.is_dir():
+            return sorted(self.path.glob("*.parquet"))
+        return [self.path] if self.path.exists() else []
+
     def batches(self, columns: list[str] | None = None) -> Iterator[pd.DataFrame]:
-        """The spilled rows batch by batch, indexed by input row number."""
+        """The spilled rows batch by batch, indexed by input row number (every file's in the first's types)."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        if not self.path.exists():
-            return
         wanted = None if columns is None else [*columns, ROW]
-        for batch in pq.ParquetFile(self.path).iter_batches(batch_size=self.batch_rows, columns=wanted):
-            frame = pa.Table.from_batches([batch]).to_pandas()
-            frame.index = pd.Index(frame.pop(ROW).to_numpy(dtype=np.int64))
-            yield frame
+        first: Any = None
+        for path in self.files():
+            handle = pq.ParquetFile(path)
+            first = handle.schema_arrow if first is None else first
+            for batch in handle.iter_batches(batch_size=self.batch_rows, columns=wanted):
+                table = pa.Table.from_batches([batch])
+                target = pa.schema([first.field(n) for n in table.column_names], metadata=first.metadata)
+                frame = (table if table.schema.types == target.types else table.cast(target)).to_pandas()
+                frame.index = pd.Index(frame.pop(ROW).to_numpy(dtype=np.int64))
+                yield frame
 
     def rows(self, wanted: np.ndarray) -> pd.DataFrame:
         """The spilled rows at input row numbers `wanted` (ascending), indexed by them."""
@@ -173,7 +184,7 @@ class Spill:
         return pd.concat(parts) if parts else pd.DataFrame(columns=self.columns)
 
 
-class _SpillWriter:
+class SpillWriter:
     """Appends minimised batches to the spill file, every batch in the first batch's schema."""
 
     def __init__(self, spill: Spill) -> None:
@@ -197,7 +208,7 @@ class _SpillWriter:
             self._writer.close()
 
 
-def _narrow_columns(policy: Policy) -> list[str]:
+def narrow_columns(policy: Policy) -> list[str]:
     """What every row keeps in memory: the quasi-identifiers and sensitive columns (generalization) and
     the token columns (the release gate's token check, collisions, escrow)."""
     tokens = [n for n in policy.identifiers if policy.columns[n].method == "token"]
@@ -248,27 +259,27 @@ def _second_pass(read: Reader, policy: Policy, keys: Keys, source: str, batch_ro
     the whole minimised rows spilled."""
     records: list[dict[str, Any]] = []
     narrow: list[pd.DataFrame] = []
-    keep = _narrow_columns(policy)
-    writer = _SpillWriter(spill)
+    keep = narrow_columns(policy)
+    writer = SpillWriter(spill)
     try:
         for frame, rows in read(batch_rows):
             validated, _ = validate_batch(frame, rows, policy, source)
             out, record = release_rows(validated, policy, keys, duplicates, undeclared)  # indexed by input rows
             records.append(record)
             part = out[[c for c in out.columns if c in keep or c == ROW or str(c).startswith(ID)]]
-            narrow.append(part.astype({c: "category" for c in _texts(part, policy)}))
+            narrow.append(part.astype({c: "category" for c in categorical_texts(part, policy)}))
             writer.write(out.drop(columns=[c for c in aux_columns(out.columns) if c != ROW]))
     finally:
         writer.close()
-    return records, _compact_concat(narrow, policy)
+    return records, compact_concat(narrow, policy)
 
 
-def _texts(part: pd.DataFrame, policy: Policy) -> list[str]:
+def categorical_texts(part: pd.DataFrame, policy: Policy) -> list[str]:
     """The text quasi-identifiers of a batch (kept as categoricals: each distinct text once)."""
     return [c for c in policy.quasi_identifiers if c in part.columns and isinstance(part[c].dtype, pd.StringDtype)]
 
 
-def _compact_concat(parts: list[pd.DataFrame], policy: Policy) -> pd.DataFrame:
+def compact_concat(parts: list[pd.DataFrame], policy: Policy) -> pd.DataFrame:
     """The batches' narrow columns as one frame indexed by input row; text quasi-identifiers as one
     categorical each (a code per row, each distinct text once: what generalization reads of them)."""
     from pandas.api.types import union_categoricals

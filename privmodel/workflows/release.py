@@ -91,8 +91,9 @@ class ReleaseRequest:
     ledger: Path | None = None
     engine: str = "local"  # "local" or "ray" (anonymize.engines)
     ray_address: str | None = None  # a Ray cluster for --engine ray; None: Ray in local mode
-    # rows per batch of the streamed local engine (anonymize.engines.stream); None: a Parquet or CSV
-    # input streams when it has more than STREAM_MIN_ROWS rows (CSV: lines), else it is released in memory
+    # rows per batch of the streamed engines (anonymize.engines.stream, .ray_stream); None: a Parquet or
+    # CSV input (Parquet only on Ray) streams when it has more than STREAM_MIN_ROWS rows (CSV: lines),
+    # else it is released in memory
     batch_rows: int | None = None
 
     @property
@@ -135,15 +136,17 @@ def release(req: ReleaseRequest, progress: Callable[[str], None] = lambda _step:
 
 
 def _streamed_batch_rows(req: ReleaseRequest) -> int | None:
-    """Rows per batch when the release streams (a Parquet or CSV input on the local engine: asked for
-    with `batch_rows`, or larger than STREAM_MIN_ROWS), else None (the table is released in memory)."""
+    """Rows per batch when the release streams (a Parquet or CSV input on the local engine, a Parquet
+    input on Ray: asked for with `batch_rows`, or larger than STREAM_MIN_ROWS), else None (the table is
+    released in memory)."""
     from anonymize.engines.stream import BATCH_ROWS, STREAM_MIN_ROWS, table_rows
 
     if req.batch_rows is not None and req.batch_rows < 1:
         raise InputError("--batch-rows must be a positive number of rows")
-    if req.engine != "local" or req.input.suffix.lower() not in (".parquet", ".csv") or not req.input.is_file():
+    streamable = (".parquet", ".csv") if req.engine == "local" else (".parquet",)
+    if req.input.suffix.lower() not in streamable or not req.input.is_file():
         if req.batch_rows is not None:
-            raise InputError("--batch-rows streams a Parquet or CSV input on the local engine only")
+            raise InputError("--batch-rows streams a Parquet or CSV input (with --engine ray: Parquet only)")
         return None
     if req.batch_rows is not None:
         return req.batch_rows
@@ -172,8 +175,16 @@ def _write_streamed(req: ReleaseRequest, loaded: Policy, inputs: list[Path], act
         # the input's content hash (its budget identity), batch by batch on the second core
         hashing = Pending(table_frame_id, req.input, batch_rows) if not loaded.dataset else None
         try:
-            made = run_streamed(req.input, loaded, load_pseudonym_secret(ensure_keys(req.keys)), population=pop,
-                                partner=req.partner, source=str(req.input), progress=progress, batch_rows=batch_rows)
+            secret = load_pseudonym_secret(ensure_keys(req.keys))
+            if req.engine == "ray":  # the same two passes as Ray tasks (anonymize.engines.ray_stream)
+                from anonymize.engines.ray_stream import run_streamed_on_ray
+
+                made = run_streamed_on_ray(req.input, loaded, secret, address=req.ray_address, population=pop,
+                                           partner=req.partner, source=str(req.input), progress=progress,
+                                           batch_rows=batch_rows)
+            else:
+                made = run_streamed(req.input, loaded, secret, population=pop, partner=req.partner,
+                                    source=str(req.input), progress=progress, batch_rows=batch_rows)
             started = time.perf_counter()
             source = budget.dataset_of(loaded, req.input, req.keys, content=hashing.result() if hashing else None)
             identity_seconds = time.perf_counter() - started
