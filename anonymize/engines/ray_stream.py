@@ -48,9 +48,6 @@ from anonymize.engines.batches import (
     duplicate_identifiers,
     duplicate_rows,
     input_rows,
-    merge_pseudonymize,
-    merge_quality,
-    merge_steps,
     merge_validate,
     release_rows,
     validate_batch,
@@ -64,11 +61,12 @@ from anonymize.engines.stream import (
     categorical_texts,
     close_spill,
     compact_concat,
+    merged_minimised,
     narrow_columns,
     parquet_rows,
 )
 from anonymize.errors import InputError
-from anonymize.pipeline import Minimised, _removed, run
+from anonymize.pipeline import Minimised, run
 from anonymize.policy.schema import Policy
 from anonymize.pseudonymize import Keys, as_keys
 from anonymize.quality import _check_shape
@@ -262,19 +260,8 @@ def minimise_streamed_on_ray(path: Path, policy: Policy, keys: Keys | bytes, spi
     data = compact_concat(narrow, policy)
     del narrow
     spill.columns = _spilled_columns(spill)
-    steps.append(merge_quality(records, policy, validated_rows, len(duplicates), duplicate_ids))
-    steps.append({"step": "purpose", **merge_steps([r["purpose"] for r in records])})
-    if not len(data):
-        raise InputError(f"{policy.source}: no rows left after the consent filter for purpose {policy.purpose.name!r}")
-    timings["purpose"] = time.perf_counter() - started
-    started = time.perf_counter()
-    pseudo_record, colliding, escrow = merge_pseudonymize(records, data, policy)
-    steps.append(pseudo_record)
-    data = data.drop(columns=aux_columns(data.columns))
-    timings["pseudonymize"] = time.perf_counter() - started
-    return Minimised(data=data, steps=steps, removed=_removed(steps), rows_in=rows_in,
-                     pseudonymization=pseudo_record["columns"], escrow=escrow, partner=key_set.partner,
-                     colliding=colliding, timings=timings)
+    return merged_minimised(records, data, steps, policy, key_set, rows_in=rows_in, validated_rows=validated_rows,
+                            duplicates=len(duplicates), duplicate_ids=duplicate_ids, timings=timings, started=started)
 
 
 def _spilled_columns(spill: Spill) -> list[str]:

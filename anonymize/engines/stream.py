@@ -319,7 +319,16 @@ def minimise_streamed(path: Path, policy: Policy, keys: Keys | bytes, spill: Spi
     started = time.perf_counter()
     records, data = _second_pass(read, policy, key_set, source, spill.batch_rows, duplicates,
                                  steps[0]["undeclared_columns"], spill)
-    steps.append(merge_quality(records, policy, validated_rows, len(duplicates), duplicate_ids))
+    return merged_minimised(records, data, steps, policy, key_set, rows_in=rows_in, validated_rows=validated_rows,
+                            duplicates=len(duplicates), duplicate_ids=duplicate_ids, timings=timings, started=started)
+
+
+def merged_minimised(records: list[dict[str, Any]], data: pd.DataFrame, steps: list[dict[str, Any]], policy: Policy,
+                     key_set: Keys, *, rows_in: int, validated_rows: int, duplicates: int, duplicate_ids: Any,
+                     timings: dict[str, float], started: float) -> Minimised:
+    """After the second pass (batches here, Ray tasks in `ray_stream`): the batches' records merged into
+    the in-memory path's quality, purpose and pseudonymize steps, and the consent filter's empty check."""
+    steps.append(merge_quality(records, policy, validated_rows, duplicates, duplicate_ids))
     steps.append({"step": "purpose", **merge_steps([r["purpose"] for r in records])})
     if not len(data):
         raise InputError(f"{policy.source}: no rows left after the consent filter for purpose {policy.purpose.name!r}")
