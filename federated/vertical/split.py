@@ -377,8 +377,10 @@ class LabelSide:
             self.source = secure_noise.source(None if self.config.insecure_seed is None else self.config.insecure_seed + 1)
         if self.noise.label_flip > 0:
             assert self.source is not None
-            flip = self.source.bernoulli_mask(len(self.y), self.noise.label_flip).numpy()
-            self.y_train = np.where(flip, 1 - self.y, self.y)  # the only use of the true labels in training
+            # the one randomized-response rule (`NoiseSource.randomized_response`, as the one-shot release);
+            # it flips with probability >= 1 / (1 + e^eps), so it spends at most the epsilon reported
+            self.y_train, _ = self.source.randomized_response(np.asarray(self.y, dtype=np.int64), 2,
+                                                              rr_epsilon(self.noise.label_flip))
 
     def step(self, rows: np.ndarray, emb: np.ndarray) -> np.ndarray:
         """Gradients of each customer's loss with respect to its embedding (clipped and noised when
