@@ -65,24 +65,18 @@ def _write_parties(root: Path, customers: int, seed: int, feature_parties: int =
     return inputs
 
 
-def _encoded(x: np.ndarray) -> Any:
-    from privmodel.data.features import EncodedData
-
-    return EncodedData(x.astype(np.float32), np.zeros((len(x), 0), dtype=np.int64), [],
-                       [f"x{i}" for i in range(x.shape[1])], [])
-
-
 def _fit_auc(x_tr: np.ndarray, y_tr: np.ndarray, x_te: np.ndarray, y_te: np.ndarray, model: Literal["logreg", "mlp"],
              epsilon: float | None, delta: float, epochs: int) -> float:
     import torch
     from sklearn.metrics import roc_auc_score
 
+    from federated.vertical.release import dense_data
     from privmodel.dp.training import TrainConfig, fit
 
-    res = fit(_encoded(x_tr), y_tr, TrainConfig(model=model, epsilon=epsilon, delta=delta if epsilon else None,
+    res = fit(dense_data(x_tr), y_tr, TrainConfig(model=model, epsilon=epsilon, delta=delta if epsilon else None,
                                                  epochs=epochs))
     with torch.no_grad():
-        enc = _encoded(x_te)
+        enc = dense_data(x_te)
         logits = res.model(torch.from_numpy(enc.x_num), torch.from_numpy(enc.x_cat))
     return float(roc_auc_score(y_te, logits.numpy().ravel()))
 

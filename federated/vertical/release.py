@@ -103,10 +103,6 @@ class ReleaseConfig:
                    epochs=config.epochs, seed=config.seed, insecure_seed=config.insecure_seed)
 
     @property
-    def private(self) -> bool:
-        return self.epsilon is not None
-
-    @property
     def label_eps(self) -> float | None:
         return self.label_epsilon if self.label_epsilon is not None else self.epsilon
 
@@ -165,7 +161,8 @@ def party_cost(config: ReleaseConfig, role: str) -> dict[str, Any]:
                          "labels, once", "bins": 2}
 
 
-def _dense(x: np.ndarray) -> EncodedData:
+def dense_data(x: np.ndarray) -> EncodedData:
+    """A dense float matrix as EncodedData (no categorical columns): what `privmodel.dp.training.fit` takes."""
     from privmodel.data.features import EncodedData
 
     return EncodedData(np.ascontiguousarray(x, dtype=np.float32), np.zeros((len(x), 0), dtype=np.int64), [],
@@ -181,14 +178,14 @@ def _fit(x: np.ndarray, y: np.ndarray, config: ReleaseConfig,
     settings = (TrainConfig(model=config.feature_model, epsilon=epsilon, delta=config.delta, seed=config.seed,
                             insecure_seed=config.insecure_seed) if epsilon is not None
                 else TrainConfig(model=config.model, epsilon=None, epochs=config.epochs, seed=config.seed))
-    result: FitResult = fit(_dense(x), y, settings)
+    result: FitResult = fit(dense_data(x), y, settings)
     return result.model, result.privacy
 
 
 def _logits(model: nn.Module, x: np.ndarray) -> np.ndarray:
     import torch
 
-    data = _dense(x)
+    data = dense_data(x)
     with torch.no_grad():
         return np.asarray(model(torch.from_numpy(data.x_num), torch.from_numpy(data.x_cat)).numpy()).ravel()
 
