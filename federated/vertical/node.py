@@ -405,8 +405,8 @@ class FeatureNode:
         """Both parts' hashes give the model hash; publish this party's part with its ledger entry."""
         from flwr.app import ConfigRecord, RecordDict
 
-        from federated.vertical import release, split
-        from federated.vertical.workflow import VerticalResult, model_hash, parties_of, publish_side
+        from federated.vertical import split
+        from federated.vertical.workflow import VerticalResult, model_hash, noise_record, parties_of, publish_side
 
         assert run.f_side is not None
         digest = model_hash(str(content["h"]["part"]), split.state_hash(run.f_side.model))
@@ -414,9 +414,7 @@ class FeatureNode:
             return self._scored(run, digest)
         label = str(run.spec["label_party"])
         parties = parties_of(label, self.name, run.noise, run.eps, run.config, None, self.side.charge)
-        noise = run.noise.as_dict() if run.noise is not None else release.randomization(
-            release.ReleaseConfig.of(run.config), run.eps)
-        result = VerticalResult(parties, run.overlap, {}, digest, noise,
+        result = VerticalResult(parties, run.overlap, {}, digest, noise_record(run.plan, run.config),
                                 {**run.spec["config"], "run_sha256": run.run_sha256, "signed_by": run.spec["label_key_id"]}, {})
         publish_side(self.side, run.f_side, result, run.config)
         self.run = None

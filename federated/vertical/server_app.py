@@ -359,7 +359,7 @@ class LabelRun:
     def _train(self, rows_l: np.ndarray, overlap: dict[str, Any], plan: Any, signed: dict[str, Any]) -> dict[str, Any]:
         """Encode, charge, train with the feature party (split learning or the one-shot release), score,
         agree on the hash, publish."""
-        from federated.vertical import release, split
+        from federated.vertical import split
         from federated.vertical.workflow import (
             VerticalResult,
             _auc,
@@ -367,6 +367,7 @@ class LabelRun:
             charge_party,
             encode_label,
             model_hash,
+            noise_record,
             part_message,
             parties_of,
             publish_side,
@@ -388,9 +389,7 @@ class LabelRun:
         auc = _auc(y[test_rows], scores) if len(scores) else None
         metrics = {"roc_auc": auc, "test_customers": int(len(test_rows)), "train_customers": int(len(train_rows))}
         parties = parties_of(label.name, self.settings.feature_party, plan.noise, plan.eps, config, label.charge, None)
-        noise = plan.noise.as_dict() if plan.noise is not None else release.randomization(
-            release.ReleaseConfig.of(config), plan.eps)
-        result = VerticalResult(parties, overlap, metrics, digest, noise,
+        result = VerticalResult(parties, overlap, metrics, digest, noise_record(plan, config),
                                 {**{k: v for k, v in asdict(config).items() if k != "insecure_seed"}, **signed},
                                 dict(self.link.bytes_by_sender), self.clock.summary())
         files = publish_side(label, l_side, result, config)

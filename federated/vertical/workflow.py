@@ -383,6 +383,16 @@ class PrivacyPlan:
     costs: dict[str, dict[str, Any]]
 
 
+def noise_record(plan: PrivacyPlan, config: SplitConfig) -> dict[str, float]:
+    """What the card and every ledger state about a run's noise: split learning's multipliers, or the
+    one-shot release's randomization."""
+    from federated.vertical import release
+
+    if plan.noise is not None:
+        return dict(plan.noise.as_dict())
+    return release.randomization(release.ReleaseConfig.of(config), plan.eps)
+
+
 def privacy_plan(config: SplitConfig) -> PrivacyPlan:
     """The plan of either protocol: split learning (`split.calibrate`) or the one-shot release (pure DP)."""
     from federated.vertical import release, split
@@ -490,7 +500,7 @@ def _released(label: PartySide, features: list[PartySide], y: np.ndarray, train_
     l_side = release.LabelRelease(label.name, label.x, y, rc)  # type: ignore[arg-type]
     say("one-shot release")
     release.train(f_sides, l_side, train_rows, channel)
-    return l_side, f_sides, l_side.score(test_rows), release.randomization(rc, plan.eps)
+    return l_side, f_sides, l_side.score(test_rows), noise_record(plan, config)
 
 
 def parties_of(label: str, feature: str | Sequence[str], noise: Any, eps: dict[str, float], config: SplitConfig,
