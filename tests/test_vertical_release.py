@@ -189,6 +189,6 @@ def test_cli_release_protocol_and_bad_options(parties: Path, tmp_path: Path) -> 
     assert done.returncode == 0, done.stderr
     assert "retailer (feature party): ε 1.000, δ 1.0e-06 (columns)" in done.stdout
     bad = run_cli(*[a if a != "release" else "gossip" for a in args])
-    assert bad.returncode == 2 and "--protocol must be split or release" in bad.stderr and "Traceback" not in bad.stderr
+    assert bad.returncode == 2 and "--protocol must be split, release or encrypted" in bad.stderr and "Traceback" not in bad.stderr
     split_bins = run_cli(*[a for a in args if a not in ("--protocol", "release")])
     assert split_bins.returncode == 2 and "--bins applies to --protocol release" in split_bins.stderr

@@ -61,6 +61,9 @@ if TYPE_CHECKING:
     from federated.vertical.channel import Channel
 
 
+PROTOCOLS = ("split", "release", "encrypted")
+
+
 @dataclass(frozen=True)
 class SplitConfig:
     """Hyper-parameters and the per-party privacy target of one vertical run."""
@@ -84,14 +87,16 @@ class SplitConfig:
     seed: int = 0  # weight initialisation and batch schedule only (public); never the noise
     insecure_seed: int | None = None  # TEST ONLY: reproducible noise, NOT differentially private
     # "split": this module's split learning; "release": `federated.vertical.release` (each party's data
-    # crosses once, by randomized response; epsilon, label_epsilon, epochs, seed and bins apply)
-    protocol: Literal["split", "release"] = "split"
+    # crosses once, by randomized response; epsilon, label_epsilon, epochs, seed and bins apply);
+    # "encrypted": `federated.vertical.encrypted` (gradients under CKKS, central DP; epsilon,
+    # label_epsilon, delta and accountant apply)
+    protocol: Literal["split", "release", "encrypted"] = "split"
     bins: int | None = None  # release only: score bins per feature party (None: by epsilon)
 
     def check(self) -> None:
         """One clear line for a setting that cannot run."""
-        if self.protocol not in ("split", "release"):
-            raise InputError("--protocol must be split or release")
+        if self.protocol not in PROTOCOLS:
+            raise InputError("--protocol must be split, release or encrypted")
         if self.bins is not None and (self.protocol != "release" or not 2 <= self.bins <= 64):
             raise InputError("--bins applies to --protocol release and must be between 2 and 64")
         for name, eps in (("--epsilon", self.epsilon), ("--label-epsilon", self.label_epsilon)):
@@ -141,7 +146,7 @@ def calibrate(config: SplitConfig) -> Noise:
 
     def split(epsilon: float, share: float) -> tuple[float, float]:
         try:
-            with _quiet():
+            with quiet():
                 sigma = accounting.noise_for(epsilon, config.delta, 1.0, 1, config.accountant)
         except RuntimeError:  # Opacus' PRV cannot discretize a near-noiseless mechanism
             raise InputError(f"epsilon {epsilon:g} is beyond what the accountant can calibrate; use a smaller "
@@ -189,7 +194,7 @@ def party_epsilon(noise: Noise, epochs: int, role: str, delta: float, accountant
         return math.inf
     if role == "label" and noise.label_flip > 0:
         return rr_epsilon(noise.label_flip)
-    with _quiet():
+    with quiet():
         return accounting.epsilon_for(effective_sigma(party_sigmas(noise, epochs, role)), 1.0, 1, delta, accountant)
 
 
@@ -198,12 +203,12 @@ def score_epsilon(noise: Noise, delta: float, accountant: str = "prv") -> float:
     embedding of it (one Gaussian mechanism at the embedding's multiplier, sensitivity `clip`)."""
     if not noise.private:
         return math.inf
-    with _quiet():
+    with quiet():
         return accounting.epsilon_for(noise.embedding, 1.0, 1, delta, accountant)
 
 
 @contextlib.contextmanager
-def _quiet() -> Iterator[None]:
+def quiet() -> Iterator[None]:
     """Opacus' PRV takes log(1 - q) = log(0) at sampling rate 1 (harmless: that branch is unused); silence it."""
     with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
         warnings.simplefilter("ignore", RuntimeWarning)

@@ -76,6 +76,7 @@ class PartySide:
     x: np.ndarray | None = None
     charge: dict[str, Any] | None = None
     positions: np.ndarray | None = None  # each kept (consenting) row's position in the party's table
+    n_num: int = 0  # how many of x's leading columns are numeric (the rest one-hot): the encrypted feature map
 
     @property
     def name(self) -> str:
@@ -318,7 +319,8 @@ def encode_label(label: PartySide, rows_l: np.ndarray, *, with_labels: bool = Tr
 
     label_col = label.party.policy.labels[0]
     shared_l = label.rows.iloc[rows_l].reset_index(drop=True)
-    label.x = dense(TabularEncoder.from_policy(label.party.policy, label=label_col).transform(shared_l))
+    data = TabularEncoder.from_policy(label.party.policy, label=label_col).transform(shared_l)
+    label.x, label.n_num = dense(data), int(data.x_num.shape[1])
     if not with_labels:
         return np.zeros(len(shared_l), dtype=np.int64)
     y: np.ndarray = encode_labels(shared_l[label_col], label_col)
@@ -330,7 +332,8 @@ def encode_feature(feature: PartySide, rows_f: np.ndarray) -> None:
     from privmodel.data.features import TabularEncoder
 
     enc_f = TabularEncoder.from_policy(feature.party.policy, label="")
-    feature.x = dense(enc_f.transform(feature.rows.iloc[rows_f].reset_index(drop=True)))
+    data = enc_f.transform(feature.rows.iloc[rows_f].reset_index(drop=True))
+    feature.x, feature.n_num = dense(data), int(data.x_num.shape[1])
 
 
 def split_shared(n: int, test_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -384,20 +387,27 @@ class PrivacyPlan:
 
 
 def noise_record(plan: PrivacyPlan, config: SplitConfig) -> dict[str, float]:
-    """What the card and every ledger state about a run's noise: split learning's multipliers, or the
-    one-shot release's randomization."""
-    from federated.vertical import release
+    """What the card and every ledger state about a run's noise: split learning's multipliers, the
+    one-shot release's randomization, or the encrypted run's per-party multipliers and steps."""
+    from federated.vertical import encrypted, release
 
     if plan.noise is not None:
         return dict(plan.noise.as_dict())
+    if config.protocol == "encrypted":
+        return encrypted.multipliers(encrypted.EncryptedConfig.of(config))
     return release.randomization(release.ReleaseConfig.of(config), plan.eps)
 
 
 def privacy_plan(config: SplitConfig) -> PrivacyPlan:
-    """The plan of either protocol: split learning (`split.calibrate`) or the one-shot release (pure DP)."""
-    from federated.vertical import release, split
+    """The plan of any protocol: split learning (`split.calibrate`), the one-shot release (pure DP) or
+    the encrypted gradient descent (Gaussian, full batch)."""
+    from federated.vertical import encrypted, release, split
 
     roles = ("feature", "label")
+    if config.protocol == "encrypted":
+        ec = encrypted.EncryptedConfig.of(config)
+        return PrivacyPlan(None, {r: encrypted.planned_epsilon(ec, r) for r in roles}, {r: config.delta for r in roles},
+                           {r: encrypted.party_cost(ec, r) for r in roles} if config.epsilon is not None else {})
     if config.protocol == "release":
         rc = release.ReleaseConfig.of(config)
         return PrivacyPlan(None, release.planned_epsilons(rc), release.planned_deltas(rc),
@@ -417,6 +427,8 @@ def simulate(label_in: PartyInput, feature_in: PartyInput | Sequence[PartyInput]
     feature_ins = [feature_in] if isinstance(feature_in, PartyInput) else list(feature_in)
     if not feature_ins:
         raise InputError("vertical: give at least one feature party")
+    if config.protocol == "encrypted" and len(feature_ins) > 1:
+        raise InputError("vertical: --protocol encrypted takes one feature party (several are not built yet)")
     t0 = time.perf_counter()
     label = open_side(label_in, out)
     features = [open_side(f, out) for f in feature_ins]
@@ -455,7 +467,7 @@ def _train_and_publish(label: PartySide, features: list[PartySide], rows_l: np.n
         for side, role in _roles(label, features):
             charge_party(side, plan.eps[role], plan.deltas[role], plan.costs[role])
     assert label.x is not None and all(f.x is not None for f in features)
-    run = _released if config.protocol == "release" else _split_learning
+    run = {"release": _released, "encrypted": _encrypted}.get(config.protocol, _split_learning)
     l_side, f_sides, scores, noise = run(label, features, y, train_rows, test_rows, config, plan, channel, say)
     auc = _auc(y[test_rows], scores)
     model_hash = _agree_hash(label, features, split.state_hash(l_side.model),
@@ -503,6 +515,35 @@ def _released(label: PartySide, features: list[PartySide], y: np.ndarray, train_
     return l_side, f_sides, l_side.score(test_rows), noise_record(plan, config)
 
 
+def _encrypted(label: PartySide, features: list[PartySide], y: np.ndarray, train_rows: np.ndarray,
+               test_rows: np.ndarray, config: SplitConfig, plan: PrivacyPlan, channel: Channel,
+               say: Callable[[str], None]) -> Trained:
+    """The encrypted gradient descent over the channel: (label side, feature sides, test scores, noise)."""
+    from federated.vertical import encrypted
+
+    ec = encrypted.EncryptedConfig.of(config)
+    (feature,) = features
+    assert feature.x is not None and label.x is not None
+    f_side = encrypted.Party(feature.name, encrypted.feature_map(feature.x, feature.n_num), ec, "feature")
+    l_side = encrypted.Party(label.name, encrypted.feature_map(label.x, label.n_num, intercept=True), ec, "label",
+                             y=y.astype(np.float64))
+    say(f"encrypted gradient descent ({ec.steps} steps)")
+    encrypted.train(f_side, l_side, train_rows, channel)
+    return _Encrypted(l_side), [_Encrypted(f_side)], encrypted.score(f_side, l_side, test_rows, channel), \
+        noise_record(plan, config)
+
+
+@dataclass
+class _Encrypted:
+    """An encrypted party's weights as the `model` the publishing code hashes and saves."""
+
+    side: Any
+
+    @property
+    def model(self) -> Any:
+        return self.side.model()
+
+
 def parties_of(label: str, feature: str | Sequence[str], noise: Any, eps: dict[str, float], config: SplitConfig,
                label_charge: dict[str, Any] | None,
                feature_charge: dict[str, Any] | None | Sequence[dict[str, Any] | None]) -> dict[str, dict[str, Any]]:
@@ -514,9 +555,10 @@ def parties_of(label: str, feature: str | Sequence[str], noise: Any, eps: dict[s
     charges: list[dict[str, Any] | None] = (list(feature_charge) if isinstance(feature_charge, list | tuple)
                                             else [feature_charge])  # type: ignore[list-item]
     private = config.epsilon is not None
-    released = config.protocol == "release"
-    if released:
+    if config.protocol == "release":
         label_delta, covers = 0.0, "columns and labels (its labels crossed once, by randomized response)"
+    elif config.protocol == "encrypted":
+        label_delta, covers = config.delta, "columns and labels (encrypted; noised gradient sums only)"
     else:
         label_delta = split.party_delta(noise, "label", config.delta)
         covers = "labels only (randomized response)" if noise.label_flip > 0 else "columns and labels"
@@ -601,7 +643,8 @@ def card_json(result: VerticalResult, config: SplitConfig) -> dict[str, Any]:
     noise_kind = "INSECURE-reproducible (NOT differentially private)" if config.insecure_seed is not None else "secure"
     eps = {name: p["epsilon"] for name, p in result.parties.items()}
     return {
-        "kind": "vertical one-shot release" if config.protocol == "release" else "vertical split learning",
+        "kind": {"release": "vertical one-shot release", "encrypted": "vertical encrypted gradient descent"}.get(
+            config.protocol, "vertical split learning"),
         "model_hash": result.model_hash,
         "parties": result.parties,
         "overlap": result.overlap,
@@ -615,6 +658,8 @@ def card_json(result: VerticalResult, config: SplitConfig) -> dict[str, Any]:
             "the common set (each party learns which of its customers are customers of every party) and its size; "
             "the label party alone also learns each pairwise overlap",
             "the label party's test ROC-AUC on its held-out shared customers",
+            *(["each scored (held-out) customer's feature-party score part, exactly (inference, as FATE's "
+               "hetero-LR scores): epsilon covers training only"] if config.protocol == "encrypted" else []),
         ],
         "scoring": _scoring(config, len(eps) - 1),
     }
@@ -623,6 +668,9 @@ def card_json(result: VerticalResult, config: SplitConfig) -> dict[str, Any]:
 def _scoring(config: SplitConfig, feature_parties: int) -> str:
     """The card's sentence on what scoring a customer needs and costs."""
     every = "both parties" if feature_parties == 1 else "every party"
+    if config.protocol == "encrypted":
+        return ("the held-out customers were scored in the run: the feature party sent each one's score part "
+                "(its columns times its weights) exactly; scoring new customers is not built for this protocol")
     if config.protocol == "release":
         return (f"the held-out customers were scored from the bins released for them in the run; scoring a new "
                 f"customer needs {every} online and costs each feature party one more randomized-response release "

@@ -17,7 +17,7 @@ and torch load inside them.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import typer
 
@@ -57,10 +57,12 @@ def simulate(
     protocol: str = typer.Option(
         "split", "--protocol",
         help="split: split learning (an embedding per customer per epoch); release: each party's data crosses once, "
-             "by randomized response (labels down, the feature party's score bins up; docs/vertical.md).",
+             "by randomized response (labels down, the feature party's score bins up); encrypted: gradient sums "
+             "under CKKS, Gaussian noise per step (central DP; docs/vertical.md).",
     ),
     bins: int = typer.Option(None, "--bins", help="release: score bins per feature party (default: 2 below ε 2.5, else 4)."),
-    epochs: int = typer.Option(None, "--epochs", min=1, help="Default: 4 (split), 30 (release: non-private fits)."),
+    epochs: int = typer.Option(None, "--epochs", min=1,
+                               help="Default: 4 (split), 30 (release: non-private fits), 50 (encrypted: gradient steps)."),
     batch_size: int = typer.Option(512, "--batch-size", min=1),
     lr: float = typer.Option(0.01, "--lr"),
     test_size: float = typer.Option(0.2, "--test-size", help="Share of the shared customers held out for the AUC."),
@@ -82,9 +84,7 @@ def simulate(
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: exists and is not a directory")
     err = Console(stderr=True)
-    if protocol not in ("split", "release"):
-        raise InputError("--protocol must be split or release")
-    config = _config(epsilon, label_epsilon, delta, label_dp, epochs or (30 if protocol == "release" else 4),
+    config = _config(epsilon, label_epsilon, delta, label_dp, epochs or DEFAULT_EPOCHS.get(protocol, 4),
                      batch_size, lr, seed, protocol=protocol, bins=bins)
     features = _feature_inputs(feature, feature_data, feature_keys)
     result = run(PartyInput(label, label_data, label_keys), features, config, out, test_size=test_size, workers=workers or default_workers(), progress=lambda m: err.print(m),
@@ -111,6 +111,23 @@ def _feature_inputs(files: list[Path], data: list[Path], keys: list[Path] | None
     return [PartyInput(f, d, keys[i] if keys else None) for i, (f, d) in enumerate(zip(files, data, strict=True))]
 
 
+#: --epochs when not given, by protocol (split: 4)
+DEFAULT_EPOCHS = {"release": 30, "encrypted": 50}
+
+
+def _protocol(name: str) -> Literal["split", "release", "encrypted"]:
+    """The --protocol option, checked (one line)."""
+    from anonymize.errors import InputError
+
+    if name == "release":
+        return "release"
+    if name == "encrypted":
+        return "encrypted"
+    if name != "split":
+        raise InputError("--protocol must be split, release or encrypted")
+    return "split"
+
+
 def _config(epsilon: float, label_epsilon: float | None, delta: float, label_dp: str, epochs: int, batch_size: int,
             lr: float, seed: int, *, protocol: str = "split", bins: int | None = None) -> SplitConfig:
     """The options as a checked SplitConfig (one line for a bad one)."""
@@ -123,7 +140,7 @@ def _config(epsilon: float, label_epsilon: float | None, delta: float, label_dp:
         raise InputError("--label-dp must be gradient or labels")
     config = SplitConfig(epsilon=epsilon or None, label_epsilon=label_epsilon, delta=delta, epochs=epochs,
                          batch_size=batch_size, lr=lr, seed=seed, label_dp="labels" if label_dp == "labels" else "gradient",
-                         protocol="release" if protocol == "release" else "split", bins=bins)
+                         protocol=_protocol(protocol), bins=bins)
     config.check()
     return config
 
@@ -205,15 +222,12 @@ def run(
     """Submit a vertical run to the label party's SuperLink, signed for the feature party; follow it."""
     from rich.console import Console
 
-    from anonymize.errors import InputError
     from federated.vertical.deploy import RunRequest
     from federated.vertical.deploy import run as submit_run
     from federated.vertical.psi import default_workers
 
     console = Console(highlight=False)
-    if protocol not in ("split", "release"):
-        raise InputError("--protocol must be split or release")
-    config = _config(epsilon, label_epsilon, delta, label_dp, epochs or (30 if protocol == "release" else 4),
+    config = _config(epsilon, label_epsilon, delta, label_dp, epochs or DEFAULT_EPOCHS.get(protocol, 4),
                      batch_size, lr, seed, protocol=protocol, bins=bins)
     req = RunRequest(superlink=superlink, ca=ca, registry=registry, label_party=label, label_data=label_data,
                      label_keys=label_keys, feature_party=feature_party, out=out, config=config, test_size=test_size,
