@@ -14,6 +14,10 @@ the held-out shared customers from the workflow's own split. Rows of the utility
 * vertical one-shot release (`federated.vertical.release`, `--protocol release`): non-private, and at
   epsilon per party the mean of `--release-repeats` runs with fresh secret randomness (min and max in
   the note);
+* vertical encrypted gradient descent (`federated.vertical.encrypted`, `--protocol encrypted`): one
+  run each, non-private and at each epsilon per party (`encrypted.train`, the kernel), then the
+  `federate vertical simulate --protocol encrypted` command end to end at the first epsilon (a
+  subprocess, its own PSI) on the same parties;
 * the label party alone: `privmodel.dp.training.fit` on ALL its consenting rows except the held-out
   shared customers, non-private and DP at epsilon (logreg and MLP; the better is its "best DP model",
   picked on the held-out set, which flatters the baseline, not the vertical model).
@@ -124,6 +128,59 @@ def _release_auc(xfs: list[np.ndarray], xl: np.ndarray, y: np.ndarray, train: np
     return aucs, spent, seconds / len(aucs)
 
 
+def _encrypted_auc(feature: Any, label: Any, y: np.ndarray, train: np.ndarray, test: np.ndarray,
+                   epsilon: float | None, args: argparse.Namespace) -> tuple[float, dict[str, float | None], float, int]:
+    """The encrypted protocol (`federated.vertical.encrypted`, the workflow's code) once, fresh secret
+    noise: (AUC, epsilon per role, seconds of `encrypted.train`, bytes sent)."""
+    from sklearn.metrics import roc_auc_score
+
+    from federated.vertical import encrypted
+    from federated.vertical.channel import Channel
+
+    config = encrypted.EncryptedConfig(epsilon=epsilon, delta=args.delta, steps=args.encrypted_steps)
+    f_side = encrypted.Party("retailer", encrypted.feature_map(feature.x, feature.n_num), config, "feature")
+    l_side = encrypted.Party("bank", encrypted.feature_map(label.x, label.n_num, intercept=True), config, "label",
+                             y=y.astype(np.float64))
+    channel = Channel(keep=False)
+    t0 = time.perf_counter()
+    encrypted.train(f_side, l_side, train, channel)
+    seconds = time.perf_counter() - t0
+    auc = float(roc_auc_score(y[test], encrypted.score(f_side, l_side, test, channel)))
+    return auc, {"feature": f_side.epsilon_spent, "label": l_side.epsilon_spent}, seconds, channel.total_bytes
+
+
+def _encrypted_rows(args: argparse.Namespace, root: Path, inputs: list[Any], label: Any, features: list[Any],
+                    y: np.ndarray, train: np.ndarray, test: np.ndarray, central: float,
+                    best: dict[float, float]) -> list[tuple[str, str, str, str]]:
+    """The encrypted protocol's rows: non-private and at each epsilon (the kernel), then the
+    `simulate --protocol encrypted` command end to end at the first epsilon, on the same parties."""
+    import re
+
+    from federated.vertical.split import SplitConfig
+
+    rows = []
+    for eps in [None, *args.epsilons]:
+        auc, spent, sec, nbytes = _encrypted_auc(features[0], label, y, train, test, eps, args)
+        gaps = (f"gap to centralized {auc - central:+.4f}" if eps is None else
+                f"vs centralized {auc - central:+.4f} (target >= -0.02); vs label party's best DP "
+                f"{auc - best[eps]:+.4f} (target >= +0.02)")
+        rows.append(("vertical encrypted gradient descent" + (", DP" if eps is not None else ""),
+                     "-" if eps is None else f"{spent['feature']:.3f} / {spent['label']:.3f}", f"{auc:.4f}",
+                     f"{gaps}; encrypted.train {sec:.0f} s, {nbytes / 1e6:.0f} MB"))
+        print(rows[-1], flush=True)
+    eps = args.epsilons[0] if args.epsilons else None
+    config = SplitConfig(epsilon=eps, delta=args.delta, epochs=args.encrypted_steps, protocol="encrypted", seed=args.seed)
+    wall, text = _simulate_cli(root, inputs[0], inputs[1], config)
+    auc_cli, total = re.search(r"test ROC-AUC ([0-9.]+)", text), re.search(r"total ([0-9.]+) s", text)
+    psi = re.search(r"PSI ([0-9.]+) s", text)
+    rows.append(("`federate vertical simulate --protocol encrypted`, end to end", "-" if eps is None else f"{eps:g}",
+                 auc_cli.group(1) if auc_cli else "?",
+                 f"{wall:.0f} s wall (the workflow's total {total.group(1) if total else '?'} s, PSI "
+                 f"{psi.group(1) if psi else '?'} s, 1 process); the kernel row above: encrypted.train alone"))
+    print(rows[-1], flush=True)
+    return rows
+
+
 def _spread(aucs: list[float]) -> str:
     return f"mean of {len(aucs)} (min {min(aucs):.4f}, max {max(aucs):.4f})" if len(aucs) > 1 else "one run"
 
@@ -159,15 +216,19 @@ def utility(args: argparse.Namespace) -> list[tuple[str, str, str, str]]:
                 "seed": args.seed}
         central = _fit_auc(joined[train], y[train], joined[test], y[test], "mlp", None, args.delta, args.central_epochs)
         rows.append(("centralized MLP, joined columns", "-", f"{central:.4f}", "privmodel.dp.training.fit, non-private"))
-        auc, _eps, sec, nbytes = _split_auc(xf, xl, y, train, test, SplitConfig(epsilon=None, **base))
-        rows.append(("vertical split learning" + (f", {len(inputs)} parties" if len(xfs) > 1 else ""), "-", f"{auc:.4f}",
-                     f"gap to centralized {auc - central:+.4f} (target >= -0.005); {sec:.0f} s, {nbytes / 1e6:.0f} MB"))
-        print(rows[-1], flush=True)
-        aucs, _spent, sec = _release_auc(xfs, xl, y, train, test, None, args.release_epochs, 1)
-        rows.append(("vertical one-shot release", "-", f"{aucs[0]:.4f}",
-                     f"gap to centralized {aucs[0] - central:+.4f}; {sec:.1f} s"))
-        print(rows[-1], flush=True)
-        if len(xfs) > 1:  # the bank and the retailer alone, on the same customers: what the telco adds
+        protocols = set(args.protocols)
+        if "split" in protocols:
+            auc, _eps, sec, nbytes = _split_auc(xf, xl, y, train, test, SplitConfig(epsilon=None, **base))
+            rows.append(("vertical split learning" + (f", {len(inputs)} parties" if len(xfs) > 1 else ""), "-",
+                         f"{auc:.4f}", f"gap to centralized {auc - central:+.4f} (target >= -0.005); {sec:.0f} s, "
+                         f"{nbytes / 1e6:.0f} MB"))
+            print(rows[-1], flush=True)
+        if "release" in protocols:
+            aucs, _spent, sec = _release_auc(xfs, xl, y, train, test, None, args.release_epochs, 1)
+            rows.append(("vertical one-shot release", "-", f"{aucs[0]:.4f}",
+                         f"gap to centralized {aucs[0] - central:+.4f}; {sec:.1f} s"))
+            print(rows[-1], flush=True)
+        if len(xfs) > 1 and "split" in protocols:  # the bank and the retailer alone, on the same customers: what the telco adds
             pair = np.concatenate([xl, xfs[0]], axis=1)
             central2 = _fit_auc(pair[train], y[train], pair[test], y[test], "mlp", None, args.delta, args.central_epochs)
             rows.append(("centralized MLP, bank + retailer columns only", "-", f"{central2:.4f}",
@@ -187,12 +248,16 @@ def utility(args: argparse.Namespace) -> list[tuple[str, str, str, str]]:
                  for m in kinds}
         rows.append(("label party alone (best of logreg/MLP)", "-", f"{max(alone.values()):.4f}",
                      f"logreg {alone['logreg']:.4f}, MLP {alone['mlp']:.4f}; {int((~held).sum()):,} rows"))
+        best_at: dict[float, float] = {}
         for eps in args.epsilons:
             alone_dp = {m: _fit_auc(xb[~held], yb[~held], xl[test], y[test], m, eps, args.delta, args.central_epochs)
                         for m in kinds}
-            best = max(alone_dp.values())
+            best = best_at[eps] = max(alone_dp.values())
             rows.append(("label party alone, DP (best of logreg/MLP)", f"{eps:g}", f"{best:.4f}",
                          f"logreg {alone_dp['logreg']:.4f}, MLP {alone_dp['mlp']:.4f}"))
+            print(rows[-1], flush=True)
+            if "release" not in protocols:
+                continue
             aucs, spent, sec = _release_auc(xfs, xl, y, train, test, eps, args.release_epochs, args.release_repeats)
             mean = float(np.mean(aucs))
             rows.append(("vertical one-shot release, DP" + (f", {len(inputs)} parties" if len(xfs) > 1 else ""),
@@ -200,6 +265,8 @@ def utility(args: argparse.Namespace) -> list[tuple[str, str, str, str]]:
                          f"vs centralized {mean - central:+.4f} (target >= -0.02); vs label party's best DP "
                          f"{mean - best:+.4f} (target >= +0.02); {_spread(aucs)}; {sec:.1f} s a run"))
             print(rows[-1], flush=True)
+            if "split" not in protocols:
+                continue
             auc, got, sec, nbytes = _split_auc(xf, xl, y, train, test, SplitConfig(epsilon=eps, **base))
             rows.append(("vertical split learning, DP" + (f", {len(inputs)} parties" if len(xfs) > 1 else ""),
                          f"{got['feature']:.3f} / {got['label']:.3f}", f"{auc:.4f}",
@@ -219,6 +286,8 @@ def utility(args: argparse.Namespace) -> list[tuple[str, str, str, str]]:
                          f"{auc:.4f}", f"vs centralized {auc - central:+.4f}; vs label party's best DP "
                          f"{auc - best:+.4f}; label ε covers labels only"))
             print(rows[-3], rows[-2], rows[-1], flush=True)
+        if "encrypted" in protocols and len(features) == 1:
+            rows += _encrypted_rows(args, root, inputs, label, features, y, train, test, central, best_at)
     return rows
 
 
@@ -278,7 +347,8 @@ def _simulate_cli(root: Path, bank: Any, shop: Any, config: Any) -> tuple[float,
            "--label", str(bank.party_file), "--label-data", str(bank.data), "--label-keys", str(bank.keys),
            "--feature", str(shop.party_file), "--feature-data", str(shop.data), "--feature-keys", str(shop.keys),
            "--out", str(root / "sim"), "--epochs", str(config.epochs), "--batch-size", str(config.batch_size),
-           "--lr", str(config.lr), "--epsilon", str(config.epsilon or 0), "--psi-workers", "1", "--seed", str(config.seed)]
+           "--lr", str(config.lr), "--epsilon", str(config.epsilon or 0), "--psi-workers", "1", "--seed", str(config.seed),
+           "--protocol", config.protocol]
     t0 = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True, check=False,
                           env={**os.environ, "FLWR_TELEMETRY_ENABLED": "0"})
@@ -383,6 +453,9 @@ def main() -> None:
     parser.add_argument("--feature-parties", type=int, choices=[1, 2], default=1,
                         help="utility section: 2 adds the telco (3 parties; 2-party rows on the same customers)")
     parser.add_argument("--only", choices=["utility", "psi", "deploy"], default=None)
+    parser.add_argument("--protocols", nargs="*", choices=["split", "release", "encrypted"],
+                        default=["split", "release", "encrypted"], help="utility section: the vertical protocols to run")
+    parser.add_argument("--encrypted-steps", type=int, default=50, help="the encrypted protocol's gradient steps")
     args = parser.parse_args()
     import torch
     from rich.console import Console
