@@ -140,7 +140,11 @@ def test_non_private_encrypted_training_equals_plaintext_gradient_descent() -> N
     for _ in range(STEPS):  # the same descent in the clear
         v = encrypted.MOMENTUM * v + _gradients(label.phi[rows], feature.phi[rows], y[rows], w_l, w_f)
         w_l, w_f = w_l - encrypted.LR * v[:len(w_l)], w_f - encrypted.LR * v[len(w_l):]
-    assert np.allclose(label.w, w_l, atol=1e-4) and np.allclose(feature.w, w_f, atol=1e-4)
+    # within what FLOOD moves them (about 0.013 here: 1e-3 on each sum, amplified by lr 16 and momentum
+    # over the steps, at 5 standard deviations); CKKS's own error moves them by about 1e-5
+    tol = 0.02 * float(np.abs(w_f).max())
+    assert np.allclose(label.w, w_l, atol=tol) and np.allclose(feature.w, w_f, atol=tol)
+    assert not np.allclose(label.w, w_l, atol=1e-7)  # the flooding noise is there
     assert np.abs(w_f).max() > 0.1  # it learned from the feature party's columns
 
 

@@ -64,6 +64,10 @@ STEPS, LR, MOMENTUM = 50, 16.0, 0.9
 CLIP = 1.0
 #: equal-width bins of each numeric column (encoded to [0, 1] by the party's public bounds)
 BINS = 8
+#: the noise std on every decrypted-and-returned sum of a NON-private run (a private run's DP noise is
+#: far larger): 500 times CKKS's error, so the returned values do not hand the other party the exact
+#: decryption a key-recovery attack on CKKS (Li and Micciancio, 2021) needs
+FLOOD = 1e-3
 
 
 @dataclass(frozen=True)
@@ -189,9 +193,10 @@ class Party:
         return np.asarray(np.clip(u / 4.0 + shift, -CLIP, CLIP))
 
     def draw(self, k: int, n: int) -> np.ndarray:
-        """This party's noise on a k-vector G (zeros when non-private)."""
+        """This party's noise on a k-vector G: its DP noise, or FLOOD when non-private."""
         assert self.noise is not None
-        return np.asarray(self.noise.gaussian(k, noise_std(self.multiplier, n)), dtype=np.float64)
+        std = noise_std(self.multiplier, n) if self.multiplier > 0 else FLOOD
+        return np.asarray(self.noise.gaussian(k, std), dtype=np.float64)
 
     def step(self, gradient: np.ndarray) -> None:
         """Heavy-ball momentum on the noised mean gradient (post-processing)."""
