@@ -39,9 +39,9 @@ def test_encrypted_weighted_sums_equal_the_plaintext_ones(keys: tuple[object, ob
     n, k = ckks.SLOTS + 904, 7  # two chunks, the last one partial
     v, add = rng.uniform(-0.5, 1, n) / math.sqrt(n), rng.uniform(-0.5, 1, n) / math.sqrt(n)  # as the protocol scales
     cols, noise = rng.random((n, k)), rng.normal(0, 1e-3, k)
-    got = ckks.decrypt(ctx, ckks.weighted_sums(evaluator, ckks.encrypt(evaluator, v), add, cols, noise), k, "shop")
+    got = ckks.decrypt(ctx, ckks.weighted_sums(evaluator, ckks.encrypt(evaluator, v), add, cols, noise), "shop")
     want = (v + add) @ cols + noise
-    assert np.max(np.abs(want)) > 1.0 and np.max(np.abs(got - want)) < 2e-5
+    assert got.shape == (k,) and np.max(np.abs(want)) > 1.0 and np.max(np.abs(got - want)) < 2e-5
 
 
 def test_the_evaluator_cannot_decrypt_and_a_secret_key_is_refused(keys: tuple[object, object]) -> None:
@@ -49,7 +49,7 @@ def test_the_evaluator_cannot_decrypt_and_a_secret_key_is_refused(keys: tuple[ob
     ctx, evaluator = keys
     blob = ckks.encrypt(evaluator, np.arange(10.0))[0]
     with pytest.raises(InputError, match="cannot decrypt"):
-        ckks.decrypt(evaluator, blob, 10, "bank")
+        ckks.decrypt(evaluator, blob, "bank")
     with pytest.raises(InputError, match="sent its secret key; refused"):
         ckks.evaluator_context(ctx.serialize(save_secret_key=True), "bank")  # type: ignore[attr-defined]
     with pytest.raises(InputError, match="malformed encryption context"):
@@ -134,49 +134,53 @@ def _small(config: encrypted.EncryptedConfig, n: int = 1200) -> tuple[encrypted.
 def test_non_private_encrypted_training_equals_plaintext_gradient_descent() -> None:
     feature, label, y = _small(encrypted.EncryptedConfig(epsilon=None, steps=STEPS))
     rows = np.arange(1000)
-    encrypted.train(feature, label, rows, Channel(keep=False))
+    encrypted.train(feature, label, rows, np.arange(1000, 1200), Channel(keep=False))
     w_l, w_f = np.zeros(label.phi.shape[1]), np.zeros(feature.phi.shape[1])
     v = np.zeros(len(w_l) + len(w_f))
     for _ in range(STEPS):  # the same descent in the clear
         v = encrypted.MOMENTUM * v + _gradients(label.phi[rows], feature.phi[rows], y[rows], w_l, w_f)
         w_l, w_f = w_l - encrypted.LR * v[:len(w_l)], w_f - encrypted.LR * v[len(w_l):]
-    assert np.allclose(label.w, w_l, atol=1e-4) and np.allclose(feature.w, w_f, atol=1e-4)
+    # within what FLOOD moves them (about 0.013 here: 1e-3 on each sum, amplified by lr 16 and momentum
+    # over the steps, at 5 standard deviations); CKKS's own error moves them by about 1e-5
+    tol = 0.02 * float(np.abs(w_f).max())
+    assert np.allclose(label.w, w_l, atol=tol) and np.allclose(feature.w, w_f, atol=tol)
+    assert not np.allclose(label.w, w_l, atol=1e-7)  # the flooding noise is there
     assert np.abs(w_f).max() > 0.1  # it learned from the feature party's columns
 
 
 def test_messages_carry_no_clear_per_customer_training_value() -> None:
-    feature, label, _y = _small(encrypted.EncryptedConfig(epsilon=1.0, steps=STEPS, insecure_seed=3))
+    feature, label, y = _small(encrypted.EncryptedConfig(epsilon=1.0, steps=STEPS, insecure_seed=3))
     channel = Channel(keep=True)
     train_rows, test_rows = np.arange(1000), np.arange(1000, 1200)
-    encrypted.train(feature, label, train_rows, channel)
-    encrypted.score(feature, label, test_rows, channel)
+    scores, _bottom = encrypted.train(feature, label, train_rows, test_rows, channel)
     from flwr.common import serde
     from flwr.proto.recorddict_pb2 import RecordDict as RecordDictProto
 
-    kinds = [m.kind for m in channel.log]
-    assert kinds[:2] == ["he.keys", "he.keys"] and kinds[-1] == "score.partial"
-    assert kinds.count("he.residual") == kinds.count("he.gradient") == kinds.count("gradient") == 2 * STEPS
+    step = ["he.residual", "he.residual", "he.gradient", "gradient"]
+    assert [m.kind for m in channel.log] == ["he.keys", "he.keys", *step * STEPS, "score.request", "score.partial"]
+    k = {"shop": feature.phi.shape[1], "bank": label.phi.shape[1]}
     for m in channel.log:
         proto = RecordDictProto()
         proto.ParseFromString(m.payload)
         content = serde.recorddict_from_proto(proto)
-        if m.kind == "gradient":  # a k-vector of sums over all training customers, never n values
-            assert unpack(content).shape == ((feature if m.receiver == "shop" else label).phi.shape[1],)
-        elif m.kind == "score.partial":  # held-out customers only
+        receiver = feature if m.receiver == "shop" else label
+        if m.kind in ("gradient", "he.gradient"):  # sums over all training customers: the receiver's k, never n
+            assert unpack(content).shape == (k[m.receiver],)
+        if m.kind == "score.partial":  # held-out customers only
             assert unpack(content).shape == (len(test_rows),)
-        else:  # ciphertexts: the receiver holds no key that opens them
-            blobs = encrypted.unblobs(content, m.sender)
-            receiver = feature if m.receiver == "shop" else label
-            if m.kind != "he.keys":
-                with pytest.raises(InputError, match="cannot decrypt"):
-                    ckks.decrypt(receiver.peer, blobs[0], 4, m.sender)
+        for key in ("he", "g"):  # ciphertexts: the receiver holds no key that opens them
+            if key in content and m.kind != "he.keys":
+                for blob in encrypted.unblobs(content, m.sender, key):
+                    with pytest.raises(InputError, match="cannot decrypt"):
+                        ckks.decrypt(receiver.peer, blob, m.sender)
+    assert len(scores) == len(test_rows) and 0.0 < float(scores.min()) <= float(scores.max()) < 1.0
 
 
 def test_noise_is_fresh_each_run_unless_a_test_seed_is_given() -> None:
     weights = []
     for seed in (None, None, 5, 5):
         feature, label, _y = _small(encrypted.EncryptedConfig(epsilon=1.0, steps=2, insecure_seed=seed), n=300)
-        encrypted.train(feature, label, np.arange(300), Channel(keep=False))
+        encrypted.train(feature, label, np.arange(250), np.arange(250, 300), Channel(keep=False))
         weights.append(feature.w)
     assert not np.allclose(weights[0], weights[1])
     assert np.allclose(weights[2], weights[3], atol=1e-6)
@@ -218,16 +222,7 @@ def test_encrypted_run_charges_each_party_once_and_every_ledger_agrees(parties: 
     assert result.metrics["roc_auc"] is not None and result.metrics["test_customers"] > 100  # utility: benchmark
 
 
-def test_encrypted_protocol_refuses_what_it_does_not_do(parties: Path, tmp_path: Path) -> None:
+def test_encrypted_protocol_refuses_several_feature_parties(parties: Path, tmp_path: Path) -> None:
     bank, shop = _inputs(parties, tmp_path)
     with pytest.raises(InputError, match="--protocol encrypted takes one feature party"):
         simulate(bank, [shop, shop], SplitConfig(protocol="encrypted"), tmp_path / "out")
-    from federated.vertical.deploy import RunRequest
-    from federated.vertical.deploy import run as submit
-
-    req = RunRequest(superlink="127.0.0.1:1", ca=tmp_path / "ca.pem", registry=tmp_path / "r.json",
-                     label_party=bank.party_file, label_data=bank.data, label_keys=bank.keys, feature_party="retailer",
-                     out=tmp_path / "run", config=SplitConfig(protocol="encrypted"))
-    with pytest.raises(InputError, match="runs in `federate vertical simulate` only"):
-        submit(req)
-    assert not (tmp_path / "run").exists()

@@ -282,3 +282,46 @@ def test_the_deployed_sides_run_the_one_shot_release(world, tmp_path: Path) -> N
                                mode="score", model_hash=done["model_hash"])
     with pytest.raises(Exception, match="scores its run's customers only"):
         LabelRun(scoring, "42", lambda label: _LocalLink(node, "42", label)).run()
+
+
+def test_the_deployed_sides_run_the_encrypted_protocol(world, tmp_path: Path) -> None:
+    """`protocol: encrypted` over the deployment's messages: keys, two messages a step, the held-out
+    customers' score parts; each side's epsilon charged once, one model hash in both ledgers, an AUC
+    on the held-out customers; scoring new customers is refused."""
+    import base64
+
+    from federated.vertical.server_app import LabelRun
+    from privmodel.artifacts.ledger import canonical_json, verify
+    from privmodel.core.keys import load_public_key
+
+    root = world["root"]
+    config = SplitConfig(epsilon=0.5, epochs=3, protocol="encrypted")
+    before = {org: budget.spent(f"{org}-customers", root / f"keys-{org}") for org in ("bank", "retailer")}
+    node = _node(root, tmp_path)
+    settings = VerticalSettings(config, str(root / "bank.party.yaml"), str(root / "bank.parquet"), str(root / "keys-bank"),
+                                str(tmp_path / "bank-run"), "retailer", 7, str(tmp_path / "authorization.json"))
+    settings = VerticalSettings.from_record(settings.to_record())
+    assert settings.config == config
+    spec = expected_spec(load_party(root / "bank.party.yaml"), settings, load_signer(root / "keys-bank").key_id)
+    body = canonical_json({**spec, "run_id": "51", "time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")})
+    signature = base64.b64encode(load_signer(root / "keys-bank").sign(body)).decode()
+    (tmp_path / "authorization.json").write_text(json.dumps({"body": body.decode(), "signature": signature}))
+    links: list[_LocalLink] = []
+    done = LabelRun(settings, "51", lambda label: links.append(_LocalLink(node, "51", label)) or links[-1]).run()
+    assert links[0].kinds[3:] == ["psi.done", "he.keys", *["he.residual", "he.gradient"] * 3, "score.request",
+                                  "split.done"]
+    assert done["card"]["kind"] == "vertical encrypted gradient descent" and done["seconds"]["rounds"] == 3
+    assert done["metrics"]["roc_auc"] is not None and done["card"]["noise_multipliers"]["steps"] == 3.0
+    for org, ledger in (("bank", tmp_path / "bank-run" / "bank" / "ledger.jsonl"),
+                        ("retailer", tmp_path / "node" / "retailer" / "ledger.jsonl")):
+        assert verify(ledger, [load_public_key(root / f"keys-{org}")]).ok
+        assert [e for e in read_entries(ledger) if e["action"] == "vertical.train"][-1]["params"]["model_hash"] \
+            == done["model_hash"]
+        spent, was = budget.spent(f"{org}-customers", root / f"keys-{org}"), before[org]
+        assert spent.charges == was.charges + 1 and spent.delta - was.delta == pytest.approx(config.delta)
+        assert 0.45 < spent.epsilon - was.epsilon <= 0.5 * 1.001  # this run's charge, once
+    scoring = VerticalSettings(config, settings.label_party, settings.label_data, settings.label_keys,
+                               str(tmp_path / "score"), "retailer", 7, str(tmp_path / "authorization.json"),
+                               mode="score", model_hash=done["model_hash"])
+    with pytest.raises(Exception, match="scores its run's customers only"):
+        LabelRun(scoring, "52", lambda label: _LocalLink(node, "52", label)).run()

@@ -113,12 +113,12 @@ def weighted_sums(ctx: ts.Context, chunks: list[bytes], add: np.ndarray, columns
     return bytes(out.serialize())
 
 
-def decrypt(ctx: ts.Context, blob: bytes, k: int, sender: str) -> np.ndarray:
-    """The first k slots of a ciphertext under this party's key (`ctx` private)."""
+def decrypt(ctx: ts.Context, blob: bytes, sender: str) -> np.ndarray:
+    """The values of a ciphertext under this party's key (`ctx` private)."""
     import tenseal as ts
 
     try:
         values = ts.ckks_vector_from(ctx, blob).decrypt()
     except Exception:  # noqa: BLE001 - TenSEAL raises bare exceptions on malformed input
         raise InputError(f"vertical: {sender} sent a ciphertext this party cannot decrypt") from None
-    return np.asarray(values[:k], dtype=np.float64)
+    return np.asarray(values, dtype=np.float64)

@@ -90,9 +90,6 @@ def _check(req: RunRequest) -> int:
     from federated.runtime.tls import check_ca
 
     req.config.check()
-    if req.config.protocol == "encrypted":
-        raise InputError("vertical: --protocol encrypted runs in `federate vertical simulate` only; its deployment "
-                         "over Flower is not built yet")
     if not 0.0 < req.test_size < 1.0:
         raise InputError("--test-size must be in (0, 1)")
     check_ca(req.ca, "label party")

@@ -26,6 +26,13 @@ A one-shot release run (`protocol: release`, `federated.vertical.release`) repla
                                                                    released bin and the bottom part's hash)
     split.done     top part's hash        -> vertical.published
 
+An encrypted run (`protocol: encrypted`, `federated.vertical.encrypted`; its messages are listed there):
+
+    he.keys        its public context     -> he.keys            (budget charged; this party's public context)
+    he.residual / he.gradient, per step   -> he.residual / gradient (`encrypted.feature_steps`)
+    score.request  -                      -> score.partial      (held-out customers' score parts, part hash)
+    split.done     top part's hash        -> vertical.published
+
 A scoring run (`mode: score`, `privmodel federate vertical score`) has the same order without training
 batches: the node refuses unless the run names the model whose part it published last, charges one
 embedding release per shared customer (`split.score_epsilon`), embeds every shared customer with its saved
@@ -55,6 +62,7 @@ from anonymize.errors import InputError
 if TYPE_CHECKING:
     from flwr.app import RecordDict
 
+    from federated.vertical.encrypted import Party as EncryptedParty
     from federated.vertical.psi import Pool, PsiSide
     from federated.vertical.release import FeatureRelease
     from federated.vertical.split import FeatureSide, Noise, SplitConfig
@@ -147,8 +155,9 @@ class _Run:
     digest: str = ""
     size: int = 0
     overlap: dict[str, Any] = field(default_factory=dict)
-    f_side: FeatureSide | FeatureRelease | None = None
+    f_side: FeatureSide | FeatureRelease | EncryptedParty | None = None
     steps: Steps | None = None
+    he_steps: Generator[tuple[str, RecordDict], RecordDict, None] | None = None  # the encrypted protocol's
 
     def close(self) -> None:
         if self.pool is not None:
@@ -160,7 +169,9 @@ class _Run:
 EXPECTS = {
     "psi.request": ("vertical.ready",), "psi.tokens": ("psi.request",), "psi.done": ("psi.tokens",),
     "split.start": ("psi.done",), "split.gradient": ("split.embedding",), "split.next": ("split.score",),
-    "split.done": ("split.done", "release.bins"), "release.labels": ("psi.done",),
+    "split.done": ("split.done", "release.bins", "score.partial"), "release.labels": ("psi.done",),
+    "he.keys": ("psi.done",), "he.residual": ("he.keys", "gradient"), "he.gradient": ("he.residual",),
+    "score.request": ("gradient",),
 }
 
 
@@ -191,6 +202,8 @@ class FeatureNode:
             "psi.request": self._psi_request, "psi.tokens": self._psi_tokens, "psi.done": self._psi_done,
             "split.start": self._split_start, "split.gradient": self._split_step, "split.next": self._split_step,
             "split.done": self._split_done, "release.labels": self._release_labels,
+            "he.keys": self._encrypted_start, "he.residual": self._encrypted_step, "he.gradient": self._encrypted_step,
+            "score.request": self._encrypted_step,
         }
 
     # --- the local socket's requests -----------------------------------------------------------
@@ -275,8 +288,8 @@ class FeatureNode:
             spec = signed_spec(body, run_id, self.name, self.side.party.join_names)
             config = config_of(spec)
             if _scoring(spec):
-                if config.protocol == "release":
-                    raise InputError("vertical: a one-shot release model scores its run's customers only")
+                if config.protocol in ("release", "encrypted"):
+                    raise InputError(f"vertical: a model of --protocol {config.protocol} scores its run's customers only")
                 self._check_model(str(spec.get("model_hash", "")))
         except InputError as exc:
             self.side.book.append(REFUSED_ACTION, params={"run_id": run_id[:24], "request": "vertical.run"},
@@ -365,7 +378,7 @@ class FeatureNode:
             charge_party(self.side, *self._cost(run))
         assert self.side.x is not None
         if run.noise is None:
-            raise InputError("vertical: split.start in a one-shot release run")
+            raise InputError(f"vertical: split.start in a {run.config.protocol} run")
         f_side = split.FeatureSide(self.name, self.side.x, run.config, run.noise)
         run.f_side = f_side
         if _scoring(run.spec):
@@ -400,6 +413,29 @@ class FeatureNode:
         reply = split.pack(f_side.bins(train_rows, split.unpack(content).astype(np.int64)).astype(np.int16))
         reply["h"] = ConfigRecord({"part": split.state_hash(f_side.model)})
         return "release.bins", reply
+
+    def _encrypted_start(self, run: _Run, content: RecordDict) -> tuple[str, RecordDict]:
+        """The encrypted protocol: charge, map this party's shared rows, answer the label party's public
+        context with its own; then `encrypted.feature_steps` answers every step."""
+        from federated.vertical import encrypted
+        from federated.vertical.workflow import charge_party, encode_feature, split_shared
+
+        assert run.rows is not None
+        if run.config.protocol != "encrypted":
+            raise InputError(f"vertical: he.keys in a {run.config.protocol} run")
+        encode_feature(self.side, run.rows)
+        train_rows, test_rows = split_shared(run.size, float(run.spec["test_size"]), run.config.seed)
+        if run.config.epsilon is not None:
+            charge_party(self.side, *self._cost(run))
+        assert self.side.x is not None
+        f_side = encrypted.Party.of(self.name, self.side.x, self.side.n_num, run.config, "feature")
+        run.f_side = f_side
+        run.he_steps = encrypted.feature_steps(f_side, content, str(run.spec["label_party"]), train_rows, test_rows)
+        return next(run.he_steps)
+
+    def _encrypted_step(self, run: _Run, content: RecordDict) -> tuple[str, RecordDict]:
+        assert run.he_steps is not None
+        return run.he_steps.send(content)
 
     def _split_done(self, run: _Run, content: RecordDict) -> tuple[str, RecordDict]:
         """Both parts' hashes give the model hash; publish this party's part with its ledger entry."""

@@ -266,8 +266,8 @@ class LabelRun:
         label, config = self.label, self.config
         if label.party.spec.role != "label":
             raise InputError(f"vertical: {label.name} is not a label party (role: label); it cannot run")
-        if self.settings.mode == "score" and config.protocol == "release":
-            raise InputError("vertical: a one-shot release model scores its run's customers only; scoring new "
+        if self.settings.mode == "score" and config.protocol in ("release", "encrypted"):
+            raise InputError(f"vertical: a model of --protocol {config.protocol} scores its run's customers only; scoring new "
                              "customers in a deployment needs --protocol split")
         body, signature = _authorization(Path(self.settings.authorization), self.run_id, label, self.settings)
         plan = privacy_plan(config)
@@ -379,7 +379,7 @@ class LabelRun:
         train_rows, test_rows = split_shared(len(y), self.settings.test_size, config.seed)
         if config.epsilon is not None:
             charge_party(label, plan.eps["label"], plan.deltas["label"], plan.costs["label"])
-        trained = self._release if config.protocol == "release" else self._split
+        trained = {"release": self._release, "encrypted": self._encrypted}.get(config.protocol, self._split)
         l_side, scores, bottom = trained(y, train_rows, test_rows, plan)
         top = split.state_hash(l_side.model)
         digest = model_hash(top, bottom)
@@ -431,6 +431,25 @@ class LabelRun:
         self.emit({"event": "round", "round": 1, "rounds": 1, "seconds": round(self.clock.rounds[-1], 3),
                    "batches": 1, "per_round": round(self.clock.rounds[-1], 4)})
         return l_side, l_side.score(test_rows), str(got["h"]["part"])
+
+    def _encrypted(self, y: np.ndarray, train_rows: np.ndarray, test_rows: np.ndarray,
+                   plan: Any) -> tuple[Any, np.ndarray, str]:
+        """The encrypted gradient descent (`encrypted.label_rounds`): a round is one step (two messages)."""
+        from federated.vertical import encrypted
+
+        assert self.label.x is not None and self.clock.rounds is not None
+        l_side = encrypted.Party.of(self.label.name, self.label.x, self.label.n_num, self.config, "label", y)
+        rounds, steps = self.clock.rounds, l_side.config.steps
+        marks = [time.perf_counter()]
+
+        def on_step(step: int) -> None:
+            marks.append(time.perf_counter())
+            rounds.append(marks[-1] - marks[-2])
+            self.emit({"event": "round", "round": step, "rounds": steps, "seconds": round(rounds[-1], 3),
+                       "batches": 1, "per_round": round(rounds[-1], 4)})
+
+        scores, bottom = encrypted.label_rounds(l_side, train_rows, test_rows, self.link.exchange, on_step)
+        return l_side, scores, bottom
 
     def _rounds(self, l_side: Any, train_rows: np.ndarray) -> tuple[str, RecordDict]:
         """One round per batch of the public schedule: an embedding comes up with the answer to the

@@ -521,27 +521,13 @@ def _encrypted(label: PartySide, features: list[PartySide], y: np.ndarray, train
     """The encrypted gradient descent over the channel: (label side, feature sides, test scores, noise)."""
     from federated.vertical import encrypted
 
-    ec = encrypted.EncryptedConfig.of(config)
     (feature,) = features
     assert feature.x is not None and label.x is not None
-    f_side = encrypted.Party(feature.name, encrypted.feature_map(feature.x, feature.n_num), ec, "feature")
-    l_side = encrypted.Party(label.name, encrypted.feature_map(label.x, label.n_num, intercept=True), ec, "label",
-                             y=y.astype(np.float64))
-    say(f"encrypted gradient descent ({ec.steps} steps)")
-    encrypted.train(f_side, l_side, train_rows, channel)
-    return _Encrypted(l_side), [_Encrypted(f_side)], encrypted.score(f_side, l_side, test_rows, channel), \
-        noise_record(plan, config)
-
-
-@dataclass
-class _Encrypted:
-    """An encrypted party's weights as the `model` the publishing code hashes and saves."""
-
-    side: Any
-
-    @property
-    def model(self) -> Any:
-        return self.side.model()
+    f_side = encrypted.Party.of(feature.name, feature.x, feature.n_num, config, "feature")
+    l_side = encrypted.Party.of(label.name, label.x, label.n_num, config, "label", y)
+    say(f"encrypted gradient descent ({f_side.config.steps} steps)")
+    scores, _bottom = encrypted.train(f_side, l_side, train_rows, test_rows, channel)
+    return l_side, [f_side], scores, noise_record(plan, config)
 
 
 def parties_of(label: str, feature: str | Sequence[str], noise: Any, eps: dict[str, float], config: SplitConfig,
