@@ -131,7 +131,7 @@ def _release_auc(xfs: list[np.ndarray], xl: np.ndarray, y: np.ndarray, train: np
 def _encrypted_auc(feature: Any, label: Any, y: np.ndarray, train: np.ndarray, test: np.ndarray,
                    epsilon: float | None, args: argparse.Namespace) -> tuple[float, dict[str, float | None], float, int]:
     """The encrypted protocol (`federated.vertical.encrypted`, the workflow's code) once, fresh secret
-    noise: (AUC, epsilon per role, seconds of `encrypted.train`, bytes sent)."""
+    noise: (AUC, epsilon per role, seconds of `encrypted.train` with the held-out scoring, bytes sent)."""
     from sklearn.metrics import roc_auc_score
 
     from federated.vertical import encrypted
@@ -143,9 +143,9 @@ def _encrypted_auc(feature: Any, label: Any, y: np.ndarray, train: np.ndarray, t
                              y=y.astype(np.float64))
     channel = Channel(keep=False)
     t0 = time.perf_counter()
-    encrypted.train(f_side, l_side, train, channel)
+    scores, _bottom = encrypted.train(f_side, l_side, train, test, channel)
     seconds = time.perf_counter() - t0
-    auc = float(roc_auc_score(y[test], encrypted.score(f_side, l_side, test, channel)))
+    auc = float(roc_auc_score(y[test], scores))
     return auc, {"feature": f_side.epsilon_spent, "label": l_side.epsilon_spent}, seconds, channel.total_bytes
 
 
