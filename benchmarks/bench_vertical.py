@@ -31,7 +31,8 @@ in common, `federated.vertical.psi` over `--psi-workers` processes; the referenc
 265 s single-threaded (openmined-psi's own one-sided protocol, another machine), and this machine's
 single-process rate measured on a sample and scaled linearly.
 
-Deployment section (`--deploy-customers`, default 10,000 people; `--deploy-epochs`): seconds per round
+Deployment section (`--deploy-customers`, default 10,000 people; `--deploy-epochs`; for the encrypted
+protocol `--deploy-encrypted-steps`, a round there being one step): seconds per round
 (one batch: embeddings up, gradients down) of the split-learning kernel in one process, the
 `privmodel federate vertical simulate` command end to end (a subprocess, as a user runs it), and the
 loopback deployment over Flower (the bank's TLS SuperLink, the retailer's node joined with its own node
@@ -430,6 +431,32 @@ def deploy_bench(args: argparse.Namespace) -> list[tuple[str, str, str, str]]:
                      f"PSI {sec['psi']:.1f} s, training {sec['train']:.1f} s, ServerApp total {sec['total']:.1f} s; "
                      f"AUC {done['metrics']['roc_auc']:.4f}; load {os.getloadavg()[0]:.1f}"))
         print(rows[-1], flush=True)
+        rows += _encrypted_deploy(args, root, bank, shop, label, feature, y, train, test, eps)
+    return rows
+
+
+def _encrypted_deploy(args: argparse.Namespace, root: Path, bank: Any, shop: Any, label: Any, feature: Any,
+                      y: np.ndarray, train: np.ndarray, test: np.ndarray,
+                      eps: float | None) -> list[tuple[str, str, str, str]]:
+    """The encrypted protocol's kernel in one process and its loopback deployment, `--deploy-encrypted-steps`
+    steps on the same parties: a round is one step (two messages each way)."""
+    from federated.vertical.split import SplitConfig
+
+    steps = args.deploy_encrypted_steps
+    args_k = argparse.Namespace(**{**vars(args), "encrypted_steps": steps})
+    auc, _spent, kernel_s, nbytes = _encrypted_auc(feature, label, y, train, test, eps, args_k)
+    rows = [("encrypted kernel, one process (encrypted.train)", f"{kernel_s:.1f}", f"{kernel_s / steps:.2f}",
+             f"{steps} steps, ε {eps or '-'} per party; {nbytes / 1e6:.0f} MB (both public contexts included)")]
+    print(rows[-1], flush=True)
+    config = SplitConfig(epsilon=eps, delta=args.delta, epochs=steps, protocol="encrypted", seed=args.seed)
+    (root / "encrypted").mkdir()
+    wall, done = _loopback(root / "encrypted", bank, shop, config)
+    sec = done["seconds"]
+    rows.append(("loopback deployment, --protocol encrypted", f"{wall:.1f}", f"{sec['per_round']:.2f}",
+                 f"{sec['rounds']} steps, {done['messages']} Flower messages, "
+                 f"{sum(done['bytes'].values()) / 1e6:.0f} MB; PSI {sec['psi']:.1f} s, training {sec['train']:.1f} s; "
+                 f"AUC {done['metrics']['roc_auc']:.4f}; load {os.getloadavg()[0]:.1f}"))
+    print(rows[-1], flush=True)
     return rows
 
 
@@ -450,6 +477,7 @@ def main() -> None:
     parser.add_argument("--psi-workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--deploy-customers", type=int, default=10_000, help="people for the deployment section")
     parser.add_argument("--deploy-epochs", type=int, default=2)
+    parser.add_argument("--deploy-encrypted-steps", type=int, default=5, help="the encrypted loopback run's steps")
     parser.add_argument("--feature-parties", type=int, choices=[1, 2], default=1,
                         help="utility section: 2 adds the telco (3 parties; 2-party rows on the same customers)")
     parser.add_argument("--only", choices=["utility", "psi", "deploy"], default=None)
