@@ -207,10 +207,11 @@ def run(
     delta: float = typer.Option(1e-6, "--delta", help="δ per party."),
     label_epsilon: float = typer.Option(None, "--label-epsilon", help="The label party's own ε (default: --epsilon)."),
     label_dp: str = typer.Option("gradient", "--label-dp", help="gradient (columns and labels) or labels (randomized response)."),
-    protocol: str = typer.Option("split", "--protocol", help="split (split learning) or release (each party's data "
-                                 "crosses once, by randomized response)."),
+    protocol: str = typer.Option("split", "--protocol", help="split (split learning), release (each party's data "
+                                 "crosses once, by randomized response) or encrypted (gradient sums under CKKS, "
+                                 "central DP)."),
     bins: int = typer.Option(None, "--bins", help="release: score bins (default: 2 below ε 2.5, else 4)."),
-    epochs: int = typer.Option(None, "--epochs", min=1, help="Default: 4 (split), 30 (release)."),
+    epochs: int = typer.Option(None, "--epochs", min=1, help="Default: 4 (split), 30 (release), 50 (encrypted: steps)."),
     batch_size: int = typer.Option(512, "--batch-size", min=1),
     lr: float = typer.Option(0.01, "--lr"),
     test_size: float = typer.Option(0.2, "--test-size", help="Share of the shared customers held out for the AUC."),
