@@ -40,6 +40,11 @@ N(0, (sigma sqrt(5) C / n)^2) per coordinate of both mean gradients (sqrt(n) tim
 what the other party's view of its data carries, so each party's epsilon is that of `steps` Gaussian mechanisms at multiplier sigma
 (`privmodel.dp.accounting`, full batch: sampling rate 1), its noise from the secret source.
 
+Threat model: semi-honest, as the other protocols. A party that deviates can break the DP calibration:
+its residual parts travel encrypted, so the other party cannot check they lie in [-C, C], and a huge
+part for one customer makes that customer's term dominate the other party's noised sums. Range
+proofs would close this; they are not built.
+
 What is NOT covered by epsilon, and stated on the card: scoring. The label party scores a customer as
 u_L + u_F, so the feature party sends u_F of each scored customer (here the held-out ones), exactly, as
 FATE's hetero-LR inference does. That is one number per scored customer computed from its columns.
@@ -220,6 +225,8 @@ class Party:
 
     def step(self, gradient: np.ndarray) -> None:
         """Heavy-ball momentum on the noised mean gradient (post-processing)."""
+        if gradient.shape != self.w.shape:
+            raise InputError(f"vertical: {self.name} got a gradient of {gradient.size} values for {self.w.size} weights")
         self.velocity = MOMENTUM * self.velocity + gradient
         self.w = self.w - LR * self.velocity
 
