@@ -226,3 +226,16 @@ def test_encrypted_protocol_refuses_several_feature_parties(parties: Path, tmp_p
     bank, shop = _inputs(parties, tmp_path)
     with pytest.raises(InputError, match="--protocol encrypted takes one feature party"):
         simulate(bank, [shop, shop], SplitConfig(protocol="encrypted"), tmp_path / "out")
+
+
+def test_cli_encrypted_protocol(parties: Path, tmp_path: Path) -> None:
+    bank, shop = _inputs(parties, tmp_path)
+    done = run_cli("federate", "vertical", "simulate", "--label", str(bank.party_file), "--label-data", str(bank.data),
+                   "--label-keys", str(bank.keys), "--feature", str(shop.party_file), "--feature-data", str(shop.data),
+                   "--feature-keys", str(shop.keys), "--out", str(tmp_path / "cli"), "--psi-workers", "1",
+                   "--protocol", "encrypted", "--epochs", "2", "--epsilon", "1")
+    assert done.returncode == 0, done.stderr
+    assert "retailer (feature party): ε 0.99" in done.stdout and "bank (label party): ε 0.99" in done.stdout
+    assert "encrypted gradient descent (2 steps)" in done.stderr
+    card = (tmp_path / "cli" / "bank" / "card.md").read_text()
+    assert "Protocol: vertical encrypted gradient descent." in card
