@@ -181,3 +181,23 @@ def isolated_budget(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
     monkeypatch.setenv("PRIVMODEL_KEYS", str(keys))
     monkeypatch.delenv("PRIVMODEL_BUDGET_URL", raising=False)
     return keys
+
+
+@pytest.fixture(scope="session")
+def vertical_parties(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small synthetic bank and retailer (`synth --vertical`, 1,500 people), written once a session."""
+    root = tmp_path_factory.mktemp("vertical-parties")
+    done = run_cli("synth", "--vertical", "--customers", "1500", "--out", str(root / "data"), "--seed", "5")
+    assert done.returncode == 0, done.stderr
+    return root / "data"
+
+
+def vertical_inputs(data: Path, tmp: Path):  # -> tuple[PartyInput, PartyInput]
+    """The two parties of `vertical_parties`, each with fresh keys (its own budget) under `tmp`."""
+    from federated.vertical.workflow import PartyInput
+    from privmodel.core.keys import init_keys
+
+    for name in ("bank", "retailer"):
+        init_keys(tmp / f"keys-{name}", actor=name)
+    return (PartyInput(data / "bank.party.yaml", data / "bank.parquet", tmp / "keys-bank"),
+            PartyInput(data / "retailer.party.yaml", data / "retailer.parquet", tmp / "keys-retailer"))

@@ -16,11 +16,11 @@ from anonymize.errors import InputError
 from federated.vertical import ckks, encrypted
 from federated.vertical.channel import Channel
 from federated.vertical.split import SplitConfig, unpack
-from federated.vertical.workflow import PartyInput, simulate
+from federated.vertical.workflow import simulate
 from privmodel.artifacts.ledger import read_entries, verify
-from privmodel.core.keys import init_keys, load_public_key
+from privmodel.core.keys import load_public_key
 from privmodel.dp import budget
-from tests.conftest import run_cli
+from tests.conftest import run_cli, vertical_inputs
 
 #: gradient steps in these tests (a step costs about 1 s of CKKS work on one core; the default is 50)
 STEPS = 6
@@ -189,23 +189,8 @@ def test_noise_is_fresh_each_run_unless_a_test_seed_is_given() -> None:
 # --- in the vertical workflow: budgets, ledgers, card, refusals --------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def parties(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("vertical-encrypted")
-    done = run_cli("synth", "--vertical", "--customers", "1500", "--out", str(root / "data"), "--seed", "5")
-    assert done.returncode == 0, done.stderr
-    return root / "data"
-
-
-def _inputs(data: Path, tmp: Path) -> tuple[PartyInput, PartyInput]:
-    for name in ("bank", "retailer"):
-        init_keys(tmp / f"keys-{name}", actor=name)
-    return (PartyInput(data / "bank.party.yaml", data / "bank.parquet", tmp / "keys-bank"),
-            PartyInput(data / "retailer.party.yaml", data / "retailer.parquet", tmp / "keys-retailer"))
-
-
-def test_encrypted_run_charges_each_party_once_and_every_ledger_agrees(parties: Path, tmp_path: Path) -> None:
-    bank, shop = _inputs(parties, tmp_path)
+def test_encrypted_run_charges_each_party_once_and_every_ledger_agrees(vertical_parties: Path, tmp_path: Path) -> None:
+    bank, shop = vertical_inputs(vertical_parties, tmp_path)
     config = SplitConfig(epsilon=2.0, label_epsilon=1.0, epochs=STEPS, protocol="encrypted")
     result = simulate(bank, shop, config, tmp_path / "out")
     for inp, name, target in ((bank, "bank", 1.0), (shop, "retailer", 2.0)):
@@ -222,14 +207,14 @@ def test_encrypted_run_charges_each_party_once_and_every_ledger_agrees(parties: 
     assert result.metrics["roc_auc"] is not None and result.metrics["test_customers"] > 100  # utility: benchmark
 
 
-def test_encrypted_protocol_refuses_several_feature_parties(parties: Path, tmp_path: Path) -> None:
-    bank, shop = _inputs(parties, tmp_path)
+def test_encrypted_protocol_refuses_several_feature_parties(vertical_parties: Path, tmp_path: Path) -> None:
+    bank, shop = vertical_inputs(vertical_parties, tmp_path)
     with pytest.raises(InputError, match="--protocol encrypted takes one feature party"):
         simulate(bank, [shop, shop], SplitConfig(protocol="encrypted"), tmp_path / "out")
 
 
-def test_cli_encrypted_protocol(parties: Path, tmp_path: Path) -> None:
-    bank, shop = _inputs(parties, tmp_path)
+def test_cli_encrypted_protocol(vertical_parties: Path, tmp_path: Path) -> None:
+    bank, shop = vertical_inputs(vertical_parties, tmp_path)
     done = run_cli("federate", "vertical", "simulate", "--label", str(bank.party_file), "--label-data", str(bank.data),
                    "--label-keys", str(bank.keys), "--feature", str(shop.party_file), "--feature-data", str(shop.data),
                    "--feature-keys", str(shop.keys), "--out", str(tmp_path / "cli"), "--psi-workers", "1",

@@ -245,29 +245,40 @@ def _signed_message(path: str):
     return run_message(auth["body"].encode(), auth["signature"])
 
 
-def test_the_deployed_sides_run_the_one_shot_release(world, tmp_path: Path) -> None:
-    """`protocol: release` over the deployment's messages: two training messages (released labels down,
-    released bins up), each side's epsilon charged once, one model hash in both ledgers; the
-    settings survive Flower's run config (bins and protocol), and scoring new customers is refused."""
+def _deployed_run(root: Path, tmp_path: Path, node: FeatureNode, config: SplitConfig,
+                  run_id: str) -> tuple[VerticalSettings, dict, list[_LocalLink]]:
+    """The label party's deployed run of `config` against `node` in one process, signed as `vertical run`
+    signs it: (its settings, as they survive Flower's run config; its `done` event; the link used)."""
     import base64
 
     from federated.vertical.server_app import LabelRun
-    from privmodel.artifacts.ledger import canonical_json, verify
-    from privmodel.core.keys import load_public_key
+    from privmodel.artifacts.ledger import canonical_json
 
-    root = world["root"]
-    config = SplitConfig(epsilon=2.0, epochs=3, protocol="release", bins=3)
-    node = _node(root, tmp_path)
     settings = VerticalSettings(config, str(root / "bank.party.yaml"), str(root / "bank.parquet"), str(root / "keys-bank"),
                                 str(tmp_path / "bank-run"), "retailer", 7, str(tmp_path / "authorization.json"))
     settings = VerticalSettings.from_record(settings.to_record())
     assert settings.config == config
     spec = expected_spec(load_party(root / "bank.party.yaml"), settings, load_signer(root / "keys-bank").key_id)
-    body = canonical_json({**spec, "run_id": "41", "time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")})
+    body = canonical_json({**spec, "run_id": run_id, "time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")})
     signature = base64.b64encode(load_signer(root / "keys-bank").sign(body)).decode()
     (tmp_path / "authorization.json").write_text(json.dumps({"body": body.decode(), "signature": signature}))
     links: list[_LocalLink] = []
-    done = LabelRun(settings, "41", lambda label: links.append(_LocalLink(node, "41", label)) or links[-1]).run()
+    done = LabelRun(settings, run_id, lambda label: links.append(_LocalLink(node, run_id, label)) or links[-1]).run()
+    return settings, done, links
+
+
+def test_the_deployed_sides_run_the_one_shot_release(world, tmp_path: Path) -> None:
+    """`protocol: release` over the deployment's messages: two training messages (released labels down,
+    released bins up), each side's epsilon charged once, one model hash in both ledgers; the
+    settings survive Flower's run config (bins and protocol), and scoring new customers is refused."""
+    from federated.vertical.server_app import LabelRun
+    from privmodel.artifacts.ledger import verify
+    from privmodel.core.keys import load_public_key
+
+    root = world["root"]
+    config = SplitConfig(epsilon=2.0, epochs=3, protocol="release", bins=3)
+    node = _node(root, tmp_path)
+    settings, done, links = _deployed_run(root, tmp_path, node, config, "41")
     assert links[0].kinds[3:] == ["psi.done", "release.labels", "split.done"]
     assert done["card"]["kind"] == "vertical one-shot release" and done["card"]["noise_multipliers"]["bins"] == 3.0
     for org, ledger in (("bank", tmp_path / "bank-run" / "bank" / "ledger.jsonl"),
@@ -288,26 +299,15 @@ def test_the_deployed_sides_run_the_encrypted_protocol(world, tmp_path: Path) ->
     """`protocol: encrypted` over the deployment's messages: keys, two messages a step, the held-out
     customers' score parts; each side's epsilon charged once, one model hash in both ledgers, an AUC
     on the held-out customers; scoring new customers is refused."""
-    import base64
-
     from federated.vertical.server_app import LabelRun
-    from privmodel.artifacts.ledger import canonical_json, verify
+    from privmodel.artifacts.ledger import verify
     from privmodel.core.keys import load_public_key
 
     root = world["root"]
     config = SplitConfig(epsilon=0.5, epochs=3, protocol="encrypted")
     before = {org: budget.spent(f"{org}-customers", root / f"keys-{org}") for org in ("bank", "retailer")}
     node = _node(root, tmp_path)
-    settings = VerticalSettings(config, str(root / "bank.party.yaml"), str(root / "bank.parquet"), str(root / "keys-bank"),
-                                str(tmp_path / "bank-run"), "retailer", 7, str(tmp_path / "authorization.json"))
-    settings = VerticalSettings.from_record(settings.to_record())
-    assert settings.config == config
-    spec = expected_spec(load_party(root / "bank.party.yaml"), settings, load_signer(root / "keys-bank").key_id)
-    body = canonical_json({**spec, "run_id": "51", "time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")})
-    signature = base64.b64encode(load_signer(root / "keys-bank").sign(body)).decode()
-    (tmp_path / "authorization.json").write_text(json.dumps({"body": body.decode(), "signature": signature}))
-    links: list[_LocalLink] = []
-    done = LabelRun(settings, "51", lambda label: links.append(_LocalLink(node, "51", label)) or links[-1]).run()
+    settings, done, links = _deployed_run(root, tmp_path, node, config, "51")
     assert links[0].kinds[3:] == ["psi.done", "he.keys", *["he.residual", "he.gradient"] * 3, "score.request",
                                   "split.done"]
     assert done["card"]["kind"] == "vertical encrypted gradient descent" and done["seconds"]["rounds"] == 3

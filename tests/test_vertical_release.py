@@ -18,11 +18,11 @@ from anonymize.errors import InputError
 from federated.vertical import release
 from federated.vertical.channel import Channel
 from federated.vertical.split import SplitConfig, unpack
-from federated.vertical.workflow import PartyInput, simulate
+from federated.vertical.workflow import simulate
 from privmodel.artifacts.ledger import read_entries, verify
-from privmodel.core.keys import init_keys, load_public_key
+from privmodel.core.keys import load_public_key
 from privmodel.dp import budget, secure_noise
-from tests.conftest import run_cli
+from tests.conftest import run_cli, vertical_inputs
 
 torch.set_num_threads(1)
 
@@ -143,23 +143,8 @@ def test_bad_bins_and_settings_are_refused() -> None:
 # --- the protocol in the vertical workflow: budgets, ledgers, card, CLI -----------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def parties(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("vertical-release")
-    done = run_cli("synth", "--vertical", "--customers", "1500", "--out", str(root / "data"), "--seed", "5")
-    assert done.returncode == 0, done.stderr
-    return root / "data"
-
-
-def _inputs(data: Path, tmp: Path) -> tuple[PartyInput, PartyInput]:
-    for name in ("bank", "retailer"):
-        init_keys(tmp / f"keys-{name}", actor=name)
-    return (PartyInput(data / "bank.party.yaml", data / "bank.parquet", tmp / "keys-bank"),
-            PartyInput(data / "retailer.party.yaml", data / "retailer.parquet", tmp / "keys-retailer"))
-
-
-def test_release_run_charges_each_party_once_and_every_ledger_agrees(parties: Path, tmp_path: Path) -> None:
-    bank, shop = _inputs(parties, tmp_path)
+def test_release_run_charges_each_party_once_and_every_ledger_agrees(vertical_parties: Path, tmp_path: Path) -> None:
+    bank, shop = vertical_inputs(vertical_parties, tmp_path)
     config = SplitConfig(epsilon=2.0, label_epsilon=1.0, epochs=3, protocol="release", insecure_seed=4)
     result = simulate(bank, shop, config, tmp_path / "out")
     assert result.parties["bank"]["delta"] == 0.0 and result.parties["retailer"]["delta"] == config.delta
@@ -179,8 +164,8 @@ def test_release_run_charges_each_party_once_and_every_ledger_agrees(parties: Pa
     assert result.metrics["roc_auc"] is not None and result.metrics["test_customers"] > 100  # utility: kernel tests
 
 
-def test_cli_release_protocol_and_bad_options(parties: Path, tmp_path: Path) -> None:
-    bank, shop = _inputs(parties, tmp_path)
+def test_cli_release_protocol_and_bad_options(vertical_parties: Path, tmp_path: Path) -> None:
+    bank, shop = vertical_inputs(vertical_parties, tmp_path)
     args = ["federate", "vertical", "simulate", "--label", str(bank.party_file), "--label-data", str(bank.data),
             "--label-keys", str(bank.keys), "--feature", str(shop.party_file), "--feature-data", str(shop.data),
             "--feature-keys", str(shop.keys), "--out", str(tmp_path / "cli"), "--psi-workers", "1",

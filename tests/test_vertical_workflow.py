@@ -13,35 +13,17 @@ from anonymize.errors import InputError
 from federated.vertical.channel import PartyDropped
 from federated.vertical.psi import OverlapTooSmall
 from federated.vertical.split import SplitConfig
-from federated.vertical.workflow import PartyInput, simulate
+from federated.vertical.workflow import simulate
 from privmodel.artifacts.ledger import read_entries, verify
 from privmodel.core.keys import init_keys, load_public_key
 from privmodel.dp import budget
-from tests.conftest import run_cli
-
-
-@pytest.fixture(scope="module")
-def parties(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("vertical")
-    done = run_cli("synth", "--vertical", "--customers", "1500", "--out", str(root / "data"), "--seed", "5")
-    assert done.returncode == 0, done.stderr
-    return root / "data"
-
-
-def _inputs(data: Path, tmp: Path) -> tuple[PartyInput, PartyInput]:
-    keys = {}
-    for name in ("bank", "retailer"):
-        keys[name] = tmp / f"keys-{name}"
-        init_keys(keys[name], actor=name)
-    return (PartyInput(data / "bank.party.yaml", data / "bank.parquet", keys["bank"]),
-            PartyInput(data / "retailer.party.yaml", data / "retailer.parquet", keys["retailer"]))
-
+from tests.conftest import run_cli, vertical_inputs
 
 FAST = SplitConfig(epsilon=2.0, epochs=1, batch_size=256, insecure_seed=3)
 
 
-def test_run_signs_both_ledgers_with_one_model_hash_and_charges_both_budgets(parties: Path, tmp_path: Path) -> None:
-    bank, shop = _inputs(parties, tmp_path)
+def test_run_signs_both_ledgers_with_one_model_hash_and_charges_both_budgets(vertical_parties: Path, tmp_path: Path) -> None:
+    bank, shop = vertical_inputs(vertical_parties, tmp_path)
     result = simulate(bank, shop, FAST, tmp_path / "out")
     hashes = set()
     for inp, name in ((bank, "bank"), (shop, "retailer")):
@@ -64,8 +46,8 @@ def test_run_signs_both_ledgers_with_one_model_hash_and_charges_both_budgets(par
     assert "NOT differentially private" in (tmp_path / "out" / "bank" / "card.md").read_text()  # insecure test noise
 
 
-def test_a_party_dropping_out_ends_the_run_with_its_name(parties: Path, tmp_path: Path) -> None:
-    bank, shop = _inputs(parties, tmp_path)
+def test_a_party_dropping_out_ends_the_run_with_its_name(vertical_parties: Path, tmp_path: Path) -> None:
+    bank, shop = vertical_inputs(vertical_parties, tmp_path)
     with pytest.raises(PartyDropped, match="party 'retailer' dropped out"):
         simulate(bank, shop, FAST, tmp_path / "out", offline={"retailer"})
     last = read_entries(tmp_path / "out" / "bank" / "ledger.jsonl")[-1]
@@ -73,23 +55,23 @@ def test_a_party_dropping_out_ends_the_run_with_its_name(parties: Path, tmp_path
     assert not (tmp_path / "out" / "bank" / "model.pt").exists()
 
 
-def test_overlap_below_a_partys_minimum_is_refused(parties: Path, tmp_path: Path) -> None:
+def test_overlap_below_a_partys_minimum_is_refused(vertical_parties: Path, tmp_path: Path) -> None:
     data = tmp_path / "data"
     data.mkdir()
-    for p in parties.iterdir():
+    for p in vertical_parties.iterdir():
         if p.suffix in (".yaml", ".parquet"):
             (data / p.name).write_bytes(p.read_bytes())
     doc = yaml.safe_load((data / "retailer.party.yaml").read_text())
     doc["min_overlap"] = 100_000
     (data / "retailer.party.yaml").write_text(yaml.safe_dump(doc))
-    bank, shop = _inputs(data, tmp_path)
+    bank, shop = vertical_inputs(data, tmp_path)
     with pytest.raises(OverlapTooSmall, match="retailer refuses an overlap of .* below its policy's min_overlap 100000"):
         simulate(bank, shop, FAST, tmp_path / "out")
     assert budget.spent("retailer-customers", shop.keys).charges == 0
 
 
-def test_a_run_not_signed_by_the_pinned_label_key_is_refused(parties: Path, tmp_path: Path) -> None:
-    bank, shop = _inputs(parties, tmp_path)
+def test_a_run_not_signed_by_the_pinned_label_key_is_refused(vertical_parties: Path, tmp_path: Path) -> None:
+    bank, shop = vertical_inputs(vertical_parties, tmp_path)
     impostor = tmp_path / "keys-impostor"
     init_keys(impostor, actor="impostor")
     with pytest.raises(InputError, match="retailer refused the run: not signed by bank's pinned key"):
@@ -97,8 +79,8 @@ def test_a_run_not_signed_by_the_pinned_label_key_is_refused(parties: Path, tmp_
     assert budget.spent("retailer-customers", shop.keys).charges == 0
 
 
-def test_a_run_past_a_partys_budget_is_refused_before_psi(parties: Path, tmp_path: Path) -> None:
-    bank, shop = _inputs(parties, tmp_path)
+def test_a_run_past_a_partys_budget_is_refused_before_psi(vertical_parties: Path, tmp_path: Path) -> None:
+    bank, shop = vertical_inputs(vertical_parties, tmp_path)
     with pytest.raises(budget.BudgetExceeded, match="privacy budget exceeded for dataset retailer-customers"):
         simulate(bank, shop, SplitConfig(epsilon=5.0, label_epsilon=1.0, epochs=1), tmp_path / "out")
     entries = read_entries(tmp_path / "out" / "retailer" / "ledger.jsonl")
@@ -106,14 +88,14 @@ def test_a_run_past_a_partys_budget_is_refused_before_psi(parties: Path, tmp_pat
     assert budget.spent("bank-customers", bank.keys).charges == 0
 
 
-def test_two_label_parties_are_refused(parties: Path, tmp_path: Path) -> None:
-    bank, _shop = _inputs(parties, tmp_path)
+def test_two_label_parties_are_refused(vertical_parties: Path, tmp_path: Path) -> None:
+    bank, _shop = vertical_inputs(vertical_parties, tmp_path)
     with pytest.raises(InputError, match="one label party"):
         simulate(bank, bank, FAST, tmp_path / "out")
 
 
-def test_cli_simulate_and_bad_input(parties: Path, tmp_path: Path) -> None:
-    bank, shop = _inputs(parties, tmp_path)
+def test_cli_simulate_and_bad_input(vertical_parties: Path, tmp_path: Path) -> None:
+    bank, shop = vertical_inputs(vertical_parties, tmp_path)
     args = ["federate", "vertical", "simulate", "--label", str(bank.party_file), "--label-data", str(bank.data),
             "--label-keys", str(bank.keys), "--feature", str(shop.party_file), "--feature-data", str(shop.data),
             "--feature-keys", str(shop.keys), "--out", str(tmp_path / "cli"), "--epochs", "1", "--epsilon", "0",
@@ -125,8 +107,8 @@ def test_cli_simulate_and_bad_input(parties: Path, tmp_path: Path) -> None:
     assert bad.returncode == 2 and "cannot read the party file" in bad.stderr and "Traceback" not in bad.stderr
 
 
-def test_label_dp_by_randomized_response_charges_pure_epsilon(parties: Path, tmp_path: Path) -> None:
-    bank, shop = _inputs(parties, tmp_path)
+def test_label_dp_by_randomized_response_charges_pure_epsilon(vertical_parties: Path, tmp_path: Path) -> None:
+    bank, shop = vertical_inputs(vertical_parties, tmp_path)
     cfg = SplitConfig(epsilon=2.0, label_epsilon=1.0, label_dp="labels", epochs=1, batch_size=256, insecure_seed=4)
     result = simulate(bank, shop, cfg, tmp_path / "out")
     assert result.parties["bank"]["delta"] == 0.0 and result.parties["bank"]["epsilon"] <= 1.0
