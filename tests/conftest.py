@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -201,3 +206,18 @@ def vertical_inputs(data: Path, tmp: Path):  # -> tuple[PartyInput, PartyInput]
         init_keys(tmp / f"keys-{name}", actor=name)
     return (PartyInput(data / "bank.party.yaml", data / "bank.parquet", tmp / "keys-bank"),
             PartyInput(data / "retailer.party.yaml", data / "retailer.parquet", tmp / "keys-retailer"))
+
+
+@contextlib.contextmanager
+def ray_session() -> Iterator[Any]:
+    """A local Ray on 2 CPUs for one test module, in its own temp dir, shut down after; yields `ray`."""
+    import ray
+
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    temp = tempfile.mkdtemp(prefix="ray_t_", dir="/tmp")
+    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp, log_to_driver=False, configure_logging=False)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+        shutil.rmtree(temp, ignore_errors=True)

@@ -8,10 +8,7 @@ table (the release gate, and pycanon as an independent checker) and the informat
 
 from __future__ import annotations
 
-import os
-import shutil
 import socket
-import tempfile
 from collections.abc import Iterator
 from typing import Any
 
@@ -31,6 +28,7 @@ from anonymize.pipeline import Release, run  # noqa: E402
 from anonymize.policy.schema import Policy, load_policy  # noqa: E402
 from anonymize.policy.spec import LDiversity  # noqa: E402
 from anonymize.pseudonymize import Keys  # noqa: E402
+from tests.conftest import ray_session  # noqa: E402
 from tests.test_anonymize_pipeline import MASTER, POLICY, crafted, make_table  # noqa: E402
 
 QIS = ["age", "gender", "zip_code", "education"]
@@ -38,14 +36,8 @@ QIS = ["age", "gender", "zip_code", "education"]
 
 @pytest.fixture(scope="module", autouse=True)
 def local_ray() -> Iterator[None]:
-    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-    temp = tempfile.mkdtemp(prefix="ray_t_", dir="/tmp")
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp, log_to_driver=False, configure_logging=False)
-    try:
+    with ray_session():
         yield
-    finally:
-        ray.shutdown()
-        shutil.rmtree(temp, ignore_errors=True)
 
 
 def _with_privacy(policy: Policy, **update: Any) -> Policy:

@@ -10,9 +10,7 @@ one row group as two batches, the local streamed engine's batches; rows 301-303 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,6 +30,7 @@ from anonymize.policy.spec import LDiversity  # noqa: E402
 from anonymize.pseudonymize import Keys  # noqa: E402
 from privmodel.core.keys import init_keys  # noqa: E402
 from privmodel.workflows.release import ReleaseRequest, release  # noqa: E402
+from tests.conftest import ray_session  # noqa: E402
 from tests.test_anonymize_pipeline import MASTER, POLICY, crafted, make_table  # noqa: E402
 
 BATCH, GROUP = 40, 80
@@ -40,15 +39,9 @@ QIS = ["age", "gender", "zip_code", "education"]
 
 @pytest.fixture(scope="module", autouse=True)
 def local_ray() -> Iterator[None]:
-    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-    temp = tempfile.mkdtemp(prefix="ray_t_", dir="/tmp")
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp, log_to_driver=False, configure_logging=False)
-    ray.data.DataContext.get_current().execution_options.preserve_order = True
-    try:
+    with ray_session() as session:
+        session.data.DataContext.get_current().execution_options.preserve_order = True
         yield
-    finally:
-        ray.shutdown()
-        shutil.rmtree(temp, ignore_errors=True)
 
 
 def _parquet(df: pd.DataFrame, path: Path) -> Path:

@@ -8,10 +8,7 @@ One local Ray (2 CPUs, temp dir under /tmp) serves the module; blocks are forced
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +22,7 @@ from anonymize.errors import InputError  # noqa: E402
 from privmodel.dp import budget  # noqa: E402
 from privmodel.workflows import encoded, encoded_ray  # noqa: E402
 from privmodel.workflows import train as wf  # noqa: E402
+from tests.conftest import ray_session  # noqa: E402
 from tests.test_cli_train import POLICY, make_table  # noqa: E402
 
 ROWS = 3000
@@ -32,14 +30,8 @@ ROWS = 3000
 
 @pytest.fixture(scope="module", autouse=True)
 def local_ray() -> Iterator[None]:
-    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-    temp = tempfile.mkdtemp(prefix="ray_t_", dir="/tmp")
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp, log_to_driver=False, configure_logging=False)
-    try:
+    with ray_session():
         yield
-    finally:
-        ray.shutdown()
-        shutil.rmtree(temp, ignore_errors=True)
 
 
 @pytest.fixture
