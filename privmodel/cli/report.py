@@ -43,5 +43,6 @@ def report(
         raise InputError(f"{bad.path}: ledger verification failed ({bad.verification.first_problem}); "
                          f"report written to {out} with the failure on top")
     console.print(f"wrote {escape(str(out))} ({states[evidence.status]}; {len(evidence.releases)} release(s), "
-                  f"{len(evidence.models)} model(s))", soft_wrap=True)
+                  f"{len(evidence.models)} model(s)"
+                  + (f", {len(evidence.vertical)} vertical model(s))" if evidence.vertical else ")"), soft_wrap=True)
 

@@ -2,7 +2,7 @@
 
 A run directory holds one or more ledgers (`ledger.jsonl` of the coordinator and of each partner)
 and JSON artifacts: anonymization reports (`report.json`), model cards (`model_card.json`),
-federated cards. An artifact is only trusted if its content hash appears among the outputs of a
+federated cards, vertical cards (`card.json` of a vertical run's label party). An artifact is only trusted if its content hash appears among the outputs of a
 ledger entry of the same run: a ledger from another run is refused rather than mixed in.
 
 Everything read here is untrusted input: a forged ledger may hold any JSON value in any field.
@@ -29,6 +29,7 @@ RELEASE_REPORT = "report.json"
 MODEL_CARD = "model_card.json"
 FEDERATED_CARD = "federated_card.json"
 CURVE = "curve.json"
+VERTICAL_CARD = "card.json"  # only one whose "kind" starts with "vertical": the name is generic
 
 TRUSTED = "trusted keys"
 TOFU = "trust on first use"
@@ -57,6 +58,7 @@ class Evidence:
     releases: list[Artifact] = field(default_factory=list)
     models: list[Artifact] = field(default_factory=list)
     federated: list[Artifact] = field(default_factory=list)
+    vertical: list[Artifact] = field(default_factory=list)
     curves: list[Artifact] = field(default_factory=list)
     trust: str = NO_TRUST  # TRUSTED: keys the user gave; TOFU: each ledger's own genesis key; NO_TRUST: none
     trusted_key_ids: list[str] = field(default_factory=list)
@@ -75,7 +77,7 @@ class Evidence:
 
     @property
     def artifacts(self) -> list[Artifact]:
-        return [*self.releases, *self.models, *self.federated, *self.curves]
+        return [*self.releases, *self.models, *self.federated, *self.vertical, *self.curves]
 
     def input_paths(self) -> list[Path]:
         """Every file this report reads: an output path equal to one of them is refused."""
@@ -189,9 +191,7 @@ def collect(
                 raise InputError(f"{file}: not a readable JSON artifact") from None
             entry = recorded.get(digest)
             if entry is None:
-                raise InputError(
-                    f"{file}: not recorded in any ledger under {target} (ledger from another run, or edited file)"
-                )
+                raise _unrecorded(file, target)
             try:
                 data = json.loads(text)
             except (ValueError, RecursionError):
@@ -199,4 +199,30 @@ def collect(
             if not isinstance(data, dict):
                 raise InputError(f"{file}: not a JSON object")
             bucket.append(Artifact(file, digest, data, entry))
+    evidence.vertical += [card for file in sorted(target.rglob(VERTICAL_CARD))
+                          if (card := _vertical_card(file, recorded, target)) is not None]
     return evidence
+
+
+def _unrecorded(file: Path, target: Path) -> InputError:
+    return InputError(f"{file}: not recorded in any ledger under {target} (ledger from another run, or edited file)")
+
+
+def _vertical_card(file: Path, recorded: dict[str, dict[str, object]], target: Path) -> Artifact | None:
+    """A vertical run's card, trusted like every artifact only when a ledger entry records its hash.
+
+    `card.json` is a generic name, so a file that is not a JSON object whose "kind" starts with
+    "vertical" is some other tool's file and is left alone rather than refused.
+    """
+    try:
+        digest = sha256_file(file)
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    kind = data.get("kind") if isinstance(data, dict) else None
+    if not isinstance(data, dict) or not isinstance(kind, str) or not kind.startswith("vertical"):
+        return None
+    entry = recorded.get(digest)
+    if entry is None:
+        raise _unrecorded(file, target)
+    return Artifact(file, digest, data, entry)

@@ -26,6 +26,7 @@ from privmodel.artifacts.report.sections import (
     model_section,
     release_section,
     text,
+    vertical_section,
 )
 from privmodel.artifacts.report.summary import summarise
 
@@ -88,6 +89,7 @@ def render(evidence: Evidence) -> str:
         *(model_section(a) for a in evidence.models),
         *(curve_section(a) for a in evidence.curves),
         *(federated_section(a) for a in evidence.federated),
+        *(vertical_section(a) for a in evidence.vertical),
     ]
     return environment().get_template("report.html.j2").render(
         status=evidence.status,

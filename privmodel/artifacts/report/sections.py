@@ -1,4 +1,4 @@
-"""Report sections for releases, models, curves and federated runs, as plain data for the template.
+"""Report sections for releases, models, curves, federated and vertical runs, as plain data for the template.
 
 Each section reads the JSON artifact the producing layer wrote (anonymize report, model card,
 federated card); figures are shown as recorded there, which is what the ledger's hashes vouch for.
@@ -328,3 +328,61 @@ def federated_section(artifact: Artifact) -> Section:
     caveat = card.get("caveat")
     return Section(f"Federated model ({text(as_dict(card.get('model')).get('kind'))})", recorded_note(artifact),
                    charts, [summary, partners], [text(caveat)] if caveat else [])
+
+
+def party_privacy_words(card: dict[str, object], party: object) -> str:
+    """One vertical party's guarantee: its own ε and δ, under the run's noise (test noise is not DP)."""
+    p = as_dict(party)
+    return privacy_words({"epsilon": p.get("epsilon"), "delta": p.get("delta"), "noise": card.get("noise")})
+
+
+def _vertical_parties(card: dict[str, object]) -> Table:
+    rows = []
+    for name, party in as_dict(card.get("parties")).items():
+        p = as_dict(party)
+        budget = as_dict(p.get("budget"))
+        after, cap = as_dict(budget.get("spent_after")), as_dict(budget.get("cap"))
+        epsilon = "not private (no noise)" if p.get("epsilon") is None else eps_text(p.get("epsilon"))
+        spent = f"ε {eps_text(after.get('epsilon'))} of {eps_text(cap.get('epsilon'))}" if after else "-"
+        rows.append((name, p.get("role"), epsilon, eps_text(p.get("delta")), p.get("covers"), spent))
+    return table(("party", "role", "ε", "δ", "what ε covers", "budget spent after / cap"), rows)
+
+
+def _vertical_overview(card: dict[str, object]) -> Table:
+    overlap, metrics = as_dict(card.get("overlap")), as_dict(card.get("metrics"))
+    share = as_number(overlap.get("share_of_label_party"))
+    words = [party_privacy_words(card, p) for p in as_dict(card.get("parties")).values()]
+    guarantee = next((w for w in words if w.startswith("NOT")), "each party's ε and δ above, per shared customer")
+    rows: list[tuple[object, object]] = [
+        ("guarantee", guarantee if words else "no party is named"),
+        ("overlap: shared customers", overlap.get("size")),
+        ("share of the label party's consenting rows", f"{share:.1%}" if share is not None else overlap.get("share_of_label_party")),
+        ("intersection digest (sha256)", text(overlap.get("sha256"))[:16]),
+    ]
+    if "pairs" in overlap:
+        rows.append(("feature parties in the common set", len(as_list(overlap.get("pairs"))) or overlap.get("pairs")))
+    rows += [
+        ("held-out ROC-AUC (label party)", metrics.get("roc_auc")),
+        ("held-out / training customers", f"{text(metrics.get('test_customers'))} / {text(metrics.get('train_customers'))}"),
+        ("noise", card.get("noise")),
+        ("noise multipliers", card.get("noise_multipliers")),
+        ("model hash (every party's ledger)", text(card.get("model_hash"))[:16]),
+    ]
+    return table(("vertical run", "value"), rows)
+
+
+def vertical_section(artifact: Artifact) -> Section:
+    """Every party's ε (what it covers, its budget), the overlap, the held-out ROC-AUC, the noise, and
+    what was released without DP: the facts of federated.vertical's card, as the label party recorded them."""
+    card = artifact.data
+    released = card.get("released_without_dp")
+    items = [text(r) for r in as_list(released)] if released is None or isinstance(released, list) else [text(released)]
+    paragraphs = [
+        "ε is per shared customer and per party: it covers that party's columns (and, for the label party, its "
+        "labels) in every message the other parties saw.",
+        "Released without DP: " + ("; ".join(items) or "nothing stated") + ".",
+    ]
+    if card.get("scoring") is not None:
+        paragraphs.append(f"Scoring: {text(card.get('scoring'))}.")
+    return Section(f"Vertical model ({text(card.get('kind'))})", recorded_note(artifact), [],
+                   [_vertical_overview(card), _vertical_parties(card)], paragraphs)

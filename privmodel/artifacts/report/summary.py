@@ -13,7 +13,15 @@ import re
 from dataclasses import dataclass, field
 
 from privmodel.artifacts.report.evidence import Artifact, Evidence
-from privmodel.artifacts.report.sections import as_dict, as_list, as_number, eps_text, privacy_words, text
+from privmodel.artifacts.report.sections import (
+    as_dict,
+    as_list,
+    as_number,
+    eps_text,
+    party_privacy_words,
+    privacy_words,
+    text,
+)
 
 PASSED = "passed"
 FAILED = "failed"
@@ -149,6 +157,9 @@ def costs(evidence: Evidence) -> list[str]:
     for fed in evidence.federated:
         for name, partner in as_dict(fed.data.get("partners")).items():
             lines.append(f"federated partner {name}: ε {eps_text(as_dict(partner).get('epsilon'))} spent (local DP)")
+    for card in evidence.vertical:
+        for name, party in as_dict(card.data.get("parties")).items():
+            lines.append(f"vertical party {name}: {party_privacy_words(card.data, party)}")
     return lines
 
 
@@ -264,10 +275,14 @@ def _dp_budget(evidence: Evidence, spent: list[Budget]) -> Control:
         words = privacy_words(as_dict(model.data.get("privacy")))
         if words.startswith("NOT"):
             results.append((FAILED, f"model “{model.path.parent.name}”: {words}"))
-    if not results and not evidence.models and not evidence.federated:
+    results += [(FAILED, f"vertical party {party}: {words}") for card in evidence.vertical
+                for party, p in as_dict(card.data.get("parties")).items()
+                if (words := party_privacy_words(card.data, p)).startswith("NOT")]
+    trained = evidence.models or evidence.federated or evidence.vertical
+    if not results and not trained:
         return Control(name, requirement, NOT_APPLICABLE,
                        ["not applicable — no model was trained with differential privacy in this run"])
-    if not spent and (evidence.models or evidence.federated):
+    if not spent and trained:
         results.append((NOT_EVIDENCED, "a model is present but no budget charge is recorded in these ledgers"))
     return _combine(name, requirement, results, "")
 
