@@ -71,8 +71,9 @@ if TYPE_CHECKING:
     from federated.vertical.split import SplitConfig
 
 #: default gradient steps (`--epochs`), learning rate and momentum. Measured in the clear on 200k people
-#: (bench_vertical's parties, eps 1 per party): 50 / 16 / 0.9 -> 0.8302 (non-private 0.8336); 50 / 8 ->
-#: 0.8261; 100 / 16 -> 0.8258 (more steps, more noise each); plain gradient descent needs 200 steps
+#: (bench_vertical's parties, eps 1 per party, equal-width bins): 50 / 16 / 0.9 -> 0.8302 (non-private
+#: 0.8336); 50 / 8 -> 0.8261; 100 / 16 -> 0.8258 (more steps, more noise each); plain gradient descent
+#: needs 200 steps
 STEPS, LR, MOMENTUM = 50, 16.0, 0.9
 #: the clip of each party's part of the residual (the Taylor residual is about 1/2 in magnitude)
 CLIP = 1.0
