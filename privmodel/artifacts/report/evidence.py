@@ -2,8 +2,9 @@
 
 A run directory holds one or more ledgers (`ledger.jsonl` of the coordinator and of each partner)
 and JSON artifacts: anonymization reports (`report.json`), model cards (`model_card.json`),
-federated cards, vertical cards (`card.json` of a vertical run's label party). An artifact is only trusted if its content hash appears among the outputs of a
-ledger entry of the same run: a ledger from another run is refused rather than mixed in.
+federated cards, vertical cards (`card.json` of a vertical run's label party). An artifact is only
+trusted if its content hash appears among the outputs of a ledger entry of the same run: a ledger
+from another run is refused rather than mixed in.
 
 Everything read here is untrusted input: a forged ledger may hold any JSON value in any field.
 Entries are kept for display only when they are JSON objects; the page escapes every field.
