@@ -209,6 +209,8 @@ def test_encrypted_run_charges_each_party_once_and_every_ledger_agrees(vertical_
 
 def test_encrypted_protocol_refuses_several_feature_parties(vertical_parties: Path, tmp_path: Path) -> None:
     bank, shop = vertical_inputs(vertical_parties, tmp_path)
+    with pytest.raises(InputError, match="--label-dp applies to --protocol split"):
+        SplitConfig(protocol="encrypted", label_dp="labels").check()
     with pytest.raises(InputError, match="--protocol encrypted takes one feature party"):
         simulate(bank, [shop, shop], SplitConfig(protocol="encrypted"), tmp_path / "out")
 

@@ -99,6 +99,8 @@ class SplitConfig:
             raise InputError("--protocol must be split, release or encrypted")
         if self.bins is not None and (self.protocol != "release" or not 2 <= self.bins <= 64):
             raise InputError("--bins applies to --protocol release and must be between 2 and 64")
+        if self.label_dp != "gradient" and self.protocol != "split":
+            raise InputError("--label-dp applies to --protocol split (the other protocols protect the labels their own way)")
         for name, eps in (("--epsilon", self.epsilon), ("--label-epsilon", self.label_epsilon)):
             if eps is not None and not (eps > 0 and math.isfinite(eps)):
                 raise InputError(f"{name} must be a positive finite number")
