@@ -52,6 +52,7 @@ FATE's hetero-LR inference does. That is one number per scored customer computed
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
@@ -111,8 +112,10 @@ class EncryptedConfig:
         return self.epsilon
 
 
+@functools.lru_cache(maxsize=64)
 def sigma(config: EncryptedConfig, role: str) -> float:
-    """The noise multiplier that spends the role's epsilon over the run's full-batch Gaussian steps (0: non-private)."""
+    """The noise multiplier that spends the role's epsilon over the run's full-batch Gaussian steps (0: non-private).
+    Cached: the plan, the budget entries, the card and each party ask for it, and it is an accountant bisection."""
     from federated.vertical.split import quiet
     from privmodel.dp import accounting
 

@@ -17,7 +17,7 @@ and torch load inside them.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, cast
 
 import typer
 
@@ -115,19 +115,6 @@ def _feature_inputs(files: list[Path], data: list[Path], keys: list[Path] | None
 DEFAULT_EPOCHS = {"release": 30, "encrypted": 50}
 
 
-def _protocol(name: str) -> Literal["split", "release", "encrypted"]:
-    """The --protocol option, checked (one line)."""
-    from anonymize.errors import InputError
-
-    if name == "release":
-        return "release"
-    if name == "encrypted":
-        return "encrypted"
-    if name != "split":
-        raise InputError("--protocol must be split, release or encrypted")
-    return "split"
-
-
 def _config(epsilon: float, label_epsilon: float | None, delta: float, label_dp: str, epochs: int, batch_size: int,
             lr: float, seed: int, *, protocol: str = "split", bins: int | None = None) -> SplitConfig:
     """The options as a checked SplitConfig (one line for a bad one)."""
@@ -140,7 +127,7 @@ def _config(epsilon: float, label_epsilon: float | None, delta: float, label_dp:
         raise InputError("--label-dp must be gradient or labels")
     config = SplitConfig(epsilon=epsilon or None, label_epsilon=label_epsilon, delta=delta, epochs=epochs,
                          batch_size=batch_size, lr=lr, seed=seed, label_dp="labels" if label_dp == "labels" else "gradient",
-                         protocol=_protocol(protocol), bins=bins)
+                         protocol=cast("Literal['split', 'release', 'encrypted']", protocol), bins=bins)
     config.check()
     return config
 
